@@ -1,0 +1,163 @@
+"""The ``mas`` exception tree.
+
+Every failure a user can see is one of these; foreign exceptions (ssl, purerpc,
+h2, sqlite3, redis, msgspec) are translated once, at the adapter that meets
+them, and chained with ``raise ... from exc``::
+
+    MasError
+    ├── ConfigError               mas.yaml is invalid or names something missing
+    │   └── AgentLoadError        an agent's class_path cannot be imported
+    ├── CertificateError          a TLS file is missing, unreadable or unfit
+    ├── IdentityError             a peer certificate carries no acceptable SPIFFE id
+    ├── ConnectionClosedError     the agent is not (or no longer) connected
+    ├── RequestTimeoutError       no reply arrived before the request's timeout
+    ├── StateError                stored state does not fit the agent's model
+    ├── RejectedError             the server refused a message (gRPC status + reason)
+    │   ├── UnauthenticatedError  UNAUTHENTICATED: identity refused
+    │   ├── PermissionDeniedError PERMISSION_DENIED: not_authorized, dlp_blocked
+    │   ├── RateLimitedError      RESOURCE_EXHAUSTED rate_limited (has retry_after)
+    │   ├── ResourceExhaustedError RESOURCE_EXHAUSTED: message_too_large, queue_full, ...
+    │   ├── CircuitOpenError      FAILED_PRECONDITION circuit_open
+    │   ├── InvalidMessageError   INVALID_ARGUMENT: malformed frame or payload
+    │   └── NotFoundError         NOT_FOUND: unknown target or correlation id
+    └── RemoteError               the target's handler answered with an error reply
+        ├── RemoteHandlerError    the handler raised
+        └── RemoteValidationError the payload did not fit the handler's model
+
+``RejectedError`` carries the wire ``code`` and ``reason``; ``rejected_error``
+turns a (code, reason) pair from the server back into the right subclass.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class MasError(Exception):
+    """Base class of every error raised by ``mas``."""
+
+
+class ConfigError(MasError):
+    """The configuration is invalid; the message names the path and the fix."""
+
+
+class AgentLoadError(ConfigError):
+    """An agent's ``class_path`` cannot be imported or is not an Agent subclass."""
+
+
+class CertificateError(MasError):
+    """A certificate or key is missing, unreadable, or unfit for its use."""
+
+
+class IdentityError(MasError):
+    """A peer certificate does not carry exactly one acceptable SPIFFE agent id.
+
+    ``reason`` is a stable token for audit records and status messages
+    (``no_uri_san``, ``multiple_uri_sans``, ``wrong_trust_domain``,
+    ``malformed_spiffe_id``, ``invalid_agent_id``, ``ca_certificate``,
+    ``unparsable_certificate``).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class ConnectionClosedError(MasError):
+    """The agent has no live connection to the server."""
+
+
+class RequestTimeoutError(MasError, TimeoutError):
+    """A request got no reply within its timeout."""
+
+
+class StateError(MasError):
+    """Stored agent state does not fit the agent's state model, or is too large."""
+
+
+class RejectedError(MasError):
+    """The server refused a message; ``code`` is the gRPC status name."""
+
+    def __init__(self, code: str, reason: str, *, retry_after: float | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"{code} {reason}")
+
+
+class UnauthenticatedError(RejectedError):
+    """The server did not accept this agent's identity."""
+
+
+class PermissionDeniedError(RejectedError):
+    """Policy forbids this message (``not_authorized``, ``dlp_blocked``)."""
+
+
+class RateLimitedError(RejectedError):
+    """The sender is over its rate limit; retry after ``retry_after`` seconds."""
+
+
+class ResourceExhaustedError(RejectedError):
+    """A server limit was hit (message too large, target queue full, ...)."""
+
+
+class CircuitOpenError(RejectedError):
+    """The target's circuit breaker is open; the message was not routed."""
+
+
+class InvalidMessageError(RejectedError):
+    """The message or frame was malformed."""
+
+
+class NotFoundError(RejectedError):
+    """The target agent or the correlation id is unknown."""
+
+
+class RemoteError(MasError):
+    """The target's handler answered a request with an error reply."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+        super().__init__(f"{kind}: {message}")
+
+
+class RemoteHandlerError(RemoteError):
+    """The target's handler raised while handling the request."""
+
+
+class RemoteValidationError(RemoteError):
+    """The request payload did not fit the target handler's model."""
+
+
+_BY_CODE: Final[dict[str, type[RejectedError]]] = {
+    "UNAUTHENTICATED": UnauthenticatedError,
+    "PERMISSION_DENIED": PermissionDeniedError,
+    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "FAILED_PRECONDITION": RejectedError,
+    "INVALID_ARGUMENT": InvalidMessageError,
+    "NOT_FOUND": NotFoundError,
+}
+
+_BY_REASON: Final[dict[str, type[RejectedError]]] = {
+    "rate_limited": RateLimitedError,
+    "circuit_open": CircuitOpenError,
+}
+
+
+def rejected_error(code: str, reason: str, *, retry_after: float | None = None) -> RejectedError:
+    """Build the ``RejectedError`` subclass that matches a server's (code, reason)."""
+    cls = _BY_REASON.get(reason) or _BY_CODE.get(code, RejectedError)
+    return cls(code, reason, retry_after=retry_after)
+
+
+REMOTE_HANDLER_ERROR: Final = "handler_error"  # error-reply kind: the handler raised
+REMOTE_VALIDATION_ERROR: Final = "validation_error"  # error-reply kind: payload misfit
+
+
+def remote_error(kind: str, message: str) -> RemoteError:
+    """Build the ``RemoteError`` subclass for an error reply's ``kind``."""
+    if kind == REMOTE_VALIDATION_ERROR:
+        return RemoteValidationError(kind, message)
+    return RemoteHandlerError(kind, message)
