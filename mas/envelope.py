@@ -1,0 +1,124 @@
+"""The message envelope: the JSON carried in ``Delivery.envelope_json`` (pure).
+
+Field names follow the mas-framework 0.4 protocol so that its clients can read
+what this server delivers::
+
+    {"message_id": "...", "sender_id": "ping", "target_id": "pong",
+     "message_type": "patient_message", "data": {...}, "timestamp": 1.7e9,
+     "meta": {"version": 1, "correlation_id": "...", "expects_reply": true,
+              "is_reply": false, "sender_instance_id": "...",
+              "reply_to_instance_id": null, "traceparent": null,
+              "tracestate": null, "attempt": 1, "error": null}}
+
+``attempt`` and ``error`` are mas additions: the delivery attempt number, and
+on an error reply the kind and message of the handler's failure.
+
+Identifiers are random (``secrets``), never clock readings: ``message_id`` is
+128 bits, a correlation id 192 bits, a delivery id 96 bits.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Final
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a request failed at the target (carried on an error reply)."""
+
+    kind: str
+    message: str
+
+
+class Meta(msgspec.Struct, frozen=True, kw_only=True):
+    """Transport metadata, kept apart from the business payload."""
+
+    version: int = PROTOCOL_VERSION
+    correlation_id: str | None = None
+    expects_reply: bool = False
+    is_reply: bool = False
+    sender_instance_id: str | None = None
+    reply_to_instance_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    attempt: int = 1
+    error: ErrorInfo | None = None
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One message as routed by the server and delivered to an agent."""
+
+    message_id: str
+    sender_id: str
+    target_id: str
+    message_type: str
+    data: dict[str, Any]
+    meta: Meta = Meta()
+    timestamp: float = 0.0
+
+
+_encoder: Final = msgspec.json.Encoder()
+_envelope_decoder: Final = msgspec.json.Decoder(Envelope)
+_object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+
+
+class PayloadError(ValueError):
+    """A payload is not a JSON object (the message says why)."""
+
+
+def new_message_id() -> str:
+    """A fresh, globally unique message id (128 random bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def new_correlation_id() -> str:
+    """A fresh, unguessable, single-use correlation id (192 random bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def new_delivery_id() -> str:
+    """A fresh delivery id, unique per delivery attempt (96 random bits)."""
+    return secrets.token_urlsafe(12)
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """Encode an envelope to compact JSON bytes."""
+    return _encoder.encode(envelope)
+
+
+def decode_envelope(raw: bytes | str) -> Envelope:
+    """Decode and validate envelope JSON; raise ``PayloadError`` if it is malformed."""
+    try:
+        return _envelope_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"invalid envelope: {exc}") from exc
+
+
+def decode_data(data_json: str | bytes) -> dict[str, Any]:
+    """Decode a message payload, which must be a JSON object.
+
+    An empty string is taken as ``{}`` (clients of the original protocol may send
+    no payload at all).
+    """
+    if not data_json:
+        return {}
+    try:
+        return _object_decoder.decode(data_json)
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"data_json must be a JSON object: {exc}") from exc
+
+
+def encode_data(data: Any) -> bytes:
+    """Encode a payload (a dict or a msgspec Struct) as JSON bytes."""
+    return _encoder.encode(data)
+
+
+def with_attempt(envelope: Envelope, attempt: int) -> Envelope:
+    """The same envelope, stamped with a delivery attempt number."""
+    return msgspec.structs.replace(
+        envelope, meta=msgspec.structs.replace(envelope.meta, attempt=attempt)
+    )

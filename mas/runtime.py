@@ -1,0 +1,247 @@
+"""The runtime's nursery tree: store, server, then agents; shutdown in reverse.
+
+::
+
+    Runtime.run
+    ├── server            MasServer.serve (listener, sessions, router timers)
+    ├── signals           SIGINT/SIGTERM: graceful stop, twice: stop now; SIGHUP: reload
+    └── agents            AgentSupervisor.run (one task per instance, restarts)
+
+A graceful stop (first signal, or an agent calling ``stop_runtime()``) asks
+every agent to stop (running handlers finish within ``limits.shutdown_grace``,
+then ``on_stop``), waits for them with a deadline, ends the remaining sessions
+with ``UNAVAILABLE server_shutting_down``, and cancels the rest.
+
+When the configuration names no TLS files, a throwaway development PKI is made
+in a private temporary directory (allowed only on a loopback listen address).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from .agent import Agent, TLSFiles
+from .config import AgentSpec, LoadedConfig, MasConfig, load_config
+from .errors import AgentLoadError, ConfigError, MasError
+from .pki import server_ssl_context, write_dev_pki
+from .server import BoundAddress, MasServer
+from .store import MemoryStore, Store, StoreLimits
+from .supervisor import AgentSupervisor
+
+log = logging.getLogger("mas.runtime")
+
+_STOP_MARGIN: Final = 5.0  # seconds past the drain grace before agents are cancelled
+_SESSION_DRAIN_TIMEOUT: Final = 2.0  # seconds for remaining sessions to close on stop
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def connect_host(listen_host: str) -> str:
+    """The address local agents dial for a server listening on ``listen_host``."""
+    if listen_host in ("", "0.0.0.0"):  # noqa: S104 - mapping a wildcard bind, not binding
+        return "127.0.0.1"
+    if listen_host == "::":
+        return "::1"
+    return listen_host
+
+
+def format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _TLSMaterial:
+    """Server and agent TLS file paths: from the config, or a development PKI."""
+
+    def __init__(self, config: MasConfig, stack: contextlib.ExitStack) -> None:
+        self.development = not config.tls_configured
+        self._agent_files: dict[str, TLSFiles] = {}
+        if self.development:
+            if not is_loopback(config.listen_host):
+                raise ConfigError(
+                    f"server_listen_addr {config.server_listen_addr!r} is not a loopback address, "
+                    "so a development PKI is not allowed: set tls_ca_path, tls_server_cert_path "
+                    "and tls_server_key_path (`python -m mas certs` writes a development set)"
+                )
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mas-dev-pki-")))
+            paths = write_dev_pki(directory, config.agent_ids, trust_domain=config.trust_domain)
+            log.warning(
+                "no TLS files configured: using a throwaway development PKI in %s "
+                "(loopback only; not for production)",
+                directory,
+            )
+            self.ca_path, self.cert_path, self.key_path = (
+                paths.ca_path, paths.server_cert_path, paths.server_key_path,
+            )
+            for agent_id, (cert, key) in paths.agents.items():
+                self._agent_files[agent_id] = TLSFiles(
+                    ca_path=str(paths.ca_path), cert_path=str(cert), key_path=str(key)
+                )
+        else:
+            assert config.tls_ca_path and config.tls_server_cert_path and config.tls_server_key_path
+            self.ca_path = Path(config.tls_ca_path)
+            self.cert_path = Path(config.tls_server_cert_path)
+            self.key_path = Path(config.tls_server_key_path)
+
+    def agent(self, spec: AgentSpec, index: int) -> TLSFiles:
+        files = self._agent_files.get(spec.agent_id)
+        if files is not None:
+            return files
+        if not (spec.tls_cert_path and spec.tls_key_path):
+            raise ConfigError(
+                f"agent {spec.agent_id!r} has no tls_cert_path/tls_key_path; every agent run by "
+                "`mas run` needs its own client certificate when TLS files are configured"
+            )
+        return TLSFiles(ca_path=str(self.ca_path), cert_path=spec.tls_cert_path, key_path=spec.tls_key_path)
+
+
+def load_agent_class(spec: AgentSpec, base_dir: Path, index: int) -> type[Agent[Any]]:
+    """Import ``spec.class_path`` (``module:Name``), searching the config's directory first."""
+    assert spec.class_path is not None
+    where = f"$.agents[{index}].class_path"
+    module_name, _, attr = spec.class_path.partition(":")
+    if str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise AgentLoadError(
+            f"{where}: cannot import module {module_name!r} for agent {spec.agent_id!r} "
+            f"({exc}); modules are searched in {base_dir} and on sys.path"
+        ) from exc
+    except Exception as exc:
+        raise AgentLoadError(
+            f"{where}: importing module {module_name!r} for agent {spec.agent_id!r} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise AgentLoadError(f"{where}: module {module_name!r} has no attribute {attr!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise AgentLoadError(f"{where}: {spec.class_path!r} is not a subclass of mas.Agent")
+    return cls
+
+
+def build_store(config: MasConfig) -> Store:
+    """The store the configuration names."""
+    limits = config.limits
+    return MemoryStore(
+        StoreLimits(
+            max_queue_length=limits.max_queue_length,
+            max_message_age=limits.max_message_age,
+            max_state_bytes=limits.max_state_bytes,
+        )
+    )
+
+
+class Runtime:
+    """Runs one ``mas.yaml``: the server and (unless ``serve_only``) its agents."""
+
+    def __init__(
+        self, loaded: LoadedConfig, *, serve_only: bool = False, handle_signals: bool = True
+    ) -> None:
+        self.loaded = loaded
+        self.serve_only = serve_only
+        self.handle_signals = handle_signals
+        self.server: MasServer | None = None
+        self.address: BoundAddress | None = None
+        self._stop_requested = trio.Event()
+        self._classes: dict[str, type[Agent[Any]]] = {}
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (safe to call from any agent, any number of times)."""
+        self._stop_requested.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until a stop is requested; readiness once the server and agents are up."""
+        config = self.loaded.config
+        if not self.serve_only:
+            for index, spec in enumerate(config.agents):
+                if spec.class_path:
+                    self._classes[spec.agent_id] = load_agent_class(spec, self.loaded.base_dir, index)
+        with contextlib.ExitStack() as stack:
+            tls = _TLSMaterial(config, stack)
+            ssl_context = server_ssl_context(tls.ca_path, tls.cert_path, tls.key_path)
+            server = self.server = MasServer(config, build_store(config), ssl_context)
+            async with trio.open_nursery() as root:
+                address = self.address = await root.start(server.serve)
+                if self.handle_signals:
+                    root.start_soon(self._watch_signals, root.cancel_scope)
+                agent_addr = format_addr(connect_host(address.host), address.port)
+                supervisor = AgentSupervisor(
+                    [] if self.serve_only else config.agents,
+                    lambda spec, index: self._make_agent(spec, index, agent_addr, tls),
+                    shutdown_grace=config.limits.shutdown_grace,
+                )
+                async with trio.open_nursery() as agents:
+                    await agents.start(supervisor.run)
+                    task_status.started(address)
+                    await self._stop_requested.wait()
+                    log.info("stopping: draining agents (up to %.0f s)", config.limits.shutdown_grace)
+                    await supervisor.stop()
+                    agents.cancel_scope.deadline = (
+                        trio.current_time() + config.limits.shutdown_grace + _STOP_MARGIN
+                    )
+                await server.drain(_SESSION_DRAIN_TIMEOUT)
+                log.info("server statistics: %s", server.statistics())
+                root.cancel_scope.cancel()
+
+    def _make_agent(self, spec: AgentSpec, index: int, server_addr: str, tls: _TLSMaterial) -> Agent[Any]:
+        cls = self._classes[spec.agent_id]
+        try:
+            return cls(
+                spec.agent_id,
+                server_addr=server_addr,
+                tls=tls.agent(spec, index),
+                runtime_stop=self.request_stop,
+                shutdown_grace=self.loaded.config.limits.shutdown_grace,
+                **spec.init_kwargs,
+            )
+        except TypeError as exc:
+            raise AgentLoadError(
+                f"cannot construct agent {spec.agent_id!r} ({spec.class_path}): {exc}; "
+                "check init_kwargs, and that __init__ accepts **kwargs and passes them to super()"
+            ) from exc
+
+    async def _watch_signals(self, root: trio.CancelScope) -> None:
+        signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+        with trio.open_signal_receiver(*signals) as received:
+            async for signum in received:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                elif self._stop_requested.is_set():
+                    log.warning("second stop signal: stopping now")
+                    root.cancel()
+                else:
+                    log.info("received %s: stopping gracefully (again to stop now)", signal.Signals(signum).name)
+                    self.request_stop()
+
+    def reload(self) -> None:
+        """Re-read the config file and apply its policy; on error keep the running one."""
+        if self.server is None:
+            return
+        try:
+            loaded = load_config(self.loaded.path)
+        except MasError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        self.loaded = loaded
+        self.server.reload(loaded.config)
+        log.info("configuration reloaded from %s", loaded.path)

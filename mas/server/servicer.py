@@ -1,0 +1,328 @@
+"""The ``RuntimeService`` RPCs: identity checks, sessions, and calls into the router.
+
+Every RPC first establishes the caller's identity from its client certificate
+(cached per connection) and checks it against the allowlist, which may change
+on reload. ``Transport`` binds one agent instance to the connection that said
+``Hello``; the unary ``Send`` / ``Request`` / ``Reply`` RPCs may name only an
+instance bound on their own connection, so no connection can act for another
+agent or another instance. ``Rejection``s from the router become a gRPC status
+(unary) or a ``Result`` frame (stream fast path).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import msgspec
+import trio
+
+from .._proto import runtime_pb2 as pb
+from ..config import MasConfig
+from ..errors import IdentityError
+from ..identity import PeerIdentity, identity_from_certificate
+from ..store import Store
+from ..store.base import StateTooLargeError
+from .grpc import Method, PeerConnection, RpcError, RpcStream
+from .router import Accepted, Rejection, Router
+from .sessions import Session, SessionRegistry
+
+log = logging.getLogger("mas.server")
+
+INSTANCE_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+MAX_STATE_KEY_LENGTH: Final = 256  # characters
+_RELEASE_TIMEOUT: Final = 5.0  # seconds allowed to requeue a closed session's deliveries
+_json_decoder: Final = msgspec.json.Decoder()
+
+
+class RuntimeServicer:
+    """Implements the RPCs of ``mas.runtime.v1.RuntimeService``."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        registry: SessionRegistry,
+        store: Store,
+        config: Callable[[], MasConfig],
+    ) -> None:
+        self._router = router
+        self._registry = registry
+        self._store = store
+        self._config = config
+        self.refused_identities = 0
+        self.methods: dict[str, Method] = {
+            "Transport": Method(pb.ClientEvent, stream=self.transport),
+            "Send": Method(pb.SendRequest, unary=self.send),
+            "Request": Method(pb.RequestRequest, unary=self.request),
+            "Reply": Method(pb.ReplyRequest, unary=self.reply),
+            "Discover": Method(pb.DiscoverRequest, unary=self.discover),
+            "GetState": Method(pb.GetStateRequest, unary=self.get_state),
+            "UpdateState": Method(pb.UpdateStateRequest, unary=self.update_state),
+            "ResetState": Method(pb.ResetStateRequest, unary=self.reset_state),
+        }
+
+    # -- identity ----------------------------------------------------------------------
+
+    def _identity(self, peer: PeerConnection) -> PeerIdentity:
+        config = self._config()
+        identity: PeerIdentity | None = peer.state.get("identity")
+        if identity is None:
+            refusal = peer.state.get("refusal")
+            if refusal is None:
+                refusal = self._verify(peer, config.trust_domain)
+                if isinstance(refusal, PeerIdentity):
+                    identity = peer.state["identity"] = refusal
+                    refusal = None
+                else:
+                    peer.state["refusal"] = refusal
+            if refusal is not None:
+                raise RpcError("UNAUTHENTICATED", refusal)
+        assert identity is not None
+        if identity.agent_id not in config.agent_ids:
+            self.refused_identities += 1
+            log.warning("refused %s from %s: not_allowlisted", identity.spiffe_id, peer.address)
+            raise RpcError("UNAUTHENTICATED", "not_allowlisted")
+        return identity
+
+    def _verify(self, peer: PeerConnection, trust_domain: str) -> PeerIdentity | str:
+        self.refused_identities += 1
+        if peer.certificate_der is None:
+            log.warning("refused connection from %s: no client certificate", peer.address)
+            return "no_client_certificate"
+        try:
+            identity = identity_from_certificate(peer.certificate_der, trust_domain)
+        except IdentityError as exc:
+            log.warning("refused connection from %s: %s", peer.address, exc)
+            return exc.reason
+        self.refused_identities -= 1
+        return identity
+
+    def _bound_instance(
+        self, peer: PeerConnection, identity: PeerIdentity, instance_id: str, *, required: bool
+    ) -> str:
+        """The sender instance of a unary call, which must be bound on this connection."""
+        if not instance_id:
+            if required:
+                raise RpcError("FAILED_PRECONDITION", "session_required")
+            return ""
+        if self._registry.instance(identity.agent_id, instance_id) is None or instance_id not in (
+            peer.state.get("instances", ())
+        ):
+            raise RpcError("FAILED_PRECONDITION", "instance_not_bound")
+        return instance_id
+
+    # -- Transport ---------------------------------------------------------------------
+
+    async def transport(self, peer: PeerConnection, rpc: RpcStream) -> None:
+        """One agent instance's session: Hello, then deliveries out and frames in."""
+        identity = self._identity(peer)
+        limits = self._config().limits
+        first: pb.ClientEvent | None = None
+        with trio.move_on_after(limits.hello_timeout) as waited:
+            first = await rpc.receive()
+        if waited.cancelled_caught:
+            raise RpcError("DEADLINE_EXCEEDED", "hello_timeout")
+        await self._run_session(peer, rpc, identity, first)
+
+    async def _run_session(
+        self, peer: PeerConnection, rpc: RpcStream, identity: PeerIdentity, first: pb.ClientEvent | None
+    ) -> None:
+        if first is None or first.WhichOneof("event") != "hello":
+            raise RpcError("INVALID_ARGUMENT", "hello_required")
+        limits = self._config().limits
+        hello = first.hello
+        instance_id = hello.instance_id or secrets.token_hex(8)
+        if not INSTANCE_ID_RE.match(instance_id):
+            raise RpcError("INVALID_ARGUMENT", "invalid_instance_id")
+        agent_id = identity.agent_id
+        replacing = self._registry.instance(agent_id, instance_id)
+        if replacing is None and self._registry.count(agent_id) >= limits.max_sessions_per_agent:
+            raise RpcError("RESOURCE_EXHAUSTED", "too_many_sessions")
+        prefetch = min(hello.prefetch, limits.prefetch) if hello.prefetch else limits.prefetch
+        session = Session(
+            session_id=secrets.token_hex(8),
+            agent_id=agent_id,
+            instance_id=instance_id,
+            connection_id=peer.connection_id,
+            rpc=rpc,
+            batching=hello.batching,
+            prefetch=prefetch,
+        )
+        previous = self._registry.add(session)
+        if previous is not None:
+            # The same agent reconnected before its old connection was seen to die.
+            log.info("session %s/%s replaced by a new connection", agent_id, instance_id)
+            previous.end("ABORTED", "replaced_by_new_session")
+        instances: set[str] = peer.state.setdefault("instances", set())
+        instances.add(instance_id)
+        log.info("session opened: %s/%s from %s", agent_id, instance_id, peer.address)
+        try:
+            with session.cancel_scope:
+                await rpc.send(
+                    pb.ServerEvent(
+                        welcome=pb.Welcome(
+                            agent_id=agent_id,
+                            instance_id=instance_id,
+                            batching=hello.batching,
+                            prefetch=prefetch,
+                        )
+                    )
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._router.serve_session, session)
+                    await self._read_frames(session, rpc)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._registry.remove(session)
+            if self._registry.instance(agent_id, instance_id) is None:
+                instances.discard(instance_id)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + _RELEASE_TIMEOUT
+                await self._router.release(session)
+            log.info("session closed: %s/%s", agent_id, instance_id)
+        if session.end_status is not None:
+            raise RpcError(*session.end_status)
+
+    async def _read_frames(self, session: Session, rpc: RpcStream) -> None:
+        router = self._router
+        while (frame := await rpc.receive()) is not None:
+            kind = frame.WhichOneof("event")
+            if kind == "ack":
+                await router.ack(session, frame.ack.delivery_id)
+            elif kind == "acks":
+                for delivery_id in frame.acks.delivery_ids:
+                    await router.ack(session, delivery_id)
+            elif kind == "nack":
+                nack = frame.nack
+                await router.nack(session, nack.delivery_id, nack.reason[:200], retryable=nack.retryable)
+            elif kind in ("send", "request", "reply"):
+                await rpc.send(pb.ServerEvent(result=await self._stream_message(session, frame)))
+            elif kind == "hello":
+                raise RpcError("INVALID_ARGUMENT", "duplicate_hello")
+            # Heartbeats, and frames of a newer protocol revision, need no answer.
+
+    async def _stream_message(self, session: Session, frame: pb.ClientEvent) -> pb.Result:
+        router = self._router
+        agent_id, instance_id = session.agent_id, session.instance_id
+        kind = frame.WhichOneof("event")
+        try:
+            if kind == "send":
+                m = frame.send
+                seq = m.seq
+                accepted = await router.send(agent_id, instance_id, m.target_id, m.message_type, m.data_json)
+            elif kind == "request":
+                r = frame.request
+                seq = r.seq
+                accepted = await router.request(
+                    agent_id, instance_id, r.target_id, r.message_type, r.data_json, r.timeout_ms
+                )
+            else:
+                p = frame.reply
+                seq = p.seq
+                accepted = await router.reply(
+                    agent_id, instance_id, p.correlation_id, p.message_type, p.data_json
+                )
+        except Rejection as exc:
+            return pb.Result(
+                seq=seq,
+                error=pb.ServerError(code=exc.code, message=exc.reason),
+                retry_after_seconds=exc.retry_after or 0.0,
+            )
+        return pb.Result(seq=seq, message_id=accepted.message_id, correlation_id=accepted.correlation_id)
+
+    # -- unary messaging -------------------------------------------------------------------
+
+    async def send(self, peer: PeerConnection, request: pb.SendRequest) -> pb.SendResponse:
+        identity = self._identity(peer)
+        instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
+        accepted = await _routed(
+            self._router.send(
+                identity.agent_id, instance_id, request.target_id, request.message_type, request.data_json
+            )
+        )
+        return pb.SendResponse(message_id=accepted.message_id)
+
+    async def request(self, peer: PeerConnection, request: pb.RequestRequest) -> pb.RequestResponse:
+        identity = self._identity(peer)
+        instance_id = self._bound_instance(peer, identity, request.instance_id, required=True)
+        accepted = await _routed(
+            self._router.request(
+                identity.agent_id,
+                instance_id,
+                request.target_id,
+                request.message_type,
+                request.data_json,
+                request.timeout_ms,
+            )
+        )
+        return pb.RequestResponse(message_id=accepted.message_id, correlation_id=accepted.correlation_id)
+
+    async def reply(self, peer: PeerConnection, request: pb.ReplyRequest) -> pb.ReplyResponse:
+        identity = self._identity(peer)
+        instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
+        accepted = await _routed(
+            self._router.reply(
+                identity.agent_id, instance_id, request.correlation_id, request.message_type, request.data_json
+            )
+        )
+        return pb.ReplyResponse(message_id=accepted.message_id)
+
+    # -- discovery and state -------------------------------------------------------------
+
+    async def discover(self, peer: PeerConnection, request: pb.DiscoverRequest) -> pb.DiscoverResponse:
+        self._identity(peer)
+        wanted = set(request.capabilities)
+        records = []
+        for spec in self._config().agents:
+            if not wanted <= set(spec.capabilities):
+                continue
+            count = self._registry.count(spec.agent_id)
+            records.append(
+                pb.AgentRecord(
+                    agent_id=spec.agent_id,
+                    capabilities=spec.capabilities,
+                    metadata_json=msgspec.json.encode(spec.metadata).decode(),
+                    status="active" if count else "inactive",
+                    instance_count=count,
+                )
+            )
+        return pb.DiscoverResponse(agents=records)
+
+    async def get_state(self, peer: PeerConnection, request: pb.GetStateRequest) -> pb.GetStateResponse:
+        identity = self._identity(peer)
+        return pb.GetStateResponse(state=await self._store.get_state(identity.agent_id))
+
+    async def update_state(
+        self, peer: PeerConnection, request: pb.UpdateStateRequest
+    ) -> pb.UpdateStateResponse:
+        identity = self._identity(peer)
+        updates = dict(request.updates)
+        for key, value in updates.items():
+            if not key or len(key) > MAX_STATE_KEY_LENGTH:
+                raise RpcError("INVALID_ARGUMENT", "invalid_state_key")
+            try:
+                _json_decoder.decode(value)
+            except msgspec.DecodeError as exc:
+                raise RpcError("INVALID_ARGUMENT", "invalid_state_value") from exc
+        try:
+            await self._store.update_state(identity.agent_id, updates)
+        except StateTooLargeError as exc:
+            raise RpcError("RESOURCE_EXHAUSTED", "state_too_large") from exc
+        return pb.UpdateStateResponse()
+
+    async def reset_state(self, peer: PeerConnection, request: pb.ResetStateRequest) -> pb.ResetStateResponse:
+        identity = self._identity(peer)
+        await self._store.reset_state(identity.agent_id)
+        return pb.ResetStateResponse()
+
+
+async def _routed(routing: Awaitable[Accepted]) -> Accepted:
+    """Await a router call, turning a ``Rejection`` into the RPC's status."""
+    try:
+        return await routing
+    except Rejection as exc:
+        raise RpcError(exc.code, exc.reason, retry_after=exc.retry_after) from exc

@@ -1,0 +1,159 @@
+"""The store contract: queues with in-flight tracking, correlations, state (pure types).
+
+Queues
+    Each agent id has one shared queue (its instances compete for it) and each
+    instance a private reply queue. ``claim`` hands a session up to ``limit``
+    messages, reply queue first, and records them as in flight for that
+    session; ``ack`` forgets a delivery, ``retry`` puts it back after a delay,
+    ``dead_letter`` moves it to the dead-letter queue with its full envelope,
+    and ``release_session`` returns every in-flight delivery of an ended session
+    to the front of its queue at once.
+
+Correlations
+    A request's correlation id maps to the requesting (agent, instance) and the
+    one agent allowed to answer. ``take_correlation`` is single use and checks
+    the replier, so a reply can neither be replayed nor come from a third agent.
+
+State
+    One JSON object per agent id, stored key by key as JSON text so partial
+    updates touch only the keys they name.
+
+Every method is ``async`` so that I/O backends fit the same contract; ``now``
+is passed in by the caller (wall-clock seconds), never read by the store.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+
+class StoreLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Bounds a store enforces on queues and state."""
+
+    max_queue_length: int = 10_000  # messages waiting per agent (shared queue) or instance
+    max_message_age: float = 86_400.0  # seconds a message may wait before it is dead-lettered
+    max_state_bytes: int = 1_048_576  # JSON bytes of one agent's state
+
+
+class QueuedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A routed message waiting in (or taken from) a queue."""
+
+    message_id: str
+    target_id: str
+    instance_id: str | None  # set: the target instance's reply queue; None: the shared queue
+    envelope_json: bytes  # the envelope as routed (attempt 1); attempts are stamped on delivery
+    enqueued_at: float
+    attempt: int = 1  # the attempt this message will be delivered as
+    not_before: float = 0.0  # earliest time of the next delivery (retry backoff)
+
+
+class InFlight(msgspec.Struct, frozen=True, kw_only=True):
+    """One delivery of a message to one session."""
+
+    delivery_id: str
+    session_id: str
+    message: QueuedMessage
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A message that will not be delivered again unless replayed."""
+
+    message: QueuedMessage
+    reason: str
+    dead_lettered_at: float
+
+
+class Correlation(msgspec.Struct, frozen=True, kw_only=True):
+    """An open request: who asked, who may answer, until when."""
+
+    correlation_id: str
+    requester_id: str
+    requester_instance_id: str
+    target_id: str
+    request_message_id: str
+    expires_at: float
+
+
+class QueueFullError(Exception):
+    """The target queue holds ``max_queue_length`` messages already."""
+
+
+class CorrelationRefused(Exception):
+    """A reply's correlation id is unknown, used, expired, or not the replier's.
+
+    ``reason`` is ``unknown_correlation`` or ``not_authorized``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Store(Protocol):
+    """What the router and servicer need from a backend."""
+
+    limits: StoreLimits
+
+    async def enqueue(self, message: QueuedMessage) -> None:
+        """Append to the target's queue; raise ``QueueFullError`` when it is full."""
+
+    async def claim(
+        self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
+    ) -> list[InFlight]:
+        """Take up to ``limit`` due messages for one session (reply queue first)."""
+
+    async def ack(self, delivery_id: str) -> InFlight | None:
+        """Forget a delivery; return it, or None if it was not in flight."""
+
+    async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
+        """Put an in-flight message back, delivered again not before ``not_before``."""
+
+    async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
+        """Move an in-flight message to the dead-letter queue."""
+
+    async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
+        """Return a closed session's deliveries to the front of their queues.
+
+        Each counts as a failed attempt; one past ``max_attempts`` is
+        dead-lettered instead. Returns how many were requeued.
+        """
+
+    async def next_due(self) -> float | None:
+        """The earliest ``not_before`` of any delayed message, if any."""
+
+    async def pending_agents(self, now: float) -> set[str]:
+        """Agent ids with a message due now (to wake their sessions)."""
+
+    async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
+        """Dead-lettered messages, oldest first."""
+
+    async def queue_depth(self, agent_id: str) -> int:
+        """Messages waiting in an agent's shared queue (not counting in flight)."""
+
+    async def put_correlation(self, correlation: Correlation) -> None:
+        """Record an open request."""
+
+    async def take_correlation(
+        self, correlation_id: str, replier_id: str, now: float
+    ) -> Correlation:
+        """Consume an open request for a reply from ``replier_id``.
+
+        Raises ``CorrelationRefused("unknown_correlation")`` when the id is
+        unknown, used or expired, and ``CorrelationRefused("not_authorized")``
+        when ``replier_id`` is not the request's target (the record stays).
+        """
+
+    async def get_state(self, agent_id: str) -> dict[str, str]:
+        """The agent's state as key -> JSON text."""
+
+    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
+        """Set the given keys (JSON text values); raise ``StateTooLargeError`` over the limit."""
+
+    async def reset_state(self, agent_id: str) -> None:
+        """Delete every key of the agent's state."""
+
+
+class StateTooLargeError(Exception):
+    """An update would make an agent's state larger than ``max_state_bytes``."""

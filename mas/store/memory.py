@@ -1,0 +1,196 @@
+"""The in-process store: everything in dicts and deques, gone when the process ends.
+
+Suitable for tests and throwaway runs. Operations are plain Python with no
+awaits inside, so each one is atomic with respect to other Trio tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgspec
+
+from .base import (
+    Correlation,
+    CorrelationRefused,
+    DeadLetter,
+    InFlight,
+    QueuedMessage,
+    QueueFullError,
+    StateTooLargeError,
+    StoreLimits,
+)
+from ..envelope import new_delivery_id
+
+_QueueKey = tuple[str, str | None]  # (agent id, instance id or None for the shared queue)
+
+
+@dataclass
+class _Delayed:
+    heap: list[tuple[float, int, QueuedMessage]] = field(default_factory=list)
+    counter: itertools.count[int] = field(default_factory=itertools.count)
+
+
+class MemoryStore:
+    """A ``Store`` held in memory."""
+
+    def __init__(self, limits: StoreLimits | None = None) -> None:
+        self.limits = limits or StoreLimits()
+        self._queues: dict[_QueueKey, deque[QueuedMessage]] = {}
+        self._delayed = _Delayed()
+        self._in_flight: dict[str, InFlight] = {}
+        self._by_session: dict[str, set[str]] = {}
+        self._dead: list[DeadLetter] = []
+        self._correlations: dict[str, Correlation] = {}
+        self._correlation_expiry: list[tuple[float, str]] = []
+        self._state: dict[str, dict[str, str]] = {}
+
+    # -- queues ---------------------------------------------------------------
+
+    def _queue(self, key: _QueueKey) -> deque[QueuedMessage]:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+        return queue
+
+    def _waiting(self, key: _QueueKey) -> int:
+        queue = self._queues.get(key)
+        return len(queue) if queue else 0
+
+    async def enqueue(self, message: QueuedMessage) -> None:
+        key = (message.target_id, message.instance_id)
+        if self._waiting(key) >= self.limits.max_queue_length:
+            raise QueueFullError(message.target_id)
+        self._queue(key).append(message)
+
+    def _promote_due(self, now: float) -> None:
+        heap = self._delayed.heap
+        while heap and heap[0][0] <= now:
+            _, _, message = heapq.heappop(heap)
+            # A retried message goes to the front: it is older than what waits.
+            self._queue((message.target_id, message.instance_id)).appendleft(message)
+
+    async def claim(
+        self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
+    ) -> list[InFlight]:
+        self._promote_due(now)
+        taken: list[InFlight] = []
+        for key in ((agent_id, instance_id), (agent_id, None)):
+            queue = self._queues.get(key)
+            while queue and len(taken) < limit:
+                message = queue.popleft()
+                if now - message.enqueued_at > self.limits.max_message_age:
+                    self._dead.append(DeadLetter(message=message, reason="expired", dead_lettered_at=now))
+                    continue
+                delivery = InFlight(delivery_id=new_delivery_id(), session_id=session_id, message=message)
+                self._in_flight[delivery.delivery_id] = delivery
+                self._by_session.setdefault(session_id, set()).add(delivery.delivery_id)
+                taken.append(delivery)
+        return taken
+
+    def _forget(self, delivery_id: str) -> InFlight | None:
+        delivery = self._in_flight.pop(delivery_id, None)
+        if delivery is not None:
+            ids = self._by_session.get(delivery.session_id)
+            if ids is not None:
+                ids.discard(delivery_id)
+                if not ids:
+                    del self._by_session[delivery.session_id]
+        return delivery
+
+    async def ack(self, delivery_id: str) -> InFlight | None:
+        return self._forget(delivery_id)
+
+    async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
+        delivery = self._forget(delivery_id)
+        if delivery is not None:
+            message = msgspec.structs.replace(
+                delivery.message, attempt=delivery.message.attempt + 1, not_before=not_before
+            )
+            heapq.heappush(self._delayed.heap, (not_before, next(self._delayed.counter), message))
+        return delivery
+
+    async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
+        delivery = self._forget(delivery_id)
+        if delivery is not None:
+            self._dead.append(DeadLetter(message=delivery.message, reason=reason, dead_lettered_at=now))
+        return delivery
+
+    async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
+        requeued = 0
+        # Newest first, each to the front, so the original order is kept.
+        for delivery_id in sorted(
+            self._by_session.get(session_id, ()),
+            key=lambda d: self._in_flight[d].message.enqueued_at,
+            reverse=True,
+        ):
+            delivery = self._forget(delivery_id)
+            assert delivery is not None
+            message = delivery.message
+            if message.attempt >= max_attempts:
+                self._dead.append(
+                    DeadLetter(message=message, reason="session_lost", dead_lettered_at=now)
+                )
+                continue
+            message = msgspec.structs.replace(message, attempt=message.attempt + 1)
+            self._queue((message.target_id, message.instance_id)).appendleft(message)
+            requeued += 1
+        return requeued
+
+    async def next_due(self) -> float | None:
+        heap = self._delayed.heap
+        return heap[0][0] if heap else None
+
+    async def pending_agents(self, now: float) -> set[str]:
+        self._promote_due(now)
+        return {agent for (agent, _), queue in self._queues.items() if queue}
+
+    async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
+        return [d for d in self._dead if agent_id is None or d.message.target_id == agent_id]
+
+    async def queue_depth(self, agent_id: str) -> int:
+        return self._waiting((agent_id, None))
+
+    # -- correlations ---------------------------------------------------------
+
+    def _expire_correlations(self, now: float) -> None:
+        expiry = self._correlation_expiry
+        while expiry and expiry[0][0] <= now:
+            _, correlation_id = heapq.heappop(expiry)
+            record = self._correlations.get(correlation_id)
+            if record is not None and record.expires_at <= now:
+                del self._correlations[correlation_id]
+
+    async def put_correlation(self, correlation: Correlation) -> None:
+        self._correlations[correlation.correlation_id] = correlation
+        heapq.heappush(self._correlation_expiry, (correlation.expires_at, correlation.correlation_id))
+
+    async def take_correlation(
+        self, correlation_id: str, replier_id: str, now: float
+    ) -> Correlation:
+        self._expire_correlations(now)
+        record = self._correlations.get(correlation_id)
+        if record is None or record.expires_at <= now:
+            raise CorrelationRefused("unknown_correlation")
+        if record.target_id != replier_id:
+            raise CorrelationRefused("not_authorized")
+        del self._correlations[correlation_id]
+        return record
+
+    # -- state ----------------------------------------------------------------
+
+    async def get_state(self, agent_id: str) -> dict[str, str]:
+        return dict(self._state.get(agent_id, {}))
+
+    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
+        merged = {**self._state.get(agent_id, {}), **updates}
+        size = sum(len(k) + len(v) for k, v in merged.items())
+        if size > self.limits.max_state_bytes:
+            raise StateTooLargeError(agent_id)
+        self._state[agent_id] = merged
+
+    async def reset_state(self, agent_id: str) -> None:
+        self._state.pop(agent_id, None)
