@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import purerpc
-import trio
 
 from mas._proto import runtime_pb2 as pb
+from mas._purerpc import open_channel, release_stream
 
 SERVICE = "mas.runtime.v1.RuntimeService"
 
@@ -40,15 +40,18 @@ class RawClient:
 
     async def unary(self, method: str, request: Any, response_type: Any) -> Any:
         stream = await self.client.rpc(method, type(request), response_type)
-        await stream.send_message(request)
-        await stream.close()
-        response = await stream.receive_message()
-        if response is None:
-            raise _status(stream)
-        # Drain the trailers so the stream is finished.
-        if await stream.receive_message() is not None:
-            raise AssertionError("more than one response")
-        return response
+        try:
+            await stream.send_message(request)
+            await stream.close()
+            response = await stream.receive_message()
+            if response is None:
+                raise _status(stream)
+            # Drain the trailers so the stream is finished.
+            if await stream.receive_message() is not None:
+                raise AssertionError("more than one response")
+            return response
+        finally:
+            release_stream(stream)
 
     async def transport(self) -> RawSession:
         stream = await self.client.rpc("Transport", pb.ClientEvent, pb.ServerEvent)
@@ -100,7 +103,5 @@ class RawSession:
 
 @asynccontextmanager
 async def raw_client(port: int, context: ssl.SSLContext) -> AsyncIterator[RawClient]:
-    async with purerpc.secure_channel("127.0.0.1", port, context) as channel:
+    async with open_channel("127.0.0.1", port, context) as channel:
         yield RawClient(channel)
-        # Leave the channel promptly even if streams are still open.
-        await trio.lowlevel.checkpoint()

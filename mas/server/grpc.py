@@ -47,6 +47,8 @@ from purerpc.grpclib.exceptions import MessageTooLargeError
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 from purerpc.grpclib.status import Status, StatusCode
 
+from .._purerpc import release_stream
+
 log = logging.getLogger("mas.server.grpc")
 
 SERVICE_NAME: Final = "mas.runtime.v1.RuntimeService"
@@ -293,7 +295,7 @@ async def _dispatch(stream: GRPCProtoStream, peer: PeerConnection, service: Serv
     rpc = RpcStream(stream)
     try:
         await _run_method(stream, rpc, peer, service)
-    except BaseException as exc:
+    except BaseException as exc:  # re-raised below unless it is ours to answer
         leaf = _sole_leaf(exc)
         if isinstance(leaf, RpcError):
             await _close_quietly(rpc, leaf.code, leaf.reason)
@@ -304,6 +306,8 @@ async def _dispatch(stream: GRPCProtoStream, peer: PeerConnection, service: Serv
             await _close_quietly(rpc, "INTERNAL", "internal_error")
         else:
             raise  # Cancelled, KeyboardInterrupt: never swallowed
+    finally:
+        release_stream(stream)
 
 
 async def _run_method(

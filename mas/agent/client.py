@@ -1,0 +1,276 @@
+"""The agent's purerpc adapter: channel, Transport stream and unary calls.
+
+Everything purerpc, h2 and anyio raise is translated here, once, into ``mas`` errors:
+
+- a broken socket, HTTP/2 or TLS error -> ``ConnectionClosedError`` (chained);
+- a gRPC status from the server -> ``rejected_error(code, reason)``, except ``UNAVAILABLE``
+  (the server is going away), which is a ``ConnectionClosedError`` too.
+
+purerpc's generated streaming stubs are async generators holding a task group, which corrupt
+Trio's nursery stack when abandoned; this module uses the stream objects underneath
+(``purerpc.Client(...).rpc(...)``) instead. Two gaps of purerpc 0.8's client are closed here:
+its reader task returns silently when the server closes the connection (every stream would then
+wait forever), so our reader raises instead, which cancels the body of ``open_channel``; and
+its channel never closes the TCP socket, so ``open_channel`` does.
+
+Cancellation
+    ``open_channel`` must be entered and exited in one task (it owns task groups). Any
+    exception escaping it, including an ``ExceptionGroup``, means the connection is gone.
+    Stream writes are shielded and bounded by ``write_timeout``: a write cut in half would
+    corrupt the stream's framing, so a write that stalls past it marks the stream broken.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final, NamedTuple
+
+import anyio
+import h2.exceptions  # type: ignore[import-untyped]
+import purerpc
+import trio
+from purerpc.grpc_proto import GRPCProtoSocket
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.events import ResponseEnded
+from purerpc.grpclib.exceptions import GRPCError, ProtocolError
+
+from .._proto import runtime_pb2 as pb
+from ..errors import ConnectionClosedError, MasError, rejected_error
+
+SERVICE_NAME: Final = "mas.runtime.v1.RuntimeService"
+CLOSE_TIMEOUT: Final = 5.0  # seconds to flush and close a channel before it is cut
+MAX_MESSAGE_BYTES: Final = 32 * 1024 * 1024  # purerpc's own limit; the server enforces less
+
+TRANSPORT_ERRORS: Final = (
+    GRPCError,
+    h2.exceptions.H2Error,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    OSError,  # includes ssl.SSLError
+)
+"""What purerpc, h2, anyio and the socket raise when the connection is unusable."""
+
+
+class ServerAddress(NamedTuple):
+    """Where the server listens; ``host`` is also the TLS server name."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_server_addr(addr: str) -> ServerAddress:
+    """Parse ``"host:port"`` or ``"[v6]:port"``; raises ``ValueError`` naming the input."""
+    host, sep, port_text = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address must be bracketed
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"server_addr must be 'host:port' or '[v6-address]:port', got {addr!r}")
+    return ServerAddress(host, int(port_text))
+
+
+class _ClientSocket(GRPCProtoSocket):  # type: ignore[misc]
+    """purerpc's client socket, but a connection closed by the server is an error."""
+
+    async def _reader_thread(self) -> None:
+        async for _ in self._listen():
+            raise ProtocolError("the server opened a stream toward the client")
+        raise ConnectionClosedError("the server closed the connection")
+
+
+class Channel:
+    """An open HTTP/2 connection to the server (what ``purerpc.Client`` expects)."""
+
+    def __init__(self, address: ServerAddress, grpc_socket: GRPCProtoSocket) -> None:
+        self.address = address
+        self._host = address.host
+        self._port = address.port
+        self._grpc_socket = grpc_socket
+
+    async def open_stream(self, method: str, request_type: Any, response_type: Any) -> Any:
+        """Start an RPC; returns purerpc's stream (``send_message``/``receive_message``)."""
+        try:
+            client = purerpc.Client(SERVICE_NAME, self)
+            return await client.rpc(method, request_type, response_type)
+        except TRANSPORT_ERRORS as exc:
+            raise ConnectionClosedError(f"cannot start {method} on {self.address}: {exc!r}") from exc
+
+
+@asynccontextmanager
+async def open_channel(
+    address: ServerAddress, ssl_context: ssl.SSLContext, *, connect_timeout: float
+) -> AsyncIterator[Channel]:
+    """Connect over mTLS (bounded by ``connect_timeout``) and serve HTTP/2 until exit.
+
+    Raises ``ConnectionClosedError`` if the TCP connect or TLS handshake fails or times out.
+    """
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await anyio.connect_tcp(
+                address.host,
+                address.port,
+                ssl_context=ssl_context,
+                tls=True,
+                tls_hostname=address.host,
+                tls_standard_compatible=False,
+            )
+    except trio.TooSlowError as exc:
+        raise ConnectionClosedError(
+            f"no TLS connection to {address} within {connect_timeout:g}s"
+        ) from exc
+    except TRANSPORT_ERRORS as exc:
+        raise ConnectionClosedError(f"cannot connect to {address}: {exc!r}") from exc
+    try:
+        config = GRPCConfiguration(client_side=True, max_message_length=MAX_MESSAGE_BYTES)
+        grpc_socket = _ClientSocket(config, stream)
+        with trio.CancelScope() as scope:
+            async with grpc_socket:
+                try:
+                    yield Channel(address, grpc_socket)
+                finally:
+                    # Flushing what is queued may not outlast CLOSE_TIMEOUT.
+                    scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+    finally:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+            await stream.aclose()
+
+
+def status_error(stream: Any, what: str) -> MasError:
+    """The error for a stream the server ended (read after ``receive_message()`` gave None)."""
+    event = stream.end_stream_event
+    if not isinstance(event, ResponseEnded):
+        return ConnectionClosedError(f"{what} ended without a gRPC status")
+    code = getattr(event.status.status_code, "name", str(event.status.status_code))
+    reason = event.status.status_message or code.lower()
+    if code == "UNAVAILABLE":
+        return ConnectionClosedError(f"{what}: server unavailable ({reason})")
+    return rejected_error(code, reason)
+
+
+async def call_unary(channel: Channel, method: str, request: Any, response_type: Any) -> Any:
+    """One unary RPC: send, half-close, read the answer or the error status.
+
+    The caller bounds it with a deadline; cancelling it abandons only this RPC's stream.
+    """
+    stream = await channel.open_stream(method, type(request), response_type)
+    try:
+        await stream.send_message(request)
+        await stream.close()
+        response = await stream.receive_message()
+    except TRANSPORT_ERRORS as exc:
+        raise ConnectionClosedError(f"{method} failed, the connection broke: {exc!r}") from exc
+    if response is None:
+        raise status_error(stream, method)
+    return response
+
+
+class Transport:
+    """The agent's ``Transport`` stream: one writer at a time, reads from one task."""
+
+    def __init__(self, stream: Any, *, write_timeout: float) -> None:
+        self._stream = stream
+        self._lock = trio.Lock()
+        self._write_timeout = write_timeout
+        self._closed = False
+        self._pending_acks: list[str] = []
+        self.broken: str | None = None  # why the stream can no longer be written
+        self.last_write = trio.current_time()
+
+    async def send(self, event: pb.ClientEvent) -> None:
+        """Write one frame; ``ConnectionClosedError`` if the stream is unusable."""
+        async with self._lock:
+            await self._write(event)
+
+    async def ack(self, *delivery_ids: str, batching: bool) -> None:
+        """Ack deliveries; acks queued meanwhile by other tasks go out in the same frame."""
+        self._pending_acks.extend(delivery_ids)
+        async with self._lock:
+            ids, self._pending_acks = self._pending_acks, []
+            if not ids:
+                return  # another task's frame carried it
+            if batching and len(ids) > 1:
+                await self._write(pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids)))
+            else:
+                for one in ids:
+                    await self._write(pb.ClientEvent(ack=pb.Ack(delivery_id=one)))
+
+    async def _write(self, event: pb.ClientEvent) -> None:
+        if self.broken is not None or self._closed:
+            raise ConnectionClosedError(self.broken or "the Transport stream is closed")
+        deadline = trio.current_time() + self._write_timeout
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            try:
+                await self._stream.send_message(event)
+            except TRANSPORT_ERRORS as exc:
+                self.broken = f"writing to the Transport stream failed: {exc!r}"
+                raise ConnectionClosedError(self.broken) from exc
+        if scope.cancelled_caught:
+            self.broken = f"a write to the server stalled for {self._write_timeout:g}s"
+            raise ConnectionClosedError(self.broken)
+        self.last_write = trio.current_time()
+
+    async def receive(self) -> pb.ServerEvent | None:
+        """The next server frame, or None once the server ended the stream."""
+        try:
+            event: pb.ServerEvent | None = await self._stream.receive_message()
+        except TRANSPORT_ERRORS as exc:
+            raise ConnectionClosedError(f"reading the Transport stream failed: {exc!r}") from exc
+        return event
+
+    def end_error(self) -> MasError:
+        """Why the server ended the stream (after ``receive()`` returned None)."""
+        return status_error(self._stream, "the Transport stream")
+
+    def ended_ok(self) -> bool:
+        event = self._stream.end_stream_event
+        return isinstance(event, ResponseEnded) and event.status.status_code.name == "OK"
+
+    async def close(self) -> None:
+        """Half-close our side (the server then ends the stream); never raises."""
+        async with self._lock:
+            if self._closed or self.broken is not None:
+                return
+            self._closed = True
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                try:
+                    await self._stream.close()
+                except (*TRANSPORT_ERRORS, TypeError):
+                    pass  # already closed by the peer: nothing left to say
+
+
+async def open_transport(
+    channel: Channel, *, instance_id: str, prefetch: int, timeout: float, write_timeout: float
+) -> tuple[Transport, pb.Welcome]:
+    """Open the Transport stream and say Hello; returns it with the server's Welcome.
+
+    Raises the ``RejectedError`` the server answered with (``UNAUTHENTICATED`` ...), or
+    ``ConnectionClosedError`` if the server went away or gave no Welcome within ``timeout``.
+    """
+    hello = pb.ClientEvent(
+        hello=pb.Hello(instance_id=instance_id, batching=True, prefetch=max(0, prefetch))
+    )
+    try:
+        with trio.fail_after(timeout):
+            stream = await channel.open_stream("Transport", pb.ClientEvent, pb.ServerEvent)
+            transport = Transport(stream, write_timeout=write_timeout)
+            await transport.send(hello)
+            event = await transport.receive()
+    except trio.TooSlowError as exc:
+        raise ConnectionClosedError(
+            f"no Welcome from {channel.address} within {timeout:g}s of Hello"
+        ) from exc
+    if event is None:
+        raise transport.end_error()
+    kind = event.WhichOneof("event")
+    if kind == "error":
+        raise rejected_error(event.error.code, event.error.message or event.error.code.lower())
+    if kind != "welcome":
+        raise ConnectionClosedError(f"the server answered Hello with {kind!r}, not Welcome")
+    return transport, event.welcome

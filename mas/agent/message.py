@@ -1,0 +1,124 @@
+"""The values an agent sees: incoming messages, discovery records, TLS file paths."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from ..envelope import Envelope, Meta
+
+Replier = Callable[[str, str, Any], Awaitable[str]]
+"""``(correlation_id, message_type, data) -> message_id``: sends a reply for a message."""
+
+
+class TLSFiles(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The PEM files of an agent's mTLS identity (the runner passes these as ``tls=``)."""
+
+    ca_path: str
+    cert_path: str
+    key_path: str
+
+
+class DiscoveredAgent(msgspec.Struct, frozen=True):
+    """One agent found by ``Agent.discover``."""
+
+    agent_id: str
+    capabilities: tuple[str, ...]
+    metadata: dict[str, Any]
+    status: str  # "active" (at least one instance connected) or "inactive"
+    instance_count: int
+
+
+class AgentMessage:
+    """A message delivered to this agent (read-only), which a handler may ``reply`` to.
+
+    ``sender_id`` was set by the server from the sender's certificate and cannot be spoofed.
+    """
+
+    __slots__ = ("_envelope", "_replied", "_replier", "_replying")
+
+    def __init__(self, envelope: Envelope, replier: Replier | None = None) -> None:
+        self._envelope = envelope
+        self._replier = replier
+        self._replying = False
+        self._replied = False
+
+    @property
+    def envelope(self) -> Envelope:
+        return self._envelope
+
+    @property
+    def message_id(self) -> str:
+        return self._envelope.message_id
+
+    @property
+    def sender_id(self) -> str:
+        return self._envelope.sender_id
+
+    @property
+    def target_id(self) -> str:
+        return self._envelope.target_id
+
+    @property
+    def message_type(self) -> str:
+        return self._envelope.message_type
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._envelope.data
+
+    @property
+    def meta(self) -> Meta:
+        return self._envelope.meta
+
+    @property
+    def timestamp(self) -> float:
+        return self._envelope.timestamp
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self._envelope.meta.correlation_id
+
+    @property
+    def expects_reply(self) -> bool:
+        """True for a request: the sender waits for exactly one reply."""
+        return self._envelope.meta.expects_reply
+
+    @property
+    def replied(self) -> bool:
+        """True once a reply to this message was accepted by the server."""
+        return self._replied
+
+    async def reply(self, message_type: str, data: dict[str, Any] | msgspec.Struct) -> str:
+        """Answer this request; returns the reply's message id.
+
+        Raises ``RuntimeError`` if the message is not a request or was already answered, and
+        the ``mas`` errors of a send (``RejectedError``, ``ConnectionClosedError``, ...) if the
+        server does not take the reply; after such a failure the reply may be tried again.
+        """
+        correlation_id = self._envelope.meta.correlation_id
+        if not self.expects_reply or not correlation_id or self._replier is None:
+            raise RuntimeError(
+                f"message {self.message_id} ({self.message_type!r} from {self.sender_id!r}) "
+                "is not a request: there is nobody waiting for a reply"
+            )
+        if self._replied or self._replying:
+            raise RuntimeError(
+                f"request {self.message_id} ({self.message_type!r} from {self.sender_id!r}) "
+                "was already replied to; a request gets exactly one reply"
+            )
+        self._replying = True
+        try:
+            message_id = await self._replier(correlation_id, message_type, data)
+        finally:
+            self._replying = False
+        self._replied = True
+        return message_id
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentMessage(message_id={self.message_id!r}, sender_id={self.sender_id!r}, "
+            f"message_type={self.message_type!r})"
+        )
