@@ -11,7 +11,8 @@ import trio
 
 from ..config import MasConfig, check_config
 from ..server import MasServer
-from ..store import MemoryStore, Store
+from ..runtime import build_store
+from ..store import Store
 from .pki import TestPKI
 
 
@@ -40,9 +41,12 @@ def make_config(
 async def open_test_server(
     config: MasConfig, pki: TestPKI, store: Store | None = None
 ) -> AsyncIterator[MasServer]:
-    """Run a ``MasServer`` for the body of the ``async with``; ``server.address`` is bound."""
+    """Run a ``MasServer`` for the body of the ``async with``; ``server.address`` is bound.
+
+    Without ``store``, the store the config names is used (its limits applied).
+    """
     server = MasServer(
-        config, store if store is not None else MemoryStore(), pki.server_ssl_context()
+        config, store if store is not None else build_store(config), pki.server_ssl_context()
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)

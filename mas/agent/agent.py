@@ -1,0 +1,422 @@
+"""The ``Agent`` base class: the user-facing SDK.
+
+Subclass it, declare handlers with ``@Agent.on("type", model=Struct)``, and run it with
+``await agent.run(task_status=...)`` under a nursery (or ``async with agent:``)::
+
+    run()
+    ├── link task         connect, Hello/Welcome, read frames, reconnect   (link.py)
+    ├── load state        GetState, before on_start
+    └── handler nursery
+        ├── dispatcher    inbox -> at most max_concurrency handler tasks
+        ├── handlers      each under handler_timeout; outcome -> ack/nack/error reply
+        └── on_start()    may send requests and await replies (the link already reads)
+
+Cancellation
+    Cancelling ``run`` cancels the handlers, then calls ``on_stop`` shielded and bounded by
+    ``shutdown_grace``, and cuts the connection within a bounded time. ``stop()`` instead drains
+    gracefully: deliveries not yet started are nacked (retryable), running handlers get
+    ``shutdown_grace`` to finish, ``on_stop`` runs, and the stream is closed.
+
+Error handling
+    ``run`` raises ``ConnectionClosedError`` when the first connection fails for
+    ``connect_timeout``, ``UnauthenticatedError``/``PermissionDeniedError`` when the server
+    refuses the agent's identity, ``CertificateError`` for bad TLS files, ``StateError`` when the
+    stored state does not fit the model, and whatever ``on_start`` raises. A handler's exception
+    never stops the agent: it is logged with its traceback and answered per ``handlers.decide``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Final, Generic, TypeVar
+
+import msgspec
+import trio
+
+from .._proto import runtime_pb2 as pb
+from ..errors import ConnectionClosedError, MasError, RejectedError, StateError, remote_error
+from . import handlers as _handlers
+from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
+from .handlers import HandlerSpec, collect_handlers, decide
+from .link import Delivered, Link
+from .message import AgentMessage, DiscoveredAgent, TLSFiles
+from .runner import HandlerRunner, encode_object, sole_error
+from .state import StateModel, check_state_model, model_from_generic_bases
+
+log = logging.getLogger("mas.agent")
+
+StateT = TypeVar("StateT")
+
+INBOX_MIN: Final = 1024  # deliveries buffered beyond the running handlers (server prefetch bounds it)
+
+
+class Agent(Generic[StateT]):
+    """Base class of every agent (see the module docstring).
+
+    Keyword arguments: ``server_addr`` ("host:port" or "[v6]:port"), ``tls`` (``TLSFiles`` or
+    an ``ssl.SSLContext``; mTLS is mandatory), ``state_model``, ``max_concurrency``,
+    ``handler_timeout``, ``prefetch`` (0 = the server's default window), ``rpc_timeout``,
+    ``connect_timeout``, ``shutdown_grace``, ``heartbeat_interval`` (durations in seconds) and
+    ``runtime_stop`` (injected by the runner; see ``stop_runtime``). Any other keyword is a
+    ``TypeError``.
+    """
+
+    on: ClassVar = staticmethod(_handlers.on)
+    _handlers: ClassVar[dict[str, HandlerSpec]] = {}
+    _declared_state_model: ClassVar[object] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._handlers = collect_handlers(cls)
+        found, model = model_from_generic_bases(cls, Agent)
+        if found:
+            check_state_model(model)
+            cls._declared_state_model = model
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        server_addr: str = "127.0.0.1:50051",
+        tls: TLSFiles | ssl.SSLContext | None = None,
+        state_model: type | None = None,
+        max_concurrency: int = 32,
+        handler_timeout: float = 60.0,
+        prefetch: int = 0,
+        rpc_timeout: float = 30.0,
+        connect_timeout: float = 30.0,
+        shutdown_grace: float = 10.0,
+        heartbeat_interval: float = 30.0,
+        runtime_stop: Callable[[], None] | None = None,
+        **unknown: object,
+    ) -> None:
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword argument(s): "
+                f"{', '.join(sorted(unknown))}"
+            )
+        if not isinstance(agent_id, str) or not agent_id:
+            raise TypeError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        for name, value in (
+            ("handler_timeout", handler_timeout),
+            ("rpc_timeout", rpc_timeout),
+            ("connect_timeout", connect_timeout),
+            ("shutdown_grace", shutdown_grace),
+            ("heartbeat_interval", heartbeat_interval),
+        ):
+            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be an integer >= 0, got {prefetch!r}")
+        if tls is not None and not isinstance(tls, TLSFiles | ssl.SSLContext):
+            raise TypeError(f"tls must be TLSFiles or an ssl.SSLContext, got {type(tls)!r}")
+        self._agent_id = agent_id
+        self._instance_id = secrets.token_hex(8)
+        self._address: ServerAddress = parse_server_addr(server_addr)
+        self._tls = tls
+        model = state_model if state_model is not None else type(self)._declared_state_model
+        self._state_model = StateModel(model)
+        self.state: StateT = self._state_model.defaults()
+        self._max_concurrency = max_concurrency
+        self._handler_timeout = float(handler_timeout)
+        self._prefetch = prefetch
+        self._rpc_timeout = float(rpc_timeout)
+        self._connect_timeout = float(connect_timeout)
+        self._shutdown_grace = float(shutdown_grace)
+        self._heartbeat_interval = float(heartbeat_interval)
+        self._runtime_stop = runtime_stop
+        self._link: Link | None = None
+        self._stop_requested = trio.Event()
+        self._state_lock = trio.Lock()
+        self._runner: HandlerRunner | None = None
+        self._serving: Any = None
+
+    # -- identity -------------------------------------------------------------------------
+
+    @property
+    def agent_id(self) -> str:
+        return self._agent_id
+
+    @property
+    def instance_id(self) -> str:
+        """This object's instance id: fixed for its life, said in every Hello."""
+        return self._instance_id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._agent_id}/{self._instance_id}>"
+
+    @property
+    def _label(self) -> str:
+        return f"agent {self._agent_id}/{self._instance_id}"
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Called once connected and with ``self.state`` loaded; may send and request."""
+
+    async def on_stop(self) -> None:
+        """Called while stopping, after the handlers finished and before the link closes."""
+
+    async def on_message(self, message: AgentMessage) -> None:
+        """Fallback for message types without a handler: logs a warning; the message is acked.
+
+        (A request that reaches this default gets an error reply, so its sender does not wait
+        for its timeout.)
+        """
+        log.warning(
+            "%s: no handler for message type %r from %r; dropped",
+            self._label,
+            message.message_type,
+            message.sender_id,
+        )
+
+    # -- messaging ------------------------------------------------------------------------
+
+    def _require_link(self) -> Link:
+        if self._link is None:
+            raise ConnectionClosedError(f"{self._label} is not running (call run() first)")
+        return self._link
+
+    async def send(
+        self, target_id: str, message_type: str, data: Mapping[str, Any] | msgspec.Struct
+    ) -> str:
+        """Send a message; returns its message id once the server accepted it.
+
+        Raises ``RejectedError`` subclasses for a refusal (``PermissionDeniedError``,
+        ``RateLimitedError`` with ``retry_after``, ...), ``ConnectionClosedError`` if the
+        connection is down past ``rpc_timeout`` or dropped before the server answered, and
+        ``RequestTimeoutError`` if the server did not answer within ``rpc_timeout``.
+        """
+        data_json = encode_object(data)
+        return await self._require_link().send(target_id, message_type, data_json)
+
+    async def request(
+        self,
+        target_id: str,
+        message_type: str,
+        data: Mapping[str, Any] | msgspec.Struct,
+        *,
+        timeout: float = 60.0,
+    ) -> AgentMessage:
+        """Send a request and return the reply; ``timeout`` (seconds, > 0) bounds it all.
+
+        Raises ``RequestTimeoutError`` (saying whether the connection was down),
+        ``RemoteHandlerError``/``RemoteValidationError`` for an error reply, and the errors of
+        ``send``.
+        """
+        if not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        data_json = encode_object(data)
+        link = self._require_link()
+        envelope = await link.request(target_id, message_type, data_json, float(timeout))
+        if envelope.meta.error is not None:
+            raise remote_error(envelope.meta.error.kind, envelope.meta.error.message)
+        return AgentMessage(envelope)
+
+    async def discover(self, capabilities: Sequence[str] | None = None) -> list[DiscoveredAgent]:
+        """Allowlisted agents having all the given capabilities."""
+        wanted = list(capabilities or ())
+        response = await self._require_link().unary(
+            "Discover", pb.DiscoverRequest(capabilities=wanted), pb.DiscoverResponse
+        )
+        found = []
+        for record in response.agents:
+            try:
+                metadata = msgspec.json.decode(record.metadata_json or "{}", type=dict[str, Any])
+            except msgspec.DecodeError:
+                metadata = {}
+            found.append(
+                DiscoveredAgent(
+                    agent_id=record.agent_id,
+                    capabilities=tuple(record.capabilities),
+                    metadata=metadata,
+                    status=record.status,
+                    instance_count=record.instance_count,
+                )
+            )
+        return found
+
+    async def _reply(self, correlation_id: str, message_type: str, data: Any) -> str:
+        return await self._require_link().reply(correlation_id, message_type, encode_object(data))
+
+    # -- state ----------------------------------------------------------------------------
+
+    async def update_state(self, updates: Mapping[str, Any]) -> None:
+        """Merge ``updates`` into the state and store the keys whose value changed.
+
+        Validates against the state model first: a misfit raises ``StateError`` and nothing
+        is sent. ``self.state`` changes only once the server stored the update.
+        """
+        async with self._state_lock:
+            new_state, changed = self._state_model.plan_update(self.state, updates)
+            if changed:
+                request = pb.UpdateStateRequest(updates=changed)
+                await self._state_call("UpdateState", request, pb.UpdateStateResponse)
+            self.state = new_state
+
+    async def refresh_state(self) -> None:
+        """Reload the state from the server (``StateError`` names a key that misfits)."""
+        async with self._state_lock:
+            response = await self._state_call(
+                "GetState", pb.GetStateRequest(), pb.GetStateResponse
+            )
+            self.state = self._state_model.load(dict(response.state))
+
+    async def reset_state(self) -> None:
+        """Clear the stored state; ``self.state`` goes back to the model's defaults."""
+        async with self._state_lock:
+            await self._state_call("ResetState", pb.ResetStateRequest(), pb.ResetStateResponse)
+            self.state = self._state_model.defaults()
+
+    async def _state_call(self, method: str, request: Any, response_type: Any) -> Any:
+        try:
+            return await self._require_link().unary(method, request, response_type)
+        except RejectedError as exc:
+            if exc.code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"):
+                raise StateError(f"{self._label}: the server refused {method}: {exc}") from exc
+            raise
+
+    # -- running --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful stop (idempotent; see the module docstring)."""
+        self._stop_requested.set()
+
+    def stop_runtime(self) -> None:
+        """Ask the whole runtime to stop (the runner's hook), or else just this agent."""
+        if self._runtime_stop is not None:
+            self._runtime_stop()
+        else:
+            self.stop()
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if isinstance(self._tls, ssl.SSLContext):
+            return self._tls
+        if self._tls is None:
+            raise ConnectionClosedError(
+                f"{self._label}: no TLS identity; mTLS is mandatory, pass "
+                "tls=TLSFiles(ca_path, cert_path, key_path) or an ssl.SSLContext"
+            )
+        from ..pki import client_ssl_context  # imported late: pki pulls in cryptography
+
+        return client_ssl_context(self._tls.ca_path, self._tls.cert_path, self._tls.key_path)  # type: ignore[arg-type]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, load state, call ``on_start``, report ready, and serve until stopped."""
+        if self._link is not None:
+            raise RuntimeError(f"{self._label} is already running")
+        ssl_context = self._ssl_context()
+        inbox_send, inbox_recv = trio.open_memory_channel[Delivered](
+            max(INBOX_MIN, self._prefetch)
+        )
+        runner = HandlerRunner(self, inbox_send, self._max_concurrency, self._handler_timeout)
+        link = Link(
+            label=self._label,
+            address=self._address,
+            ssl_context=ssl_context,
+            instance_id=self._instance_id,
+            on_delivery=runner.deliver,
+            prefetch=self._prefetch,
+            rpc_timeout=self._rpc_timeout,
+            connect_timeout=self._connect_timeout,
+            heartbeat_interval=self._heartbeat_interval,
+        )
+        runner.link = link
+        self._link, self._runner = link, runner
+        fatal: list[MasError] = []
+        try:
+            with trio.CancelScope() as abort:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._run_link, link, abort, fatal)
+                    await self._serve(link, runner, inbox_recv, task_status)
+        except BaseExceptionGroup as group:
+            sole = sole_error(group)
+            if sole is None:
+                raise
+            raise sole  # noqa: B904 - the group only wrapped it; its own cause is kept
+        finally:
+            self._link = self._runner = None
+            self._stop_requested = trio.Event()
+        if fatal:
+            raise fatal[0]
+
+    async def _run_link(
+        self,
+        link: Link,
+        abort: trio.CancelScope,
+        fatal: list[MasError],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await link.run(task_status=task_status)
+        except MasError as exc:
+            if link.generation == 0:
+                raise  # never connected: nursery.start() raises it to run()
+            log.error("%s: connection lost for good: %s", self._label, exc)
+            fatal.append(exc)
+            abort.cancel()
+
+    async def _serve(
+        self,
+        link: Link,
+        runner: HandlerRunner,
+        inbox: trio.MemoryReceiveChannel[Delivered],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        started = False
+        try:
+            response = await link.unary("GetState", pb.GetStateRequest(), pb.GetStateResponse)
+            self.state = self._state_model.load(dict(response.state))
+            async with trio.open_nursery() as handler_nursery:
+                handler_nursery.start_soon(runner.dispatch, inbox, handler_nursery)
+                await self.on_start()
+                started = True
+                log.info("%s: started", self._label)
+                task_status.started()
+                await self._stop_requested.wait()
+                log.info("%s: stopping", self._label)
+                await runner.drain(self._shutdown_grace)
+                handler_nursery.cancel_scope.cancel()
+        finally:
+            if started:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self._shutdown_grace
+                    await runner.call_on_stop()
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + 2 * CLOSE_TIMEOUT
+                await runner.nack_inbox(inbox)
+                await link.aclose(CLOSE_TIMEOUT)
+            log.info("%s: stopped", self._label)
+
+    async def __aenter__(self) -> Agent[StateT]:
+        """Run the agent in a nursery of its own; entered once it is ready."""
+        from contextlib import asynccontextmanager
+
+        @asynccontextmanager
+        async def serving() -> Any:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.run)
+                try:
+                    yield self
+                finally:
+                    self.stop()
+
+        self._serving = serving()
+        try:
+            return await self._serving.__aenter__()  # type: ignore[no-any-return]
+        except BaseExceptionGroup as group:
+            sole = sole_error(group)
+            if sole is None:
+                raise
+            raise sole  # noqa: B904 - the group only wrapped it; its own cause is kept
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        serving, self._serving = self._serving, None
+        return await serving.__aexit__(*exc_info)  # type: ignore[no-any-return]

@@ -1,0 +1,187 @@
+"""At-least-once delivery over real mTLS: windows, nacks, retries, dead letters, offline queues.
+
+Timed behaviour (redelivery backoff, ack timeouts) runs under Trio's MockClock,
+so the tests take no real time.
+"""
+
+from __future__ import annotations
+
+import json
+
+import trio
+import trio.testing
+
+from mas._proto import runtime_pb2 as pb
+from mas.testing import TestPKI, make_config, open_test_server
+from rawclient import RawSession, raw_client
+
+ONE_WAY = [{"type": "allow", "sender": "a", "targets": ["b"]}]
+
+
+def _n(delivery: pb.Delivery) -> tuple[int, int]:
+    envelope = json.loads(delivery.envelope_json)
+    return envelope["data"]["n"], envelope["meta"]["attempt"]
+
+
+async def _send_numbers(a: RawSession, count: int) -> None:
+    for n in range(count):
+        result = await a.call("send", target_id="b", message_type="t", data_json=json.dumps({"n": n}))
+        assert not result.HasField("error"), result
+
+
+async def test_retryable_nack_is_redelivered_with_backoff_then_dead_lettered(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = make_config(["a", "b"], ONE_WAY, limits={"max_attempts": 3, "redelivery_backoff": 2.0})
+    async with open_test_server(config, pki) as server:
+        port = server.address.port
+        async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
+            port, pki.client_ssl_context("b")
+        ) as cb:
+            a, b = await ca.transport(), await cb.transport()
+            await a.hello("a1")
+            await b.hello("b1")
+            await _send_numbers(a, 1)
+            times = []
+            for expected_attempt in (1, 2, 3):
+                delivery = await b.next_delivery()
+                times.append(trio.current_time())
+                assert _n(delivery) == (0, expected_attempt)
+                await b.send(nack=pb.Nack(delivery_id=delivery.delivery_id, reason="busy", retryable=True))
+            # Backoff doubles: 2 s, then 4 s.
+            assert round(times[1] - times[0]) == 2
+            assert round(times[2] - times[1]) == 4
+            with trio.move_on_after(60):
+                await b.next_delivery()
+                raise AssertionError("a dead-lettered message was delivered again")
+            dead = await server.store.dead_letters("b")
+            assert [(d.reason, d.message.attempt) for d in dead] == [("busy", 3)]
+            assert json.loads(dead[0].message.envelope_json)["data"] == {"n": 0}
+
+
+async def test_non_retryable_nack_dead_letters_at_once(pki: TestPKI) -> None:
+    with trio.fail_after(10):
+        async with open_test_server(make_config(["a", "b"], ONE_WAY), pki) as server:
+            port = server.address.port
+            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
+                port, pki.client_ssl_context("b")
+            ) as cb:
+                a, b = await ca.transport(), await cb.transport()
+                await a.hello("a1")
+                await b.hello("b1")
+                await _send_numbers(a, 1)
+                delivery = await b.next_delivery()
+                await b.send(nack=pb.Nack(delivery_id=delivery.delivery_id, reason="invalid", retryable=False))
+                await a.call("send", target_id="b", message_type="t", data_json='{"n": 1}')
+                assert _n(await b.next_delivery()) == (1, 1)
+                assert [d.reason for d in await server.store.dead_letters("b")] == ["invalid"]
+
+
+async def test_unacked_delivery_is_redelivered_after_ack_timeout(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = make_config(["a", "b"], ONE_WAY, limits={"ack_timeout": 30.0, "redelivery_backoff": 1.0})
+    async with open_test_server(config, pki) as server:
+        port = server.address.port
+        async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
+            port, pki.client_ssl_context("b")
+        ) as cb:
+            a, b = await ca.transport(), await cb.transport()
+            await a.hello("a1")
+            await b.hello("b1")
+            await _send_numbers(a, 1)
+            first = await b.next_delivery()
+            started = trio.current_time()
+            again = await b.next_delivery()  # never acked the first
+            assert _n(again) == (0, 2)
+            assert trio.current_time() - started >= 30.0
+            # A late ack of the expired delivery is ignored; the new one is acked normally.
+            await b.send(ack=pb.Ack(delivery_id=first.delivery_id))
+            await b.send(ack=pb.Ack(delivery_id=again.delivery_id))
+
+
+async def test_in_flight_window_bounds_unacked_deliveries(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": 2})
+    async with open_test_server(config, pki) as server:
+        port = server.address.port
+        async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
+            port, pki.client_ssl_context("b")
+        ) as cb:
+            a, b = await ca.transport(), await cb.transport()
+            await a.hello("a1")
+            welcome = await b.hello("b1", prefetch=10)
+            assert welcome.prefetch == 2  # the server's limit wins over the client's wish
+            await _send_numbers(a, 5)
+            first, second = await b.next_delivery(), await b.next_delivery()
+            with trio.move_on_after(5) as waited:
+                await b.next_delivery()
+            assert waited.cancelled_caught, "a third delivery came before any ack"
+            await b.send(ack=pb.Ack(delivery_id=first.delivery_id))
+            assert _n(await b.next_delivery()) == (2, 1)
+            del second
+
+
+async def test_messages_for_an_offline_agent_wait_and_are_bounded(pki: TestPKI) -> None:
+    config = make_config(["a", "b"], ONE_WAY, limits={"max_queue_length": 3})
+    with trio.fail_after(10):
+        async with open_test_server(config, pki) as server:
+            port = server.address.port
+            async with raw_client(port, pki.client_ssl_context("a")) as ca:
+                a = await ca.transport()
+                await a.hello("a1")
+                await _send_numbers(a, 3)
+                full = await a.call("send", target_id="b", message_type="t", data_json='{"n": 3}')
+                assert (full.error.code, full.error.message) == ("RESOURCE_EXHAUSTED", "queue_full")
+            async with raw_client(port, pki.client_ssl_context("b")) as cb:
+                b = await cb.transport()
+                await b.hello("b1", batching=True)
+                received: list[int] = []
+                while len(received) < 3:
+                    event = await b.receive()
+                    batch = (
+                        list(event.deliveries.deliveries)
+                        if event.WhichOneof("event") == "deliveries"
+                        else [event.delivery]
+                    )
+                    received += [_n(d)[0] for d in batch]
+                    await b.send(acks=pb.AckBatch(delivery_ids=[d.delivery_id for d in batch]))
+                assert received == [0, 1, 2]
+
+
+async def test_shared_queue_spreads_over_instances(pki: TestPKI) -> None:
+    config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": 1})
+    with trio.fail_after(10):
+        async with open_test_server(config, pki) as server:
+            port = server.address.port
+            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
+                port, pki.client_ssl_context("b")
+            ) as cb1, raw_client(port, pki.client_ssl_context("b")) as cb2:
+                a, b1, b2 = await ca.transport(), await cb1.transport(), await cb2.transport()
+                await a.hello("a1")
+                await b1.hello("b-1")
+                await b2.hello("b-2")
+                await _send_numbers(a, 2)
+                # With a window of one, each instance holds one message.
+                got = sorted([_n(await b1.next_delivery())[0], _n(await b2.next_delivery())[0]])
+                assert got == [0, 1]
+
+
+async def test_sessions_per_agent_are_limited(pki: TestPKI) -> None:
+    from rawclient import CallFailed
+
+    config = make_config(["a"], limits={"max_sessions_per_agent": 1})
+    with trio.fail_after(10):
+        async with open_test_server(config, pki) as server:
+            async with raw_client(server.address.port, pki.client_ssl_context("a")) as ca:
+                first = await ca.transport()
+                await first.hello("one")
+                second = await ca.transport()
+                await second.send(hello=pb.Hello(instance_id="two"))
+                try:
+                    await second.receive()
+                except CallFailed as failed:
+                    assert (failed.code, failed.reason) == ("RESOURCE_EXHAUSTED", "too_many_sessions")
+                else:
+                    raise AssertionError("a second session was accepted")
