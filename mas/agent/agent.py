@@ -31,6 +31,7 @@ import logging
 import math
 import secrets
 import ssl
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
@@ -41,10 +42,10 @@ from .._proto import runtime_pb2 as pb
 from ..errors import ConnectionClosedError, MasError, RejectedError, StateError, remote_error
 from . import handlers as _handlers
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
-from .handlers import HandlerSpec, collect_handlers, decide
-from .link import Delivered, Link
-from .message import AgentMessage, DiscoveredAgent, TLSFiles
-from .runner import HandlerRunner, encode_object, sole_error
+from .dispatch import Dispatcher
+from .handlers import HandlerSpec, collect_handlers
+from .link import Delivered, Link, sole_error
+from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object
 from .state import StateModel, check_state_model, model_from_generic_bases
 
 log = logging.getLogger("mas.agent")
@@ -134,7 +135,7 @@ class Agent(Generic[StateT]):
         self._link: Link | None = None
         self._stop_requested = trio.Event()
         self._state_lock = trio.Lock()
-        self._runner: HandlerRunner | None = None
+        self._runner: Dispatcher | None = None
         self._serving: Any = None
 
     # -- identity -------------------------------------------------------------------------
@@ -305,7 +306,8 @@ class Agent(Generic[StateT]):
             )
         from ..pki import client_ssl_context  # imported late: pki pulls in cryptography
 
-        return client_ssl_context(self._tls.ca_path, self._tls.cert_path, self._tls.key_path)  # type: ignore[arg-type]
+        files = self._tls
+        return client_ssl_context(Path(files.ca_path), Path(files.cert_path), Path(files.key_path))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, load state, call ``on_start``, report ready, and serve until stopped."""
@@ -315,7 +317,13 @@ class Agent(Generic[StateT]):
         inbox_send, inbox_recv = trio.open_memory_channel[Delivered](
             max(INBOX_MIN, self._prefetch)
         )
-        runner = HandlerRunner(self, inbox_send, self._max_concurrency, self._handler_timeout)
+        runner = Dispatcher(
+            self,
+            inbox_send,
+            self._max_concurrency,
+            self._handler_timeout,
+            default_fallback=type(self).on_message is Agent.on_message,
+        )
         link = Link(
             label=self._label,
             address=self._address,
@@ -366,7 +374,7 @@ class Agent(Generic[StateT]):
     async def _serve(
         self,
         link: Link,
-        runner: HandlerRunner,
+        runner: Dispatcher,
         inbox: trio.MemoryReceiveChannel[Delivered],
         task_status: trio.TaskStatus[None],
     ) -> None:

@@ -505,3 +505,19 @@ def _most_telling(group: BaseExceptionGroup[Exception]) -> Exception:
             if isinstance(leaf, kind):
                 return leaf
     return group
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The one ``Exception`` a nest of groups wraps, or None (several, or a cancellation)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], Exception):
+        leaves[0].__suppress_context__ = True
+        return leaves[0]
+    return None

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
 
 import msgspec
 
 from ..envelope import Envelope, Meta
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+def encode_object(data: object) -> str:
+    """Encode message data, which must be a dict or a msgspec Struct, as JSON object text."""
+    if not isinstance(data, Mapping | msgspec.Struct):
+        raise TypeError(f"message data must be a dict or a msgspec.Struct, got {type(data)!r}")
+    try:
+        text = _encoder.encode(data).decode()
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"message data has no JSON form: {exc}") from exc
+    if not text.startswith("{"):
+        raise TypeError("message data must encode as a JSON object (an array_like Struct does not)")
+    return text
+
 
 Replier = Callable[[str, str, Any], Awaitable[str]]
 """``(correlation_id, message_type, data) -> message_id``: sends a reply for a message."""

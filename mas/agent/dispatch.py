@@ -1,0 +1,237 @@
+"""Running handlers: inbox -> bounded concurrency -> outcome -> ack, nack or error reply.
+
+The link's receive loop hands each delivery to ``Dispatcher.deliver``, which only queues it
+(so the loop keeps reading the ``Result`` frames and replies that running handlers may be
+waiting for). ``dispatch`` starts a handler task per delivery once one of ``max_concurrency``
+slots is free; with the server's prefetch window this is the agent's backpressure: the server
+stops pushing while ``prefetch`` deliveries are unanswered.
+
+Each handler runs under ``trio.move_on_after(handler_timeout)``. ``handlers.decide`` maps how
+it went to the answer: ack; error reply then ack (a request); nack (a plain send). An error
+reply is a ``StreamReply`` of type ``mas.error`` whose data is ``{"kind", "message"}``; the
+server turns it into a reply envelope with ``meta.error`` set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+import trio
+
+from ..errors import REMOTE_HANDLER_ERROR, MasError
+from .handlers import Failure, convert_payload, decide, describe_exception
+from .link import Delivered, Link
+from .message import AgentMessage
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger("mas.agent")
+
+ERROR_REPLY_TYPE: Final = "mas.error"  # a reply of this type is turned into an error reply
+STOPPING_REASON: Final = "agent_stopping"  # nack reason for deliveries refused while stopping
+
+
+class Dispatcher:
+    """Runs one agent's handlers (see the module docstring)."""
+
+    def __init__(
+        self,
+        agent: Agent[Any],
+        inbox: trio.MemorySendChannel[Delivered],
+        max_concurrency: int,
+        handler_timeout: float,
+        *,
+        default_fallback: bool,
+    ) -> None:
+        self._agent = agent
+        self._default_fallback = default_fallback  # on_message is not overridden
+        self._inbox = inbox
+        self._slots = trio.Semaphore(max_concurrency)
+        self._handler_timeout = handler_timeout
+        self._draining = False
+        self._running = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._in_hand: Delivered | None = None
+        self._dispatch_scope = trio.CancelScope()
+        self.link: Link | None = None
+
+    @property
+    def _label(self) -> str:
+        return f"agent {self._agent.agent_id}/{self._agent.instance_id}"
+
+    def _require_link(self) -> Link:
+        assert self.link is not None, "Dispatcher.link is set before the link runs"
+        return self.link
+
+    # -- intake ---------------------------------------------------------------------------
+
+    async def deliver(self, item: Delivered) -> None:
+        """Called by the link for each delivery: queue it, or refuse it while stopping."""
+        if self._draining:
+            await self._nack(item, STOPPING_REASON, retryable=True)
+        else:
+            await self._inbox.send(item)
+
+    async def dispatch(
+        self, inbox: trio.MemoryReceiveChannel[Delivered], nursery: trio.Nursery
+    ) -> None:
+        """Start a handler task per queued delivery, at most ``max_concurrency`` at once."""
+        with self._dispatch_scope:
+            async for item in inbox:
+                if item.generation != self._require_link().generation:
+                    continue  # its connection is gone: the server has requeued it
+                self._in_hand = item
+                await self._slots.acquire()
+                self._in_hand = None
+                self._running += 1
+                self._idle = trio.Event()
+                nursery.start_soon(self._handle, item)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking deliveries, nack the queued ones, give running handlers ``grace``."""
+        self._draining = True
+        self._dispatch_scope.cancel()
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        if self._running:
+            log.warning(
+                "%s: %d handler(s) still running after %gs; cancelling them",
+                self._label,
+                self._running,
+                grace,
+            )
+
+    async def nack_inbox(self, inbox: trio.MemoryReceiveChannel[Delivered]) -> None:
+        """Give back what was queued but never started (retryable nacks)."""
+        self._draining = True
+        pending = [self._in_hand] if self._in_hand is not None else []
+        self._in_hand = None
+        while True:
+            try:
+                pending.append(inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        for item in pending:
+            await self._nack(item, STOPPING_REASON, retryable=True)
+
+    # -- one delivery ---------------------------------------------------------------------
+
+    async def _handle(self, item: Delivered) -> None:
+        try:
+            message = AgentMessage(item.envelope, replier=self._agent._reply)
+            failure, text = await self._invoke(message)
+            outcome = decide(
+                expects_reply=message.expects_reply, failure=failure, replied=message.replied
+            )
+            if outcome.error_reply_kind is not None:
+                await self._error_reply(message, outcome.error_reply_kind, text)
+            if outcome.ack:
+                await self._ack(item)
+            else:
+                await self._nack(item, text, retryable=outcome.retryable)
+            if failure is None and message.expects_reply and not message.replied:
+                log.warning(
+                    "%s: handler for request %r from %r returned without replying; "
+                    "the requester will time out",
+                    self._label,
+                    message.message_type,
+                    message.sender_id,
+                )
+        finally:
+            self._slots.release()
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+
+    async def _invoke(self, message: AgentMessage) -> tuple[Failure | None, str]:
+        """Run the handler; returns how it failed (None if it did not) and an error text."""
+        agent = self._agent
+        spec = type(agent)._handlers.get(message.message_type)
+        if spec is None and self._default_fallback:
+            await agent.on_message(message)
+            if message.expects_reply:
+                return Failure.HANDLER_ERROR, (
+                    f"LookupError: agent {agent.agent_id!r} has no handler for message type "
+                    f"{message.message_type!r}"
+                )
+            return None, ""
+        args: tuple[Any, ...] = (message,)
+        if spec is not None and spec.model is not None:
+            try:
+                args = (message, convert_payload(spec.model, message.data))
+            except msgspec.ValidationError as exc:
+                log.warning(
+                    "%s: payload of %r from %r does not fit %s: %s",
+                    self._label,
+                    message.message_type,
+                    message.sender_id,
+                    getattr(spec.model, "__qualname__", spec.model),
+                    exc,
+                )
+                return Failure.VALIDATION, describe_exception(exc)
+        handler = agent.on_message if spec is None else getattr(agent, spec.attr)
+        with trio.move_on_after(self._handler_timeout):
+            try:
+                await handler(*args)
+            except Exception as exc:
+                log.error(
+                    "%s: handler for %r (message %s from %r) raised",
+                    self._label,
+                    message.message_type,
+                    message.message_id,
+                    message.sender_id,
+                    exc_info=True,
+                )
+                return Failure.HANDLER_ERROR, describe_exception(exc)
+            return None, ""
+        log.error(
+            "%s: handler for %r (message %s from %r) did not finish within %gs; cancelled",
+            self._label,
+            message.message_type,
+            message.message_id,
+            message.sender_id,
+            self._handler_timeout,
+        )
+        return Failure.TIMEOUT, (
+            f"TimeoutError: handler for {message.message_type!r} did not finish within "
+            f"{self._handler_timeout:g}s"
+        )
+
+    async def _error_reply(self, message: AgentMessage, kind: str, text: str) -> None:
+        cid = message.correlation_id
+        if not cid:
+            return
+        data = msgspec.json.encode({"kind": kind or REMOTE_HANDLER_ERROR, "message": text})
+        try:
+            await self._require_link().reply(cid, ERROR_REPLY_TYPE, data.decode())
+        except MasError as exc:
+            log.warning(
+                "%s: could not send the error reply to %r for %r: %s",
+                self._label,
+                message.sender_id,
+                message.message_type,
+                exc,
+            )
+
+    async def _ack(self, item: Delivered) -> None:
+        try:
+            await self._require_link().ack(item.generation, item.delivery_id)
+        except (MasError, trio.TooSlowError) as exc:
+            log.debug("%s: ack of %s not sent (%s)", self._label, item.delivery_id, exc)
+
+    async def _nack(self, item: Delivered, reason: str, *, retryable: bool) -> None:
+        try:
+            await self._require_link().nack(item.generation, item.delivery_id, reason, retryable)
+        except (MasError, trio.TooSlowError) as exc:
+            log.debug("%s: nack of %s not sent (%s)", self._label, item.delivery_id, exc)
+
+    async def call_on_stop(self) -> None:
+        """Run ``on_stop``; its exception is logged, not raised (the agent is stopping)."""
+        try:
+            await self._agent.on_stop()
+        except Exception:
+            log.error("%s: on_stop raised", self._label, exc_info=True)
