@@ -15,6 +15,7 @@ purerpc is pinned to 0.8.0, whose internals these rely on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -69,10 +70,12 @@ class _ClientSocket(GRPCProtoSocket):  # type: ignore[misc]
             lost = Status(StatusCode.UNAVAILABLE, status_message=CONNECTION_LOST)
             for stream in list(self._streams.values()):
                 if stream._end_stream_event is None:
-                    try:
-                        stream._incoming_events[0].send_nowait(ResponseEnded(stream.stream_id, lost))
-                    except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                        pass
+                    with contextlib.suppress(
+                        anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError
+                    ):
+                        stream._incoming_events[0].send_nowait(
+                            ResponseEnded(stream.stream_id, lost)
+                        )
 
 
 class Channel:
@@ -109,7 +112,5 @@ async def open_channel(host: str, port: int, ssl_context: ssl.SSLContext) -> Asy
             release_stream(open_stream)
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-            try:
+            with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 await stream.aclose()
-            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass

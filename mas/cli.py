@@ -27,7 +27,6 @@ from .config import LoadedConfig, load_config
 from .errors import CertificateError, ConfigError, MasError
 from .pki import server_ssl_context, write_dev_pki
 from .runtime import Runtime, load_agent_class
-from .supervisor import AgentCrashLoopError
 
 log = logging.getLogger("mas.cli")
 
@@ -38,10 +37,17 @@ EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mas", description="mas: a secure runtime for multi-agent systems")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser = argparse.ArgumentParser(
+        prog="mas", description="mas: a secure runtime for multi-agent systems"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    config_help = "mas.yaml, or a directory holding one (default: $MAS_RUNNER_CONFIG_FILE, else search upward)"
+    config_help = (
+        "mas.yaml, or a directory holding one "
+        "(default: $MAS_RUNNER_CONFIG_FILE, else search upward)"
+    )
     for name, help_text in (
         ("run", "run the server and the agents of mas.yaml"),
         ("serve", "run the server only"),
@@ -99,18 +105,28 @@ def _certs(loaded: LoadedConfig, *, force: bool) -> int:
             "(and each agent's tls_cert_path/tls_key_path) so `mas certs` knows where to write"
         )
     assert config.tls_ca_path and config.tls_server_cert_path and config.tls_server_key_path
-    targets = [Path(config.tls_ca_path), Path(config.tls_server_cert_path), Path(config.tls_server_key_path)]
+    targets = [
+        Path(config.tls_ca_path),
+        Path(config.tls_server_cert_path),
+        Path(config.tls_server_key_path),
+    ]
     for spec in config.agents:
         if not (spec.tls_cert_path and spec.tls_key_path):
-            raise ConfigError(f"agent {spec.agent_id!r} has no tls_cert_path/tls_key_path to write to")
+            raise ConfigError(
+                f"agent {spec.agent_id!r} has no tls_cert_path/tls_key_path to write to"
+            )
         targets += [Path(spec.tls_cert_path), Path(spec.tls_key_path)]
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:
         raise ConfigError(
-            f"refusing to overwrite existing files ({', '.join(existing)}); pass --force to replace them"
+            f"refusing to overwrite existing files ({', '.join(existing)}); "
+            "pass --force to replace them"
         )
     paths = write_dev_pki_to(loaded)
-    print(f"wrote a development PKI (CA {paths}) for {len(config.agents)} agent(s); not for production")
+    print(
+        f"wrote a development PKI (CA {paths}) for {len(config.agents)} agent(s); "
+        "not for production"
+    )
     return EXIT_OK
 
 
@@ -143,9 +159,14 @@ def _check(loaded: LoadedConfig) -> int:
     config = loaded.config
     if config.tls_configured:
         assert config.tls_ca_path and config.tls_server_cert_path and config.tls_server_key_path
-        server_ssl_context(config.tls_ca_path, config.tls_server_cert_path, config.tls_server_key_path)
+        server_ssl_context(
+            config.tls_ca_path, config.tls_server_cert_path, config.tls_server_key_path
+        )
     for index, spec in enumerate(config.agents):
         if spec.class_path:
             load_agent_class(spec, loaded.base_dir, index)
-    print(f"{loaded.path}: OK ({len(config.agents)} agent(s), {len(config.permissions)} permission rule(s))")
+    print(
+        f"{loaded.path}: OK ({len(config.agents)} agent(s), "
+        f"{len(config.permissions)} permission rule(s))"
+    )
     return EXIT_OK

@@ -80,7 +80,9 @@ class _TLSMaterial:
                     "so a development PKI is not allowed: set tls_ca_path, tls_server_cert_path "
                     "and tls_server_key_path (`python -m mas certs` writes a development set)"
                 )
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mas-dev-pki-")))
+            directory = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="mas-dev-pki-"))
+            )
             paths = write_dev_pki(directory, config.agent_ids, trust_domain=config.trust_domain)
             log.warning(
                 "no TLS files configured: using a throwaway development PKI in %s "
@@ -88,7 +90,9 @@ class _TLSMaterial:
                 directory,
             )
             self.ca_path, self.cert_path, self.key_path = (
-                paths.ca_path, paths.server_cert_path, paths.server_key_path,
+                paths.ca_path,
+                paths.server_cert_path,
+                paths.server_key_path,
             )
             for agent_id, (cert, key) in paths.agents.items():
                 self._agent_files[agent_id] = TLSFiles(
@@ -109,7 +113,9 @@ class _TLSMaterial:
                 f"agent {spec.agent_id!r} has no tls_cert_path/tls_key_path; every agent run by "
                 "`mas run` needs its own client certificate when TLS files are configured"
             )
-        return TLSFiles(ca_path=str(self.ca_path), cert_path=spec.tls_cert_path, key_path=spec.tls_key_path)
+        return TLSFiles(
+            ca_path=str(self.ca_path), cert_path=spec.tls_cert_path, key_path=spec.tls_key_path
+        )
 
 
 def load_agent_class(spec: AgentSpec, base_dir: Path, index: int) -> type[Agent[Any]]:
@@ -169,13 +175,17 @@ class Runtime:
         """Begin a graceful stop (safe to call from any agent, any number of times)."""
         self._stop_requested.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until a stop is requested; readiness once the server and agents are up."""
         config = self.loaded.config
         if not self.serve_only:
             for index, spec in enumerate(config.agents):
                 if spec.class_path:
-                    self._classes[spec.agent_id] = load_agent_class(spec, self.loaded.base_dir, index)
+                    self._classes[spec.agent_id] = load_agent_class(
+                        spec, self.loaded.base_dir, index
+                    )
         with contextlib.ExitStack() as stack:
             tls = _TLSMaterial(config, stack)
             ssl_context = server_ssl_context(tls.ca_path, tls.cert_path, tls.key_path)
@@ -194,7 +204,9 @@ class Runtime:
                     await agents.start(supervisor.run)
                     task_status.started(address)
                     await self._stop_requested.wait()
-                    log.info("stopping: draining agents (up to %.0f s)", config.limits.shutdown_grace)
+                    log.info(
+                        "stopping: draining agents (up to %.0f s)", config.limits.shutdown_grace
+                    )
                     await supervisor.stop()
                     agents.cancel_scope.deadline = (
                         trio.current_time() + config.limits.shutdown_grace + _STOP_MARGIN
@@ -203,7 +215,9 @@ class Runtime:
                 log.info("server statistics: %s", server.statistics())
                 root.cancel_scope.cancel()
 
-    def _make_agent(self, spec: AgentSpec, index: int, server_addr: str, tls: _TLSMaterial) -> Agent[Any]:
+    def _make_agent(
+        self, spec: AgentSpec, index: int, server_addr: str, tls: _TLSMaterial
+    ) -> Agent[Any]:
         cls = self._classes[spec.agent_id]
         try:
             return cls(
@@ -230,7 +244,10 @@ class Runtime:
                     log.warning("second stop signal: stopping now")
                     root.cancel()
                 else:
-                    log.info("received %s: stopping gracefully (again to stop now)", signal.Signals(signum).name)
+                    log.info(
+                        "received %s: stopping gracefully (again to stop now)",
+                        signal.Signals(signum).name,
+                    )
                     self.request_stop()
 
     def reload(self) -> None:

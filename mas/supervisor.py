@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mas.supervisor")
 
+
 class AgentCrashLoopError(MasError):
     """An agent kept crashing; the runtime stops rather than run without it."""
 

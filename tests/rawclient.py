@@ -90,7 +90,9 @@ class RawSession:
     async def call(self, kind: str, **fields: Any) -> pb.Result:
         """Send a stream fast-path frame and return its Result."""
         self.seq += 1
-        message = {"send": pb.StreamSend, "request": pb.StreamRequest, "reply": pb.StreamReply}[kind]
+        message = {"send": pb.StreamSend, "request": pb.StreamRequest, "reply": pb.StreamReply}[
+            kind
+        ]
         await self.send(**{kind: message(seq=self.seq, **fields)})
         while True:
             event = await self.receive()

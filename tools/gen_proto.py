@@ -40,10 +40,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         generate(tmp_path)
-        stale = [n for n in GENERATED if not (OUT / n).exists() or not filecmp.cmp(tmp_path / n, OUT / n, shallow=False)]
+        stale = [
+            n
+            for n in GENERATED
+            if not (OUT / n).exists() or not filecmp.cmp(tmp_path / n, OUT / n, shallow=False)
+        ]
         if args.check:
             if stale:
-                print(f"stale generated code: {', '.join(stale)}; run `nox -s proto`", file=sys.stderr)
+                print(
+                    f"stale generated code: {', '.join(stale)}; run `nox -s proto`", file=sys.stderr
+                )
                 return 1
             print("generated code is up to date")
             return 0

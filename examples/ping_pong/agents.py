@@ -42,7 +42,9 @@ class PongAgent(Agent[PongState]):
     async def handle_patient(self, message: AgentMessage, payload: PatientMessage) -> None:
         answered = self.state.answered + 1
         await self.update_state({"answered": answered})
-        reply = DoctorMessage(text=f"Noted ({payload.text!r}). Rest and drink water.", answered=answered)
+        reply = DoctorMessage(
+            text=f"Noted ({payload.text!r}). Rest and drink water.", answered=answered
+        )
         await message.reply("doctor_message", reply)
 
 

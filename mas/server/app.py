@@ -91,14 +91,16 @@ class MasServer:
         self._policy = _routing_policy(config)
         for session in self.registry.all():
             if session.agent_id not in config.agent_ids:
-                log.warning("ending session %s/%s: agent removed", session.agent_id, session.instance_id)
+                log.warning(
+                    "ending session %s/%s: agent removed", session.agent_id, session.instance_id
+                )
                 session.end("UNAUTHENTICATED", "not_allowlisted")
 
-    async def drain(self, timeout: float) -> None:
-        """End every session (clients may reconnect elsewhere) and wait up to ``timeout``."""
+    async def drain(self, grace_period: float) -> None:
+        """End every session (clients may reconnect elsewhere); wait up to ``grace_period``."""
         for session in self.registry.all():
             session.end("UNAVAILABLE", "server_shutting_down")
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(grace_period):
             await self.registry.wait_empty()
 
     def statistics(self) -> dict[str, Any]:

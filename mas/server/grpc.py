@@ -20,6 +20,7 @@ Nothing outside this module imports purerpc on the server side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -134,7 +135,8 @@ class Method(NamedTuple):
 class Service(Protocol):
     """What the dispatcher needs from the servicer."""
 
-    methods: Mapping[str, Method]
+    @property
+    def methods(self) -> Mapping[str, Method]: ...
 
 
 class ServerLimits(NamedTuple):
@@ -156,7 +158,7 @@ class BoundAddress(NamedTuple):
 # -- HTTP/2 with our limits -------------------------------------------------------
 
 
-class _OversizeMessage(MessageReceived):
+class _OversizeMessage(MessageReceived):  # type: ignore[misc]
     """Stands in the stream's event queue for a message that exceeded the limit."""
 
     def __init__(self, stream_id: int) -> None:
@@ -187,10 +189,8 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
     def _give_back_window(self, stream_id: int, length: int) -> None:
         if length <= 0:
             return
-        try:
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.h2_connection.acknowledge_received_data(length, stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            pass
 
     def _data_received(self, event: Any) -> list[Any]:
         buffer = self.message_read_buffers.get(event.stream_id)
@@ -342,7 +342,8 @@ async def _close_quietly(rpc: RpcStream, code: str, reason: str) -> None:
 
 def _peer_address(stream: anyio.abc.ByteStream) -> str:
     try:
-        host, port = stream.extra(anyio.abc.SocketAttribute.remote_address)[:2]
+        address: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        host, port = address[:2]
     except (anyio.TypedAttributeLookupError, TypeError, ValueError):
         return "unknown"
     return f"{host}:{port}"
@@ -351,9 +352,7 @@ def _peer_address(stream: anyio.abc.ByteStream) -> str:
 class GrpcServer:
     """Accepts TLS connections and runs the RPCs of one ``Service`` on them."""
 
-    def __init__(
-        self, service: Service, ssl_context: ssl.SSLContext, limits: ServerLimits
-    ) -> None:
+    def __init__(self, service: Service, ssl_context: ssl.SSLContext, limits: ServerLimits) -> None:
         self._service = service
         self._ssl_context = ssl_context
         self._limits = limits
@@ -362,7 +361,11 @@ class GrpcServer:
         self.refused_handshakes = 0
 
     async def serve(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled; reports the bound address."""
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
@@ -374,7 +377,7 @@ class GrpcServer:
             task_status.started(bound)
             await trio.sleep_forever()
 
-    async def _accept_loop(self, listener: anyio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: Any, nursery: trio.Nursery) -> None:
         while True:
             try:
                 stream = await listener.accept()
@@ -399,13 +402,24 @@ class GrpcServer:
             try:
                 with trio.fail_after(self._limits.handshake_timeout):
                     tls = await TLSStream.wrap(
-                        tcp, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
+                        tcp,
+                        server_side=True,
+                        ssl_context=self._ssl_context,
+                        standard_compatible=False,
                     )
-            except (trio.TooSlowError, anyio.BrokenResourceError, anyio.EndOfStream, ssl.SSLError, OSError) as exc:
+            except (
+                trio.TooSlowError,
+                anyio.BrokenResourceError,
+                anyio.EndOfStream,
+                ssl.SSLError,
+                OSError,
+            ) as exc:
                 self.refused_handshakes += 1
                 log.info("TLS handshake with %s failed: %s", address, exc or type(exc).__name__)
                 return
-            peer = PeerConnection(connection_id, address, tls.extra(TLSAttribute.peer_certificate_binary, None))
+            peer = PeerConnection(
+                connection_id, address, tls.extra(TLSAttribute.peer_certificate_binary, None)
+            )
             socket = _ServerSocket(tls, self._limits)
             async with socket, trio.open_nursery() as rpcs:
                 await socket.serve(
@@ -413,7 +427,11 @@ class GrpcServer:
                 )
                 # The peer is gone: no RPC of this connection can progress any more.
                 rpcs.cancel_scope.cancel()
-        except (h2.exceptions.ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        except (
+            h2.exceptions.ProtocolError,
+            anyio.BrokenResourceError,
+            anyio.ClosedResourceError,
+        ) as exc:
             log.info("connection %d from %s closed: %s", connection_id, address, exc)
         finally:
             self.active_connections -= 1
@@ -423,7 +441,5 @@ class GrpcServer:
 async def _aclose(stream: anyio.abc.AsyncResource) -> None:
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
-        try:
+        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             await stream.aclose()
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass

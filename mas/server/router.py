@@ -124,7 +124,12 @@ class Router:
         self.registry.ring(envelope.target_id, instance_id)
 
     async def send(
-        self, sender_id: str, sender_instance_id: str, target_id: str, message_type: str, data_json: str
+        self,
+        sender_id: str,
+        sender_instance_id: str,
+        target_id: str,
+        message_type: str,
+        data_json: str,
     ) -> Accepted:
         """Route a fire-and-forget message."""
         data = self._check_message(message_type, data_json)
@@ -239,7 +244,11 @@ class Router:
             await session.wait_for_doorbell()
             while (room := session.prefetch - len(session.in_flight)) > 0:
                 deliveries = await self.store.claim(
-                    session.agent_id, session.instance_id, session.session_id, room, self._clock.now()
+                    session.agent_id,
+                    session.instance_id,
+                    session.session_id,
+                    room,
+                    self._clock.now(),
                 )
                 if not deliveries:
                     break
@@ -256,7 +265,10 @@ class Router:
             for delivery_id in list(session.expired(trio.current_time())):
                 log.warning(
                     "delivery %s to %s/%s not acked in %.0f s; redelivering",
-                    delivery_id, session.agent_id, session.instance_id, self._limits.ack_timeout,
+                    delivery_id,
+                    session.agent_id,
+                    session.instance_id,
+                    self._limits.ack_timeout,
                 )
                 await self.nack(session, delivery_id, "ack_timeout", retryable=True)
 
@@ -265,7 +277,9 @@ class Router:
         if session.untrack(delivery_id) is not None:
             await self.store.ack(delivery_id)
 
-    async def nack(self, session: Session, delivery_id: str, reason: str, *, retryable: bool) -> None:
+    async def nack(
+        self, session: Session, delivery_id: str, reason: str, *, retryable: bool
+    ) -> None:
         """The session's agent could not handle a delivery: retry later, or dead-letter."""
         attempt = session.untrack(delivery_id)
         if attempt is None:
@@ -284,7 +298,10 @@ class Router:
                 self.dead_lettered += 1
                 log.warning(
                     "message %s to %s dead-lettered after %d attempt(s): %s",
-                    dead.message.message_id, dead.message.target_id, dead.message.attempt, reason,
+                    dead.message.message_id,
+                    dead.message.target_id,
+                    dead.message.attempt,
+                    reason,
                 )
 
     async def release(self, session: Session) -> None:

@@ -129,7 +129,11 @@ class RuntimeServicer:
         await self._run_session(peer, rpc, identity, first)
 
     async def _run_session(
-        self, peer: PeerConnection, rpc: RpcStream, identity: PeerIdentity, first: pb.ClientEvent | None
+        self,
+        peer: PeerConnection,
+        rpc: RpcStream,
+        identity: PeerIdentity,
+        first: pb.ClientEvent | None,
     ) -> None:
         if first is None or first.WhichOneof("event") != "hello":
             raise RpcError("INVALID_ARGUMENT", "hello_required")
@@ -198,7 +202,9 @@ class RuntimeServicer:
                     await router.ack(session, delivery_id)
             elif kind == "nack":
                 nack = frame.nack
-                await router.nack(session, nack.delivery_id, nack.reason[:200], retryable=nack.retryable)
+                await router.nack(
+                    session, nack.delivery_id, nack.reason[:200], retryable=nack.retryable
+                )
             elif kind in ("send", "request", "reply"):
                 await rpc.send(pb.ServerEvent(result=await self._stream_message(session, frame)))
             elif kind == "hello":
@@ -213,7 +219,9 @@ class RuntimeServicer:
             if kind == "send":
                 m = frame.send
                 seq = m.seq
-                accepted = await router.send(agent_id, instance_id, m.target_id, m.message_type, m.data_json)
+                accepted = await router.send(
+                    agent_id, instance_id, m.target_id, m.message_type, m.data_json
+                )
             elif kind == "request":
                 r = frame.request
                 seq = r.seq
@@ -232,7 +240,9 @@ class RuntimeServicer:
                 error=pb.ServerError(code=exc.code, message=exc.reason),
                 retry_after_seconds=exc.retry_after or 0.0,
             )
-        return pb.Result(seq=seq, message_id=accepted.message_id, correlation_id=accepted.correlation_id)
+        return pb.Result(
+            seq=seq, message_id=accepted.message_id, correlation_id=accepted.correlation_id
+        )
 
     # -- unary messaging -------------------------------------------------------------------
 
@@ -241,7 +251,11 @@ class RuntimeServicer:
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
         accepted = await _routed(
             self._router.send(
-                identity.agent_id, instance_id, request.target_id, request.message_type, request.data_json
+                identity.agent_id,
+                instance_id,
+                request.target_id,
+                request.message_type,
+                request.data_json,
             )
         )
         return pb.SendResponse(message_id=accepted.message_id)
@@ -259,21 +273,29 @@ class RuntimeServicer:
                 request.timeout_ms,
             )
         )
-        return pb.RequestResponse(message_id=accepted.message_id, correlation_id=accepted.correlation_id)
+        return pb.RequestResponse(
+            message_id=accepted.message_id, correlation_id=accepted.correlation_id
+        )
 
     async def reply(self, peer: PeerConnection, request: pb.ReplyRequest) -> pb.ReplyResponse:
         identity = self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
         accepted = await _routed(
             self._router.reply(
-                identity.agent_id, instance_id, request.correlation_id, request.message_type, request.data_json
+                identity.agent_id,
+                instance_id,
+                request.correlation_id,
+                request.message_type,
+                request.data_json,
             )
         )
         return pb.ReplyResponse(message_id=accepted.message_id)
 
     # -- discovery and state -------------------------------------------------------------
 
-    async def discover(self, peer: PeerConnection, request: pb.DiscoverRequest) -> pb.DiscoverResponse:
+    async def discover(
+        self, peer: PeerConnection, request: pb.DiscoverRequest
+    ) -> pb.DiscoverResponse:
         self._identity(peer)
         wanted = set(request.capabilities)
         records = []
@@ -292,7 +314,9 @@ class RuntimeServicer:
             )
         return pb.DiscoverResponse(agents=records)
 
-    async def get_state(self, peer: PeerConnection, request: pb.GetStateRequest) -> pb.GetStateResponse:
+    async def get_state(
+        self, peer: PeerConnection, request: pb.GetStateRequest
+    ) -> pb.GetStateResponse:
         identity = self._identity(peer)
         return pb.GetStateResponse(state=await self._store.get_state(identity.agent_id))
 
@@ -314,7 +338,9 @@ class RuntimeServicer:
             raise RpcError("RESOURCE_EXHAUSTED", "state_too_large") from exc
         return pb.UpdateStateResponse()
 
-    async def reset_state(self, peer: PeerConnection, request: pb.ResetStateRequest) -> pb.ResetStateResponse:
+    async def reset_state(
+        self, peer: PeerConnection, request: pb.ResetStateRequest
+    ) -> pb.ResetStateResponse:
         identity = self._identity(peer)
         await self._store.reset_state(identity.agent_id)
         return pb.ResetStateResponse()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from ..envelope import new_delivery_id
 from .base import (
     Correlation,
     CorrelationRefused,
@@ -23,7 +24,6 @@ from .base import (
     StateTooLargeError,
     StoreLimits,
 )
-from ..envelope import new_delivery_id
 
 _QueueKey = tuple[str, str | None]  # (agent id, instance id or None for the shared queue)
 
@@ -83,9 +83,13 @@ class MemoryStore:
             while queue and len(taken) < limit:
                 message = queue.popleft()
                 if now - message.enqueued_at > self.limits.max_message_age:
-                    self._dead.append(DeadLetter(message=message, reason="expired", dead_lettered_at=now))
+                    self._dead.append(
+                        DeadLetter(message=message, reason="expired", dead_lettered_at=now)
+                    )
                     continue
-                delivery = InFlight(delivery_id=new_delivery_id(), session_id=session_id, message=message)
+                delivery = InFlight(
+                    delivery_id=new_delivery_id(), session_id=session_id, message=message
+                )
                 self._in_flight[delivery.delivery_id] = delivery
                 self._by_session.setdefault(session_id, set()).add(delivery.delivery_id)
                 taken.append(delivery)
@@ -116,7 +120,9 @@ class MemoryStore:
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
         delivery = self._forget(delivery_id)
         if delivery is not None:
-            self._dead.append(DeadLetter(message=delivery.message, reason=reason, dead_lettered_at=now))
+            self._dead.append(
+                DeadLetter(message=delivery.message, reason=reason, dead_lettered_at=now)
+            )
         return delivery
 
     async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
@@ -166,7 +172,9 @@ class MemoryStore:
 
     async def put_correlation(self, correlation: Correlation) -> None:
         self._correlations[correlation.correlation_id] = correlation
-        heapq.heappush(self._correlation_expiry, (correlation.expires_at, correlation.correlation_id))
+        heapq.heappush(
+            self._correlation_expiry, (correlation.expires_at, correlation.correlation_id)
+        )
 
     async def take_correlation(
         self, correlation_id: str, replier_id: str, now: float

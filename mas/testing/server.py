@@ -10,8 +10,8 @@ import msgspec
 import trio
 
 from ..config import MasConfig, check_config
-from ..server import MasServer
 from ..runtime import build_store
+from ..server import MasServer
 from ..store import Store
 from .pki import TestPKI
 

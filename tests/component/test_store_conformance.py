@@ -19,13 +19,21 @@ def store(request: pytest.FixtureRequest) -> Store:
     return BACKENDS[request.param](LIMITS)
 
 
-def _message(n: int, *, target: str = "b", instance: str | None = None, at: float = NOW) -> QueuedMessage:
+def _message(
+    n: int, *, target: str = "b", instance: str | None = None, at: float = NOW
+) -> QueuedMessage:
     return QueuedMessage(
-        message_id=f"m{n}", target_id=target, instance_id=instance, envelope_json=b"{}", enqueued_at=at
+        message_id=f"m{n}",
+        target_id=target,
+        instance_id=instance,
+        envelope_json=b"{}",
+        enqueued_at=at,
     )
 
 
-async def _ids(store: Store, session: str = "s1", limit: int = 10, now: float = NOW, instance: str = "i1") -> list[str]:
+async def _ids(
+    store: Store, session: str = "s1", limit: int = 10, now: float = NOW, instance: str = "i1"
+) -> list[str]:
     return [d.message.message_id for d in await store.claim("b", instance, session, limit, now)]
 
 
@@ -78,7 +86,11 @@ async def test_dead_letter_keeps_the_whole_message(store: Store) -> None:
     [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
     await store.dead_letter(delivery.delivery_id, "invalid", NOW + 1)
     [dead] = await store.dead_letters("b")
-    assert (dead.message, dead.reason, dead.dead_lettered_at) == (delivery.message, "invalid", NOW + 1)
+    assert (dead.message, dead.reason, dead.dead_lettered_at) == (
+        delivery.message,
+        "invalid",
+        NOW + 1,
+    )
     assert await store.dead_letters("other") == []
 
 
@@ -88,7 +100,11 @@ async def test_release_session_requeues_in_order_at_the_front(store: Store) -> N
     await store.claim("b", "i1", "s1", 2, NOW + 5)  # m0, m1 in flight
     assert await store.release_session("s1", 5, NOW + 5) == 2
     claimed = await store.claim("b", "i2", "s2", 5, NOW + 5)
-    assert [(d.message.message_id, d.message.attempt) for d in claimed] == [("m0", 2), ("m1", 2), ("m2", 1)]
+    assert [(d.message.message_id, d.message.attempt) for d in claimed] == [
+        ("m0", 2),
+        ("m1", 2),
+        ("m2", 1),
+    ]
 
 
 async def test_release_session_dead_letters_past_max_attempts(store: Store) -> None:
@@ -112,7 +128,9 @@ async def test_messages_older_than_max_age_are_dead_lettered_not_delivered(store
     await store.enqueue(_message(1, at=NOW))
     await store.enqueue(_message(2, at=NOW + 50))
     assert await _ids(store, now=NOW + 120) == ["m2"]
-    assert [(d.message.message_id, d.reason) for d in await store.dead_letters("b")] == [("m1", "expired")]
+    assert [(d.message.message_id, d.reason) for d in await store.dead_letters("b")] == [
+        ("m1", "expired")
+    ]
 
 
 def _correlation(expires_at: float = NOW + 60) -> Correlation:

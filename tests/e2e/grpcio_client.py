@@ -41,7 +41,15 @@ def main() -> None:
         welcome = next(events)
         seen["welcome"] = [welcome.welcome.agent_id, welcome.welcome.instance_id]
 
-        sent = stub.Send(pb.SendRequest(target_id="legacy", message_type="note", data_json='{"n": 1}', instance_id="legacy-1"), timeout=10)
+        sent = stub.Send(
+            pb.SendRequest(
+                target_id="legacy",
+                message_type="note",
+                data_json='{"n": 1}',
+                instance_id="legacy-1",
+            ),
+            timeout=10,
+        )
         seen["send_message_id"] = bool(sent.message_id)
         delivery = next(events)
         assert delivery.WhichOneof("event") == "delivery", delivery
@@ -50,20 +58,37 @@ def main() -> None:
         outgoing.put(pb.ClientEvent(ack=pb.Ack(delivery_id=delivery.delivery.delivery_id)))
 
         requested = stub.Request(
-            pb.RequestRequest(target_id="legacy", message_type="ask", data_json="{}", timeout_ms=5000, instance_id="legacy-1"),
+            pb.RequestRequest(
+                target_id="legacy",
+                message_type="ask",
+                data_json="{}",
+                timeout_ms=5000,
+                instance_id="legacy-1",
+            ),
             timeout=10,
         )
         request = next(events)
         request_envelope = json.loads(request.delivery.envelope_json)
-        seen["request_correlation_matches"] = request_envelope["meta"]["correlation_id"] == requested.correlation_id
+        seen["request_correlation_matches"] = (
+            request_envelope["meta"]["correlation_id"] == requested.correlation_id
+        )
         outgoing.put(pb.ClientEvent(ack=pb.Ack(delivery_id=request.delivery.delivery_id)))
         stub.Reply(
-            pb.ReplyRequest(correlation_id=requested.correlation_id, message_type="answer", data_json='{"ok": true}', instance_id="legacy-1"),
+            pb.ReplyRequest(
+                correlation_id=requested.correlation_id,
+                message_type="answer",
+                data_json='{"ok": true}',
+                instance_id="legacy-1",
+            ),
             timeout=10,
         )
         reply = next(events)
         reply_envelope = json.loads(reply.delivery.envelope_json)
-        seen["reply"] = [reply_envelope["message_type"], reply_envelope["data"], reply_envelope["meta"]["is_reply"]]
+        seen["reply"] = [
+            reply_envelope["message_type"],
+            reply_envelope["data"],
+            reply_envelope["meta"]["is_reply"],
+        ]
         outgoing.put(pb.ClientEvent(ack=pb.Ack(delivery_id=reply.delivery.delivery_id)))
 
         stub.UpdateState(pb.UpdateStateRequest(updates={"k": "[1, null, true]"}), timeout=10)
@@ -73,7 +98,12 @@ def main() -> None:
         agents = stub.Discover(pb.DiscoverRequest(capabilities=["legacy"]), timeout=10).agents
         seen["discovered"] = [[a.agent_id, a.status] for a in agents]
         try:
-            stub.Send(pb.SendRequest(target_id="other", message_type="x", data_json="{}", instance_id="legacy-1"), timeout=10)
+            stub.Send(
+                pb.SendRequest(
+                    target_id="other", message_type="x", data_json="{}", instance_id="legacy-1"
+                ),
+                timeout=10,
+            )
         except grpc.RpcError as exc:
             seen["denied"] = [exc.code().name, exc.details()]
         outgoing.put(None)

@@ -10,10 +10,10 @@ import json
 
 import trio
 import trio.testing
+from rawclient import RawSession, raw_client
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI, make_config, open_test_server
-from rawclient import RawSession, raw_client
 
 ONE_WAY = [{"type": "allow", "sender": "a", "targets": ["b"]}]
 
@@ -25,7 +25,9 @@ def _n(delivery: pb.Delivery) -> tuple[int, int]:
 
 async def _send_numbers(a: RawSession, count: int) -> None:
     for n in range(count):
-        result = await a.call("send", target_id="b", message_type="t", data_json=json.dumps({"n": n}))
+        result = await a.call(
+            "send", target_id="b", message_type="t", data_json=json.dumps({"n": n})
+        )
         assert not result.HasField("error"), result
 
 
@@ -35,9 +37,10 @@ async def test_retryable_nack_is_redelivered_with_backoff_then_dead_lettered(
     config = make_config(["a", "b"], ONE_WAY, limits={"max_attempts": 3, "redelivery_backoff": 2.0})
     async with open_test_server(config, pki) as server:
         port = server.address.port
-        async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-            port, pki.client_ssl_context("b")
-        ) as cb:
+        async with (
+            raw_client(port, pki.client_ssl_context("a")) as ca,
+            raw_client(port, pki.client_ssl_context("b")) as cb,
+        ):
             a, b = await ca.transport(), await cb.transport()
             await a.hello("a1")
             await b.hello("b1")
@@ -47,7 +50,9 @@ async def test_retryable_nack_is_redelivered_with_backoff_then_dead_lettered(
                 delivery = await b.next_delivery()
                 times.append(trio.current_time())
                 assert _n(delivery) == (0, expected_attempt)
-                await b.send(nack=pb.Nack(delivery_id=delivery.delivery_id, reason="busy", retryable=True))
+                await b.send(
+                    nack=pb.Nack(delivery_id=delivery.delivery_id, reason="busy", retryable=True)
+                )
             # Backoff doubles: 2 s, then 4 s.
             assert round(times[1] - times[0]) == 2
             assert round(times[2] - times[1]) == 4
@@ -63,15 +68,20 @@ async def test_non_retryable_nack_dead_letters_at_once(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], ONE_WAY), pki) as server:
             port = server.address.port
-            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-                port, pki.client_ssl_context("b")
-            ) as cb:
+            async with (
+                raw_client(port, pki.client_ssl_context("a")) as ca,
+                raw_client(port, pki.client_ssl_context("b")) as cb,
+            ):
                 a, b = await ca.transport(), await cb.transport()
                 await a.hello("a1")
                 await b.hello("b1")
                 await _send_numbers(a, 1)
                 delivery = await b.next_delivery()
-                await b.send(nack=pb.Nack(delivery_id=delivery.delivery_id, reason="invalid", retryable=False))
+                await b.send(
+                    nack=pb.Nack(
+                        delivery_id=delivery.delivery_id, reason="invalid", retryable=False
+                    )
+                )
                 await a.call("send", target_id="b", message_type="t", data_json='{"n": 1}')
                 assert _n(await b.next_delivery()) == (1, 1)
                 assert [d.reason for d in await server.store.dead_letters("b")] == ["invalid"]
@@ -80,12 +90,15 @@ async def test_non_retryable_nack_dead_letters_at_once(pki: TestPKI) -> None:
 async def test_unacked_delivery_is_redelivered_after_ack_timeout(
     pki: TestPKI, autojump_clock: trio.testing.MockClock
 ) -> None:
-    config = make_config(["a", "b"], ONE_WAY, limits={"ack_timeout": 30.0, "redelivery_backoff": 1.0})
+    config = make_config(
+        ["a", "b"], ONE_WAY, limits={"ack_timeout": 30.0, "redelivery_backoff": 1.0}
+    )
     async with open_test_server(config, pki) as server:
         port = server.address.port
-        async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-            port, pki.client_ssl_context("b")
-        ) as cb:
+        async with (
+            raw_client(port, pki.client_ssl_context("a")) as ca,
+            raw_client(port, pki.client_ssl_context("b")) as cb,
+        ):
             a, b = await ca.transport(), await cb.transport()
             await a.hello("a1")
             await b.hello("b1")
@@ -106,9 +119,10 @@ async def test_in_flight_window_bounds_unacked_deliveries(
     config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": 2})
     async with open_test_server(config, pki) as server:
         port = server.address.port
-        async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-            port, pki.client_ssl_context("b")
-        ) as cb:
+        async with (
+            raw_client(port, pki.client_ssl_context("a")) as ca,
+            raw_client(port, pki.client_ssl_context("b")) as cb,
+        ):
             a, b = await ca.transport(), await cb.transport()
             await a.hello("a1")
             welcome = await b.hello("b1", prefetch=10)
@@ -155,9 +169,11 @@ async def test_shared_queue_spreads_over_instances(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with open_test_server(config, pki) as server:
             port = server.address.port
-            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-                port, pki.client_ssl_context("b")
-            ) as cb1, raw_client(port, pki.client_ssl_context("b")) as cb2:
+            async with (
+                raw_client(port, pki.client_ssl_context("a")) as ca,
+                raw_client(port, pki.client_ssl_context("b")) as cb1,
+                raw_client(port, pki.client_ssl_context("b")) as cb2,
+            ):
                 a, b1, b2 = await ca.transport(), await cb1.transport(), await cb2.transport()
                 await a.hello("a1")
                 await b1.hello("b-1")
@@ -182,6 +198,9 @@ async def test_sessions_per_agent_are_limited(pki: TestPKI) -> None:
                 try:
                     await second.receive()
                 except CallFailed as failed:
-                    assert (failed.code, failed.reason) == ("RESOURCE_EXHAUSTED", "too_many_sessions")
+                    assert (failed.code, failed.reason) == (
+                        "RESOURCE_EXHAUSTED",
+                        "too_many_sessions",
+                    )
                 else:
                     raise AssertionError("a second session was accepted")

@@ -19,12 +19,20 @@ def _generate_stubs(into: Path) -> None:
     # Generated without the package path, so the stubs never shadow the `mas` package.
     proto_dir = ROOT / "proto" / "mas" / "runtime" / "v1"
     code = protoc.main(
-        ["protoc", f"-I{proto_dir}", f"--python_out={into}", f"--grpc_python_out={into}", "runtime.proto"]
+        [
+            "protoc",
+            f"-I{proto_dir}",
+            f"--python_out={into}",
+            f"--grpc_python_out={into}",
+            "runtime.proto",
+        ]
     )
     assert code == 0
 
 
-async def test_stock_grpcio_client_uses_transport_and_unary_rpcs(pki: TestPKI, tmp_path: Path) -> None:
+async def test_stock_grpcio_client_uses_transport_and_unary_rpcs(
+    pki: TestPKI, tmp_path: Path
+) -> None:
     _generate_stubs(tmp_path)
     files = pki.write(tmp_path / "pki", ["legacy"])
     cert, key = files.agents["legacy"]
@@ -35,7 +43,15 @@ async def test_stock_grpcio_client_uses_transport_and_unary_rpcs(pki: TestPKI, t
     with trio.fail_after(60):
         async with open_test_server(config, pki) as server:
             result = await trio.run_process(
-                [sys.executable, str(CLIENT), str(tmp_path), str(server.address.port), str(files.ca_path), str(cert), str(key)],
+                [
+                    sys.executable,
+                    str(CLIENT),
+                    str(tmp_path),
+                    str(server.address.port),
+                    str(files.ca_path),
+                    str(cert),
+                    str(key),
+                ],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,

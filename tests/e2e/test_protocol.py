@@ -12,10 +12,10 @@ import json
 import pytest
 import trio
 import trio.testing
+from rawclient import CallFailed, RawSession, raw_client
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI, make_config, open_test_server
-from rawclient import CallFailed, RawSession, raw_client
 
 PAIR = [{"type": "allow_bidirectional", "agents": ["a", "b"]}]
 
@@ -33,9 +33,10 @@ async def test_request_reply_round_trip_sets_identity_fields(pki: TestPKI) -> No
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
             port = server.address.port
-            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-                port, pki.client_ssl_context("b")
-            ) as cb:
+            async with (
+                raw_client(port, pki.client_ssl_context("a")) as ca,
+                raw_client(port, pki.client_ssl_context("b")) as cb,
+            ):
                 a, b = await ca.transport(), await cb.transport()
                 await a.hello("a1")
                 await b.hello("b1")
@@ -46,7 +47,10 @@ async def test_request_reply_round_trip_sets_identity_fields(pki: TestPKI) -> No
                 assert meta["sender_instance_id"] == "a1"
                 assert meta["expects_reply"] is True
                 result = await b.call(
-                    "reply", correlation_id=meta["correlation_id"], message_type="pong", data_json="{}"
+                    "reply",
+                    correlation_id=meta["correlation_id"],
+                    message_type="pong",
+                    data_json="{}",
                 )
                 assert not result.HasField("error")
                 reply = json.loads((await a.next_delivery()).envelope_json)
@@ -59,18 +63,26 @@ async def test_replayed_correlation_id_is_refused(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
             port = server.address.port
-            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-                port, pki.client_ssl_context("b")
-            ) as cb:
+            async with (
+                raw_client(port, pki.client_ssl_context("a")) as ca,
+                raw_client(port, pki.client_ssl_context("b")) as cb,
+            ):
                 a, b = await ca.transport(), await cb.transport()
                 await a.hello("a1")
                 await b.hello("b1")
                 envelope = await _request_to_b(a, b)
                 correlation_id = envelope["meta"]["correlation_id"]  # type: ignore[index]
-                first = await b.call("reply", correlation_id=correlation_id, message_type="r", data_json="{}")
+                first = await b.call(
+                    "reply", correlation_id=correlation_id, message_type="r", data_json="{}"
+                )
                 assert not first.HasField("error")
-                again = await b.call("reply", correlation_id=correlation_id, message_type="r", data_json="{}")
-                assert (again.error.code, again.error.message) == ("NOT_FOUND", "unknown_correlation")
+                again = await b.call(
+                    "reply", correlation_id=correlation_id, message_type="r", data_json="{}"
+                )
+                assert (again.error.code, again.error.message) == (
+                    "NOT_FOUND",
+                    "unknown_correlation",
+                )
 
 
 async def test_reply_from_third_agent_is_refused_and_target_can_still_reply(pki: TestPKI) -> None:
@@ -78,18 +90,27 @@ async def test_reply_from_third_agent_is_refused_and_target_can_still_reply(pki:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b", "c"], perms), pki) as server:
             port = server.address.port
-            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-                port, pki.client_ssl_context("b")
-            ) as cb, raw_client(port, pki.client_ssl_context("c")) as cc:
+            async with (
+                raw_client(port, pki.client_ssl_context("a")) as ca,
+                raw_client(port, pki.client_ssl_context("b")) as cb,
+                raw_client(port, pki.client_ssl_context("c")) as cc,
+            ):
                 a, b, c = await ca.transport(), await cb.transport(), await cc.transport()
                 await a.hello("a1")
                 await b.hello("b1")
                 await c.hello("c1")
                 envelope = await _request_to_b(a, b)
                 correlation_id = envelope["meta"]["correlation_id"]  # type: ignore[index]
-                stolen = await c.call("reply", correlation_id=correlation_id, message_type="r", data_json="{}")
-                assert (stolen.error.code, stolen.error.message) == ("PERMISSION_DENIED", "not_authorized")
-                rightful = await b.call("reply", correlation_id=correlation_id, message_type="r", data_json="{}")
+                stolen = await c.call(
+                    "reply", correlation_id=correlation_id, message_type="r", data_json="{}"
+                )
+                assert (stolen.error.code, stolen.error.message) == (
+                    "PERMISSION_DENIED",
+                    "not_authorized",
+                )
+                rightful = await b.call(
+                    "reply", correlation_id=correlation_id, message_type="r", data_json="{}"
+                )
                 assert not rightful.HasField("error")
 
 
@@ -97,15 +118,21 @@ async def test_unary_call_cannot_claim_another_connections_instance(pki: TestPKI
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
             port = server.address.port
-            async with raw_client(port, pki.client_ssl_context("a")) as ca, raw_client(
-                port, pki.client_ssl_context("a")
-            ) as other:
+            async with (
+                raw_client(port, pki.client_ssl_context("a")) as ca,
+                raw_client(port, pki.client_ssl_context("a")) as other,
+            ):
                 a = await ca.transport()
                 await a.hello("a1")
-                spoof = pb.SendRequest(target_id="b", message_type="t", data_json="{}", instance_id="a1")
+                spoof = pb.SendRequest(
+                    target_id="b", message_type="t", data_json="{}", instance_id="a1"
+                )
                 with pytest.raises(CallFailed) as failed:
                     await other.unary("Send", spoof, pb.SendResponse)
-                assert (failed.value.code, failed.value.reason) == ("FAILED_PRECONDITION", "instance_not_bound")
+                assert (failed.value.code, failed.value.reason) == (
+                    "FAILED_PRECONDITION",
+                    "instance_not_bound",
+                )
                 # On its own connection the same call is accepted.
                 response = await ca.unary("Send", spoof, pb.SendResponse)
                 assert response.message_id
@@ -122,7 +149,10 @@ async def test_non_allowlisted_identity_is_refused_on_every_rpc(pki: TestPKI) ->
                 ):
                     with pytest.raises(CallFailed) as failed:
                         await cm.unary(method, request, response)
-                    assert (failed.value.code, failed.value.reason) == ("UNAUTHENTICATED", "not_allowlisted")
+                    assert (failed.value.code, failed.value.reason) == (
+                        "UNAUTHENTICATED",
+                        "not_allowlisted",
+                    )
                 session = await cm.transport()
                 await session.send(hello=pb.Hello(instance_id="m1"))
                 with pytest.raises(CallFailed) as failed:
@@ -135,7 +165,10 @@ async def test_non_allowlisted_identity_is_refused_on_every_rpc(pki: TestPKI) ->
     ("leaf", "reason"),
     [
         ({"common_name": "no-san"}, "no_uri_san"),
-        ({"common_name": "two", "uris": ["spiffe://mas/agent/a", "spiffe://mas/agent/b"]}, "multiple_uri_sans"),
+        (
+            {"common_name": "two", "uris": ["spiffe://mas/agent/a", "spiffe://mas/agent/b"]},
+            "multiple_uri_sans",
+        ),
         ({"common_name": "td", "uris": ["spiffe://other/agent/a"]}, "wrong_trust_domain"),
         ({"common_name": "ca", "uris": ["spiffe://mas/agent/a"], "is_ca": True}, "ca_certificate"),
     ],
@@ -152,7 +185,9 @@ async def test_bad_identity_certificate_is_refused_with_reason(
                 assert (failed.value.code, failed.value.reason) == ("UNAUTHENTICATED", reason)
 
 
-async def test_client_without_certificate_fails_handshake_and_server_keeps_serving(pki: TestPKI) -> None:
+async def test_client_without_certificate_fails_handshake_and_server_keeps_serving(
+    pki: TestPKI,
+) -> None:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
             port = server.address.port
@@ -171,7 +206,10 @@ async def test_deny_by_default_refuses_unlisted_pair(pki: TestPKI) -> None:
                 a = await ca.transport()
                 await a.hello("a1")
                 result = await a.call("send", target_id="b", message_type="t", data_json="{}")
-                assert (result.error.code, result.error.message) == ("PERMISSION_DENIED", "not_authorized")
+                assert (result.error.code, result.error.message) == (
+                    "PERMISSION_DENIED",
+                    "not_authorized",
+                )
 
 
 async def test_bad_payloads_get_reasons_and_the_session_survives(pki: TestPKI) -> None:
@@ -184,8 +222,14 @@ async def test_bad_payloads_get_reasons_and_the_session_survives(pki: TestPKI) -
                 cases = [
                     ({"data_json": "[1, 2]"}, ("INVALID_ARGUMENT", "invalid_payload")),
                     ({"data_json": "{not json"}, ("INVALID_ARGUMENT", "invalid_payload")),
-                    ({"data_json": json.dumps({"x": "y" * 1200})}, ("RESOURCE_EXHAUSTED", "message_too_large")),
-                    ({"data_json": "{}", "message_type": ""}, ("INVALID_ARGUMENT", "invalid_message_type")),
+                    (
+                        {"data_json": json.dumps({"x": "y" * 1200})},
+                        ("RESOURCE_EXHAUSTED", "message_too_large"),
+                    ),
+                    (
+                        {"data_json": "{}", "message_type": ""},
+                        ("INVALID_ARGUMENT", "invalid_message_type"),
+                    ),
                 ]
                 for fields, expected in cases:
                     call = {"target_id": "b", "message_type": "t", **fields}
@@ -203,13 +247,23 @@ async def test_frame_far_over_the_limit_ends_only_its_stream(pki: TestPKI) -> No
                 a = await ca.transport()
                 await a.hello("a1")
                 with pytest.raises(CallFailed) as failed:
-                    await a.call("send", target_id="b", message_type="t", data_json='{"x":"' + "y" * 200_000 + '"}')
-                assert (failed.value.code, failed.value.reason) == ("RESOURCE_EXHAUSTED", "message_too_large")
+                    await a.call(
+                        "send",
+                        target_id="b",
+                        message_type="t",
+                        data_json='{"x":"' + "y" * 200_000 + '"}',
+                    )
+                assert (failed.value.code, failed.value.reason) == (
+                    "RESOURCE_EXHAUSTED",
+                    "message_too_large",
+                )
                 # The connection still serves other RPCs.
                 await ca.unary("GetState", pb.GetStateRequest(), pb.GetStateResponse)
 
 
-async def test_transport_without_hello_times_out(pki: TestPKI, autojump_clock: trio.testing.MockClock) -> None:
+async def test_transport_without_hello_times_out(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
     config = make_config(["a"], limits={"hello_timeout": 5.0})
     async with open_test_server(config, pki) as server:
         async with raw_client(server.address.port, pki.client_ssl_context("a")) as ca:
@@ -217,11 +271,17 @@ async def test_transport_without_hello_times_out(pki: TestPKI, autojump_clock: t
             await session.send(heartbeat=pb.Heartbeat())
             with pytest.raises(CallFailed) as failed:
                 await session.receive()
-            assert (failed.value.code, failed.value.reason) == ("INVALID_ARGUMENT", "hello_required")
+            assert (failed.value.code, failed.value.reason) == (
+                "INVALID_ARGUMENT",
+                "hello_required",
+            )
             silent = await ca.transport()
             with pytest.raises(CallFailed) as failed:
                 await silent.receive()
-            assert (failed.value.code, failed.value.reason) == ("DEADLINE_EXCEEDED", "hello_timeout")
+            assert (failed.value.code, failed.value.reason) == (
+                "DEADLINE_EXCEEDED",
+                "hello_timeout",
+            )
 
 
 async def test_unacked_deliveries_return_to_the_queue_when_session_ends(pki: TestPKI) -> None:
@@ -232,11 +292,16 @@ async def test_unacked_deliveries_return_to_the_queue_when_session_ends(pki: Tes
                 a = await ca.transport()
                 await a.hello("a1")
                 for n in range(3):
-                    await a.call("send", target_id="b", message_type="t", data_json=json.dumps({"n": n}))
+                    await a.call(
+                        "send", target_id="b", message_type="t", data_json=json.dumps({"n": n})
+                    )
             async with raw_client(port, pki.client_ssl_context("b")) as cb:
                 b = await cb.transport()
                 await b.hello("b1")
-                first = [json.loads((await b.next_delivery()).envelope_json)["data"]["n"] for _ in range(3)]
+                first = [
+                    json.loads((await b.next_delivery()).envelope_json)["data"]["n"]
+                    for _ in range(3)
+                ]
                 assert first == [0, 1, 2]
                 await b.close()
             async with raw_client(port, pki.client_ssl_context("b")) as cb:

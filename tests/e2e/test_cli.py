@@ -1,0 +1,126 @@
+"""``python -m mas`` as a user runs it: real subprocesses, exit statuses, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "ping_pong"
+
+
+def _mas(
+    *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAS_RUNNER_CONFIG_FILE"}
+    return subprocess.run(
+        [sys.executable, "-m", "mas", *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _assert_clean_error(
+    result: subprocess.CompletedProcess[str], status: int, *fragments: str
+) -> None:
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.mark.slow
+def test_ping_pong_example_runs_to_completion() -> None:
+    result = _mas("run", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    answers = [
+        line for line in result.stdout.splitlines() if line.startswith("ping: pong answered")
+    ]
+    assert [line.split("#")[1].split(":")[0] for line in answers] == ["1", "2", "3"]
+    assert "development PKI" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_config_exits_2_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text("agents:\n  - agent_id: a\n    instances: 0\n")
+    _assert_clean_error(_mas("run", str(tmp_path)), 2, "$.agents[0].instances")
+
+
+def test_unknown_key_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text("agentz: []\n")
+    _assert_clean_error(_mas("check", str(tmp_path / "mas.yaml")), 2, "agentz")
+
+
+def test_missing_config_exits_2_saying_where_it_looked(tmp_path: Path) -> None:
+    _assert_clean_error(_mas("run", cwd=tmp_path), 2, "mas.yaml")
+
+
+def test_missing_certificate_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text(
+        "tls_ca_path: ca.pem\ntls_server_cert_path: server.pem\ntls_server_key_path: server.key\n"
+    )
+    _assert_clean_error(_mas("serve", str(tmp_path)), 2, "ca.pem")
+
+
+def test_bad_class_path_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text(
+        "server_listen_addr: 127.0.0.1:0\nagents:\n  - agent_id: a\n    class_path: nowhere:Agent\n"
+    )
+    _assert_clean_error(_mas("run", str(tmp_path)), 2, "nowhere", "$.agents[0].class_path")
+
+
+def test_dev_pki_refused_on_a_public_listen_address(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text("server_listen_addr: 0.0.0.0:0\n")
+    _assert_clean_error(_mas("serve", str(tmp_path)), 2, "loopback")
+
+
+def test_certs_writes_a_pki_that_serve_accepts(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text(
+        "server_listen_addr: 127.0.0.1:0\n"
+        "tls_ca_path: certs/ca.pem\ntls_server_cert_path: certs/server.pem\n"
+        "tls_server_key_path: certs/server.key\n"
+        "agents:\n  - agent_id: a\n    tls_cert_path: certs/a.pem\n    tls_key_path: certs/a.key\n"
+    )
+    result = _mas("certs", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "certs" / "a.pem").exists()
+    assert oct((tmp_path / "certs" / "a.key").stat().st_mode & 0o777) == "0o600"
+    checked = _mas("check", str(tmp_path))
+    assert checked.returncode == 0, checked.stderr
+    _assert_clean_error(_mas("certs", str(tmp_path)), 2, "--force")
+
+
+@pytest.mark.slow
+def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text(
+        "server_listen_addr: 127.0.0.1:0\nagents:\n  - agent_id: a\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MAS_RUNNER_CONFIG_FILE"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mas", "serve", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    try:
+        for line in process.stderr:
+            if "listening on" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
