@@ -310,3 +310,31 @@ async def test_unacked_deliveries_return_to_the_queue_when_session_ends(pki: Tes
                 again = [json.loads((await b.next_delivery()).envelope_json) for _ in range(3)]
                 assert [e["data"]["n"] for e in again] == [0, 1, 2]
                 assert all(e["meta"]["attempt"] == 2 for e in again)
+
+
+async def test_silent_tcp_client_is_dropped_after_handshake_timeout(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = make_config(["a"], limits={"handshake_timeout": 7.0})
+    async with open_test_server(config, pki) as server:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.address.port)
+        async with stream:
+            started = trio.current_time()
+            assert await stream.receive_some() == b""  # the server hung up
+            assert trio.current_time() - started >= 7.0
+        assert server.statistics()["refused_handshakes"] == 1
+
+
+async def test_server_advertises_its_stream_limit(pki: TestPKI) -> None:
+    import h2.exceptions
+
+    config = make_config(["a"], limits={"max_concurrent_streams": 2})
+    with trio.fail_after(10):
+        async with open_test_server(config, pki) as server:
+            async with raw_client(server.address.port, pki.client_ssl_context("a")) as ca:
+                first = await ca.transport()
+                await first.hello("one")
+                second = await ca.transport()
+                await second.hello("two")
+                with pytest.raises(h2.exceptions.TooManyStreamsError):
+                    await ca.transport()
