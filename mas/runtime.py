@@ -191,9 +191,10 @@ class Runtime:
             ssl_context = server_ssl_context(tls.ca_path, tls.cert_path, tls.key_path)
             server = self.server = MasServer(config, build_store(config), ssl_context)
             async with trio.open_nursery() as root:
-                address = self.address = await root.start(server.serve)
                 if self.handle_signals:
-                    root.start_soon(self._watch_signals, root.cancel_scope)
+                    # Before the listener: a signal from then on is a graceful stop.
+                    await root.start(self._watch_signals, root.cancel_scope)
+                address = self.address = await root.start(server.serve)
                 agent_addr = format_addr(connect_host(address.host), address.port)
                 supervisor = AgentSupervisor(
                     [] if self.serve_only else config.agents,
@@ -234,9 +235,12 @@ class Runtime:
                 "check init_kwargs, and that __init__ accepts **kwargs and passes them to super()"
             ) from exc
 
-    async def _watch_signals(self, root: trio.CancelScope) -> None:
+    async def _watch_signals(
+        self, root: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
         with trio.open_signal_receiver(*signals) as received:
+            task_status.started()
             async for signum in received:
                 if signum == signal.SIGHUP:
                     self.reload()

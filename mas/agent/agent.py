@@ -31,9 +31,10 @@ import logging
 import math
 import secrets
 import ssl
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import msgspec
 import trio
@@ -41,10 +42,11 @@ import trio
 from .._proto import runtime_pb2 as pb
 from ..errors import ConnectionClosedError, MasError, RejectedError, StateError, remote_error
 from . import handlers as _handlers
+from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .dispatch import Dispatcher
 from .handlers import HandlerSpec, collect_handlers
-from .link import Delivered, Link, sole_error
+from .link import Link, unwrap_groups
 from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object
 from .state import StateModel, check_state_model, model_from_generic_bases
 
@@ -52,7 +54,7 @@ log = logging.getLogger("mas.agent")
 
 StateT = TypeVar("StateT")
 
-INBOX_MIN: Final = 1024  # deliveries buffered beyond the running handlers (server prefetch bounds it)
+INBOX_MIN: Final = 1024  # deliveries queued beyond running handlers; the server's window bounds it
 
 
 class Agent(Generic[StateT]):
@@ -66,7 +68,7 @@ class Agent(Generic[StateT]):
     ``TypeError``.
     """
 
-    on: ClassVar = staticmethod(_handlers.on)
+    on = staticmethod(_handlers.on)
     _handlers: ClassVar[dict[str, HandlerSpec]] = {}
     _declared_state_model: ClassVar[object] = None
 
@@ -102,15 +104,6 @@ class Agent(Generic[StateT]):
             )
         if not isinstance(agent_id, str) or not agent_id:
             raise TypeError(f"agent_id must be a non-empty string, got {agent_id!r}")
-        for name, value in (
-            ("handler_timeout", handler_timeout),
-            ("rpc_timeout", rpc_timeout),
-            ("connect_timeout", connect_timeout),
-            ("shutdown_grace", shutdown_grace),
-            ("heartbeat_interval", heartbeat_interval),
-        ):
-            if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise ValueError(f"max_concurrency must be an integer >= 1, got {max_concurrency!r}")
         if not isinstance(prefetch, int) or prefetch < 0:
@@ -125,18 +118,18 @@ class Agent(Generic[StateT]):
         self._state_model = StateModel(model)
         self.state: StateT = self._state_model.defaults()
         self._max_concurrency = max_concurrency
-        self._handler_timeout = float(handler_timeout)
+        self._handler_timeout = _seconds("handler_timeout", handler_timeout)
         self._prefetch = prefetch
-        self._rpc_timeout = float(rpc_timeout)
-        self._connect_timeout = float(connect_timeout)
-        self._shutdown_grace = float(shutdown_grace)
-        self._heartbeat_interval = float(heartbeat_interval)
+        self._rpc_timeout = _seconds("rpc_timeout", rpc_timeout)
+        self._connect_timeout = _seconds("connect_timeout", connect_timeout)
+        self._shutdown_grace = _seconds("shutdown_grace", shutdown_grace)
+        self._heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
         self._runtime_stop = runtime_stop
         self._link: Link | None = None
+        self._fatal: MasError | None = None
         self._stop_requested = trio.Event()
         self._state_lock = trio.Lock()
-        self._runner: Dispatcher | None = None
-        self._serving: Any = None
+        self._serving: AbstractAsyncContextManager[Self] | None = None
 
     # -- identity -------------------------------------------------------------------------
 
@@ -171,7 +164,7 @@ class Agent(Generic[StateT]):
         for its timeout.)
         """
         log.warning(
-            "%s: no handler for message type %r from %r; dropped",
+            "%s: no handler for message type %r from %r",
             self._label,
             message.message_type,
             message.sender_id,
@@ -179,10 +172,10 @@ class Agent(Generic[StateT]):
 
     # -- messaging ------------------------------------------------------------------------
 
-    def _require_link(self) -> Link:
+    def _outbox(self) -> Outbox:
         if self._link is None:
             raise ConnectionClosedError(f"{self._label} is not running (call run() first)")
-        return self._link
+        return self._link.outbox
 
     async def send(
         self, target_id: str, message_type: str, data: Mapping[str, Any] | msgspec.Struct
@@ -195,7 +188,7 @@ class Agent(Generic[StateT]):
         ``RequestTimeoutError`` if the server did not answer within ``rpc_timeout``.
         """
         data_json = encode_object(data)
-        return await self._require_link().send(target_id, message_type, data_json)
+        return await self._outbox().send(target_id, message_type, data_json)
 
     async def request(
         self,
@@ -203,7 +196,7 @@ class Agent(Generic[StateT]):
         message_type: str,
         data: Mapping[str, Any] | msgspec.Struct,
         *,
-        timeout: float = 60.0,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the public API (the seed's signature)
     ) -> AgentMessage:
         """Send a request and return the reply; ``timeout`` (seconds, > 0) bounds it all.
 
@@ -211,11 +204,9 @@ class Agent(Generic[StateT]):
         ``RemoteHandlerError``/``RemoteValidationError`` for an error reply, and the errors of
         ``send``.
         """
-        if not (isinstance(timeout, int | float) and timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        deadline = trio.current_time() + _seconds("timeout", timeout)
         data_json = encode_object(data)
-        link = self._require_link()
-        envelope = await link.request(target_id, message_type, data_json, float(timeout))
+        envelope = await self._outbox().request(target_id, message_type, data_json, deadline)
         if envelope.meta.error is not None:
             raise remote_error(envelope.meta.error.kind, envelope.meta.error.message)
         return AgentMessage(envelope)
@@ -223,28 +214,13 @@ class Agent(Generic[StateT]):
     async def discover(self, capabilities: Sequence[str] | None = None) -> list[DiscoveredAgent]:
         """Allowlisted agents having all the given capabilities."""
         wanted = list(capabilities or ())
-        response = await self._require_link().unary(
+        response = await self._outbox().unary(
             "Discover", pb.DiscoverRequest(capabilities=wanted), pb.DiscoverResponse
         )
-        found = []
-        for record in response.agents:
-            try:
-                metadata = msgspec.json.decode(record.metadata_json or "{}", type=dict[str, Any])
-            except msgspec.DecodeError:
-                metadata = {}
-            found.append(
-                DiscoveredAgent(
-                    agent_id=record.agent_id,
-                    capabilities=tuple(record.capabilities),
-                    metadata=metadata,
-                    status=record.status,
-                    instance_count=record.instance_count,
-                )
-            )
-        return found
+        return [DiscoveredAgent.from_record(record) for record in response.agents]
 
     async def _reply(self, correlation_id: str, message_type: str, data: Any) -> str:
-        return await self._require_link().reply(correlation_id, message_type, encode_object(data))
+        return await self._outbox().reply(correlation_id, message_type, encode_object(data))
 
     # -- state ----------------------------------------------------------------------------
 
@@ -264,10 +240,11 @@ class Agent(Generic[StateT]):
     async def refresh_state(self) -> None:
         """Reload the state from the server (``StateError`` names a key that misfits)."""
         async with self._state_lock:
-            response = await self._state_call(
-                "GetState", pb.GetStateRequest(), pb.GetStateResponse
-            )
-            self.state = self._state_model.load(dict(response.state))
+            await self._load_state()
+
+    async def _load_state(self) -> None:
+        response = await self._state_call("GetState", pb.GetStateRequest(), pb.GetStateResponse)
+        self.state = self._state_model.load(dict(response.state))
 
     async def reset_state(self) -> None:
         """Clear the stored state; ``self.state`` goes back to the model's defaults."""
@@ -277,7 +254,7 @@ class Agent(Generic[StateT]):
 
     async def _state_call(self, method: str, request: Any, response_type: Any) -> Any:
         try:
-            return await self._require_link().unary(method, request, response_type)
+            return await self._outbox().unary(method, request, response_type)
         except RejectedError as exc:
             if exc.code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"):
                 raise StateError(f"{self._label}: the server refused {method}: {exc}") from exc
@@ -314,14 +291,11 @@ class Agent(Generic[StateT]):
         if self._link is not None:
             raise RuntimeError(f"{self._label} is already running")
         ssl_context = self._ssl_context()
-        inbox_send, inbox_recv = trio.open_memory_channel[Delivered](
-            max(INBOX_MIN, self._prefetch)
-        )
         runner = Dispatcher(
             self,
-            inbox_send,
-            self._max_concurrency,
-            self._handler_timeout,
+            max_concurrency=self._max_concurrency,
+            handler_timeout=self._handler_timeout,
+            inbox_size=max(INBOX_MIN, self._prefetch),
             default_fallback=type(self).on_message is Agent.on_message,
         )
         link = Link(
@@ -336,29 +310,22 @@ class Agent(Generic[StateT]):
             heartbeat_interval=self._heartbeat_interval,
         )
         runner.link = link
-        self._link, self._runner = link, runner
-        fatal: list[MasError] = []
+        self._link, self._fatal = link, None
         try:
-            with trio.CancelScope() as abort:
+            with unwrap_groups(), trio.CancelScope() as abort:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self._run_link, link, abort, fatal)
-                    await self._serve(link, runner, inbox_recv, task_status)
-        except BaseExceptionGroup as group:
-            sole = sole_error(group)
-            if sole is None:
-                raise
-            raise sole  # noqa: B904 - the group only wrapped it; its own cause is kept
+                    await nursery.start(self._run_link, link, abort)
+                    await self._serve(link, runner, task_status)
         finally:
-            self._link = self._runner = None
+            self._link = None
             self._stop_requested = trio.Event()
-        if fatal:
-            raise fatal[0]
+        if self._fatal is not None:
+            raise self._fatal
 
     async def _run_link(
         self,
         link: Link,
         abort: trio.CancelScope,
-        fatal: list[MasError],
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -368,22 +335,20 @@ class Agent(Generic[StateT]):
             if link.generation == 0:
                 raise  # never connected: nursery.start() raises it to run()
             log.error("%s: connection lost for good: %s", self._label, exc)
-            fatal.append(exc)
+            self._fatal = exc
             abort.cancel()
 
     async def _serve(
         self,
         link: Link,
         runner: Dispatcher,
-        inbox: trio.MemoryReceiveChannel[Delivered],
         task_status: trio.TaskStatus[None],
     ) -> None:
         started = False
         try:
-            response = await link.unary("GetState", pb.GetStateRequest(), pb.GetStateResponse)
-            self.state = self._state_model.load(dict(response.state))
+            await self._load_state()
             async with trio.open_nursery() as handler_nursery:
-                handler_nursery.start_soon(runner.dispatch, inbox, handler_nursery)
+                handler_nursery.start_soon(runner.dispatch, handler_nursery)
                 await self.on_start()
                 started = True
                 log.info("%s: started", self._label)
@@ -399,32 +364,45 @@ class Agent(Generic[StateT]):
                     await runner.call_on_stop()
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + 2 * CLOSE_TIMEOUT
-                await runner.nack_inbox(inbox)
+                await runner.nack_queued()
                 await link.aclose(CLOSE_TIMEOUT)
             log.info("%s: stopped", self._label)
 
-    async def __aenter__(self) -> Agent[StateT]:
-        """Run the agent in a nursery of its own; entered once it is ready."""
-        from contextlib import asynccontextmanager
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[Self]:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.run)
+            try:
+                yield self
+            finally:
+                self.stop()
 
-        @asynccontextmanager
-        async def serving() -> Any:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.run)
-                try:
-                    yield self
-                finally:
-                    self.stop()
+    async def __aenter__(self) -> Self:
+        """Run the agent in a nursery of its own; entered once it is ready.
 
-        self._serving = serving()
-        try:
-            return await self._serving.__aenter__()  # type: ignore[no-any-return]
-        except BaseExceptionGroup as group:
-            sole = sole_error(group)
-            if sole is None:
-                raise
-            raise sole  # noqa: B904 - the group only wrapped it; its own cause is kept
+        Leaving the block stops it gracefully (or cancels it, if the block raised).
+        """
+        if self._serving is not None:
+            raise RuntimeError(f"{self._label} is already entered")
+        serving = self._running()
+        with unwrap_groups():
+            agent = await serving.__aenter__()
+        self._serving = serving
+        return agent
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         serving, self._serving = self._serving, None
-        return await serving.__aexit__(*exc_info)  # type: ignore[no-any-return]
+        if serving is None:
+            raise RuntimeError(f"{self._label}: __aexit__ without __aenter__")
+        with unwrap_groups():
+            return await serving.__aexit__(*exc_info)
+        return None  # not reached: unwrap_groups never swallows an exception
+
+
+def _seconds(name: str, value: float) -> float:
+    """A duration argument, which must be a positive, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)

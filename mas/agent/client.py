@@ -1,17 +1,19 @@
-"""The agent's purerpc adapter: channel, Transport stream and unary calls.
+"""The agent's side of purerpc: channel, Transport stream and unary calls.
 
 Everything purerpc, h2 and anyio raise is translated here, once, into ``mas`` errors:
 
 - a broken socket, HTTP/2 or TLS error -> ``ConnectionClosedError`` (chained);
 - a gRPC status from the server -> ``rejected_error(code, reason)``, except ``UNAVAILABLE``
-  (the server is going away), which is a ``ConnectionClosedError`` too.
+  (the server is going away, or ``mas._purerpc`` saw the connection drop), which is a
+  ``ConnectionClosedError`` too.
 
 purerpc's generated streaming stubs are async generators holding a task group, which corrupt
 Trio's nursery stack when abandoned; this module uses the stream objects underneath
-(``purerpc.Client(...).rpc(...)``) instead. Two gaps of purerpc 0.8's client are closed here:
-its reader task returns silently when the server closes the connection (every stream would then
-wait forever), so our reader raises instead, which cancels the body of ``open_channel``; and
-its channel never closes the TCP socket, so ``open_channel`` does.
+(``purerpc.Client(...).rpc(...)``) instead. The channel itself comes from ``mas._purerpc``
+(shared with the tests' bare client), which ends every open stream with ``UNAVAILABLE`` when
+the connection drops and closes the socket; this module adds the connect deadline, a bounded
+flush on exit, and the release of streams that already ended (anyio warns about each stream's
+event channel left to the garbage collector).
 
 Cancellation
     ``open_channel`` must be entered and exited in one task (it owns task groups). Any
@@ -22,26 +24,25 @@ Cancellation
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final, NamedTuple
 
 import anyio
-import h2.exceptions  # type: ignore[import-untyped]
+import h2.exceptions
 import purerpc
 import trio
-from purerpc.grpc_proto import GRPCProtoSocket
-from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.events import ResponseEnded
-from purerpc.grpclib.exceptions import GRPCError, ProtocolError
+from purerpc.grpclib.exceptions import GRPCError
 
+from .. import _purerpc
 from .._proto import runtime_pb2 as pb
 from ..errors import ConnectionClosedError, MasError, rejected_error
 
 SERVICE_NAME: Final = "mas.runtime.v1.RuntimeService"
 CLOSE_TIMEOUT: Final = 5.0  # seconds to flush and close a channel before it is cut
-MAX_MESSAGE_BYTES: Final = 32 * 1024 * 1024  # purerpc's own limit; the server enforces less
 
 TRANSPORT_ERRORS: Final = (
     GRPCError,
@@ -76,31 +77,40 @@ def parse_server_addr(addr: str) -> ServerAddress:
     return ServerAddress(host, int(port_text))
 
 
-class _ClientSocket(GRPCProtoSocket):  # type: ignore[misc]
-    """purerpc's client socket, but a connection closed by the server is an error."""
-
-    async def _reader_thread(self) -> None:
-        async for _ in self._listen():
-            raise ProtocolError("the server opened a stream toward the client")
-        raise ConnectionClosedError("the server closed the connection")
+release_stream = _purerpc.release_stream
 
 
 class Channel:
-    """An open HTTP/2 connection to the server (what ``purerpc.Client`` expects)."""
+    """An open HTTP/2 connection to the server."""
 
-    def __init__(self, address: ServerAddress, grpc_socket: GRPCProtoSocket) -> None:
+    def __init__(self, address: ServerAddress, raw: _purerpc.Channel) -> None:
         self.address = address
-        self._host = address.host
-        self._port = address.port
-        self._grpc_socket = grpc_socket
+        self._raw = raw
+        self._streams: set[Any] = set()  # released when the channel closes
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection dropped."""
+        return self._raw.closed
 
     async def open_stream(self, method: str, request_type: Any, response_type: Any) -> Any:
         """Start an RPC; returns purerpc's stream (``send_message``/``receive_message``)."""
+        if self._raw.closed:
+            raise ConnectionClosedError(f"cannot start {method}: the connection dropped")
         try:
-            client = purerpc.Client(SERVICE_NAME, self)
-            return await client.rpc(method, request_type, response_type)
+            client = purerpc.Client(SERVICE_NAME, self._raw)
+            stream = await client.rpc(method, request_type, response_type)
         except TRANSPORT_ERRORS as exc:
-            raise ConnectionClosedError(f"cannot start {method} on {self.address}: {exc!r}") from exc
+            raise ConnectionClosedError(
+                f"cannot start {method} on {self.address}: {exc!r}"
+            ) from exc
+        self._streams.add(stream)
+        return stream
+
+    def finished(self, stream: Any) -> None:
+        """Release a stream the server has ended."""
+        self._streams.discard(stream)
+        release_stream(stream)
 
 
 @asynccontextmanager
@@ -111,35 +121,30 @@ async def open_channel(
 
     Raises ``ConnectionClosedError`` if the TCP connect or TLS handshake fails or times out.
     """
-    try:
-        with trio.fail_after(connect_timeout):
-            stream = await anyio.connect_tcp(
-                address.host,
-                address.port,
-                ssl_context=ssl_context,
-                tls=True,
-                tls_hostname=address.host,
-                tls_standard_compatible=False,
-            )
-    except trio.TooSlowError as exc:
-        raise ConnectionClosedError(
-            f"no TLS connection to {address} within {connect_timeout:g}s"
-        ) from exc
-    except TRANSPORT_ERRORS as exc:
-        raise ConnectionClosedError(f"cannot connect to {address}: {exc!r}") from exc
-    try:
-        config = GRPCConfiguration(client_side=True, max_message_length=MAX_MESSAGE_BYTES)
-        grpc_socket = _ClientSocket(config, stream)
-        with trio.CancelScope() as scope:
-            async with grpc_socket:
+    channel: Channel | None = None
+    # One scope around everything: its deadline bounds the connect, then (lifted) the body,
+    # then the flush on exit. (A scope around the connect alone would not nest with the
+    # task groups the channel opens.)
+    with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as scope:
+        try:
+            async with _purerpc.open_channel(address.host, address.port, ssl_context) as raw:
+                scope.deadline = math.inf
+                channel = Channel(address, raw)
                 try:
-                    yield Channel(address, grpc_socket)
+                    yield channel
                 finally:
-                    # Flushing what is queued may not outlast CLOSE_TIMEOUT.
                     scope.deadline = trio.current_time() + CLOSE_TIMEOUT
-    finally:
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
-            await stream.aclose()
+        except TRANSPORT_ERRORS as exc:
+            if channel is not None:
+                raise
+            raise ConnectionClosedError(f"cannot connect to {address}: {exc!r}") from exc
+        finally:
+            if channel is not None:
+                for stream in channel._streams:
+                    release_stream(stream)
+                channel._streams.clear()
+    if channel is None:
+        raise ConnectionClosedError(f"no TLS connection to {address} within {connect_timeout:.3g}s")
 
 
 def status_error(stream: Any, what: str) -> MasError:
@@ -164,11 +169,20 @@ async def call_unary(channel: Channel, method: str, request: Any, response_type:
         await stream.send_message(request)
         await stream.close()
         response = await stream.receive_message()
+        if response is not None:
+            while await stream.receive_message() is not None:
+                pass  # a unary answer has one message; read on to the status
     except TRANSPORT_ERRORS as exc:
         raise ConnectionClosedError(f"{method} failed, the connection broke: {exc!r}") from exc
-    if response is None:
+    channel.finished(stream)
+    if response is None or not _ended_ok(stream):
         raise status_error(stream, method)
     return response
+
+
+def _ended_ok(stream: Any) -> bool:
+    event = stream.end_stream_event
+    return isinstance(event, ResponseEnded) and event.status.status_code.name == "OK"
 
 
 class Transport:
@@ -229,8 +243,8 @@ class Transport:
         return status_error(self._stream, "the Transport stream")
 
     def ended_ok(self) -> bool:
-        event = self._stream.end_stream_event
-        return isinstance(event, ResponseEnded) and event.status.status_code.name == "OK"
+        """True if the server ended the stream with status OK."""
+        return _ended_ok(self._stream)
 
     async def close(self) -> None:
         """Half-close our side (the server then ends the stream); never raises."""
@@ -246,25 +260,30 @@ class Transport:
 
 
 async def open_transport(
-    channel: Channel, *, instance_id: str, prefetch: int, timeout: float, write_timeout: float
+    channel: Channel,
+    *,
+    instance_id: str,
+    prefetch: int,
+    hello_timeout: float,
+    write_timeout: float,
 ) -> tuple[Transport, pb.Welcome]:
     """Open the Transport stream and say Hello; returns it with the server's Welcome.
 
     Raises the ``RejectedError`` the server answered with (``UNAUTHENTICATED`` ...), or
-    ``ConnectionClosedError`` if the server went away or gave no Welcome within ``timeout``.
+    ``ConnectionClosedError`` if the server went away or gave no Welcome within ``hello_timeout``.
     """
     hello = pb.ClientEvent(
         hello=pb.Hello(instance_id=instance_id, batching=True, prefetch=max(0, prefetch))
     )
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(hello_timeout):
             stream = await channel.open_stream("Transport", pb.ClientEvent, pb.ServerEvent)
             transport = Transport(stream, write_timeout=write_timeout)
             await transport.send(hello)
             event = await transport.receive()
     except trio.TooSlowError as exc:
         raise ConnectionClosedError(
-            f"no Welcome from {channel.address} within {timeout:g}s of Hello"
+            f"no Welcome from {channel.address} within {hello_timeout:g}s of Hello"
         ) from exc
     if event is None:
         raise transport.end_error()

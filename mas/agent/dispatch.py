@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import trio
 
-from ..errors import REMOTE_HANDLER_ERROR, MasError
+from ..errors import MasError
+from .calls import Outbox
 from .handlers import Failure, convert_payload, decide, describe_exception
 from .link import Delivered, Link
 from .message import AgentMessage
@@ -40,15 +41,15 @@ class Dispatcher:
     def __init__(
         self,
         agent: Agent[Any],
-        inbox: trio.MemorySendChannel[Delivered],
+        *,
         max_concurrency: int,
         handler_timeout: float,
-        *,
+        inbox_size: int,
         default_fallback: bool,
     ) -> None:
         self._agent = agent
+        self._inbox, self._queued = trio.open_memory_channel[Delivered](inbox_size)
         self._default_fallback = default_fallback  # on_message is not overridden
-        self._inbox = inbox
         self._slots = trio.Semaphore(max_concurrency)
         self._handler_timeout = handler_timeout
         self._draining = False
@@ -67,6 +68,9 @@ class Dispatcher:
         assert self.link is not None, "Dispatcher.link is set before the link runs"
         return self.link
 
+    def _outbox(self) -> Outbox:
+        return self._require_link().outbox
+
     # -- intake ---------------------------------------------------------------------------
 
     async def deliver(self, item: Delivered) -> None:
@@ -76,12 +80,10 @@ class Dispatcher:
         else:
             await self._inbox.send(item)
 
-    async def dispatch(
-        self, inbox: trio.MemoryReceiveChannel[Delivered], nursery: trio.Nursery
-    ) -> None:
+    async def dispatch(self, nursery: trio.Nursery) -> None:
         """Start a handler task per queued delivery, at most ``max_concurrency`` at once."""
         with self._dispatch_scope:
-            async for item in inbox:
+            async for item in self._queued:
                 if item.generation != self._require_link().generation:
                     continue  # its connection is gone: the server has requeued it
                 self._in_hand = item
@@ -95,6 +97,7 @@ class Dispatcher:
         """Stop taking deliveries, nack the queued ones, give running handlers ``grace``."""
         self._draining = True
         self._dispatch_scope.cancel()
+        await self.nack_queued()
         with trio.move_on_after(grace):
             await self._idle.wait()
         if self._running:
@@ -105,14 +108,14 @@ class Dispatcher:
                 grace,
             )
 
-    async def nack_inbox(self, inbox: trio.MemoryReceiveChannel[Delivered]) -> None:
+    async def nack_queued(self) -> None:
         """Give back what was queued but never started (retryable nacks)."""
         self._draining = True
         pending = [self._in_hand] if self._in_hand is not None else []
         self._in_hand = None
         while True:
             try:
-                pending.append(inbox.receive_nowait())
+                pending.append(self._queued.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
         for item in pending:
@@ -205,9 +208,9 @@ class Dispatcher:
         cid = message.correlation_id
         if not cid:
             return
-        data = msgspec.json.encode({"kind": kind or REMOTE_HANDLER_ERROR, "message": text})
+        data = msgspec.json.encode({"kind": kind, "message": text})
         try:
-            await self._require_link().reply(cid, ERROR_REPLY_TYPE, data.decode())
+            await self._outbox().reply(cid, ERROR_REPLY_TYPE, data.decode())
         except MasError as exc:
             log.warning(
                 "%s: could not send the error reply to %r for %r: %s",
@@ -219,13 +222,13 @@ class Dispatcher:
 
     async def _ack(self, item: Delivered) -> None:
         try:
-            await self._require_link().ack(item.generation, item.delivery_id)
+            await self._outbox().ack(item.generation, item.delivery_id)
         except (MasError, trio.TooSlowError) as exc:
             log.debug("%s: ack of %s not sent (%s)", self._label, item.delivery_id, exc)
 
     async def _nack(self, item: Delivered, reason: str, *, retryable: bool) -> None:
         try:
-            await self._require_link().nack(item.generation, item.delivery_id, reason, retryable)
+            await self._outbox().nack(item.generation, item.delivery_id, reason, retryable)
         except (MasError, trio.TooSlowError) as exc:
             log.debug("%s: nack of %s not sent (%s)", self._label, item.delivery_id, exc)
 

@@ -1,54 +1,52 @@
-"""The agent's link to the server: connect, reconnect, carry frames and unary calls.
+"""The connection task: connect, say Hello, read the Transport stream, reconnect.
 
-``Link.run`` is one task that owns the connection for the agent's whole life: it connects
-(retrying with jittered backoff up to ``connect_timeout`` the first time), says Hello with the
-agent's fixed instance id, reads the Transport stream and turns each server frame into actions
-through ``SessionCore``, and reconnects after a drop. Other tasks call ``send``, ``request``,
-``reply``, ``ack``/``nack`` and ``unary``; these wait (within their own deadline) while the link
-is reconnecting.
+``Link.run`` owns the agent's connection for the agent's whole life. It connects (retrying with
+jittered backoff up to ``connect_timeout`` the first time), says Hello with the agent's fixed
+instance id, turns each server frame into actions through ``SessionCore`` and carries them out,
+sends a heartbeat while idle, and after a drop reconnects with backoff (without limit: a server
+restart is survived). Other tasks reach the connection through ``Outbox`` (calls.py).
 
 Error handling
-    ``run`` raises the server's ``RejectedError`` when it refuses the Hello for good
-    (``UNAUTHENTICATED``, ``PERMISSION_DENIED``, ``INVALID_ARGUMENT``), and
-    ``ConnectionClosedError`` when the first connection cannot be made in time. Frames whose
-    ``Result`` had not arrived when a connection dropped fail with ``ConnectionClosedError``
-    (their fate is unknown); accepted requests keep waiting for their reply until their own
-    deadline, across reconnects.
+    ``run`` raises the server's ``RejectedError`` when it refuses this identity
+    (``UNAUTHENTICATED``, ``PERMISSION_DENIED``) or the session (``INVALID_ARGUMENT``):
+    retrying the same Hello cannot help. It raises ``ConnectionClosedError`` naming the address
+    and the last error when the first connection cannot be made within ``connect_timeout``.
+    Anything else that ends a connection (``UNAVAILABLE``, a broken socket, a stalled write) is
+    logged and followed by a reconnect.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Final
 
 import msgspec
 import trio
 
 from .._proto import runtime_pb2 as pb
 from ..envelope import Envelope
-from ..errors import ConnectionClosedError, MasError, RejectedError, RequestTimeoutError
+from ..errors import ConnectionClosedError, MasError, RejectedError, rejected_error
 from .backoff import Backoff
-from .client import Channel, ServerAddress, Transport, call_unary, open_channel, open_transport
+from .calls import Live, Outbox
+from .client import ServerAddress, open_channel, open_transport
 from .session import (
     Action,
     Discarded,
-    FrameKind,
     FrameResult,
     Incoming,
     ReplyArrived,
     SendAcks,
     SendNack,
     ServerRefused,
-    SessionCore,
 )
 
 log = logging.getLogger("mas.agent")
 
-FATAL_HELLO_CODES: Final = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"})
+FATAL_CODES: Final = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"})
 STABLE_SESSION: Final = 5.0  # seconds a session must last before the backoff starts over
-MAX_TIMEOUT_MS: Final = 2**31 - 1  # StreamRequest.timeout_ms is an int32
 
 
 class Delivered(msgspec.Struct, frozen=True):
@@ -59,36 +57,8 @@ class Delivered(msgspec.Struct, frozen=True):
     envelope: Envelope
 
 
-class _Slot:
-    """One outbound frame's wait: its Result, then, for a request, its reply."""
-
-    __slots__ = ("error", "replied", "reply", "result", "settled")
-
-    def __init__(self) -> None:
-        self.settled = trio.Event()
-        self.result: FrameResult | None = None
-        self.error: MasError | None = None
-        self.replied = trio.Event()
-        self.reply: Envelope | None = None
-
-
-class _Live:
-    """One connection: its channel, Transport stream and the frames waiting on it."""
-
-    def __init__(self, channel: Channel, transport: Transport, welcome: pb.Welcome, gen: int):
-        self.channel = channel
-        self.transport = transport
-        self.welcome = welcome
-        self.generation = gen
-        self.alive = True
-        self.frames: dict[int, _Slot] = {}
-        self.calls: set[trio.CancelScope] = set()
-        self.scope = trio.CancelScope()
-        self.since = trio.current_time()
-
-
 class Link:
-    """The connection manager of one agent instance (see the module docstring)."""
+    """The connection task of one agent instance (see the module docstring)."""
 
     def __init__(
         self,
@@ -114,189 +84,15 @@ class Link:
         self._connect_timeout = connect_timeout
         self._heartbeat_interval = heartbeat_interval
         self._backoff = backoff or Backoff()
-        self._core = SessionCore()
-        self._live: _Live | None = None
-        self._changed = trio.Event()
-        self._generation = 0
-        self._drops = 0
-        self._replies: dict[str, _Slot] = {}
+        self.outbox = Outbox(label=label, address=str(address), rpc_timeout=rpc_timeout)
         self._closing = False
-        self._failed: MasError | None = None
-        self._last_error: BaseException | None = None
         self._run_scope = trio.CancelScope()
         self._finished = trio.Event()
-
-    # -- state ----------------------------------------------------------------------------
-
-    @property
-    def connected(self) -> bool:
-        return self._live is not None and self._live.alive
 
     @property
     def generation(self) -> int:
         """Increases with every connection; deliveries of older ones are not acked."""
-        return self._generation
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def _wait_live(self, deadline: float, what: str) -> _Live:
-        while True:
-            live = self._live
-            if live is not None and live.alive:
-                return live
-            if self._failed is not None or self._closing:
-                raise ConnectionClosedError(f"{self._label}: cannot {what}, the agent is stopping")
-            with trio.move_on_at(deadline):
-                await self._changed.wait()
-                continue
-            raise ConnectionClosedError(
-                f"{self._label}: cannot {what}, not connected to {self.address} "
-                f"(reconnecting; last error: {self._last_error!r})"
-            )
-
-    # -- outbound -------------------------------------------------------------------------
-
-    async def send(self, target_id: str, message_type: str, data_json: str) -> str:
-        """Send a message; returns its message id once the server accepted it."""
-        deadline = trio.current_time() + self._rpc_timeout
-        what = f"send {message_type!r} to {target_id!r}"
-
-        def frame(seq: int) -> pb.ClientEvent:
-            return pb.ClientEvent(
-                send=pb.StreamSend(
-                    seq=seq, target_id=target_id, message_type=message_type, data_json=data_json
-                )
-            )
-
-        result, _ = await self._frame("send", frame, deadline, what)
-        return result.message_id
-
-    async def reply(self, correlation_id: str, message_type: str, data_json: str) -> str:
-        """Reply to a request; returns the reply's message id once the server accepted it."""
-        deadline = trio.current_time() + self._rpc_timeout
-
-        def frame(seq: int) -> pb.ClientEvent:
-            return pb.ClientEvent(
-                reply=pb.StreamReply(
-                    seq=seq,
-                    correlation_id=correlation_id,
-                    message_type=message_type,
-                    data_json=data_json,
-                )
-            )
-
-        result, _ = await self._frame("reply", frame, deadline, f"reply {message_type!r}")
-        return result.message_id
-
-    async def request(
-        self, target_id: str, message_type: str, data_json: str, timeout: float
-    ) -> Envelope:
-        """Send a request and wait for its reply envelope until ``timeout`` has passed."""
-        start = trio.current_time()
-        deadline = start + timeout
-        drops = self._drops
-        what = f"request {message_type!r} from {target_id!r}"
-
-        def frame(seq: int) -> pb.ClientEvent:
-            remaining_ms = int(max(0.0, deadline - trio.current_time()) * 1000)
-            return pb.ClientEvent(
-                request=pb.StreamRequest(
-                    seq=seq,
-                    target_id=target_id,
-                    message_type=message_type,
-                    data_json=data_json,
-                    timeout_ms=max(1, min(remaining_ms, MAX_TIMEOUT_MS)),
-                )
-            )
-
-        result_deadline = min(deadline, start + self._rpc_timeout)
-        result, slot = await self._frame("request", frame, result_deadline, what)
-        cid = result.correlation_id
-        try:
-            with trio.move_on_at(deadline):
-                await slot.replied.wait()
-        finally:
-            if slot.reply is None:
-                self._replies.pop(cid, None)
-                self._core.stop_awaiting(cid)
-        if slot.reply is not None:
-            return slot.reply
-        if not self.connected:
-            state = "the connection to the server is down"
-        elif self._drops != drops:
-            state = "the connection to the server dropped meanwhile and was restored"
-        else:
-            state = "the connection to the server was up throughout"
-        raise RequestTimeoutError(f"{self._label}: no reply to {what} within {timeout:g}s ({state})")
-
-    async def _frame(
-        self,
-        kind: FrameKind,
-        build: Callable[[int], pb.ClientEvent],
-        result_deadline: float,
-        what: str,
-    ) -> tuple[FrameResult, _Slot]:
-        waited = result_deadline - trio.current_time()
-        live = await self._wait_live(result_deadline, what)
-        seq = self._core.open_frame(kind)
-        slot = _Slot()
-        live.frames[seq] = slot
-        try:
-            await live.transport.send(build(seq))
-            with trio.move_on_at(result_deadline):
-                await slot.settled.wait()
-        finally:
-            if not slot.settled.is_set():
-                live.frames.pop(seq, None)
-                if live.alive:
-                    self._core.abandon_frame(seq)
-        if slot.error is not None:
-            raise slot.error
-        if slot.result is None:
-            raise RequestTimeoutError(
-                f"{self._label}: the server did not confirm {what} within {waited:.3g}s; "
-                "whether it was delivered is unknown"
-            )
-        if slot.result.error is not None:
-            raise slot.result.error
-        return slot.result, slot
-
-    async def ack(self, generation: int, delivery_id: str) -> None:
-        """Ack a delivery of connection ``generation`` (a no-op if that connection is gone)."""
-        live = self._live
-        if live is None or not live.alive or live.generation != generation:
-            return
-        with trio.fail_after(self._rpc_timeout):
-            await live.transport.ack(delivery_id, batching=live.welcome.batching)
-
-    async def nack(self, generation: int, delivery_id: str, reason: str, retryable: bool) -> None:
-        """Nack a delivery of connection ``generation`` (a no-op if that connection is gone)."""
-        live = self._live
-        if live is None or not live.alive or live.generation != generation:
-            return
-        nack = pb.Nack(delivery_id=delivery_id, reason=reason[:200], retryable=retryable)
-        with trio.fail_after(self._rpc_timeout):
-            await live.transport.send(pb.ClientEvent(nack=nack))
-
-    async def unary(self, method: str, request: Any, response_type: Any) -> Any:
-        """One unary RPC on the live connection, bounded by ``rpc_timeout``."""
-        deadline = trio.current_time() + self._rpc_timeout
-        live = await self._wait_live(deadline, f"call {method}")
-        with trio.CancelScope(deadline=deadline) as scope:
-            live.calls.add(scope)
-            try:
-                return await call_unary(live.channel, method, request, response_type)
-            finally:
-                live.calls.discard(scope)
-        if not live.alive:
-            raise ConnectionClosedError(f"{self._label}: the connection dropped during {method}")
-        raise RequestTimeoutError(
-            f"{self._label}: {method} got no answer within {self._rpc_timeout:g}s"
-        )
-
-    # -- the connection task --------------------------------------------------------------
+        return self.outbox.generation
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, then serve and reconnect until ``aclose``; ``started()`` after Welcome."""
@@ -315,33 +111,31 @@ class Link:
                     error = await self._one_connection(ready, first_deadline, started)
                     if self._closing:
                         break
-                    self._last_error = error
-                    if isinstance(error, RejectedError) and error.code in FATAL_HELLO_CODES:
-                        self._failed = error
+                    self.outbox.last_error = error
+                    if isinstance(error, RejectedError) and error.code in FATAL_CODES:
                         raise error
                     now = trio.current_time()
                     if not started and now >= first_deadline:
-                        self._failed = ConnectionClosedError(
+                        raise ConnectionClosedError(
                             f"{self._label}: could not connect to {self.address} within "
                             f"{self._connect_timeout:g}s; last error: {error}"
-                        )
-                        raise self._failed from error
+                        ) from error
                     delay = self._backoff.next_delay()
                     if not started:
                         delay = min(delay, first_deadline - now)
-                    log.warning(
-                        "%s: connection to %s failed (%s); retrying in %.2fs",
+                    log.log(
+                        logging.WARNING if self._backoff.attempt <= 1 else logging.INFO,
+                        "%s: %s; reconnecting in %.2fs",
                         self._label,
-                        self.address,
                         error,
                         delay,
                     )
                     with trio.move_on_after(delay):
                         while not self._closing:
-                            await self._changed.wait()
+                            await self.outbox.wait_changed()
         finally:
+            self.outbox.close("the agent is stopping")
             self._finished.set()
-            self._notify()
 
     async def _one_connection(
         self, ready: Callable[[], None], first_deadline: float, started: bool
@@ -357,91 +151,66 @@ class Link:
                     ch,
                     instance_id=self.instance_id,
                     prefetch=self._prefetch,
-                    timeout=timeout,
+                    hello_timeout=timeout,
                     write_timeout=self._rpc_timeout,
                 )
-                live = self._attach(ch, transport, welcome)
+                live = self.outbox.attach(ch, transport, welcome)
+                log.info(
+                    "%s: connected to %s as %s/%s (prefetch %d)",
+                    self._label,
+                    self.address,
+                    welcome.agent_id,
+                    welcome.instance_id,
+                    welcome.prefetch,
+                )
                 try:
                     ready()
                     await self._serve(live)
                 finally:
-                    self._detach(live)
+                    if trio.current_time() - live.since >= STABLE_SESSION:
+                        self._backoff.reset()
+                    self.outbox.detach(live)
         except* trio.Cancelled:
             raise
-        except* Exception as group:
+        except* Exception as group:  # noqa: BLE001 - any failure ends this connection only
             error = _most_telling(group)
         return error
 
-    def _attach(self, channel: Channel, transport: Transport, welcome: pb.Welcome) -> _Live:
-        self._generation += 1
-        live = _Live(channel, transport, welcome, self._generation)
-        self._live = live
-        log.info(
-            "%s: connected to %s as %s/%s (prefetch %d)",
-            self._label,
-            self.address,
-            welcome.agent_id,
-            welcome.instance_id,
-            welcome.prefetch,
-        )
-        self._notify()
-        return live
-
-    def _detach(self, live: _Live) -> None:
-        live.alive = False
-        if self._live is live:
-            self._live = None
-        if trio.current_time() - live.since >= STABLE_SESSION:
-            self._backoff.reset()
-        self._drops += 1
-        self._core.connection_lost()
-        for slot in live.frames.values():
-            slot.error = ConnectionClosedError(
-                f"{self._label}: the connection to {self.address} was lost before the server "
-                "confirmed this message; whether it was delivered is unknown"
-            )
-            slot.settled.set()
-        live.frames.clear()
-        for scope in live.calls:
-            scope.cancel()
-        self._notify()
-
-    async def _serve(self, live: _Live) -> None:
+    async def _serve(self, live: Live) -> None:
         """Read the stream until it ends; raises why, or returns when closing."""
+        core = self.outbox.core
         with live.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat, live)
                 while (event := await live.transport.receive()) is not None:
-                    for action in self._core.handle(event):
+                    for action in core.handle(event):
                         await self._apply(live, action)
                 nursery.cancel_scope.cancel()
         if live.transport.broken is not None:
             raise ConnectionClosedError(f"{self._label}: {live.transport.broken}")
+        if live.scope.cancelled_caught:
+            raise ConnectionClosedError(f"{self._label}: the Transport stream broke")
         if self._closing and live.transport.ended_ok():
             return
         raise live.transport.end_error()
 
-    async def _apply(self, live: _Live, action: Action) -> None:
+    async def _apply(self, live: Live, action: Action) -> None:
         try:
             await self._apply_one(live, action)
-        except ConnectionClosedError:
-            live.scope.cancel()  # the stream broke under us: end this connection
+        except ConnectionClosedError as exc:
+            if self._closing:
+                log.debug("%s: not answered while closing: %s", self._label, exc)
+            else:
+                live.scope.cancel()  # the stream broke under us: end this connection
 
-    async def _apply_one(self, live: _Live, action: Action) -> None:
+    async def _apply_one(self, live: Live, action: Action) -> None:
         if isinstance(action, Incoming):
             await self._on_delivery(Delivered(live.generation, action.delivery_id, action.envelope))
         elif isinstance(action, FrameResult):
-            slot = live.frames.pop(action.seq, None)
-            if slot is not None:
-                slot.result = action
-                if action.kind == "request" and action.error is None:
-                    self._replies[action.correlation_id] = slot
-                slot.settled.set()
+            self.outbox.settle(live, action)
         elif isinstance(action, ReplyArrived):
-            waiter = self._replies.pop(action.correlation_id, None)
-            if waiter is not None:
-                waiter.reply = action.envelope
-                waiter.replied.set()
+            if not self.outbox.reply_arrived(action):
+                log.debug("%s: reply %s came too late", self._label, action.correlation_id)
         elif isinstance(action, SendAcks):
             await live.transport.ack(*action.delivery_ids, batching=live.welcome.batching)
         elif isinstance(action, SendNack):
@@ -450,6 +219,8 @@ class Link:
             )
             await live.transport.send(pb.ClientEvent(nack=nack))
         elif isinstance(action, ServerRefused):
+            if action.code in FATAL_CODES:
+                raise rejected_error(action.code, action.reason)
             log.warning("%s: server error %s %s", self._label, action.code, action.reason)
         elif isinstance(action, Discarded):
             log.log(
@@ -461,7 +232,7 @@ class Link:
                 action.correlation_id,
             )
 
-    async def _heartbeat(self, live: _Live) -> None:
+    async def _heartbeat(self, live: Live) -> None:
         interval = self._heartbeat_interval
         while True:
             await trio.sleep_until(live.transport.last_write + interval)
@@ -472,17 +243,15 @@ class Link:
                     live.scope.cancel()
                     return
 
-    # -- closing --------------------------------------------------------------------------
-
-    async def aclose(self, timeout: float) -> None:
+    async def aclose(self, grace: float) -> None:
         """Close gracefully: half-close the stream, let the server end it, stop ``run``.
 
-        Bounded by ``timeout``; after that the connection is cut.
+        Bounded by ``grace`` seconds; after that the connection is cut.
         """
         self._closing = True
-        self._notify()
-        with trio.move_on_after(timeout):
-            live = self._live
+        self.outbox.notify()
+        with trio.move_on_after(grace):
+            live = self.outbox.live
             if live is not None and live.alive:
                 await live.transport.close()
             await self._finished.wait()
@@ -490,16 +259,21 @@ class Link:
             self._run_scope.cancel()
 
 
-def _most_telling(group: BaseExceptionGroup[Exception]) -> Exception:
-    """The error that best explains a failed connection: the server's refusal first."""
-    leaves: list[Exception] = []
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
     stack: list[BaseException] = [group]
     while stack:
         exc = stack.pop()
         if isinstance(exc, BaseExceptionGroup):
             stack.extend(reversed(exc.exceptions))
-        elif isinstance(exc, Exception):
+        else:
             leaves.append(exc)
+    return leaves
+
+
+def _most_telling(group: ExceptionGroup[Exception]) -> Exception:
+    """The error that best explains a failed connection: the server's refusal first."""
+    leaves = [leaf for leaf in _leaves(group) if isinstance(leaf, Exception)]
     for kind in (RejectedError, MasError, Exception):
         for leaf in leaves:
             if isinstance(leaf, kind):
@@ -507,16 +281,24 @@ def _most_telling(group: BaseExceptionGroup[Exception]) -> Exception:
     return group
 
 
+@contextmanager
+def unwrap_groups() -> Iterator[None]:
+    """Re-raise a lone ``Exception`` that strict nurseries wrapped in groups, as itself.
+
+    A group holding a cancellation, or several errors, is re-raised unchanged.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        sole = sole_error(group)
+        if sole is None:
+            raise
+        raise sole  # noqa: B904 - the group only wrapped it; its own cause is kept
+
+
 def sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     """The one ``Exception`` a nest of groups wraps, or None (several, or a cancellation)."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
+    leaves = _leaves(group)
     if len(leaves) == 1 and isinstance(leaves[0], Exception):
         leaves[0].__suppress_context__ = True
         return leaves[0]

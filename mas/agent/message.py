@@ -7,9 +7,11 @@ from typing import Any, Final
 
 import msgspec
 
+from .._proto import runtime_pb2 as pb
 from ..envelope import Envelope, Meta
 
 _encoder: Final = msgspec.json.Encoder()
+_metadata_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 def encode_object(data: object) -> str:
@@ -45,6 +47,21 @@ class DiscoveredAgent(msgspec.Struct, frozen=True):
     metadata: dict[str, Any]
     status: str  # "active" (at least one instance connected) or "inactive"
     instance_count: int
+
+    @classmethod
+    def from_record(cls, record: pb.AgentRecord) -> DiscoveredAgent:
+        """From the wire record; metadata that is not a JSON object reads as ``{}``."""
+        try:
+            metadata = _metadata_decoder.decode(record.metadata_json or "{}")
+        except msgspec.DecodeError:
+            metadata = {}
+        return cls(
+            agent_id=record.agent_id,
+            capabilities=tuple(record.capabilities),
+            metadata=metadata,
+            status=record.status,
+            instance_count=record.instance_count,
+        )
 
 
 class AgentMessage:

@@ -220,9 +220,7 @@ class SessionCore:
                 envelope = decode_envelope(delivery.envelope_json)
             except PayloadError as exc:
                 incoming.append(SendNack(delivery.delivery_id, "invalid_envelope", False))
-                incoming.append(
-                    Discarded(str(exc), delivery_id=delivery.delivery_id, notable=True)
-                )
+                incoming.append(Discarded(str(exc), delivery_id=delivery.delivery_id, notable=True))
                 continue
             if not envelope.meta.is_reply:
                 incoming.append(Incoming(delivery.delivery_id, envelope))

@@ -52,9 +52,7 @@ def check_state_model(model: object) -> type[msgspec.Struct] | None:
         raise TypeError(
             f"a state model must be a msgspec.Struct subclass or dict[str, object], got {model!r}"
         )
-    required = [
-        field.name for field in msgspec.structs.fields(model) if field.required
-    ]
+    required = [field.name for field in msgspec.structs.fields(model) if field.required]
     if required:
         raise TypeError(
             f"state model {model.__qualname__} must give every field a default "
@@ -121,8 +119,8 @@ class StateModel:
         try:
             return msgspec.convert(values, self.model)
         except msgspec.ValidationError as exc:
-            key = self._culprit(values)
-            where = f"stored state key {key!r}" if key else "stored state"
+            culprit = self._culprit(values)
+            where = f"stored state key {culprit!r}" if culprit else "stored state"
             raise StateError(
                 f"{where} does not fit the state model {self.name}: {exc}; fix or reset the "
                 "stored value (reset_state) or make the model accept it"

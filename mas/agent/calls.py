@@ -1,0 +1,308 @@
+"""What other tasks ask of the connection: frames, acks, unary calls, and their waits.
+
+``Outbox`` holds the current connection (``Live``) while there is one, and every wait on it:
+a frame's ``Result`` (by sequence number, per connection) and a request's reply (by
+correlation id, across connections). The connection task (``Link``) attaches and detaches
+connections and feeds ``settle`` and ``reply_arrived`` from the server's frames; everything
+else calls ``send``, ``request``, ``reply``, ``ack``, ``nack`` and ``unary``, which wait for a
+connection within their own deadline while the link reconnects.
+
+Error handling
+    A frame whose connection drops before its ``Result`` fails with ``ConnectionClosedError``
+    (its fate is unknown). A ``Result`` that does not come within ``rpc_timeout`` is a
+    ``RequestTimeoutError``; so is a reply that does not come before the request's deadline,
+    whose message says whether the connection was down meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import trio
+
+from .._proto import runtime_pb2 as pb
+from ..envelope import Envelope
+from ..errors import ConnectionClosedError, MasError, RequestTimeoutError
+from .client import Channel, Transport, call_unary
+from .session import FrameKind, FrameResult, ReplyArrived, SessionCore
+
+MAX_TIMEOUT_MS: Final = 2**31 - 1  # StreamRequest.timeout_ms is an int32
+MAX_NACK_REASON: Final = 200  # characters of a nack reason the server keeps
+
+
+class Live:
+    """One connection: its channel, Transport stream and the frames waiting on it."""
+
+    def __init__(
+        self, channel: Channel, transport: Transport, welcome: pb.Welcome, generation: int
+    ) -> None:
+        self.channel = channel
+        self.transport = transport
+        self.welcome = welcome
+        self.generation = generation
+        self.alive = True
+        self.frames: dict[int, Slot] = {}
+        self.calls: set[trio.CancelScope] = set()
+        self.scope = trio.CancelScope()  # cancelled to end this connection
+        self.since = trio.current_time()
+
+
+class Slot:
+    """One outbound frame's wait: its Result, then, for a request, its reply."""
+
+    __slots__ = ("error", "replied", "reply", "result", "settled")
+
+    def __init__(self) -> None:
+        self.settled = trio.Event()
+        self.result: FrameResult | None = None
+        self.error: MasError | None = None
+        self.replied = trio.Event()
+        self.reply: Envelope | None = None
+
+
+class Outbox:
+    """The connection as seen by the agent's other tasks (see the module docstring)."""
+
+    def __init__(self, *, label: str, address: str, rpc_timeout: float) -> None:
+        self.label = label
+        self.address = address
+        self.rpc_timeout = rpc_timeout
+        self.core = SessionCore()
+        self.live: Live | None = None
+        self.generation = 0  # increases with every connection
+        self.drops = 0
+        self.last_error: BaseException | None = None
+        self._closed_reason: str | None = None
+        self._changed = trio.Event()
+        self._replies: dict[str, Slot] = {}
+
+    # -- the link tells us ----------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.live is not None and self.live.alive
+
+    def notify(self) -> None:
+        """Wake every task waiting for the connection to change."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+
+    def attach(self, channel: Channel, transport: Transport, welcome: pb.Welcome) -> Live:
+        self.generation += 1
+        self.live = Live(channel, transport, welcome, self.generation)
+        self.notify()
+        return self.live
+
+    def detach(self, live: Live) -> None:
+        """The connection is gone: fail its frames, cancel its unary calls."""
+        live.alive = False
+        if self.live is live:
+            self.live = None
+        self.drops += 1
+        self.core.connection_lost()
+        for slot in live.frames.values():
+            slot.error = ConnectionClosedError(
+                f"{self.label}: the connection to {self.address} was lost before the server "
+                "confirmed this message; whether it was delivered is unknown"
+            )
+            slot.settled.set()
+        live.frames.clear()
+        for scope in live.calls:
+            scope.cancel()
+        self.notify()
+
+    def close(self, reason: str) -> None:
+        """No connection will come any more: waiting callers fail at once."""
+        self._closed_reason = reason
+        self.notify()
+
+    def settle(self, live: Live, result: FrameResult) -> None:
+        slot = live.frames.pop(result.seq, None)
+        if slot is not None:
+            slot.result = result
+            if result.kind == "request" and result.error is None:
+                self._replies[result.correlation_id] = slot
+            slot.settled.set()
+
+    def reply_arrived(self, arrived: ReplyArrived) -> bool:
+        """Hand a reply to its requester; False if nobody waits for it any more."""
+        slot = self._replies.pop(arrived.correlation_id, None)
+        if slot is None:
+            return False
+        slot.reply = arrived.envelope
+        slot.replied.set()
+        return True
+
+    # -- other tasks ask ------------------------------------------------------------------
+
+    async def wait_live(self, deadline: float, what: str) -> Live:
+        """The live connection, waiting for one until ``deadline``."""
+        while True:
+            live = self.live
+            if live is not None and live.alive:
+                return live
+            if self._closed_reason is not None:
+                raise ConnectionClosedError(f"{self.label}: cannot {what}: {self._closed_reason}")
+            with trio.move_on_at(deadline):
+                await self._changed.wait()
+                continue
+            raise ConnectionClosedError(
+                f"{self.label}: cannot {what}, not connected to {self.address} "
+                f"(reconnecting; last error: {self.last_error})"
+            )
+
+    async def send(self, target_id: str, message_type: str, data_json: str) -> str:
+        """Send a message; returns its message id once the server accepted it."""
+        frame = pb.StreamSend(target_id=target_id, message_type=message_type, data_json=data_json)
+        deadline = trio.current_time() + self.rpc_timeout
+        what = f"send {message_type!r} to {target_id!r}"
+        result, _ = await self._frame("send", lambda seq: _with_seq(frame, seq), deadline, what)
+        return result.message_id
+
+    async def reply(self, correlation_id: str, message_type: str, data_json: str) -> str:
+        """Reply to a request; returns the reply's message id once the server accepted it."""
+        frame = pb.StreamReply(
+            correlation_id=correlation_id, message_type=message_type, data_json=data_json
+        )
+        deadline = trio.current_time() + self.rpc_timeout
+        what = f"reply {message_type!r}"
+        result, _ = await self._frame("reply", lambda seq: _with_seq(frame, seq), deadline, what)
+        return result.message_id
+
+    async def request(
+        self, target_id: str, message_type: str, data_json: str, deadline: float
+    ) -> Envelope:
+        """Send a request and return its reply envelope, waiting until ``deadline``."""
+        start = trio.current_time()
+        drops = self.drops
+        what = f"request {message_type!r} to {target_id!r}"
+
+        def frame(seq: int) -> pb.ClientEvent:
+            remaining_ms = int(max(0.0, deadline - trio.current_time()) * 1000)
+            request = pb.StreamRequest(
+                seq=seq,
+                target_id=target_id,
+                message_type=message_type,
+                data_json=data_json,
+                timeout_ms=max(1, min(remaining_ms, MAX_TIMEOUT_MS)),
+            )
+            return pb.ClientEvent(request=request)
+
+        result_deadline = min(deadline, start + self.rpc_timeout)
+        result, slot = await self._frame("request", frame, result_deadline, what)
+        cid = result.correlation_id
+        try:
+            with trio.move_on_at(deadline):
+                await slot.replied.wait()
+        finally:
+            if slot.reply is None:
+                self._replies.pop(cid, None)
+                self.core.stop_awaiting(cid)
+        if slot.reply is not None:
+            return slot.reply
+        if not self.connected:
+            state = "the connection to the server is down"
+        elif self.drops != drops:
+            state = "the connection to the server dropped meanwhile and was restored"
+        else:
+            state = "the connection to the server was up throughout"
+        raise RequestTimeoutError(
+            f"{self.label}: no reply to {what} within {deadline - start:g}s ({state})"
+        )
+
+    async def _frame(
+        self,
+        kind: FrameKind,
+        build: Callable[[int], pb.ClientEvent],
+        result_deadline: float,
+        what: str,
+    ) -> tuple[FrameResult, Slot]:
+        waited = result_deadline - trio.current_time()
+        live = await self.wait_live(result_deadline, what)
+        seq = self.core.open_frame(kind)
+        slot = Slot()
+        live.frames[seq] = slot
+        try:
+            await _write(live, build(seq))
+            with trio.move_on_at(result_deadline):
+                await slot.settled.wait()
+        finally:
+            if not slot.settled.is_set():
+                live.frames.pop(seq, None)
+                if live.alive:
+                    self.core.abandon_frame(seq)
+        if slot.error is not None:
+            raise slot.error
+        if slot.result is None:
+            raise RequestTimeoutError(
+                f"{self.label}: the server did not confirm {what} within {waited:.3g}s; "
+                "whether it was delivered is unknown"
+            )
+        if slot.result.error is not None:
+            raise slot.result.error
+        return slot.result, slot
+
+    def _current(self, generation: int) -> Live | None:
+        live = self.live
+        if live is None or not live.alive or live.generation != generation:
+            return None
+        return live
+
+    async def ack(self, generation: int, delivery_id: str) -> None:
+        """Ack a delivery of connection ``generation`` (a no-op once that one is gone)."""
+        live = self._current(generation)
+        if live is not None:
+            with trio.fail_after(self.rpc_timeout):
+                try:
+                    await live.transport.ack(delivery_id, batching=live.welcome.batching)
+                finally:
+                    _end_if_broken(live)
+
+    async def nack(self, generation: int, delivery_id: str, reason: str, retryable: bool) -> None:
+        """Nack a delivery of connection ``generation`` (a no-op once that one is gone)."""
+        live = self._current(generation)
+        if live is not None:
+            reason = reason[:MAX_NACK_REASON]
+            nack = pb.Nack(delivery_id=delivery_id, reason=reason, retryable=retryable)
+            with trio.fail_after(self.rpc_timeout):
+                await _write(live, pb.ClientEvent(nack=nack))
+
+    async def unary(self, method: str, request: Any, response_type: Any) -> Any:
+        """One unary RPC on the live connection, bounded by ``rpc_timeout``."""
+        deadline = trio.current_time() + self.rpc_timeout
+        live = await self.wait_live(deadline, f"call {method}")
+        with trio.CancelScope(deadline=deadline) as scope:
+            live.calls.add(scope)
+            try:
+                return await call_unary(live.channel, method, request, response_type)
+            finally:
+                live.calls.discard(scope)
+        if not live.alive:
+            raise ConnectionClosedError(f"{self.label}: the connection dropped during {method}")
+        raise RequestTimeoutError(
+            f"{self.label}: {method} got no answer within {self.rpc_timeout:g}s"
+        )
+
+
+async def _write(live: Live, event: pb.ClientEvent) -> None:
+    """Write a frame; a stream that cannot be written any more ends its connection."""
+    try:
+        await live.transport.send(event)
+    finally:
+        _end_if_broken(live)
+
+
+def _end_if_broken(live: Live) -> None:
+    if live.transport.broken is not None:
+        live.scope.cancel()
+
+
+def _with_seq(frame: pb.StreamSend | pb.StreamReply, seq: int) -> pb.ClientEvent:
+    frame.seq = seq
+    if isinstance(frame, pb.StreamSend):
+        return pb.ClientEvent(send=frame)
+    return pb.ClientEvent(reply=frame)
