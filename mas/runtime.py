@@ -236,7 +236,10 @@ class Runtime:
             ) from exc
 
     async def _watch_signals(
-        self, root: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        root: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
         with trio.open_signal_receiver(*signals) as received:
