@@ -105,7 +105,10 @@ class LimitsConfig(_Base, frozen=True):
 
     max_message_bytes: PosInt = 1_048_576  # largest data_json / envelope accepted
     handshake_timeout: PosFloat = 10.0  # TLS handshake deadline
-    hello_timeout: PosFloat = 10.0  # a Transport stream must say Hello within this
+    hello_timeout: PosFloat = (
+        10.0  # a new stream must send its first message (Hello, request) within this
+    )
+    write_timeout: PosFloat = 30.0  # a client that reads nothing for this long loses its stream
     max_concurrent_streams: PosInt = 64  # HTTP/2 streams per connection
     max_connections: PosInt = 20_000
     max_sessions_per_agent: PosInt = 64

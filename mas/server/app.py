@@ -76,6 +76,8 @@ class MasServer:
                 max_concurrent_streams=limits.max_concurrent_streams,
                 max_connections=limits.max_connections,
                 handshake_timeout=limits.handshake_timeout,
+                first_message_timeout=limits.hello_timeout,
+                write_timeout=limits.write_timeout,
             ),
         )
         async with trio.open_nursery() as nursery:

@@ -84,11 +84,12 @@ class PeerConnection:
 class RpcStream:
     """A purerpc stream seen as typed messages in and out, errors as ``RpcError``."""
 
-    __slots__ = ("_lock", "_stream")
+    __slots__ = ("_lock", "_stream", "_write_timeout")
 
-    def __init__(self, stream: GRPCProtoStream) -> None:
+    def __init__(self, stream: GRPCProtoStream, write_timeout: float) -> None:
         self._stream = stream
         self._lock = trio.Lock()
+        self._write_timeout = write_timeout
 
     async def receive(self) -> Any | None:
         """The next message, or None when the client has finished sending."""
@@ -105,9 +106,17 @@ class RpcStream:
                 return None
 
     async def send(self, message: Message) -> None:
-        """Send one message; concurrent senders are serialised."""
+        """Send one message; concurrent senders are serialised.
+
+        A client that stops reading stalls the write on HTTP/2 flow control;
+        after ``write_timeout`` the RPC ends with ``DEADLINE_EXCEEDED
+        slow_consumer`` rather than holding its resources forever.
+        """
         async with self._lock:
-            await self._stream.send_message(message)
+            with trio.move_on_after(self._write_timeout) as waited:
+                await self._stream.send_message(message)
+        if waited.cancelled_caught:
+            raise RpcError("DEADLINE_EXCEEDED", "slow_consumer")
 
     @property
     def open_for_sending(self) -> bool:
@@ -146,6 +155,8 @@ class ServerLimits(NamedTuple):
     max_concurrent_streams: int
     max_connections: int
     handshake_timeout: float
+    first_message_timeout: float  # a unary RPC's request must arrive within this
+    write_timeout: float  # a response the client does not read within this ends the RPC
 
 
 class BoundAddress(NamedTuple):
@@ -291,10 +302,12 @@ def _sole_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-async def _dispatch(stream: GRPCProtoStream, peer: PeerConnection, service: Service) -> None:
-    rpc = RpcStream(stream)
+async def _dispatch(
+    stream: GRPCProtoStream, peer: PeerConnection, service: Service, limits: ServerLimits
+) -> None:
+    rpc = RpcStream(stream, limits.write_timeout)
     try:
-        await _run_method(stream, rpc, peer, service)
+        await _run_method(stream, rpc, peer, service, limits)
     except BaseException as exc:  # re-raised below unless it is ours to answer
         leaf = _sole_leaf(exc)
         if isinstance(leaf, RpcError):
@@ -311,7 +324,11 @@ async def _dispatch(stream: GRPCProtoStream, peer: PeerConnection, service: Serv
 
 
 async def _run_method(
-    stream: GRPCProtoStream, rpc: RpcStream, peer: PeerConnection, service: Service
+    stream: GRPCProtoStream,
+    rpc: RpcStream,
+    peer: PeerConnection,
+    service: Service,
+    limits: ServerLimits,
 ) -> None:
     await stream.start_response()
     event = await stream.receive_event()
@@ -325,7 +342,12 @@ async def _run_method(
         await method.stream(peer, rpc)
     else:
         assert method.unary is not None
-        response = await method.unary(peer, await _single_request(rpc))
+        request: Any = None
+        with trio.move_on_after(limits.first_message_timeout):
+            request = await _single_request(rpc)
+        if request is None:
+            raise RpcError("DEADLINE_EXCEEDED", "request_timeout")
+        response = await method.unary(peer, request)
         await rpc.send(response)
     await rpc.close()
 
@@ -423,7 +445,9 @@ class GrpcServer:
             socket = _ServerSocket(tls, self._limits)
             async with socket, trio.open_nursery() as rpcs:
                 await socket.serve(
-                    lambda stream: rpcs.start_soon(_dispatch, stream, peer, self._service)
+                    lambda stream: rpcs.start_soon(
+                        _dispatch, stream, peer, self._service, self._limits
+                    )
                 )
                 # The peer is gone: no RPC of this connection can progress any more.
                 rpcs.cancel_scope.cancel()

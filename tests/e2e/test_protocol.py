@@ -338,3 +338,20 @@ async def test_server_advertises_its_stream_limit(pki: TestPKI) -> None:
                 await second.hello("two")
                 with pytest.raises(h2.exceptions.TooManyStreamsError):
                     await ca.transport()
+
+
+async def test_unary_call_without_its_request_times_out(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = make_config(["a"], limits={"hello_timeout": 5.0})
+    async with open_test_server(config, pki) as server:
+        async with raw_client(server.address.port, pki.client_ssl_context("a")) as ca:
+            stream = await ca.client.rpc("GetState", pb.GetStateRequest, pb.GetStateResponse)
+            started = trio.current_time()
+            assert await stream.receive_message() is None  # nothing sent: the server gives up
+            status = stream.end_stream_event.status
+            assert (status.status_code.name, status.status_message) == (
+                "DEADLINE_EXCEEDED",
+                "request_timeout",
+            )
+            assert trio.current_time() - started >= 5.0
