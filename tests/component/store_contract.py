@@ -1,22 +1,25 @@
-"""The store contract, run against every backend (``store`` is parametrized)."""
+"""The store contract: every backend's test module runs these tests.
+
+A backend's module (``test_store_<backend>.py``) defines a ``store`` fixture
+that yields a fresh, empty store built with ``LIMITS``, and star-imports this
+module, so that each backend passes exactly the same suite::
+
+    from store_contract import *  # noqa: F403
+
+    @pytest.fixture
+    async def store() -> AsyncIterator[Store]:
+        ...
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
-from mas.store import Correlation, MemoryStore, QueuedMessage, QueueFullError, Store, StoreLimits
+from mas.store import Correlation, QueuedMessage, QueueFullError, Store, StoreLimits
 from mas.store.base import CorrelationRefused, StateTooLargeError
 
-BACKENDS: dict[str, Callable[[StoreLimits], Store]] = {"memory": MemoryStore}
 LIMITS = StoreLimits(max_queue_length=5, max_message_age=100.0, max_state_bytes=200)
 NOW = 1_000.0
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def store(request: pytest.FixtureRequest) -> Store:
-    return BACKENDS[request.param](LIMITS)
 
 
 def _message(
