@@ -3,6 +3,7 @@
 ::
 
     MasServer.serve
+    ├── store.watch       wakes sessions for messages other servers enqueued (shared stores)
     ├── router.run        wakes sessions when delayed retries fall due
     └── GrpcServer.serve  TLS listener -> connections -> RPCs (sessions live here)
 
@@ -81,6 +82,7 @@ class MasServer:
             ),
         )
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.store.watch, self.registry.ring)
             await nursery.start(router.run)
             self.address = await nursery.start(
                 self._grpc.serve, self._config.listen_host, self._config.listen_port

@@ -20,11 +20,16 @@ State
 
 Every method is ``async`` so that I/O backends fit the same contract; ``now``
 is passed in by the caller (wall-clock seconds), never read by the store.
+
+Wake-ups
+    The router rings local sessions itself after an enqueue; ``watch`` lets a
+    shared store (Redis) report enqueues made by other servers.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgspec
 
@@ -118,6 +123,14 @@ class Store(Protocol):
 
         Each counts as a failed attempt; one past ``max_attempts`` is
         dead-lettered instead. Returns how many were requeued.
+        """
+
+    async def watch(self, wake: Callable[[str, str | None], None], *, task_status: Any) -> None:
+        """Report messages enqueued by other servers sharing this store; runs until cancelled.
+
+        Calls ``wake(agent_id, instance_id)`` (``instance_id`` None for the shared
+        queue) so local sessions claim them. ``task_status.started()`` once watching.
+        A store that only one server uses reports nothing.
         """
 
     async def next_due(self) -> float | None:

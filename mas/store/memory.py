@@ -9,9 +9,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
+import trio
 
 from ..envelope import new_delivery_id
 from .base import (
@@ -145,6 +148,11 @@ class MemoryStore:
             self._queue((message.target_id, message.instance_id)).appendleft(message)
             requeued += 1
         return requeued
+
+    async def watch(self, wake: Callable[[str, str | None], None], *, task_status: Any) -> None:
+        # One process, one server: the router already rings its own sessions.
+        task_status.started()
+        await trio.sleep_forever()
 
     async def next_due(self) -> float | None:
         heap = self._delayed.heap
