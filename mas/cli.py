@@ -4,6 +4,8 @@ Commands::
 
     mas run   [CONFIG]   server and the agents listed in mas.yaml, in one process
     mas serve [CONFIG]   the server alone; allowlisted agents connect from elsewhere
+    mas agent ID [CONFIG] [--server HOST:PORT]
+                         the instances of one agent, in their own process
     mas certs [CONFIG]   write a development PKI to the paths mas.yaml names
     mas check [CONFIG]   validate mas.yaml, its certificates and its agent classes
 
@@ -23,10 +25,12 @@ from pathlib import Path
 
 import trio
 
+from .agent_process import AgentProcess
 from .config import LoadedConfig, load_config
 from .errors import CertificateError, ConfigError, MasError
+from .hosting import load_agent_class
 from .pki import server_ssl_context, write_dev_pki
-from .runtime import Runtime, load_agent_class
+from .runtime import Runtime
 
 log = logging.getLogger("mas.cli")
 
@@ -55,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("config", nargs="?", help=config_help)
+    agent = commands.add_parser("agent", help="run the instances of one agent in this process")
+    agent.add_argument("agent_id", help="the agent's id in mas.yaml")
+    agent.add_argument("config", nargs="?", help=config_help)
+    agent.add_argument(
+        "--server", metavar="HOST:PORT", help="server address (default: from mas.yaml)"
+    )
     certs = commands.add_parser("certs", help="write a development PKI to the paths in mas.yaml")
     certs.add_argument("config", nargs="?", help=config_help)
     certs.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -72,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_config(args.config)
         if args.command in ("run", "serve"):
             trio.run(Runtime(loaded, serve_only=args.command == "serve").run)
+        elif args.command == "agent":
+            trio.run(AgentProcess(loaded, args.agent_id, server=args.server).run)
         elif args.command == "certs":
             return _certs(loaded, force=args.force)
         elif args.command == "check":

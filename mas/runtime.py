@@ -5,7 +5,7 @@
     Runtime.run
     ├── server            MasServer.serve (listener, sessions, router timers)
     ├── signals           SIGINT/SIGTERM: graceful stop, twice: stop now; SIGHUP: reload
-    └── agents            AgentSupervisor.run (one task per instance, restarts)
+    └── agents            AgentHost.run -> AgentSupervisor (one task per instance, restarts)
 
 A graceful stop (first signal, or an agent calling ``stop_runtime()``) asks
 every agent to stop (running handlers finish within ``limits.shutdown_grace``,
@@ -19,28 +19,25 @@ in a private temporary directory (allowed only on a loopback listen address).
 from __future__ import annotations
 
 import contextlib
-import importlib
+import functools
 import ipaddress
 import logging
-import signal
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import trio
 
-from .agent import Agent, TLSFiles
+from .agent import TLSFiles
 from .config import AgentSpec, LoadedConfig, MasConfig, load_config
-from .errors import AgentLoadError, ConfigError, MasError
+from .errors import ConfigError, MasError
+from .hosting import AgentHost, watch_signals
 from .pki import server_ssl_context, write_dev_pki
 from .server import BoundAddress, MasServer
 from .store import MemoryStore, Store, StoreLimits
-from .supervisor import AgentSupervisor
 
 log = logging.getLogger("mas.runtime")
 
-_STOP_MARGIN: Final = 5.0  # seconds past the drain grace before agents are cancelled
 _SESSION_DRAIN_TIMEOUT: Final = 2.0  # seconds for remaining sessions to close on stop
 
 
@@ -104,7 +101,7 @@ class _TLSMaterial:
             self.cert_path = Path(config.tls_server_cert_path)
             self.key_path = Path(config.tls_server_key_path)
 
-    def agent(self, spec: AgentSpec, index: int) -> TLSFiles:
+    def agent(self, spec: AgentSpec) -> TLSFiles:
         files = self._agent_files.get(spec.agent_id)
         if files is not None:
             return files
@@ -116,33 +113,6 @@ class _TLSMaterial:
         return TLSFiles(
             ca_path=str(self.ca_path), cert_path=spec.tls_cert_path, key_path=spec.tls_key_path
         )
-
-
-def load_agent_class(spec: AgentSpec, base_dir: Path, index: int) -> type[Agent[Any]]:
-    """Import ``spec.class_path`` (``module:Name``), searching the config's directory first."""
-    assert spec.class_path is not None
-    where = f"$.agents[{index}].class_path"
-    module_name, _, attr = spec.class_path.partition(":")
-    if str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise AgentLoadError(
-            f"{where}: cannot import module {module_name!r} for agent {spec.agent_id!r} "
-            f"({exc}); modules are searched in {base_dir} and on sys.path"
-        ) from exc
-    except Exception as exc:
-        raise AgentLoadError(
-            f"{where}: importing module {module_name!r} for agent {spec.agent_id!r} failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise AgentLoadError(f"{where}: module {module_name!r} has no attribute {attr!r}")
-    if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise AgentLoadError(f"{where}: {spec.class_path!r} is not a subclass of mas.Agent")
-    return cls
 
 
 def build_store(config: MasConfig) -> Store:
@@ -169,7 +139,6 @@ class Runtime:
         self.server: MasServer | None = None
         self.address: BoundAddress | None = None
         self._stop_requested = trio.Event()
-        self._classes: dict[str, type[Agent[Any]]] = {}
 
     def request_stop(self) -> None:
         """Begin a graceful stop (safe to call from any agent, any number of times)."""
@@ -180,82 +149,37 @@ class Runtime:
     ) -> None:
         """Run until a stop is requested; readiness once the server and agents are up."""
         config = self.loaded.config
-        if not self.serve_only:
-            for index, spec in enumerate(config.agents):
-                if spec.class_path:
-                    self._classes[spec.agent_id] = load_agent_class(
-                        spec, self.loaded.base_dir, index
-                    )
         with contextlib.ExitStack() as stack:
             tls = _TLSMaterial(config, stack)
+            host = AgentHost(
+                [] if self.serve_only else config.agents,
+                config.agents,
+                self.loaded.base_dir,
+                tls_for=tls.agent,
+                runtime_stop=self.request_stop,
+                shutdown_grace=config.limits.shutdown_grace,
+            )
             ssl_context = server_ssl_context(tls.ca_path, tls.cert_path, tls.key_path)
             server = self.server = MasServer(config, build_store(config), ssl_context)
             async with trio.open_nursery() as root:
                 if self.handle_signals:
                     # Before the listener: a signal from then on is a graceful stop.
-                    await root.start(self._watch_signals, root.cancel_scope)
+                    await root.start(
+                        functools.partial(
+                            watch_signals,
+                            stop_requested=self._stop_requested,
+                            force_stop=root.cancel_scope.cancel,
+                            reload=self.reload,
+                        )
+                    )
                 address = self.address = await root.start(server.serve)
                 agent_addr = format_addr(connect_host(address.host), address.port)
-                supervisor = AgentSupervisor(
-                    [] if self.serve_only else config.agents,
-                    lambda spec, index: self._make_agent(spec, index, agent_addr, tls),
-                    shutdown_grace=config.limits.shutdown_grace,
-                )
                 async with trio.open_nursery() as agents:
-                    await agents.start(supervisor.run)
+                    await agents.start(host.run, agent_addr, self._stop_requested)
                     task_status.started(address)
-                    await self._stop_requested.wait()
-                    log.info(
-                        "stopping: draining agents (up to %.0f s)", config.limits.shutdown_grace
-                    )
-                    await supervisor.stop()
-                    agents.cancel_scope.deadline = (
-                        trio.current_time() + config.limits.shutdown_grace + _STOP_MARGIN
-                    )
                 await server.drain(_SESSION_DRAIN_TIMEOUT)
                 log.info("server statistics: %s", server.statistics())
                 root.cancel_scope.cancel()
-
-    def _make_agent(
-        self, spec: AgentSpec, index: int, server_addr: str, tls: _TLSMaterial
-    ) -> Agent[Any]:
-        cls = self._classes[spec.agent_id]
-        try:
-            return cls(
-                spec.agent_id,
-                server_addr=server_addr,
-                tls=tls.agent(spec, index),
-                runtime_stop=self.request_stop,
-                shutdown_grace=self.loaded.config.limits.shutdown_grace,
-                **spec.init_kwargs,
-            )
-        except TypeError as exc:
-            raise AgentLoadError(
-                f"cannot construct agent {spec.agent_id!r} ({spec.class_path}): {exc}; "
-                "check init_kwargs, and that __init__ accepts **kwargs and passes them to super()"
-            ) from exc
-
-    async def _watch_signals(
-        self,
-        root: trio.CancelScope,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-        with trio.open_signal_receiver(*signals) as received:
-            task_status.started()
-            async for signum in received:
-                if signum == signal.SIGHUP:
-                    self.reload()
-                elif self._stop_requested.is_set():
-                    log.warning("second stop signal: stopping now")
-                    root.cancel()
-                else:
-                    log.info(
-                        "received %s: stopping gracefully (again to stop now)",
-                        signal.Signals(signum).name,
-                    )
-                    self.request_stop()
 
     def reload(self) -> None:
         """Re-read the config file and apply its policy; on error keep the running one."""

@@ -124,3 +124,76 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             process.kill()
             process.wait()
         process.stderr.close()
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAS_RUNNER_CONFIG_FILE"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mas", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.slow
+def test_server_and_agents_in_separate_processes(tmp_path: Path) -> None:
+    (tmp_path / "agents.py").write_text((EXAMPLE / "agents.py").read_text())
+    (tmp_path / "mas.yaml").write_text(
+        "server_listen_addr: 127.0.0.1:0\n"
+        "tls_ca_path: certs/ca.pem\ntls_server_cert_path: certs/server.pem\n"
+        "tls_server_key_path: certs/server.key\n"
+        "permissions:\n  - {type: allow_bidirectional, agents: [ping, pong]}\n"
+        "agents:\n"
+        "  - agent_id: pong\n    class_path: agents:PongAgent\n    capabilities: [responder]\n"
+        "    tls_cert_path: certs/pong.pem\n    tls_key_path: certs/pong.key\n"
+        "  - agent_id: ping\n    class_path: agents:PingAgent\n"
+        "    tls_cert_path: certs/ping.pem\n    tls_key_path: certs/ping.key\n"
+        "    init_kwargs: {questions: [one, two]}\n"
+    )
+    assert _mas("certs", str(tmp_path)).returncode == 0
+    server = _start("serve", str(tmp_path), cwd=tmp_path)
+    pong = None
+    try:
+        assert server.stderr is not None
+        port = None
+        for line in server.stderr:
+            if "listening on" in line:
+                port = line.rsplit(":", 1)[1].split()[0]
+                break
+        assert port, "the server did not start"
+        address = f"127.0.0.1:{port}"
+        pong = _start("agent", "pong", str(tmp_path), "--server", address, cwd=tmp_path)
+        ping = _mas("agent", "ping", str(tmp_path), "--server", address, cwd=tmp_path)
+        assert ping.returncode == 0, ping.stderr
+        assert ping.stdout.count("ping: pong answered") == 2
+        assert _stop(pong) == 0
+        pong = None
+    finally:
+        if pong is not None:
+            _stop(pong)
+        assert _stop(server) == 0
+
+
+def test_agent_command_explains_what_it_needs(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text(
+        "server_listen_addr: 127.0.0.1:0\nagents:\n  - {agent_id: a, class_path: 'x:Y'}\n"
+    )
+    _assert_clean_error(_mas("agent", "b", str(tmp_path)), 2, "not listed")
+    _assert_clean_error(_mas("agent", "a", str(tmp_path)), 2, "mas certs")
