@@ -1,0 +1,110 @@
+"""The ``gateway:`` section: Redis, rate limits, features, DLP, audit, telemetry, breaker."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from ._base import _REDIS_SCHEMES, Action, Name, NonNegInt, PosFloat, PosInt, _Base
+
+# --- gateway (validated now, enforced by the gateway) -----------------------------------
+
+
+class RedisConfig(_Base, frozen=True):
+    """Redis connection used by the gateway's shared state."""
+
+    url: str = "redis://localhost:6379"
+    decode_responses: bool = True
+    socket_timeout: PosFloat | None = None  # seconds; None = no timeout
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(_REDIS_SCHEMES):
+            raise ValueError(f"url must start with redis://, rediss:// or unix://: {self.url!r}")
+
+
+class RateLimitConfig(_Base, frozen=True):
+    """Messages each agent may send."""
+
+    per_minute: PosInt = 100
+    per_hour: PosInt = 1000
+
+
+class FeaturesConfig(_Base, frozen=True):
+    """Gateway features switched on or off."""
+
+    dlp: bool = True
+    rbac: bool = False
+    circuit_breaker: bool = True
+
+
+class DlpRule(_Base, frozen=True):
+    """A custom DLP rule; ``pattern`` is a Python regular expression."""
+
+    id: Name
+    type: Name
+    pattern: str
+    action: Action = "block"
+    severity: Literal["low", "medium", "high", "critical"] = "medium"
+    description: str = ""
+    enabled: bool = True
+    case_insensitive: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.pattern, re.IGNORECASE if self.case_insensitive else 0)
+        except re.error as exc:
+            raise ValueError(f"DLP rule {self.id!r}: pattern does not compile: {exc}") from None
+
+
+class DlpConfig(_Base, frozen=True):
+    """How custom DLP rules combine with the built-in ones."""
+
+    merge_strategy: Literal["append", "replace"] = "append"
+    disable_defaults: list[str] = []  # built-in rule types to switch off
+    policy_overrides: dict[str, Action] = {}  # rule type -> action
+    rules: list[DlpRule] = []
+
+
+class AuditConfig(_Base, frozen=True):
+    """Optional JSONL audit file sink, rotated by size."""
+
+    file_path: str | None = None
+    max_bytes: PosInt = 10_000_000
+    backup_count: NonNegInt = 5
+
+
+class TelemetryConfig(_Base, frozen=True):
+    """OpenTelemetry export settings."""
+
+    enabled: bool = False
+    service_name: str = "mas"
+    service_namespace: str = "mas"
+    environment: str = "dev"
+    otlp_endpoint: str | None = None
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0
+    export_metrics: bool = True
+    metrics_export_interval_ms: PosInt = 60000
+    headers: dict[str, str] = {}
+
+
+class CircuitBreakerConfig(_Base, frozen=True):
+    """Per-target circuit breaker (seconds)."""
+
+    failure_threshold: PosInt = 5
+    success_threshold: PosInt = 2
+    timeout_seconds: PosFloat = 60.0
+    window_seconds: PosFloat = 300.0
+
+
+class GatewayConfig(_Base, frozen=True):
+    """The gateway policy section: validated now, enforced by the gateway."""
+
+    redis: RedisConfig = RedisConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    dlp: DlpConfig = DlpConfig()
+    audit: AuditConfig = AuditConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()

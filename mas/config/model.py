@@ -1,0 +1,225 @@
+"""The ``mas.yaml`` model: server sections, permissions, agents, and the whole file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ._base import (
+    _TRUST_DOMAIN_PATTERN,
+    AgentId,
+    Name,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    _Base,
+    split_host_port,
+)
+from .gateway import GatewayConfig
+
+# --- server-side sections ---------------------------------------------------------------
+
+
+class StoreConfig(_Base, frozen=True):
+    """Where queues, state and audit records live (more backends come later)."""
+
+    backend: Literal["memory"] = "memory"
+
+
+class LimitsConfig(_Base, frozen=True):
+    """Server limits. Sizes in bytes, durations in float seconds; every value is > 0."""
+
+    max_message_bytes: PosInt = 1_048_576  # largest data_json / envelope accepted
+    handshake_timeout: PosFloat = 10.0  # TLS handshake deadline
+    hello_timeout: PosFloat = (
+        10.0  # a new stream must send its first message (Hello, request) within this
+    )
+    write_timeout: PosFloat = 30.0  # a client that reads nothing for this long loses its stream
+    max_concurrent_streams: PosInt = 64  # HTTP/2 streams per connection
+    max_connections: PosInt = 20_000
+    max_sessions_per_agent: PosInt = 64
+    max_queue_length: PosInt = 10_000  # per agent queue, while offline too
+    max_message_age: PosFloat = 86_400.0  # queued messages older than this are dead-lettered
+    prefetch: PosInt = 64  # in-flight deliveries per session
+    max_attempts: PosInt = 5  # deliveries before dead-lettering
+    redelivery_backoff: PosFloat = 0.5  # first retry delay, doubled per attempt
+    max_redelivery_backoff: PosFloat = 30.0
+    ack_timeout: PosFloat = 120.0  # an unacked delivery is redelivered after this
+    max_request_timeout: PosFloat = 3_600.0
+    max_state_bytes: PosInt = 1_048_576
+    shutdown_grace: PosFloat = 10.0  # drain time on SIGINT/SIGTERM
+
+    def __post_init__(self) -> None:
+        if self.max_redelivery_backoff < self.redelivery_backoff:
+            raise ValueError("max_redelivery_backoff must be >= redelivery_backoff")
+
+
+# --- permissions (a tagged union on `type`) ---------------------------------------------
+
+
+class _Rule(_Base, frozen=True, tag_field="type"):
+    """Base of the permission rules; the YAML ``type`` key selects the subclass."""
+
+
+class AllowRule(_Rule, frozen=True, tag="allow"):
+    """``sender`` may send to each of ``targets``."""
+
+    sender: Name
+    targets: Annotated[list[Name], msgspec.Meta(min_length=1)]
+
+
+class _GroupRule(_Rule, frozen=True):
+    """A rule over a group of two or more distinct agents."""
+
+    agents: Annotated[list[Name], msgspec.Meta(min_length=2)]
+
+    def __post_init__(self) -> None:
+        if len(set(self.agents)) != len(self.agents):
+            raise ValueError("agents lists the same agent twice")
+
+
+class AllowBidirectionalRule(_GroupRule, frozen=True, tag="allow_bidirectional"):
+    """Every listed agent may send to every other listed agent."""
+
+
+class AllowNetworkRule(_GroupRule, frozen=True, tag="allow_network"):
+    """A group of agents; one-way (list order is the direction) unless ``bidirectional``."""
+
+    bidirectional: bool = True
+
+
+class AllowBroadcastRule(_Rule, frozen=True, tag="allow_broadcast"):
+    """``sender`` may send to each receiver (``None``: every other listed agent)."""
+
+    sender: Name
+    receivers: Annotated[list[Name], msgspec.Meta(min_length=1)] | None = None
+
+
+class AllowWildcardRule(_Rule, frozen=True, tag="allow_wildcard"):
+    """``agent_id`` may send to every other listed agent."""
+
+    agent_id: Name
+
+
+class DenyRule(_Rule, frozen=True, tag="deny"):
+    """``sender`` may not send to ``targets``; either may be ``"*"``. Deny always wins."""
+
+    sender: Name
+    targets: Annotated[list[Name], msgspec.Meta(min_length=1)]
+
+
+Permission = (
+    AllowRule
+    | AllowBidirectionalRule
+    | AllowNetworkRule
+    | AllowBroadcastRule
+    | AllowWildcardRule
+    | DenyRule
+)
+
+
+# --- agents ------------------------------------------------------------------------------
+
+
+class RestartPolicy(_Base, frozen=True):
+    """How the supervisor restarts a crashed agent instance (seconds)."""
+
+    max_restarts: NonNegInt = 5  # restarts allowed within `window`; 0 = never restart
+    window: PosFloat = 60.0
+    backoff_initial: PosFloat = 0.5  # first restart delay, doubled per restart
+    backoff_max: PosFloat = 10.0
+
+    def __post_init__(self) -> None:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must be >= backoff_initial")
+
+
+def _is_class_path(value: str) -> bool:
+    module, sep, name = value.partition(":")
+    return bool(sep) and name.isidentifier() and all(p.isidentifier() for p in module.split("."))
+
+
+class AgentSpec(_Base, frozen=True):
+    """One allowlisted agent: its identity, where its class is, and how to run it."""
+
+    agent_id: AgentId
+    class_path: str | None = None  # "package.module:ClassName"; None = runs elsewhere
+    instances: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    capabilities: list[str] = []
+    metadata: dict[str, Any] = {}
+    tls_cert_path: str | None = None  # both or neither
+    tls_key_path: str | None = None
+    init_kwargs: dict[str, Any] = {}
+    restart: RestartPolicy = RestartPolicy()
+
+    def __post_init__(self) -> None:
+        if self.class_path is not None and not _is_class_path(self.class_path):
+            raise ValueError(
+                f"class_path must look like 'package.module:ClassName', got {self.class_path!r}"
+            )
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise ValueError("give both tls_cert_path and tls_key_path, or neither")
+
+
+# --- the whole file ---------------------------------------------------------------------
+
+
+class MasConfig(_Base, frozen=True):
+    """The decoded ``mas.yaml``. Build it with :func:`load_config` or :func:`parse_config`."""
+
+    server_listen_addr: str = "127.0.0.1:50051"  # "host:port" or "[::1]:port"; port 0 = any
+    tls_ca_path: str | None = None  # all three TLS paths, or none (dev PKI, loopback only)
+    tls_server_cert_path: str | None = None
+    tls_server_key_path: str | None = None
+    trust_domain: Annotated[
+        str, msgspec.Meta(pattern=_TRUST_DOMAIN_PATTERN, min_length=1, max_length=255)
+    ] = "mas"
+    store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
+    permissions: list[Permission] = []
+    agents: list[AgentSpec] = []
+    gateway: GatewayConfig = GatewayConfig()
+
+    def __post_init__(self) -> None:
+        try:
+            split_host_port(self.server_listen_addr)
+        except ValueError as exc:
+            raise ValueError(f"invalid server_listen_addr: {exc}") from None
+
+    @property
+    def listen_host(self) -> str:
+        """The host part of ``server_listen_addr``, without IPv6 brackets."""
+        return split_host_port(self.server_listen_addr)[0]
+
+    @property
+    def listen_port(self) -> int:
+        """The port part of ``server_listen_addr`` (0 = any free port)."""
+        return split_host_port(self.server_listen_addr)[1]
+
+    @property
+    def tls_configured(self) -> bool:
+        """True when all three server TLS paths are given."""
+        return None not in (self.tls_ca_path, self.tls_server_cert_path, self.tls_server_key_path)
+
+    @property
+    def agent_ids(self) -> frozenset[str]:
+        """The ids of every allowlisted agent."""
+        return frozenset(a.agent_id for a in self.agents)
+
+    def agent(self, agent_id: str) -> AgentSpec | None:
+        """The spec of ``agent_id``, or None if it is not listed."""
+        return next((a for a in self.agents if a.agent_id == agent_id), None)
+
+
+class LoadedConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A config together with the absolute path of the file it came from."""
+
+    path: Path
+    config: MasConfig
+
+    @property
+    def base_dir(self) -> Path:
+        """The file's directory: relative paths in the file resolve against it."""
+        return self.path.parent
