@@ -28,7 +28,6 @@ Loading, in order:
 6. Whole-config checks (:func:`check_config`): unique agent ids, permissions name only
    listed agents (``"*"`` only in ``deny`` rules), all three server TLS paths or none.
 
-The ``gateway`` section is validated now; its settings are enforced by the gateway.
 """
 
 from __future__ import annotations
@@ -68,6 +67,8 @@ from .model import LoadedConfig as LoadedConfig
 from .model import MasConfig as MasConfig
 from .model import Permission as Permission
 from .model import RestartPolicy as RestartPolicy
+from .model import RevokedConfig as RevokedConfig
+from .model import RoleConfig as RoleConfig
 from .model import StoreConfig as StoreConfig
 
 __all__ = [
@@ -100,6 +101,8 @@ __all__ = [
     "RateLimitConfig",
     "RedisConfig",
     "RestartPolicy",
+    "RevokedConfig",
+    "RoleConfig",
     "StoreConfig",
     "TelemetryConfig",
     "check_config",

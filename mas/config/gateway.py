@@ -73,6 +73,7 @@ class AuditConfig(_Base, frozen=True):
     file_path: str | None = None
     max_bytes: PosInt = 10_000_000
     backup_count: NonNegInt = 5
+    hmac_key_env: str | None = None  # environment variable holding the chain's HMAC key
 
 
 class TelemetryConfig(_Base, frozen=True):

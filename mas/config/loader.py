@@ -59,6 +59,12 @@ def check_config(config: MasConfig, *, source: str = "<config>") -> None:
                     f"{where}: unknown agent {name!r}; a permission may name only agents"
                     " listed under `agents:`"
                 )
+    for i, agent in enumerate(config.agents):
+        for j, role in enumerate(agent.roles):
+            if role not in config.roles:
+                problems.append(
+                    f"$.agents[{i}].roles[{j}]: unknown role {role!r}; define it under `roles:`"
+                )
     given = [f for f in _TLS_FIELDS if getattr(config, f) is not None]
     if given and len(given) < len(_TLS_FIELDS):
         missing = ", ".join(f"$.{f}" for f in _TLS_FIELDS if f not in given)
@@ -121,8 +127,10 @@ def _resolve_paths(config: MasConfig, base_dir: Path) -> MasConfig:
     ]
     gateway = config.gateway
     audit = msgspec.structs.replace(gateway.audit, file_path=res(gateway.audit.file_path))
+    store = msgspec.structs.replace(config.store, path=res(config.store.path))
     return msgspec.structs.replace(
         config,
+        store=store,
         tls_ca_path=res(config.tls_ca_path),
         tls_server_cert_path=res(config.tls_server_cert_path),
         tls_server_key_path=res(config.tls_server_key_path),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -17,15 +18,28 @@ from ._base import (
     _Base,
     split_host_port,
 )
-from .gateway import GatewayConfig
+from .gateway import GatewayConfig, RateLimitConfig
 
 # --- server-side sections ---------------------------------------------------------------
 
 
 class StoreConfig(_Base, frozen=True):
-    """Where queues, state and audit records live (more backends come later)."""
+    """Where queues, state and audit records live.
 
-    backend: Literal["memory"] = "memory"
+    ``sqlite`` (the default) is a file next to mas.yaml (``path`` overrides it);
+    ``redis`` uses ``url``, or the seed's ``gateway.redis.url`` when ``url`` is
+    not given; ``memory`` keeps nothing across restarts.
+    """
+
+    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    path: str | None = None  # sqlite file; default: mas.sqlite3 next to mas.yaml
+    url: str | None = None  # redis URL; default: gateway.redis.url
+
+    def __post_init__(self) -> None:
+        if self.path is not None and self.backend != "sqlite":
+            raise ValueError("path is a setting of the sqlite backend")
+        if self.url is not None and self.backend != "redis":
+            raise ValueError("url is a setting of the redis backend")
 
 
 class LimitsConfig(_Base, frozen=True):
@@ -153,6 +167,8 @@ class AgentSpec(_Base, frozen=True):
     tls_key_path: str | None = None
     init_kwargs: dict[str, Any] = {}
     restart: RestartPolicy = RestartPolicy()
+    roles: list[Name] = []  # RBAC roles (see `roles:`), used when gateway.features.rbac is on
+    rate_limit: RateLimitConfig | None = None  # overrides gateway.rate_limit for this agent
 
     def __post_init__(self) -> None:
         if self.class_path is not None and not _is_class_path(self.class_path):
@@ -161,6 +177,39 @@ class AgentSpec(_Base, frozen=True):
             )
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
             raise ValueError("give both tls_cert_path and tls_key_path, or neither")
+
+
+# --- RBAC and revocation -----------------------------------------------------------------
+
+_ROLE_PERMISSION_RE: Final = re.compile(r"^send:[A-Za-z0-9_*?\[\]-]{1,64}$")
+
+
+class RoleConfig(_Base, frozen=True):
+    """A role: what agents holding it may do (``send:<target-glob>``, e.g. ``send:worker_*``)."""
+
+    permissions: list[Name] = []
+
+    def __post_init__(self) -> None:
+        for permission in self.permissions:
+            if not _ROLE_PERMISSION_RE.match(permission):
+                raise ValueError(
+                    f"role permission {permission!r} must look like 'send:<target-glob>'"
+                )
+
+
+class RevokedConfig(_Base, frozen=True):
+    """Certificates refused even though they chain to the CA."""
+
+    serials: list[Annotated[str, msgspec.Meta(pattern=r"^(0x[0-9a-fA-F]+|[0-9]+)$")]] = []
+    fingerprints: list[Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F:]{64,95}$")]] = []
+
+    def serial_numbers(self) -> frozenset[int]:
+        """The revoked serials as integers (decimal or 0x-hex in the file)."""
+        return frozenset(int(s, 16) if s.lower().startswith("0x") else int(s) for s in self.serials)
+
+    def sha256_fingerprints(self) -> frozenset[str]:
+        """The revoked SHA-256 fingerprints, lowercase hex without colons."""
+        return frozenset(f.replace(":", "").lower() for f in self.fingerprints)
 
 
 # --- the whole file ---------------------------------------------------------------------
@@ -180,6 +229,8 @@ class MasConfig(_Base, frozen=True):
     limits: LimitsConfig = LimitsConfig()
     permissions: list[Permission] = []
     agents: list[AgentSpec] = []
+    roles: dict[Name, RoleConfig] = {}
+    revoked: RevokedConfig = RevokedConfig()
     gateway: GatewayConfig = GatewayConfig()
 
     def __post_init__(self) -> None:

@@ -364,8 +364,37 @@ def test_nonpositive_limit_is_refused() -> None:
     assert "$.limits.ack_timeout" in parse_error("limits: {ack_timeout: 0}")
 
 
-def test_store_backend_is_memory_only_for_now() -> None:
-    assert "$.store.backend" in parse_error("store: {backend: sqlite}")
+def test_store_backend_is_one_of_three() -> None:
+    assert "$.store.backend" in parse_error("store: {backend: postgres}")
+
+
+def test_store_settings_belong_to_their_backend() -> None:
+    assert "path is a setting of the sqlite backend" in parse_error(
+        "store: {backend: redis, path: x.db}"
+    )
+    assert "url is a setting of the redis backend" in parse_error(
+        "store: {backend: sqlite, url: 'redis://h'}"
+    )
+
+
+def test_sqlite_path_resolves_against_the_config_directory() -> None:
+    config = parse_config("store: {backend: sqlite, path: data/mas.db}", base_dir=Path("/base"), env={})
+    assert config.store.path == "/base/data/mas.db"
+
+
+def test_roles_and_revocations() -> None:
+    config = parse_config(
+        "roles: {workers: {permissions: ['send:worker_*']}}\n"
+        "agents: [{agent_id: boss, roles: [workers]}]\n"
+        "revoked: {serials: ['0x1F', '42'], fingerprints: ['" + "AB" * 32 + "']}\n",
+        base_dir=Path("/base"),
+        env={},
+    )
+    assert config.agents[0].roles == ["workers"]
+    assert config.revoked.serial_numbers() == {31, 42}
+    assert config.revoked.sha256_fingerprints() == {"ab" * 32}
+    assert "unknown role 'nobody'" in parse_error("agents: [{agent_id: a, roles: [nobody]}]")
+    assert "send:<target-glob>" in parse_error("roles: {r: {permissions: ['receive:*']}}")
 
 
 def test_yaml_syntax_error_reports_line_and_column() -> None:
