@@ -1,0 +1,235 @@
+"""``mas audit verify | tail | export`` on JSONL sink files: plain functions for the CLI.
+
+Each function returns ``(exit status, message)``; the caller prints the message
+(to stderr, except for ``verify``, whose message is its result) and exits with
+the status: 0 success, 1 the trail is tampered or has unreadable lines, 2 the
+file is missing or cannot be read. Record output goes to the ``out`` stream.
+Nothing here raises for bad file content.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Final, Literal, TextIO
+
+from mas.audit.chain import verify
+from mas.audit.diagnosis import Problem, Unreadable, VerifyReport
+from mas.audit.export import export, format_json_line, format_tail_line
+from mas.audit.reader import decode_line, iter_entries, read_head, rotated_files
+from mas.audit.record import AuditRecord
+
+_READ_CHUNK: Final = 65_536  # bytes read at a time while following a file
+
+
+def _missing(path: Path) -> tuple[int, str]:
+    return 2, f"audit file {path} does not exist"
+
+
+def _unreadable_note(skipped: list[Unreadable]) -> str:
+    first = skipped[0]
+    return (
+        f"{len(skipped)} unreadable line(s) skipped (first: {first.where}: {first.detail});"
+        " run `mas audit verify`"
+    )
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+def _locate(problem: Problem, starts: list[tuple[int, Path]]) -> str:
+    spot = [(first, file) for first, file in starts if first <= problem.index]
+    if not spot or problem.kind == "truncated" or str(spot[-1][1]) in problem.detail:
+        return ""
+    first, file = spot[-1]
+    return f" ({file} line {problem.index - first + 1})"
+
+
+def _ok_message(report: VerifyReport, files: int, head: tuple[int, str] | None, key: bool) -> str:
+    mode = "HMAC-SHA256 keyed" if key else "unkeyed SHA-256"
+    if report.head is None or report.first_seq is None:
+        text = f"audit trail OK: no records ({mode})"
+    else:
+        text = (
+            f"audit trail OK: {report.checked} records, seq {report.first_seq} to"
+            f" {report.head[0]}, in {files} file(s) ({mode})"
+        )
+        if report.first_seq > 1:
+            text += f"; it starts at seq {report.first_seq} (earlier records rotated away)"
+    if head is None:
+        text += "; there is no head file, so records cut from the end would go unnoticed"
+    return text
+
+
+def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, str]:
+    """Verify the chain across the rotated files at ``path`` against its head file."""
+    base = Path(path)
+    files = rotated_files(base)
+    if not files:
+        return _missing(base)
+    try:
+        head = read_head(base)
+    except ValueError as exc:
+        return 1, f"audit trail TAMPERED: {exc}"
+    except OSError as exc:
+        return 2, f"cannot read the head file of {base}: {exc}"
+    starts: list[tuple[int, Path]] = []  # (index of a file's first entry, file)
+
+    def entries() -> Iterator[AuditRecord | Unreadable]:
+        for index, (file, _, entry) in enumerate(iter_entries(files)):
+            if not starts or starts[-1][1] != file:
+                starts.append((index, file))
+            yield entry
+
+    try:
+        report = verify(entries(), key, expected_head=head, allow_later_start=True)
+    except OSError as exc:
+        return 2, f"cannot read audit file {base}: {exc}"
+    problem = report.problem
+    if problem is None:
+        return 0, _ok_message(report, len(files), head, key is not None)
+    return 1, (
+        f"audit trail TAMPERED ({problem.kind}) at seq {problem.seq}{_locate(problem, starts)}:"
+        f" {problem.detail}. The {report.checked} record(s) before it are sound."
+    )
+
+
+# --- tail --------------------------------------------------------------------------------
+
+
+class _Follower:
+    """Complete lines of one open file; a partial last line waits for its end."""
+
+    def __init__(self, file: Path, base: Path) -> None:
+        self.file = file
+        self.base = base  # the path a writer appends to; a new file there means rotation
+        self.handle: BinaryIO = file.open("rb")
+        self.inode = os.fstat(self.handle.fileno()).st_ino
+        self.partial = b""
+        self.number = 0
+
+    def entries(self, final: bool) -> Iterator[AuditRecord | Unreadable]:
+        while chunk := self.handle.read(_READ_CHUNK):
+            *lines, self.partial = (self.partial + chunk).split(b"\n")
+            for line in lines:
+                self.number += 1
+                yield decode_line(line + b"\n", f"{self.file} line {self.number}")
+        if final and self.partial:
+            self.number += 1
+            yield decode_line(self.partial, f"{self.file} line {self.number}")
+            self.partial = b""
+
+    def rotated(self) -> bool:
+        try:
+            return os.stat(self.base).st_ino != self.inode
+        except FileNotFoundError:  # between the rename and the new file: look again later
+            return False
+
+
+def _newer_backups(base: Path, inode: int) -> list[Path]:
+    """The rotated files newer than the file with ``inode`` (all of them if it is gone)."""
+    backups = [f for f in rotated_files(base) if f != base]
+    inodes = [f.stat().st_ino for f in backups]
+    return backups[inodes.index(inode) + 1 :] if inode in inodes else backups
+
+
+def tail_file(
+    path: str | os.PathLike[str],
+    *,
+    follow: bool,
+    as_json: bool,
+    decision: str | None,
+    agent: str | None,
+    out: TextIO,
+    poll_interval: float = 0.5,
+    max_polls: int | None = None,
+    last: int | None = None,
+) -> tuple[int, str]:
+    """Print the records at ``path`` (the ``last`` N of them, if given), then follow new ones.
+
+    ``decision`` keeps one decision (any case); ``agent`` keeps records it sent
+    or was the target of. Following re-reads the file every ``poll_interval``
+    seconds, across rotation, ``max_polls`` times (None: until interrupted).
+    """
+    base = Path(path)
+    files = rotated_files(base)
+    if not files:
+        return _missing(base)
+    wanted = None if decision is None else decision.upper()
+    skipped: list[Unreadable] = []
+
+    def keep(entries: Iterable[AuditRecord | Unreadable]) -> Iterator[AuditRecord]:
+        for entry in entries:
+            if isinstance(entry, Unreadable):
+                skipped.append(entry)
+            elif (wanted is None or entry.decision == wanted) and (
+                agent is None or agent in (entry.sender_id, entry.target_id)
+            ):
+                yield entry
+
+    def show(records: Iterable[AuditRecord]) -> None:
+        for record in records:
+            out.write((format_json_line(record) if as_json else format_tail_line(record)) + "\n")
+        out.flush()
+
+    try:
+        current = _Follower(files[-1], base)
+    except OSError as exc:
+        return 2, f"cannot read audit file {base}: {exc}"
+    initial = (entry for _, _, entry in iter_entries(files[:-1]))
+    try:
+        # A last line still being written is not shown until it is complete.
+        selected = keep(itertools.chain(initial, current.entries(final=False)))
+        show(selected if last is None else deque(selected, maxlen=max(last, 0)))
+        polls = 0
+        while follow and (max_polls is None or polls < max_polls):
+            time.sleep(poll_interval)
+            polls += 1
+            show(keep(current.entries(final=False)))
+            if current.rotated():
+                show(keep(current.entries(final=True)))
+                current.handle.close()
+                show(keep(e for _, _, e in iter_entries(_newer_backups(base, current.inode))))
+                current = _Follower(base, base)
+                show(keep(current.entries(final=False)))
+    except OSError as exc:
+        return 2, f"cannot read audit file {base}: {exc}"
+    finally:
+        current.handle.close()
+    return (1, _unreadable_note(skipped)) if skipped else (0, "")
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def export_file(
+    path: str | os.PathLike[str],
+    fmt: Literal["csv", "json"],
+    since: float | None,
+    until: float | None,
+    out: TextIO,
+) -> tuple[int, str]:
+    """Export the records at ``path`` with ``since <= time < until`` as CSV or JSON."""
+    base = Path(path)
+    files = rotated_files(base)
+    if not files:
+        return _missing(base)
+    skipped: list[Unreadable] = []
+
+    def records() -> Iterator[AuditRecord]:
+        for _, _, entry in iter_entries(files):
+            if isinstance(entry, Unreadable):
+                skipped.append(entry)
+            else:
+                yield entry
+
+    try:
+        count = export(records(), fmt, out, since, until)
+    except OSError as exc:
+        return 2, f"cannot read audit file {base}: {exc}"
+    message = f"exported {count} record(s) from {base}"
+    return (1, f"{message}; {_unreadable_note(skipped)}") if skipped else (0, message)

@@ -1,0 +1,238 @@
+"""The JSONL audit sink: lines, fsync'd batches, rotation, the head sidecar, bad lines."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from mas.audit import (
+    AuditDraft,
+    AuditRecord,
+    AuditSinkError,
+    JsonlSink,
+    Unreadable,
+    link_many,
+    read_records,
+    verify,
+)
+from mas.audit.cli import verify_file
+from mas.audit.reader import head_path, read_head, rotated_files
+
+T0 = 1_795_510_800.0
+
+
+def chain(n: int, prev: AuditRecord | None = None) -> list[AuditRecord]:
+    drafts = [
+        AuditDraft(time=T0 + i, decision="ALLOWED", message_id=f"m{i:04d}", sender_id="ping")
+        for i in range(n)
+    ]
+    return link_many(prev, drafts, None)
+
+
+def line_bytes(record: AuditRecord) -> int:
+    return len(msgspec.json.encode(record)) + 1
+
+
+def test_writes_one_json_object_per_line_and_a_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(5)
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=3) as sink:
+        sink.write(records[:2])
+        sink.write(records[2:])
+        sink.write([])
+    lines = path.read_bytes().splitlines()
+    assert [msgspec.json.decode(line, type=AuditRecord) for line in lines] == records
+    assert list(read_records(path)) == records
+    assert read_head(path) == (5, records[-1].hash)
+    assert verify(read_records(path), None, expected_head=read_head(path)).ok
+
+
+def test_files_are_created_with_mode_0o640(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        sink.write(chain(1))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(head_path(path).stat().st_mode) == 0o640
+
+
+def test_rotates_at_max_bytes_keeping_backup_count_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(30)
+    max_bytes = 3 * max(map(line_bytes, records))
+    with JsonlSink(path, max_bytes=max_bytes, backup_count=2) as sink:
+        for start in range(0, 30, 4):
+            sink.write(records[start : start + 4])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "audit.jsonl",
+        "audit.jsonl.1",
+        "audit.jsonl.2",
+        "audit.jsonl.head",
+    ]
+    assert all(p.stat().st_size <= max_bytes for p in rotated_files(path))
+    kept = list(read_records(path))
+    assert kept == records[-len(kept) :]
+    assert 3 <= len(kept) < 30
+
+
+def test_chain_verifies_across_rotated_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(20)
+    with JsonlSink(path, max_bytes=2 * max(map(line_bytes, records)), backup_count=50) as sink:
+        sink.write(records)  # one batch spread over ten files
+    assert len(rotated_files(path)) == 10
+    assert list(read_records(path)) == records
+    report = verify(read_records(path), None, expected_head=read_head(path))
+    assert report.ok and report.first_seq == 1 and report.checked == 20
+
+
+def test_rotated_away_records_are_a_start_offset_not_tampering(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(20)
+    with JsonlSink(path, max_bytes=2 * max(map(line_bytes, records)), backup_count=2) as sink:
+        sink.write(records)
+    first = next(iter(read_records(path)))
+    assert isinstance(first, AuditRecord) and first.seq > 1
+    status, message = verify_file(path, None)
+    assert status == 0, message
+    assert f"starts at seq {first.seq} (earlier records rotated away)" in message
+
+
+def test_backup_count_zero_never_rotates(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=10, backup_count=0) as sink:
+        sink.write(chain(5))
+    assert rotated_files(path) == [path]
+    assert len(list(read_records(path))) == 5
+
+
+def test_rotated_files_are_ordered_oldest_first_by_number(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    for name in ("a.jsonl", "a.jsonl.1", "a.jsonl.2", "a.jsonl.10", "a.jsonl.x", "b.jsonl.3"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in rotated_files(path)] == [
+        "a.jsonl.10",
+        "a.jsonl.2",
+        "a.jsonl.1",
+        "a.jsonl",
+    ]
+
+
+def test_head_sidecar_detects_a_truncated_tail(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        sink.write(chain(10))
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:8]))
+    status, message = verify_file(path, None)
+    assert status == 1
+    assert "truncated" in message and "seq 9" in message
+
+
+def test_malformed_line_is_reported_as_edited_with_its_line_number(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        sink.write(chain(6))
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3] = b'{"time": "yesterday"}\n'
+    path.write_bytes(b"".join(lines))
+    entries = list(read_records(path))
+    bad = entries[3]
+    assert isinstance(bad, Unreadable) and bad.where == f"{path} line 4"
+    status, message = verify_file(path, None)
+    assert status == 1
+    assert "(edited) at seq 4" in message and "line 4" in message
+
+
+def test_incomplete_last_line_is_reported_by_readers(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        sink.write(chain(2))
+    with path.open("ab") as f:
+        f.write(b'{"time": 1')
+    last = list(read_records(path))[-1]
+    assert isinstance(last, Unreadable) and "incomplete" in last.detail
+
+
+def test_reopened_sink_cuts_an_interrupted_write_and_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = chain(3)
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        sink.write(first)
+    with path.open("ab") as f:
+        f.write(b'{"time": 1')  # a crash in the middle of a write
+    sink = JsonlSink(path, max_bytes=1_000_000, backup_count=1)
+    assert sink.last_record() == first[-1]
+    more = chain(2, prev=sink.last_record())
+    with sink:
+        sink.write(more)
+    assert list(read_records(path)) == [*first, *more]
+    assert verify_file(path, None)[0] == 0
+
+
+def test_write_refuses_records_that_do_not_continue_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        sink.write(chain(3))
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        with pytest.raises(AuditSinkError, match="does not continue the chain"):
+            sink.write(chain(2))  # a new chain from seq 1
+        records = chain(2)
+        with pytest.raises(AuditSinkError, match="does not continue"):
+            sink.write([records[1], records[0]])
+    assert len(list(read_records(path))) == 3
+
+
+def test_os_errors_become_audit_sink_errors(tmp_path: Path) -> None:
+    sink = JsonlSink(tmp_path / "missing" / "audit.jsonl", max_bytes=100, backup_count=1)
+    with pytest.raises(AuditSinkError, match="cannot write audit file"):
+        sink.write(chain(1))
+
+
+def test_sink_refuses_nonsense_limits(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        JsonlSink(tmp_path / "a", max_bytes=0, backup_count=1)
+
+
+def test_last_record_is_found_when_read_back_in_small_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mas.audit.sink._TAIL_CHUNK", 7)
+    path = tmp_path / "audit.jsonl"
+    records = chain(4)
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=1) as sink:
+        sink.write(records)
+        assert sink.last_record() == records[-1]
+    with path.open("ab") as f:
+        f.write(b'{"partial": ')
+    assert JsonlSink(path, max_bytes=1_000_000, backup_count=1).last_record() == records[-1]
+
+
+def test_last_record_is_none_when_the_last_line_is_not_a_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"not json\n")
+    assert JsonlSink(path, max_bytes=1_000, backup_count=1).last_record() is None
+
+
+def test_failed_write_is_reported_and_the_next_write_resumes_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(4)
+    sink = JsonlSink(path, max_bytes=1_000_000, backup_count=1)
+    sink.write(records[:2])
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("mas.audit.sink.os.fsync", broken_fsync)
+    with pytest.raises(AuditSinkError, match="No space left"):
+        sink.write(records[2:])
+    monkeypatch.undo()
+    assert read_head(path) == (2, records[1].hash)  # the head never runs ahead of the data
+    sink.write(records[1:])  # a retry; the lines of the failed write did land
+    sink.close()
+    assert list(read_records(path)) == records
+    assert read_head(path) == (4, records[3].hash)
