@@ -20,11 +20,15 @@ Semantics (``known`` is the set of agent ids listed under ``agents:``):
   any allow.
 - No implicit self-delivery: an agent may send to itself only if an ``allow`` or
   ``allow_broadcast`` rule names it as its own target explicitly.
+- RBAC (``gateway.features.rbac``): a role's ``send:<glob>`` permissions let each agent
+  holding the role send to every known agent matching the glob (never itself). ACL and
+  RBAC grants add up; a ``deny`` rule wins over both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from mas.config import (
@@ -35,6 +39,7 @@ from mas.config import (
     AllowRule,
     AllowWildcardRule,
     DenyRule,
+    MasConfig,
     Permission,
 )
 
@@ -79,16 +84,41 @@ class AccessPolicy:
         self._by_sender = {s: frozenset(t) for s, t in by_sender.items()}
 
     @classmethod
+    def for_config(cls, config: MasConfig) -> AccessPolicy:
+        """The policy of a whole config: its permissions, plus RBAC roles when enabled."""
+        grants: dict[str, list[str]] = {}
+        if config.gateway.features.rbac:
+            for agent in config.agents:
+                for role in agent.roles:
+                    grants.setdefault(agent.agent_id, []).extend(
+                        p.removeprefix("send:") for p in config.roles[role].permissions
+                    )
+        return cls.from_config(config.permissions, config.agent_ids, role_grants=grants)
+
+    @classmethod
     def from_config(
-        cls, permissions: Sequence[Permission], agent_ids: Iterable[str]
+        cls,
+        permissions: Sequence[Permission],
+        agent_ids: Iterable[str],
+        *,
+        role_grants: Mapping[str, Sequence[str]] | None = None,
     ) -> AccessPolicy:
         """Build the policy from decoded permission rules and the allowlisted agent ids.
 
         Rules naming agents outside ``agent_ids`` grant nothing for those agents
-        (the config loader already rejects such rules).
+        (the config loader already rejects such rules). ``role_grants`` maps a sender
+        to the target globs its RBAC roles allow (``fnmatch`` syntax, case-sensitive);
+        they add to the ACL, never to another agent's rights, and deny rules still win.
         """
         known = frozenset(agent_ids)
         allowed: set[tuple[str, str]] = set()
+        for sender, patterns in (role_grants or {}).items():
+            allowed.update(
+                (sender, target)
+                for target in known
+                for pattern in patterns
+                if target != sender and fnmatch.fnmatchcase(target, pattern)
+            )
         wildcard: set[str] = set()
         denied: set[tuple[str, str]] = set()
         deny_from: set[str] = set()

@@ -149,3 +149,24 @@ def test_no_implicit_self_send_from_group_rules() -> None:
 
 def test_targets_of_unknown_sender_is_empty() -> None:
     assert policy(AllowNetworkRule(agents=["a", "b"])).targets_of("zz") == frozenset()
+
+
+def test_rbac_roles_grant_matching_targets_only_when_enabled() -> None:
+    from pathlib import Path
+
+    from mas.config import parse_config
+
+    text = (
+        "roles: {coordinator: {permissions: ['send:worker_*']}}\n"
+        "agents: [{agent_id: boss, roles: [coordinator]}, {agent_id: worker_1},"
+        " {agent_id: worker_2}, {agent_id: other}]\n"
+        "permissions: [{type: deny, sender: boss, targets: [worker_2]}]\n"
+    )
+    enabled = parse_config(text + "gateway: {features: {rbac: true}}\n", base_dir=Path("/"), env={})
+    policy = AccessPolicy.for_config(enabled)
+    assert policy.allows("boss", "worker_1")
+    assert not policy.allows("boss", "worker_2")  # deny wins over the role
+    assert not policy.allows("boss", "other")
+    assert not policy.allows("worker_1", "boss")
+    disabled = parse_config(text, base_dir=Path("/"), env={})
+    assert not AccessPolicy.for_config(disabled).allows("boss", "worker_1")
