@@ -49,6 +49,7 @@ from .gateway import DlpRule as DlpRule
 from .gateway import FeaturesConfig as FeaturesConfig
 from .gateway import GatewayConfig as GatewayConfig
 from .gateway import RateLimitConfig as RateLimitConfig
+from .gateway import RateLimitOverride as RateLimitOverride
 from .gateway import RedisConfig as RedisConfig
 from .gateway import TelemetryConfig as TelemetryConfig
 from .loader import check_config as check_config
@@ -99,6 +100,7 @@ __all__ = [
     "PosFloat",
     "PosInt",
     "RateLimitConfig",
+    "RateLimitOverride",
     "RedisConfig",
     "RestartPolicy",
     "RevokedConfig",

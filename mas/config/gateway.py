@@ -31,6 +31,13 @@ class RateLimitConfig(_Base, frozen=True):
     per_hour: PosInt = 1000
 
 
+class RateLimitOverride(_Base, frozen=True):
+    """One agent's own limits; a value left out keeps the gateway's."""
+
+    per_minute: PosInt | None = None
+    per_hour: PosInt | None = None
+
+
 class FeaturesConfig(_Base, frozen=True):
     """Gateway features switched on or off."""
 
@@ -97,6 +104,7 @@ class CircuitBreakerConfig(_Base, frozen=True):
     success_threshold: PosInt = 2
     timeout_seconds: PosFloat = 60.0
     window_seconds: PosFloat = 300.0
+    half_open_max_trials: PosInt = 1  # trial messages in flight while half-open
 
 
 class GatewayConfig(_Base, frozen=True):

@@ -18,7 +18,7 @@ from ._base import (
     _Base,
     split_host_port,
 )
-from .gateway import GatewayConfig, RateLimitConfig
+from .gateway import GatewayConfig, RateLimitOverride
 
 # --- server-side sections ---------------------------------------------------------------
 
@@ -168,7 +168,7 @@ class AgentSpec(_Base, frozen=True):
     init_kwargs: dict[str, Any] = {}
     restart: RestartPolicy = RestartPolicy()
     roles: list[Name] = []  # RBAC roles (see `roles:`), used when gateway.features.rbac is on
-    rate_limit: RateLimitConfig | None = None  # overrides gateway.rate_limit for this agent
+    rate_limit: RateLimitOverride | None = None  # overrides gateway.rate_limit for this agent
 
     def __post_init__(self) -> None:
         if self.class_path is not None and not _is_class_path(self.class_path):

@@ -197,3 +197,30 @@ def test_agent_command_explains_what_it_needs(tmp_path: Path) -> None:
     )
     _assert_clean_error(_mas("agent", "b", str(tmp_path)), 2, "not listed")
     _assert_clean_error(_mas("agent", "a", str(tmp_path)), 2, "mas certs")
+
+
+def test_audit_verify_and_export_from_the_command_line(tmp_path: Path) -> None:
+    from mas.audit.chain import link_many
+    from mas.audit.record import AuditDraft
+    from mas.audit.sink import JsonlSink
+
+    path = tmp_path / "audit.jsonl"
+    drafts = [
+        AuditDraft(time=1_700_000_000.0 + n, decision="ALLOWED", message_id=f"m{n}", sender_id="a")
+        for n in range(5)
+    ]
+    with JsonlSink(path, 10_000_000, 2) as sink:
+        sink.write(link_many(None, drafts, None))
+    ok = _mas("audit", "verify", str(path))
+    assert ok.returncode == 0, ok.stderr
+    assert "5 records" in ok.stdout
+    exported = _mas("audit", "export", str(path), "--format", "csv")
+    assert exported.returncode == 0
+    assert exported.stdout.count("\n") == 6  # header and five rows
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].replace('"sender_id":"a"', '"sender_id":"b"')
+    path.write_text("\n".join(lines) + "\n")
+    tampered = _mas("audit", "verify", str(path))
+    assert tampered.returncode == 1
+    assert "seq 3" in tampered.stderr + tampered.stdout
+    assert "Traceback" not in tampered.stderr
