@@ -22,13 +22,17 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import os
 import tempfile
+import urllib.parse
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
 import trio
 
 from .agent import TLSFiles
+from .audit.chain import key_from_env
 from .config import AgentSpec, LoadedConfig, MasConfig, load_config
 from .errors import ConfigError, MasError
 from .hosting import AgentHost, watch_signals
@@ -67,7 +71,7 @@ def format_addr(host: str, port: int) -> str:
 class _TLSMaterial:
     """Server and agent TLS file paths: from the config, or a development PKI."""
 
-    def __init__(self, config: MasConfig, stack: contextlib.ExitStack) -> None:
+    def __init__(self, config: MasConfig, stack: contextlib.AsyncExitStack) -> None:
         self.development = not config.tls_configured
         self._agent_files: dict[str, TLSFiles] = {}
         if self.development:
@@ -115,16 +119,58 @@ class _TLSMaterial:
         )
 
 
-def build_store(config: MasConfig) -> Store:
-    """The store the configuration names."""
+def store_limits(config: MasConfig) -> StoreLimits:
+    """The store bounds a configuration asks for."""
     limits = config.limits
-    return MemoryStore(
-        StoreLimits(
-            max_queue_length=limits.max_queue_length,
-            max_message_age=limits.max_message_age,
-            max_state_bytes=limits.max_state_bytes,
-        )
+    return StoreLimits(
+        max_queue_length=limits.max_queue_length,
+        max_message_age=limits.max_message_age,
+        max_state_bytes=limits.max_state_bytes,
     )
+
+
+def build_store(config: MasConfig) -> Store:
+    """An in-memory store with the configuration's bounds (tests, throwaway runs)."""
+    audit_key = key_from_env(config.gateway.audit.hmac_key_env, os.environ)
+    return MemoryStore(store_limits(config), audit_key=audit_key)
+
+
+@contextlib.asynccontextmanager
+async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
+    """Open the store ``config.store`` names; it is closed when the block exits.
+
+    The store is the outermost resource of a runtime: it outlives the server and
+    the audit writer, and finishes their queued work when it closes.
+    """
+    audit_key = key_from_env(config.gateway.audit.hmac_key_env, os.environ)
+    limits = store_limits(config)
+    backend = config.store.backend
+    if backend == "memory":
+        yield MemoryStore(limits, audit_key=audit_key)
+    elif backend == "sqlite":
+        from .store.sqlite import DEFAULT_FILENAME, open_sqlite_store
+
+        path = Path(config.store.path or base_dir / DEFAULT_FILENAME)
+        async with open_sqlite_store(
+            path, limits, audit_key=audit_key, release_max_attempts=config.limits.max_attempts
+        ) as store:
+            log.info("store: sqlite %s", path)
+            yield store
+    else:
+        from .store.redis import open_redis_store
+
+        url = config.store.url or config.gateway.redis.url
+        async with open_redis_store(url, limits, audit_key=audit_key) as redis_store:
+            log.info("store: redis %s", _without_password(url))
+            yield redis_store
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class Runtime:
@@ -149,7 +195,7 @@ class Runtime:
     ) -> None:
         """Run until a stop is requested; readiness once the server and agents are up."""
         config = self.loaded.config
-        with contextlib.ExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
             tls = _TLSMaterial(config, stack)
             host = AgentHost(
                 [] if self.serve_only else config.agents,
@@ -160,7 +206,8 @@ class Runtime:
                 shutdown_grace=config.limits.shutdown_grace,
             )
             ssl_context = server_ssl_context(tls.ca_path, tls.cert_path, tls.key_path)
-            server = self.server = MasServer(config, build_store(config), ssl_context)
+            store = await stack.enter_async_context(open_store(config, self.loaded.base_dir))
+            server = self.server = MasServer(config, store, ssl_context)
             async with trio.open_nursery() as root:
                 if self.handle_signals:
                     # Before the listener: a signal from then on is a graceful stop.

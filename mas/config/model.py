@@ -31,7 +31,7 @@ class StoreConfig(_Base, frozen=True):
     not given; ``memory`` keeps nothing across restarts.
     """
 
-    backend: Literal["memory", "sqlite", "redis"] = "memory"
+    backend: Literal["memory", "sqlite", "redis"] = "sqlite"
     path: str | None = None  # sqlite file; default: mas.sqlite3 next to mas.yaml
     url: str | None = None  # redis URL; default: gateway.redis.url
 

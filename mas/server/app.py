@@ -1,16 +1,18 @@
-"""``MasServer``: the server's nursery tree (router timers, then the gRPC listener).
+"""``MasServer``: the server's nursery tree (audit, router timers, then the gRPC listener).
 
 ::
 
     MasServer.serve
-    ├── store.watch       wakes sessions for messages other servers enqueued (shared stores)
-    ├── router.run        wakes sessions when delayed retries fall due
-    └── GrpcServer.serve  TLS listener -> connections -> RPCs (sessions live here)
+    ├── audit         AuditLog.run: drafts -> store chain; chain -> JSONL file
+    ├── store.watch   wakes sessions for messages other servers enqueued (shared stores)
+    ├── router.run    wakes sessions when delayed retries fall due
+    └── GrpcServer    TLS listener -> connections -> RPCs (sessions live here)
 
 ``serve`` reports the bound address through ``task_status`` once the listener
 accepts connections. ``drain`` ends every session with ``UNAVAILABLE
-server_shutting_down`` (clients reconnect elsewhere) and waits, bounded, for
-their deliveries to be requeued; cancelling ``serve`` then closes the rest.
+server_shutting_down`` (clients reconnect elsewhere), waits, bounded, for their
+deliveries to be requeued, and flushes the audit queue; cancelling ``serve``
+then closes the rest.
 """
 
 from __future__ import annotations
@@ -23,21 +25,15 @@ import trio
 
 from ..clock import TrioWallClock
 from ..config import MasConfig
-from ..policy.authz import AccessPolicy
 from ..store import Store
+from .audit_log import AuditLog
+from .gateway import Gateway
 from .grpc import BoundAddress, GrpcServer, ServerLimits
-from .router import Router, RoutingPolicy
+from .router import Router
 from .servicer import RuntimeServicer
 from .sessions import SessionRegistry
 
 log = logging.getLogger("mas.server")
-
-
-def _routing_policy(config: MasConfig) -> RoutingPolicy:
-    return RoutingPolicy(
-        access=AccessPolicy.from_config(config.permissions, config.agent_ids),
-        agent_ids=config.agent_ids,
-    )
 
 
 class MasServer:
@@ -45,9 +41,10 @@ class MasServer:
 
     def __init__(self, config: MasConfig, store: Store, ssl_context: ssl.SSLContext) -> None:
         self._config = config
-        self._policy = _routing_policy(config)
+        self._gateway = Gateway(config)
         self.store = store
         self.registry = SessionRegistry()
+        self.audit = AuditLog(store, config.gateway.audit)
         self._ssl_context = ssl_context
         self._router: Router | None = None
         self._servicer: RuntimeServicer | None = None
@@ -58,16 +55,29 @@ class MasServer:
     def config(self) -> MasConfig:
         return self._config
 
+    @property
+    def gateway(self) -> Gateway:
+        return self._gateway
+
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the server until cancelled; reports the bound address when it accepts."""
         limits = self._config.limits
         router = self._router = Router(
-            self.store, self.registry, lambda: self._policy, limits, TrioWallClock()
+            self.store,
+            self.registry,
+            lambda: self._gateway,
+            self.audit,
+            limits,
+            TrioWallClock(),
         )
         self._servicer = RuntimeServicer(
-            router=router, registry=self.registry, store=self.store, config=lambda: self._config
+            router=router,
+            registry=self.registry,
+            store=self.store,
+            audit=self.audit,
+            config=lambda: self._config,
         )
         self._grpc = GrpcServer(
             self._servicer,
@@ -82,6 +92,7 @@ class MasServer:
             ),
         )
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.audit.run)
             await nursery.start(self.store.watch, self.registry.ring)
             await nursery.start(router.run)
             self.address = await nursery.start(
@@ -90,15 +101,27 @@ class MasServer:
             task_status.started(self.address)
 
     def reload(self, config: MasConfig) -> None:
-        """Apply a new configuration: policy and allowlist now, sessions of removed agents end."""
+        """Apply a new configuration now: policy, allowlist and revocations.
+
+        Sessions of agents that were removed, or whose certificate is now revoked,
+        are ended; rate-limit and breaker state carry over.
+        """
+        self._gateway = self._gateway.reconfigured(config)
         self._config = config
-        self._policy = _routing_policy(config)
+        revoked_serials = config.revoked.serial_numbers()
+        revoked_fingerprints = config.revoked.sha256_fingerprints()
         for session in self.registry.all():
             if session.agent_id not in config.agent_ids:
-                log.warning(
-                    "ending session %s/%s: agent removed", session.agent_id, session.instance_id
-                )
-                session.end("UNAUTHENTICATED", "not_allowlisted")
+                reason = "not_allowlisted"
+            elif (
+                session.serial_number in revoked_serials
+                or session.fingerprint in revoked_fingerprints
+            ):
+                reason = "certificate_revoked"
+            else:
+                continue
+            log.warning("ending session %s/%s: %s", session.agent_id, session.instance_id, reason)
+            session.end("UNAUTHENTICATED", reason)
 
     async def drain(self, grace_period: float) -> None:
         """End every session (clients may reconnect elsewhere); wait up to ``grace_period``."""
@@ -106,9 +129,10 @@ class MasServer:
             session.end("UNAVAILABLE", "server_shutting_down")
         with trio.move_on_after(grace_period):
             await self.registry.wait_empty()
+        await self.audit.flush()
 
     def statistics(self) -> dict[str, Any]:
-        """Counters for logs and tests."""
+        """Counters for logs and tests, including decisions and their latency histograms."""
         return {
             "sessions": len(self.registry.all()),
             "connections": self._grpc.active_connections if self._grpc else 0,
@@ -116,4 +140,5 @@ class MasServer:
             "refused_identities": self._servicer.refused_identities if self._servicer else 0,
             "delivered": self._router.delivered if self._router else 0,
             "dead_lettered": self._router.dead_lettered if self._router else 0,
+            **self.audit.statistics(),
         }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -21,11 +22,13 @@ import msgspec
 import trio
 
 from .._proto import runtime_pb2 as pb
+from ..audit.record import AuditDraft
 from ..config import MasConfig
 from ..errors import IdentityError
 from ..identity import PeerIdentity, identity_from_certificate
 from ..store import Store
 from ..store.base import StateTooLargeError
+from .audit_log import AuditLog
 from .grpc import Method, PeerConnection, RpcError, RpcStream
 from .router import Accepted, Rejection, Router
 from .sessions import Session, SessionRegistry
@@ -47,12 +50,19 @@ class RuntimeServicer:
         router: Router,
         registry: SessionRegistry,
         store: Store,
+        audit: AuditLog,
         config: Callable[[], MasConfig],
     ) -> None:
         self._router = router
         self._registry = registry
         self._store = store
+        self._audit = audit
         self._config = config
+        self._revoked: tuple[MasConfig | None, frozenset[int], frozenset[str]] = (
+            None,
+            frozenset(),
+            frozenset(),
+        )
         self.refused_identities = 0
         self.methods: dict[str, Method] = {
             "Transport": Method(pb.ClientEvent, stream=self.transport),
@@ -67,7 +77,32 @@ class RuntimeServicer:
 
     # -- identity ----------------------------------------------------------------------
 
-    def _identity(self, peer: PeerConnection) -> PeerIdentity:
+    async def _identity(self, peer: PeerConnection) -> PeerIdentity:
+        """The caller's verified, allowlisted, unrevoked identity; refusals are audited."""
+        try:
+            return self._check_identity(peer)
+        except RpcError as exc:
+            identity: PeerIdentity | None = peer.state.get("identity")
+            await self._audit.record(
+                AuditDraft(
+                    time=time.time(),
+                    decision="AUTHN_DENIED",
+                    reason=exc.reason,
+                    sender_id=identity.agent_id if identity else "",
+                    message_type=peer.address,
+                )
+            )
+            raise
+
+    def _revocations(self, config: MasConfig) -> tuple[frozenset[int], frozenset[str]]:
+        cached_for, serials, fingerprints = self._revoked
+        if cached_for is not config:
+            serials = config.revoked.serial_numbers()
+            fingerprints = config.revoked.sha256_fingerprints()
+            self._revoked = (config, serials, fingerprints)
+        return serials, fingerprints
+
+    def _check_identity(self, peer: PeerConnection) -> PeerIdentity:
         config = self._config()
         identity: PeerIdentity | None = peer.state.get("identity")
         if identity is None:
@@ -86,6 +121,11 @@ class RuntimeServicer:
             self.refused_identities += 1
             log.warning("refused %s from %s: not_allowlisted", identity.spiffe_id, peer.address)
             raise RpcError("UNAUTHENTICATED", "not_allowlisted")
+        serials, fingerprints = self._revocations(config)
+        if identity.serial_number in serials or identity.fingerprint_sha256 in fingerprints:
+            self.refused_identities += 1
+            log.warning("refused %s from %s: certificate_revoked", identity.spiffe_id, peer.address)
+            raise RpcError("UNAUTHENTICATED", "certificate_revoked")
         return identity
 
     def _verify(self, peer: PeerConnection, trust_domain: str) -> PeerIdentity | str:
@@ -119,7 +159,7 @@ class RuntimeServicer:
 
     async def transport(self, peer: PeerConnection, rpc: RpcStream) -> None:
         """One agent instance's session: Hello, then deliveries out and frames in."""
-        identity = self._identity(peer)
+        identity = await self._identity(peer)
         limits = self._config().limits
         first: pb.ClientEvent | None = None
         with trio.move_on_after(limits.hello_timeout) as waited:
@@ -151,6 +191,8 @@ class RuntimeServicer:
             session_id=secrets.token_hex(8),
             agent_id=agent_id,
             instance_id=instance_id,
+            serial_number=identity.serial_number,
+            fingerprint=identity.fingerprint_sha256,
             connection_id=peer.connection_id,
             rpc=rpc,
             batching=hello.batching,
@@ -247,7 +289,7 @@ class RuntimeServicer:
     # -- unary messaging -------------------------------------------------------------------
 
     async def send(self, peer: PeerConnection, request: pb.SendRequest) -> pb.SendResponse:
-        identity = self._identity(peer)
+        identity = await self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
         accepted = await _routed(
             self._router.send(
@@ -261,7 +303,7 @@ class RuntimeServicer:
         return pb.SendResponse(message_id=accepted.message_id)
 
     async def request(self, peer: PeerConnection, request: pb.RequestRequest) -> pb.RequestResponse:
-        identity = self._identity(peer)
+        identity = await self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=True)
         accepted = await _routed(
             self._router.request(
@@ -278,7 +320,7 @@ class RuntimeServicer:
         )
 
     async def reply(self, peer: PeerConnection, request: pb.ReplyRequest) -> pb.ReplyResponse:
-        identity = self._identity(peer)
+        identity = await self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
         accepted = await _routed(
             self._router.reply(
@@ -296,7 +338,7 @@ class RuntimeServicer:
     async def discover(
         self, peer: PeerConnection, request: pb.DiscoverRequest
     ) -> pb.DiscoverResponse:
-        self._identity(peer)
+        await self._identity(peer)
         wanted = set(request.capabilities)
         records = []
         for spec in self._config().agents:
@@ -317,13 +359,13 @@ class RuntimeServicer:
     async def get_state(
         self, peer: PeerConnection, request: pb.GetStateRequest
     ) -> pb.GetStateResponse:
-        identity = self._identity(peer)
+        identity = await self._identity(peer)
         return pb.GetStateResponse(state=await self._store.get_state(identity.agent_id))
 
     async def update_state(
         self, peer: PeerConnection, request: pb.UpdateStateRequest
     ) -> pb.UpdateStateResponse:
-        identity = self._identity(peer)
+        identity = await self._identity(peer)
         updates = dict(request.updates)
         for key, value in updates.items():
             if not key or len(key) > MAX_STATE_KEY_LENGTH:
@@ -341,7 +383,7 @@ class RuntimeServicer:
     async def reset_state(
         self, peer: PeerConnection, request: pb.ResetStateRequest
     ) -> pb.ResetStateResponse:
-        identity = self._identity(peer)
+        identity = await self._identity(peer)
         await self._store.reset_state(identity.agent_id)
         return pb.ResetStateResponse()
 

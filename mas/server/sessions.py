@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import trio
 
@@ -29,6 +29,14 @@ log = logging.getLogger("mas.server.sessions")
 MAX_BATCH: Final = 64  # deliveries per DeliveryBatch frame
 
 
+class Tracked(NamedTuple):
+    """An in-flight delivery as its session sees it."""
+
+    deadline: float  # Trio time by which it must be acked
+    attempt: int
+    is_request: bool  # its outcome is the reply, not the ack
+
+
 class Session:
     """One agent instance connected over one Transport stream."""
 
@@ -38,6 +46,8 @@ class Session:
         session_id: str,
         agent_id: str,
         instance_id: str,
+        serial_number: int = 0,
+        fingerprint: str = "",
         connection_id: int,
         rpc: RpcStream,
         batching: bool,
@@ -46,12 +56,14 @@ class Session:
         self.session_id = session_id
         self.agent_id = agent_id
         self.instance_id = instance_id
+        self.serial_number = serial_number  # of the client certificate, for revocation
+        self.fingerprint = fingerprint
         self.connection_id = connection_id
         self.rpc = rpc
         self.batching = batching
         self.prefetch = prefetch
-        # delivery id -> (Trio deadline for its ack, attempt); insertion order is deadline order.
-        self.in_flight: dict[str, tuple[float, int]] = {}
+        # delivery id -> Tracked; insertion order is ack-deadline order.
+        self.in_flight: dict[str, Tracked] = {}
         self.cancel_scope = trio.CancelScope()
         self.end_status: tuple[str, str] | None = None  # set when the server ends it
         self._doorbell = trio.Event()
@@ -65,18 +77,17 @@ class Session:
         await self._doorbell.wait()
         self._doorbell = trio.Event()
 
-    def track(self, delivery_id: str, deadline: float, attempt: int) -> None:
-        self.in_flight[delivery_id] = (deadline, attempt)
+    def track(self, delivery_id: str, deadline: float, attempt: int, *, is_request: bool) -> None:
+        self.in_flight[delivery_id] = Tracked(deadline, attempt, is_request)
         if len(self.in_flight) == 1:
             self._acks_changed.set()
 
-    def untrack(self, delivery_id: str) -> int | None:
-        """Forget a delivery; its attempt number, or None if it was not this session's."""
+    def untrack(self, delivery_id: str) -> Tracked | None:
+        """Forget a delivery; what was tracked, or None if it was not this session's."""
         tracked = self.in_flight.pop(delivery_id, None)
-        if tracked is None:
-            return None
-        self.ring()  # a slot in the window is free
-        return tracked[1]
+        if tracked is not None:
+            self.ring()  # a slot in the window is free
+        return tracked
 
     def end(self, code: str, reason: str) -> None:
         """Stop this session from the server side with a status."""
@@ -86,7 +97,8 @@ class Session:
 
     def expired(self, now: float) -> Iterator[str]:
         """Delivery ids whose ack deadline has passed (oldest first)."""
-        for delivery_id, (deadline, _) in self.in_flight.items():
+        for delivery_id, tracked in self.in_flight.items():
+            deadline = tracked.deadline
             if deadline > now:
                 return
             yield delivery_id
@@ -96,7 +108,7 @@ class Session:
         while not self.in_flight:
             await self._acks_changed.wait()
             self._acks_changed = trio.Event()
-        await trio.sleep_until(next(iter(self.in_flight.values()))[0])
+        await trio.sleep_until(next(iter(self.in_flight.values())).deadline)
 
 
 def delivery_frames(session: Session, deliveries: list[InFlight]) -> list[pb.ServerEvent]:

@@ -14,6 +14,11 @@ Correlations
     one agent allowed to answer. ``take_correlation`` is single use and checks
     the replier, so a reply can neither be replayed nor come from a third agent.
 
+Audit
+    One hash chain per store (``mas.audit.chain.link`` with the store's key):
+    records are linked in commit order, so several servers sharing a store keep
+    one consistent chain.
+
 State
     One JSON object per agent id, stored key by key as JSON text so partial
     updates touch only the keys they name.
@@ -28,10 +33,12 @@ Wake-ups
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
+
+from ..audit.record import AuditDraft, AuditRecord
 
 
 class StoreLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,8 +108,21 @@ class Store(Protocol):
 
     limits: StoreLimits
 
-    async def enqueue(self, message: QueuedMessage) -> None:
-        """Append to the target's queue; raise ``QueueFullError`` when it is full."""
+    async def enqueue(
+        self, message: QueuedMessage, audit: AuditDraft | None = None
+    ) -> AuditRecord | None:
+        """Append to the target's queue; raise ``QueueFullError`` when it is full.
+
+        With ``audit``, the record is linked into the audit chain and written in the
+        same transaction as the message (neither exists without the other); it is
+        returned as stored.
+        """
+
+    async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+        """Link records into the store's one audit chain and write them, in order."""
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Stored audit records with ``seq > after_seq``, oldest first, at most ``limit``."""
 
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float

@@ -9,13 +9,15 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import trio
 
+from ..audit.chain import link
+from ..audit.record import AuditDraft, AuditRecord
 from ..envelope import new_delivery_id
 from .base import (
     Correlation,
@@ -40,8 +42,12 @@ class _Delayed:
 class MemoryStore:
     """A ``Store`` held in memory."""
 
-    def __init__(self, limits: StoreLimits | None = None) -> None:
+    def __init__(
+        self, limits: StoreLimits | None = None, *, audit_key: bytes | None = None
+    ) -> None:
         self.limits = limits or StoreLimits()
+        self._audit_key = audit_key
+        self._audit: list[AuditRecord] = []
         self._queues: dict[_QueueKey, deque[QueuedMessage]] = {}
         self._delayed = _Delayed()
         self._in_flight: dict[str, InFlight] = {}
@@ -63,11 +69,28 @@ class MemoryStore:
         queue = self._queues.get(key)
         return len(queue) if queue else 0
 
-    async def enqueue(self, message: QueuedMessage) -> None:
+    async def enqueue(
+        self, message: QueuedMessage, audit: AuditDraft | None = None
+    ) -> AuditRecord | None:
         key = (message.target_id, message.instance_id)
         if self._waiting(key) >= self.limits.max_queue_length:
             raise QueueFullError(message.target_id)
         self._queue(key).append(message)
+        return self._link(audit) if audit is not None else None
+
+    # -- audit ------------------------------------------------------------------------
+
+    def _link(self, draft: AuditDraft) -> AuditRecord:
+        record = link(self._audit[-1] if self._audit else None, draft, self._audit_key)
+        self._audit.append(record)
+        return record
+
+    async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+        return [self._link(draft) for draft in drafts]
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        # seq n is at index n - 1: the chain has no gaps.
+        return self._audit[max(after_seq, 0) : max(after_seq, 0) + limit]
 
     def _promote_due(self, now: float) -> None:
         heap = self._delayed.heap

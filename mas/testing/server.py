@@ -21,13 +21,14 @@ def make_config(
     permissions: Sequence[Mapping[str, Any]] = (),
     **sections: Any,
 ) -> MasConfig:
-    """A ``MasConfig`` for tests, listening on 127.0.0.1 port 0.
+    """A ``MasConfig`` for tests, listening on 127.0.0.1 port 0, with the memory store.
 
     ``agents`` are ids or full agent entries; ``permissions`` are rules as in
     mas.yaml; other keyword arguments are top-level sections (``limits={...}``).
     """
     raw: dict[str, Any] = {
         "server_listen_addr": "127.0.0.1:0",
+        "store": {"backend": "memory"},
         "agents": [{"agent_id": a} if isinstance(a, str) else dict(a) for a in agents],
         "permissions": [dict(p) for p in permissions],
         **sections,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,16 +39,24 @@ def _assert_clean_error(
         assert fragment in result.stderr
 
 
+def _answers(result: subprocess.CompletedProcess[str]) -> list[str]:
+    lines = result.stdout.splitlines()
+    return [line.split("#")[1].split(":")[0] for line in lines if "pong answered" in line]
+
+
 @pytest.mark.slow
-def test_ping_pong_example_runs_to_completion() -> None:
-    result = _mas("run", str(EXAMPLE))
+def test_ping_pong_example_runs_to_completion_and_keeps_state(tmp_path: Path) -> None:
+    example = tmp_path / "ping_pong"
+    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("mas.sqlite3*", "__pycache__"))
+    result = _mas("run", str(example))
     assert result.returncode == 0, result.stderr
-    answers = [
-        line for line in result.stdout.splitlines() if line.startswith("ping: pong answered")
-    ]
-    assert [line.split("#")[1].split(":")[0] for line in answers] == ["1", "2", "3"]
+    assert _answers(result) == ["1", "2", "3"]
     assert "development PKI" in result.stderr
     assert "Traceback" not in result.stderr
+    # The SQLite store next to mas.yaml kept pong's state: the count goes on.
+    again = _mas("run", str(example))
+    assert again.returncode == 0, again.stderr
+    assert _answers(again) == ["4", "5", "6"]
 
 
 def test_invalid_config_exits_2_naming_the_path(tmp_path: Path) -> None:

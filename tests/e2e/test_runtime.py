@@ -65,6 +65,7 @@ async def test_graceful_stop_drains_in_flight_handlers(
         tmp_path,
         """
         server_listen_addr: 127.0.0.1:0
+        store: {backend: memory}
         permissions:
           - {type: allow, sender: starter, targets: [worker]}
         agents:
@@ -84,6 +85,7 @@ async def test_crash_looping_agent_is_restarted_then_given_up(
         tmp_path,
         """
         server_listen_addr: 127.0.0.1:0
+        store: {backend: memory}
         agents:
           - agent_id: crasher
             class_path: "MODULE:Crasher"
@@ -106,6 +108,7 @@ async def test_reload_revokes_a_removed_agent(tmp_path: Path) -> None:
         tmp_path,
         """
         server_listen_addr: 127.0.0.1:0
+        store: {backend: memory}
         agents:
           - {agent_id: a}
           - {agent_id: b}
@@ -117,7 +120,10 @@ async def test_reload_revokes_a_removed_agent(tmp_path: Path) -> None:
             await nursery.start(runtime.run)
             assert runtime.server is not None
             assert runtime.server.config.agent_ids == {"a", "b"}
-            path.write_text("server_listen_addr: 127.0.0.1:0\nagents:\n  - {agent_id: a}\n")
+            path.write_text(
+                "server_listen_addr: 127.0.0.1:0\nstore: {backend: memory}\n"
+                "agents:\n  - {agent_id: a}\n"
+            )
             runtime.reload()
             assert runtime.server.config.agent_ids == {"a"}
             path.write_text("agents: [{agent_id: a, instances: 0}]\n")

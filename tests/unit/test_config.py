@@ -158,7 +158,7 @@ def test_empty_file_is_the_default_config() -> None:
     assert cfg.listen_host == "127.0.0.1"
     assert cfg.listen_port == 50051
     assert cfg.trust_domain == "mas"
-    assert cfg.store.backend == "memory"
+    assert cfg.store.backend == "sqlite"  # the embedded, durable default
     assert cfg.limits == LimitsConfig()
     assert cfg.limits.max_message_bytes == 1_048_576
     assert cfg.limits.shutdown_grace == 10.0
@@ -378,7 +378,9 @@ def test_store_settings_belong_to_their_backend() -> None:
 
 
 def test_sqlite_path_resolves_against_the_config_directory() -> None:
-    config = parse_config("store: {backend: sqlite, path: data/mas.db}", base_dir=Path("/base"), env={})
+    config = parse_config(
+        "store: {backend: sqlite, path: data/mas.db}", base_dir=Path("/base"), env={}
+    )
     assert config.store.path == "/base/data/mas.db"
 
 

@@ -1,0 +1,189 @@
+"""The server's audit path: decisions into the store's chain, the chain into the JSONL file.
+
+::
+
+    AuditLog.run
+    ├── writer     bounded channel of drafts (denials, delivery outcomes) -> store.append_audit
+    │              in batches (routed messages write their record with the enqueue instead)
+    └── follower   copies the store's chain, in seq order, into the JSONL sink (if configured)
+
+The file is an exact copy of the store's chain, so ``mas audit verify FILE``
+checks the same hashes as the store (and with several servers sharing a store,
+each server's file holds the records of all of them, as they appear).
+
+``AuditLog`` also keeps per-decision counters and latency histograms for
+``statistics()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from ..audit.record import AuditDraft, AuditRecord
+from ..audit.sink import JsonlSink
+from ..config import AuditConfig
+from ..store import Store
+
+log = logging.getLogger("mas.audit")
+
+QUEUE_SIZE: Final = 4096  # drafts waiting for the writer; a full queue slows senders down
+BATCH: Final = 512  # records per store append or file write
+_FLUSH_TIMEOUT: Final = 5.0  # seconds to flush pending drafts on shutdown
+LATENCY_BUCKETS_MS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, math.inf)
+
+
+class AuditLog:
+    """Writes audit drafts to the store and follows the chain into the JSONL file."""
+
+    def __init__(self, store: Store, config: AuditConfig) -> None:
+        self._store = store
+        self._config = config
+        self._send, self._receive = trio.open_memory_channel[AuditDraft](QUEUE_SIZE)
+        self._committed = trio.Event()
+        self.counts: Counter[str] = Counter()
+        self._latency: dict[str, list[int]] = {}
+        self._head = 0  # highest seq this server committed
+        self.file_seq = 0  # highest seq copied into the file
+        self._file_advanced = trio.Event()
+        self._following = False
+
+    # -- producers --------------------------------------------------------------------
+
+    async def record(self, draft: AuditDraft) -> None:
+        """Queue a decision that is not written with a message (waits while the queue is full)."""
+        self._observe(draft)
+        await self._send.send(draft)
+
+    def committed(self, record: AuditRecord) -> None:
+        """A record the store wrote together with a routed message."""
+        self._observe(record)
+        self._head = max(self._head, record.seq)
+        self._committed.set()
+
+    def _observe(self, draft: AuditDraft) -> None:
+        self.counts[draft.decision] += 1
+        buckets = self._latency.setdefault(draft.decision, [0] * len(LATENCY_BUCKETS_MS))
+        for index, bound in enumerate(LATENCY_BUCKETS_MS):
+            if draft.latency_ms <= bound:
+                buckets[index] += 1
+                break
+
+    def statistics(self) -> dict[str, Any]:
+        """Decisions so far, and per decision a latency histogram (bucket bound in ms -> n)."""
+        return {
+            "decisions": dict(self.counts),
+            "latency_ms": {
+                decision: {
+                    ("inf" if math.isinf(b) else str(b)): n
+                    for b, n in zip(LATENCY_BUCKETS_MS, counts, strict=True)
+                    if n
+                }
+                for decision, counts in self._latency.items()
+            },
+        }
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write drafts and follow the chain until cancelled; flushes what is queued first."""
+        sink = self._open_sink()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_drafts)
+                if sink is not None:
+                    nursery.start_soon(self._follow, sink)
+                task_status.started()
+        finally:
+            if sink is not None:
+                sink.close()
+
+    async def flush(self) -> None:
+        """Write every queued draft, and let the file catch up (bounded); used on shutdown."""
+        with trio.move_on_after(_FLUSH_TIMEOUT):
+            batch = []
+            while True:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            if batch:
+                await self._append(batch)
+            if self._following:
+                await self.wait_for_file(self._head)
+
+    async def wait_for_file(self, seq: int) -> None:
+        """Return once the file holds every record up to ``seq``."""
+        while self.file_seq < seq:
+            await self._file_advanced.wait()
+            self._file_advanced = trio.Event()
+
+    async def _append(self, batch: list[AuditDraft]) -> None:
+        records = await self._store.append_audit(batch)
+        if records:
+            self._head = max(self._head, records[-1].seq)
+        self._committed.set()
+
+    async def _write_drafts(self) -> None:
+        while True:
+            batch = [await self._receive.receive()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self._append(batch)
+
+    def _open_sink(self) -> JsonlSink | None:
+        path = self._config.file_path
+        if path is None:
+            return None
+        return JsonlSink(path, self._config.max_bytes, self._config.backup_count)
+
+    async def _follow(self, sink: JsonlSink) -> None:
+        self._following = True
+        written = await self._resume_point(sink)
+        while True:
+            while records := await self._store.audit_records(after_seq=written, limit=BATCH):
+                await trio.to_thread.run_sync(sink.write, records)
+                written = self.file_seq = records[-1].seq
+                self._file_advanced.set()
+            await self._committed.wait()
+            self._committed = trio.Event()
+
+    async def _resume_point(self, sink: JsonlSink) -> int:
+        """The seq after which the file continues the store's chain.
+
+        A file that does not continue this store's chain (for example the memory
+        store started a new chain) is moved aside, never appended to or deleted.
+        """
+        last = await trio.to_thread.run_sync(sink.last_record)
+        if last is None:
+            return 0
+        same = await self._store.audit_records(after_seq=last.seq - 1, limit=1)
+        if same and same[0].hash == last.hash:
+            return last.seq
+        aside = Path(f"{sink.path}.superseded-{int(time.time())}")
+        log.warning(
+            "audit file %s holds a different chain than the store (its last record is seq %d); "
+            "moved it to %s and starting a new file",
+            sink.path,
+            last.seq,
+            aside,
+        )
+        await trio.to_thread.run_sync(_move_aside, Path(sink.path), aside)
+        return 0
+
+
+def _move_aside(path: Path, aside: Path) -> None:
+    for file in sorted(path.parent.glob(path.name + "*")):
+        if ".superseded-" in file.name:
+            continue
+        os.replace(file, aside.with_name(aside.name + file.name[len(path.name) :]))

@@ -1,0 +1,146 @@
+"""The policy pipeline run on every send, request and reply, before routing.
+
+Order (DESIGN section 6): AuthN (done by the servicer, per connection) ->
+AuthZ (ACL + RBAC; replies are authorized by the request they answer) ->
+rate limit per sender (GCRA, per-minute and per-hour) -> circuit breaker per
+target -> DLP on the structured payload -> route -> audit. Each step is a pure
+function from ``mas.policy``; this module only holds their state and turns a
+denial into a ``Denied`` carrying the gRPC status, the reason token and the
+audit decision.
+
+State: rate-limit TATs and breaker states are kept in this server's memory.
+With several servers sharing a Redis store each server enforces its own
+limits (a sender spreading its traffic over N servers gets up to N times the
+budget); sharing them through the store is future work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+from ..audit.record import Decision, Violation
+from ..config import MasConfig
+from ..policy.authz import AccessPolicy
+from ..policy.breaker import BreakerBook, BreakerSettings
+from ..policy.dlp import DlpScanner
+from ..policy.ratelimit import MemoryRateLimiter, Window, windows_for
+
+Kind = Literal["send", "request", "reply"]
+
+
+class Denied(Exception):
+    """The pipeline refused a message."""
+
+    def __init__(
+        self,
+        code: str,
+        reason: str,
+        decision: Decision,
+        *,
+        retry_after: float | None = None,
+        violations: tuple[Violation, ...] = (),
+    ) -> None:
+        self.code = code
+        self.reason = reason
+        self.decision = decision
+        self.retry_after = retry_after
+        self.violations = violations
+        super().__init__(f"{code} {reason}")
+
+
+class Admitted(NamedTuple):
+    """A message the pipeline let through, with the payload to deliver."""
+
+    data: dict[str, Any]
+    decision: Decision  # ALLOWED, ALERT or DLP_REDACTED
+    violations: tuple[Violation, ...]
+
+
+class Gateway:
+    """Holds the policy of one configuration; swapped whole on reload (state is kept)."""
+
+    def __init__(
+        self,
+        config: MasConfig,
+        *,
+        rates: MemoryRateLimiter | None = None,
+        breakers: BreakerBook | None = None,
+    ) -> None:
+        gateway = config.gateway
+        self.access = AccessPolicy.for_config(config)
+        self.agent_ids = config.agent_ids
+        default_windows = windows_for(gateway.rate_limit)
+        self._windows: dict[str, tuple[Window, ...]] = {
+            agent.agent_id: windows_for(gateway.rate_limit, agent.rate_limit)
+            for agent in config.agents
+            if agent.rate_limit is not None
+        }
+        self._default_windows = default_windows
+        self._rates = rates if rates is not None else MemoryRateLimiter()
+        settings = BreakerSettings.from_config(gateway.circuit_breaker)
+        self.breakers_enabled = gateway.features.circuit_breaker
+        if breakers is None or breakers.settings != settings:
+            breakers = BreakerBook(settings)
+        self.breakers = breakers
+        self._dlp = DlpScanner.from_config(gateway.dlp) if gateway.features.dlp else None
+
+    def reconfigured(self, config: MasConfig) -> Gateway:
+        """The gateway of a new config, keeping rate-limit and breaker state."""
+        return Gateway(config, rates=self._rates, breakers=self.breakers)
+
+    def admit(
+        self,
+        kind: Kind,
+        sender_id: str,
+        target_id: str,
+        message_type: str,
+        data: dict[str, Any],
+        now: float,
+    ) -> Admitted:
+        """Run AuthZ, rate limit, breaker and DLP; raise ``Denied`` on the first refusal."""
+        if kind != "reply":
+            if not self.access.allows(sender_id, target_id):
+                raise Denied("PERMISSION_DENIED", "not_authorized", "AUTHZ_DENIED")
+            if target_id not in self.agent_ids:
+                raise Denied("NOT_FOUND", "unknown_target", "INVALID")
+        windows = self._windows.get(sender_id, self._default_windows)
+        rate = self._rates.take(sender_id, windows, now)
+        if not rate.allowed:
+            raise Denied(
+                "RESOURCE_EXHAUSTED", "rate_limited", "RATE_LIMITED", retry_after=rate.retry_after
+            )
+        # A reply answers a request the target already accepted: it is never held back
+        # by the requester's breaker (that would only turn a failure into a timeout).
+        if self.breakers_enabled and kind != "reply":
+            admission = self.breakers.admit(target_id, now)
+            if not admission.allowed:
+                raise Denied(
+                    "FAILED_PRECONDITION",
+                    "circuit_open",
+                    "CIRCUIT_OPEN",
+                    retry_after=admission.retry_after,
+                )
+        if self._dlp is None:
+            return Admitted(data, "ALLOWED", ())
+        scan = self._dlp.scan(data, message_type=message_type)
+        violations = tuple(
+            Violation(
+                rule_id=v.rule_id, type=v.type, action=v.action, severity=v.severity, path=v.path
+            )
+            for v in scan.violations
+        )
+        if scan.decision == "DLP_BLOCKED":
+            if self.breakers_enabled and kind != "reply":
+                self.breakers.release(target_id, now)  # the admitted trial never went out
+            raise Denied("PERMISSION_DENIED", "dlp_blocked", "DLP_BLOCKED", violations=violations)
+        return Admitted(scan.data, scan.decision, violations)
+
+    def delivery_succeeded(self, target_id: str, now: float) -> None:
+        """A delivery to ``target_id`` was acked."""
+        if self.breakers_enabled:
+            self.breakers.record_success(target_id, now)
+
+    def delivery_failed(self, target_id: str, now: float) -> None:
+        """A delivery to ``target_id`` was nacked, timed out, or its handler failed."""
+        if self.breakers_enabled:
+            self.breakers.record_failure(target_id, now)

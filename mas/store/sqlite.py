@@ -1,0 +1,201 @@
+"""The embedded durable store: one SQLite file, one writer thread, group commit.
+
+``open_sqlite_store(path, limits)`` opens (creating and migrating) the file and
+yields a ``SqliteStore`` that keeps the ``Store`` contract exactly as
+``MemoryStore`` does, but on disk: queued messages, in-flight deliveries,
+dead letters, correlations and state survive the process. Every operation is
+one atomic step in the writer thread (``sqlite_writer``), and returns only
+after the transaction holding it is committed with ``synchronous=FULL``: an
+``enqueue`` that returned is on disk, so an acknowledged message survives a
+killed process and a power loss alike. An enqueue given an audit draft writes
+the message and its audit record in the same step: neither exists alone.
+
+Restart
+    Sessions die with their process, so opening the store returns every
+    delivery a previous process left in flight to the front of its queue, as
+    ``release_session`` does (the attempt counts; past ``release_max_attempts``
+    it is dead-lettered with reason ``session_lost``). Correlations live until
+    they expire; state and dead letters stay.
+
+Queue order
+    Rows are ordered by (position, id): a new message gets position 0 and the
+    next id; a message put back (released, or a retry falling due) gets a
+    position below its queue's head, so it goes to the front and messages put
+    back together keep their order. See ``sqlite_schema`` for the tables.
+
+One server per file: a lock file (``<path>.lock``) refuses a second process
+(``StoreUnusableError``, a ``ConfigError``). Failures of SQLite itself raise
+``StoreError``. Cancellation follows ``sqlite_writer``: a cancelled call either
+raised ``Cancelled`` and changed nothing, or completed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from ..audit.record import AuditDraft, AuditRecord
+from . import sqlite_ops as ops
+from .base import (
+    Correlation,
+    CorrelationRefused,
+    DeadLetter,
+    InFlight,
+    QueuedMessage,
+    StoreLimits,
+)
+from .sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from .sqlite_schema import StoreError as StoreError
+from .sqlite_schema import StoreUnusableError as StoreUnusableError
+from .sqlite_writer import SqliteStoreStatistics as SqliteStoreStatistics
+from .sqlite_writer import Writer, open_writer
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SqliteStore",
+    "SqliteStoreStatistics",
+    "StoreError",
+    "StoreUnusableError",
+    "open_sqlite_store",
+]
+
+DEFAULT_FILENAME: Final = "mas.sqlite3"  # the store's file name next to mas.yaml
+SHUTDOWN_TIMEOUT: Final = 10.0  # seconds opening or closing may take before giving up
+_MAX_PENDING_BATCHES: Final = 8  # outstanding operations allowed, in batches of max_batch
+
+
+class SqliteStore:
+    """A ``Store`` in one SQLite file; get one from ``open_sqlite_store``."""
+
+    def __init__(
+        self, writer: Writer, limits: StoreLimits, *, audit_key: bytes | None = None
+    ) -> None:
+        self.limits = limits
+        self._writer = writer
+        self._audit_key = audit_key
+
+    def statistics(self) -> SqliteStoreStatistics:
+        """Operations, transactions and durable commits since opening."""
+        return self._writer.statistics()
+
+    # -- queues ------------------------------------------------------------------------
+
+    async def enqueue(
+        self, message: QueuedMessage, audit: AuditDraft | None = None
+    ) -> AuditRecord | None:
+        if message.instance_id == "":
+            raise ValueError("an instance id is never empty (None names the shared queue)")
+        return await self._writer.call(
+            ops.enqueue, message, self.limits.max_queue_length, audit, self._audit_key
+        )
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+        return await self._writer.call(ops.append_audit, tuple(drafts), self._audit_key)
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        return await self._writer.call(ops.audit_records, after_seq, limit)
+
+    async def claim(
+        self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
+    ) -> list[InFlight]:
+        return await self._writer.call(
+            ops.claim, agent_id, instance_id, session_id, limit, now, self.limits.max_message_age
+        )
+
+    async def ack(self, delivery_id: str) -> InFlight | None:
+        return await self._writer.call(ops.ack, delivery_id)
+
+    async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
+        return await self._writer.call(ops.retry, delivery_id, not_before)
+
+    async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
+        return await self._writer.call(ops.dead_letter, delivery_id, reason, now)
+
+    async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
+        return await self._writer.call(ops.release, session_id, max_attempts, now)
+
+    async def watch(self, wake: Callable[[str, str | None], None], *, task_status: Any) -> None:
+        # One server per file: the router already rings its own sessions.
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def next_due(self) -> float | None:
+        return await self._writer.call(ops.next_due)
+
+    async def pending_agents(self, now: float) -> set[str]:
+        return await self._writer.call(ops.pending_agents, now)
+
+    async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
+        return await self._writer.call(ops.dead_letters, agent_id)
+
+    async def queue_depth(self, agent_id: str) -> int:
+        return await self._writer.call(ops.queue_depth, agent_id)
+
+    # -- correlations --------------------------------------------------------------------
+
+    async def put_correlation(self, correlation: Correlation) -> None:
+        await self._writer.call(ops.put_correlation, correlation)
+
+    async def take_correlation(
+        self, correlation_id: str, replier_id: str, now: float
+    ) -> Correlation:
+        taken = await self._writer.call(ops.take_correlation, correlation_id, replier_id, now)
+        if isinstance(taken, str):
+            raise CorrelationRefused(taken)
+        return taken
+
+    # -- state -----------------------------------------------------------------------------
+
+    async def get_state(self, agent_id: str) -> dict[str, str]:
+        return await self._writer.call(ops.get_state, agent_id)
+
+    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
+        await self._writer.call(
+            ops.update_state, agent_id, dict(updates), self.limits.max_state_bytes
+        )
+
+    async def reset_state(self, agent_id: str) -> None:
+        await self._writer.call(ops.reset_state, agent_id)
+
+
+@asynccontextmanager
+async def open_sqlite_store(
+    path: Path,
+    limits: StoreLimits,
+    *,
+    audit_key: bytes | None = None,
+    release_max_attempts: int | None = None,
+    commit_interval: float = 0.002,
+    max_batch: int = 512,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+) -> AsyncIterator[SqliteStore]:
+    """Open the store in ``path`` (created if missing) for the body of the ``async with``.
+
+    ``audit_key`` keys the audit chain's hashes (HMAC-SHA256; None: plain SHA-256).
+    Deliveries left in flight by a previous process are released first (see the
+    module docstring); pass the router's ``max_attempts`` as
+    ``release_max_attempts`` to dead-letter those past it (None: requeue all).
+    ``commit_interval`` bounds how long a busy writer keeps adding operations to
+    one transaction; ``max_batch`` bounds how many. On exit the queued
+    operations finish and the file is closed, within ``shutdown_timeout``.
+
+    Raises ``StoreUnusableError`` if the file is from a newer mas, is not a mas
+    store, or is in use by another process.
+    """
+    async with open_writer(
+        path,
+        commit_interval=commit_interval,
+        max_batch=max_batch,
+        max_pending=_MAX_PENDING_BATCHES * max_batch,
+        shutdown_timeout=shutdown_timeout,
+    ) as writer:
+        # The only clock reading of the store: no caller can pass `now` to a restart.
+        await writer.call(ops.release, None, release_max_attempts, time.time())
+        yield SqliteStore(writer, limits, audit_key=audit_key)

@@ -1,0 +1,357 @@
+"""The SQLite store's operations: plain functions of a connection (synchronous).
+
+Each one is run by the writer thread (``sqlite_writer``) inside its own
+savepoint of a group-committed transaction, so each is atomic: one that raises
+changes nothing. Tables and their meaning are in ``sqlite_schema``; queue order
+is (position, id), and a message put back in front of its queue gets a
+position below the queue's head (``_to_front``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from itertools import groupby
+from typing import Any, Final
+
+import msgspec
+
+from ..audit.chain import link
+from ..audit.record import AuditDraft, AuditRecord
+from ..envelope import new_delivery_id
+from .base import (
+    Correlation,
+    DeadLetter,
+    InFlight,
+    QueuedMessage,
+    QueueFullError,
+    StateTooLargeError,
+)
+
+# Queries name the state as a literal so SQLite can use the partial indexes.
+_SELECT_READY: Final = (
+    "SELECT id, message_id, target_id, instance_id, envelope, enqueued_at, attempt, not_before "
+    "FROM messages WHERE target_id = ? AND instance_id IS ? AND state = 0 "
+    "ORDER BY position, id LIMIT ?"
+)
+_SELECT_DELIVERY: Final = (
+    "SELECT id, message_id, target_id, instance_id, envelope, enqueued_at, attempt, not_before, "
+    "session_id FROM messages WHERE delivery_id = ? AND state = 2"
+)
+_SELECT_DEAD: Final = (
+    "SELECT id, message_id, target_id, instance_id, envelope, enqueued_at, attempt, not_before, "
+    "reason, dead_lettered_at FROM dead_letters"
+)
+_TO_DEAD_LETTERS: Final = (
+    "INSERT INTO dead_letters (message_id, target_id, instance_id, envelope, enqueued_at, "
+    "attempt, not_before, reason, dead_lettered_at) SELECT message_id, target_id, "
+    "instance_id, envelope, enqueued_at, attempt, not_before, ?, ? FROM messages WHERE id = ?"
+)
+_RELEASE_TO: Final = (
+    "UPDATE messages SET state = 0, position = ?, attempt = attempt + 1, session_id = NULL, "
+    "delivery_id = NULL WHERE id = ?"
+)
+_Row = tuple[Any, ...]
+_AUDIT_DECODER: Final = msgspec.json.Decoder(AuditRecord)
+
+
+def _message(row: _Row) -> QueuedMessage:
+    return QueuedMessage(
+        message_id=row[1],
+        target_id=row[2],
+        instance_id=row[3],
+        envelope_json=row[4],
+        enqueued_at=row[5],
+        attempt=row[6],
+        not_before=row[7],
+    )
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    message: QueuedMessage,
+    max_length: int,
+    audit: AuditDraft | None,
+    audit_key: bytes | None,
+) -> AuditRecord | None:
+    row = conn.execute(
+        "SELECT ready FROM queues WHERE target_id = ? AND instance_id = ?",
+        (message.target_id, message.instance_id or ""),
+    ).fetchone()
+    if row is not None and row[0] >= max_length:
+        raise QueueFullError(message.target_id)
+    conn.execute(
+        "INSERT INTO messages (message_id, target_id, instance_id, envelope, enqueued_at, "
+        "attempt, not_before, state, position) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)",
+        (
+            message.message_id,
+            message.target_id,
+            message.instance_id,
+            message.envelope_json,
+            message.enqueued_at,
+            message.attempt,
+            message.not_before,
+        ),
+    )
+    # In the same savepoint: the message and its record exist together or not at all.
+    return None if audit is None else append_audit(conn, (audit,), audit_key)[0]
+
+
+def append_audit(
+    conn: sqlite3.Connection, drafts: Sequence[AuditDraft], audit_key: bytes | None
+) -> list[AuditRecord]:
+    row = conn.execute("SELECT record FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    prev = None if row is None else _AUDIT_DECODER.decode(row[0])
+    records: list[AuditRecord] = []
+    for draft in drafts:
+        prev = link(prev, draft, audit_key)
+        records.append(prev)
+    conn.executemany(
+        "INSERT INTO audit (seq, record) VALUES (?, ?)",
+        [(record.seq, msgspec.json.encode(record)) for record in records],
+    )
+    return records
+
+
+def audit_records(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[AuditRecord]:
+    if limit <= 0:
+        return []
+    rows = conn.execute(
+        "SELECT record FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+    )
+    return [_AUDIT_DECODER.decode(row[0]) for row in rows]
+
+
+def claim(
+    conn: sqlite3.Connection,
+    agent_id: str,
+    instance_id: str,
+    session_id: str,
+    limit: int,
+    now: float,
+    max_age: float,
+) -> list[InFlight]:
+    _promote_due(conn, now)
+    taken: list[InFlight] = []
+    for queue_instance in (instance_id, None):  # the reply queue first
+        while (wanted := limit - len(taken)) > 0:
+            rows = conn.execute(_SELECT_READY, (agent_id, queue_instance, wanted)).fetchall()
+            updates = []
+            for row in rows:
+                message = _message(row)
+                if now - message.enqueued_at > max_age:
+                    _to_dead_letters(conn, row[0], "expired", now)
+                    continue
+                delivery = InFlight(
+                    delivery_id=new_delivery_id(), session_id=session_id, message=message
+                )
+                updates.append((session_id, delivery.delivery_id, row[0]))
+                taken.append(delivery)
+            conn.executemany(
+                "UPDATE messages SET state = 2, session_id = ?, delivery_id = ? WHERE id = ?",
+                updates,
+            )
+            if len(rows) < wanted:
+                break  # this queue is empty
+    return taken
+
+
+def _to_dead_letters(conn: sqlite3.Connection, row_id: int, reason: str, now: float) -> None:
+    conn.execute(_TO_DEAD_LETTERS, (reason, now, row_id))
+    conn.execute("DELETE FROM messages WHERE id = ?", (row_id,))
+
+
+def _to_front(
+    conn: sqlite3.Connection,
+    target_id: str,
+    instance_id: str | None,
+    row_ids: list[int],
+    *,
+    released: bool = False,
+) -> None:
+    """Put rows of one queue back at its head, in the given order.
+
+    ``released``: they were in flight; the release counts as an attempt.
+    """
+    head = conn.execute(
+        "SELECT position FROM messages WHERE target_id = ? AND instance_id IS ? AND state = 0 "
+        "ORDER BY position, id LIMIT 1",
+        (target_id, instance_id),
+    ).fetchone()
+    first = min(head[0] if head is not None else 0, 0) - len(row_ids)
+    conn.executemany(
+        _RELEASE_TO if released else "UPDATE messages SET state = 0, position = ? WHERE id = ?",
+        [(first + i, row_id) for i, row_id in enumerate(row_ids)],
+    )
+
+
+def _by_queue(rows: list[_Row]) -> Iterable[tuple[tuple[str, str | None], list[_Row]]]:
+    """Rows (id, target_id, instance_id, ...) grouped by queue, keeping their order in each."""
+    rows.sort(key=lambda row: (row[1], row[2] is not None, row[2] or ""))  # stable
+    for queue, group in groupby(rows, key=lambda row: (row[1], row[2])):
+        yield queue, list(group)
+
+
+def _promote_due(conn: sqlite3.Connection, now: float) -> None:
+    """Retried messages whose time has come go to the front of their queues."""
+    rows = conn.execute(
+        "SELECT id, target_id, instance_id FROM messages WHERE state = 1 AND not_before <= ? "
+        "ORDER BY not_before, id",
+        (now,),
+    ).fetchall()
+    for (target_id, instance_id), group in _by_queue(rows):
+        _to_front(conn, target_id, instance_id, [row[0] for row in group])
+
+
+def _take_delivery(conn: sqlite3.Connection, delivery_id: str) -> tuple[int, InFlight] | None:
+    row = conn.execute(_SELECT_DELIVERY, (delivery_id,)).fetchone()
+    if row is None:
+        return None
+    return row[0], InFlight(delivery_id=delivery_id, session_id=row[8], message=_message(row))
+
+
+def ack(conn: sqlite3.Connection, delivery_id: str) -> InFlight | None:
+    found = _take_delivery(conn, delivery_id)
+    if found is not None:
+        conn.execute("DELETE FROM messages WHERE id = ?", (found[0],))
+        return found[1]
+    return None
+
+
+def retry(conn: sqlite3.Connection, delivery_id: str, not_before: float) -> InFlight | None:
+    found = _take_delivery(conn, delivery_id)
+    if found is not None:
+        conn.execute(
+            "UPDATE messages SET state = 1, attempt = attempt + 1, not_before = ?, "
+            "session_id = NULL, delivery_id = NULL WHERE id = ?",
+            (not_before, found[0]),
+        )
+        return found[1]
+    return None
+
+
+def dead_letter(
+    conn: sqlite3.Connection, delivery_id: str, reason: str, now: float
+) -> InFlight | None:
+    found = _take_delivery(conn, delivery_id)
+    if found is not None:
+        _to_dead_letters(conn, found[0], reason, now)
+        return found[1]
+    return None
+
+
+def release(
+    conn: sqlite3.Connection, session_id: str | None, max_attempts: int | None, now: float
+) -> int:
+    """Return a session's deliveries (every session's, when None) to the front of their queues."""
+    select = "SELECT id, target_id, instance_id, attempt FROM messages"
+    if session_id is None:
+        rows = conn.execute(select + " WHERE state = 2 ORDER BY position, id").fetchall()
+    else:
+        rows = conn.execute(
+            select + " WHERE session_id = ? AND state = 2 ORDER BY position, id", (session_id,)
+        ).fetchall()
+    requeued = 0
+    for (target_id, instance_id), group in _by_queue(rows):  # in the order they were taken
+        keep: list[int] = []
+        for row_id, _, _, attempt in group:
+            if max_attempts is not None and attempt >= max_attempts:
+                _to_dead_letters(conn, row_id, "session_lost", now)
+            else:
+                keep.append(row_id)
+        _to_front(conn, target_id, instance_id, keep, released=True)
+        requeued += len(keep)
+    return requeued
+
+
+def next_due(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute(
+        "SELECT not_before FROM messages WHERE state = 1 ORDER BY not_before LIMIT 1"
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
+def pending_agents(conn: sqlite3.Connection, now: float) -> set[str]:
+    _promote_due(conn, now)
+    return {row[0] for row in conn.execute("SELECT DISTINCT target_id FROM queues")}
+
+
+def dead_letters(conn: sqlite3.Connection, agent_id: str | None) -> list[DeadLetter]:
+    if agent_id is None:
+        rows = conn.execute(_SELECT_DEAD + " ORDER BY id")
+    else:
+        rows = conn.execute(_SELECT_DEAD + " WHERE target_id = ? ORDER BY id", (agent_id,))
+    return [
+        DeadLetter(message=_message(row), reason=row[8], dead_lettered_at=row[9]) for row in rows
+    ]
+
+
+def queue_depth(conn: sqlite3.Connection, agent_id: str) -> int:
+    row = conn.execute(
+        "SELECT ready FROM queues WHERE target_id = ? AND instance_id = ''", (agent_id,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def put_correlation(conn: sqlite3.Connection, c: Correlation) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO correlations (correlation_id, requester_id, "
+        "requester_instance_id, target_id, request_message_id, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            c.correlation_id,
+            c.requester_id,
+            c.requester_instance_id,
+            c.target_id,
+            c.request_message_id,
+            c.expires_at,
+        ),
+    )
+
+
+def take_correlation(
+    conn: sqlite3.Connection, correlation_id: str, replier_id: str, now: float
+) -> Correlation | str:
+    """The correlation, consumed; or the refusal reason (so the expiry sweep still commits)."""
+    conn.execute("DELETE FROM correlations WHERE expires_at <= ?", (now,))
+    row = conn.execute(
+        "SELECT correlation_id, requester_id, requester_instance_id, target_id, "
+        "request_message_id, expires_at FROM correlations WHERE correlation_id = ?",
+        (correlation_id,),
+    ).fetchone()
+    if row is None:
+        return "unknown_correlation"
+    correlation = Correlation(
+        correlation_id=row[0],
+        requester_id=row[1],
+        requester_instance_id=row[2],
+        target_id=row[3],
+        request_message_id=row[4],
+        expires_at=row[5],
+    )
+    if correlation.target_id != replier_id:
+        return "not_authorized"
+    conn.execute("DELETE FROM correlations WHERE correlation_id = ?", (correlation_id,))
+    return correlation
+
+
+def get_state(conn: sqlite3.Connection, agent_id: str) -> dict[str, str]:
+    return dict(conn.execute("SELECT key, value FROM state WHERE agent_id = ?", (agent_id,)))
+
+
+def update_state(
+    conn: sqlite3.Connection, agent_id: str, updates: dict[str, str], max_size: int
+) -> None:
+    # Size as MemoryStore counts it: characters of every key and value.
+    conn.executemany(
+        "INSERT INTO state (agent_id, key, value, size) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (agent_id, key) DO UPDATE SET value = excluded.value, size = excluded.size",
+        [(agent_id, key, value, len(key) + len(value)) for key, value in updates.items()],
+    )
+    row = conn.execute("SELECT total(size) FROM state WHERE agent_id = ?", (agent_id,)).fetchone()
+    if row[0] > max_size:
+        raise StateTooLargeError(agent_id)  # the writer rolls this operation back
+
+
+def reset_state(conn: sqlite3.Connection, agent_id: str) -> None:
+    conn.execute("DELETE FROM state WHERE agent_id = ?", (agent_id,))

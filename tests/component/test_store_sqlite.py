@@ -1,0 +1,413 @@
+"""The store contract on the SQLite backend, plus what only a durable store can show."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import closing
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from audit_contract import *  # noqa: F403
+from audit_contract import _draft
+from store_contract import *  # noqa: F403
+from store_contract import LIMITS, NOW, _correlation, _message
+
+from mas.audit.chain import verify
+from mas.errors import ConfigError, MasError
+from mas.store import QueueFullError, Store, StoreLimits, sqlite_schema
+from mas.store.base import CorrelationRefused, StateTooLargeError
+from mas.store.sqlite import (
+    SCHEMA_VERSION,
+    SqliteStore,
+    StoreError,
+    StoreUnusableError,
+    open_sqlite_store,
+)
+from mas.store.sqlite_writer import Writer, open_writer
+
+CRASH_WRITER = Path(__file__).with_name("sqlite_crash_writer.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_sqlite_store(tmp_path / "mas.sqlite3", LIMITS) as opened:
+        yield opened
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "mas.sqlite3"
+
+
+async def _claimed(store: Store, limit: int = 10, now: float = NOW) -> list[tuple[str, int]]:
+    deliveries = await store.claim("b", "i1", "s1", limit, now)
+    return [(d.message.message_id, d.message.attempt) for d in deliveries]
+
+
+# -- durability across restarts --------------------------------------------------------
+
+
+async def test_everything_survives_close_and_reopen(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            for n in range(3):
+                await store.enqueue(_message(n))
+            await store.enqueue(_message(9, instance="i1"))
+            [doomed] = await store.claim("b", "i9", "s9", 1, NOW)  # m0 from the shared queue
+            await store.dead_letter(doomed.delivery_id, "invalid", NOW + 1)
+            await store.update_state("b", {"x": "1", "y": "[null, true]"})
+            await store.put_correlation(_correlation())
+        async with open_sqlite_store(path, LIMITS) as store:
+            assert await store.queue_depth("b") == 2
+            assert await _claimed(store) == [("m9", 1), ("m1", 1), ("m2", 1)]
+            assert await store.get_state("b") == {"x": "1", "y": "[null, true]"}
+            assert await store.take_correlation("c1", "b", NOW) == _correlation()
+            [dead] = await store.dead_letters("b")
+            assert (dead.message, dead.reason) == (doomed.message, "invalid")
+
+
+async def test_in_flight_messages_of_a_previous_process_are_redelivered(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            for n in range(3):
+                await store.enqueue(_message(n))
+            assert await _claimed(store, limit=2) == [("m0", 1), ("m1", 1)]
+        # The process "died" with m0 and m1 in flight; they come back first, once more.
+        async with open_sqlite_store(path, LIMITS) as store:
+            assert await store.queue_depth("b") == 3
+            assert await _claimed(store) == [("m0", 2), ("m1", 2), ("m2", 1)]
+        # Again, now with a bound of two attempts: m0 and m1 have had theirs.
+        async with open_sqlite_store(path, LIMITS, release_max_attempts=2) as store:
+            assert [(d.message.message_id, d.reason) for d in await store.dead_letters()] == [
+                ("m0", "session_lost"),
+                ("m1", "session_lost"),
+            ]
+            assert await _claimed(store) == [("m2", 2)]
+
+
+async def test_retries_and_correlations_keep_their_times_across_restarts(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            await store.enqueue(_message(1))
+            [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
+            await store.retry(delivery.delivery_id, NOW + 10)
+            await store.put_correlation(_correlation(expires_at=NOW + 5))
+        async with open_sqlite_store(path, LIMITS) as store:
+            assert await store.next_due() == NOW + 10
+            assert await _claimed(store, now=NOW + 9) == []
+            assert await _claimed(store, now=NOW + 10) == [("m1", 2)]
+            with pytest.raises(CorrelationRefused):
+                await store.take_correlation("c1", "b", NOW + 5)
+
+
+async def test_the_audit_chain_survives_restarts_and_continues(path: Path) -> None:
+    key = b"k" * 32
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS, audit_key=key) as store:
+            await store.enqueue(_message(1), _draft(1))
+            await store.append_audit([_draft(2, "AUTHZ_DENIED")])
+        async with open_sqlite_store(path, LIMITS, audit_key=key) as store:
+            third = await store.enqueue(_message(3), _draft(3))
+            records = await store.audit_records()
+            assert await store.queue_depth("b") == 2
+    assert third is not None and third.seq == 3
+    assert [r.message_id for r in records] == ["m1", "m2", "m3"]
+    assert verify(records, key).ok
+    assert not verify(records, None).ok  # the chain is keyed
+
+
+async def test_a_retry_falling_due_goes_before_waiting_messages(store: Store) -> None:
+    with trio.fail_after(10):
+        for n in range(3):
+            await store.enqueue(_message(n))
+        [first] = await store.claim("b", "i1", "s1", 1, NOW)
+        await store.retry(first.delivery_id, NOW + 1)
+        assert await _claimed(store, limit=1, now=NOW + 1) == [("m0", 2)]
+        assert await _claimed(store, now=NOW + 1) == [("m1", 1), ("m2", 1)]
+
+
+# -- the file ----------------------------------------------------------------------------
+
+
+def _pragma(path: Path, name: str) -> Any:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+async def test_schema_version_is_set_and_a_migrated_file_reopens(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            await store.update_state("b", {"x": "1"})
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+        assert _pragma(path, "journal_mode") == "wal"
+        async with open_sqlite_store(path, LIMITS) as store:
+            assert await store.get_state("b") == {"x": "1"}
+        assert _pragma(path, "user_version") == SCHEMA_VERSION
+
+
+async def test_an_older_file_is_migrated_step_by_step(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            await store.update_state("b", {"x": "1"})
+        # A future version 2 is one more tuple of statements in MIGRATIONS.
+        step = ("ALTER TABLE meta ADD COLUMN note TEXT",)
+        monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, step))
+        monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+        async with open_sqlite_store(path, LIMITS) as store:
+            assert await store.get_state("b") == {"x": "1"}
+    assert _pragma(path, "user_version") == SCHEMA_VERSION + 1
+    with closing(sqlite3.connect(path)) as conn:
+        assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(meta)")]
+
+
+async def test_a_file_from_a_newer_schema_is_refused(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS):
+            pass
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        with pytest.raises(StoreUnusableError, match="newer than this version of mas") as refused:
+            async with open_sqlite_store(path, LIMITS):
+                pass
+        assert isinstance(refused.value, ConfigError)
+        assert isinstance(refused.value, MasError)
+        assert str(path) in str(refused.value)
+
+
+async def test_a_database_that_is_not_a_mas_store_is_refused(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
+    with trio.fail_after(10), pytest.raises(StoreUnusableError, match="not a mas store"):
+        async with open_sqlite_store(path, LIMITS):
+            pass
+    path.with_name("junk").write_bytes(b"this is not a database at all" * 100)
+    with trio.fail_after(10), pytest.raises(StoreUnusableError, match="cannot use"):
+        async with open_sqlite_store(path.with_name("junk"), LIMITS):
+            pass
+
+
+async def test_a_second_opener_of_the_same_file_is_refused(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS):
+            with pytest.raises(StoreUnusableError, match="in use by another"):
+                async with open_sqlite_store(path, LIMITS):
+                    pass
+        async with open_sqlite_store(path, LIMITS):  # free again once closed
+            pass
+
+
+async def test_a_closed_store_refuses_operations(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            pass
+        with pytest.raises(StoreError, match="closed"):
+            await store.enqueue(_message(1))
+
+
+# -- group commit ---------------------------------------------------------------------
+
+
+async def test_concurrent_enqueues_share_commits(path: Path) -> None:
+    with trio.fail_after(30):
+        async with open_sqlite_store(path, StoreLimits(max_queue_length=1_000)) as store:
+            before = store.statistics()
+            async with trio.open_nursery() as nursery:
+                for n in range(500):
+                    nursery.start_soon(store.enqueue, _message(n))
+            after = store.statistics()
+            assert await store.queue_depth("b") == 500
+    assert after.operations - before.operations == 500
+    assert after.commits - before.commits < 50  # one commit (fsync) for many messages
+    assert after.largest_batch > 10
+    assert after.pending == 0
+
+
+async def test_reads_do_not_commit(store: SqliteStore) -> None:
+    with trio.fail_after(10):
+        before = store.statistics()
+        await store.get_state("b")
+        await store.queue_depth("b")
+        after = store.statistics()
+    assert (after.operations - before.operations, after.commits - before.commits) == (2, 0)
+
+
+class _Gate:
+    """Holds the writer thread inside an operation until released."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self._open = threading.Event()
+
+    def hold(self, conn: sqlite3.Connection) -> None:
+        self.entered.set()
+        assert self._open.wait(10)
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def occupy(self, writer: Writer, nursery: trio.Nursery) -> None:
+        """Occupy ``writer`` until ``release``; operations submitted meanwhile queue up."""
+        nursery.start_soon(writer.call, self.hold)
+        assert await trio.to_thread.run_sync(self.entered.wait, 10)
+
+
+async def _outcome(results: dict[str, object], name: str, call: Callable[[], Any]) -> None:
+    try:
+        results[name] = await call()
+    except Exception as exc:
+        results[name] = type(exc)
+
+
+async def test_a_failing_operation_does_not_undo_the_rest_of_its_batch(path: Path) -> None:
+    limits = StoreLimits(max_queue_length=2, max_message_age=100.0, max_state_bytes=50)
+    results: dict[str, object] = {}
+    with trio.fail_after(10):
+        async with open_writer(
+            path, commit_interval=0, max_batch=64, max_pending=64, shutdown_timeout=10
+        ) as writer:
+            store = SqliteStore(writer, limits)
+            for n in range(2):
+                await store.enqueue(_message(n, target="full"))
+            gate = _Gate()
+            async with trio.open_nursery() as nursery:
+                await gate.occupy(writer, nursery)
+                before = writer.statistics()
+                calls: dict[str, Callable[[], Any]] = {
+                    "enqueue": lambda: store.enqueue(_message(1)),
+                    "overflow": lambda: store.enqueue(_message(3, target="full")),
+                    "state": lambda: store.update_state("b", {"k": "1"}),
+                    "too_large": lambda: store.update_state("b", {"big": "x" * 100}),
+                    "other_state": lambda: store.update_state("c", {"k": "2"}),
+                }
+                for name, call in calls.items():
+                    nursery.start_soon(_outcome, results, name, call)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.release()
+            after = writer.statistics()
+            assert after.batches - before.batches == 2  # the gate's, then all five together
+            assert after.largest_batch == 5
+            assert results == {
+                "enqueue": None,
+                "overflow": QueueFullError,
+                "state": None,
+                "too_large": StateTooLargeError,
+                "other_state": None,
+            }
+            assert await store.queue_depth("b") == 1
+            assert await store.queue_depth("full") == 2
+            assert await store.get_state("b") == {"k": "1"}
+            assert await store.get_state("c") == {"k": "2"}
+
+
+async def test_a_caller_cancelled_while_queued_withdraws_its_operation(path: Path) -> None:
+    outcome: list[str] = []
+    with trio.fail_after(10):
+        async with open_writer(
+            path, commit_interval=0, max_batch=8, max_pending=8, shutdown_timeout=10
+        ) as writer:
+            store = SqliteStore(writer, LIMITS)
+
+            async def enqueue(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await store.enqueue(_message(1))
+                    outcome.append("returned")
+                outcome.append("cancelled" if scope.cancelled_caught else "finished")
+
+            gate = _Gate()
+            async with trio.open_nursery() as nursery:
+                await gate.occupy(writer, nursery)
+                scope = await nursery.start(enqueue)
+                await trio.testing.wait_all_tasks_blocked()  # queued behind the gate
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                gate.release()
+            assert outcome == ["cancelled"]
+            assert await store.queue_depth("b") == 0
+
+
+async def test_a_caller_cancelled_after_its_operation_was_taken_gets_the_result(
+    path: Path,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_insert(conn: sqlite3.Connection) -> str:
+        entered.set()
+        assert release.wait(10)
+        conn.execute("INSERT INTO meta VALUES ('probe', 'written')")
+        return "done"
+
+    seen: list[str] = []
+
+    async def caller(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            seen.append(await writer.call(slow_insert))
+            await trio.lowlevel.checkpoint()  # the cancellation is delivered here
+            seen.append("not reached")
+
+    with trio.fail_after(10):
+        async with open_writer(
+            path, commit_interval=0, max_batch=8, max_pending=8, shutdown_timeout=10
+        ) as writer:
+            async with trio.open_nursery() as nursery:
+                scope = await nursery.start(caller)
+                assert await trio.to_thread.run_sync(entered.wait, 10)
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            assert seen == ["done"]
+
+            def probe(conn: sqlite3.Connection) -> Any:
+                return conn.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone()
+
+            assert await writer.call(probe) == ("written",)
+
+
+# -- a real crash ------------------------------------------------------------------------
+
+
+async def test_a_killed_process_loses_no_acknowledged_message(path: Path) -> None:
+    acknowledged: set[int] = set()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    [sys.executable, str(CRASH_WRITER), str(path)],
+                    stdout=subprocess.PIPE,
+                    env=env,
+                    check=False,
+                )
+            )
+            assert process.stdout is not None
+            pending = b""
+            while len(acknowledged) < 200:
+                chunk = await process.stdout.receive_some()
+                assert chunk, "the writer exited before it was killed"
+                *lines, pending = (pending + chunk).split(b"\n")
+                acknowledged.update(int(line) for line in lines)
+            process.send_signal(signal.SIGKILL)
+        assert process.returncode == -signal.SIGKILL
+
+        async with open_sqlite_store(path, StoreLimits(max_queue_length=10**7)) as store:
+            deliveries = await store.claim("sink", "i1", "s1", 10**6, NOW)
+    stored = [int(d.message.message_id) for d in deliveries]
+    assert len(stored) == len(set(stored))
+    assert acknowledged <= set(stored)
+    for delivery in deliveries:
+        assert delivery.message.envelope_json == b'{"n": %s}' % delivery.message.message_id.encode()
