@@ -9,6 +9,7 @@ Commands::
     mas certs [CONFIG]   write a development PKI to the paths mas.yaml names
     mas audit verify|tail|export [FILE]
                          check, read or export the audit trail
+    mas dlq list|replay  dead-lettered messages (sqlite and redis stores)
     mas check [CONFIG]   validate mas.yaml, its certificates and its agent classes
 
 Exit status: 0 on success (including a graceful stop on SIGINT/SIGTERM), 1 when
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import trio
 
-from . import audit_command
+from . import audit_command, dlq_command
 from .agent_process import AgentProcess
 from .config import LoadedConfig, load_config
 from .errors import CertificateError, ConfigError, MasError
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         "--server", metavar="HOST:PORT", help="server address (default: from mas.yaml)"
     )
     audit_command.add_parser(commands)
+    dlq_command.add_parser(commands)
     certs = commands.add_parser("certs", help="write a development PKI to the paths in mas.yaml")
     certs.add_argument("config", nargs="?", help=config_help)
     certs.add_argument("--force", action="store_true", help="overwrite existing files")
@@ -85,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "audit":
             return audit_command.run(args)
+        if args.command == "dlq":
+            return dlq_command.run(args)
         loaded = load_config(args.config)
         if args.command in ("run", "serve"):
             trio.run(Runtime(loaded, serve_only=args.command == "serve").run)

@@ -162,6 +162,16 @@ class Store(Protocol):
     async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
         """Dead-lettered messages, oldest first."""
 
+    async def replay_dead_letters(
+        self, message_ids: Sequence[str] | None, now: float
+    ) -> list[DeadLetter]:
+        """Put dead letters (all, or those with these message ids) back in their queues.
+
+        Each goes to the back of its queue as a fresh first attempt enqueued at
+        ``now`` (a replayed message must not expire at once); the queue's length
+        bound does not apply to a replay. Returns what was replayed.
+        """
+
     async def queue_depth(self, agent_id: str) -> int:
         """Messages waiting in an agent's shared queue (not counting in flight)."""
 

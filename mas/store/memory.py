@@ -188,6 +188,19 @@ class MemoryStore:
     async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
         return [d for d in self._dead if agent_id is None or d.message.target_id == agent_id]
 
+    async def replay_dead_letters(
+        self, message_ids: Sequence[str] | None, now: float
+    ) -> list[DeadLetter]:
+        wanted = None if message_ids is None else set(message_ids)
+        replayed = [d for d in self._dead if wanted is None or d.message.message_id in wanted]
+        self._dead = [d for d in self._dead if d not in replayed]
+        for dead in replayed:
+            message = msgspec.structs.replace(
+                dead.message, attempt=1, not_before=0.0, enqueued_at=now
+            )
+            self._queue((message.target_id, message.instance_id)).append(message)
+        return replayed
+
     async def queue_depth(self, agent_id: str) -> int:
         return self._waiting((agent_id, None))
 

@@ -135,6 +135,12 @@ class SqliteStore:
     async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
         return await self._writer.call(ops.dead_letters, agent_id)
 
+    async def replay_dead_letters(
+        self, message_ids: Sequence[str] | None, now: float
+    ) -> list[DeadLetter]:
+        ids = None if message_ids is None else tuple(message_ids)
+        return await self._writer.call(ops.replay_dead_letters, ids, now)
+
     async def queue_depth(self, agent_id: str) -> int:
         return await self._writer.call(ops.queue_depth, agent_id)
 

@@ -286,6 +286,39 @@ def dead_letters(conn: sqlite3.Connection, agent_id: str | None) -> list[DeadLet
     ]
 
 
+def replay_dead_letters(
+    conn: sqlite3.Connection, message_ids: Sequence[str] | None, now: float
+) -> list[DeadLetter]:
+    if message_ids is None:
+        rows = conn.execute("SELECT id, " + _SELECT_DEAD.removeprefix("SELECT ") + " ORDER BY id")
+    else:
+        marks = ",".join("?" * len(message_ids))
+        rows = conn.execute(
+            "SELECT id, "
+            + _SELECT_DEAD.removeprefix("SELECT ")
+            + f" WHERE message_id IN ({marks}) ORDER BY id",
+            tuple(message_ids),
+        )
+    replayed = []
+    for row in rows.fetchall():
+        dead = DeadLetter(message=_message(row[1:]), reason=row[9], dead_lettered_at=row[10])
+        message = dead.message
+        conn.execute(
+            "INSERT INTO messages (message_id, target_id, instance_id, envelope, enqueued_at, "
+            "attempt, not_before, state, position) VALUES (?, ?, ?, ?, ?, 1, 0, 0, 0)",
+            (
+                message.message_id,
+                message.target_id,
+                message.instance_id,
+                message.envelope_json,
+                now,
+            ),
+        )
+        conn.execute("DELETE FROM dead_letters WHERE id = ?", (row[0],))
+        replayed.append(dead)
+    return replayed
+
+
 def queue_depth(conn: sqlite3.Connection, agent_id: str) -> int:
     row = conn.execute(
         "SELECT ready FROM queues WHERE target_id = ? AND instance_id = ''", (agent_id,)

@@ -180,3 +180,17 @@ async def test_state_size_is_bounded_and_a_refused_update_changes_nothing(store:
     with pytest.raises(StateTooLargeError):
         await store.update_state("b", {"y": '"' + "z" * 300 + '"'})
     assert await store.get_state("b") == {"x": "1"}
+
+
+async def test_dead_letters_can_be_replayed(store: Store) -> None:
+    for n in (1, 2):
+        await store.enqueue(_message(n))
+    for delivery in await store.claim("b", "i1", "s1", 2, NOW):
+        await store.dead_letter(delivery.delivery_id, "bad", NOW)
+    [replayed] = await store.replay_dead_letters(["m2"], NOW + 500)
+    assert replayed.message.message_id == "m2"
+    assert [d.message.message_id for d in await store.dead_letters("b")] == ["m1"]
+    [again] = await store.claim("b", "i1", "s1", 5, NOW + 500)  # not expired: enqueued anew
+    assert (again.message.message_id, again.message.attempt) == ("m2", 1)
+    assert len(await store.replay_dead_letters(None, NOW + 500)) == 1
+    assert await store.dead_letters() == []

@@ -1,0 +1,131 @@
+"""``mas dlq list | replay``: dead-lettered messages, from the command line.
+
+Reads and writes the store named by mas.yaml. The SQLite store belongs to one
+process at a time: stop the server before ``replay`` (``list`` reads the file
+alongside a running server). The memory store keeps nothing outside its
+server process, so there is nothing to list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import trio
+
+from .config import LoadedConfig, load_config
+from .envelope import decode_envelope
+from .errors import ConfigError
+from .runtime import open_store
+from .store import DeadLetter, Store
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``dlq`` and its subcommands to the main parser."""
+    dlq = commands.add_parser("dlq", help="list or replay dead-lettered messages")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="show dead letters with reason and attempts")
+    listing.add_argument("config", nargs="?", help="mas.yaml (default: search upward)")
+    listing.add_argument("--agent", help="only messages to this agent")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay = actions.add_parser("replay", help="put dead letters back in their queues")
+    replay.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.add_argument("--config", help="mas.yaml (default: search upward)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen ``dlq`` action; returns the exit status."""
+    if args.dlq_command == "list":
+        loaded = load_config(args.config)
+        for line in trio.run(_list, loaded, args.agent, args.json):
+            print(line)
+        return 0
+    if not args.all and not args.message_ids:
+        raise ConfigError("name the message ids to replay, or pass --all")
+    loaded = load_config(args.config)
+    replayed = trio.run(_replay, loaded, None if args.all else args.message_ids)
+    print(f"replayed {len(replayed)} message(s)")
+    for dead in replayed:
+        print(f"  {dead.message.message_id} -> {dead.message.target_id}")
+    missing = set(args.message_ids) - {d.message.message_id for d in replayed}
+    if missing:
+        print(f"not in the dead-letter queue: {', '.join(sorted(missing))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _store(loaded: LoadedConfig) -> AsyncIterator[Store]:
+    config = loaded.config
+    if config.store.backend == "memory":
+        raise ConfigError(
+            "the memory store keeps dead letters only inside its server process; "
+            "use the sqlite or redis store to inspect them from the command line"
+        )
+    async with open_store(config, loaded.base_dir) as store:
+        yield store
+
+
+async def _list(loaded: LoadedConfig, agent: str | None, as_json: bool) -> list[str]:
+    config = loaded.config
+    if config.store.backend == "sqlite":
+        letters = await trio.to_thread.run_sync(_read_sqlite_dead_letters, loaded, agent)
+    else:
+        async with _store(loaded) as store:
+            letters = await store.dead_letters(agent)
+    return [_format(dead, as_json) for dead in letters]
+
+
+async def _replay(loaded: LoadedConfig, message_ids: list[str] | None) -> list[DeadLetter]:
+    async with _store(loaded) as store:
+        return await store.replay_dead_letters(message_ids, time.time())
+
+
+def _read_sqlite_dead_letters(loaded: LoadedConfig, agent: str | None) -> list[DeadLetter]:
+    """Read dead letters from the SQLite file without taking it from a running server."""
+    from .store.sqlite import DEFAULT_FILENAME
+    from .store.sqlite_ops import dead_letters
+
+    path = Path(loaded.config.store.path or loaded.base_dir / DEFAULT_FILENAME)
+    if not path.exists():
+        raise ConfigError(f"no store at {path}: nothing has run with this config yet")
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return dead_letters(conn, agent)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the store {path}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _format(dead: DeadLetter, as_json: bool) -> str:
+    message = dead.message
+    try:
+        envelope = decode_envelope(message.envelope_json)
+        sender, message_type = envelope.sender_id, envelope.message_type
+    except ValueError:
+        sender, message_type = "?", "?"
+    if as_json:
+        return msgspec.json.encode(
+            {
+                "message_id": message.message_id,
+                "target_id": message.target_id,
+                "sender_id": sender,
+                "message_type": message_type,
+                "attempts": message.attempt,
+                "reason": dead.reason,
+                "dead_lettered_at": dead.dead_lettered_at,
+                "envelope": msgspec.json.decode(message.envelope_json),
+            }
+        ).decode()
+    return (
+        f"{message.message_id}  {sender} -> {message.target_id}  {message_type}  "
+        f"attempts={message.attempt}  reason={dead.reason}"
+    )
