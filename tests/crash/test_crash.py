@@ -1,0 +1,139 @@
+"""Crash tests with real processes: kill -9 a server mid-stream, restart it, lose nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAS_RUNNER_CONFIG_FILE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return env
+
+
+@contextmanager
+def _process(*args: str, cwd: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mas", *args], cwd=cwd, env=_env(), stdout=out, stderr=out
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+
+
+def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _accepted(log: Path) -> set[int]:
+    if not log.exists():
+        return set()
+    return {
+        int(line.split()[1])
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith("accepted ")
+    }
+
+
+def _recorded(db: Path) -> set[int]:
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT key FROM state WHERE agent_id = 'recorder'").fetchall()
+    except sqlite3.Error:
+        return set()
+    finally:
+        conn.close()
+    return {int(key[1:]) for (key,) in rows}
+
+
+def test_killed_sqlite_server_loses_no_accepted_message(tmp_path: Path) -> None:
+    port = _free_port()
+    count = 400
+    (tmp_path / "mas.yaml").write_text(
+        f"server_listen_addr: 127.0.0.1:{port}\n"
+        "tls_ca_path: certs/ca.pem\ntls_server_cert_path: certs/server.pem\n"
+        "tls_server_key_path: certs/server.key\n"
+        "store: {backend: sqlite}\n"
+        "gateway:\n  audit: {file_path: audit.jsonl}\n"
+        "  rate_limit: {per_minute: 100000, per_hour: 1000000}\n"
+        "permissions: [{type: allow, sender: sender, targets: [recorder]}]\n"
+        "agents:\n"
+        "  - {agent_id: sender, class_path: 'crash_agents:Sender', init_kwargs: {count: COUNT},"
+        " tls_cert_path: certs/sender.pem, tls_key_path: certs/sender.key}\n"
+        "  - {agent_id: recorder, class_path: 'crash_agents:Recorder',"
+        " tls_cert_path: certs/recorder.pem, tls_key_path: certs/recorder.key}\n".replace(
+            "COUNT", str(count)
+        )
+    )
+    certs = subprocess.run(
+        [sys.executable, "-m", "mas", "certs", str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert certs.returncode == 0, certs.stderr
+    db = tmp_path / "mas.sqlite3"
+    server_log, sender_log, recorder_log = (
+        tmp_path / n for n in ("server.log", "sender.log", "recorder.log")
+    )
+    with _process("serve", str(tmp_path), cwd=tmp_path, log=server_log) as first:
+        _wait_for(
+            lambda: "listening on" in server_log.read_text(errors="replace"), 30, "the server"
+        )
+        with (
+            _process(
+                "agent", "recorder", str(tmp_path), cwd=tmp_path, log=recorder_log
+            ) as recorder,
+            _process("agent", "sender", str(tmp_path), cwd=tmp_path, log=sender_log) as sender,
+        ):
+            _wait_for(
+                lambda: len(_accepted(sender_log)) >= count // 4, 60, "a quarter of the sends"
+            )
+            first.send_signal(signal.SIGKILL)  # mid-stream, with messages in flight
+            first.wait(timeout=30)
+            with _process("serve", str(tmp_path), cwd=tmp_path, log=server_log):
+                assert sender.wait(timeout=120) == 0, sender_log.read_text(errors="replace")[-3000:]
+                accepted = _accepted(sender_log)
+                assert accepted == set(range(count))
+                _wait_for(lambda: accepted <= _recorded(db), 60, "every accepted number recorded")
+                recorder.send_signal(signal.SIGTERM)
+                assert recorder.wait(timeout=30) == 0
+    verify = subprocess.run(
+        [sys.executable, "-m", "mas", "audit", "verify", str(tmp_path / "audit.jsonl")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
