@@ -12,6 +12,7 @@ them, and chained with ``raise ... from exc``::
     ├── ConnectionClosedError     the agent is not (or no longer) connected
     ├── RequestTimeoutError       no reply arrived before the request's timeout
     ├── StateError                stored state does not fit the agent's model
+    ├── StoreError                the store failed (I/O, unreachable Redis) or is closed
     ├── RejectedError             the server refused a message (gRPC status + reason)
     │   ├── UnauthenticatedError  UNAUTHENTICATED: identity refused
     │   ├── PermissionDeniedError PERMISSION_DENIED: not_authorized, dlp_blocked
@@ -74,6 +75,10 @@ class RequestTimeoutError(MasError, TimeoutError):
 
 class StateError(MasError):
     """Stored agent state does not fit the agent's state model, or is too large."""
+
+
+class StoreError(MasError):
+    """The store failed or is unreachable; the server answers ``UNAVAILABLE``."""
 
 
 class RejectedError(MasError):

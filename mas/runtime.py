@@ -160,7 +160,14 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
         from .store.redis import open_redis_store
 
         url = config.store.url or config.gateway.redis.url
-        async with open_redis_store(url, limits, audit_key=audit_key) as redis_store:
+        redis = config.gateway.redis
+        async with open_redis_store(
+            url,
+            limits,
+            audit_key=audit_key,
+            release_max_attempts=config.limits.max_attempts,
+            socket_timeout=redis.socket_timeout or 5.0,
+        ) as redis_store:
             log.info("store: redis %s", _without_password(url))
             yield redis_store
 

@@ -49,6 +49,7 @@ from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedE
 from purerpc.grpclib.status import Status, StatusCode
 
 from .._purerpc import release_stream
+from ..errors import StoreError
 
 log = logging.getLogger("mas.server.grpc")
 
@@ -314,6 +315,9 @@ async def _dispatch(
             await _close_quietly(rpc, leaf.code, leaf.reason)
         elif isinstance(leaf, _CONNECTION_GONE):
             return  # the connection went away; nothing to answer
+        elif isinstance(leaf, StoreError):
+            log.error("store failure during an RPC (connection %d): %s", peer.connection_id, leaf)
+            await _close_quietly(rpc, "UNAVAILABLE", "store_unavailable")
         elif isinstance(exc, Exception):
             log.exception("RPC handler failed (connection %d)", peer.connection_id)
             await _close_quietly(rpc, "INTERNAL", "internal_error")

@@ -28,15 +28,12 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from ..errors import ConfigError, MasError
+from ..errors import ConfigError
+from ..errors import StoreError as StoreError
 
 APPLICATION_ID: Final = 0x6D617331  # "mas1": PRAGMA application_id of a mas store file
 BUSY_TIMEOUT_MS: Final = 5_000  # ms a statement waits for another connection's lock
 JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024  # bytes the WAL file shrinks to after a checkpoint
-
-
-class StoreError(MasError):
-    """The SQLite store failed (I/O error, full disk), or was used after closing."""
 
 
 class StoreUnusableError(StoreError, ConfigError):

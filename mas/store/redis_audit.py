@@ -1,0 +1,152 @@
+"""The audit chain in Redis: one chain for every server sharing the store.
+
+Records are linked in Python (Redis scripts have no SHA-256) and written by a
+script that first checks the chain's head is still the record they were
+linked after: a compare-and-set on ``ns:audit-head``, the last record's hash,
+in the same script that writes the message, so neither exists without the
+other.
+
+Linking happens in the lane's dispatcher, right before the batch is sent, after
+the last record this server knows of; the replies update that view before the
+next batch is linked. So a server's own writes never conflict, and operations
+in one batch commit together in one round trip.
+
+Servers racing for the chain take turns: a server whose write found the chain
+moved on gets the chain's actual last record back and the *turn*
+(``ns:audit-turn``, for ``AUDIT_TURN_MS``): until it writes, other servers'
+audited writes wait, so its next batch cannot lose again. Without turns the
+server that won a race is the first to send again and would keep winning.
+
+The chain is the list ``ns:audit`` (record ``seq`` n at index n - 1, JSON); it
+only grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import msgspec
+import trio
+from redis.exceptions import ResponseError
+
+from ..audit.chain import link_many
+from ..audit.record import GENESIS, AuditDraft, AuditRecord
+from . import redis_scripts as lua
+from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
+
+AUDIT_TIMEOUT: Final = 10.0  # seconds an audited write may wait for its turn at the chain
+TURN_WAIT: Final = 0.001  # seconds between tries while another server has the turn
+RECORD_SIZE: Final = 1024  # bytes, an estimate of one record for batch sizing
+
+_decoder: Final = msgspec.json.Decoder(AuditRecord)
+
+
+class AuditChain:
+    """This server's end of the shared chain (linking, writing, reading)."""
+
+    def __init__(
+        self, link: RedisLink, keys: list[str], server_id: str, hmac_key: bytes | None
+    ) -> None:
+        self._link = link
+        self.keys = keys  # the chain, its head, its turn
+        self._server_id = server_id
+        self._hmac_key = hmac_key
+        self._last: AuditRecord | None = None  # the chain's last record, as far as we know
+
+    def _moved_on(self, head: bytes | None) -> None:
+        self._last = _decoder.decode(head) if head else None
+
+    async def load(self) -> None:
+        """Take the chain's last record as the place to link after."""
+        [head] = await self._link.call("audit", ("LINDEX", self.keys[0], -1))
+        self._moved_on(head)
+
+    async def write(
+        self,
+        kind: str,
+        script: lua.Script,
+        keys: Sequence[Arg],
+        args: Sequence[Arg],
+        drafts: Sequence[AuditDraft],
+        *,
+        before_each: Callable[[], Awaitable[None]] | None = None,
+    ) -> tuple[list[Any], list[AuditRecord]]:
+        """Run ``script`` with ``args`` plus the linked drafts; (its reply, the records).
+
+        ``before_each`` is awaited before every attempt (it may raise to give up).
+
+        The script takes, after ``args``: the hash the records were linked after,
+        the last record's hash, the records (JSON); it replies ``{1, ...}`` when
+        it wrote them, ``{-1 or -2, head}`` when it may not (see the module
+        docstring: retried here), or ``{code, head}`` when it refused them.
+        """
+        size = RECORD_SIZE * len(drafts) + sum(
+            len(a) if isinstance(a, str | bytes) else 8 for a in args
+        )
+        with trio.move_on_after(AUDIT_TIMEOUT):
+            while True:
+                if before_each is not None:
+                    await before_each()
+                call = _Linking(self, script, keys, args, drafts)
+                [outcome] = await self._link.call_prepared(kind, call, size)
+                if outcome[0] >= 0:
+                    return outcome, call.records
+                if outcome[0] == -2:
+                    await trio.sleep(TURN_WAIT)
+        raise StoreUnavailableError(
+            f"audit chain: no turn to append within {AUDIT_TIMEOUT} s (other servers)"
+        )
+
+    async def append(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+        """Link ``drafts`` into the chain and write them, in order, in one step."""
+        if not drafts:
+            return []
+        _, records = await self.write(
+            "audit", lua.APPEND_AUDIT, self.keys, [self._server_id], drafts
+        )
+        return records
+
+    async def records(self, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Records with ``seq > after_seq``, oldest first, at most ``limit``."""
+        start = max(after_seq, 0)
+        if limit <= 0:
+            return []
+        end = start + limit - 1
+        [found] = await self._link.call("audit", ("LRANGE", self.keys[0], start, end))
+        return [_decoder.decode(raw) for raw in found]
+
+
+class _Linking:
+    """One script call whose drafts are linked when its batch is sent (``Prepared``)."""
+
+    def __init__(
+        self,
+        chain: AuditChain,
+        script: lua.Script,
+        keys: Sequence[Arg],
+        args: Sequence[Arg],
+        drafts: Sequence[AuditDraft],
+    ) -> None:
+        self._chain = chain
+        self._command: Command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        self._drafts = drafts
+        self.records: list[AuditRecord] = []
+
+    def commands(self) -> Sequence[Command]:
+        chain = self._chain
+        after = chain._last.hash if chain._last is not None else GENESIS
+        self.records = link_many(chain._last, self._drafts, chain._hmac_key)
+        chain._last = self.records[-1]
+        encoded = [msgspec.json.encode(record) for record in self.records]
+        return [(*self._command, after, chain._last.hash, *encoded)]
+
+    def completed(self, replies: list[Any]) -> None:
+        [outcome] = replies
+        if isinstance(outcome, ResponseError):
+            return  # the next write finds out where the chain is
+        if outcome[0] != 1:
+            self._chain._moved_on(outcome[1])
+
+    def failed(self, error: Exception) -> None:
+        pass  # not written, or not known to be: the next write finds out where the chain is

@@ -1,0 +1,428 @@
+"""The Redis store's connection layer: one pipelined lane and one subscriber per server.
+
+The synchronous ``redis`` client runs in Trio worker threads over a small,
+bounded connection pool (every socket has a connect and a read timeout):
+
+* ``RedisLink.call`` queues an operation (one or more commands) on the *lane*.
+  One dispatcher task takes everything queued meanwhile and sends it as one
+  pipeline, so one thread hop and one round trip serve many operations (group
+  commit). Batches go out one at a time, so operations take effect in the order
+  they were called.
+* ``call_prepared`` does the same for an operation whose commands are built by
+  the dispatcher right before they are sent, and which sees its replies before
+  the next batch is built (so the audit chain is linked in commit order).
+* ``subscribe`` / ``read_messages`` hold one Pub/Sub connection, read in a worker
+  thread: the one blocking reader of a server.
+
+Error handling
+    Every ``redis`` and socket error is translated here into
+    ``StoreUnavailableError`` naming the URL (never its password). A batch that
+    could not be sent because no connection could be made is retried with
+    bounded exponential backoff until the oldest operation in it has waited
+    ``reconnect_timeout`` (so a Redis restart delays operations instead of
+    failing them); a batch that failed after it was
+    sent fails at once, since it may or may not have run. Scripts missing after a
+    Redis restart (``NOSCRIPT``) are loaded again and the failed commands re-sent.
+
+Cancellation
+    A cancelled caller abandons its operation if it has not been sent yet;
+    otherwise the operation still runs. Closing the link fails what is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, cast
+
+import redis
+import trio
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, ResponseError
+from redis.retry import Retry
+
+from ..errors import StoreError
+from .redis_scripts import Script
+
+log = logging.getLogger("mas.store.redis")
+
+Arg = str | bytes | int | float
+Command = tuple[Arg, ...]
+
+MAX_PENDING_OPS: Final = 10_000  # operations queued for the lane before callers wait
+MAX_BATCH_OPS: Final = 1_000  # operations per pipeline
+MAX_BATCH_BYTES: Final = 4 << 20  # argument bytes per pipeline (envelopes are up to 1 MiB)
+BACKOFF_MIN: Final = 0.02  # seconds, first wait before reconnecting
+BACKOFF_MAX: Final = 1.0  # seconds, longest wait between reconnection attempts
+POOL_CONNECTIONS: Final = 3  # the lane, the subscriber, one spare
+
+
+class Connection(Protocol):
+    """The part of ``redis.connection.Connection`` used here (it is untyped)."""
+
+    def pack_commands(self, commands: Sequence[Command]) -> list[bytes]: ...
+    def send_packed_command(self, command: list[bytes]) -> None: ...
+    def send_command(self, *args: Arg) -> None: ...
+    def can_read(self, timeout: float = 0) -> bool: ...
+    def read_response(self) -> Any: ...
+    def disconnect(self) -> None: ...
+
+
+class _Pool(Protocol):
+    """The part of ``redis.BlockingConnectionPool`` used here (it is untyped)."""
+
+    def get_connection(self) -> Connection: ...
+    def release(self, connection: Connection) -> None: ...
+    def disconnect(self) -> None: ...
+
+
+class StoreUnavailableError(StoreError):
+    """The Redis store could not be reached, or Redis refused an operation."""
+
+
+class _NotSentError(Exception):
+    """No connection could be made: nothing of the batch reached Redis."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (in the user info or the query) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user_info, _, host = netloc.rpartition("@")
+        user = user_info.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    query = urllib.parse.urlencode(
+        [
+            (k, "***" if k.lower() == "password" else v)
+            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class Prepared(Protocol):
+    """An operation whose commands are built when its batch is sent."""
+
+    def commands(self) -> Sequence[Command]:
+        """Called by the dispatcher right before the batch goes out (may raise ValueError)."""
+
+    def completed(self, replies: list[Any]) -> None:
+        """Called by the dispatcher with the replies, before the next batch is built."""
+
+    def failed(self, error: Exception) -> None:
+        """Called instead of ``completed`` when the operation failed or was not sent."""
+
+
+@dataclass(eq=False)
+class _Op:
+    kind: str
+    commands: Sequence[Command]
+    size: int
+    prepared: Prepared | None = None
+    abandonable: bool = True
+    done: trio.Event = field(default_factory=trio.Event)
+    replies: list[Any] = field(default_factory=list)
+    error: Exception | None = None
+    abandoned: bool = False
+    submitted: float = field(default_factory=trio.current_time)
+
+
+@dataclass
+class LinkStatistics:
+    """Counters of one link (read by ``RedisStore.statistics``)."""
+
+    round_trips: int = 0  # pipelines sent and answered (including script reloads)
+    commands: int = 0  # commands sent
+    batches: int = 0  # lane batches (one thread hop each)
+    ops: dict[str, int] = field(default_factory=dict)  # operations by kind
+    op_commands: dict[str, int] = field(default_factory=dict)  # commands by kind
+    op_round_trips: dict[str, float] = field(default_factory=dict)  # shared by the batch
+    reconnect_waits: int = 0
+    script_reloads: int = 0
+
+
+class RedisLink:
+    """A bounded pool, the pipelined lane and the subscriber connection."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        scripts: Sequence[Script],
+        socket_timeout: float,
+        reconnect_timeout: float,
+        client_name: str,
+    ) -> None:
+        self.safe_url = redact_url(url)
+        self._scripts = scripts
+        self._reconnect_timeout = reconnect_timeout
+        try:
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=POOL_CONNECTIONS,
+                timeout=socket_timeout,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+                client_name=client_name,
+                protocol=2,  # raw replies and Pub/Sub messages as RESP2 arrays
+            )
+        except ValueError as exc:
+            raise StoreUnavailableError(f"invalid Redis URL {self.safe_url}: {exc}") from None
+        self._pool = cast(_Pool, pool)
+        self._send, self._receive = trio.open_memory_channel[_Op](MAX_PENDING_OPS)
+        self._current: list[_Op] = []
+        self._closed = False
+        self.stats = LinkStatistics()
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(f"Redis at {self.safe_url} is unavailable: {exc}")
+
+    # -- the lane ---------------------------------------------------------------------
+
+    async def call(self, kind: str, *commands: Command) -> list[Any]:
+        """Run ``commands`` in the next pipeline; their replies, in order.
+
+        Raises ``StoreUnavailableError`` when Redis cannot be reached or answers
+        any of them with an error.
+        """
+        size = sum(len(a) if isinstance(a, str | bytes) else 8 for c in commands for a in c)
+        return await self._submit(_Op(kind, commands, size))
+
+    async def call_prepared(
+        self, kind: str, prepared: Prepared, size: int, *, abandonable: bool = True
+    ) -> list[Any]:
+        """Like ``call``, with the commands built by ``prepared`` when the batch is sent.
+
+        ``size`` estimates their argument bytes. Raises what ``commands`` raises.
+        Unless ``abandonable``, the operation is sent even if the caller is
+        cancelled meanwhile (others may wait for it through ``prepared``).
+        """
+        return await self._submit(_Op(kind, (), size, prepared, abandonable))
+
+    async def _submit(self, op: _Op) -> list[Any]:
+        if self._closed:
+            raise StoreUnavailableError(f"Redis store at {self.safe_url} is closed")
+        try:
+            await self._send.send(op)
+        except BaseException:
+            if op.prepared is not None:
+                op.prepared.failed(StoreUnavailableError("not sent: its caller was cancelled"))
+            raise
+        try:
+            await op.done.wait()
+        finally:
+            if not op.done.is_set() and op.abandonable:
+                op.abandoned = True
+        if op.error is not None:
+            raise op.error
+        for reply in op.replies:
+            if isinstance(reply, ResponseError):
+                raise StoreUnavailableError(f"Redis at {self.safe_url} refused {op.kind}: {reply}")
+        return op.replies
+
+    async def load_scripts(self) -> None:
+        """Load every script (``EVALSHA`` also reloads them after a ``NOSCRIPT``)."""
+        await self.call("start", *(("SCRIPT", "LOAD", s.source) for s in self._scripts))
+
+    async def evalsha(
+        self, kind: str, script: Script, keys: Sequence[Arg], args: Sequence[Arg]
+    ) -> Any:
+        """Run one script on the lane; its reply."""
+        [reply] = await self.call(kind, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        return reply
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send queued operations in batches until cancelled; then fail what is left."""
+        try:
+            task_status.started()
+            while True:
+                first = await self._receive.receive()
+                batch, size = [first], first.size
+                while len(batch) < MAX_BATCH_OPS and size < MAX_BATCH_BYTES:
+                    try:
+                        op = self._receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    batch.append(op)
+                    size += op.size
+                self._current = [op for op in batch if not op.abandoned and self._prepare(op)]
+                if self._current:
+                    await self._execute(self._current)
+                self._current = []
+        finally:
+            self._closed = True
+            closed = StoreUnavailableError(f"Redis store at {self.safe_url} is closed")
+            leftovers = list(self._current)
+            while True:
+                try:
+                    leftovers.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            for op in leftovers:
+                if not op.done.is_set():
+                    _finish(op, closed)
+
+    @staticmethod
+    def _prepare(op: _Op) -> bool:
+        if op.prepared is None:
+            return True
+        try:
+            op.commands = op.prepared.commands()
+        except ValueError as exc:
+            _finish(op, exc)
+            return False
+        return True
+
+    async def _execute(self, batch: list[_Op]) -> None:
+        commands = [command for op in batch for command in op.commands]
+        # No operation waits for a connection longer than reconnect_timeout in all.
+        deadline = min(op.submitted for op in batch) + self._reconnect_timeout
+        delay = BACKOFF_MIN
+        error: StoreUnavailableError | None = None
+        replies: list[Any] = []
+        while True:
+            try:
+                replies = await trio.to_thread.run_sync(self._exchange, commands)
+            except _NotSentError as exc:
+                if trio.current_time() + delay > deadline:
+                    error = self._unavailable(exc.__cause__ or exc)
+                    break
+                if self.stats.reconnect_waits == 0 or delay == BACKOFF_MIN:
+                    log.warning("%s; reconnecting", self._unavailable(exc.__cause__ or exc))
+                self.stats.reconnect_waits += 1
+                await trio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            except (redis.RedisError, OSError) as exc:
+                error = self._unavailable(exc)
+            break
+        self.stats.batches += 1
+        stats, share, start = self.stats, 1 / len(batch), 0
+        for op in batch:
+            stats.ops[op.kind] = stats.ops.get(op.kind, 0) + 1
+            stats.op_commands[op.kind] = stats.op_commands.get(op.kind, 0) + len(op.commands)
+            stats.op_round_trips[op.kind] = stats.op_round_trips.get(op.kind, 0.0) + share
+            if error is None:
+                op.replies = replies[start : start + len(op.commands)]
+                start += len(op.commands)
+                if op.prepared is not None:
+                    op.prepared.completed(op.replies)
+                op.done.set()
+            else:
+                _finish(op, error)
+
+    def _exchange(self, commands: list[Command]) -> list[Any]:
+        """In a worker thread: send ``commands`` as one pipeline and read every reply."""
+        try:
+            conn = self._pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise _NotSentError(str(exc)) from exc
+        try:
+            replies = self._round_trip(conn, commands)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                self.stats.script_reloads += 1
+                loads: list[Command] = [("SCRIPT", "LOAD", s.source) for s in self._scripts]
+                again = self._round_trip(conn, loads + [commands[i] for i in missing])
+                for i, reply in zip(missing, again[len(loads) :], strict=True):
+                    replies[i] = reply
+            return replies
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self._pool.release(conn)
+
+    def _round_trip(self, conn: Connection, commands: Sequence[Command]) -> list[Any]:
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        self.stats.round_trips += 1
+        self.stats.commands += len(commands)
+        return replies
+
+    def close(self) -> None:
+        """Close every connection of the pool."""
+        self._closed = True
+        self._pool.disconnect()
+
+    # -- the subscriber -------------------------------------------------------------------
+
+    async def subscribe(self, channels: Sequence[str]) -> Connection:
+        """A connection subscribed to ``channels`` (give it back with ``unsubscribe``)."""
+        try:
+            return await trio.to_thread.run_sync(self._subscribe, channels)
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _subscribe(self, channels: Sequence[str]) -> Connection:
+        conn = self._pool.get_connection()
+        try:
+            conn.send_command("SUBSCRIBE", *channels)
+            for _ in channels:
+                conn.read_response()
+        except BaseException:
+            self.unsubscribe(conn)
+            raise
+        return conn
+
+    def unsubscribe(self, conn: Connection) -> None:
+        """Close a subscribed connection and return it to the pool."""
+        conn.disconnect()
+        self._pool.release(conn)
+
+    async def read_messages(
+        self,
+        conn: Connection,
+        wait: float,
+        limit: int,
+        keep: Callable[[bytes, bytes], bool],
+    ) -> list[tuple[bytes, bytes]]:
+        """(channel, payload) of up to ``limit`` messages that ``keep`` accepts.
+
+        Waits up to ``wait`` for the first; messages ``keep`` refuses are dropped
+        in the worker thread, without a trip back to Trio.
+        """
+        try:
+            return await trio.to_thread.run_sync(self._read_messages, conn, wait, limit, keep)
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    @staticmethod
+    def _read_messages(
+        conn: Connection, wait: float, limit: int, keep: Callable[[bytes, bytes], bool]
+    ) -> list[tuple[bytes, bytes]]:
+        messages: list[tuple[bytes, bytes]] = []
+        deadline = time.monotonic() + wait
+        while not messages:
+            if not conn.can_read(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            while len(messages) < limit:
+                reply = conn.read_response()
+                if (
+                    isinstance(reply, list)
+                    and len(reply) == 3
+                    and reply[0] == b"message"
+                    and keep(reply[1], reply[2])
+                ):
+                    messages.append((reply[1], reply[2]))
+                if not conn.can_read(timeout=0):
+                    break
+        return messages
+
+
+def _finish(op: _Op, error: Exception) -> None:
+    """End ``op`` with ``error`` (telling its ``Prepared``, if any)."""
+    op.error = error
+    if op.prepared is not None:
+        op.prepared.failed(error)
+    op.done.set()

@@ -1,0 +1,146 @@
+"""Correlations and agent state in Redis: plain keys, each step one script.
+
+Correlations
+    ``ns:corr:<id>`` is a hash (target, expires_at, the record as JSON) that
+    Redis drops ``CORRELATION_GRACE_MS`` after it expires (in Redis time, and
+    never sooner than that from now, whatever the caller's clock); ``take``
+    checks the target and the caller's ``now`` and deletes it in one script, so
+    a correlation is used once even when several servers race for it.
+
+State
+    ``ns:state:<agent>`` maps each key to its JSON text; ``ns:state-bytes``
+    keeps each agent's size (UTF-8 bytes of keys and values), checked against
+    the limit in the script that writes, so a refused update changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from .base import Correlation, CorrelationRefused, StateTooLargeError
+from .redis_keys import Keys
+from .redis_link import RedisLink
+from .redis_scripts import make_script
+
+CORRELATION_GRACE_MS: Final = 60_000  # ms Redis keeps a correlation after it expires (skew)
+
+# KEYS: correlation. ARGV: target, expires_at, record (JSON), grace ms.
+PUT_CORRELATION: Final = make_script(
+    "put_correlation",
+    """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at_ms = math.max(math.floor(tonumber(ARGV[2]) * 1000), now_ms)
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'x', ARGV[2], 'j', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], at_ms + tonumber(ARGV[4]))
+return 1
+""",
+    prelude=False,
+)
+
+# KEYS: correlation. ARGV: replier, now.
+# Returns {0} unknown or expired, {1} not the target's (kept), {2, record} taken.
+TAKE_CORRELATION: Final = make_script(
+    "take_correlation",
+    """
+local rec = redis.call('HMGET', KEYS[1], 't', 'x', 'j')
+if not rec[1] then return {0} end
+if tonumber(rec[2]) <= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  return {0}
+end
+if rec[1] ~= ARGV[1] then return {1} end
+redis.call('DEL', KEYS[1])
+return {2, rec[3]}
+""",
+    prelude=False,
+)
+
+# KEYS: state, state sizes. ARGV: agent, max bytes, then field, value pairs.
+# Returns 0 when the state would be too large (nothing written), 1 when written.
+UPDATE_STATE: Final = make_script(
+    "update_state",
+    """
+local size = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+for i = 3, #ARGV, 2 do
+  local f = ARGV[i]
+  if redis.call('HEXISTS', KEYS[1], f) == 1 then
+    size = size - #f - redis.call('HSTRLEN', KEYS[1], f)
+  end
+  size = size + #f + #ARGV[i + 1]
+end
+if size > tonumber(ARGV[2]) then return 0 end
+for i = 3, #ARGV, 200 do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 199, #ARGV)))
+end
+redis.call('HSET', KEYS[2], ARGV[1], size)
+return 1
+""",
+    prelude=False,
+)
+
+SCRIPTS: Final = (PUT_CORRELATION, TAKE_CORRELATION, UPDATE_STATE)
+
+
+class Records:
+    """Correlations and state of one namespace."""
+
+    def __init__(self, link: RedisLink, keys: Keys, max_state_bytes: int) -> None:
+        self._link = link
+        self._keys = keys
+        self._max_state_bytes = max_state_bytes
+
+    async def put_correlation(self, correlation: Correlation) -> None:
+        await self._link.evalsha(
+            "correlation",
+            PUT_CORRELATION,
+            [self._keys.correlation(correlation.correlation_id)],
+            [
+                correlation.target_id,
+                repr(correlation.expires_at),
+                msgspec.json.encode(correlation),
+                CORRELATION_GRACE_MS,
+            ],
+        )
+
+    async def take_correlation(
+        self, correlation_id: str, replier_id: str, now: float
+    ) -> Correlation:
+        outcome = await self._link.evalsha(
+            "correlation",
+            TAKE_CORRELATION,
+            [self._keys.correlation(correlation_id)],
+            [replier_id, repr(now)],
+        )
+        if outcome[0] == 0:
+            raise CorrelationRefused("unknown_correlation")
+        if outcome[0] == 1:
+            raise CorrelationRefused("not_authorized")
+        return msgspec.json.decode(outcome[1], type=Correlation)
+
+    async def get_state(self, agent_id: str) -> dict[str, str]:
+        [flat] = await self._link.call("state", ("HGETALL", self._keys.state(agent_id)))
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
+        if not updates:
+            return
+        pairs = [part for key, value in updates.items() for part in (key, value)]
+        stored = await self._link.evalsha(
+            "state",
+            UPDATE_STATE,
+            [self._keys.state(agent_id), self._keys.state_bytes],
+            [agent_id, self._max_state_bytes, *pairs],
+        )
+        if not stored:
+            raise StateTooLargeError(agent_id)
+
+    async def reset_state(self, agent_id: str) -> None:
+        await self._link.call(
+            "state",
+            ("DEL", self._keys.state(agent_id)),
+            ("HDEL", self._keys.state_bytes, agent_id),
+        )

@@ -1,0 +1,442 @@
+"""``RedisStore``: the ``Store`` contract on Redis Streams, hashes and Lua.
+
+Opened by ``mas.store.redis.open_redis_store``, which documents the key layout,
+leases and wake-ups. Every method is one operation on the link's lane
+(``mas.store.redis_link``): a script or a few plain commands, sent in one
+pipeline with whatever else is queued at the time.
+
+This server's deliveries are tracked in memory too (delivery id -> stream entry
+and message), so ``ack``, ``retry`` and ``dead_letter`` need not read the entry
+back, and a session's deliveries are known when it is released; the pending
+entries in Redis remain the truth that ``release_session`` and reclaims act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import trio
+
+from ..audit.record import AuditDraft, AuditRecord
+from ..envelope import new_delivery_id
+from . import redis_scripts as lua
+from .base import (
+    Correlation,
+    DeadLetter,
+    InFlight,
+    QueuedMessage,
+    QueueFullError,
+    StoreLimits,
+)
+from .redis_audit import AuditChain
+from .redis_dlq import dead_letter_entries, replay
+from .redis_keys import Keys, queue_name, split_queue_name
+from .redis_lease import Lease
+from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
+from .redis_records import Records
+from .redis_scripts import MAX_DEAD_LETTERS
+from .redis_watch import watch_queues
+
+MAX_FULL_QUEUES_KNOWN: Final = 1024  # queues remembered as full (checked before linking)
+ACK_SIZE: Final = 64  # bytes, an estimate of one ack for batch sizing
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    delivery: InFlight
+    q: str
+    entry_id: bytes
+
+
+@dataclass
+class _Session:
+    agent_id: str
+    instance_id: str
+    deliveries: set[str] = field(default_factory=set)
+
+
+class _AckBatch:
+    """Acks of one stream that wait for the same batch: one script call (``Prepared``)."""
+
+    def __init__(self, pending: dict[str, _AckBatch], stream: str, entry_id: bytes) -> None:
+        self._pending = pending
+        self._stream = stream
+        self.entry_ids = [entry_id]
+        self._done = trio.Event()
+        self._error: Exception | None = None
+
+    def commands(self) -> list[Command]:
+        if self._pending.get(self._stream) is self:
+            del self._pending[self._stream]  # later acks make a new batch
+        return [("EVALSHA", lua.ACK.sha, 1, self._stream, *self.entry_ids)]
+
+    def completed(self, replies: list[Any]) -> None:
+        if isinstance(replies[0], Exception):
+            self._error = StoreUnavailableError(f"ack refused: {replies[0]}")
+        self._done.set()
+
+    def failed(self, error: Exception) -> None:
+        if self._pending.get(self._stream) is self:
+            del self._pending[self._stream]
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+
+class RedisStore:
+    """A ``Store`` in Redis, shared by every server opened on the same URL and namespace."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        limits: StoreLimits,
+        *,
+        server_id: str,
+        namespace: str,
+        lease_seconds: float,
+        audit_key: bytes | None = None,
+        release_max_attempts: int | None = None,
+    ) -> None:
+        self.limits = limits
+        self.server_id = server_id
+        self._link = link
+        self._keys = Keys(namespace)
+        chain_keys = [self._keys.audit, self._keys.audit_head, self._keys.audit_turn]
+        self._audit = AuditChain(link, chain_keys, server_id, audit_key)
+        self._lease = Lease(link, self._keys, server_id, lease_seconds, release_max_attempts)
+        self._records = Records(link, self._keys, limits.max_state_bytes)
+        self._full: dict[str, None] = {}  # queues that refused an enqueue lately (insertion order)
+        self._deliveries: dict[str, _Tracked] = {}
+        self._acks: dict[str, _AckBatch] = {}  # stream -> acks waiting to be sent
+        self._sessions: dict[str, _Session] = {}
+        self._counts = {"sent": 0, "delivered": 0, "wakeups": 0}
+
+    # -- queues -------------------------------------------------------------------------
+
+    async def enqueue(
+        self, message: QueuedMessage, audit: AuditDraft | None = None
+    ) -> AuditRecord | None:
+        q = queue_name(message.target_id, message.instance_id)
+        keys = [self._keys.queue(q), self._keys.waiting, *self._audit.keys, self._keys.servers]
+        args: list[Arg] = [
+            q,
+            self.limits.max_queue_length,
+            message.message_id,
+            repr(message.enqueued_at),
+            message.envelope_json,
+            self._keys.wake_channel,
+            self.server_id,
+        ]
+        record: AuditRecord | None = None
+        if audit is None:
+            outcome = await self._link.evalsha("enqueue", lua.ENQUEUE, keys, args)
+        else:
+
+            async def unless_known_full() -> None:
+                # A refused audited enqueue costs the records linked after it in its batch
+                # a retry: so a queue that refused lately is looked at before linking.
+                if q in self._full:
+                    if await self._queue_length(q) >= self.limits.max_queue_length:
+                        raise QueueFullError(message.target_id)
+                    self._full.pop(q, None)
+
+            outcome, [record] = await self._audit.write(
+                "enqueue", lua.ENQUEUE, keys, args, [audit], before_each=unless_known_full
+            )
+        if outcome[0] != 1:
+            self._full[q] = None
+            if len(self._full) > MAX_FULL_QUEUES_KNOWN:
+                del self._full[next(iter(self._full))]
+            raise QueueFullError(message.target_id)
+        self._counts["sent"] += 1
+        return record
+
+    async def _queue_length(self, q: str) -> int:
+        [length] = await self._link.call("queue_depth", ("HGET", self._keys.waiting, q))
+        return int(length or 0)
+
+    async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+        return await self._audit.append(drafts)
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        return await self._audit.records(after_seq, limit)
+
+    async def claim(
+        self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
+    ) -> list[InFlight]:
+        if limit <= 0:
+            return []
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = _Session(agent_id, instance_id)
+        keys, ns = self._keys, self._keys.ns
+        reply_q, shared_q = queue_name(agent_id, instance_id), queue_name(agent_id, None)
+        entries = await self._link.evalsha(
+            "claim",
+            lua.CLAIM,
+            [
+                keys.queue(reply_q),
+                keys.front(reply_q),
+                keys.queue(shared_q),
+                keys.front(shared_q),
+                keys.waiting,
+                keys.delayed,
+                keys.dlq(agent_id),
+                keys.dlq_agents,
+                keys.claims(self.server_id),
+            ],
+            [
+                self._consumer(session_id),
+                limit,
+                repr(now),
+                repr(self.limits.max_message_age),
+                reply_q,
+                shared_q,
+                agent_id,
+                instance_id,
+                ns,
+                self._keys.wake_channel,
+                MAX_DEAD_LETTERS,
+            ],
+        )
+        taken: list[InFlight] = []
+        for which, entry_id, attempt, not_before, message_id, enqueued_at, envelope in entries:
+            message = QueuedMessage(
+                message_id=message_id.decode(),
+                target_id=agent_id,
+                instance_id=instance_id if which == 1 else None,
+                envelope_json=envelope,
+                enqueued_at=float(enqueued_at),
+                attempt=attempt,
+                not_before=float(not_before),
+            )
+            delivery = InFlight(
+                delivery_id=new_delivery_id(), session_id=session_id, message=message
+            )
+            q = reply_q if which == 1 else shared_q
+            self._deliveries[delivery.delivery_id] = _Tracked(delivery, q, entry_id)
+            session.deliveries.add(delivery.delivery_id)
+            taken.append(delivery)
+        self._counts["delivered"] += len(taken)
+        return taken
+
+    def _consumer(self, session_id: str) -> str:
+        return f"{self.server_id}:{session_id}"
+
+    def _forget(self, delivery_id: str) -> _Tracked | None:
+        tracked = self._deliveries.pop(delivery_id, None)
+        if tracked is not None:
+            session = self._sessions.get(tracked.delivery.session_id)
+            if session is not None:
+                session.deliveries.discard(delivery_id)
+        return tracked
+
+    async def ack(self, delivery_id: str) -> InFlight | None:
+        tracked = self._forget(delivery_id)
+        if tracked is None:
+            return None
+        stream = self._keys.queue(tracked.q)
+        batch = self._acks.get(stream)
+        if batch is not None:  # an ack of this stream waits to be sent: go with it
+            batch.entry_ids.append(tracked.entry_id)
+            await batch.wait()
+        else:
+            batch = self._acks[stream] = _AckBatch(self._acks, stream, tracked.entry_id)
+            await self._link.call_prepared("ack", batch, ACK_SIZE, abandonable=False)
+        return tracked.delivery
+
+    async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
+        tracked = self._forget(delivery_id)
+        if tracked is None:
+            return None
+        delivery = tracked.delivery
+        await self._link.evalsha(
+            "retry",
+            lua.RETRY,
+            [self._keys.queue(tracked.q), self._keys.delayed],
+            [
+                tracked.entry_id,
+                self._consumer(delivery.session_id),
+                delivery.message.attempt + 1,
+                repr(not_before),
+                tracked.q,
+            ],
+        )
+        return delivery
+
+    async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
+        tracked = self._forget(delivery_id)
+        if tracked is None:
+            return None
+        message = tracked.delivery.message
+        await self._link.evalsha(
+            "dead_letter",
+            lua.DEAD_LETTER,
+            [
+                self._keys.queue(tracked.q),
+                self._keys.dlq(message.target_id),
+                self._keys.dlq_agents,
+            ],
+            [
+                tracked.entry_id,
+                MAX_DEAD_LETTERS,
+                message.target_id,
+                message.instance_id or "",
+                message.message_id,
+                repr(message.enqueued_at),
+                message.attempt,
+                repr(message.not_before),
+                message.envelope_json,
+                reason,
+                repr(now),
+            ],
+        )
+        return tracked.delivery
+
+    async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return 0  # never claimed: no consumer exists
+        not_before: list[str | bytes] = []
+        for delivery_id in session.deliveries:
+            tracked = self._deliveries.pop(delivery_id)
+            if tracked.delivery.message.not_before:
+                not_before += [
+                    tracked.q,
+                    tracked.entry_id,
+                    repr(tracked.delivery.message.not_before),
+                ]
+        keys, ns = self._keys, self._keys.ns
+        handed_back: int = await self._link.evalsha(
+            "release",
+            lua.RELEASE,
+            [
+                keys.waiting,
+                self._keys.dlq(session.agent_id),
+                keys.dlq_agents,
+                self._keys.claims(self.server_id),
+            ],
+            [
+                self._consumer(session_id),
+                max_attempts,
+                repr(now),
+                session.agent_id,
+                session.instance_id,
+                ns,
+                self._keys.wake_channel,
+                self.server_id,
+                MAX_DEAD_LETTERS,
+                f"{self.server_id}:",
+                *not_before,
+            ],
+        )
+        return handed_back
+
+    async def watch(
+        self,
+        wake: Callable[[str, str | None], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Wake local sessions for queues other servers filled: one subscriber per server."""
+        await watch_queues(
+            self._link,
+            self._keys,
+            self.server_id,
+            wake,
+            on_wakes=self._count_wakes,
+            task_status=task_status,
+        )
+
+    def _count_wakes(self, n: int) -> None:
+        self._counts["wakeups"] += n
+
+    async def next_due(self) -> float | None:
+        [first] = await self._link.call(
+            "next_due", ("ZRANGE", self._keys.delayed, 0, 0, "WITHSCORES")
+        )
+        return float(first[1]) if first else None
+
+    async def pending_agents(self, now: float) -> set[str]:
+        keys, ns = self._keys, self._keys.ns
+        queues = await self._link.evalsha(
+            "pending",
+            lua.PENDING,
+            [keys.delayed, keys.waiting],
+            [repr(now), ns, self._keys.wake_channel],
+        )
+        return {split_queue_name(q)[0] for q in queues}
+
+    async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
+        return [dead for _, _, dead in await dead_letter_entries(self._link, self._keys, agent_id)]
+
+    async def replay_dead_letters(
+        self, message_ids: Sequence[str] | None, now: float
+    ) -> list[DeadLetter]:
+        return await replay(self._link, self._keys, message_ids, now)
+
+    async def queue_depth(self, agent_id: str) -> int:
+        return await self._queue_length(queue_name(agent_id, None))
+
+    # -- correlations and state (redis_records) ---------------------------------------
+
+    async def put_correlation(self, correlation: Correlation) -> None:
+        await self._records.put_correlation(correlation)
+
+    async def take_correlation(
+        self, correlation_id: str, replier_id: str, now: float
+    ) -> Correlation:
+        return await self._records.take_correlation(correlation_id, replier_id, now)
+
+    async def get_state(self, agent_id: str) -> dict[str, str]:
+        return await self._records.get_state(agent_id)
+
+    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
+        await self._records.update_state(agent_id, updates)
+
+    async def reset_state(self, agent_id: str) -> None:
+        await self._records.reset_state(agent_id)
+
+    def _simulate_crash(self) -> None:
+        """Stop renewing the lease and skip the hand-back on close (failover tests)."""
+        self._lease.simulate_crash()
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: Redis round trips and commands, per operation kind and per message.
+
+        ``round_trips_per_sent`` counts the enqueue batches' round trips per
+        message sent; ``round_trips_per_delivered`` the claim and ack batches'
+        per message delivered (a round trip shared by a batch is split among its
+        operations).
+        """
+        stats = self._link.stats
+        sent, delivered = self._counts["sent"], self._counts["delivered"]
+        rt, cmds = stats.op_round_trips, stats.op_commands
+        return {
+            "server_id": self.server_id,
+            "round_trips": stats.round_trips,
+            "commands": stats.commands,
+            "batches": stats.batches,
+            "ops": dict(stats.ops),
+            "op_commands": dict(cmds),
+            "op_round_trips": dict(rt),
+            "reconnect_waits": stats.reconnect_waits,
+            "script_reloads": stats.script_reloads,
+            **self._counts,
+            "handed_back": self._lease.handed_back,
+            "in_flight": len(self._deliveries),
+            "round_trips_per_sent": rt.get("enqueue", 0.0) / sent if sent else 0.0,
+            "commands_per_sent": cmds.get("enqueue", 0) / sent if sent else 0.0,
+            "round_trips_per_delivered": (
+                (rt.get("claim", 0.0) + rt.get("ack", 0.0)) / delivered if delivered else 0.0
+            ),
+            "commands_per_delivered": (
+                (cmds.get("claim", 0) + cmds.get("ack", 0)) / delivered if delivered else 0.0
+            ),
+        }

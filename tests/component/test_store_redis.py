@@ -1,0 +1,375 @@
+"""The store contract on the Redis backend, plus what only a shared Redis store does.
+
+A real ``redis-server`` runs per module (``tests/redis_server.py``); each test gets
+a fresh namespace on it. Leases live in Redis time, so the failover tests use real
+leases of 0.3 s and stay bounded by ``fail_after``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import msgspec
+import pytest
+import redis
+import trio
+from audit_contract import *  # noqa: F403
+from redis_server import RedisServer, running_redis
+from store_contract import *  # noqa: F403
+from store_contract import LIMITS, NOW, _correlation, _message
+
+from mas.audit.chain import verify
+from mas.audit.record import AuditDraft
+from mas.store import Store
+from mas.store.base import CorrelationRefused
+from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
+
+SHORT_LEASE = 0.3  # seconds; renewed every 0.1 s
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer, namespace: str) -> AsyncIterator[Store]:
+    async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as opened:
+        yield opened
+
+
+async def _redis(url: str, *command: str | bytes | int) -> object:
+    """One command on a throwaway connection (to look at what the store wrote)."""
+
+    def run() -> object:
+        client = redis.Redis.from_url(url)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    return await trio.to_thread.run_sync(run)
+
+
+class _Wakes:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        self._changed = trio.Event()
+
+    def __call__(self, agent_id: str, instance_id: str | None) -> None:
+        self.seen.append((agent_id, instance_id))
+        self._changed.set()
+
+    async def wait_for(self, wake: tuple[str, str | None]) -> None:
+        while wake not in self.seen:
+            self._changed = trio.Event()
+            await self._changed.wait()
+
+
+async def test_an_enqueue_on_one_server_wakes_watch_on_the_other(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with (
+            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
+            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+            trio.open_nursery() as nursery,
+        ):
+            on_a, on_b = _Wakes(), _Wakes()
+            await nursery.start(a.watch, on_a)
+            await nursery.start(b.watch, on_b)
+            await a.enqueue(_message(1))
+            await a.enqueue(_message(2, instance="i7"))
+            await on_b.wait_for(("b", "i7"))
+            assert ("b", None) in on_b.seen
+            # A server is not told about its own enqueues: its router rings its sessions.
+            await b.enqueue(_message(3, target="c"))
+            await on_a.wait_for(("c", None))
+            assert on_a.seen == [("c", None)]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_dead_servers_deliveries_are_reclaimed_by_another(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with (
+            open_redis_store(
+                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
+            ) as a,
+            open_redis_store(
+                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
+            ) as b,
+            trio.open_nursery() as nursery,
+        ):
+            await a.enqueue(_message(1))
+            [lost] = await a.claim("b", "i1", "s1", 5, NOW)
+            on_b = _Wakes()
+            await nursery.start(b.watch, on_b)
+            a._simulate_crash()
+            await on_b.wait_for(("b", None))  # b's lease renewal found a's lease expired
+            [again] = await b.claim("b", "i2", "s2", 5, NOW)
+            assert (again.message.message_id, again.message.attempt) == ("m1", 2)
+            assert again.message.envelope_json == lost.message.envelope_json
+            assert b.statistics()["handed_back"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_live_servers_slow_delivery_is_not_taken(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with (
+            open_redis_store(
+                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
+            ) as a,
+            open_redis_store(
+                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
+            ) as b,
+        ):
+            await a.enqueue(_message(1))
+            [slow] = await a.claim("b", "i1", "s1", 5, NOW)
+            await trio.sleep(4 * SHORT_LEASE)  # several renewals by both servers
+            assert await b.claim("b", "i2", "s2", 5, NOW) == []
+            assert b.statistics()["handed_back"] == 0
+            assert await a.ack(slow.delivery_id) == slow
+
+
+async def test_acknowledged_messages_are_deleted_from_the_stream(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    stream = f"{namespace}:queue:b"
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            for n in range(3):
+                await store.enqueue(_message(n))
+            deliveries = await store.claim("b", "i1", "s1", 5, NOW)
+            assert await _redis(redis_server.url, "XLEN", stream) == 3
+            await store.ack(deliveries[0].delivery_id)
+            await store.ack(deliveries[1].delivery_id)
+            assert await _redis(redis_server.url, "XLEN", stream) == 1
+            await store.ack(deliveries[2].delivery_id)
+            assert await _redis(redis_server.url, "EXISTS", stream) == 0  # empty: deleted
+
+
+async def test_a_correlation_is_taken_once_across_servers(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with (
+            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
+            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+        ):
+            await a.put_correlation(_correlation())
+            outcomes: list[str] = []
+
+            async def take(store: RedisStore) -> None:
+                try:
+                    await store.take_correlation("c1", "b", NOW)
+                    outcomes.append("taken")
+                except CorrelationRefused as exc:
+                    outcomes.append(exc.reason)
+
+            async with trio.open_nursery() as nursery:
+                for store in (a, b, a, b):
+                    nursery.start_soon(take, store)
+            assert sorted(outcomes) == ["taken"] + ["unknown_correlation"] * 3
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    with running_redis(appendonly=True) as server:
+        yield server
+
+
+async def test_a_redis_crash_loses_no_acknowledged_message(persistent_redis: RedisServer) -> None:
+    server = persistent_redis
+    with trio.fail_after(20):
+        async with (
+            open_redis_store(server.url, LIMITS, lease_seconds=2.0) as a,
+            open_redis_store(server.url, LIMITS, lease_seconds=2.0) as b,
+            trio.open_nursery() as nursery,
+        ):
+            on_b = _Wakes()
+            await nursery.start(b.watch, on_b)
+            accepted: list[str] = []
+
+            async def send(first: int, count: int) -> None:
+                for n in range(first, first + count):
+                    try:
+                        await a.enqueue(_message(n, target=f"t{n % 3}"))
+                    except StoreUnavailableError:
+                        continue  # not acknowledged: the sender would try again
+                    accepted.append(f"m{n}")
+
+            await send(0, 3)
+            await trio.to_thread.run_sync(lambda: server.stop(kill=True))  # a crash, mid-stream
+            async with trio.open_nursery() as senders:
+                senders.start_soon(send, 3, 3)  # waits for Redis to come back
+                await trio.sleep(0.3)
+                await trio.to_thread.run_sync(server.start)
+            assert len(accepted) == 6
+            claimed = [
+                d.message.message_id
+                for agent in ("t0", "t1", "t2")
+                for d in await b.claim(agent, "i1", "s1", 10, NOW)
+            ]
+            assert sorted(claimed) == sorted(accepted)
+            # The subscription came back too (scripts were reloaded on the way).
+            await a.enqueue(_message(99, target="z"))
+            await on_b.wait_for(("z", None))
+            assert a.statistics()["script_reloads"] >= 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_servers_sharing_a_store_keep_one_audit_chain(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    key = b"k" * 32
+    limits = msgspec.structs.replace(LIMITS, max_queue_length=100)
+    with trio.fail_after(5):
+        async with (
+            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as a,
+            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as b,
+        ):
+
+            async def send(store: RedisStore, n: int) -> None:
+                draft = AuditDraft(time=NOW + n, decision="ALLOWED", message_id=f"m{n}")
+                if n % 3:
+                    await store.enqueue(_message(n), draft)
+                else:
+                    await store.append_audit([draft, draft])
+
+            async with trio.open_nursery() as nursery:
+                for n in range(30):
+                    nursery.start_soon(send, a if n % 2 else b, n)
+            records = await b.audit_records(limit=100)
+            assert [r.seq for r in records] == list(range(1, 41))
+            assert verify(records, key).ok
+            assert len({r.message_id for r in records}) == 30
+            assert await a.queue_depth("b") == 20
+
+
+async def test_an_unreachable_redis_is_a_clear_error_without_the_password() -> None:
+    with trio.fail_after(5), pytest.raises(StoreUnavailableError) as raised:
+        async with open_redis_store(
+            "redis://user:hunter2@127.0.0.1:1/0", LIMITS, reconnect_timeout=0.1
+        ):
+            pass  # pragma: no cover
+    assert "127.0.0.1:1" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+async def test_one_round_trip_per_enqueue_claim_and_ack_batch(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            before = store.statistics()
+            await store.enqueue(_message(1))
+            [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
+            await store.ack(delivery.delivery_id)
+            after = store.statistics()
+            assert after["round_trips"] - before["round_trips"] == 3
+            assert after["commands"] - before["commands"] == 3
+            assert after["round_trips_per_sent"] == 1.0
+            assert after["round_trips_per_delivered"] == 2.0
+
+            # Concurrent operations share one pipeline: a round trip serves many messages.
+            async with trio.open_nursery() as nursery:
+                for n in range(4):
+                    nursery.start_soon(store.enqueue, _message(n, target="c"))
+                    nursery.start_soon(store.enqueue, _message(n, target="d"))
+            deliveries = await store.claim("c", "i1", "s1", 5, NOW)
+            deliveries += await store.claim("d", "i1", "s1", 5, NOW)
+            async with trio.open_nursery() as nursery:
+                for d in deliveries:
+                    nursery.start_soon(store.ack, d.delivery_id)
+            stats = store.statistics()
+            assert stats["round_trips"] - after["round_trips"] <= 4
+            # Acks of one stream that come together are one script call.
+            assert stats["commands"] - after["commands"] == 8 + 2 + 2
+            assert stats["round_trips_per_sent"] < 0.5
+            assert stats["round_trips_per_delivered"] < 1.0
+
+
+async def test_redis_commands_per_one_way_message(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Commands Redis runs (scripts included) for one message sent, claimed and acked."""
+
+    async def calls() -> int:
+        info = await _redis(redis_server.url, "INFO", "commandstats")
+        assert isinstance(info, dict)
+        return sum(
+            int(v["calls"])
+            for k, v in info.items()
+            if k.startswith("cmdstat_") and not k.startswith(("cmdstat_client", "cmdstat_hello"))
+        )
+
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            await store.enqueue(_message(0))
+            await store.claim("b", "i1", "s1", 5, NOW)  # kept in flight: the stream stays
+            start = await calls()
+            await store.enqueue(_message(1))
+            sent = await calls() - start - 1  # minus the INFO call
+            [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
+            await store.ack(delivery.delivery_id)
+            delivered = await calls() - start - sent - 2
+            start = await calls()
+            await store.enqueue(_message(2), AuditDraft(time=NOW, decision="ALLOWED"))
+            audited = await calls() - start - 1
+    # enqueue: EVALSHA + HGET, EXISTS, XADD, HINCRBY, SCARD (PUBLISH with other servers)
+    assert sent == 6
+    # claim (per batch): EVALSHA + ZRANGEBYSCORE, EXISTS x2, LPOP, XREADGROUP, HINCRBY,
+    # HDEL, SADD; ack (per stream and batch): EVALSHA + XACK, XDEL, XLEN
+    assert delivered == 9 + 4
+    # with its audit record: + GET (turn), GET (head), RPUSH, SET (head)
+    assert audited == 6 + 4
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            await _redis(redis_server.url, "SCRIPT", "FLUSH")
+            await store.enqueue(_message(1))
+            assert await store.queue_depth("b") == 1
+            assert store.statistics()["script_reloads"] == 1
+
+
+async def test_closing_a_server_hands_back_unreleased_deliveries(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b:
+            async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a:
+                await a.enqueue(_message(1))
+                assert len(await a.claim("b", "i1", "s1", 5, NOW)) == 1
+            [again] = await b.claim("b", "i2", "s2", 5, NOW)
+            assert again.message.attempt == 2
+
+
+async def test_hand_backs_past_release_max_attempts_are_dead_lettered(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b:
+            async with open_redis_store(
+                redis_server.url, LIMITS, namespace=namespace, release_max_attempts=1
+            ) as a:
+                await a.enqueue(_message(1))
+                await a.enqueue(_message(2))
+                await a.claim("b", "i1", "s1", 1, NOW)  # m1, attempt 1 of 1
+            [dead] = await b.dead_letters("b")
+            assert (dead.message.message_id, dead.reason) == ("m1", "session_lost")
+            assert [d.message.message_id for d in await b.claim("b", "i2", "s2", 5, NOW)] == ["m2"]

@@ -1,0 +1,142 @@
+"""A real ``redis-server`` on a free loopback port in a temporary directory, for tests.
+
+::
+
+    with running_redis() as server:          # --save "" --appendonly no
+        url = server.url
+    with running_redis(appendonly=True) as server:
+        server.restart(kill=True)            # SIGKILL, then start again on the same port and dir
+
+When ``redis-server`` is not on PATH, ``require_redis_server`` skips the test with
+a reason, or fails it when ``CI=true`` (CI must run the Redis tests). Blocking
+calls: use it from synchronous fixtures, or through ``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
+STOP_TIMEOUT = 10.0  # seconds for redis-server to exit after SIGTERM
+
+
+def require_redis_server() -> str:
+    """The path of ``redis-server``; skip (or fail under ``CI=true``) when it is missing."""
+    path = shutil.which("redis-server")
+    if path is None:
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI=true requires the Redis tests to run", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One ``redis-server`` process; ``start``/``stop``/``restart`` keep its port and dir."""
+
+    def __init__(self, executable: str, directory: Path, *, appendonly: bool = False) -> None:
+        self.executable = executable
+        self.directory = directory
+        self.appendonly = appendonly
+        self.port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    def _args(self) -> list[str]:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.appendonly
+            else ["--appendonly", "no"]
+        )
+        return [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            *persistence,
+            "--daemonize", "no",
+            "--logfile", str(self.log_path),
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        assert self._process is None, "already running"
+        self._process = subprocess.Popen(
+            self._args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers_ping(self.port):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop(kill=True)
+                tail = (
+                    self.log_path.read_text(errors="replace")[-2000:]
+                    if self.log_path.exists()
+                    else ""
+                )
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}")
+            time.sleep(0.02)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server: SIGTERM (Redis saves and exits) or SIGKILL (a crash)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+
+@contextlib.contextmanager
+def running_redis(*, appendonly: bool = False) -> Iterator[RedisServer]:
+    """A started ``RedisServer`` in a fresh temporary directory; stopped and removed on exit."""
+    executable = require_redis_server()
+    with tempfile.TemporaryDirectory(prefix="mas-redis-") as directory:
+        server = RedisServer(executable, Path(directory), appendonly=appendonly)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
