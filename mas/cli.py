@@ -6,6 +6,7 @@ Commands::
     mas serve [CONFIG]   the server alone; allowlisted agents connect from elsewhere
     mas agent ID [CONFIG] [--server HOST:PORT]
                          the instances of one agent, in their own process
+    mas reload [CONFIG]  make the running server re-read mas.yaml (SIGHUP)
     mas certs [CONFIG]   write a development PKI to the paths mas.yaml names
     mas audit verify|tail|export [FILE]
                          check, read or export the audit trail
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +37,7 @@ from .config import LoadedConfig, load_config
 from .errors import CertificateError, ConfigError, MasError
 from .hosting import load_agent_class
 from .pki import server_ssl_context, write_dev_pki
-from .runtime import Runtime
+from .runtime import Runtime, pid_file_for
 
 log = logging.getLogger("mas.cli")
 
@@ -69,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--server", metavar="HOST:PORT", help="server address (default: from mas.yaml)"
     )
+    reload = commands.add_parser("reload", help="make a running server re-read mas.yaml")
+    reload.add_argument("config", nargs="?", help=config_help)
+    reload.add_argument("--pid", type=int, help="the server's process id (default: mas.yaml.pid)")
     audit_command.add_parser(commands)
     dlq_command.add_parser(commands)
     certs = commands.add_parser("certs", help="write a development PKI to the paths in mas.yaml")
@@ -92,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_config(args.config)
         if args.command in ("run", "serve"):
             trio.run(Runtime(loaded, serve_only=args.command == "serve").run)
+        elif args.command == "reload":
+            return _reload(loaded, args.pid)
         elif args.command == "agent":
             trio.run(AgentProcess(loaded, args.agent_id, server=args.server).run)
         elif args.command == "certs":
@@ -174,6 +182,27 @@ def write_dev_pki_to(loaded: LoadedConfig) -> str:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     return config.tls_ca_path
+
+
+def _reload(loaded: LoadedConfig, pid: int | None) -> int:
+    """Send SIGHUP to the server started from this config (policy, allowlist, revocations)."""
+    if pid is None:
+        pid_path = pid_file_for(loaded.path)
+        try:
+            pid = int(pid_path.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"no running server found for {loaded.path} ({pid_path}: {exc}); "
+                "start it with `mas serve` or `mas run`, or pass --pid"
+            ) from exc
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError as exc:
+        raise ConfigError(f"no process {pid}: the server is not running (stale pid file?)") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"not allowed to signal process {pid}: {exc}") from exc
+    print(f"asked server {pid} to reload {loaded.path}")
+    return EXIT_OK
 
 
 def _check(loaded: LoadedConfig) -> int:

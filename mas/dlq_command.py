@@ -1,8 +1,9 @@
 """``mas dlq list | replay``: dead-lettered messages, from the command line.
 
-Reads and writes the store named by mas.yaml. The SQLite store belongs to one
-process at a time: stop the server before ``replay`` (``list`` reads the file
-alongside a running server). The memory store keeps nothing outside its
+Reads and writes the store named by mas.yaml. Every replayed message gets a
+``DLQ_REPLAYED`` audit record naming the operator. The SQLite store belongs to
+one process at a time: stop the server before ``replay`` (``list`` reads the
+file alongside a running server). The memory store keeps nothing outside its
 server process, so there is nothing to list.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
+import socket
 import sqlite3
 import sys
 import time
@@ -19,6 +22,7 @@ from pathlib import Path
 import msgspec
 import trio
 
+from .audit.record import AuditDraft
 from .config import LoadedConfig, load_config
 from .envelope import decode_envelope
 from .errors import ConfigError
@@ -85,7 +89,22 @@ async def _list(loaded: LoadedConfig, agent: str | None, as_json: bool) -> list[
 
 async def _replay(loaded: LoadedConfig, message_ids: list[str] | None) -> list[DeadLetter]:
     async with _store(loaded) as store:
-        return await store.replay_dead_letters(message_ids, time.time())
+        now = time.time()
+        replayed = await store.replay_dead_letters(message_ids, now)
+        operator = f"{getpass.getuser()}@{socket.gethostname()}"
+        await store.append_audit(
+            [
+                AuditDraft(
+                    time=now,
+                    decision="DLQ_REPLAYED",
+                    reason=f"replayed by {operator} (was: {dead.reason})",
+                    message_id=dead.message.message_id,
+                    target_id=dead.message.target_id,
+                )
+                for dead in replayed
+            ]
+        )
+        return replayed
 
 
 def _read_sqlite_dead_letters(loaded: LoadedConfig, agent: str | None) -> list[DeadLetter]:

@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -172,6 +172,32 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             yield redis_store
 
 
+PID_FILE_SUFFIX: Final = ".pid"  # `mas.yaml.pid`: the running server, for `mas reload`
+
+
+def pid_file_for(config_path: Path) -> Path:
+    """Where a server started from ``config_path`` records its process id."""
+    return config_path.with_name(config_path.name + PID_FILE_SUFFIX)
+
+
+@contextlib.contextmanager
+def _pid_file(config_path: Path) -> Iterator[None]:
+    """Record this process's id next to the config while it serves (for ``mas reload``)."""
+    path = pid_file_for(config_path)
+    try:
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        log.warning("cannot write %s (`mas reload` will need --pid): %s", path, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if int(path.read_text().strip()) == os.getpid():
+                path.unlink()
+
+
 def _without_password(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
@@ -231,6 +257,7 @@ class Runtime:
                             reload=self.reload,
                         )
                     )
+                stack.enter_context(_pid_file(self.loaded.path))
                 address = self.address = await root.start(server.serve)
                 agent_addr = format_addr(connect_host(address.host), address.port)
                 async with trio.open_nursery() as agents:

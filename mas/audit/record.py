@@ -30,6 +30,7 @@ Decision = Literal[
     "DELIVERED",
     "NACKED",
     "DLQ",
+    "DLQ_REPLAYED",
 ]
 
 GENESIS: Final = "0" * 64  # prev_hash of record 1: the chain starts from nothing

@@ -233,3 +233,30 @@ def test_audit_verify_and_export_from_the_command_line(tmp_path: Path) -> None:
     assert tampered.returncode == 1
     assert "seq 3" in tampered.stderr + tampered.stdout
     assert "Traceback" not in tampered.stderr
+
+
+@pytest.mark.slow
+def test_reload_command_signals_the_running_server(tmp_path: Path) -> None:
+    config = tmp_path / "mas.yaml"
+    config.write_text(
+        "server_listen_addr: 127.0.0.1:0\nstore: {backend: memory}\nagents: [{agent_id: a}]\n"
+    )
+    _assert_clean_error(_mas("reload", str(tmp_path)), 2, "no running server")
+    server = _start("serve", str(tmp_path), cwd=tmp_path)
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if "listening on" in line:
+                break
+        assert (tmp_path / "mas.yaml.pid").exists()
+        config.write_text(
+            "server_listen_addr: 127.0.0.1:0\nstore: {backend: memory}\nagents: [{agent_id: b}]\n"
+        )
+        reloaded = _mas("reload", str(tmp_path))
+        assert reloaded.returncode == 0, reloaded.stderr
+        for line in server.stderr:
+            if "configuration reloaded" in line:
+                break
+    finally:
+        assert _stop(server) == 0
+    assert not (tmp_path / "mas.yaml.pid").exists()

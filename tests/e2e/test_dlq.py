@@ -53,6 +53,7 @@ class Starter(Agent[dict]):
 
 CONFIG = """
 server_listen_addr: 127.0.0.1:0
+gateway: {audit: {file_path: audit.jsonl}}
 limits: {max_attempts: 2, redelivery_backoff: 0.05}
 permissions:
   - {type: allow, sender: starter, targets: [worker]}
@@ -107,4 +108,19 @@ async def test_dead_letter_then_replay(tmp_path: Path) -> None:
     with trio.fail_after(30):
         await Runtime(load_config(config, env={}), handle_signals=False).run()
     assert module.HANDLED == [{"job": 7}]
+    # The replay is in the trail (the server copies the store's chain to the file).
+    audit = _mas(
+        "audit",
+        "tail",
+        "--json",
+        "--decision",
+        "DLQ_REPLAYED",
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+    assert audit.returncode == 0, audit.stderr
+    [record] = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert record["message_id"] == entry["message_id"]
+    assert "replayed by" in record["reason"]
     del sys.modules[module_name]
