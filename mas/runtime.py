@@ -228,11 +228,6 @@ class Runtime:
     ) -> None:
         """Run until a stop is requested; readiness once the server and agents are up."""
         config = self.loaded.config
-        if config.gateway.telemetry.enabled:
-            log.warning(
-                "gateway.telemetry.enabled is set, but OpenTelemetry export is not implemented "
-                "in this release; decision counters and latency histograms are logged at shutdown"
-            )
         async with contextlib.AsyncExitStack() as stack:
             tls = _TLSMaterial(config, stack)
             host = AgentHost(

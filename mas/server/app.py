@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from .. import telemetry
 from ..clock import TrioWallClock
 from ..config import MasConfig
 from ..store import Store
@@ -44,7 +45,9 @@ class MasServer:
         self._gateway = Gateway(config)
         self.store = store
         self.registry = SessionRegistry()
-        self.audit = AuditLog(store, config.gateway.audit)
+        self.audit = AuditLog(
+            store, config.gateway.audit, telemetry.from_config(config.gateway.telemetry)
+        )
         self._ssl_context = ssl_context
         self._router: Router | None = None
         self._servicer: RuntimeServicer | None = None

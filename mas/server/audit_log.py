@@ -31,6 +31,7 @@ from ..audit.record import AuditDraft, AuditRecord
 from ..audit.sink import JsonlSink
 from ..config import AuditConfig
 from ..store import Store
+from ..telemetry import Telemetry
 
 log = logging.getLogger("mas.audit")
 
@@ -43,9 +44,12 @@ LATENCY_BUCKETS_MS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 10
 class AuditLog:
     """Writes audit drafts to the store and follows the chain into the JSONL file."""
 
-    def __init__(self, store: Store, config: AuditConfig) -> None:
+    def __init__(
+        self, store: Store, config: AuditConfig, telemetry: Telemetry | None = None
+    ) -> None:
         self._store = store
         self._config = config
+        self._telemetry = telemetry
         self._send, self._receive = trio.open_memory_channel[AuditDraft](QUEUE_SIZE)
         self._committed = trio.Event()
         self.counts: Counter[str] = Counter()
@@ -69,6 +73,8 @@ class AuditLog:
         self._committed.set()
 
     def _observe(self, draft: AuditDraft) -> None:
+        if self._telemetry is not None:
+            self._telemetry.record(draft)
         self.counts[draft.decision] += 1
         buckets = self._latency.setdefault(draft.decision, [0] * len(LATENCY_BUCKETS_MS))
         for index, bound in enumerate(LATENCY_BUCKETS_MS):
@@ -104,6 +110,10 @@ class AuditLog:
         finally:
             if sink is not None:
                 sink.close()
+            if self._telemetry is not None:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + _FLUSH_TIMEOUT
+                    await trio.to_thread.run_sync(self._telemetry.shutdown, abandon_on_cancel=True)
 
     async def flush(self) -> None:
         """Write every queued draft, and let the file catch up (bounded); used on shutdown."""

@@ -259,3 +259,12 @@ async def test_audit_file_is_a_verifiable_copy_of_the_chain(pki: TestPKI, tmp_pa
     assert status == 0, message
     lines = [json.loads(line) for line in audit_file.read_text().splitlines()]
     assert [line["hash"] for line in lines] == [r.hash for r in stored]
+
+
+async def test_server_runs_with_telemetry_enabled(pki: TestPKI) -> None:
+    config = make_config(["a", "b"], PAIR, gateway={"telemetry": {"enabled": True}})
+    with trio.fail_after(20):
+        async with open_test_server(config, pki) as server:
+            async with _agent(Agent, "a", server, pki) as a:
+                await a.send("b", "note", {})
+            assert server.statistics()["decisions"]["ALLOWED"] == 1
