@@ -38,7 +38,7 @@ Default rules: id (type when different), default action, severity: what matches
     jwt, block, high: three base64url segments joined by dots, the first ``eyJ...``.
     api_key, block, high: starting a token, ``sk_live_``, ``sk_test_``, ``rk_live_`` or
         ``rk_test_`` + 16; ``sk-`` + 20; ``ghp_``, ``gho_``, ``ghu_``, ``ghs_`` or ``ghr_``
-        + 36; ``github_pat_`` + 22; ``xoxb-`` (a, b, p, o, s, r) + 15; ``AIza`` + 35;
+        + 36; ``github_pat_`` + 22; ``xox`` + one of abposr + ``-`` + 15; ``AIza`` + 35;
         ``glpat-`` + 20; ``npm_`` + 36.
     password, block, high: ``password``, ``passwd``, ``passphrase``, ``pwd`` or the word
         ``pass``, then ``:`` or ``=`` (quotes allowed around), then 4+ characters.
@@ -108,7 +108,8 @@ Bounds (fail closed)
     or ``scan(..., budget=)``) is checked on the scanner's clock (``time.perf_counter``)
     between containers, chunks, windows and strings; once it is spent the result is
     ``DLP_BLOCKED`` with a ``scan_budget`` violation. Containers nested deeper than
-    :data:`MAX_DEPTH` give ``DLP_BLOCKED`` with ``scan_depth``.
+    :data:`MAX_DEPTH` give ``DLP_BLOCKED`` with ``scan_depth``. A run of digits that would
+    take more than ``MAX_CARD_CHECKS`` candidate card checks counts as a card whole.
 
 How it stays fast
     Phase 1 collects every key and string, tries the key-aware rules (key classes are cached
@@ -122,7 +123,7 @@ from __future__ import annotations
 
 import re
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from itertools import accumulate
@@ -270,7 +271,11 @@ def _custom_finder(rule_id: str, kind: str, pattern: str, case_insensitive: bool
 
 
 class DlpScanner:
-    """An immutable set of compiled DLP rules. Build it with :meth:`from_config`."""
+    """An immutable set of compiled DLP rules. Build it with :meth:`from_config`.
+
+    The only state that changes is a bounded cache of key classes; a scanner is meant for
+    one thread (the server's Trio thread), like every pure policy object in ``mas``.
+    """
 
     __slots__ = (
         "_budget",
@@ -380,11 +385,12 @@ class DlpScanner:
         walk: _Walk | None = None
         try:
             texts: list[str] = []
-            key_hit = self._collect(data, 1, texts, deadline)
-            fired, hot = self._fire(texts, deadline)
+            ranges: dict[int, tuple[int, int, bool]] = {}
+            key_hit = self._collect(data, 1, texts, ranges, deadline)
+            fired, hot, hot_at = self._fire(texts, deadline)
             if not key_hit and not fired:
                 return ScanResult("ALLOWED", _NONE, data)
-            walk = _Walk(self, fired, hot, deadline)
+            walk = _Walk(self, fired, hot, hot_at, ranges, deadline)
             delivered = walk.visit(data, None, 0)
         except _Stop as stop:
             found = walk.violations if walk is not None else []
@@ -409,12 +415,24 @@ class DlpScanner:
 
     # --- phase 1: collect every string, try key-aware rules, run the detectors on chunks ---
 
-    def _collect(self, obj: Any, depth: int, texts: list[str], deadline: float) -> bool:
-        """Append every key and string under ``obj`` to ``texts``; True on a key-aware match."""
+    def _collect(
+        self,
+        obj: Any,
+        depth: int,
+        texts: list[str],
+        ranges: dict[int, tuple[int, int, bool]],
+        deadline: float,
+    ) -> bool:
+        """Append every key and string under ``obj`` to ``texts``; True on a key-aware match.
+
+        ``ranges`` maps each container (by id) to the slice of ``texts`` under it and
+        whether a key-aware rule matched under it, so that phase 2 can skip clean subtrees.
+        """
         if depth > MAX_DEPTH:
             raise _Stop("scan_depth", "$")
         if self._clock() > deadline:
             raise _Stop("scan_budget", "$")
+        first = len(texts)
         hit = False
         append = texts.append
         if isinstance(obj, dict):
@@ -428,31 +446,39 @@ class DlpScanner:
                     if flags and self._key_hit(flags, value):
                         hit = True
                 else:
-                    hit = self._other(key, depth, texts, deadline) or hit
+                    hit = self._other(key, depth, texts, ranges, deadline) or hit
                 kind = type(value)
                 if kind is str:
                     append(value)
                 elif kind is dict or kind is list:
-                    hit = self._collect(value, depth + 1, texts, deadline) or hit
+                    hit = self._collect(value, depth + 1, texts, ranges, deadline) or hit
                 elif not (kind is int or kind is float or kind is bool or value is None):
-                    hit = self._other(value, depth, texts, deadline) or hit
-            return hit
-        for value in obj:
-            kind = type(value)
-            if kind is str:
-                append(value)
-            elif kind is dict or kind is list:
-                hit = self._collect(value, depth + 1, texts, deadline) or hit
-            elif not (kind is int or kind is float or kind is bool or value is None):
-                hit = self._other(value, depth, texts, deadline) or hit
+                    hit = self._other(value, depth, texts, ranges, deadline) or hit
+        else:
+            for value in obj:
+                kind = type(value)
+                if kind is str:
+                    append(value)
+                elif kind is dict or kind is list:
+                    hit = self._collect(value, depth + 1, texts, ranges, deadline) or hit
+                elif not (kind is int or kind is float or kind is bool or value is None):
+                    hit = self._other(value, depth, texts, ranges, deadline) or hit
+        ranges[id(obj)] = (first, len(texts), hit)
         return hit
 
-    def _other(self, value: object, depth: int, texts: list[str], deadline: float) -> bool:
+    def _other(
+        self,
+        value: object,
+        depth: int,
+        texts: list[str],
+        ranges: dict[int, tuple[int, int, bool]],
+        deadline: float,
+    ) -> bool:
         if isinstance(value, str):
             texts.append(str(value))
             return False
         if isinstance(value, (dict, list, tuple)):
-            return self._collect(value, depth + 1, texts, deadline)
+            return self._collect(value, depth + 1, texts, ranges, deadline)
         if isinstance(value, _SCALARS):
             return False
         raise _Stop("scan_unsupported", "$")
@@ -460,12 +486,15 @@ class DlpScanner:
     def _key_hit(self, flags: int, value: object) -> bool:
         return any(flag & flags and check(value) for _, flag, check in self._key_rules)
 
-    def _fire(self, texts: list[str], deadline: float) -> tuple[tuple[Rule, ...], set[str]]:
-        """The text rules that match somewhere, and the strings they match in."""
+    def _fire(
+        self, texts: list[str], deadline: float
+    ) -> tuple[tuple[Rule, ...], set[str], list[int]]:
+        """The text rules that match somewhere; the strings they match in, and where."""
         fired: set[str] = set()
         hot: set[str] = set()
+        hot_at: set[int] = set()  # indexes into texts
         clock = self._clock
-        for chunk, batch in self._chunks(texts) if self._chunk_rules else ():
+        for chunk, batch, base in self._chunks(texts) if self._chunk_rules else ():
             low = ascii_lower(chunk)
             views = Views(chunk, low)
             starts: list[int] | None = None
@@ -477,23 +506,30 @@ class DlpScanner:
                     fired.add(rule.id)
                     if len(batch) == 1:
                         hot.add(batch[0])
+                        hot_at.add(base)
                         continue
                     if starts is None:
                         starts = list(accumulate((len(t) + 1 for t in batch), initial=0))
-                    hot.update(batch[bisect_right(starts, span[0]) - 1] for span in spans)
+                    for start, end, _ in spans:  # every string the match touches
+                        first = bisect_right(starts, start) - 1
+                        last = bisect_right(starts, end - 1, first)
+                        hot.update(batch[first:last])
+                        hot_at.update(range(base + first, base + last))
             if clock() > deadline:
                 raise _Stop("scan_budget", "$")
-        for rule in self._value_rules:
-            for text in texts:
-                if _find(rule, text, ascii_lower(text), clock, deadline):
+        for index, text in enumerate(texts) if self._value_rules else ():
+            low = ascii_lower(text)
+            for rule in self._value_rules:
+                if _find(rule, text, low, clock, deadline):
                     fired.add(rule.id)
                     hot.add(text)
+                    hot_at.add(index)
             if clock() > deadline:
                 raise _Stop("scan_budget", "$")
-        return tuple(r for r in self._text_rules if r.id in fired), hot
+        return tuple(r for r in self._text_rules if r.id in fired), hot, sorted(hot_at)
 
-    def _chunks(self, texts: list[str]) -> Iterator[tuple[str, list[str]]]:
-        """``texts`` joined by NUL into chunks of about one window, each with its strings.
+    def _chunks(self, texts: list[str]) -> Iterator[tuple[str, list[str], int]]:
+        """``texts`` joined by NUL into chunks of about one window: (chunk, strings, index).
 
         No built-in rule matches a NUL or across one (it is not a word, digit, separator or
         space character to any of them), so a rule matches a chunk where it matches one of
@@ -501,22 +537,27 @@ class DlpScanner:
         """
         joined = "\x00".join(texts)
         if len(joined) <= SCAN_WINDOW_CHARS:
-            yield joined, texts
+            yield joined, texts, 0
             return
         batch: list[str] = []
-        size = 0
-        for text in texts:
+        size = base = 0
+        for index, text in enumerate(texts):
             if len(text) > SCAN_WINDOW_CHARS:
+                if batch:
+                    yield "\x00".join(batch), batch, base
+                    batch, size = [], 0
                 for start, end, _ in _windows(len(text)):
-                    yield text[start:end], [text]
+                    yield text[start:end], [text], index
                 continue
             if batch and size + len(text) > SCAN_WINDOW_CHARS:
-                yield "\x00".join(batch), batch
+                yield "\x00".join(batch), batch, base
                 batch, size = [], 0
+            if not batch:
+                base = index
             batch.append(text)
             size += len(text) + 1
         if batch:
-            yield "\x00".join(batch), batch
+            yield "\x00".join(batch), batch, base
 
 
 Path = tuple[Any, str | int] | None  # (parent, key or index), rendered only when reported
@@ -533,14 +574,33 @@ def _render(path: Path) -> str:
 class _Walk:
     """Phase 2: walk with paths, report violations, build the redacted copy."""
 
-    __slots__ = ("clock", "deadline", "hot", "key_cache", "rules", "scanner", "seen", "violations")
+    __slots__ = (
+        "clock",
+        "deadline",
+        "hot",
+        "hot_at",
+        "key_cache",
+        "ranges",
+        "rules",
+        "scanner",
+        "seen",
+        "violations",
+    )
 
     def __init__(
-        self, scanner: DlpScanner, rules: tuple[Rule, ...], hot: set[str], deadline: float
+        self,
+        scanner: DlpScanner,
+        rules: tuple[Rule, ...],
+        hot: set[str],
+        hot_at: list[int],
+        ranges: dict[int, tuple[int, int, bool]],
+        deadline: float,
     ) -> None:
         self.scanner = scanner
         self.rules = rules
         self.hot = hot
+        self.hot_at = hot_at
+        self.ranges = ranges
         self.deadline = deadline
         self.clock = scanner._clock
         self.key_cache = scanner._key_cache
@@ -556,6 +616,8 @@ class _Walk:
     def find(self, text: str) -> list[tuple[Rule, list[Span]]]:
         if text not in self.hot:
             return []
+        if self.clock() > self.deadline:
+            raise _Stop("scan_budget", "$")
         low = ascii_lower(text)
         found = []
         for rule in self.rules:
@@ -591,6 +653,8 @@ class _Walk:
                 self.report(rule, path)
             redacted = self.redact(value, found)
             return value if redacted is None else redacted
+        if self.clean(value):
+            return value
         if isinstance(value, dict):
             return self.mapping(value, path, depth + 1)
         if isinstance(value, (list, tuple)):
@@ -603,6 +667,14 @@ class _Walk:
         if isinstance(value, _SCALARS):
             return value
         raise _Stop("scan_unsupported", _render(path))
+
+    def clean(self, value: object) -> bool:
+        """True for a container in which phase 1 found nothing (no rule fired under it)."""
+        where = self.ranges.get(id(value))
+        if where is None or where[2]:
+            return False
+        i = bisect_left(self.hot_at, where[0])
+        return i == len(self.hot_at) or self.hot_at[i] >= where[1]
 
     def mapping(self, obj: dict[Any, Any], path: Path, depth: int) -> object:
         if depth > MAX_DEPTH:

@@ -419,14 +419,32 @@ def _is_token(char: str) -> bool:
 # After the keyword: optional quote, ':' or '=', optional quote, a value of 4+ characters
 # that is not already a redaction marker.
 _PASSWORD_TAIL: Final = re.compile(
-    r"[\"']?\s{0,3}[:=]\s{0,3}[\"']?(?!\[redacted)([^\s\"',;&]{4,}+)", re.ASCII
+    r"[\"']?\s{0,3}[:=]\s{0,3}[\"']?(?!\[redacted)([^\s\"',;&\x00]{4,}+)", re.ASCII
 )
-_BARE_PASS_TAIL: Final = re.compile(r"(?![a-z])" + _PASSWORD_TAIL.pattern, re.ASCII)
 _PASSWORD_MASK: Final = marker("password")
 
 
-def _not_masked(value: str) -> bool:
-    return bool(value.strip("*"))
+def find_passwords(text: str, low: str) -> list[Span]:
+    """After password, passwd, passphrase or pwd anywhere, or ``pass`` as a word."""
+    out: list[Span] = []
+    for keyword in ("pass", "pwd"):
+        pos = low.find(keyword)
+        while pos >= 0:
+            end = pos + len(keyword)
+            if keyword == "pass":
+                suffix = next((s for s in ("word", "wd", "phrase") if low.startswith(s, end)), "")
+                end += len(suffix)
+                bare_word = (
+                    not (pos and _is_word(low[pos - 1])) and not low[end : end + 1].isalpha()
+                )
+                if not suffix and not bare_word:
+                    pos = low.find(keyword, end)
+                    continue
+            m = _PASSWORD_TAIL.match(low, end)
+            if m is not None and text[m.start(1) : m.end(1)].strip("*"):  # not already masked
+                out.append((m.start(1), m.end(1), _PASSWORD_MASK))
+            pos = low.find(keyword, end)
+    return out
 
 
 def check_secret(value: object) -> str | None:
@@ -565,11 +583,6 @@ _PHONE: Final[tuple[Detector, ...]] = (
 _AWS_SECRET: Final[tuple[Detector, ...]] = (
     (None, _keyword_finder(("aws",), _AWS_SECRET_TAIL, _AWS_SECRET_MASK, word_start=False)),
 )
-_PASSWORD_WORDS: Final = ("password", "passwd", "passphrase", "pwd")
-_PASSWORD: Final[tuple[Detector, ...]] = (
-    (None, _keyword_finder(_PASSWORD_WORDS, _PASSWORD_TAIL, _PASSWORD_MASK, word_start=False)),
-    (None, _keyword_finder(("pass",), _BARE_PASS_TAIL, _PASSWORD_MASK)),
-)
 _MRN: Final[tuple[Detector, ...]] = (
     (None, _keyword_finder(("mrn",), _MRN_TAIL, _MRN_MASK, word_start=False)),
     (None, _keyword_finder(("medical",), _MEDICAL_RECORD_TAIL, _MRN_MASK)),
@@ -635,7 +648,10 @@ DEFAULT_RULES: Final[tuple[Rule, ...]] = (
     ),
     _rule("jwt", "block", "high", "JSON web token", ((None, _regex_finder(_JWT, marker("jwt"))),)),
     _rule("api_key", "block", "high", "vendor API key", ((None, find_api_keys),)),
-    _rule("password", "block", "high", "password=... or password: ... in text", _PASSWORD),
+    _rule(
+        "password", "block", "high", "password=... or password: ... in text",
+        ((None, find_passwords),),
+    ),
     _rule(
         "medical_record_number", "redact", "high", "MRN then 6-10 digits",
         _MRN, MRN_KEY, check_mrn,

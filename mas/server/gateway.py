@@ -16,7 +16,8 @@ budget); sharing them through the store is future work.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+import time
+from typing import Any, Final, Literal, NamedTuple
 
 from ..audit.record import Decision, Violation
 from ..config import MasConfig
@@ -26,6 +27,8 @@ from ..policy.dlp import DlpScanner
 from ..policy.ratelimit import MemoryRateLimiter, Window, windows_for
 
 Kind = Literal["send", "request", "reply"]
+
+DLP_BUDGET: Final = 0.2  # seconds of thread CPU time one payload's DLP scan may take
 
 
 class Denied(Exception):
@@ -82,7 +85,13 @@ class Gateway:
         if breakers is None or breakers.settings != settings:
             breakers = BreakerBook(settings)
         self.breakers = breakers
-        self._dlp = DlpScanner.from_config(gateway.dlp) if gateway.features.dlp else None
+        # The scan budget is CPU time of this thread, so a busy machine does not make a
+        # large, clean message fail closed; 0.2 s covers a full-size (1 MiB) payload.
+        self._dlp = (
+            DlpScanner.from_config(gateway.dlp, budget=DLP_BUDGET, clock=time.thread_time)
+            if gateway.features.dlp
+            else None
+        )
 
     def reconfigured(self, config: MasConfig) -> Gateway:
         """The gateway of a new config, keeping rate-limit and breaker state."""

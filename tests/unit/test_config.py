@@ -608,3 +608,9 @@ def test_example_commented_permissions_are_valid() -> None:
     agents = "agents: [{agent_id: agent_a}, {agent_id: agent_b}, {agent_id: agent_c}]\n"
     cfg = parse(agents + "permissions:\n" + "".join(f"  - {r}\n" for r in commented))
     assert len(cfg.permissions) == len(commented)
+
+
+def test_bad_dlp_rule_is_a_config_error_with_its_path() -> None:
+    message = parse_error("gateway: {dlp: {disable_defaults: [no_such_rule]}}")
+    assert "$.gateway.dlp" in message
+    assert "no_such_rule" in message
