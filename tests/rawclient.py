@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import purerpc
@@ -107,3 +107,18 @@ class RawSession:
 async def raw_client(port: int, context: ssl.SSLContext) -> AsyncIterator[RawClient]:
     async with open_channel("127.0.0.1", port, context) as channel:
         yield RawClient(channel)
+
+
+@asynccontextmanager
+async def sessions(server: Any, pki: Any, *agent_ids: str) -> AsyncIterator[list[RawSession]]:
+    """One connection and one Transport session per agent id (instance ``<id>1``), said Hello."""
+    async with AsyncExitStack() as stack:
+        opened = []
+        for agent_id in agent_ids:
+            client = await stack.enter_async_context(
+                raw_client(server.address.port, pki.client_ssl_context(agent_id))
+            )
+            session = await client.transport()
+            await session.hello(f"{agent_id}1")
+            opened.append(session)
+        yield opened

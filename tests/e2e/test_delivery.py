@@ -10,7 +10,7 @@ import json
 
 import trio
 import trio.testing
-from rawclient import RawSession, raw_client
+from rawclient import RawSession, raw_client, sessions
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI, make_config, open_test_server
@@ -36,14 +36,7 @@ async def test_retryable_nack_is_redelivered_with_backoff_then_dead_lettered(
 ) -> None:
     config = make_config(["a", "b"], ONE_WAY, limits={"max_attempts": 3, "redelivery_backoff": 2.0})
     async with open_test_server(config, pki) as server:
-        port = server.address.port
-        async with (
-            raw_client(port, pki.client_ssl_context("a")) as ca,
-            raw_client(port, pki.client_ssl_context("b")) as cb,
-        ):
-            a, b = await ca.transport(), await cb.transport()
-            await a.hello("a1")
-            await b.hello("b1")
+        async with sessions(server, pki, "a", "b") as (a, b):
             await _send_numbers(a, 1)
             times = []
             for expected_attempt in (1, 2, 3):
@@ -67,14 +60,7 @@ async def test_retryable_nack_is_redelivered_with_backoff_then_dead_lettered(
 async def test_non_retryable_nack_dead_letters_at_once(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], ONE_WAY), pki) as server:
-            port = server.address.port
-            async with (
-                raw_client(port, pki.client_ssl_context("a")) as ca,
-                raw_client(port, pki.client_ssl_context("b")) as cb,
-            ):
-                a, b = await ca.transport(), await cb.transport()
-                await a.hello("a1")
-                await b.hello("b1")
+            async with sessions(server, pki, "a", "b") as (a, b):
                 await _send_numbers(a, 1)
                 delivery = await b.next_delivery()
                 await b.send(
@@ -94,14 +80,7 @@ async def test_unacked_delivery_is_redelivered_after_ack_timeout(
         ["a", "b"], ONE_WAY, limits={"ack_timeout": 30.0, "redelivery_backoff": 1.0}
     )
     async with open_test_server(config, pki) as server:
-        port = server.address.port
-        async with (
-            raw_client(port, pki.client_ssl_context("a")) as ca,
-            raw_client(port, pki.client_ssl_context("b")) as cb,
-        ):
-            a, b = await ca.transport(), await cb.transport()
-            await a.hello("a1")
-            await b.hello("b1")
+        async with sessions(server, pki, "a", "b") as (a, b):
             await _send_numbers(a, 1)
             first = await b.next_delivery()
             started = trio.current_time()

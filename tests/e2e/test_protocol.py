@@ -12,7 +12,7 @@ import json
 import pytest
 import trio
 import trio.testing
-from rawclient import CallFailed, RawSession, raw_client
+from rawclient import CallFailed, RawSession, raw_client, sessions
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI, make_config, open_test_server
@@ -32,14 +32,7 @@ async def _request_to_b(a: RawSession, b: RawSession) -> dict[str, object]:
 async def test_request_reply_round_trip_sets_identity_fields(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
-            port = server.address.port
-            async with (
-                raw_client(port, pki.client_ssl_context("a")) as ca,
-                raw_client(port, pki.client_ssl_context("b")) as cb,
-            ):
-                a, b = await ca.transport(), await cb.transport()
-                await a.hello("a1")
-                await b.hello("b1")
+            async with sessions(server, pki, "a", "b") as (a, b):
                 envelope = await _request_to_b(a, b)
                 assert envelope["sender_id"] == "a"
                 meta = envelope["meta"]
@@ -62,14 +55,7 @@ async def test_request_reply_round_trip_sets_identity_fields(pki: TestPKI) -> No
 async def test_replayed_correlation_id_is_refused(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
-            port = server.address.port
-            async with (
-                raw_client(port, pki.client_ssl_context("a")) as ca,
-                raw_client(port, pki.client_ssl_context("b")) as cb,
-            ):
-                a, b = await ca.transport(), await cb.transport()
-                await a.hello("a1")
-                await b.hello("b1")
+            async with sessions(server, pki, "a", "b") as (a, b):
                 envelope = await _request_to_b(a, b)
                 correlation_id = envelope["meta"]["correlation_id"]  # type: ignore[index]
                 first = await b.call(
