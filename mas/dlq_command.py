@@ -1,9 +1,10 @@
 """``mas dlq list | replay``: dead-lettered messages, from the command line.
 
-Reads and writes the store named by mas.yaml. Every replayed message gets a
-``DLQ_REPLAYED`` audit record naming the operator. The SQLite store belongs to
-one process at a time: stop the server before ``replay`` (``list`` reads the
-file alongside a running server). The memory store keeps nothing outside its
+Reads and writes the store named by mas.yaml. A listing gets a ``DLQ_LISTED``
+audit record and every replayed message a ``DLQ_REPLAYED`` one, naming the
+operator. The SQLite store belongs to one process at a time: stop the server
+before ``replay``; ``list`` then reads the file alongside the running server
+(and says that this listing could not be audited). The memory store keeps nothing outside its
 server process, so there is nothing to list.
 """
 
@@ -28,6 +29,7 @@ from .envelope import decode_envelope
 from .errors import ConfigError
 from .runtime import open_store
 from .store import DeadLetter, Store
+from .store.sqlite_schema import StoreUnusableError
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,19 +81,40 @@ async def _store(loaded: LoadedConfig) -> AsyncIterator[Store]:
 
 async def _list(loaded: LoadedConfig, agent: str | None, as_json: bool) -> list[str]:
     config = loaded.config
-    if config.store.backend == "sqlite":
-        letters = await trio.to_thread.run_sync(_read_sqlite_dead_letters, loaded, agent)
-    else:
+    try:
         async with _store(loaded) as store:
             letters = await store.dead_letters(agent)
+            await store.append_audit(
+                [
+                    AuditDraft(
+                        time=time.time(),
+                        decision="DLQ_LISTED",
+                        reason=f"listed by {_operator()} ({len(letters)} message(s))",
+                        target_id=agent or "",
+                    )
+                ]
+            )
+    except StoreUnusableError:
+        if config.store.backend != "sqlite":
+            raise
+        # A running server holds the SQLite store: read the file alongside it.
+        letters = await trio.to_thread.run_sync(_read_sqlite_dead_letters, loaded, agent)
+        print(
+            "(read while the server runs: this listing is not in the audit trail)",
+            file=sys.stderr,
+        )
     return [_format(dead, as_json) for dead in letters]
+
+
+def _operator() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 async def _replay(loaded: LoadedConfig, message_ids: list[str] | None) -> list[DeadLetter]:
     async with _store(loaded) as store:
         now = time.time()
         replayed = await store.replay_dead_letters(message_ids, now)
-        operator = f"{getpass.getuser()}@{socket.gethostname()}"
+        operator = _operator()
         await store.append_audit(
             [
                 AuditDraft(

@@ -31,6 +31,7 @@ Decision = Literal[
     "NACKED",
     "DLQ",
     "DLQ_REPLAYED",
+    "DLQ_LISTED",
 ]
 
 GENESIS: Final = "0" * 64  # prev_hash of record 1: the chain starts from nothing

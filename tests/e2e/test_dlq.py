@@ -123,4 +123,8 @@ async def test_dead_letter_then_replay(tmp_path: Path) -> None:
     [record] = [json.loads(line) for line in audit.stdout.splitlines()]
     assert record["message_id"] == entry["message_id"]
     assert "replayed by" in record["reason"]
+    listed = _mas(
+        "audit", "tail", "--decision", "DLQ_LISTED", "--config", str(config), cwd=tmp_path
+    )
+    assert listed.stdout.count("DLQ_LISTED") == 2
     del sys.modules[module_name]
