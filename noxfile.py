@@ -48,3 +48,10 @@ def examples(session: nox.Session) -> None:
     """Run every example to completion."""
     session.install("-e", ".")
     session.run("python", "-m", "mas", "run", "examples/ping_pong")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmarks of docs/performance.md (not run by default; ``-- --quick`` for CI)."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -455,15 +455,37 @@ class GrpcServer:
                 )
                 # The peer is gone: no RPC of this connection can progress any more.
                 rpcs.cancel_scope.cancel()
-        except (
-            h2.exceptions.ProtocolError,
-            anyio.BrokenResourceError,
-            anyio.ClosedResourceError,
-        ) as exc:
-            log.info("connection %d from %s closed: %s", connection_id, address, exc)
+        except BaseException as exc:  # a client must never take the server down
+            errors, rest = _split_errors(exc)
+            if errors is not None:
+                leaf = _sole_leaf(errors)
+                if isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
+                    log.info("connection %d from %s closed: %r", connection_id, address, leaf)
+                else:
+                    log.error(
+                        "connection %d from %s failed; closing it",
+                        connection_id,
+                        address,
+                        exc_info=errors,
+                    )
+            if rest is exc:
+                raise  # Cancelled, KeyboardInterrupt: never swallowed
+            if rest is not None:
+                raise rest from None  # the non-Exception part of a group propagates
         finally:
             self.active_connections -= 1
             await _aclose(tls if tls is not None else tcp)
+
+
+def _split_errors(
+    exc: BaseException,
+) -> tuple[BaseException | None, BaseException | None]:
+    """(the ``Exception`` part, the rest) of an exception or exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(Exception)
+    if isinstance(exc, Exception):
+        return exc, None
+    return None, exc
 
 
 async def _aclose(stream: anyio.abc.AsyncResource) -> None:

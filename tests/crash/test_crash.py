@@ -137,3 +137,51 @@ def test_killed_sqlite_server_loses_no_accepted_message(tmp_path: Path) -> None:
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_server_survives_an_agent_process_killed_mid_stream(tmp_path: Path) -> None:
+    port = _free_port()
+    count = 600
+    (tmp_path / "mas.yaml").write_text(
+        f"server_listen_addr: 127.0.0.1:{port}\n"
+        "tls_ca_path: certs/ca.pem\ntls_server_cert_path: certs/server.pem\n"
+        "tls_server_key_path: certs/server.key\n"
+        "store: {backend: memory}\n"
+        "gateway:\n  rate_limit: {per_minute: 100000, per_hour: 1000000}\n"
+        "permissions: [{type: allow, sender: sender, targets: [recorder]}]\n"
+        "agents:\n"
+        "  - {agent_id: sender, class_path: 'crash_agents:Sender',"
+        f" init_kwargs: {{count: {count}}},"
+        " tls_cert_path: certs/sender.pem, tls_key_path: certs/sender.key}\n"
+        "  - {agent_id: recorder, class_path: 'crash_agents:Recorder',"
+        " tls_cert_path: certs/recorder.pem, tls_key_path: certs/recorder.key}\n"
+    )
+    certs = subprocess.run(
+        [sys.executable, "-m", "mas", "certs", str(tmp_path)],
+        env=_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert certs.returncode == 0, certs.stderr
+    server_log, sender_log, recorder_log = (
+        tmp_path / n for n in ("server.log", "sender.log", "recorder.log")
+    )
+    with _process("serve", str(tmp_path), cwd=tmp_path, log=server_log) as server:
+        _wait_for(
+            lambda: "listening on" in server_log.read_text(errors="replace"), 30, "the server"
+        )
+        with (
+            _process(
+                "agent", "recorder", str(tmp_path), cwd=tmp_path, log=recorder_log
+            ) as recorder,
+            _process("agent", "sender", str(tmp_path), cwd=tmp_path, log=sender_log) as sender,
+        ):
+            _wait_for(
+                lambda: len(_accepted(sender_log)) >= count // 4, 60, "a quarter of the sends"
+            )
+            recorder.send_signal(signal.SIGKILL)  # the server is writing deliveries to it
+            assert sender.wait(timeout=120) == 0, sender_log.read_text(errors="replace")[-3000:]
+        assert server.poll() is None, server_log.read_text(errors="replace")[-3000:]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0

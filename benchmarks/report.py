@@ -1,0 +1,138 @@
+"""The table (median, min and max of the repetitions, against the reference) and the JSON file.
+
+Rows come store by store, in scenario order; store-independent scenarios (g) come last with
+the store ``-``. A store that ``mas check`` refused is one row saying so, never a number.
+Text rows (``n/a ...``, ``failed: ...``) fill the value columns.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .scenarios import Metric, Scenario
+
+Row = tuple[str, ...]
+HEADER: Row = ("scenario", "store", "median", "min", "max", "unit", "reference", "ratio")
+NO_STORE = "-"
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 0.1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _metric_rows(
+    metric: Metric, store: str, reps: Sequence[dict[str, Any]], note: str
+) -> list[Row]:
+    label = metric.label
+    if metric.stores is not None and store not in metric.stores:
+        return [(label, store, metric.elsewhere)] if metric.elsewhere else []
+    done = [r for r in reps if "result" in r and "error" not in r]
+    failed = [r for r in reps if "error" in r]
+    if not done:
+        reason = failed[0]["error"].splitlines()[0] if failed else "not run"
+        return [(label, store, f"failed: {reason}")]
+    unavailable = done[0]["result"].get("unavailable")
+    if unavailable:
+        return [(label, store, unavailable)]
+    values = [r["result"].get(metric.key) for r in done]
+    if any(v is None for v in values):
+        return [(label, store, note or "n/a in this build")]
+    scaled = [v * metric.scale for v in values]
+    median = statistics.median(scaled)
+    reference = "" if metric.reference is None else _fmt(metric.reference)
+    ratio = "" if metric.reference is None else f"{median / metric.reference:.2f}"
+    suffix = f" ({len(failed)} failed)" if failed else ""
+    return [
+        (
+            label,
+            store,
+            _fmt(median),
+            _fmt(min(scaled)),
+            _fmt(max(scaled)),
+            metric.unit + suffix,
+            reference,
+            ratio,
+        )
+    ]
+
+
+def table_rows(
+    scenarios: Sequence[Scenario],
+    stores: Sequence[str],
+    availability: dict[str, str | None],
+    repetitions: Sequence[dict[str, Any]],
+) -> list[Row]:
+    """The table's rows. ``availability[store]`` is None when usable, else why not."""
+
+    def reps(job: str, store: str) -> list[dict[str, Any]]:
+        return [r for r in repetitions if r["job"] == job and r["store"] == store]
+
+    rows: list[Row] = []
+    for store in stores:
+        reason = availability.get(store)
+        if reason is not None:
+            short = reason.splitlines()[0] if reason else ""
+            short = short if len(short) <= 90 else short[:87] + "..."
+            rows.append(("*", store, f"store {store}: not available in this build ({short})"))
+            continue
+        for scenario in scenarios:
+            if scenario.stores == ():
+                continue
+            if scenario.stores is not None and store not in scenario.stores:
+                if scenario.note:
+                    rows.append((scenario.metrics[0][1].label, store, "n/a (redis store only)"))
+                continue
+            for job, metric in scenario.metrics:
+                rows += _metric_rows(metric, store, reps(job, store), scenario.note)
+    redis_usable = "redis" in stores and availability.get("redis") is None
+    for scenario in scenarios:
+        if scenario.stores == ():
+            for job, metric in scenario.metrics:
+                rows += _metric_rows(metric, NO_STORE, reps(job, NO_STORE), scenario.note)
+        elif scenario.note and scenario.stores is not None and not redis_usable:
+            why = scenario.note if "redis" in stores else "not run (redis not in --stores)"
+            rows.append((scenario.metrics[0][1].label, "redis", why))
+    return rows
+
+
+def render(rows: Sequence[Row]) -> str:
+    """A plain-text table; a text row spans the value columns."""
+    widths = [len(h) for h in HEADER]
+    for row in rows:
+        if len(row) == len(HEADER):
+            widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        else:
+            widths[0], widths[1] = max(widths[0], len(row[0])), max(widths[1], len(row[1]))
+    numeric = {2, 3, 4, 6, 7}
+
+    def line(row: Row) -> str:
+        if len(row) != len(HEADER):
+            return f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}"
+        cells = [
+            f"{c:>{w}}" if i in numeric else f"{c:<{w}}"
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(HEADER), rule, *(line(r) for r in rows)])
+
+
+def write_json(path: Path, document: dict[str, Any]) -> Path:
+    """Write the run's document (settings, every repetition, the rows) as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    return path

@@ -1,0 +1,250 @@
+"""The scenarios a-h of docs/performance.md: what runs, what is measured, what it is compared to.
+
+A *job* is one kind of load run in one server process and one agents process (``workload``
+plus its parameters); a *scenario* picks metrics out of a job's result. Several scenarios may
+share a job: (c), (e) and (h) are all read from the one-way run, so the CPU per message of (e)
+is measured in exactly the window whose throughput (c) reports. (f) is one job per agent count.
+
+Reference figures are those of PERFORMANCE.md (mas-framework, commit a113278, same machine
+kind, same split layout). ``ratio`` in the table is always median / reference: above 1 is
+better for throughput, below 1 is better for latency, CPU, memory and connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+PAYLOAD_TEXT: Final = "benchmark payload: the quick brown fox jumps over the lazy dog"
+DLP_PAYLOAD_BYTES: Final = 2048  # size of the JSON text of scenario (g)'s payload
+MIB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the table: ``key`` in a job's result, scaled by ``scale`` into ``unit``."""
+
+    key: str
+    label: str
+    unit: str
+    reference: float | None = None
+    scale: float = 1.0
+    stores: tuple[str, ...] | None = None  # None: every store; else only these
+    elsewhere: str = ""  # the row shown for the other stores ("" = no row)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One server process plus one agents process running ``workload`` with ``params``."""
+
+    name: str  # unique within a run, e.g. "oneway" or "idle-1000"
+    workload: str  # the function in benchmarks.workloads
+    params: dict[str, Any]
+    deadline: float  # seconds; the runner kills both processes after this
+    needs_server: bool = True
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    jobs: tuple[Job, ...]
+    metrics: tuple[tuple[str, Metric], ...]  # (job name, metric)
+    stores: tuple[str, ...] | None = None  # None: every store; () : store-independent
+    note: str = ""  # shown when the scenario has nothing to report for a store
+
+
+def _rss(job: str, title: str) -> tuple[tuple[str, Metric], ...]:
+    """The peak RSS rows of both processes of ``job``."""
+    return (
+        (job, Metric("server_peak_rss", f"{title}: server peak RSS", "MiB", scale=1 / MIB)),
+        (job, Metric("agents_peak_rss", f"{title}: agents peak RSS", "MiB", scale=1 / MIB)),
+    )
+
+
+def build(*, quick: bool) -> dict[str, Scenario]:
+    """Every scenario, keyed by its letter; ``quick`` shrinks counts and windows for CI."""
+    q = quick
+    settle = 0.2 if q else 1.0  # seconds for acks to settle after a warm-up or connect phase
+    rr = Job(
+        "request-reply",
+        "request_reply",
+        {"n": 50 if q else 2000, "warmup": 20 if q else 200, "concurrency": 1, "settle": settle},
+        deadline=30 if q else 180,
+    )
+    rr32 = Job(
+        "request-reply-32",
+        "request_reply",
+        {"n": 200 if q else 5000, "warmup": 64 if q else 640, "concurrency": 32, "settle": settle},
+        deadline=30 if q else 180,
+    )
+    oneway = Job(
+        "oneway",
+        "one_way",
+        {
+            "senders": 1,
+            "per_sender": 300 if q else 10_000,
+            "warmup": 30 if q else 500,
+            "settle": settle,
+        },
+        deadline=30 if q else 240,
+    )
+    fanin = Job(
+        "fan-in",
+        "one_way",
+        {"senders": 8, "per_sender": 40 if q else 2000, "warmup": 5 if q else 50, "settle": settle},
+        deadline=30 if q else 240,
+    )
+    counts = (100,) if q else (1000, 5000, 10_000)
+    idle_window = 1.0 if q else 10.0
+    idle = tuple(
+        Job(
+            f"idle-{k}",
+            "idle",
+            {"agents": k, "idle_window": idle_window, "connect_concurrency": 64, "settle": settle},
+            deadline=45 + k * 0.04,
+        )
+        for k in counts
+    )
+    dlp = Job(
+        "dlp",
+        "dlp_scan",
+        {"iterations": 200 if q else 5000, "warmup": 20 if q else 200},
+        deadline=30 if q else 120,
+        needs_server=False,
+    )
+    f_metrics: list[tuple[str, Metric]] = []
+    for job, k in zip(idle, counts, strict=True):
+        ref = k == 1000  # the reference was measured at 1,000 agents only
+        f_metrics += [
+            (job.name, Metric("connect_time", f"f {k} agents: connect all", "s")),
+            (
+                job.name,
+                Metric(
+                    "server_rss",
+                    f"f {k} agents: server RSS",
+                    "MiB",
+                    173.0 if ref else None,
+                    1 / MIB,
+                ),
+            ),
+            (
+                job.name,
+                Metric(
+                    "server_cpu_idle",
+                    f"f {k} agents: server CPU idle",
+                    "% core",
+                    7.9 if ref else None,
+                ),
+            ),
+            (
+                job.name,
+                Metric(
+                    "store_connections",
+                    f"f {k} agents: store connections",
+                    "conns",
+                    1003.0 if ref else None,
+                    stores=("redis",),
+                    elsewhere="n/a (counted for redis only)",
+                ),
+            ),
+            (
+                job.name,
+                Metric(
+                    "server_cpu_per_connect",
+                    f"f {k} agents: server CPU/connect",
+                    "ms",
+                    None,
+                    1000.0,
+                ),
+            ),
+            *_rss(job.name, f"f {k} agents"),
+        ]
+    scenarios = [
+        Scenario(
+            "a",
+            "request/reply, one requester awaiting each reply",
+            (rr,),
+            (
+                (rr.name, Metric("throughput", "a request/reply 1 outstanding", "req/s", 202.0)),
+                (rr.name, Metric("p50", "a latency p50", "ms", 4.9, 1000.0)),
+                (rr.name, Metric("p99", "a latency p99", "ms", 5.8, 1000.0)),
+                (
+                    rr.name,
+                    Metric(
+                        "redis_commands", "a redis commands/req", "cmds", 59.0, stores=("redis",)
+                    ),
+                ),
+                (rr.name, Metric("redis_reads", "a redis reads/req", "reads", stores=("redis",))),
+                *_rss(rr.name, "a"),
+            ),
+        ),
+        Scenario(
+            "b",
+            "request/reply, 32 outstanding from one agent",
+            (rr32,),
+            (
+                (rr32.name, Metric("throughput", "b request/reply 32 outstanding", "req/s", 250.0)),
+                *_rss(rr32.name, "b"),
+            ),
+        ),
+        Scenario(
+            "c",
+            "one-way send 1 -> 1, first send to last receive",
+            (oneway,),
+            (
+                (oneway.name, Metric("throughput", "c one-way 1 -> 1", "msg/s", 355.0)),
+                (
+                    oneway.name,
+                    Metric(
+                        "redis_commands", "c redis commands/msg", "cmds", 28.0, stores=("redis",)
+                    ),
+                ),
+                (
+                    oneway.name,
+                    Metric("redis_reads", "c redis reads/msg", "reads", stores=("redis",)),
+                ),
+                *_rss(oneway.name, "c"),
+            ),
+        ),
+        Scenario(
+            "d",
+            "fan-in, 8 senders -> 1 receiver",
+            (fanin,),
+            (
+                (fanin.name, Metric("throughput", "d fan-in 8 -> 1", "msg/s", 581.0)),
+                *_rss(fanin.name, "d"),
+            ),
+        ),
+        Scenario(
+            "e",
+            "server CPU per one-way message (during c)",
+            (oneway,),
+            ((oneway.name, Metric("server_cpu_per_msg", "e server CPU/msg", "ms", 2.27, 1000.0)),),
+        ),
+        Scenario("f", "idle connected agents", idle, tuple(f_metrics)),
+        Scenario(
+            "g",
+            "DLP scan of a 2 KB payload",
+            (dlp,),
+            ((dlp.name, Metric("scan_time", "g DLP scan 2 KB", "ms", 0.33, 1000.0)),),
+            stores=(),
+        ),
+        Scenario(
+            "h",
+            "store growth: Redis memory kept per message, after acks (during c)",
+            (oneway,),
+            (
+                (
+                    oneway.name,
+                    Metric("redis_bytes_per_msg", "h redis memory kept/msg", "B", 1536.0),
+                ),
+            ),
+            stores=("redis",),
+            note="n/a in this build (measured for the redis store only)",
+        ),
+    ]
+    return {s.key: s for s in scenarios}
+
+
+ALL_KEYS: Final = "abcdefgh"
