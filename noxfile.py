@@ -8,7 +8,7 @@ nox.options.sessions = ["tests", "lint", "typecheck", "proto"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
-SOURCES = ["mas", "tests", "examples", "tools", "noxfile.py"]
+SOURCES = ["mas", "tests", "examples", "tools", "benchmarks", "noxfile.py"]
 
 
 @nox.session(python=PYTHON)
