@@ -75,24 +75,21 @@ def _recorded(db: Path) -> set[int]:
     return {int(key[1:]) for (key,) in rows}
 
 
-def test_killed_sqlite_server_loses_no_accepted_message(tmp_path: Path) -> None:
-    port = _free_port()
-    count = 400
+def _project(tmp_path: Path, *, port: int, store: str, count: int, gateway: str = "") -> None:
+    """mas.yaml for a sender and a recorder with real TLS files (written by `mas certs`)."""
     (tmp_path / "mas.yaml").write_text(
         f"server_listen_addr: 127.0.0.1:{port}\n"
         "tls_ca_path: certs/ca.pem\ntls_server_cert_path: certs/server.pem\n"
         "tls_server_key_path: certs/server.key\n"
-        "store: {backend: sqlite}\n"
-        "gateway:\n  audit: {file_path: audit.jsonl}\n"
-        "  rate_limit: {per_minute: 100000, per_hour: 1000000}\n"
+        f"store: {{backend: {store}}}\n"
+        f"gateway:\n{gateway}  rate_limit: {{per_minute: 100000, per_hour: 1000000}}\n"
         "permissions: [{type: allow, sender: sender, targets: [recorder]}]\n"
         "agents:\n"
-        "  - {agent_id: sender, class_path: 'crash_agents:Sender', init_kwargs: {count: COUNT},"
+        "  - {agent_id: sender, class_path: 'crash_agents:Sender',"
+        f" init_kwargs: {{count: {count}}},"
         " tls_cert_path: certs/sender.pem, tls_key_path: certs/sender.key}\n"
         "  - {agent_id: recorder, class_path: 'crash_agents:Recorder',"
-        " tls_cert_path: certs/recorder.pem, tls_key_path: certs/recorder.key}\n".replace(
-            "COUNT", str(count)
-        )
+        " tls_cert_path: certs/recorder.pem, tls_key_path: certs/recorder.key}\n"
     )
     certs = subprocess.run(
         [sys.executable, "-m", "mas", "certs", str(tmp_path)],
@@ -102,6 +99,18 @@ def test_killed_sqlite_server_loses_no_accepted_message(tmp_path: Path) -> None:
         check=False,
     )
     assert certs.returncode == 0, certs.stderr
+
+
+def test_killed_sqlite_server_loses_no_accepted_message(tmp_path: Path) -> None:
+    port = _free_port()
+    count = 400
+    _project(
+        tmp_path,
+        port=port,
+        store="sqlite",
+        count=count,
+        gateway="  audit: {file_path: audit.jsonl}\n",
+    )
     db = tmp_path / "mas.sqlite3"
     server_log, sender_log, recorder_log = (
         tmp_path / n for n in ("server.log", "sender.log", "recorder.log")
@@ -142,28 +151,7 @@ def test_killed_sqlite_server_loses_no_accepted_message(tmp_path: Path) -> None:
 def test_server_survives_an_agent_process_killed_mid_stream(tmp_path: Path) -> None:
     port = _free_port()
     count = 600
-    (tmp_path / "mas.yaml").write_text(
-        f"server_listen_addr: 127.0.0.1:{port}\n"
-        "tls_ca_path: certs/ca.pem\ntls_server_cert_path: certs/server.pem\n"
-        "tls_server_key_path: certs/server.key\n"
-        "store: {backend: memory}\n"
-        "gateway:\n  rate_limit: {per_minute: 100000, per_hour: 1000000}\n"
-        "permissions: [{type: allow, sender: sender, targets: [recorder]}]\n"
-        "agents:\n"
-        "  - {agent_id: sender, class_path: 'crash_agents:Sender',"
-        f" init_kwargs: {{count: {count}}},"
-        " tls_cert_path: certs/sender.pem, tls_key_path: certs/sender.key}\n"
-        "  - {agent_id: recorder, class_path: 'crash_agents:Recorder',"
-        " tls_cert_path: certs/recorder.pem, tls_key_path: certs/recorder.key}\n"
-    )
-    certs = subprocess.run(
-        [sys.executable, "-m", "mas", "certs", str(tmp_path)],
-        env=_env(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert certs.returncode == 0, certs.stderr
+    _project(tmp_path, port=port, store="memory", count=count)
     server_log, sender_log, recorder_log = (
         tmp_path / n for n in ("server.log", "sender.log", "recorder.log")
     )
