@@ -169,6 +169,8 @@ def build(*, quick: bool) -> dict[str, Scenario]:
                 (rr.name, Metric("throughput", "a request/reply 1 outstanding", "req/s", 202.0)),
                 (rr.name, Metric("p50", "a latency p50", "ms", 4.9, 1000.0)),
                 (rr.name, Metric("p99", "a latency p99", "ms", 5.8, 1000.0)),
+                (rr.name, Metric("server_cpu_per_req", "a server CPU/req", "ms", scale=1000.0)),
+                (rr.name, Metric("agents_cpu_per_req", "a agents CPU/req", "ms", scale=1000.0)),
                 (
                     rr.name,
                     Metric(

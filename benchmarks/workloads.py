@@ -236,9 +236,11 @@ async def request_reply(setup: Setup, params: dict[str, Any]) -> dict[str, Any]:
         await requests(requester, warmup, record=False)
         await trio.sleep(params["settle"])
         redis_before = probe.reading()
+        cpu0, own0 = cpu_seconds(setup.server_pid), time.process_time()
         start = time.perf_counter()
         await requests(requester, n, record=True)
         end = time.perf_counter()
+        cpu1, own1 = cpu_seconds(setup.server_pid), time.process_time()
         if probe.active:
             await trio.sleep(params["settle"])
         redis_after = probe.reading()
@@ -249,6 +251,8 @@ async def request_reply(setup: Setup, params: dict[str, Any]) -> dict[str, Any]:
         "throughput": n / (end - start),
         "p50": statistics.median(latencies),
         "p99": quantiles[98],
+        "server_cpu_per_req": (cpu1 - cpu0) / n,
+        "agents_cpu_per_req": (own1 - own0) / n,
         **probe.per_message(redis_before, redis_after, n),
     }
 

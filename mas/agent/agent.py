@@ -65,7 +65,9 @@ class Agent(Generic[StateT]):
     ``handler_timeout``, ``prefetch`` (0 = the server's default window), ``rpc_timeout``,
     ``connect_timeout``, ``shutdown_grace``, ``heartbeat_interval`` (durations in seconds) and
     ``runtime_stop`` (injected by the runner; see ``stop_runtime``). Any other keyword is a
-    ``TypeError``.
+    ``TypeError``. A heartbeat goes out only after ``heartbeat_interval`` (default 120 s)
+    without any other frame; it keeps idle connections open through middleboxes, and the
+    server spends a little CPU on each, so 10,000 idle agents cost about 1 % of a core.
     """
 
     on = staticmethod(_handlers.on)
@@ -93,7 +95,7 @@ class Agent(Generic[StateT]):
         rpc_timeout: float = 30.0,
         connect_timeout: float = 30.0,
         shutdown_grace: float = 10.0,
-        heartbeat_interval: float = 30.0,
+        heartbeat_interval: float = 120.0,
         runtime_stop: Callable[[], None] | None = None,
         **unknown: object,
     ) -> None:

@@ -34,6 +34,7 @@ import anyio
 import h2.exceptions
 import purerpc
 import trio
+from google.protobuf.message import DecodeError
 from purerpc.grpclib.events import ResponseEnded
 from purerpc.grpclib.exceptions import GRPCError
 
@@ -185,22 +186,58 @@ def _ended_ok(stream: Any) -> bool:
     return isinstance(event, ResponseEnded) and event.status.status_code.name == "OK"
 
 
+class _Outgoing:
+    """Frames written together by whichever sender takes the lock first."""
+
+    __slots__ = ("error", "frames")
+
+    def __init__(self) -> None:
+        self.frames: list[pb.ClientEvent] = []
+        self.error: ConnectionClosedError | None = None
+
+
 class Transport:
-    """The agent's ``Transport`` stream: one writer at a time, reads from one task."""
+    """The agent's ``Transport`` stream: one writer at a time, reads from one task.
+
+    Frames that several tasks send while a write is under way go out together, in one
+    HTTP/2 DATA frame, written by the first of them to get the lock; each sender still
+    learns whether its own frame was written.
+    """
 
     def __init__(self, stream: Any, *, write_timeout: float) -> None:
         self._stream = stream
         self._lock = trio.Lock()
         self._write_timeout = write_timeout
         self._closed = False
+        self._outgoing: _Outgoing | None = None  # frames waiting for the lock
         self._pending_acks: list[str] = []
+        self._held: Any = None  # an event met while draining, for the next receive
         self.broken: str | None = None  # why the stream can no longer be written
         self.last_write = trio.current_time()
 
     async def send(self, event: pb.ClientEvent) -> None:
         """Write one frame; ``ConnectionClosedError`` if the stream is unusable."""
-        async with self._lock:
-            await self._write(event)
+        outgoing = self._outgoing
+        if outgoing is None:
+            outgoing = self._outgoing = _Outgoing()
+        outgoing.frames.append(event)
+        try:
+            await self._lock.acquire()
+        except trio.Cancelled:
+            if outgoing is self._outgoing:  # not written: a cancelled send sends nothing
+                outgoing.frames[:] = [frame for frame in outgoing.frames if frame is not event]
+            raise
+        try:
+            if outgoing is self._outgoing:  # nobody wrote it meanwhile: write the lot
+                self._outgoing = None
+                try:
+                    await self._write(outgoing.frames)
+                except ConnectionClosedError as exc:
+                    outgoing.error = exc
+        finally:
+            self._lock.release()
+        if outgoing.error is not None:
+            raise outgoing.error
 
     async def ack(self, *delivery_ids: str, batching: bool) -> None:
         """Ack deliveries; acks queued meanwhile by other tasks go out in the same frame."""
@@ -210,18 +247,17 @@ class Transport:
             if not ids:
                 return  # another task's frame carried it
             if batching and len(ids) > 1:
-                await self._write(pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids)))
+                await self._write([pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids))])
             else:
-                for one in ids:
-                    await self._write(pb.ClientEvent(ack=pb.Ack(delivery_id=one)))
+                await self._write([pb.ClientEvent(ack=pb.Ack(delivery_id=one)) for one in ids])
 
-    async def _write(self, event: pb.ClientEvent) -> None:
+    async def _write(self, events: list[pb.ClientEvent]) -> None:
         if self.broken is not None or self._closed:
             raise ConnectionClosedError(self.broken or "the Transport stream is closed")
         deadline = trio.current_time() + self._write_timeout
         with trio.CancelScope(shield=True, deadline=deadline) as scope:
             try:
-                await self._stream.send_message(event)
+                await _purerpc.write_messages(self._stream, events)
             except TRANSPORT_ERRORS as exc:
                 self.broken = f"writing to the Transport stream failed: {exc!r}"
                 raise ConnectionClosedError(self.broken) from exc
@@ -232,11 +268,34 @@ class Transport:
 
     async def receive(self) -> pb.ServerEvent | None:
         """The next server frame, or None once the server ended the stream."""
+        batch = await self.receive_batch(1)
+        return batch[0] if batch else None
+
+    async def receive_batch(self, limit: int) -> list[pb.ServerEvent]:
+        """The next server frame and those already queued behind it (at most ``limit``).
+
+        Empty once the server ended the stream.
+        """
+        stream = self._stream
         try:
-            event: pb.ServerEvent | None = await self._stream.receive_message()
-        except TRANSPORT_ERRORS as exc:
+            held, self._held = self._held, None
+            if held is None:
+                first = await stream.receive_message()
+            elif isinstance(held, _purerpc.Malformed):
+                raise held.error
+            elif isinstance(held, ResponseEnded):
+                stream._end_stream_event = held
+                first = None
+            else:  # response headers: purerpc's receive takes note of them and reads on
+                stream._start_stream_event = held
+                first = await stream.receive_message()
+            if first is None:
+                return []
+            batch: list[pb.ServerEvent] = [first]
+            self._held = _purerpc.take_ready(stream, batch, limit)
+        except (*TRANSPORT_ERRORS, DecodeError) as exc:
             raise ConnectionClosedError(f"reading the Transport stream failed: {exc!r}") from exc
-        return event
+        return batch
 
     def end_error(self) -> MasError:
         """Why the server ended the stream (after ``receive()`` returned None)."""

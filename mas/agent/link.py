@@ -46,6 +46,7 @@ from .session import (
 log = logging.getLogger("mas.agent")
 
 FATAL_CODES: Final = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT"})
+FRAME_BATCH: Final = 256  # server frames handled per read of the stream, at most
 STABLE_SESSION: Final = 5.0  # seconds a session must last before the backoff starts over
 
 
@@ -71,7 +72,7 @@ class Link:
         prefetch: int = 0,
         rpc_timeout: float = 30.0,
         connect_timeout: float = 30.0,
-        heartbeat_interval: float = 30.0,
+        heartbeat_interval: float = 120.0,
         backoff: Backoff | None = None,
     ) -> None:
         self._label = label
@@ -182,9 +183,10 @@ class Link:
         with live.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat, live)
-                while (event := await live.transport.receive()) is not None:
-                    for action in core.handle(event):
-                        await self._apply(live, action)
+                while batch := await live.transport.receive_batch(FRAME_BATCH):
+                    for event in batch:
+                        for action in core.handle(event):
+                            await self._apply(live, action)
                 nursery.cancel_scope.cancel()
         if live.transport.broken is not None:
             raise ConnectionClosedError(f"{self._label}: {live.transport.broken}")

@@ -13,13 +13,13 @@ delivery, feeds the circuit breakers, and audits ``DELIVERED``, ``NACKED`` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
 import msgspec
 import trio
 
-from ..audit.record import AuditDraft, Decision, payload_digest
+from ..audit.record import AuditDraft, AuditRecord, Decision, payload_digest
 from ..clock import TrioWallClock
 from ..config import LimitsConfig
 from ..envelope import (
@@ -34,7 +34,7 @@ from ..envelope import (
     new_message_id,
 )
 from ..errors import REMOTE_HANDLER_ERROR, REMOTE_VALIDATION_ERROR
-from ..store import Correlation, InFlight, QueuedMessage, QueueFullError, Store
+from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
 from ..store.base import CorrelationRefused
 from .audit_log import AuditLog
 from .gateway import Admitted, Denied, Gateway, Kind
@@ -65,6 +65,26 @@ class Accepted(NamedTuple):
 
     message_id: str
     correlation_id: str = ""
+
+
+class Outbound(NamedTuple):
+    """One message a client asked the server to route."""
+
+    kind: Kind
+    target_id: str  # the target agent (send, request); "" for a reply
+    message_type: str
+    data_json: str
+    timeout_ms: int = 0  # a request's reply deadline; 0: the default
+    correlation_id: str = ""  # the request a reply answers
+
+
+class _Refused(Exception):
+    """A message refused before it reached the store: the rejection and its audit draft."""
+
+    def __init__(self, rejection: Rejection, draft: AuditDraft) -> None:
+        self.rejection = rejection
+        self.draft = draft
+        super().__init__(str(rejection))
 
 
 class _Ingress(NamedTuple):
@@ -116,19 +136,6 @@ class Router:
 
     # -- ingress -------------------------------------------------------------------
 
-    def _arrival(
-        self, kind: Kind, sender_id: str, sender_instance_id: str, target_id: str, message_type: str
-    ) -> _Ingress:
-        return _Ingress(
-            kind,
-            sender_id,
-            sender_instance_id,
-            target_id,
-            message_type[:MAX_MESSAGE_TYPE_LENGTH],
-            trio.current_time(),
-            self._clock.now(),
-        )
-
     def _check_message(self, message_type: str, data_json: str) -> dict[str, Any]:
         if not message_type or len(message_type) > MAX_MESSAGE_TYPE_LENGTH:
             raise Rejection("INVALID_ARGUMENT", "invalid_message_type")
@@ -142,187 +149,190 @@ class Router:
         except PayloadError as exc:
             raise Rejection("INVALID_ARGUMENT", "invalid_payload") from exc
 
-    async def _admit(
-        self, ingress: _Ingress, message_type: str, data_json: str, *, message_id: str = ""
-    ) -> Admitted:
-        """Validate the message and run the gateway; audit and raise ``Rejection`` if refused."""
+    def _admit(self, gateway: Gateway, ingress: _Ingress, outbound: Outbound) -> Admitted:
+        """Validate the message and run the gateway; raise ``_Refused`` if refused."""
         try:
-            data = self._check_message(message_type, data_json)
-            return self._gateway().admit(
+            data = self._check_message(outbound.message_type, outbound.data_json)
+            return gateway.admit(
                 ingress.kind,
                 ingress.sender_id,
                 ingress.target_id,
-                message_type,
+                outbound.message_type,
                 data,
                 ingress.now,
             )
         except Rejection as exc:
-            await self._audit.record(
-                ingress.draft("INVALID", reason=exc.reason, message_id=message_id)
-            )
-            raise
+            raise _Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
         except Denied as exc:
-            await self._audit.record(
-                ingress.draft(
-                    exc.decision,
-                    reason=exc.reason,
-                    message_id=message_id,
-                    violations=exc.violations,
-                )
+            draft = ingress.draft(exc.decision, reason=exc.reason, violations=exc.violations)
+            rejection = Rejection(exc.code, exc.reason, retry_after=exc.retry_after)
+            raise _Refused(rejection, draft) from exc
+
+    async def route(self, sender_id: str, sender_instance_id: str, outbound: Outbound) -> Accepted:
+        """Route one message; raise ``Rejection`` if it is refused."""
+        [result] = await self.route_many(sender_id, sender_instance_id, (outbound,))
+        if isinstance(result, Rejection):
+            raise result
+        return result
+
+    async def route_many(
+        self, sender_id: str, sender_instance_id: str, batch: Sequence[Outbound]
+    ) -> list[Accepted | Rejection]:
+        """Route one sender's messages, in order; each is accepted or refused on its own.
+
+        Every message passes the gateway, then all admitted ones go to the store in one
+        ``enqueue_many`` (one transaction with their audit records, and a request's
+        correlation, so it exists before the target can see the request). Refusals are
+        audited. A reply takes its request's correlation first (single use, only from the
+        request's target) and gives it back if it is not routed.
+        """
+        started = trio.current_time()
+        now = self._clock.now()
+        gateway = self._gateway()
+        results: list[Accepted | Rejection | None] = [None] * len(batch)
+        refusals: list[AuditDraft] = []
+        prepared: list[_Prepared] = []
+        for index, outbound in enumerate(batch):
+            ingress = _Ingress(
+                outbound.kind,
+                sender_id,
+                sender_instance_id,
+                outbound.target_id,
+                outbound.message_type[:MAX_MESSAGE_TYPE_LENGTH],
+                started,
+                now,
             )
-            raise Rejection(exc.code, exc.reason, retry_after=exc.retry_after) from exc
+            try:
+                prepared.append(await self._prepare(gateway, index, ingress, outbound))
+            except _Refused as refused:
+                results[index] = refused.rejection
+                refusals.append(refused.draft)
+        if prepared:
+            records = await self.store.enqueue_many([p.item for p in prepared])
+            for entry, record in zip(prepared, records, strict=True):
+                results[entry.position] = await self._settle(gateway, entry, record, refusals)
+        if refusals:
+            await self._audit.record_many(refusals)
+        return [result for result in results if result is not None]
 
-    async def _enqueue(
-        self, ingress: _Ingress, envelope: Envelope, instance_id: str | None, admitted: Admitted
-    ) -> None:
-        envelope_json = encode_envelope(envelope)
-        message = QueuedMessage(
-            message_id=envelope.message_id,
-            target_id=envelope.target_id,
-            instance_id=instance_id,
-            envelope_json=envelope_json,
-            enqueued_at=envelope.timestamp,
-        )
-        draft = ingress.draft(
-            admitted.decision,
-            message_id=envelope.message_id,
-            correlation_id=envelope.meta.correlation_id or "",
-            violations=admitted.violations,
-            payload_sha256=payload_digest(encode_data(envelope.data)),
-        )
-        try:
-            record = await self.store.enqueue(message, draft)
-        except QueueFullError as exc:
-            if ingress.kind != "reply":
-                self._gateway().breakers.release(envelope.target_id, ingress.now)
-            await self._audit.record(
-                ingress.draft("INVALID", reason="queue_full", message_id=envelope.message_id)
+    async def _prepare(
+        self, gateway: Gateway, index: int, ingress: _Ingress, outbound: Outbound
+    ) -> _Prepared:
+        """The message as it will be stored, once admitted; raises ``_Refused``."""
+        sender_id, instance_id = ingress.sender_id, ingress.sender_instance_id
+        taken: Correlation | None = None
+        correlation: Correlation | None = None
+        error: ErrorInfo | None = None
+        if ingress.kind == "reply":
+            taken = await self._take_correlation(ingress, outbound.correlation_id)
+            ingress = ingress._replace(target_id=taken.requester_id)
+            try:
+                admitted = self._admit(gateway, ingress, outbound)
+                error = _error_info(outbound.message_type, admitted.data)
+            except (Rejection, _Refused) as exc:
+                await self.store.put_correlation(taken)  # the reply may be tried again
+                if isinstance(exc, _Refused):
+                    raise
+                raise _Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
+            meta = Meta(
+                correlation_id=outbound.correlation_id,
+                is_reply=True,
+                sender_instance_id=instance_id or None,
+                reply_to_instance_id=taken.requester_instance_id,
+                error=error,
             )
-            raise Rejection("RESOURCE_EXHAUSTED", "queue_full") from exc
-        if record is not None:
-            self._audit.committed(record)
-        self.registry.ring(envelope.target_id, instance_id)
-
-    async def send(
-        self,
-        sender_id: str,
-        sender_instance_id: str,
-        target_id: str,
-        message_type: str,
-        data_json: str,
-    ) -> Accepted:
-        """Route a fire-and-forget message."""
-        ingress = self._arrival("send", sender_id, sender_instance_id, target_id, message_type)
-        admitted = await self._admit(ingress, message_type, data_json)
-        envelope = Envelope(
-            message_id=new_message_id(),
-            sender_id=sender_id,
-            target_id=target_id,
-            message_type=message_type,
-            data=admitted.data,
-            meta=Meta(sender_instance_id=sender_instance_id or None),
-            timestamp=ingress.now,
-        )
-        await self._enqueue(ingress, envelope, None, admitted)
-        return Accepted(envelope.message_id)
-
-    async def request(
-        self,
-        sender_id: str,
-        sender_instance_id: str,
-        target_id: str,
-        message_type: str,
-        data_json: str,
-        timeout_ms: int,
-    ) -> Accepted:
-        """Route a request; its reply will go to ``sender_instance_id`` only."""
-        ingress = self._arrival("request", sender_id, sender_instance_id, target_id, message_type)
-        if timeout_ms < 0:
-            await self._audit.record(ingress.draft("INVALID", reason="invalid_timeout"))
-            raise Rejection("INVALID_ARGUMENT", "invalid_timeout")
-        timeout = timeout_ms / 1000 if timeout_ms else DEFAULT_REQUEST_TIMEOUT
-        timeout = min(timeout, self._limits.max_request_timeout)
-        admitted = await self._admit(ingress, message_type, data_json)
-        correlation_id = new_correlation_id()
-        envelope = Envelope(
-            message_id=new_message_id(),
-            sender_id=sender_id,
-            target_id=target_id,
-            message_type=message_type,
-            data=admitted.data,
-            meta=Meta(
+        elif ingress.kind == "request":
+            if outbound.timeout_ms < 0:
+                rejection = Rejection("INVALID_ARGUMENT", "invalid_timeout")
+                raise _Refused(rejection, ingress.draft("INVALID", reason="invalid_timeout"))
+            admitted = self._admit(gateway, ingress, outbound)
+            timeout = outbound.timeout_ms / 1000 if outbound.timeout_ms else DEFAULT_REQUEST_TIMEOUT
+            correlation_id = new_correlation_id()
+            meta = Meta(
                 correlation_id=correlation_id,
                 expects_reply=True,
-                sender_instance_id=sender_instance_id,
-            ),
-            timestamp=ingress.now,
-        )
-        # The correlation exists before the target can see the request.
-        await self.store.put_correlation(
-            Correlation(
-                correlation_id=correlation_id,
-                requester_id=sender_id,
-                requester_instance_id=sender_instance_id,
-                target_id=target_id,
-                request_message_id=envelope.message_id,
-                expires_at=ingress.now + timeout,
+                sender_instance_id=instance_id,
             )
-        )
-        await self._enqueue(ingress, envelope, None, admitted)
-        return Accepted(envelope.message_id, correlation_id)
-
-    async def reply(
-        self,
-        replier_id: str,
-        replier_instance_id: str,
-        correlation_id: str,
-        message_type: str,
-        data_json: str,
-    ) -> Accepted:
-        """Route a reply to the instance that made the request (once, from its target)."""
-        ingress = self._arrival("reply", replier_id, replier_instance_id, "", message_type)
-        try:
-            correlation = await self.store.take_correlation(correlation_id, replier_id, ingress.now)
-        except CorrelationRefused as exc:
-            code = "PERMISSION_DENIED" if exc.reason == "not_authorized" else "NOT_FOUND"
-            decision: Decision = "AUTHZ_DENIED" if exc.reason == "not_authorized" else "INVALID"
-            await self._audit.record(
-                ingress.draft(decision, reason=exc.reason, correlation_id=correlation_id)
-            )
-            raise Rejection(code, exc.reason) from exc
-        ingress = ingress._replace(target_id=correlation.requester_id)
-        try:
-            admitted = await self._admit(ingress, message_type, data_json)
-            error = _error_info(message_type, admitted.data)
-        except Rejection:
-            await self.store.put_correlation(correlation)  # the reply may be tried again
-            raise
+        else:
+            admitted = self._admit(gateway, ingress, outbound)
+            meta = Meta(sender_instance_id=instance_id or None)
         envelope = Envelope(
             message_id=new_message_id(),
-            sender_id=replier_id,
-            target_id=correlation.requester_id,
-            message_type=message_type,
+            sender_id=sender_id,
+            target_id=ingress.target_id,
+            message_type=outbound.message_type,
             data=admitted.data,
-            meta=Meta(
-                correlation_id=correlation_id,
-                is_reply=True,
-                sender_instance_id=replier_instance_id or None,
-                reply_to_instance_id=correlation.requester_instance_id,
-                error=error,
-            ),
+            meta=meta,
             timestamp=ingress.now,
         )
+        if ingress.kind == "request":
+            correlation = Correlation(
+                correlation_id=meta.correlation_id or "",
+                requester_id=sender_id,
+                requester_instance_id=instance_id,
+                target_id=ingress.target_id,
+                request_message_id=envelope.message_id,
+                expires_at=ingress.now + min(timeout, self._limits.max_request_timeout),
+            )
+        reply_to = taken.requester_instance_id if taken is not None else None
+        item = EnqueueItem(
+            message=QueuedMessage(
+                message_id=envelope.message_id,
+                target_id=envelope.target_id,
+                instance_id=reply_to,
+                envelope_json=encode_envelope(envelope),
+                enqueued_at=envelope.timestamp,
+            ),
+            audit=ingress.draft(
+                admitted.decision,
+                message_id=envelope.message_id,
+                correlation_id=meta.correlation_id or "",
+                violations=admitted.violations,
+                payload_sha256=payload_digest(encode_data(envelope.data)),
+            ),
+            correlation=correlation,
+        )
+        return _Prepared(index, ingress, item, taken, error)
+
+    async def _take_correlation(self, ingress: _Ingress, correlation_id: str) -> Correlation:
         try:
-            await self._enqueue(ingress, envelope, correlation.requester_instance_id, admitted)
-        except Rejection:
-            await self.store.put_correlation(correlation)
-            raise
-        # The request's outcome decides the replier's breaker (its ack does not).
-        if error is None:
-            self._gateway().delivery_succeeded(replier_id, ingress.now)
-        else:
-            self._gateway().delivery_failed(replier_id, ingress.now)
-        return Accepted(envelope.message_id)
+            return await self.store.take_correlation(correlation_id, ingress.sender_id, ingress.now)
+        except CorrelationRefused as exc:
+            refused = exc.reason == "not_authorized"
+            rejection = Rejection("PERMISSION_DENIED" if refused else "NOT_FOUND", exc.reason)
+            decision: Decision = "AUTHZ_DENIED" if refused else "INVALID"
+            draft = ingress.draft(decision, reason=exc.reason, correlation_id=correlation_id)
+            raise _Refused(rejection, draft) from exc
+
+    async def _settle(
+        self,
+        gateway: Gateway,
+        entry: _Prepared,
+        record: AuditRecord | None,
+        refusals: list[AuditDraft],
+    ) -> Accepted | Rejection:
+        """What became of one stored (or, ``record`` None, refused as queue-full) message."""
+        ingress, message = entry.ingress, entry.item.message
+        if record is None:
+            if entry.taken is not None:
+                await self.store.put_correlation(entry.taken)
+            else:
+                gateway.breakers.release(message.target_id, ingress.now)
+            refusals.append(
+                ingress.draft("INVALID", reason="queue_full", message_id=message.message_id)
+            )
+            return Rejection("RESOURCE_EXHAUSTED", "queue_full")
+        self._audit.committed(record)
+        self.registry.ring(message.target_id, message.instance_id)
+        if entry.taken is not None:
+            # The request's outcome decides the replier's breaker (its ack does not).
+            if entry.error is None:
+                gateway.delivery_succeeded(ingress.sender_id, ingress.now)
+            else:
+                gateway.delivery_failed(ingress.sender_id, ingress.now)
+            return Accepted(message.message_id)
+        correlation = entry.item.correlation
+        return Accepted(message.message_id, correlation.correlation_id if correlation else "")
 
     # -- delivery ----------------------------------------------------------------------
 
@@ -354,8 +364,7 @@ class Router:
                         delivery.message.attempt,
                         is_request=_REQUEST_MARK in delivery.message.envelope_json,
                     )
-                for frame in delivery_frames(session, deliveries):
-                    await session.rpc.send(frame)
+                await session.rpc.send_many(delivery_frames(session, deliveries))
                 self.delivered += len(deliveries)
 
     async def _watch_acks(self, session: Session) -> None:
@@ -373,16 +382,31 @@ class Router:
 
     async def ack(self, session: Session, delivery_id: str) -> None:
         """The session's agent handled a delivery."""
-        tracked = session.untrack(delivery_id)
-        if tracked is None:
+        await self.ack_many(session, (delivery_id,))
+
+    async def ack_many(self, session: Session, delivery_ids: Sequence[str]) -> None:
+        """The session's agent handled these deliveries (ids not in flight are ignored)."""
+        ids: list[str] = []
+        requests: set[str] = set()
+        for delivery_id in delivery_ids:
+            tracked = session.untrack(delivery_id)
+            if tracked is not None:
+                ids.append(delivery_id)
+                if tracked.is_request:
+                    requests.add(delivery_id)
+        if not ids:
             return
-        delivery = await self.store.ack(delivery_id)
-        if delivery is None:
-            return
+        acked = await self.store.ack_many(ids)
         now = self._clock.now()
-        if not tracked.is_request:  # a request's outcome is its reply, not its ack
-            self._gateway().delivery_succeeded(session.agent_id, now)
-        await self._audit.record(_delivery_draft("DELIVERED", session, delivery, now))
+        gateway = self._gateway()
+        drafts = []
+        for delivery in acked:
+            if delivery is None:
+                continue
+            if delivery.delivery_id not in requests:  # a request's outcome is its reply
+                gateway.delivery_succeeded(session.agent_id, now)
+            drafts.append(_delivery_draft("DELIVERED", session, delivery, now))
+        await self._audit.record_many(drafts)
 
     async def nack(
         self, session: Session, delivery_id: str, reason: str, *, retryable: bool
@@ -440,6 +464,16 @@ class Router:
                 continue
             for agent_id in await self.store.pending_agents(self._clock.now()):
                 self.registry.ring(agent_id)
+
+
+class _Prepared(NamedTuple):
+    """An admitted message, ready for the store."""
+
+    position: int  # its place in the batch
+    ingress: _Ingress
+    item: EnqueueItem
+    taken: Correlation | None  # a reply's correlation, given back if it is not routed
+    error: ErrorInfo | None  # set for an error reply
 
 
 def _delivery_draft(

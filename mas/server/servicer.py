@@ -30,7 +30,7 @@ from ..store import Store
 from ..store.base import StateTooLargeError
 from .audit_log import AuditLog
 from .grpc import Method, PeerConnection, RpcError, RpcStream
-from .router import Accepted, Rejection, Router
+from .router import Accepted, Outbound, Rejection, Router
 from .sessions import Session, SessionRegistry
 
 log = logging.getLogger("mas.server")
@@ -38,6 +38,8 @@ log = logging.getLogger("mas.server")
 INSTANCE_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 MAX_STATE_KEY_LENGTH: Final = 256  # characters
 _RELEASE_TIMEOUT: Final = 5.0  # seconds allowed to requeue a closed session's deliveries
+FRAME_BATCH: Final = 256  # frames of one session handled together at most
+_ROUTED: Final = frozenset({"send", "request", "reply"})
 _json_decoder: Final = msgspec.json.Decoder()
 
 
@@ -234,87 +236,102 @@ class RuntimeServicer:
             raise RpcError(*session.end_status)
 
     async def _read_frames(self, session: Session, rpc: RpcStream) -> None:
-        router = self._router
-        while (frame := await rpc.receive()) is not None:
-            kind = frame.WhichOneof("event")
-            if kind == "ack":
-                await router.ack(session, frame.ack.delivery_id)
-            elif kind == "acks":
-                for delivery_id in frame.acks.delivery_ids:
-                    await router.ack(session, delivery_id)
-            elif kind == "nack":
-                nack = frame.nack
-                await router.nack(
+        """Handle the session's frames, a batch at a time, until the client half-closes.
+
+        Every frame already received is handled together: acks first (they free window
+        slots), then nacks, then the routed messages in their order; their ``Result``
+        frames go back in one write.
+        """
+        while (frames := await rpc.receive_batch(FRAME_BATCH)) is not None:
+            acks: list[str] = []
+            nacks: list[pb.Nack] = []
+            routed: list[pb.ClientEvent] = []
+            refusal: RpcError | None = None
+            for frame in frames:
+                kind = frame.WhichOneof("event")
+                if kind in _ROUTED:
+                    routed.append(frame)
+                elif kind == "ack":
+                    acks.append(frame.ack.delivery_id)
+                elif kind == "acks":
+                    acks.extend(frame.acks.delivery_ids)
+                elif kind == "nack":
+                    nacks.append(frame.nack)
+                elif kind == "hello":
+                    refusal = RpcError("INVALID_ARGUMENT", "duplicate_hello")
+                    break
+                # Heartbeats, and frames of a newer protocol revision, need no answer.
+            if acks:
+                await self._router.ack_many(session, acks)
+            for nack in nacks:
+                await self._router.nack(
                     session, nack.delivery_id, nack.reason[:200], retryable=nack.retryable
                 )
-            elif kind in ("send", "request", "reply"):
-                await rpc.send(pb.ServerEvent(result=await self._stream_message(session, frame)))
-            elif kind == "hello":
-                raise RpcError("INVALID_ARGUMENT", "duplicate_hello")
-            # Heartbeats, and frames of a newer protocol revision, need no answer.
+            if routed:
+                await rpc.send_many(await self._route_frames(session, routed))
+            if refusal is not None:
+                raise refusal
 
-    async def _stream_message(self, session: Session, frame: pb.ClientEvent) -> pb.Result:
-        router = self._router
-        agent_id, instance_id = session.agent_id, session.instance_id
-        kind = frame.WhichOneof("event")
-        try:
+    async def _route_frames(
+        self, session: Session, frames: list[pb.ClientEvent]
+    ) -> list[pb.ServerEvent]:
+        """Route the stream's send/request/reply frames as one batch; their Result frames."""
+        seqs: list[int] = []
+        batch: list[Outbound] = []
+        for frame in frames:
+            kind = frame.WhichOneof("event")
             if kind == "send":
                 m = frame.send
-                seq = m.seq
-                accepted = await router.send(
-                    agent_id, instance_id, m.target_id, m.message_type, m.data_json
-                )
+                seqs.append(m.seq)
+                batch.append(Outbound("send", m.target_id, m.message_type, m.data_json))
             elif kind == "request":
                 r = frame.request
-                seq = r.seq
-                accepted = await router.request(
-                    agent_id, instance_id, r.target_id, r.message_type, r.data_json, r.timeout_ms
+                seqs.append(r.seq)
+                batch.append(
+                    Outbound("request", r.target_id, r.message_type, r.data_json, r.timeout_ms)
                 )
             else:
                 p = frame.reply
-                seq = p.seq
-                accepted = await router.reply(
-                    agent_id, instance_id, p.correlation_id, p.message_type, p.data_json
+                seqs.append(p.seq)
+                batch.append(
+                    Outbound("reply", "", p.message_type, p.data_json, 0, p.correlation_id)
                 )
-        except Rejection as exc:
-            return pb.Result(
-                seq=seq,
-                error=pb.ServerError(code=exc.code, message=exc.reason),
-                retry_after_seconds=exc.retry_after or 0.0,
-            )
-        return pb.Result(
-            seq=seq, message_id=accepted.message_id, correlation_id=accepted.correlation_id
-        )
+        outcomes = await self._router.route_many(session.agent_id, session.instance_id, batch)
+        results: list[pb.ServerEvent] = []
+        for seq, outcome in zip(seqs, outcomes, strict=True):
+            if isinstance(outcome, Rejection):
+                result = pb.Result(
+                    seq=seq,
+                    error=pb.ServerError(code=outcome.code, message=outcome.reason),
+                    retry_after_seconds=outcome.retry_after or 0.0,
+                )
+            else:
+                result = pb.Result(
+                    seq=seq, message_id=outcome.message_id, correlation_id=outcome.correlation_id
+                )
+            results.append(pb.ServerEvent(result=result))
+        return results
 
     # -- unary messaging -------------------------------------------------------------------
 
     async def send(self, peer: PeerConnection, request: pb.SendRequest) -> pb.SendResponse:
         identity = await self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
-        accepted = await _routed(
-            self._router.send(
-                identity.agent_id,
-                instance_id,
-                request.target_id,
-                request.message_type,
-                request.data_json,
-            )
-        )
+        outbound = Outbound("send", request.target_id, request.message_type, request.data_json)
+        accepted = await _routed(self._router.route(identity.agent_id, instance_id, outbound))
         return pb.SendResponse(message_id=accepted.message_id)
 
     async def request(self, peer: PeerConnection, request: pb.RequestRequest) -> pb.RequestResponse:
         identity = await self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=True)
-        accepted = await _routed(
-            self._router.request(
-                identity.agent_id,
-                instance_id,
-                request.target_id,
-                request.message_type,
-                request.data_json,
-                request.timeout_ms,
-            )
+        outbound = Outbound(
+            "request",
+            request.target_id,
+            request.message_type,
+            request.data_json,
+            request.timeout_ms,
         )
+        accepted = await _routed(self._router.route(identity.agent_id, instance_id, outbound))
         return pb.RequestResponse(
             message_id=accepted.message_id, correlation_id=accepted.correlation_id
         )
@@ -322,15 +339,10 @@ class RuntimeServicer:
     async def reply(self, peer: PeerConnection, request: pb.ReplyRequest) -> pb.ReplyResponse:
         identity = await self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
-        accepted = await _routed(
-            self._router.reply(
-                identity.agent_id,
-                instance_id,
-                request.correlation_id,
-                request.message_type,
-                request.data_json,
-            )
+        outbound = Outbound(
+            "reply", "", request.message_type, request.data_json, 0, request.correlation_id
         )
+        accepted = await _routed(self._router.route(identity.agent_id, instance_id, outbound))
         return pb.ReplyResponse(message_id=accepted.message_id)
 
     # -- discovery and state -------------------------------------------------------------

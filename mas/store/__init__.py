@@ -12,6 +12,9 @@ from .base import (
     DeadLetter as DeadLetter,
 )
 from .base import (
+    EnqueueItem as EnqueueItem,
+)
+from .base import (
     InFlight as InFlight,
 )
 from .base import (

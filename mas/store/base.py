@@ -7,7 +7,8 @@ Queues
     session; ``ack`` forgets a delivery, ``retry`` puts it back after a delay,
     ``dead_letter`` moves it to the dead-letter queue with its full envelope,
     and ``release_session`` returns every in-flight delivery of an ended session
-    to the front of its queue at once.
+    to the front of its queue at once. ``enqueue_many`` and ``ack_many`` do
+    the same for a batch in one transaction (one round trip on Redis).
 
 Correlations
     A request's correlation id maps to the requesting (agent, instance) and the
@@ -88,6 +89,14 @@ class Correlation(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float
 
 
+class EnqueueItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One message to route: its audit record, and for a request its correlation."""
+
+    message: QueuedMessage
+    audit: AuditDraft
+    correlation: Correlation | None = None
+
+
 class QueueFullError(Exception):
     """The target queue holds ``max_queue_length`` messages already."""
 
@@ -118,6 +127,23 @@ class Store(Protocol):
         returned as stored.
         """
 
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+        """Append several messages in order, in one transaction.
+
+        One transaction (SQLite) or a constant number of round trips (Redis) for
+        the whole batch, whatever its size. Result i is item i's audit record as
+        stored, or None when its target queue was full: then none of that item
+        (message, correlation, audit record) is written and the other items are
+        unaffected. A later item to the same queue sees the queue as the earlier
+        items left it. Audit records are linked into the chain in item order (the
+        ones written only). The correlation of an item is recorded in the same
+        transaction as its message, so it exists before the target can claim the
+        request.
+
+        Raises ``ValueError`` (writing nothing) when an item is invalid, e.g. an
+        empty instance id or an audit time that is not finite.
+        """
+
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
         """Link records into the store's one audit chain and write them, in order."""
 
@@ -131,6 +157,13 @@ class Store(Protocol):
 
     async def ack(self, delivery_id: str) -> InFlight | None:
         """Forget a delivery; return it, or None if it was not in flight."""
+
+    async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
+        """Forget several deliveries at once (one transaction / round trip).
+
+        Result i is what ``ack(delivery_ids[i])`` would give, the ids taken in
+        order: an id given twice is forgotten by its first occurrence (None after).
+        """
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         """Put an in-flight message back, delivered again not before ``not_before``."""

@@ -23,6 +23,7 @@ from .base import (
     Correlation,
     CorrelationRefused,
     DeadLetter,
+    EnqueueItem,
     InFlight,
     QueuedMessage,
     QueueFullError,
@@ -75,13 +76,42 @@ class MemoryStore:
         key = (message.target_id, message.instance_id)
         if self._waiting(key) >= self.limits.max_queue_length:
             raise QueueFullError(message.target_id)
+        record = None if audit is None else link(self._last_record(), audit, self._audit_key)
         self._queue(key).append(message)
-        return self._link(audit) if audit is not None else None
+        if record is not None:
+            self._audit.append(record)
+        return record
+
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+        # Link every accepted item first: should one raise, nothing is written.
+        room: dict[_QueueKey, int] = {}
+        prev = self._last_record()
+        records: list[AuditRecord | None] = []
+        for item in items:
+            key = (item.message.target_id, item.message.instance_id)
+            left = room.get(key, self.limits.max_queue_length - self._waiting(key))
+            if left <= 0:
+                records.append(None)
+                continue
+            room[key] = left - 1
+            prev = link(prev, item.audit, self._audit_key)
+            records.append(prev)
+        for item, record in zip(items, records, strict=True):
+            if record is not None:
+                message = item.message
+                self._queue((message.target_id, message.instance_id)).append(message)
+                if item.correlation is not None:
+                    self._put_correlation(item.correlation)
+                self._audit.append(record)
+        return records
 
     # -- audit ------------------------------------------------------------------------
 
+    def _last_record(self) -> AuditRecord | None:
+        return self._audit[-1] if self._audit else None
+
     def _link(self, draft: AuditDraft) -> AuditRecord:
-        record = link(self._audit[-1] if self._audit else None, draft, self._audit_key)
+        record = link(self._last_record(), draft, self._audit_key)
         self._audit.append(record)
         return record
 
@@ -133,6 +163,9 @@ class MemoryStore:
 
     async def ack(self, delivery_id: str) -> InFlight | None:
         return self._forget(delivery_id)
+
+    async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
+        return [self._forget(delivery_id) for delivery_id in delivery_ids]
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         delivery = self._forget(delivery_id)
@@ -215,6 +248,9 @@ class MemoryStore:
                 del self._correlations[correlation_id]
 
     async def put_correlation(self, correlation: Correlation) -> None:
+        self._put_correlation(correlation)
+
+    def _put_correlation(self, correlation: Correlation) -> None:
         self._correlations[correlation.correlation_id] = correlation
         heapq.heappush(
             self._correlation_expiry, (correlation.expires_at, correlation.correlation_id)

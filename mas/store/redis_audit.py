@@ -54,13 +54,27 @@ class AuditChain:
         self._hmac_key = hmac_key
         self._last: AuditRecord | None = None  # the chain's last record, as far as we know
 
-    def _moved_on(self, head: bytes | None) -> None:
+    def moved_on(self, head: bytes | None) -> None:
+        """A write found the chain's last record to be ``head`` (JSON; None: empty chain)."""
         self._last = _decoder.decode(head) if head else None
+
+    def link_next(self, drafts: Sequence[AuditDraft]) -> tuple[str, list[AuditRecord]]:
+        """(the hash linked after, the records): ``drafts`` linked after the last record.
+
+        For the dispatcher, right before it sends the write: the records become
+        the last ones known, so the next write links after them. Raises
+        ValueError (changing nothing) when a draft cannot be linked.
+        """
+        after = self._last.hash if self._last is not None else GENESIS
+        records = link_many(self._last, drafts, self._hmac_key)
+        if records:
+            self._last = records[-1]
+        return after, records
 
     async def load(self) -> None:
         """Take the chain's last record as the place to link after."""
         [head] = await self._link.call("audit", ("LINDEX", self.keys[0], -1))
-        self._moved_on(head)
+        self.moved_on(head)
 
     async def write(
         self,
@@ -134,19 +148,16 @@ class _Linking:
         self.records: list[AuditRecord] = []
 
     def commands(self) -> Sequence[Command]:
-        chain = self._chain
-        after = chain._last.hash if chain._last is not None else GENESIS
-        self.records = link_many(chain._last, self._drafts, chain._hmac_key)
-        chain._last = self.records[-1]
+        after, self.records = self._chain.link_next(self._drafts)
         encoded = [msgspec.json.encode(record) for record in self.records]
-        return [(*self._command, after, chain._last.hash, *encoded)]
+        return [(*self._command, after, self.records[-1].hash, *encoded)]
 
     def completed(self, replies: list[Any]) -> None:
         [outcome] = replies
         if isinstance(outcome, ResponseError):
             return  # the next write finds out where the chain is
         if outcome[0] != 1:
-            self._chain._moved_on(outcome[1])
+            self._chain.moved_on(outcome[1])
 
     def failed(self, error: Exception) -> None:
         pass  # not written, or not known to be: the next write finds out where the chain is

@@ -184,14 +184,15 @@ class RedisLink:
 
     # -- the lane ---------------------------------------------------------------------
 
-    async def call(self, kind: str, *commands: Command) -> list[Any]:
+    async def call(self, kind: str, *commands: Command, abandonable: bool = True) -> list[Any]:
         """Run ``commands`` in the next pipeline; their replies, in order.
 
         Raises ``StoreUnavailableError`` when Redis cannot be reached or answers
-        any of them with an error.
+        any of them with an error. Unless ``abandonable``, the commands are sent
+        even if the caller is cancelled before they were.
         """
         size = sum(len(a) if isinstance(a, str | bytes) else 8 for c in commands for a in c)
-        return await self._submit(_Op(kind, commands, size))
+        return await self._submit(_Op(kind, commands, size, abandonable=abandonable))
 
     async def call_prepared(
         self, kind: str, prepared: Prepared, size: int, *, abandonable: bool = True

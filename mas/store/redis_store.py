@@ -25,12 +25,14 @@ from . import redis_scripts as lua
 from .base import (
     Correlation,
     DeadLetter,
+    EnqueueItem,
     InFlight,
     QueuedMessage,
     QueueFullError,
     StoreLimits,
 )
 from .redis_audit import AuditChain
+from .redis_batch import EnqueueBatch, ack_command
 from .redis_dlq import dead_letter_entries, replay
 from .redis_keys import Keys, queue_name, split_queue_name
 from .redis_lease import Lease
@@ -150,12 +152,36 @@ class RedisStore:
                 "enqueue", lua.ENQUEUE, keys, args, [audit], before_each=unless_known_full
             )
         if outcome[0] != 1:
-            self._full[q] = None
-            if len(self._full) > MAX_FULL_QUEUES_KNOWN:
-                del self._full[next(iter(self._full))]
+            self._refused(q)
             raise QueueFullError(message.target_id)
         self._counts["sent"] += 1
         return record
+
+    def _refused(self, q: str) -> None:
+        self._full[q] = None
+        if len(self._full) > MAX_FULL_QUEUES_KNOWN:
+            del self._full[next(iter(self._full))]
+
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+        if not items:
+            return []
+        batch = EnqueueBatch(
+            self._link,
+            self._keys,
+            self._audit,
+            self.server_id,
+            self.limits.max_queue_length,
+            items,
+        )
+        # Queues that refused lately are predicted to refuse again (see redis_batch).
+        records = await batch.write([q in self._full for q in batch.queues])
+        for q, record in zip(batch.queues, records, strict=True):
+            if record is None:
+                self._refused(q)
+            else:
+                self._full.pop(q, None)
+                self._counts["sent"] += 1
+        return records
 
     async def _queue_length(self, q: str) -> int:
         [length] = await self._link.call("queue_depth", ("HGET", self._keys.waiting, q))
@@ -250,6 +276,17 @@ class RedisStore:
             batch = self._acks[stream] = _AckBatch(self._acks, stream, tracked.entry_id)
             await self._link.call_prepared("ack", batch, ACK_SIZE, abandonable=False)
         return tracked.delivery
+
+    async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
+        acked = [self._forget(delivery_id) for delivery_id in delivery_ids]
+        entries: dict[str, list[bytes]] = {}
+        for tracked in acked:
+            if tracked is not None:
+                entries.setdefault(self._keys.queue(tracked.q), []).append(tracked.entry_id)
+        if entries:
+            # Forgotten here already: the acks go out even if this caller is cancelled.
+            await self._link.call("ack", ack_command(entries), abandonable=False)
+        return [None if tracked is None else tracked.delivery for tracked in acked]
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         tracked = self._forget(delivery_id)

@@ -9,6 +9,9 @@ after the transaction holding it is committed with ``synchronous=FULL``: an
 ``enqueue`` that returned is on disk, so an acknowledged message survives a
 killed process and a power loss alike. An enqueue given an audit draft writes
 the message and its audit record in the same step: neither exists alone.
+``enqueue_many`` and ``ack_many`` are one step each, whatever the batch's size,
+so a batch costs one savepoint and shares its commit with whatever else the
+writer runs meanwhile.
 
 Restart
     Sessions die with their process, so opening the store returns every
@@ -45,6 +48,7 @@ from .base import (
     Correlation,
     CorrelationRefused,
     DeadLetter,
+    EnqueueItem,
     InFlight,
     QueuedMessage,
     StoreLimits,
@@ -94,6 +98,16 @@ class SqliteStore:
             ops.enqueue, message, self.limits.max_queue_length, audit, self._audit_key
         )
 
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+        if not items:
+            return []
+        if any(item.message.instance_id == "" for item in items):
+            raise ValueError("an instance id is never empty (None names the shared queue)")
+        # One operation: one savepoint in the writer's group-committed transaction.
+        return await self._writer.call(
+            ops.enqueue_many, tuple(items), self.limits.max_queue_length, self._audit_key
+        )
+
     # -- audit -----------------------------------------------------------------------------
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
@@ -111,6 +125,11 @@ class SqliteStore:
 
     async def ack(self, delivery_id: str) -> InFlight | None:
         return await self._writer.call(ops.ack, delivery_id)
+
+    async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
+        if not delivery_ids:
+            return []
+        return await self._writer.call(ops.ack_many, tuple(delivery_ids))
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         return await self._writer.call(ops.retry, delivery_id, not_before)

@@ -22,6 +22,7 @@ from ..envelope import new_delivery_id
 from .base import (
     Correlation,
     DeadLetter,
+    EnqueueItem,
     InFlight,
     QueuedMessage,
     QueueFullError,
@@ -51,6 +52,21 @@ _RELEASE_TO: Final = (
     "UPDATE messages SET state = 0, position = ?, attempt = attempt + 1, session_id = NULL, "
     "delivery_id = NULL WHERE id = ?"
 )
+_INSERT_MESSAGE: Final = (
+    "INSERT INTO messages (message_id, target_id, instance_id, envelope, enqueued_at, "
+    "attempt, not_before, state, position) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)"
+)
+_READY_COUNT: Final = "SELECT ready FROM queues WHERE target_id = ? AND instance_id = ?"
+_SELECT_DELIVERIES: Final = (  # + "(?, ?, ...)"
+    "SELECT id, message_id, target_id, instance_id, envelope, enqueued_at, attempt, not_before, "
+    "session_id, delivery_id FROM messages WHERE state = 2 AND delivery_id IN "
+)
+_INSERT_CORRELATION: Final = (
+    "INSERT OR REPLACE INTO correlations (correlation_id, requester_id, "
+    "requester_instance_id, target_id, request_message_id, expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_MAX_PARAMETERS: Final = 500  # host parameters per statement (SQLite allows 999 or more)
 _Row = tuple[Any, ...]
 _AUDIT_DECODER: Final = msgspec.json.Decoder(AuditRecord)
 
@@ -67,6 +83,34 @@ def _message(row: _Row) -> QueuedMessage:
     )
 
 
+def _message_row(message: QueuedMessage) -> tuple[Any, ...]:
+    return (
+        message.message_id,
+        message.target_id,
+        message.instance_id,
+        message.envelope_json,
+        message.enqueued_at,
+        message.attempt,
+        message.not_before,
+    )
+
+
+def _correlation_row(c: Correlation) -> tuple[Any, ...]:
+    return (
+        c.correlation_id,
+        c.requester_id,
+        c.requester_instance_id,
+        c.target_id,
+        c.request_message_id,
+        c.expires_at,
+    )
+
+
+def _ready(conn: sqlite3.Connection, target_id: str, instance_id: str | None) -> int:
+    row = conn.execute(_READY_COUNT, (target_id, instance_id or "")).fetchone()
+    return 0 if row is None else int(row[0])
+
+
 def enqueue(
     conn: sqlite3.Connection,
     message: QueuedMessage,
@@ -74,27 +118,43 @@ def enqueue(
     audit: AuditDraft | None,
     audit_key: bytes | None,
 ) -> AuditRecord | None:
-    row = conn.execute(
-        "SELECT ready FROM queues WHERE target_id = ? AND instance_id = ?",
-        (message.target_id, message.instance_id or ""),
-    ).fetchone()
-    if row is not None and row[0] >= max_length:
+    if _ready(conn, message.target_id, message.instance_id) >= max_length:
         raise QueueFullError(message.target_id)
-    conn.execute(
-        "INSERT INTO messages (message_id, target_id, instance_id, envelope, enqueued_at, "
-        "attempt, not_before, state, position) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)",
-        (
-            message.message_id,
-            message.target_id,
-            message.instance_id,
-            message.envelope_json,
-            message.enqueued_at,
-            message.attempt,
-            message.not_before,
-        ),
-    )
+    conn.execute(_INSERT_MESSAGE, _message_row(message))
     # In the same savepoint: the message and its record exist together or not at all.
     return None if audit is None else append_audit(conn, (audit,), audit_key)[0]
+
+
+def enqueue_many(
+    conn: sqlite3.Connection,
+    items: Sequence[EnqueueItem],
+    max_length: int,
+    audit_key: bytes | None,
+) -> list[AuditRecord | None]:
+    """Enqueue the items whose queue has room (see ``Store.enqueue_many``), in one savepoint."""
+    room: dict[tuple[str, str | None], int] = {}
+    accepted: list[EnqueueItem] = []
+    taken: list[bool] = []
+    for item in items:
+        message = item.message
+        key = (message.target_id, message.instance_id)
+        left = room.get(key)
+        if left is None:
+            left = max_length - _ready(conn, *key)
+        fits = left > 0
+        taken.append(fits)
+        if fits:
+            accepted.append(item)
+            left -= 1
+        room[key] = left
+    if not accepted:
+        return [None] * len(items)
+    conn.executemany(_INSERT_MESSAGE, [_message_row(item.message) for item in accepted])
+    correlations = [_correlation_row(i.correlation) for i in accepted if i.correlation]
+    if correlations:
+        conn.executemany(_INSERT_CORRELATION, correlations)
+    records = iter(append_audit(conn, [item.audit for item in accepted], audit_key))
+    return [next(records) if fits else None for fits in taken]
 
 
 def append_audit(
@@ -218,6 +278,25 @@ def ack(conn: sqlite3.Connection, delivery_id: str) -> InFlight | None:
     return None
 
 
+def ack_many(conn: sqlite3.Connection, delivery_ids: Sequence[str]) -> list[InFlight | None]:
+    """What ``ack`` of each id in turn would give, in two statements per 500 ids."""
+    unique = list(dict.fromkeys(delivery_ids))
+    found: dict[str, tuple[int, InFlight]] = {}
+    for start in range(0, len(unique), _MAX_PARAMETERS):
+        chunk = unique[start : start + _MAX_PARAMETERS]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"{_SELECT_DELIVERIES}({marks})", chunk):
+            delivery = InFlight(delivery_id=row[9], session_id=row[8], message=_message(row))
+            found[row[9]] = (row[0], delivery)
+    conn.executemany("DELETE FROM messages WHERE id = ?", [(f[0],) for f in found.values()])
+    acked: list[InFlight | None] = []
+    for delivery_id in delivery_ids:
+        # An id given twice is acked by its first occurrence: the second finds nothing.
+        row_delivery = found.pop(delivery_id, None)
+        acked.append(None if row_delivery is None else row_delivery[1])
+    return acked
+
+
 def retry(conn: sqlite3.Connection, delivery_id: str, not_before: float) -> InFlight | None:
     found = _take_delivery(conn, delivery_id)
     if found is not None:
@@ -327,19 +406,7 @@ def queue_depth(conn: sqlite3.Connection, agent_id: str) -> int:
 
 
 def put_correlation(conn: sqlite3.Connection, c: Correlation) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO correlations (correlation_id, requester_id, "
-        "requester_instance_id, target_id, request_message_id, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            c.correlation_id,
-            c.requester_id,
-            c.requester_instance_id,
-            c.target_id,
-            c.request_message_id,
-            c.expires_at,
-        ),
-    )
+    conn.execute(_INSERT_CORRELATION, _correlation_row(c))
 
 
 def take_correlation(

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import pytest
 
-from mas.store import Correlation, QueuedMessage, QueueFullError, Store, StoreLimits
+from mas.audit.record import AuditDraft
+from mas.store import (
+    Correlation,
+    EnqueueItem,
+    QueuedMessage,
+    QueueFullError,
+    Store,
+    StoreLimits,
+)
 from mas.store.base import CorrelationRefused, StateTooLargeError
 
 LIMITS = StoreLimits(max_queue_length=5, max_message_age=100.0, max_state_bytes=200)
@@ -194,3 +202,138 @@ async def test_dead_letters_can_be_replayed(store: Store) -> None:
     assert (again.message.message_id, again.message.attempt) == ("m2", 1)
     assert len(await store.replay_dead_letters(None, NOW + 500)) == 1
     assert await store.dead_letters() == []
+
+
+# -- batches -----------------------------------------------------------------------------
+
+
+def _item(
+    n: int, *, target: str = "b", instance: str | None = None, request: bool = False
+) -> EnqueueItem:
+    """Message ``m<n>`` with its audit draft; as a request, with correlation ``c<n>``."""
+    correlation = None
+    if request:
+        correlation = Correlation(
+            correlation_id=f"c{n}",
+            requester_id="a",
+            requester_instance_id="a1",
+            target_id=target,
+            request_message_id=f"m{n}",
+            expires_at=NOW + 60,
+        )
+    return EnqueueItem(
+        message=_message(n, target=target, instance=instance),
+        audit=AuditDraft(time=NOW + n, decision="ALLOWED", message_id=f"m{n}", target_id=target),
+        correlation=correlation,
+    )
+
+
+async def _take(store: Store, correlation_id: str, replier: str) -> str:
+    """ "taken", or the reason the correlation was refused."""
+    try:
+        await store.take_correlation(correlation_id, replier, NOW)
+    except CorrelationRefused as exc:
+        return exc.reason
+    return "taken"
+
+
+async def test_enqueue_many_keeps_the_order_of_its_items(store: Store) -> None:
+    await store.enqueue(_message(0))
+    items = [_item(1), _item(2, instance="i1"), _item(3), _item(4, instance="i1"), _item(5)]
+    records = await store.enqueue_many(items)
+    assert [r.message_id if r else None for r in records] == ["m1", "m2", "m3", "m4", "m5"]
+    assert await store.queue_depth("b") == 4
+    assert await _ids(store) == ["m2", "m4", "m0", "m1", "m3", "m5"]
+
+
+async def test_an_empty_batch_does_nothing(store: Store) -> None:
+    assert await store.enqueue_many([]) == []
+    assert await store.ack_many([]) == []
+    assert await store.queue_depth("b") == 0
+
+
+async def test_a_full_queue_refuses_only_its_own_items_and_none_of_their_parts(
+    store: Store,
+) -> None:
+    for n in range(LIMITS.max_queue_length - 1):
+        await store.enqueue(_message(n))
+    items = [
+        _item(10, request=True),  # takes b's last place
+        _item(11, target="c", request=True),
+        _item(12, request=True),  # b is full now
+        _item(13, target="c"),
+        _item(14),
+        _item(15, instance="i1", request=True),  # b's reply queue is another queue
+    ]
+    records = await store.enqueue_many(items)
+    assert [r.message_id if r else None for r in records] == [
+        "m10",
+        "m11",
+        None,
+        "m13",
+        None,
+        "m15",
+    ]
+    assert await store.queue_depth("b") == LIMITS.max_queue_length
+    assert await store.queue_depth("c") == 2
+    assert await _take(store, "c12", "b") == "unknown_correlation"  # never written
+    for written, target in (("c10", "b"), ("c11", "c"), ("c15", "b")):
+        assert await _take(store, written, target) == "taken"
+
+
+async def test_later_items_of_a_batch_see_the_queue_as_earlier_ones_left_it(
+    store: Store,
+) -> None:
+    size = LIMITS.max_queue_length
+    records = await store.enqueue_many([_item(n) for n in range(size + 2)])
+    assert [r is not None for r in records] == [True] * size + [False, False]
+    assert await store.queue_depth("b") == size
+    assert await _ids(store) == [f"m{n}" for n in range(size)]
+    # Room made by a claim is seen by the next batch.
+    assert [r is not None for r in await store.enqueue_many([_item(20), _item(21)])] == [
+        True,
+        True,
+    ]
+
+
+async def test_a_batch_whose_queues_are_all_full_writes_nothing(store: Store) -> None:
+    for n in range(LIMITS.max_queue_length):
+        await store.enqueue(_message(n))
+    assert await store.enqueue_many([_item(10, request=True), _item(11)]) == [None, None]
+    assert await store.queue_depth("b") == LIMITS.max_queue_length
+    assert await _take(store, "c10", "b") == "unknown_correlation"
+
+
+async def test_correlations_of_a_batch_are_taken_once_by_their_target_only(
+    store: Store,
+) -> None:
+    await store.enqueue_many([_item(1, request=True), _item(2, target="c", request=True)])
+    assert await _take(store, "c1", "c") == "not_authorized"
+    assert await _take(store, "c1", "b") == "taken"
+    assert await _take(store, "c1", "b") == "unknown_correlation"
+    assert await _take(store, "c2", "b") == "not_authorized"
+    assert await _take(store, "c2", "c") == "taken"
+    [request] = await store.claim("c", "i1", "s1", 5, NOW)
+    assert request.message.message_id == "m2"
+
+
+async def test_ack_many_answers_each_id_as_ack_would(store: Store) -> None:
+    await store.enqueue_many([_item(n) for n in range(3)] + [_item(3, instance="i1")])
+    deliveries = await store.claim("b", "i1", "s1", 4, NOW)
+    by_id = {d.message.message_id: d for d in deliveries}
+    m0, m1, m2, m3 = (by_id[f"m{n}"].delivery_id for n in range(4))
+    acked = await store.ack_many([m0, "unknown", m3, m0, m1])
+    assert acked == [by_id["m0"], None, by_id["m3"], None, by_id["m1"]]
+    assert await store.ack_many([m1, m0]) == [None, None]
+    assert await store.ack(m2) == by_id["m2"]
+    assert await store.release_session("s1", 5, NOW) == 0  # nothing left in flight
+    assert await _ids(store, session="s2") == []
+
+
+async def test_ack_many_leaves_other_deliveries_in_flight(store: Store) -> None:
+    await store.enqueue_many([_item(n) for n in range(3)])
+    first, _, third = await store.claim("b", "i1", "s1", 3, NOW)
+    assert await store.ack_many([third.delivery_id, first.delivery_id]) == [third, first]
+    assert await store.release_session("s1", 5, NOW) == 1
+    [again] = await store.claim("b", "i1", "s2", 5, NOW)
+    assert (again.message.message_id, again.message.attempt) == ("m1", 2)

@@ -17,13 +17,14 @@ import trio
 from audit_contract import *  # noqa: F403
 from redis_server import RedisServer, running_redis
 from store_contract import *  # noqa: F403
-from store_contract import LIMITS, NOW, _correlation, _message
+from store_contract import LIMITS, NOW, _correlation, _item, _message
 
 from mas.audit.chain import verify
 from mas.audit.record import AuditDraft
 from mas.store import Store
 from mas.store.base import CorrelationRefused
 from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
+from mas.store.redis_records import CORRELATION_GRACE_MS
 
 SHORT_LEASE = 0.3  # seconds; renewed every 0.1 s
 
@@ -347,6 +348,21 @@ async def test_scripts_are_reloaded_after_a_script_flush(
             assert store.statistics()["script_reloads"] == 1
 
 
+async def test_batch_scripts_are_reloaded_after_a_script_flush(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            await _redis(redis_server.url, "SCRIPT", "FLUSH")
+            [record] = await store.enqueue_many([_item(1)])
+            assert record is not None
+            [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
+            await _redis(redis_server.url, "SCRIPT", "FLUSH")
+            assert await store.ack_many([delivery.delivery_id]) == [delivery]
+            assert await _redis(redis_server.url, "EXISTS", f"{namespace}:queue:b") == 0
+            assert store.statistics()["script_reloads"] == 2
+
+
 async def test_closing_a_server_hands_back_unreleased_deliveries(
     redis_server: RedisServer, namespace: str
 ) -> None:
@@ -373,3 +389,117 @@ async def test_hand_backs_past_release_max_attempts_are_dead_lettered(
             [dead] = await b.dead_letters("b")
             assert (dead.message.message_id, dead.reason) == ("m1", "session_lost")
             assert [d.message.message_id for d in await b.claim("b", "i2", "s2", 5, NOW)] == ["m2"]
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+async def _command_calls(url: str, *names: str) -> dict[str, int]:
+    """Calls Redis has run of each command (scripts' commands included), from INFO."""
+    info = await _redis(url, "INFO", "commandstats")
+    assert isinstance(info, dict)
+    return {name: int(info.get(f"cmdstat_{name}", {"calls": 0})["calls"]) for name in names}
+
+
+def _spent(before: dict[str, object], after: dict[str, object]) -> tuple[object, ...]:
+    keys = ("round_trips", "commands", "batches")
+    return tuple(after[k] - before[k] for k in keys)  # type: ignore[operator]
+
+
+async def test_a_batch_is_one_script_call_in_one_round_trip(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    limits = msgspec.structs.replace(LIMITS, max_queue_length=100)
+    names = ("evalsha", "xadd", "hset", "rpush", "xack", "xdel")
+    url = redis_server.url
+    with trio.fail_after(5):
+        # A long lease: no renewal (an EVALSHA of its own) runs while counting.
+        async with open_redis_store(url, limits, namespace=namespace, lease_seconds=60) as store:
+            items = [
+                _item(n, instance="i1" if n % 3 else None, request=n % 2 == 0) for n in range(32)
+            ]
+            stats, calls = store.statistics(), await _command_calls(url, *names)
+            records = await store.enqueue_many(items)
+            stats_after, calls_after = store.statistics(), await _command_calls(url, *names)
+            assert all(r is not None for r in records)
+            assert _spent(stats, stats_after) == (1, 1, 1)
+            ran = {name: calls_after[name] - calls[name] for name in names}
+            assert ran == {"evalsha": 1, "xadd": 32, "hset": 16, "rpush": 1, "xack": 0, "xdel": 0}
+            pttl = await _redis(url, "PTTL", f"{namespace}:corr:c0")
+            assert isinstance(pttl, int) and 0 < pttl <= CORRELATION_GRACE_MS
+
+            deliveries = await store.claim("b", "i1", "s1", 32, NOW)  # from both streams
+            stats, calls = store.statistics(), await _command_calls(url, *names)
+            assert await store.ack_many([d.delivery_id for d in deliveries]) == deliveries
+            stats_after, calls_after = store.statistics(), await _command_calls(url, *names)
+            assert _spent(stats, stats_after) == (1, 1, 1)
+            ran = {name: calls_after[name] - calls[name] for name in names}
+            assert ran == {"evalsha": 1, "xadd": 0, "hset": 0, "rpush": 0, "xack": 2, "xdel": 2}
+            for q in ("b", "b/i1"):  # emptied streams are deleted, as by ack
+                assert await _redis(url, "EXISTS", f"{namespace}:queue:{q}") == 0
+
+
+async def test_a_queue_that_refused_lately_is_predicted_full(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            for n in range(LIMITS.max_queue_length):
+                await store.enqueue(_message(n))
+            # Unknown to be full: the first try finds out, the second writes.
+            before = store.statistics()
+            outcome = await store.enqueue_many([_item(10), _item(11, target="c")])
+            assert [r is not None for r in outcome] == [False, True]
+            assert _spent(before, store.statistics())[0] == 2
+            # Known to be full: one try.
+            before = store.statistics()
+            outcome = await store.enqueue_many([_item(12), _item(13, target="c")])
+            assert [r is not None for r in outcome] == [False, True]
+            assert _spent(before, store.statistics())[0] == 1
+            # Drained meanwhile: the prediction is wrong, the item is written all the same.
+            [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
+            await store.ack(delivery.delivery_id)
+            before = store.statistics()
+            outcome = await store.enqueue_many([_item(14), _item(15)])
+            assert [r is not None for r in outcome] == [True, False]
+            assert _spent(before, store.statistics())[0] == 2
+            records = await store.audit_records()
+            assert [r.message_id for r in records] == ["m11", "m13", "m14"]
+            assert verify(records, None).ok
+
+
+async def test_servers_writing_batches_together_keep_one_audit_chain(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    key = b"k" * 32
+    limits = msgspec.structs.replace(LIMITS, max_queue_length=40)
+    accepted: list[str] = []
+    with trio.fail_after(10):
+        async with (
+            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as a,
+            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as b,
+        ):
+
+            async def send(store: RedisStore, k: int) -> None:
+                if k % 5 == 4:
+                    draft = AuditDraft(time=NOW, decision="AUTHZ_DENIED", message_id=f"d{k}")
+                    await store.append_audit([draft])
+                    accepted.append(f"d{k}")
+                    return
+                # Queue "b" fills up halfway: later batches have refused items.
+                items = [_item(100 * k + n, target="bc"[n % 2], request=n == 0) for n in range(6)]
+                for item, record in zip(items, await store.enqueue_many(items), strict=True):
+                    if record is not None:
+                        assert record.message_id == item.message.message_id
+                        accepted.append(record.message_id)
+
+            async with trio.open_nursery() as nursery:
+                for k in range(30):
+                    nursery.start_soon(send, a if k % 2 else b, k)
+            records = await b.audit_records(limit=1000)
+            assert [r.seq for r in records] == list(range(1, len(records) + 1))
+            assert verify(records, key).ok
+            assert sorted(r.message_id for r in records) == sorted(accepted)
+            assert await a.queue_depth("b") == 40  # 24 batches x 3 offered: full
+            assert await a.queue_depth("c") == 40
+            assert len(records) == 80 + 6  # 144 items offered, 64 refused; 6 appended

@@ -20,7 +20,7 @@ import trio.testing
 from audit_contract import *  # noqa: F403
 from audit_contract import _draft
 from store_contract import *  # noqa: F403
-from store_contract import LIMITS, NOW, _correlation, _message
+from store_contract import LIMITS, NOW, _correlation, _item, _message
 
 from mas.audit.chain import verify
 from mas.errors import ConfigError, MasError
@@ -233,6 +233,59 @@ async def test_concurrent_enqueues_share_commits(path: Path) -> None:
     assert after.commits - before.commits < 50  # one commit (fsync) for many messages
     assert after.largest_batch > 10
     assert after.pending == 0
+
+
+async def test_a_batch_is_one_operation_and_one_commit(path: Path) -> None:
+    limits = StoreLimits(max_queue_length=40)
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, limits) as store:
+            items = [
+                _item(n, instance="i1" if n % 4 else None, request=n % 2 == 0) for n in range(50)
+            ]
+            before = store.statistics()
+            records = await store.enqueue_many(items)
+            enqueued = store.statistics()
+            deliveries = await store.claim("b", "i1", "s1", 100, NOW)
+            claimed = store.statistics()
+            acked = await store.ack_many([d.delivery_id for d in deliveries])
+            after = store.statistics()
+    assert sum(r is not None for r in records) == 50  # 12 shared, 38 on the reply queue
+    assert acked == deliveries and len(deliveries) == 50
+    for start, end in ((before, enqueued), (claimed, after)):
+        assert end.operations - start.operations == 1
+        assert end.batches - start.batches == 1
+        assert end.commits - start.commits == 1
+
+
+async def test_concurrent_batches_share_one_commit(path: Path) -> None:
+    results: dict[int, list[Any]] = {}
+    with trio.fail_after(10):
+        async with open_writer(
+            path, commit_interval=0, max_batch=64, max_pending=64, shutdown_timeout=10
+        ) as writer:
+            store = SqliteStore(writer, StoreLimits(max_queue_length=6))
+
+            async def send(k: int) -> None:
+                results[k] = await store.enqueue_many([_item(10 * k + n) for n in range(3)])
+
+            gate = _Gate()
+            async with trio.open_nursery() as nursery:
+                await gate.occupy(writer, nursery)
+                before = writer.statistics()
+                for k in range(4):
+                    nursery.start_soon(send, k)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.release()
+            after = writer.statistics()
+            assert after.batches - before.batches == 2  # the gate's, then the four together
+            assert after.commits - before.commits == 1  # the gate's changed nothing
+            assert after.largest_batch == 4
+            # The queue holds 6: two batches fit whole, the other two are refused whole,
+            # each batch seeing the queue as the batches committed before it left it.
+            accepted = sorted(sum(r is not None for r in records) for records in results.values())
+            assert accepted == [0, 0, 3, 3]
+            assert await store.queue_depth("b") == 6
+            assert verify(await store.audit_records(), None).ok
 
 
 async def test_reads_do_not_commit(store: SqliteStore) -> None:
