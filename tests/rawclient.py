@@ -14,7 +14,7 @@ from typing import Any
 import purerpc
 
 from mas._proto import runtime_pb2 as pb
-from mas._purerpc import open_channel, release_stream
+from mas._purerpc import open_channel, release_stream, write_messages
 
 SERVICE = "mas.runtime.v1.RuntimeService"
 
@@ -66,6 +66,18 @@ class RawSession:
     async def send(self, **event: Any) -> None:
         await self.stream.send_message(pb.ClientEvent(**event))
 
+    async def send_together(self, events: list[pb.ClientEvent]) -> None:
+        """Write several frames in one HTTP/2 DATA frame (so one TLS record)."""
+        await write_messages(self.stream, events)
+
+    def frame(self, kind: str, **fields: Any) -> tuple[int, pb.ClientEvent]:
+        """The next stream fast-path frame of ``kind`` and its sequence number."""
+        self.seq += 1
+        message = {"send": pb.StreamSend, "request": pb.StreamRequest, "reply": pb.StreamReply}[
+            kind
+        ]
+        return self.seq, pb.ClientEvent(**{kind: message(seq=self.seq, **fields)})
+
     async def receive(self) -> pb.ServerEvent:
         event = await self.stream.receive_message()
         if event is None:
@@ -89,14 +101,11 @@ class RawSession:
 
     async def call(self, kind: str, **fields: Any) -> pb.Result:
         """Send a stream fast-path frame and return its Result."""
-        self.seq += 1
-        message = {"send": pb.StreamSend, "request": pb.StreamRequest, "reply": pb.StreamReply}[
-            kind
-        ]
-        await self.send(**{kind: message(seq=self.seq, **fields)})
+        seq, frame = self.frame(kind, **fields)
+        await self.stream.send_message(frame)
         while True:
             event = await self.receive()
-            if event.WhichOneof("event") == "result" and event.result.seq == self.seq:
+            if event.WhichOneof("event") == "result" and event.result.seq == seq:
                 return event.result
 
     async def close(self) -> None:

@@ -1,0 +1,113 @@
+"""Frames that arrive together are handled as one batch, each with its own outcome.
+
+A raw client writes several frames in one HTTP/2 DATA frame, so the server reads them
+in one piece and routes them with one ``enqueue_many``; every frame still gets its own
+``Result`` (accepted, or refused with its own reason), in order, and the store sees
+exactly the accepted messages, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import trio
+from rawclient import sessions
+
+from mas._proto import runtime_pb2 as pb
+from mas.audit.record import AuditRecord
+from mas.store import EnqueueItem, MemoryStore, StoreLimits
+from mas.testing import TestPKI, make_config, open_test_server
+
+
+class CountingStore(MemoryStore):
+    """The memory store, noting the size of every ``enqueue_many`` batch."""
+
+    def __init__(self, limits: StoreLimits) -> None:
+        super().__init__(limits)
+        self.batches: list[int] = []
+
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+        self.batches.append(len(items))
+        return await super().enqueue_many(items)
+
+
+RULES = [{"type": "allow", "sender": "a", "targets": ["b"]}]
+
+
+async def test_frames_written_together_are_routed_in_order_each_with_its_own_result(
+    pki: TestPKI,
+) -> None:
+    config = make_config(["a", "b", "c"], RULES, limits={"max_queue_length": 3})
+    store = CountingStore(StoreLimits(max_queue_length=3))
+    with trio.fail_after(10):
+        async with open_test_server(config, pki, store=store) as server:
+            async with sessions(server, pki, "a") as [a]:
+                plan = [
+                    (("send", "b", '{"n": 0}'), None),
+                    (("send", "c", '{"n": 1}'), ("PERMISSION_DENIED", "not_authorized")),
+                    (("send", "b", "[not an object]"), ("INVALID_ARGUMENT", "invalid_payload")),
+                    (("request", "b", '{"n": 3}'), None),
+                    (("send", "b", '{"n": 4}'), None),
+                    (("send", "b", '{"n": 5}'), ("RESOURCE_EXHAUSTED", "queue_full")),
+                    (("reply", "", '{"n": 6}'), ("NOT_FOUND", "unknown_correlation")),
+                ]
+                frames = []
+                for (kind, target, data), _ in plan:
+                    fields = {"message_type": "t", "data_json": data}
+                    if kind == "reply":
+                        fields["correlation_id"] = "no-such-request"
+                    else:
+                        fields["target_id"] = target
+                    frames.append(a.frame(kind, **fields))
+                await a.send_together([frame for _, frame in frames])
+                results: dict[int, pb.Result] = {}
+                while len(results) < len(frames):
+                    event = await a.receive()
+                    if event.WhichOneof("event") == "result":
+                        results[event.result.seq] = event.result
+                for (seq, _), (_, expected) in zip(frames, plan, strict=True):
+                    result = results[seq]
+                    if expected is None:
+                        assert not result.HasField("error"), result
+                        assert result.message_id
+                    else:
+                        assert (result.error.code, result.error.message) == expected
+                request_result = results[frames[3][0]]
+                assert request_result.correlation_id  # a request gets its correlation id
+                # Routed as one batch: the five frames that passed the gateway (the
+                # queue-full one is refused by the store, inside the batch).
+                assert store.batches == [4]
+            async with sessions(server, pki, "b") as [b]:
+                delivered = []
+                for _ in range(3):
+                    delivery = await b.next_delivery()
+                    delivered.append(json.loads(delivery.envelope_json)["data"]["n"])
+                    await b.send(ack=pb.Ack(delivery_id=delivery.delivery_id))
+                assert delivered == [0, 3, 4]
+        decisions = server.audit.statistics()["decisions"]
+        assert decisions["ALLOWED"] == 3
+        assert decisions["AUTHZ_DENIED"] == 1
+        assert decisions["INVALID"] == 3  # bad payload, queue full, unknown correlation
+
+
+async def test_acks_written_together_are_all_applied(pki: TestPKI) -> None:
+    config = make_config(["a", "b"], RULES)
+    with trio.fail_after(10):
+        async with open_test_server(config, pki) as server:
+            async with sessions(server, pki, "a", "b") as [a, b]:
+                for n in range(5):
+                    assert not (
+                        await a.call(
+                            "send", target_id="b", message_type="t", data_json=json.dumps({"n": n})
+                        )
+                    ).HasField("error")
+                ids = [(await b.next_delivery()).delivery_id for _ in range(5)]
+                await b.send_together(
+                    [pb.ClientEvent(ack=pb.Ack(delivery_id=i)) for i in ids[:3]]
+                    + [pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids[3:] + ids[:1]))]
+                )
+            # The session ended: what was not acked would now be back in b's queue.
+            await server.registry.wait_empty()
+            assert await server.store.queue_depth("b") == 0
+        assert server.audit.statistics()["decisions"]["DELIVERED"] == 5
