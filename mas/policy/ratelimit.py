@@ -45,6 +45,7 @@ Decisions:
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from typing import Final, Protocol
 
@@ -122,13 +123,41 @@ def _slack(window: Window, tat: float) -> float:
 
 
 def _wait_until(deadline: float, now: float) -> float:
-    """A wait ``d >= 0`` with ``now + d >= deadline`` in float arithmetic, within an ulp."""
+    """The smallest float ``d >= 0`` with ``now + d >= deadline`` in float arithmetic.
+
+    (``now + d`` may still land above ``deadline``: where ``d``'s ulp is finer or coarser
+    than ``now + d``'s, the sums skip floats or repeat them.) A binary search over the
+    floats' bit patterns, which order non-negative floats: at most 64 steps.
+    """
     if deadline == math.inf:
         return math.inf
-    wait = max(deadline - now, 0.0)
-    while now + wait < deadline:  # deadline - now rounded down: step up an ulp
-        wait = math.nextafter(wait, math.inf)
-    return wait
+    if now >= deadline:
+        return 0.0
+    enough = deadline - now
+    while now + enough < deadline:  # rounded down: one ulp of the sum at a time
+        enough += math.ulp(now + enough)
+    low, high = 0, _bits(enough)  # now + float(low) < deadline <= now + float(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if now + _float(middle) >= deadline:
+            high = middle
+        else:
+            low = middle
+    return _float(high)
+
+
+def _bits(value: float) -> int:
+    bits: int = _DOUBLE_AS_INT.unpack(_DOUBLE.pack(value))[0]
+    return bits
+
+
+def _float(bits: int) -> float:
+    value: float = _DOUBLE.unpack(_DOUBLE_AS_INT.pack(bits))[0]
+    return value
+
+
+_DOUBLE: Final = struct.Struct("<d")
+_DOUBLE_AS_INT: Final = struct.Struct("<q")
 
 
 def _step(

@@ -366,6 +366,8 @@ class Router:
                     )
                 await session.rpc.send_many(delivery_frames(session, deliveries))
                 self.delivered += len(deliveries)
+                if len(deliveries) < room:
+                    break  # nothing more is due; a new message rings the doorbell again
 
     async def _watch_acks(self, session: Session) -> None:
         while True:

@@ -238,9 +238,8 @@ class RuntimeServicer:
     async def _read_frames(self, session: Session, rpc: RpcStream) -> None:
         """Handle the session's frames, a batch at a time, until the client half-closes.
 
-        Every frame already received is handled together: acks first (they free window
-        slots), then nacks, then the routed messages in their order; their ``Result``
-        frames go back in one write.
+        Every frame already received is handled together: the routed messages in their
+        order, their ``Result`` frames back in one write, then the acks and the nacks.
         """
         while (frames := await rpc.receive_batch(FRAME_BATCH)) is not None:
             acks: list[str] = []
@@ -261,14 +260,14 @@ class RuntimeServicer:
                     refusal = RpcError("INVALID_ARGUMENT", "duplicate_hello")
                     break
                 # Heartbeats, and frames of a newer protocol revision, need no answer.
+            if routed:  # first, so their results go out before the store work of acks
+                await rpc.send_many(await self._route_frames(session, routed))
             if acks:
                 await self._router.ack_many(session, acks)
             for nack in nacks:
                 await self._router.nack(
                     session, nack.delivery_id, nack.reason[:200], retryable=nack.retryable
                 )
-            if routed:
-                await rpc.send_many(await self._route_frames(session, routed))
             if refusal is not None:
                 raise refusal
 

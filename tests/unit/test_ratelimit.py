@@ -167,9 +167,25 @@ def test_retry_after_is_exact_to_the_float(
     while (decision := check(windows, tats, now)).allowed:  # faster than the rate: ends
         tats = list(decision.tats)
         now += gap * period / limit
-    at = now + decision.retry_after
-    assert check(windows, tats, at).allowed
-    assert not check(windows, tats, math.nextafter(at, -math.inf)).allowed
+    # Waiting retry_after is enough, and one float less is not: retry_after is the
+    # smallest wait that works (now + wait may skip floats, so the property is on the wait).
+    assert check(windows, tats, now + decision.retry_after).allowed
+    if decision.retry_after > 0.0:
+        shorter = math.nextafter(decision.retry_after, 0.0)
+        assert not check(windows, tats, now + shorter).allowed
+
+
+def test_retry_after_is_the_smallest_wait_where_sums_skip_floats() -> None:
+    # Found by hypothesis: here no float wait puts now + wait exactly on the earliest
+    # conforming time, so the earliest time itself is not reachable from now.
+    windows = (Window("w", 2, 2049.0),)
+    tats: list[float | None] = [None]
+    now = -1.1468023117412542
+    while (decision := check(windows, tats, now)).allowed:
+        tats = list(decision.tats)
+    assert check(windows, tats, now + decision.retry_after).allowed
+    shorter = math.nextafter(decision.retry_after, 0.0)
+    assert not check(windows, tats, now + shorter).allowed
 
 
 # --- several windows --------------------------------------------------------------------
