@@ -222,7 +222,10 @@ class Transport:
             outgoing = self._outgoing = _Outgoing()
         outgoing.frames.append(event)
         try:
-            await self._lock.acquire()
+            if self._lock.locked():
+                await self._lock.acquire()
+            else:
+                self._lock.acquire_nowait()  # no scheduler pass when nobody else writes
         except trio.Cancelled:
             if outgoing is self._outgoing:  # not written: a cancelled send sends nothing
                 outgoing.frames[:] = [frame for frame in outgoing.frames if frame is not event]

@@ -77,13 +77,18 @@ class Dispatcher:
         """Called by the link for each delivery: queue it, or refuse it while stopping."""
         if self._draining:
             await self._nack(item, STOPPING_REASON, retryable=True)
-        else:
+            return
+        try:
+            self._inbox.send_nowait(item)  # no scheduler pass while the inbox has room
+        except trio.WouldBlock:
             await self._inbox.send(item)
 
     async def dispatch(self, nursery: trio.Nursery) -> None:
         """Start a handler task per queued delivery, at most ``max_concurrency`` at once."""
         with self._dispatch_scope:
             async for item in self._queued:
+                # (A scheduler pass per item, here, keeps handlers starting in delivery order:
+                # Trio runs the tasks of one pass in no fixed order.)
                 if item.generation != self._require_link().generation:
                     continue  # its connection is gone: the server has requeued it
                 self._in_hand = item

@@ -102,48 +102,70 @@ Bounds (fail closed)
     Python's ``re`` cannot be interrupted inside a match, so no single call sees more than
     :data:`SCAN_WINDOW_CHARS` plus twice :data:`WINDOW_OVERLAP_CHARS` of text: a longer
     string is scanned whole, in overlapping windows (a match longer than the overlap that
-    crosses a window edge can be missed). The built-in expressions run in linear time; a
-    custom pattern that backtracks catastrophically can still run long inside one window,
-    and the budget notices only when that call returns. The budget (:data:`DEFAULT_BUDGET`,
-    or ``scan(..., budget=)``) is checked on the scanner's clock (``time.perf_counter``)
-    between containers, chunks, windows and strings; once it is spent the result is
-    ``DLP_BLOCKED`` with a ``scan_budget`` violation. Containers nested deeper than
-    :data:`MAX_DEPTH` give ``DLP_BLOCKED`` with ``scan_depth``. A run of digits that would
-    take more than ``MAX_CARD_CHECKS`` candidate card checks counts as a card whole.
+    crosses a window edge can be missed). Containers nested deeper than :data:`MAX_DEPTH`
+    give ``DLP_BLOCKED`` with ``scan_depth``. A run of digits that would take more than
+    ``MAX_CARD_CHECKS`` candidate card checks counts as a card whole.
+
+    The time budget (:data:`DEFAULT_BUDGET`, or ``scan(..., budget=)``) is measured on the
+    scanner's clock (``time.perf_counter`` unless one is given; the gateway gives
+    ``time.thread_time``, a system call). So that timing costs in proportion to the work,
+    the clock is read when the scan starts, then only once about :data:`CLOCK_EVERY` units
+    of work were done since the last reading (a unit is about one character of text run
+    through the rules; a container counts as 32 plus 8 per item), between containers,
+    strings, windows and rules; and, when custom rules ran, once more at the end of the
+    scan. The first reading past the deadline gives ``DLP_BLOCKED`` with a ``scan_budget``
+    violation. So a scan runs past its budget by at most the work between two readings
+    (about 8 KB of text, 100 us, or one rule over one window when that is more) before the
+    budget notices, and a payload with less work than that (a clean 2 KB message) is timed
+    only at its start: it is never stopped by the budget unless custom rules ran. The
+    built-in expressions run in linear time; a custom pattern that backtracks
+    catastrophically can still run long inside one window, and the budget notices only at
+    the next reading after that call returns, at the latest at the end of the scan.
 
 How it stays fast
-    Phase 1 collects every key and string, tries the key-aware rules (key classes are cached
-    per key), joins the strings with NUL into chunks of one window and runs each detector once
-    per chunk, behind its gate. A clean payload ends there: ``ALLOWED``. Otherwise phase 2
-    walks again with paths, runs the rules that fired on the strings they fired in, reports
-    and redacts. ``benchmarks/dlp_micro.py`` measures it.
+    Phase 1 (:mod:`mas.policy.dlp_collect`) collects every key and string, tries the
+    key-aware rules (key classes are cached per key), joins the strings with NUL into chunks
+    of one window and runs each detector once per chunk, behind its gate. A clean payload
+    ends there: ``ALLOWED``. Otherwise phase 2 (:mod:`mas.policy.dlp_walk`) walks again with
+    paths, runs the rules that fired on the strings they fired in, reports and redacts.
+    ``benchmarks/dlp_micro.py`` measures it.
+
+Modules
+    This module is the facade: :class:`DlpScanner` and the names it re-exports. The rule
+    model is in :mod:`mas.policy.dlp_rule`, the default rules in :mod:`mas.policy.dlp_rules`
+    (their detectors in :mod:`mas.policy.dlp_detectors` and :mod:`mas.policy.dlp_cards`, key
+    classes in :mod:`mas.policy.dlp_keys`), config merging in :mod:`mas.policy.dlp_compile`,
+    limits and the budget in :mod:`mas.policy.dlp_bounds`, results in
+    :mod:`mas.policy.dlp_result`.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
-from itertools import accumulate
-from typing import Any, Final, Literal, cast
-
-import msgspec
+from collections.abc import Callable, Sequence
+from typing import Any, Final, cast
 
 from mas.config import DlpConfig
-from mas.policy.dlp_rules import (
-    DEFAULT_RULES,
-    Finder,
-    Rule,
-    Span,
-    Views,
-    ascii_lower,
-    classify_key,
-    marker,
+from mas.policy.dlp_bounds import (
+    CLOCK_EVERY,
+    DEFAULT_BUDGET,
+    MAX_DEPTH,
+    SCAN_WINDOW_CHARS,
+    WINDOW_OVERLAP_CHARS,
+    Budget,
+    ScanStop,
 )
+from mas.policy.dlp_collect import Collector, Ranges
+from mas.policy.dlp_compile import effective_rules
+from mas.policy.dlp_keys import KeyRules
+from mas.policy.dlp_result import Decision as Decision
+from mas.policy.dlp_result import ScanResult, Violation
+from mas.policy.dlp_rule import Action as Action
+from mas.policy.dlp_rule import Rule
+from mas.policy.dlp_walk import Walk
 
 __all__ = [
+    "CLOCK_EVERY",
     "DEFAULT_BUDGET",
     "MAX_DEPTH",
     "SCAN_WINDOW_CHARS",
@@ -154,120 +176,8 @@ __all__ = [
     "Violation",
 ]
 
-DEFAULT_BUDGET: Final = 0.050  # seconds of scanning per message before failing closed
-MAX_DEPTH: Final = 64  # nested containers; deeper payloads fail closed (and bound recursion)
-SCAN_WINDOW_CHARS: Final = 65_536  # longest text one regular-expression call is given
-WINDOW_OVERLAP_CHARS: Final = 1_024  # overlap between the windows over a longer string
 _KEY_CACHE_SIZE: Final = 8_192  # distinct keys whose classes a scanner remembers
-_REDACT_ROUNDS: Final = 3  # re-mask a redacted string at most this often, then mask it whole
-_RESERVED: Final = ("scan_budget", "scan_depth", "scan_unsupported")
-
-Decision = Literal["ALLOWED", "ALERT", "DLP_REDACTED", "DLP_BLOCKED"]
-Action = Literal["block", "redact", "alert"]
-
-
-class Violation(msgspec.Struct, frozen=True):
-    """One rule that matched at one place. Never holds the matched text."""
-
-    rule_id: str
-    type: str
-    action: Action
-    severity: str
-    path: str  # JSON path: $.user.cards[2], $['odd key']; a key match has the key's own path
-
-
-class ScanResult(msgspec.Struct, frozen=True):
-    """The outcome of one scan."""
-
-    decision: Decision
-    violations: tuple[Violation, ...]
-    data: dict[str, Any]  # to deliver: the input itself unless redacted
-
-
-class _Stop(Exception):
-    """Stop scanning and fail closed."""
-
-    def __init__(self, rule_id: str, path: str) -> None:
-        super().__init__(rule_id)
-        self.rule_id = rule_id
-        self.path = path
-
-
 _NONE: Final[tuple[Violation, ...]] = ()
-_IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SCALARS: Final = (int, float, type(None))  # never text-scanned (bool is an int)
-
-
-def _segment(key: object) -> str:
-    """The JSON-path step for a dict key."""
-    if isinstance(key, str) and _IDENT.fullmatch(key):
-        return "." + key
-    text = str(key).replace("\\", "\\\\").replace("'", "\\'")
-    return f"['{text}']"
-
-
-def _apply(text: str, spans: list[Span]) -> str:
-    """``text`` with each span replaced by its mask; overlapping spans merge into one."""
-    merged: list[list[Any]] = []
-    for start, end, mask in sorted(spans):
-        last = merged[-1] if merged else None
-        if last is not None and start < last[1]:
-            if end > last[1]:
-                last[1] = end
-                if mask != last[2]:
-                    last[2] = "[REDACTED]"
-        else:
-            merged.append([start, end, mask])
-    parts: list[str] = []
-    pos = 0
-    for start, end, mask in merged:
-        parts += (text[pos:start], mask)
-        pos = end
-    parts.append(text[pos:])
-    return "".join(parts)
-
-
-def _windows(n: int) -> Iterator[tuple[int, int, int]]:
-    """(start, end, keep-from) of the overlapping windows over a string of length ``n``."""
-    for keep in range(0, n, SCAN_WINDOW_CHARS):
-        start = max(0, keep - WINDOW_OVERLAP_CHARS)
-        yield start, min(n, keep + SCAN_WINDOW_CHARS + WINDOW_OVERLAP_CHARS), keep
-
-
-def _find(
-    rule: Rule, text: str, low: str, clock: Callable[[], float], deadline: float
-) -> list[Span]:
-    """``rule.find`` over ``text``, one window at a time when ``text`` is long.
-
-    A match counts in the window where it starts; each window reaches
-    :data:`WINDOW_OVERLAP_CHARS` into its neighbours for context.
-    """
-    if len(text) <= SCAN_WINDOW_CHARS:
-        return rule.find(text, low)
-    spans: list[Span] = []
-    for start, end, keep in _windows(len(text)):
-        if clock() > deadline:
-            raise _Stop("scan_budget", "$")
-        for a, b, mask in rule.find(text[start:end], low[start:end]):
-            if keep <= a + start < keep + SCAN_WINDOW_CHARS:
-                spans.append((a + start, b + start, mask))
-    return spans
-
-
-def _custom_finder(rule_id: str, kind: str, pattern: str, case_insensitive: bool) -> Finder:
-    try:
-        compiled = re.compile(pattern, re.IGNORECASE if case_insensitive else 0)
-    except (re.error, TypeError) as exc:
-        raise ValueError(f"DLP rule {rule_id!r}: pattern does not compile: {exc}") from None
-    for probe in ("", "a", "0", " ", "a b-1@x.y\n"):
-        if any(m.end() == m.start() for m in compiled.finditer(probe)):
-            raise ValueError(f"DLP rule {rule_id!r}: pattern matches the empty string")
-    mask = marker(kind)
-
-    def find(text: str, low: str) -> list[Span]:
-        return [(m.start(), m.end(), mask) for m in compiled.finditer(text) if m.end() > m.start()]
-
-    return find
 
 
 class DlpScanner:
@@ -277,18 +187,7 @@ class DlpScanner:
     one thread (the server's Trio thread), like every pure policy object in ``mas``.
     """
 
-    __slots__ = (
-        "_budget",
-        "_chunk_rules",
-        "_clock",
-        "_key_cache",
-        "_key_mask",
-        "_key_rules",
-        "_redact_rules",
-        "_rules",
-        "_text_rules",
-        "_value_rules",
-    )
+    __slots__ = ("_budget", "_clock", "_collector", "_key_cache", "_keys", "_redact", "_rules")
 
     def __init__(
         self,
@@ -300,17 +199,10 @@ class DlpScanner:
         self._rules = tuple(rules)
         self._budget = budget
         self._clock = clock
-        self._text_rules = tuple(r for r in self._rules if r.detectors)
-        self._chunk_rules = tuple(r for r in self._text_rules if not r.per_value)
-        self._value_rules = tuple(r for r in self._text_rules if r.per_value)
-        self._redact_rules = tuple(r for r in self._text_rules if r.action == "redact")
-        self._key_rules = tuple(
-            (r, r.key_flag, r.check) for r in self._rules if r.key_flag and r.check is not None
-        )
-        self._key_mask = 0
-        for _, flag, _ in self._key_rules:
-            self._key_mask |= flag
-        self._key_cache: dict[str, int] = {}
+        self._keys = KeyRules(self._rules, cache_size=_KEY_CACHE_SIZE)
+        self._key_cache = self._keys.cache  # the same dict, at most _KEY_CACHE_SIZE keys
+        self._collector = Collector(self._rules, self._keys)
+        self._redact = tuple(r for r in self._collector.text_rules if r.action == "redact")
 
     @classmethod
     def from_config(
@@ -324,45 +216,7 @@ class DlpScanner:
 
         Raises ``ValueError`` naming the rule or name at fault (see the module docstring).
         """
-        default_names = {r.id for r in DEFAULT_RULES} | {r.type for r in DEFAULT_RULES}
-        for name in config.disable_defaults:
-            if name not in default_names:
-                raise ValueError(f"DLP disable_defaults: no default rule {name!r}")
-        rules: dict[str, Rule] = {}
-        if config.merge_strategy == "append":
-            disabled = set(config.disable_defaults)
-            for rule in DEFAULT_RULES:
-                if rule.id not in disabled and rule.type not in disabled:
-                    rules[rule.id] = rule
-        custom_ids: set[str] = set()
-        for spec in config.rules:
-            if spec.id in custom_ids:
-                raise ValueError(f"DLP rule {spec.id!r}: duplicate id")
-            if spec.id in _RESERVED:
-                raise ValueError(f"DLP rule {spec.id!r}: reserved id")
-            custom_ids.add(spec.id)
-            if not spec.enabled:
-                continue
-            finder = _custom_finder(spec.id, spec.type, spec.pattern, spec.case_insensitive)
-            rules[spec.id] = Rule(
-                spec.id,
-                spec.type,
-                spec.action,
-                spec.severity,
-                spec.description,
-                ((None, finder),),
-                per_value=True,
-            )
-        known = default_names | custom_ids | {spec.type for spec in config.rules}
-        for name in config.policy_overrides:
-            if name not in known:
-                raise ValueError(f"DLP policy_overrides: no rule or type {name!r}")
-        overrides = config.policy_overrides
-        merged = [
-            replace(rule, action=overrides.get(rule.id, overrides.get(rule.type, rule.action)))
-            for rule in rules.values()
-        ]
-        return cls(merged, budget=budget, clock=clock)
+        return cls(effective_rules(config), budget=budget, clock=clock)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -379,23 +233,29 @@ class DlpScanner:
         """Scan ``data`` and decide; never raises for a JSON-shaped payload.
 
         ``message_type`` is accepted for per-type policy; today every rule applies to every
-        type. ``budget`` (seconds) replaces the scanner's time budget for this call.
+        type. ``budget`` (seconds) replaces the scanner's time budget for this call; the
+        module docstring says when a spent budget is noticed.
         """
-        deadline = self._clock() + (self._budget if budget is None else budget)
-        walk: _Walk | None = None
+        meter = Budget(self._clock, self._budget if budget is None else budget)
+        collector = self._collector
+        walk: Walk | None = None
+        delivered: object = data
         try:
             texts: list[str] = []
-            ranges: dict[int, tuple[int, int, bool]] = {}
-            key_hit = self._collect(data, 1, texts, ranges, deadline)
-            fired, hot, hot_at = self._fire(texts, deadline)
-            if not key_hit and not fired:
-                return ScanResult("ALLOWED", _NONE, data)
-            walk = _Walk(self, fired, hot, hot_at, ranges, deadline)
-            delivered = walk.visit(data, None, 0)
-        except _Stop as stop:
+            ranges: Ranges = {}
+            key_hit = collector.collect(data, 1, texts, ranges, meter)
+            fired, hot, hot_at = collector.fire(texts, meter)
+            if key_hit or fired:
+                walk = Walk(self._keys, fired, self._redact, hot, hot_at, ranges, meter)
+                delivered = walk.visit(data, None, 0)
+            if collector.value_rules and texts and meter.over():
+                raise ScanStop("scan_budget", "$")  # a custom pattern may have run long
+        except ScanStop as stop:
             found = walk.violations if walk is not None else []
             found.append(Violation(stop.rule_id, stop.rule_id, "block", "critical", stop.path))
             return ScanResult("DLP_BLOCKED", tuple(found), data)
+        if walk is None:
+            return ScanResult("ALLOWED", _NONE, data)
         violations = tuple(walk.violations)
         actions = {v.action for v in violations}
         if "block" in actions:
@@ -406,337 +266,4 @@ class DlpScanner:
 
     def key_flags(self, key: str) -> int:
         """The classes of ``key`` that an active key-aware rule cares about (cached)."""
-        flags = self._key_cache.get(key)
-        if flags is None:
-            if len(self._key_cache) >= _KEY_CACHE_SIZE:
-                self._key_cache.clear()
-            flags = self._key_cache[key] = classify_key(key) & self._key_mask
-        return flags
-
-    # --- phase 1: collect every string, try key-aware rules, run the detectors on chunks ---
-
-    def _collect(
-        self,
-        obj: Any,
-        depth: int,
-        texts: list[str],
-        ranges: dict[int, tuple[int, int, bool]],
-        deadline: float,
-    ) -> bool:
-        """Append every key and string under ``obj`` to ``texts``; True on a key-aware match.
-
-        ``ranges`` maps each container (by id) to the slice of ``texts`` under it and
-        whether a key-aware rule matched under it, so that phase 2 can skip clean subtrees.
-        """
-        if depth > MAX_DEPTH:
-            raise _Stop("scan_depth", "$")
-        if self._clock() > deadline:
-            raise _Stop("scan_budget", "$")
-        first = len(texts)
-        hit = False
-        append = texts.append
-        if isinstance(obj, dict):
-            cache = self._key_cache
-            for key, value in obj.items():
-                if type(key) is str:
-                    append(key)
-                    flags = cache.get(key)
-                    if flags is None:
-                        flags = self.key_flags(key)
-                    if flags and self._key_hit(flags, value):
-                        hit = True
-                else:
-                    hit = self._other(key, depth, texts, ranges, deadline) or hit
-                kind = type(value)
-                if kind is str:
-                    append(value)
-                elif kind is dict or kind is list:
-                    hit = self._collect(value, depth + 1, texts, ranges, deadline) or hit
-                elif not (kind is int or kind is float or kind is bool or value is None):
-                    hit = self._other(value, depth, texts, ranges, deadline) or hit
-        else:
-            for value in obj:
-                kind = type(value)
-                if kind is str:
-                    append(value)
-                elif kind is dict or kind is list:
-                    hit = self._collect(value, depth + 1, texts, ranges, deadline) or hit
-                elif not (kind is int or kind is float or kind is bool or value is None):
-                    hit = self._other(value, depth, texts, ranges, deadline) or hit
-        ranges[id(obj)] = (first, len(texts), hit)
-        return hit
-
-    def _other(
-        self,
-        value: object,
-        depth: int,
-        texts: list[str],
-        ranges: dict[int, tuple[int, int, bool]],
-        deadline: float,
-    ) -> bool:
-        if isinstance(value, str):
-            texts.append(str(value))
-            return False
-        if isinstance(value, (dict, list, tuple)):
-            return self._collect(value, depth + 1, texts, ranges, deadline)
-        if isinstance(value, _SCALARS):
-            return False
-        raise _Stop("scan_unsupported", "$")
-
-    def _key_hit(self, flags: int, value: object) -> bool:
-        return any(flag & flags and check(value) for _, flag, check in self._key_rules)
-
-    def _fire(
-        self, texts: list[str], deadline: float
-    ) -> tuple[tuple[Rule, ...], set[str], list[int]]:
-        """The text rules that match somewhere; the strings they match in, and where."""
-        fired: set[str] = set()
-        hot: set[str] = set()
-        hot_at: set[int] = set()  # indexes into texts
-        clock = self._clock
-        for chunk, batch, base in self._chunks(texts) if self._chunk_rules else ():
-            low = ascii_lower(chunk)
-            views = Views(chunk, low)
-            starts: list[int] | None = None
-            for rule in self._chunk_rules:
-                for gate, find in rule.detectors:
-                    spans = find(chunk, low) if gate is None or gate(views) else None
-                    if not spans:
-                        continue
-                    fired.add(rule.id)
-                    if len(batch) == 1:
-                        hot.add(batch[0])
-                        hot_at.add(base)
-                        continue
-                    if starts is None:
-                        starts = list(accumulate((len(t) + 1 for t in batch), initial=0))
-                    for start, end, _ in spans:  # every string the match touches
-                        first = bisect_right(starts, start) - 1
-                        last = bisect_right(starts, end - 1, first)
-                        hot.update(batch[first:last])
-                        hot_at.update(range(base + first, base + last))
-            if clock() > deadline:
-                raise _Stop("scan_budget", "$")
-        for index, text in enumerate(texts) if self._value_rules else ():
-            low = ascii_lower(text)
-            for rule in self._value_rules:
-                if _find(rule, text, low, clock, deadline):
-                    fired.add(rule.id)
-                    hot.add(text)
-                    hot_at.add(index)
-            if clock() > deadline:
-                raise _Stop("scan_budget", "$")
-        return tuple(r for r in self._text_rules if r.id in fired), hot, sorted(hot_at)
-
-    def _chunks(self, texts: list[str]) -> Iterator[tuple[str, list[str], int]]:
-        """``texts`` joined by NUL into chunks of about one window: (chunk, strings, index).
-
-        No built-in rule matches a NUL or across one (it is not a word, digit, separator or
-        space character to any of them), so a rule matches a chunk where it matches one of
-        the chunk's strings. A string longer than a window is its own chunks, one per window.
-        """
-        joined = "\x00".join(texts)
-        if len(joined) <= SCAN_WINDOW_CHARS:
-            yield joined, texts, 0
-            return
-        batch: list[str] = []
-        size = base = 0
-        for index, text in enumerate(texts):
-            if len(text) > SCAN_WINDOW_CHARS:
-                if batch:
-                    yield "\x00".join(batch), batch, base
-                    batch, size = [], 0
-                for start, end, _ in _windows(len(text)):
-                    yield text[start:end], [text], index
-                continue
-            if batch and size + len(text) > SCAN_WINDOW_CHARS:
-                yield "\x00".join(batch), batch, base
-                batch, size = [], 0
-            if not batch:
-                base = index
-            batch.append(text)
-            size += len(text) + 1
-        if batch:
-            yield "\x00".join(batch), batch, base
-
-
-Path = tuple[Any, str | int] | None  # (parent, key or index), rendered only when reported
-
-
-def _render(path: Path) -> str:
-    steps: list[str] = []
-    while path is not None:
-        path, step = path
-        steps.append(f"[{step}]" if type(step) is int else _segment(step))
-    return "$" + "".join(reversed(steps))
-
-
-class _Walk:
-    """Phase 2: walk with paths, report violations, build the redacted copy."""
-
-    __slots__ = (
-        "clock",
-        "deadline",
-        "hot",
-        "hot_at",
-        "key_cache",
-        "ranges",
-        "rules",
-        "scanner",
-        "seen",
-        "violations",
-    )
-
-    def __init__(
-        self,
-        scanner: DlpScanner,
-        rules: tuple[Rule, ...],
-        hot: set[str],
-        hot_at: list[int],
-        ranges: dict[int, tuple[int, int, bool]],
-        deadline: float,
-    ) -> None:
-        self.scanner = scanner
-        self.rules = rules
-        self.hot = hot
-        self.hot_at = hot_at
-        self.ranges = ranges
-        self.deadline = deadline
-        self.clock = scanner._clock
-        self.key_cache = scanner._key_cache
-        self.violations: list[Violation] = []
-        self.seen: set[tuple[str, str]] = set()
-
-    def report(self, rule: Rule, path: Path) -> None:
-        where = _render(path)
-        if (rule.id, where) not in self.seen:
-            self.seen.add((rule.id, where))
-            self.violations.append(Violation(rule.id, rule.type, rule.action, rule.severity, where))
-
-    def find(self, text: str) -> list[tuple[Rule, list[Span]]]:
-        if text not in self.hot:
-            return []
-        if self.clock() > self.deadline:
-            raise _Stop("scan_budget", "$")
-        low = ascii_lower(text)
-        found = []
-        for rule in self.rules:
-            spans = _find(rule, text, low, self.clock, self.deadline)
-            if spans:
-                found.append((rule, spans))
-        return found
-
-    def redact(self, text: str, found: list[tuple[Rule, list[Span]]]) -> str | None:
-        """``text`` with its redact-rule matches masked until none is left; None if none."""
-        spans = [span for rule, spans in found if rule.action == "redact" for span in spans]
-        if not spans:
-            return None
-        for _ in range(_REDACT_ROUNDS):
-            text = _apply(text, spans)
-            low = ascii_lower(text)
-            spans = [
-                span
-                for rule in self.scanner._redact_rules
-                for span in _find(rule, text, low, self.clock, self.deadline)
-            ]
-            if not spans:
-                return text
-        return "[REDACTED]"
-
-    def visit(self, value: object, path: Path, depth: int) -> object:
-        """``value``, or its redacted copy; reports what it finds at ``path``."""
-        if isinstance(value, str):
-            found = self.find(value)
-            if not found:
-                return value
-            for rule, _ in found:
-                self.report(rule, path)
-            redacted = self.redact(value, found)
-            return value if redacted is None else redacted
-        if self.clean(value):
-            return value
-        if isinstance(value, dict):
-            return self.mapping(value, path, depth + 1)
-        if isinstance(value, (list, tuple)):
-            if depth + 1 > MAX_DEPTH:
-                raise _Stop("scan_depth", _render(path))
-            items = [self.visit(item, (path, i), depth + 1) for i, item in enumerate(value)]
-            if all(new is old for new, old in zip(items, value, strict=True)):
-                return value
-            return items
-        if isinstance(value, _SCALARS):
-            return value
-        raise _Stop("scan_unsupported", _render(path))
-
-    def clean(self, value: object) -> bool:
-        """True for a container in which phase 1 found nothing (no rule fired under it)."""
-        where = self.ranges.get(id(value))
-        if where is None or where[2]:
-            return False
-        i = bisect_left(self.hot_at, where[0])
-        return i == len(self.hot_at) or self.hot_at[i] >= where[1]
-
-    def mapping(self, obj: dict[Any, Any], path: Path, depth: int) -> object:
-        if depth > MAX_DEPTH:
-            raise _Stop("scan_depth", _render(path))
-        if self.clock() > self.deadline:
-            raise _Stop("scan_budget", _render(path))
-        names: dict[Any, tuple[Any, Any, list[tuple[Rule, list[Span]]]]] = {}
-        if not self.hot.isdisjoint(obj):
-            names = self.rename(obj)
-        out: dict[Any, Any] = {}
-        changed = False
-        cache = self.key_cache
-        for key, value in obj.items():
-            name, shown, found = names.get(key, (key, key, []))
-            here = (path, shown if isinstance(shown, str) else str(shown))
-            for rule, _ in found:
-                self.report(rule, here)
-            replacement = None
-            flags = cache.get(key) if type(key) is str else 0
-            if flags is None:
-                flags = self.scanner.key_flags(key)
-            if name is not key:  # the delivered name's classes too, so a re-scan agrees
-                flags |= self.scanner.key_flags(name)
-            for rule, flag, check in self.scanner._key_rules if flags else ():
-                mask = check(value) if flag & flags else None
-                if mask is not None:
-                    self.report(rule, here)
-                    if rule.action == "redact" and replacement is None:
-                        replacement = mask
-            new_value = self.visit(value, here, depth)
-            if replacement is not None:
-                new_value = replacement
-            changed = changed or new_value is not value or name is not key
-            out[name] = new_value
-        return out if changed else obj
-
-    def rename(
-        self, obj: dict[Any, Any]
-    ) -> dict[Any, tuple[Any, Any, list[tuple[Rule, list[Span]]]]]:
-        """For each matched key: its delivered name, its name in paths, and the matches.
-
-        A key masked by a redact rule is delivered as the first free name of ``mask``,
-        ``mask#2``, ``mask#3``...; in paths a matched key always appears fully masked.
-        """
-        found_keys = {
-            key: self.find(key) for key in obj if isinstance(key, str) and key in self.hot
-        }
-        masked = {key: self.redact(key, found) for key, found in found_keys.items() if found}
-        taken = {key for key in obj if masked.get(key) is None}
-        names = {}
-        for key, found in found_keys.items():
-            if not found:
-                continue
-            new_key = masked[key]
-            name = key
-            if new_key is not None:
-                name, n = new_key, 2
-                while name in taken:
-                    name, n = f"{new_key}#{n}", n + 1
-                taken.add(name)
-            shown = name
-            if new_key is None or any(rule.action != "redact" for rule, _ in found):
-                shown = _apply(key, [span for _, spans in found for span in spans])
-            names[key] = (name, shown, found)
-        return names
+        return self._keys.flags(key)

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mas.policy.dlp as dlp
+import mas.policy.dlp_bounds as dlp_bounds
 from mas.config import DlpConfig, DlpRule
-from mas.policy.dlp import MAX_DEPTH, SCAN_WINDOW_CHARS, DlpScanner, ScanResult
+from mas.policy.dlp import CLOCK_EVERY, MAX_DEPTH, SCAN_WINDOW_CHARS, DlpScanner, ScanResult
 from mas.policy.dlp_rules import DEFAULT_RULES, brand_ok, card_ok, luhn_ok
 
 DEFAULT = DlpScanner.from_config(DlpConfig())
@@ -458,29 +459,49 @@ class SteppingClock:
         return self.now
 
 
+class CountingClock:
+    """A clock that reads ``values`` in turn (the last one for ever) and counts its readings."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = values or (0.0,)
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.values[min(self.reads, len(self.values)) - 1]
+
+
+# Readings happen once per CLOCK_EVERY characters of text (or a window, whichever is more):
+# these 50 strings of about 1.2 * CLOCK_EVERY characters give at least 6 readings.
+LONG_SCAN = {f"k{i}": {"text": "nothing to see " * (CLOCK_EVERY // 12)} for i in range(50)}
+
+
 def test_an_exceeded_budget_fails_closed() -> None:
     scanner = DlpScanner.from_config(DlpConfig(), clock=SteppingClock(0.01), budget=0.05)
-    data = {f"k{i}": {"text": "nothing to see"} for i in range(50)}
-    result = scanner.scan(data)
+    result = scanner.scan(LONG_SCAN)
     assert result.decision == "DLP_BLOCKED"
     assert result.violations[-1].rule_id == "scan_budget"
     assert result.violations[-1].action == "block"
-    assert result.data is data
+    assert result.data is LONG_SCAN
 
 
 def test_the_budget_can_be_set_per_call() -> None:
     scanner = DlpScanner.from_config(DlpConfig(), clock=SteppingClock(0.01))
-    data = {f"k{i}": {"text": "nothing to see"} for i in range(50)}
-    assert scanner.scan(data, budget=100.0).decision == "ALLOWED"
-    assert scanner.scan(data, budget=0.02).decision == "DLP_BLOCKED"
+    assert scanner.scan(LONG_SCAN, budget=100.0).decision == "ALLOWED"
+    assert scanner.scan(LONG_SCAN, budget=0.02).decision == "DLP_BLOCKED"
 
 
-def test_an_exceeded_budget_in_the_second_phase_keeps_what_was_found() -> None:
+def test_an_exceeded_budget_in_the_second_phase_keeps_what_was_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dlp_bounds.Budget, "every", 1)  # read the clock at every charge
     reads = itertools.count()
-    # Phase 1 reads the clock 5 times (start, 3 dicts, 1 chunk); phase 2 once per dict and
-    # once per string with a match: root dict, "a", then dict "b" is over budget.
+    # Phase 1 reads the clock at the start, at each of the 3 dicts and after each text rule
+    # on the one chunk; phase 2 at each dict and after each rule run on a string: the root
+    # dict, "a", then dict "b" is over budget.
+    phase_1 = 4 + sum(1 for rule in DEFAULT_RULES if rule.detectors)
     scanner = DlpScanner.from_config(
-        DlpConfig(), clock=lambda: 0.0 if next(reads) < 7 else 10.0, budget=1.0
+        DlpConfig(), clock=lambda: 0.0 if next(reads) < phase_1 + 2 else 10.0, budget=1.0
     )
     data = {"a": "x@example.com", "b": {"c": {"d": "y@example.com"}}}
     result = scanner.scan(data)
@@ -489,6 +510,91 @@ def test_an_exceeded_budget_in_the_second_phase_keeps_what_was_found() -> None:
         ("email", "$.a"),
         ("scan_budget", "$.b"),
     ]
+
+
+def test_the_second_phase_is_timed_too() -> None:
+    long = "y@example.com " * (CLOCK_EVERY // 10)
+    data = {"a": "x@example.com", "b": [long] * 20}
+    # Phase 1 charges the same for text of the same lengths, matching or not.
+    clean = {"a": "x_example.com", "b": [long.replace("@", "_")] * 20}
+    counting = CountingClock()
+    DlpScanner.from_config(DlpConfig(), clock=counting, budget=1.0).scan(clean)
+    phase_1 = counting.reads
+    # The second reading in phase 2 comes at the latest after b[1], each string costs more
+    # than CLOCK_EVERY.
+    clock = CountingClock(*[0.0] * (phase_1 + 1), 10.0)
+    result = DlpScanner.from_config(DlpConfig(), clock=clock, budget=1.0).scan(data)
+    assert result.decision == "DLP_BLOCKED"
+    assert (result.violations[0].rule_id, result.violations[0].path) == ("email", "$.a")
+    assert result.violations[-1].rule_id == "scan_budget"
+    assert len(result.violations) <= 3
+    assert clock.reads == phase_1 + 2
+
+
+def small_payload() -> dict[str, Any]:
+    return {"i": 1, "text": "benchmark payload: the quick brown fox jumps over the lazy dog"}
+
+
+def clean_2kb_payload() -> dict[str, Any]:
+    note = "Shipped from the east warehouse on Tuesday, two days late; carrier Northwind."
+    data = {
+        "task": {"title": "Summarise quarterly shipping delays", "tags": ["q4", "report"]},
+        "items": [{"sku": f"BK-{i:04d}", "qty": i, "note": note} for i in range(18)],
+        "metrics": {"tokens_in": 812, "latency_ms": 41.7, "sampled": True},
+    }
+    assert len(msgspec.json.encode(data)) >= 2048
+    return data
+
+
+def test_a_small_payload_reads_the_clock_once() -> None:
+    clock = CountingClock()
+    scanner = DlpScanner.from_config(DlpConfig(), clock=clock)
+    assert scanner.scan(small_payload()).decision == "ALLOWED"
+    assert clock.reads == 1  # the start; no scan work since has reached CLOCK_EVERY
+    clock.reads = 0
+    assert scanner.scan(clean_2kb_payload()).decision == "ALLOWED"
+    assert clock.reads <= 2
+    clock.reads = 0
+    assert scanner.scan({"a": "x@example.com", "b": [1, 2]}).decision == "ALERT"
+    assert clock.reads == 1
+
+
+def test_with_custom_rules_the_clock_is_read_at_the_end_too() -> None:
+    rule = DlpRule(id="ticket", type="ticket_no", pattern=r"TCK-\d{6}")
+    counting = CountingClock()
+    scanner = scanner_with(rules=[rule])
+    assert DlpScanner(scanner.rules, clock=counting).scan(small_payload()).decision == "ALLOWED"
+    assert counting.reads == 2
+    # A custom pattern may backtrack for long inside one call: the reading at the end
+    # notices it even on a small payload.
+    late = DlpScanner(scanner.rules, clock=CountingClock(0.0, 10.0), budget=1.0)
+    result = late.scan(small_payload())
+    assert result.decision == "DLP_BLOCKED"
+    assert [v.rule_id for v in result.violations] == ["scan_budget"]
+
+
+MEGABYTE = 1 << 20
+LARGE_PAYLOADS = {
+    "many strings": {"rows": [{"n": i, "text": "lorem ipsum " * 85} for i in range(1024)]},
+    "one string": {"text": "lorem ipsum dolor sit amet " * (MEGABYTE // 27)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(LARGE_PAYLOADS))
+def test_a_large_payload_is_timed_as_it_goes(name: str) -> None:
+    data = LARGE_PAYLOADS[name]
+    size = len(msgspec.json.encode(data))
+    assert size >= MEGABYTE
+    counting = CountingClock()
+    assert DlpScanner.from_config(DlpConfig(), clock=counting).scan(data).decision == "ALLOWED"
+    # About one reading per CLOCK_EVERY characters of text.
+    assert counting.reads >= size // (2 * CLOCK_EVERY)
+    # A clock that jumps past the deadline after the start stops it at the next reading.
+    late = CountingClock(0.0, 10.0)
+    result = DlpScanner.from_config(DlpConfig(), clock=late, budget=1.0).scan(data)
+    assert result.decision == "DLP_BLOCKED"
+    assert [v.rule_id for v in result.violations] == ["scan_budget"]
+    assert late.reads == 2
 
 
 def test_a_tiny_real_budget_on_a_big_payload_fails_closed() -> None:
