@@ -183,8 +183,8 @@ class Router:
         Every message passes the gateway, then all admitted ones go to the store in one
         ``enqueue_many`` (one transaction with their audit records, and a request's
         correlation, so it exists before the target can see the request). Refusals are
-        audited. A reply takes its request's correlation first (single use, only from the
-        request's target) and gives it back if it is not routed.
+        audited. The replies take their requests' correlations first, in one store call
+        (single use, only from the request's target); one not routed gives it back.
         """
         started = trio.current_time()
         now = self._clock.now()
@@ -192,6 +192,9 @@ class Router:
         results: list[Accepted | Rejection | None] = [None] * len(batch)
         refusals: list[AuditDraft] = []
         prepared: list[_Prepared] = []
+        # The replies' correlations, all taken in one store call.
+        replies = [(o.correlation_id, sender_id) for o in batch if o.kind == "reply"]
+        taken = iter(await self.store.take_correlations(replies, now) if replies else ())
         for index, outbound in enumerate(batch):
             ingress = _Ingress(
                 outbound.kind,
@@ -203,7 +206,8 @@ class Router:
                 now,
             )
             try:
-                prepared.append(await self._prepare(gateway, index, ingress, outbound))
+                correlation = next(taken) if outbound.kind == "reply" else None
+                prepared.append(await self._prepare(gateway, index, ingress, outbound, correlation))
             except _Refused as refused:
                 results[index] = refused.rejection
                 refusals.append(refused.draft)
@@ -216,15 +220,23 @@ class Router:
         return [result for result in results if result is not None]
 
     async def _prepare(
-        self, gateway: Gateway, index: int, ingress: _Ingress, outbound: Outbound
+        self,
+        gateway: Gateway,
+        index: int,
+        ingress: _Ingress,
+        outbound: Outbound,
+        answered: Correlation | CorrelationRefused | None,
     ) -> _Prepared:
-        """The message as it will be stored, once admitted; raises ``_Refused``."""
+        """The message as it will be stored, once admitted; raises ``_Refused``.
+
+        ``answered`` is a reply's correlation as the store gave it (taken, or refused).
+        """
         sender_id, instance_id = ingress.sender_id, ingress.sender_instance_id
         taken: Correlation | None = None
         correlation: Correlation | None = None
         error: ErrorInfo | None = None
         if ingress.kind == "reply":
-            taken = await self._take_correlation(ingress, outbound.correlation_id)
+            taken = _taken(ingress, outbound.correlation_id, answered)
             ingress = ingress._replace(target_id=taken.requester_id)
             try:
                 admitted = self._admit(gateway, ingress, outbound)
@@ -293,16 +305,6 @@ class Router:
             correlation=correlation,
         )
         return _Prepared(index, ingress, item, taken, error)
-
-    async def _take_correlation(self, ingress: _Ingress, correlation_id: str) -> Correlation:
-        try:
-            return await self.store.take_correlation(correlation_id, ingress.sender_id, ingress.now)
-        except CorrelationRefused as exc:
-            refused = exc.reason == "not_authorized"
-            rejection = Rejection("PERMISSION_DENIED" if refused else "NOT_FOUND", exc.reason)
-            decision: Decision = "AUTHZ_DENIED" if refused else "INVALID"
-            draft = ingress.draft(decision, reason=exc.reason, correlation_id=correlation_id)
-            raise _Refused(rejection, draft) from exc
 
     async def _settle(
         self,
@@ -476,6 +478,20 @@ class _Prepared(NamedTuple):
     item: EnqueueItem
     taken: Correlation | None  # a reply's correlation, given back if it is not routed
     error: ErrorInfo | None  # set for an error reply
+
+
+def _taken(
+    ingress: _Ingress, correlation_id: str, answered: Correlation | CorrelationRefused | None
+) -> Correlation:
+    """A reply's correlation, or ``_Refused`` saying why the store would not give it."""
+    if isinstance(answered, Correlation):
+        return answered
+    reason = answered.reason if answered is not None else "unknown_correlation"
+    refused = reason == "not_authorized"
+    rejection = Rejection("PERMISSION_DENIED" if refused else "NOT_FOUND", reason)
+    decision: Decision = "AUTHZ_DENIED" if refused else "INVALID"
+    draft = ingress.draft(decision, reason=reason, correlation_id=correlation_id)
+    raise _Refused(rejection, draft)
 
 
 def _delivery_draft(

@@ -221,6 +221,16 @@ class Store(Protocol):
         when ``replier_id`` is not the request's target (the record stays).
         """
 
+    async def take_correlations(
+        self, takes: Sequence[tuple[str, str]], now: float
+    ) -> list[Correlation | CorrelationRefused]:
+        """``take_correlation`` for several ``(correlation_id, replier_id)`` at once.
+
+        One transaction (SQLite) or one round trip (Redis); result i is item i's
+        correlation, consumed, or its refusal. A correlation id given twice is taken
+        by its first occurrence (the second is ``unknown_correlation``).
+        """
+
     async def get_state(self, agent_id: str) -> dict[str, str]:
         """The agent's state as key -> JSON text."""
 

@@ -270,6 +270,17 @@ class MemoryStore:
 
     # -- state ----------------------------------------------------------------
 
+    async def take_correlations(
+        self, takes: Sequence[tuple[str, str]], now: float
+    ) -> list[Correlation | CorrelationRefused]:
+        taken: list[Correlation | CorrelationRefused] = []
+        for correlation_id, replier_id in takes:
+            try:
+                taken.append(await self.take_correlation(correlation_id, replier_id, now))
+            except CorrelationRefused as refused:
+                taken.append(refused)
+        return taken
+
     async def get_state(self, agent_id: str) -> dict[str, str]:
         return dict(self._state.get(agent_id, {}))
 

@@ -15,7 +15,8 @@ State
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 import msgspec
 
@@ -115,11 +116,26 @@ class Records:
             [self._keys.correlation(correlation_id)],
             [replier_id, repr(now)],
         )
-        if outcome[0] == 0:
-            raise CorrelationRefused("unknown_correlation")
-        if outcome[0] == 1:
-            raise CorrelationRefused("not_authorized")
-        return msgspec.json.decode(outcome[1], type=Correlation)
+        taken = _taken(outcome)
+        if isinstance(taken, CorrelationRefused):
+            raise taken
+        return taken
+
+    async def take_correlations(
+        self, takes: Sequence[tuple[str, str]], now: float
+    ) -> list[Correlation | CorrelationRefused]:
+        """Several takes, each its own script call, in one pipeline (one round trip)."""
+        if not takes:
+            return []
+        at = repr(now)
+        outcomes = await self._link.call(
+            "correlation",
+            *(
+                ("EVALSHA", TAKE_CORRELATION.sha, 1, self._keys.correlation(cid), replier, at)
+                for cid, replier in takes
+            ),
+        )
+        return [_taken(outcome) for outcome in outcomes]
 
     async def get_state(self, agent_id: str) -> dict[str, str]:
         [flat] = await self._link.call("state", ("HGETALL", self._keys.state(agent_id)))
@@ -144,3 +160,12 @@ class Records:
             ("DEL", self._keys.state(agent_id)),
             ("HDEL", self._keys.state_bytes, agent_id),
         )
+
+
+def _taken(outcome: Any) -> Correlation | CorrelationRefused:
+    """The reply of TAKE_CORRELATION as a correlation or a refusal."""
+    if outcome[0] == 0:
+        return CorrelationRefused("unknown_correlation")
+    if outcome[0] == 1:
+        return CorrelationRefused("not_authorized")
+    return msgspec.json.decode(outcome[1], type=Correlation)

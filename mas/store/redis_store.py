@@ -24,6 +24,7 @@ from ..envelope import new_delivery_id
 from . import redis_scripts as lua
 from .base import (
     Correlation,
+    CorrelationRefused,
     DeadLetter,
     EnqueueItem,
     InFlight,
@@ -430,6 +431,11 @@ class RedisStore:
         self, correlation_id: str, replier_id: str, now: float
     ) -> Correlation:
         return await self._records.take_correlation(correlation_id, replier_id, now)
+
+    async def take_correlations(
+        self, takes: Sequence[tuple[str, str]], now: float
+    ) -> list[Correlation | CorrelationRefused]:
+        return await self._records.take_correlations(takes, now)
 
     async def get_state(self, agent_id: str) -> dict[str, str]:
         return await self._records.get_state(agent_id)

@@ -176,6 +176,14 @@ class SqliteStore:
             raise CorrelationRefused(taken)
         return taken
 
+    async def take_correlations(
+        self, takes: Sequence[tuple[str, str]], now: float
+    ) -> list[Correlation | CorrelationRefused]:
+        if not takes:
+            return []
+        taken = await self._writer.call(ops.take_correlations, tuple(takes), now)
+        return [CorrelationRefused(t) if isinstance(t, str) else t for t in taken]
+
     # -- state -----------------------------------------------------------------------------
 
     async def get_state(self, agent_id: str) -> dict[str, str]:

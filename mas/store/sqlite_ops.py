@@ -435,6 +435,13 @@ def take_correlation(
     return correlation
 
 
+def take_correlations(
+    conn: sqlite3.Connection, takes: tuple[tuple[str, str], ...], now: float
+) -> list[Correlation | str]:
+    """``take_correlation`` for each ``(correlation_id, replier_id)``, in one operation."""
+    return [take_correlation(conn, cid, replier, now) for cid, replier in takes]
+
+
 def get_state(conn: sqlite3.Connection, agent_id: str) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM state WHERE agent_id = ?", (agent_id,)))
 

@@ -13,6 +13,7 @@ module, so that each backend passes exactly the same suite::
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from mas.audit.record import AuditDraft
@@ -164,6 +165,29 @@ async def test_correlation_is_single_use_and_only_for_the_target(store: Store) -
     with pytest.raises(CorrelationRefused) as refused:
         await store.take_correlation("c1", "b", NOW)
     assert refused.value.reason == "unknown_correlation"
+
+
+async def test_correlations_are_taken_in_one_call_each_with_its_outcome(store: Store) -> None:
+    live = _correlation()
+    short = msgspec.structs.replace(_correlation(expires_at=NOW + 1), correlation_id="c2")
+    for correlation in (live, short):
+        await store.put_correlation(correlation)
+    third = msgspec.structs.replace(_correlation(), correlation_id="c3")
+    await store.put_correlation(third)
+    taken = await store.take_correlations(
+        [("c1", "b"), ("c1", "b"), ("c2", "b"), ("c3", "mallory"), ("nope", "b")], NOW + 2
+    )
+    assert taken[0] == live
+    outcomes = [t.reason if isinstance(t, CorrelationRefused) else "taken" for t in taken]
+    assert outcomes == [
+        "taken",
+        "unknown_correlation",  # single use, within one call too
+        "unknown_correlation",  # expired
+        "not_authorized",
+        "unknown_correlation",
+    ]
+    assert await _take(store, "c3", "b") == "taken"  # a refused replier left it in place
+    assert await store.take_correlations([], NOW) == []
 
 
 async def test_expired_correlation_is_refused(store: Store) -> None:

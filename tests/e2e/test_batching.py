@@ -111,3 +111,37 @@ async def test_acks_written_together_are_all_applied(pki: TestPKI) -> None:
             await server.registry.wait_empty()
             assert await server.store.queue_depth("b") == 0
         assert server.audit.statistics()["decisions"]["DELIVERED"] == 5
+
+
+async def test_replies_written_together_take_their_correlations_once(pki: TestPKI) -> None:
+    config = make_config(["a", "b"], [{"type": "allow_bidirectional", "agents": ["a", "b"]}])
+    with trio.fail_after(10):
+        async with open_test_server(config, pki) as server:
+            async with sessions(server, pki, "a", "b") as [a, b]:
+                for n in range(3):
+                    result = await a.call(
+                        "request", target_id="b", message_type="q", data_json=json.dumps({"n": n})
+                    )
+                    assert not result.HasField("error"), result
+                correlations = []
+                for _ in range(3):
+                    delivery = await b.next_delivery()
+                    envelope = json.loads(delivery.envelope_json)
+                    correlations.append((envelope["meta"]["correlation_id"], envelope["data"]))
+                frames = [
+                    b.frame("reply", correlation_id=cid, message_type="r", data_json=json.dumps(d))
+                    for cid, d in [*correlations, correlations[0]]  # the last one is a replay
+                ]
+                await b.send_together([frame for _, frame in frames])
+                outcomes = {}
+                while len(outcomes) < len(frames):
+                    event = await b.receive()
+                    if event.WhichOneof("event") == "result":
+                        error = event.result.error
+                        outcomes[event.result.seq] = error.message if error.code else "ok"
+                assert [outcomes[seq] for seq, _ in frames] == ["ok"] * 3 + ["unknown_correlation"]
+                replies = []
+                for _ in range(3):
+                    delivery = await a.next_delivery()
+                    replies.append(json.loads(delivery.envelope_json)["data"]["n"])
+                assert sorted(replies) == [0, 1, 2]
