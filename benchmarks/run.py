@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument("--inflight", type=int, default=INFLIGHT, help="sends in flight, c and d")
     parser.add_argument(
+        "--idle-window",
+        type=float,
+        help="seconds of (f)'s idle window (default 10; the SDK's heartbeat comes after 120 s"
+        " without traffic, so a window over 120 s includes every agent's heartbeat)",
+    )
+    parser.add_argument("--agents", help="agent counts of (f), e.g. 1000,10000")
+    parser.add_argument(
         "--disable",
         default="",
         help=f"pipeline steps to switch off for an A/B run: {','.join(DISABLEABLE)}",
@@ -115,7 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat is not None and args.repeat < 1:
         _usage_error("--repeat must be >= 1")
     repeat = args.repeat or (1 if args.quick else 3)
-    catalogue = build(quick=args.quick)
+    if args.idle_window is not None and args.idle_window <= 0:
+        _usage_error("--idle-window must be > 0")
+    counts = None
+    if args.agents:
+        try:
+            counts = tuple(int(k) for k in args.agents.split(","))
+        except ValueError:
+            _usage_error(f"--agents takes counts like 1000,10000, not {args.agents!r}")
+        if any(k < 1 for k in counts):
+            _usage_error("--agents counts must be >= 1")
+    catalogue = build(quick=args.quick, idle_window=args.idle_window, agent_counts=counts)
     scenarios = [catalogue[k] for k in sorted(_keys(args.scenarios, ALL_KEYS, "scenario"))]
     stores = _keys(args.stores, STORES, "store")
     disabled = tuple(_keys(args.disable, DISABLEABLE, "step")) if args.disable else ()
@@ -173,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "repeat": repeat,
         "inflight": args.inflight,
+        "idle_window": args.idle_window,
+        "agents": args.agents,
         "disabled": list(disabled),
         "commit": _git_commit(),
         "python": platform.python_version(),

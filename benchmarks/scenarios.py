@@ -62,8 +62,16 @@ def _rss(job: str, title: str) -> tuple[tuple[str, Metric], ...]:
     )
 
 
-def build(*, quick: bool) -> dict[str, Scenario]:
-    """Every scenario, keyed by its letter; ``quick`` shrinks counts and windows for CI."""
+def build(
+    *,
+    quick: bool,
+    idle_window: float | None = None,
+    agent_counts: tuple[int, ...] | None = None,
+) -> dict[str, Scenario]:
+    """Every scenario, keyed by its letter; ``quick`` shrinks counts and windows for CI.
+
+    ``idle_window`` (seconds) and ``agent_counts`` replace (f)'s defaults.
+    """
     q = quick
     settle = 0.2 if q else 1.0  # seconds for acks to settle after a warm-up or connect phase
     rr = Job(
@@ -95,14 +103,15 @@ def build(*, quick: bool) -> dict[str, Scenario]:
         {"senders": 8, "per_sender": 40 if q else 2000, "warmup": 5 if q else 50, "settle": settle},
         deadline=30 if q else 240,
     )
-    counts = (100,) if q else (1000, 5000, 10_000)
-    idle_window = 1.0 if q else 10.0
+    counts = agent_counts or ((100,) if q else (1000, 5000, 10_000))
+    if idle_window is None:
+        idle_window = 1.0 if q else 10.0
     idle = tuple(
         Job(
             f"idle-{k}",
             "idle",
             {"agents": k, "idle_window": idle_window, "connect_concurrency": 64, "settle": settle},
-            deadline=45 + k * 0.04,
+            deadline=45 + k * 0.04 + idle_window,
         )
         for k in counts
     )

@@ -95,7 +95,16 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
                 return
 
     async def flush(self) -> None:
-        self._flush_event.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Have the writer send what the HTTP/2 connection holds, if it holds anything.
+
+        (An incoming frame that needs no answer, such as an ack or a heartbeat, then costs
+        no wake-up of the writer task.)
+        """
+        if self._grpc_connection.h2_connection._data_to_send:
+            self._flush_event.set()
 
 
 async def write_messages(stream: Any, messages: Sequence[Any]) -> None:
@@ -166,7 +175,7 @@ def take_ready(stream: Any, batch: list[Any], limit: int) -> Any:
         return None
     finally:
         if taken:
-            stream._socket._flush_event.set()  # window updates, if any are due
+            stream._socket.wake()  # window updates, if any are due
 
 
 def release_stream(stream: Any) -> None:
@@ -214,7 +223,7 @@ class _ClientSocket(GRPCProtoSocket):  # type: ignore[misc]
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return
             events = self._grpc_connection.receive_data(data)
-            self._socket._flush_event.set()
+            self._socket.wake()
             for event in events:
                 if isinstance(event, WindowUpdated):
                     if event.stream_id == 0:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import pytest
 import trio
-from rawclient import sessions
+from rawclient import CallFailed, sessions
 
 from mas._proto import runtime_pb2 as pb
 from mas.audit.record import AuditRecord
@@ -145,3 +146,33 @@ async def test_replies_written_together_take_their_correlations_once(pki: TestPK
                     delivery = await a.next_delivery()
                     replies.append(json.loads(delivery.envelope_json)["data"]["n"])
                 assert sorted(replies) == [0, 1, 2]
+
+
+class _Garbage:
+    """A 'message' whose bytes do not parse as a ClientEvent (a truncated field)."""
+
+    def SerializeToString(self) -> bytes:  # protobuf's method name
+        return b"\x0a\xff\x01"
+
+
+async def test_a_malformed_frame_after_good_ones_ends_the_stream_after_they_are_answered(
+    pki: TestPKI,
+) -> None:
+    config = make_config(["a", "b"], RULES)
+    with trio.fail_after(10):
+        async with open_test_server(config, pki) as server:
+            async with sessions(server, pki, "a") as [a]:
+                seq, good = a.frame("send", target_id="b", message_type="t", data_json="{}")
+                await a.send_together([good, _Garbage()])  # type: ignore[list-item]
+                event = await a.receive()
+                assert event.WhichOneof("event") == "result"
+                assert event.result.seq == seq and not event.result.HasField("error")
+                with pytest.raises(CallFailed) as failed:
+                    await a.receive()
+                assert (failed.value.code, failed.value.reason) == (
+                    "INVALID_ARGUMENT",
+                    "malformed_frame",
+                )
+            async with sessions(server, pki, "b") as [b]:  # the server carries on
+                delivery = await b.next_delivery()
+                assert json.loads(delivery.envelope_json)["data"] == {}
