@@ -1,10 +1,12 @@
 """Ingress and delivery: every message a client sends passes through here.
 
-``Router.send`` / ``request`` / ``reply`` check a message (size, payload), run
-the gateway pipeline (authorization, rate limit, circuit breaker, DLP) and route
-it into the store together with its audit record; a refusal is audited and
-raised as ``Rejection(code, reason)``, which the servicer turns into a gRPC
-status or a ``Result`` frame. The session side (``serve_session``, ``ack``,
+``Router.route_many`` takes the messages one client sent together (a batch of
+``Outbound``; the unary RPCs are batches of one, through ``route``), checks each
+(size, payload), runs the gateway pipeline on it (authorization, rate limit,
+circuit breaker, DLP) and stores the admitted ones with one ``enqueue_many``,
+each with its audit record; a refusal is audited and returned (``route`` raises
+it) as ``Rejection(code, reason)``, which the servicer turns into a gRPC status
+or a ``Result`` frame. The session side (``serve_session``, ``ack``,
 ``nack``) moves messages from the store to connected agents with at-least-once
 delivery, feeds the circuit breakers, and audits ``DELIVERED``, ``NACKED`` and
 ``DLQ``. Only the ``Store`` interface is used, so every backend behaves alike.
