@@ -205,6 +205,7 @@ def build(
             (oneway,),
             (
                 (oneway.name, Metric("throughput", "c one-way 1 -> 1", "msg/s", 355.0)),
+                (oneway.name, Metric("agents_cpu_per_msg", "c agents CPU/msg", "ms", scale=1000.0)),
                 (
                     oneway.name,
                     Metric(
@@ -224,6 +225,8 @@ def build(
             (fanin,),
             (
                 (fanin.name, Metric("throughput", "d fan-in 8 -> 1", "msg/s", 581.0)),
+                (fanin.name, Metric("server_cpu_per_msg", "d server CPU/msg", "ms", scale=1000.0)),
+                (fanin.name, Metric("agents_cpu_per_msg", "d agents CPU/msg", "ms", scale=1000.0)),
                 *_rss(fanin.name, "d"),
             ),
         ),

@@ -190,13 +190,14 @@ async def one_way(setup: Setup, params: dict[str, Any]) -> dict[str, Any]:
         await trio.sleep(params["settle"])
         redis_before = probe.reading()
         cpu0, start = cpu_seconds(setup.server_pid), time.perf_counter()
+        own0 = time.process_time()
         async with trio.open_nursery() as nursery:
             for k, source in enumerate(sources):
                 first = warm_total + k * per_sender
                 ids = iter(range(first, first + per_sender))
                 nursery.start_soon(pump, source, "sink", ids, inflight)
             end = await tally.wait_for(warm_total + n)
-        cpu1 = cpu_seconds(setup.server_pid)
+        cpu1, own1 = cpu_seconds(setup.server_pid), time.process_time()
         if probe.active:  # let the acks reach Redis before reading its memory
             await trio.sleep(params["settle"])
         redis_after = probe.reading()
@@ -206,6 +207,7 @@ async def one_way(setup: Setup, params: dict[str, Any]) -> dict[str, Any]:
         "elapsed": end - start,
         "throughput": n / (end - start),
         "server_cpu_per_msg": (cpu1 - cpu0) / n,
+        "agents_cpu_per_msg": (own1 - own0) / n,
         **probe.per_message(redis_before, redis_after, n),
     }
 

@@ -253,14 +253,14 @@ class Outbox:
         return live
 
     async def ack(self, generation: int, delivery_id: str) -> None:
-        """Ack a delivery of connection ``generation`` (a no-op once that one is gone)."""
+        """Ack a delivery of connection ``generation`` (a no-op once that one is gone).
+
+        The ack is queued: the connection's acker task writes every queued ack in one
+        frame (``Transport.run_acker``), and a graceful close writes what is left.
+        """
         live = self._current(generation)
         if live is not None:
-            with trio.fail_after(self.rpc_timeout):
-                try:
-                    await live.transport.ack(delivery_id, batching=live.welcome.batching)
-                finally:
-                    _end_if_broken(live)
+            live.transport.ack_soon(delivery_id)
 
     async def nack(self, generation: int, delivery_id: str, reason: str, retryable: bool) -> None:
         """Nack a delivery of connection ``generation`` (a no-op once that one is gone)."""

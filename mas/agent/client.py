@@ -211,6 +211,7 @@ class Transport:
         self._closed = False
         self._outgoing: _Outgoing | None = None  # frames waiting for the lock
         self._pending_acks: list[str] = []
+        self._acks_due = trio.Event()  # set when ack_soon queued an ack for the acker
         self._held: Any = None  # an event met while draining, for the next receive
         self.broken: str | None = None  # why the stream can no longer be written
         self.last_write = trio.current_time()
@@ -246,13 +247,32 @@ class Transport:
         """Ack deliveries; acks queued meanwhile by other tasks go out in the same frame."""
         self._pending_acks.extend(delivery_ids)
         async with self._lock:
-            ids, self._pending_acks = self._pending_acks, []
-            if not ids:
-                return  # another task's frame carried it
-            if batching and len(ids) > 1:
-                await self._write([pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids))])
-            else:
-                await self._write([pb.ClientEvent(ack=pb.Ack(delivery_id=one)) for one in ids])
+            await self._write_acks(batching)
+
+    def ack_soon(self, delivery_id: str) -> None:
+        """Queue an ack for ``run_acker``, which writes the queued ones together."""
+        self._pending_acks.append(delivery_id)
+        self._acks_due.set()
+
+    async def run_acker(self, *, batching: bool) -> None:
+        """Write the acks ``ack_soon`` queued, all that are waiting in one frame; forever.
+
+        Raises ``ConnectionClosedError`` once the stream cannot be written.
+        """
+        while True:
+            await self._acks_due.wait()
+            self._acks_due = trio.Event()
+            await self.ack(batching=batching)
+
+    async def _write_acks(self, batching: bool) -> None:
+        """Write the pending acks (the caller holds the lock)."""
+        ids, self._pending_acks = self._pending_acks, []
+        if not ids:
+            return  # another task's frame carried them
+        if batching and len(ids) > 1:
+            await self._write([pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids))])
+        else:
+            await self._write([pb.ClientEvent(ack=pb.Ack(delivery_id=one)) for one in ids])
 
     async def _write(self, events: list[pb.ClientEvent]) -> None:
         if self.broken is not None or self._closed:
@@ -308,11 +328,17 @@ class Transport:
         """True if the server ended the stream with status OK."""
         return _ended_ok(self._stream)
 
-    async def close(self) -> None:
-        """Half-close our side (the server then ends the stream); never raises."""
+    async def close(self, *, batching: bool = True) -> None:
+        """Write the queued acks, then half-close our side (the server then ends the
+        stream); never raises."""
         async with self._lock:
             if self._closed or self.broken is not None:
                 return
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                try:
+                    await self._write_acks(batching)
+                except ConnectionClosedError:
+                    return
             self._closed = True
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
                 try:

@@ -183,6 +183,7 @@ class Link:
         with live.scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat, live)
+                nursery.start_soon(self._acker, live)
                 while batch := await live.transport.receive_batch(FRAME_BATCH):
                     for event in batch:
                         for action in core.handle(event):
@@ -234,6 +235,12 @@ class Link:
                 action.correlation_id,
             )
 
+    async def _acker(self, live: Live) -> None:
+        try:
+            await live.transport.run_acker(batching=live.welcome.batching)
+        except ConnectionClosedError:
+            live.scope.cancel()  # the stream broke: end this connection
+
     async def _heartbeat(self, live: Live) -> None:
         interval = self._heartbeat_interval
         while True:
@@ -255,7 +262,7 @@ class Link:
         with trio.move_on_after(grace):
             live = self.outbox.live
             if live is not None and live.alive:
-                await live.transport.close()
+                await live.transport.close(batching=live.welcome.batching)
             await self._finished.wait()
         if not self._finished.is_set():
             self._run_scope.cancel()
