@@ -29,10 +29,11 @@ from ..config import MasConfig
 from ..store import Store
 from .audit_log import AuditLog
 from .gateway import Gateway
-from .grpc import BoundAddress, GrpcServer, ServerLimits
+from .grpc import BoundAddress, GrpcServer
 from .router import Router
 from .servicer import RuntimeServicer
 from .sessions import SessionRegistry
+from .transport import ServerLimits
 
 log = logging.getLogger("mas.server")
 

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
-import msgspec
 import trio
 
 from ..audit.record import AuditDraft, AuditRecord, Decision, payload_digest
@@ -35,83 +34,28 @@ from ..envelope import (
     new_correlation_id,
     new_message_id,
 )
-from ..errors import REMOTE_HANDLER_ERROR, REMOTE_VALIDATION_ERROR
 from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
 from ..store.base import CorrelationRefused
 from .audit_log import AuditLog
-from .gateway import Admitted, Denied, Gateway, Kind
+from .gateway import Admitted, Denied, Gateway
+from .ingress import (
+    DEFAULT_REQUEST_TIMEOUT,
+    MAX_MESSAGE_TYPE_LENGTH,
+    Accepted,
+    Ingress,
+    Outbound,
+    Prepared,
+    Refused,
+    Rejection,
+    error_info,
+    taken_correlation,
+)
 from .sessions import Session, SessionRegistry, delivery_frames
 
 log = logging.getLogger("mas.server.router")
 
-ERROR_REPLY_TYPE: Final = "mas.error"  # a reply of this type is an error reply
 # Envelopes are encoded by this server with msgspec (no spaces), so a request carries this.
 _REQUEST_MARK: Final = b'"expects_reply":true'
-DEFAULT_REQUEST_TIMEOUT: Final = 60.0  # seconds, when a request names none
-MAX_MESSAGE_TYPE_LENGTH: Final = 256  # characters
-_ERROR_KINDS: Final = frozenset({REMOTE_HANDLER_ERROR, REMOTE_VALIDATION_ERROR})
-
-
-class Rejection(Exception):
-    """A message the server will not route: gRPC status name and reason token."""
-
-    def __init__(self, code: str, reason: str, *, retry_after: float | None = None) -> None:
-        self.code = code
-        self.reason = reason
-        self.retry_after = retry_after
-        super().__init__(f"{code} {reason}")
-
-
-class Accepted(NamedTuple):
-    """A routed message: its id, and the correlation id for a request."""
-
-    message_id: str
-    correlation_id: str = ""
-
-
-class Outbound(NamedTuple):
-    """One message a client asked the server to route."""
-
-    kind: Kind
-    target_id: str  # the target agent (send, request); "" for a reply
-    message_type: str
-    data_json: str
-    timeout_ms: int = 0  # a request's reply deadline; 0: the default
-    correlation_id: str = ""  # the request a reply answers
-
-
-class _Refused(Exception):
-    """A message refused before it reached the store: the rejection and its audit draft."""
-
-    def __init__(self, rejection: Rejection, draft: AuditDraft) -> None:
-        self.rejection = rejection
-        self.draft = draft
-        super().__init__(str(rejection))
-
-
-class _Ingress(NamedTuple):
-    """One message as it arrived, for routing and for its audit record."""
-
-    kind: Kind
-    sender_id: str
-    sender_instance_id: str
-    target_id: str
-    message_type: str
-    started: float  # Trio time of arrival, for the decision latency
-    now: float  # wall-clock time of arrival
-
-    def draft(self, decision: Decision, **fields: Any) -> AuditDraft:
-        latency_ms = (trio.current_time() - self.started) * 1000.0
-        return AuditDraft(
-            time=self.now,
-            decision=decision,
-            sender_id=self.sender_id,
-            sender_instance_id=self.sender_instance_id,
-            target_id=self.target_id,
-            message_type=self.message_type,
-            latency_ms=latency_ms,
-            **fields,
-        )
 
 
 class Router:
@@ -151,8 +95,8 @@ class Router:
         except PayloadError as exc:
             raise Rejection("INVALID_ARGUMENT", "invalid_payload") from exc
 
-    def _admit(self, gateway: Gateway, ingress: _Ingress, outbound: Outbound) -> Admitted:
-        """Validate the message and run the gateway; raise ``_Refused`` if refused."""
+    def _admit(self, gateway: Gateway, ingress: Ingress, outbound: Outbound) -> Admitted:
+        """Validate the message and run the gateway; raise ``Refused`` if refused."""
         try:
             data = self._check_message(outbound.message_type, outbound.data_json)
             return gateway.admit(
@@ -164,11 +108,11 @@ class Router:
                 ingress.now,
             )
         except Rejection as exc:
-            raise _Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
+            raise Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
         except Denied as exc:
             draft = ingress.draft(exc.decision, reason=exc.reason, violations=exc.violations)
             rejection = Rejection(exc.code, exc.reason, retry_after=exc.retry_after)
-            raise _Refused(rejection, draft) from exc
+            raise Refused(rejection, draft) from exc
 
     async def route(self, sender_id: str, sender_instance_id: str, outbound: Outbound) -> Accepted:
         """Route one message; raise ``Rejection`` if it is refused."""
@@ -193,12 +137,12 @@ class Router:
         gateway = self._gateway()
         results: list[Accepted | Rejection | None] = [None] * len(batch)
         refusals: list[AuditDraft] = []
-        prepared: list[_Prepared] = []
+        prepared: list[Prepared] = []
         # The replies' correlations, all taken in one store call.
         replies = [(o.correlation_id, sender_id) for o in batch if o.kind == "reply"]
         taken = iter(await self.store.take_correlations(replies, now) if replies else ())
         for index, outbound in enumerate(batch):
-            ingress = _Ingress(
+            ingress = Ingress(
                 outbound.kind,
                 sender_id,
                 sender_instance_id,
@@ -210,7 +154,7 @@ class Router:
             try:
                 correlation = next(taken) if outbound.kind == "reply" else None
                 prepared.append(await self._prepare(gateway, index, ingress, outbound, correlation))
-            except _Refused as refused:
+            except Refused as refused:
                 results[index] = refused.rejection
                 refusals.append(refused.draft)
         if prepared:
@@ -225,11 +169,11 @@ class Router:
         self,
         gateway: Gateway,
         index: int,
-        ingress: _Ingress,
+        ingress: Ingress,
         outbound: Outbound,
         answered: Correlation | CorrelationRefused | None,
-    ) -> _Prepared:
-        """The message as it will be stored, once admitted; raises ``_Refused``.
+    ) -> Prepared:
+        """The message as it will be stored, once admitted; raises ``Refused``.
 
         ``answered`` is a reply's correlation as the store gave it (taken, or refused).
         """
@@ -238,16 +182,16 @@ class Router:
         correlation: Correlation | None = None
         error: ErrorInfo | None = None
         if ingress.kind == "reply":
-            taken = _taken(ingress, outbound.correlation_id, answered)
+            taken = taken_correlation(ingress, outbound.correlation_id, answered)
             ingress = ingress._replace(target_id=taken.requester_id)
             try:
                 admitted = self._admit(gateway, ingress, outbound)
-                error = _error_info(outbound.message_type, admitted.data)
-            except (Rejection, _Refused) as exc:
+                error = error_info(outbound.message_type, admitted.data)
+            except (Rejection, Refused) as exc:
                 await self.store.put_correlation(taken)  # the reply may be tried again
-                if isinstance(exc, _Refused):
+                if isinstance(exc, Refused):
                     raise
-                raise _Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
+                raise Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
             meta = Meta(
                 correlation_id=outbound.correlation_id,
                 is_reply=True,
@@ -258,7 +202,7 @@ class Router:
         elif ingress.kind == "request":
             if outbound.timeout_ms < 0:
                 rejection = Rejection("INVALID_ARGUMENT", "invalid_timeout")
-                raise _Refused(rejection, ingress.draft("INVALID", reason="invalid_timeout"))
+                raise Refused(rejection, ingress.draft("INVALID", reason="invalid_timeout"))
             admitted = self._admit(gateway, ingress, outbound)
             timeout = outbound.timeout_ms / 1000 if outbound.timeout_ms else DEFAULT_REQUEST_TIMEOUT
             correlation_id = new_correlation_id()
@@ -306,12 +250,12 @@ class Router:
             ),
             correlation=correlation,
         )
-        return _Prepared(index, ingress, item, taken, error)
+        return Prepared(index, ingress, item, taken, error)
 
     async def _settle(
         self,
         gateway: Gateway,
-        entry: _Prepared,
+        entry: Prepared,
         record: AuditRecord | None,
         refusals: list[AuditDraft],
     ) -> Accepted | Rejection:
@@ -472,30 +416,6 @@ class Router:
                 self.registry.ring(agent_id)
 
 
-class _Prepared(NamedTuple):
-    """An admitted message, ready for the store."""
-
-    position: int  # its place in the batch
-    ingress: _Ingress
-    item: EnqueueItem
-    taken: Correlation | None  # a reply's correlation, given back if it is not routed
-    error: ErrorInfo | None  # set for an error reply
-
-
-def _taken(
-    ingress: _Ingress, correlation_id: str, answered: Correlation | CorrelationRefused | None
-) -> Correlation:
-    """A reply's correlation, or ``_Refused`` saying why the store would not give it."""
-    if isinstance(answered, Correlation):
-        return answered
-    reason = answered.reason if answered is not None else "unknown_correlation"
-    refused = reason == "not_authorized"
-    rejection = Rejection("PERMISSION_DENIED" if refused else "NOT_FOUND", reason)
-    decision: Decision = "AUTHZ_DENIED" if refused else "INVALID"
-    draft = ingress.draft(decision, reason=reason, correlation_id=correlation_id)
-    raise _Refused(rejection, draft)
-
-
 def _delivery_draft(
     decision: Decision, session: Session, delivery: InFlight, now: float, *, reason: str = ""
 ) -> AuditDraft:
@@ -509,16 +429,3 @@ def _delivery_draft(
         sender_instance_id=session.instance_id,
         latency_ms=max(0.0, (now - message.enqueued_at) * 1000.0),
     )
-
-
-def _error_info(message_type: str, data: dict[str, Any]) -> ErrorInfo | None:
-    """An error reply's ErrorInfo, if ``message_type`` marks one."""
-    if message_type != ERROR_REPLY_TYPE:
-        return None
-    try:
-        info = msgspec.convert(data, ErrorInfo)
-    except msgspec.ValidationError as exc:
-        raise Rejection("INVALID_ARGUMENT", "invalid_error_reply") from exc
-    if info.kind not in _ERROR_KINDS:
-        raise Rejection("INVALID_ARGUMENT", "invalid_error_reply")
-    return info

@@ -29,9 +29,11 @@ from ..identity import PeerIdentity, identity_from_certificate
 from ..store import Store
 from ..store.base import StateTooLargeError
 from .audit_log import AuditLog
-from .grpc import Method, PeerConnection, RpcError, RpcStream
-from .router import Accepted, Outbound, Rejection, Router
+from .grpc import Method, PeerConnection
+from .ingress import Accepted, Outbound, Rejection
+from .router import Router
 from .sessions import Session, SessionRegistry
+from .transport import RpcError, RpcStream
 
 log = logging.getLogger("mas.server")
 

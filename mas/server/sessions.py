@@ -22,7 +22,7 @@ from ..envelope import decode_envelope, encode_envelope, with_attempt
 from ..store import InFlight
 
 if TYPE_CHECKING:
-    from .grpc import RpcStream
+    from .transport import RpcStream
 
 log = logging.getLogger("mas.server.sessions")
 
