@@ -27,7 +27,10 @@ LAYERS: Final = (
         ("libssl", "libcrypto", "streams/tls.py", "ssl.py", "_ssl."),
     ),
     ("HTTP/2 framing (h2, hpack, hyperframe)", ("h2/", "hpack/", "hyperframe/")),
-    ("gRPC (purerpc, mas.server.grpc)", ("purerpc/", "mas/_purerpc.py", "mas/server/grpc.py")),
+    (
+        "gRPC (purerpc, mas.server.grpc)",
+        ("purerpc/", "mas/_purerpc.py", "mas/server/grpc.py", "mas/server/transport.py"),
+    ),
     ("protobuf", ("google/protobuf", "_pb2", "upb")),
     ("envelope JSON, ids (msgspec)", ("mas/envelope.py", "msgspec")),
     ("policy: ACL, rate limit, breaker, DLP", ("mas/policy/", "mas/server/gateway.py")),
@@ -37,6 +40,7 @@ LAYERS: Final = (
         "routing, sessions, delivery",
         (
             "mas/server/router.py",
+            "mas/server/ingress.py",
             "mas/server/sessions.py",
             "mas/server/servicer.py",
             "mas/server/app.py",
