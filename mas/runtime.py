@@ -151,10 +151,15 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
         from .store.sqlite import DEFAULT_FILENAME, open_sqlite_store
 
         path = Path(config.store.path or base_dir / DEFAULT_FILENAME)
+        sync = config.store.sync or "full"
         async with open_sqlite_store(
-            path, limits, audit_key=audit_key, release_max_attempts=config.limits.max_attempts
+            path,
+            limits,
+            audit_key=audit_key,
+            release_max_attempts=config.limits.max_attempts,
+            sync=sync,
         ) as store:
-            log.info("store: sqlite %s", path)
+            log.info("store: sqlite %s (sync %s)", path, sync)
             yield store
     else:
         from .store.redis import open_redis_store

@@ -27,17 +27,23 @@ class StoreConfig(_Base, frozen=True):
     """Where queues, state and audit records live.
 
     ``sqlite`` (the default) is a file next to mas.yaml (``path`` overrides it);
+    ``sync`` says when a write counts as done: ``full`` (the default) once it is
+    flushed to disk, so it survives a power loss; ``normal`` once it is committed,
+    so it survives a killed server but a power loss may undo the last commits.
     ``redis`` uses ``url``, or the seed's ``gateway.redis.url`` when ``url`` is
     not given; ``memory`` keeps nothing across restarts.
     """
 
     backend: Literal["memory", "sqlite", "redis"] = "sqlite"
     path: str | None = None  # sqlite file; default: mas.sqlite3 next to mas.yaml
+    sync: Literal["full", "normal"] | None = None  # sqlite only; default: full
     url: str | None = None  # redis URL; default: gateway.redis.url
 
     def __post_init__(self) -> None:
         if self.path is not None and self.backend != "sqlite":
             raise ValueError("path is a setting of the sqlite backend")
+        if self.sync is not None and self.backend != "sqlite":
+            raise ValueError("sync is a setting of the sqlite backend")
         if self.url is not None and self.backend != "redis":
             raise ValueError("url is a setting of the redis backend")
 

@@ -1,17 +1,19 @@
-"""The embedded durable store: one SQLite file, one writer thread, group commit.
+"""The embedded durable store: one SQLite file, group commit, flushes off the event loop.
 
 ``open_sqlite_store(path, limits)`` opens (creating and migrating) the file and
 yields a ``SqliteStore`` that keeps the ``Store`` contract exactly as
 ``MemoryStore`` does, but on disk: queued messages, in-flight deliveries,
 dead letters, correlations and state survive the process. Every operation is
-one atomic step in the writer thread (``sqlite_writer``), and returns only
-after the transaction holding it is committed with ``synchronous=FULL``: an
-``enqueue`` that returned is on disk, so an acknowledged message survives a
-killed process and a power loss alike. An enqueue given an audit draft writes
-the message and its audit record in the same step: neither exists alone.
-``enqueue_many`` and ``ack_many`` are one step each, whatever the batch's size,
-so a batch costs one savepoint and shares its commit with whatever else the
-writer runs meanwhile.
+one transaction of the writer (``sqlite_writer``) and returns once committed:
+whatever returned survives a killed process. With ``sync="full"`` (the
+default) the operations a client is told of (enqueues, state updates, dead
+letters, audit records) also return only once flushed to disk, so an accepted
+message survives a power loss too; a power loss can only undo claims and acks
+made since the last flush, which redelivers those messages (at least once).
+An enqueue given an audit draft writes the message and its audit record in
+the same transaction: neither exists alone. ``enqueue_many`` and ``ack_many``
+are one transaction each, whatever the batch's size, and concurrent callers
+share one flush.
 
 Restart
     Sessions die with their process, so opening the store returns every
@@ -57,7 +59,7 @@ from .sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from .sqlite_schema import StoreError as StoreError
 from .sqlite_schema import StoreUnusableError as StoreUnusableError
 from .sqlite_writer import SqliteStoreStatistics as SqliteStoreStatistics
-from .sqlite_writer import Writer, open_writer
+from .sqlite_writer import Sync, Writer, open_writer
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -70,7 +72,6 @@ __all__ = [
 
 DEFAULT_FILENAME: Final = "mas.sqlite3"  # the store's file name next to mas.yaml
 SHUTDOWN_TIMEOUT: Final = 10.0  # seconds opening or closing may take before giving up
-_MAX_PENDING_BATCHES: Final = 8  # outstanding operations allowed, in batches of max_batch
 
 
 class SqliteStore:
@@ -95,7 +96,7 @@ class SqliteStore:
         if message.instance_id == "":
             raise ValueError("an instance id is never empty (None names the shared queue)")
         return await self._writer.call(
-            ops.enqueue, message, self.limits.max_queue_length, audit, self._audit_key
+            ops.enqueue, message, self.limits.max_queue_length, audit, self._audit_key, durable=True
         )
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
@@ -103,18 +104,26 @@ class SqliteStore:
             return []
         if any(item.message.instance_id == "" for item in items):
             raise ValueError("an instance id is never empty (None names the shared queue)")
-        # One operation: one savepoint in the writer's group-committed transaction.
+        # One transaction for the batch; its flush is shared with concurrent callers.
         return await self._writer.call(
-            ops.enqueue_many, tuple(items), self.limits.max_queue_length, self._audit_key
+            ops.enqueue_many,
+            tuple(items),
+            self.limits.max_queue_length,
+            self._audit_key,
+            durable=True,
         )
 
     # -- audit -----------------------------------------------------------------------------
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
-        return await self._writer.call(ops.append_audit, tuple(drafts), self._audit_key)
+        return await self._writer.call(
+            ops.append_audit, tuple(drafts), self._audit_key, durable=True
+        )
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        return await self._writer.call(ops.audit_records, after_seq, limit)
+        # Durable: the JSONL file copies what this returns, so it must never hold a
+        # record that a power loss could take back from the store.
+        return await self._writer.call(ops.audit_records, after_seq, limit, durable=True)
 
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
@@ -135,7 +144,7 @@ class SqliteStore:
         return await self._writer.call(ops.retry, delivery_id, not_before)
 
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
-        return await self._writer.call(ops.dead_letter, delivery_id, reason, now)
+        return await self._writer.call(ops.dead_letter, delivery_id, reason, now, durable=True)
 
     async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
         return await self._writer.call(ops.release, session_id, max_attempts, now)
@@ -158,7 +167,7 @@ class SqliteStore:
         self, message_ids: Sequence[str] | None, now: float
     ) -> list[DeadLetter]:
         ids = None if message_ids is None else tuple(message_ids)
-        return await self._writer.call(ops.replay_dead_letters, ids, now)
+        return await self._writer.call(ops.replay_dead_letters, ids, now, durable=True)
 
     async def queue_depth(self, agent_id: str) -> int:
         return await self._writer.call(ops.queue_depth, agent_id)
@@ -166,7 +175,7 @@ class SqliteStore:
     # -- correlations --------------------------------------------------------------------
 
     async def put_correlation(self, correlation: Correlation) -> None:
-        await self._writer.call(ops.put_correlation, correlation)
+        await self._writer.call(ops.put_correlation, correlation, durable=True)
 
     async def take_correlation(
         self, correlation_id: str, replier_id: str, now: float
@@ -191,11 +200,11 @@ class SqliteStore:
 
     async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
         await self._writer.call(
-            ops.update_state, agent_id, dict(updates), self.limits.max_state_bytes
+            ops.update_state, agent_id, dict(updates), self.limits.max_state_bytes, durable=True
         )
 
     async def reset_state(self, agent_id: str) -> None:
-        await self._writer.call(ops.reset_state, agent_id)
+        await self._writer.call(ops.reset_state, agent_id, durable=True)
 
 
 @asynccontextmanager
@@ -205,8 +214,7 @@ async def open_sqlite_store(
     *,
     audit_key: bytes | None = None,
     release_max_attempts: int | None = None,
-    commit_interval: float = 0.002,
-    max_batch: int = 512,
+    sync: Sync = "full",
     shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> AsyncIterator[SqliteStore]:
     """Open the store in ``path`` (created if missing) for the body of the ``async with``.
@@ -215,20 +223,16 @@ async def open_sqlite_store(
     Deliveries left in flight by a previous process are released first (see the
     module docstring); pass the router's ``max_attempts`` as
     ``release_max_attempts`` to dead-letter those past it (None: requeue all).
-    ``commit_interval`` bounds how long a busy writer keeps adding operations to
-    one transaction; ``max_batch`` bounds how many. On exit the queued
-    operations finish and the file is closed, within ``shutdown_timeout``.
+    ``sync`` is ``"full"`` (an accepted write is flushed to disk before it
+    returns) or ``"normal"`` (it survives a killed process; a power loss may undo
+    about the last second); see ``sqlite_writer``. On
+    exit the calls under way finish and the file is closed, within
+    ``shutdown_timeout``.
 
     Raises ``StoreUnusableError`` if the file is from a newer mas, is not a mas
     store, or is in use by another process.
     """
-    async with open_writer(
-        path,
-        commit_interval=commit_interval,
-        max_batch=max_batch,
-        max_pending=_MAX_PENDING_BATCHES * max_batch,
-        shutdown_timeout=shutdown_timeout,
-    ) as writer:
+    async with open_writer(path, sync=sync, shutdown_timeout=shutdown_timeout) as writer:
         # The only clock reading of the store: no caller can pass `now` to a restart.
         await writer.call(ops.release, None, release_max_attempts, time.time())
         yield SqliteStore(writer, limits, audit_key=audit_key)

@@ -146,14 +146,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
     """Open ``path`` (created if missing) as a mas store at ``SCHEMA_VERSION``.
 
     Raises ``StoreUnusableError`` when the file cannot be used, with the reason.
     The connection is in autocommit mode: the caller issues BEGIN and COMMIT.
+    ``check_same_thread=False`` lets a thread other than the opener use it (the
+    caller then makes sure that only one thread at a time does).
     """
     try:
-        conn = sqlite3.connect(path, isolation_level=None)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
     except sqlite3.Error as exc:
         raise StoreUnusableError(f"cannot open the SQLite store {path}: {exc}") from exc
     try:
@@ -215,7 +217,8 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
             f"{path}: SQLite cannot use write-ahead logging here (journal mode {mode!r}); "
             "put the store on a local file system"
         )
-    # FULL: a commit is on disk (WAL fsynced) before any message in it is acknowledged.
+    # FULL for any user of a bare connection; the store's writer lowers it to NORMAL
+    # and flushes the WAL itself, off the event loop (see sqlite_writer).
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")

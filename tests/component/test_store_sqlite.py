@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from functools import partial
@@ -33,7 +33,7 @@ from mas.store.sqlite import (
     StoreUnusableError,
     open_sqlite_store,
 )
-from mas.store.sqlite_writer import Writer, open_writer
+from mas.store.sqlite_writer import FLUSH_INTERVAL, open_writer
 
 CRASH_WRITER = Path(__file__).with_name("sqlite_crash_writer.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,7 +220,7 @@ async def test_a_closed_store_refuses_operations(path: Path) -> None:
 # -- group commit ---------------------------------------------------------------------
 
 
-async def test_concurrent_enqueues_share_commits(path: Path) -> None:
+async def test_concurrent_enqueues_share_flushes(path: Path) -> None:
     with trio.fail_after(30):
         async with open_sqlite_store(path, StoreLimits(max_queue_length=1_000)) as store:
             before = store.statistics()
@@ -230,8 +230,9 @@ async def test_concurrent_enqueues_share_commits(path: Path) -> None:
             after = store.statistics()
             assert await store.queue_depth("b") == 500
     assert after.operations - before.operations == 500
-    assert after.commits - before.commits < 50  # one commit (fsync) for many messages
-    assert after.largest_batch > 10
+    assert after.commits - before.commits == 500
+    assert after.flushes - before.flushes < 50  # one fsync for many messages
+    assert after.largest_flush > 10
     assert after.pending == 0
 
 
@@ -253,39 +254,33 @@ async def test_a_batch_is_one_operation_and_one_commit(path: Path) -> None:
     assert acked == deliveries and len(deliveries) == 50
     for start, end in ((before, enqueued), (claimed, after)):
         assert end.operations - start.operations == 1
-        assert end.batches - start.batches == 1
         assert end.commits - start.commits == 1
+    assert enqueued.flushes - before.flushes == 1  # accepted messages are flushed at once
+    assert after.flushes == claimed.flushes  # a lost claim or ack only redelivers: no flush
 
 
-async def test_concurrent_batches_share_one_commit(path: Path) -> None:
+async def test_concurrent_batches_see_the_queue_as_the_earlier_ones_left_it(path: Path) -> None:
     results: dict[int, list[Any]] = {}
     with trio.fail_after(10):
-        async with open_writer(
-            path, commit_interval=0, max_batch=64, max_pending=64, shutdown_timeout=10
-        ) as writer:
+        async with open_writer(path, shutdown_timeout=10) as writer:
             store = SqliteStore(writer, StoreLimits(max_queue_length=6))
 
             async def send(k: int) -> None:
                 results[k] = await store.enqueue_many([_item(10 * k + n) for n in range(3)])
 
-            gate = _Gate()
+            before = writer.statistics()
             async with trio.open_nursery() as nursery:
-                await gate.occupy(writer, nursery)
-                before = writer.statistics()
-                for k in range(4):
+                for k in range(4):  # all four run in one scheduler pass
                     nursery.start_soon(send, k)
-                await trio.testing.wait_all_tasks_blocked()
-                gate.release()
             after = writer.statistics()
-            assert after.batches - before.batches == 2  # the gate's, then the four together
-            assert after.commits - before.commits == 1  # the gate's changed nothing
-            assert after.largest_batch == 4
-            # The queue holds 6: two batches fit whole, the other two are refused whole,
-            # each batch seeing the queue as the batches committed before it left it.
+            # The queue holds 6: two batches fit whole, the other two are refused whole.
             accepted = sorted(sum(r is not None for r in records) for records in results.values())
             assert accepted == [0, 0, 3, 3]
             assert await store.queue_depth("b") == 6
             assert verify(await store.audit_records(), None).ok
+            # A refused batch changes nothing, so it has nothing to commit or flush.
+            assert after.commits - before.commits == 2
+            assert 1 <= after.flushes - before.flushes <= 2
 
 
 async def test_reads_do_not_commit(store: SqliteStore) -> None:
@@ -295,26 +290,7 @@ async def test_reads_do_not_commit(store: SqliteStore) -> None:
         await store.queue_depth("b")
         after = store.statistics()
     assert (after.operations - before.operations, after.commits - before.commits) == (2, 0)
-
-
-class _Gate:
-    """Holds the writer thread inside an operation until released."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self._open = threading.Event()
-
-    def hold(self, conn: sqlite3.Connection) -> None:
-        self.entered.set()
-        assert self._open.wait(10)
-
-    def release(self) -> None:
-        self._open.set()
-
-    async def occupy(self, writer: Writer, nursery: trio.Nursery) -> None:
-        """Occupy ``writer`` until ``release``; operations submitted meanwhile queue up."""
-        nursery.start_soon(writer.call, self.hold)
-        assert await trio.to_thread.run_sync(self.entered.wait, 10)
+    assert after.flushes == before.flushes
 
 
 async def _outcome(results: dict[str, object], name: str, call: Callable[[], Any]) -> None:
@@ -328,30 +304,20 @@ async def test_a_failing_operation_does_not_undo_the_rest_of_its_batch(path: Pat
     limits = StoreLimits(max_queue_length=2, max_message_age=100.0, max_state_bytes=50)
     results: dict[str, object] = {}
     with trio.fail_after(10):
-        async with open_writer(
-            path, commit_interval=0, max_batch=64, max_pending=64, shutdown_timeout=10
-        ) as writer:
+        async with open_writer(path, shutdown_timeout=10) as writer:
             store = SqliteStore(writer, limits)
             for n in range(2):
                 await store.enqueue(_message(n, target="full"))
-            gate = _Gate()
+            calls: dict[str, Callable[[], Any]] = {
+                "enqueue": lambda: store.enqueue(_message(1)),
+                "overflow": lambda: store.enqueue(_message(3, target="full")),
+                "state": lambda: store.update_state("b", {"k": "1"}),
+                "too_large": lambda: store.update_state("b", {"big": "x" * 100}),
+                "other_state": lambda: store.update_state("c", {"k": "2"}),
+            }
             async with trio.open_nursery() as nursery:
-                await gate.occupy(writer, nursery)
-                before = writer.statistics()
-                calls: dict[str, Callable[[], Any]] = {
-                    "enqueue": lambda: store.enqueue(_message(1)),
-                    "overflow": lambda: store.enqueue(_message(3, target="full")),
-                    "state": lambda: store.update_state("b", {"k": "1"}),
-                    "too_large": lambda: store.update_state("b", {"big": "x" * 100}),
-                    "other_state": lambda: store.update_state("c", {"k": "2"}),
-                }
                 for name, call in calls.items():
                     nursery.start_soon(_outcome, results, name, call)
-                await trio.testing.wait_all_tasks_blocked()
-                gate.release()
-            after = writer.statistics()
-            assert after.batches - before.batches == 2  # the gate's, then all five together
-            assert after.largest_batch == 5
             assert results == {
                 "enqueue": None,
                 "overflow": QueueFullError,
@@ -365,69 +331,167 @@ async def test_a_failing_operation_does_not_undo_the_rest_of_its_batch(path: Pat
             assert await store.get_state("c") == {"k": "2"}
 
 
-async def test_a_caller_cancelled_while_queued_withdraws_its_operation(path: Path) -> None:
-    outcome: list[str] = []
+async def test_an_error_that_ends_the_transaction_is_contained(path: Path) -> None:
+    """An operation after which SQLite rolled back its transaction fails alone."""
+
+    def lose_all(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta VALUES ('lost', 'x')")
+        conn.execute("ROLLBACK")  # what SQLite does itself on some errors (SQLITE_FULL...)
+        raise sqlite3.OperationalError("disk full")
+
+    def lost_rows(conn: sqlite3.Connection) -> list[Any]:
+        return conn.execute("SELECT * FROM meta WHERE key = 'lost'").fetchall()
+
+    results: dict[str, object] = {}
     with trio.fail_after(10):
-        async with open_writer(
-            path, commit_interval=0, max_batch=8, max_pending=8, shutdown_timeout=10
-        ) as writer:
+        async with open_writer(path, shutdown_timeout=10) as writer:
             store = SqliteStore(writer, LIMITS)
-
-            async def enqueue(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-                with trio.CancelScope() as scope:
-                    task_status.started(scope)
-                    await store.enqueue(_message(1))
-                    outcome.append("returned")
-                outcome.append("cancelled" if scope.cancelled_caught else "finished")
-
-            gate = _Gate()
             async with trio.open_nursery() as nursery:
-                await gate.occupy(writer, nursery)
-                scope = await nursery.start(enqueue)
-                await trio.testing.wait_all_tasks_blocked()  # queued behind the gate
+                nursery.start_soon(_outcome, results, "enqueue", lambda: store.enqueue(_message(1)))
+                nursery.start_soon(_outcome, results, "lost", lambda: writer.call(lose_all))
+            assert results == {"enqueue": None, "lost": StoreError}
+            assert await store.queue_depth("b") == 1
+            assert await writer.call(lost_rows) == []
+            await store.enqueue(_message(2))  # the next transaction works
+            assert await store.queue_depth("b") == 2
+
+
+async def test_a_caller_cancelled_before_its_operation_ran_changes_nothing(path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            with trio.CancelScope() as scope:
                 scope.cancel()
-                await trio.testing.wait_all_tasks_blocked()
-                gate.release()
-            assert outcome == ["cancelled"]
+                await store.enqueue(_message(1))
+            assert scope.cancelled_caught
             assert await store.queue_depth("b") == 0
 
 
-async def test_a_caller_cancelled_after_its_operation_was_taken_gets_the_result(
-    path: Path,
-) -> None:
-    entered, release = threading.Event(), threading.Event()
+async def test_a_caller_cancelled_after_its_operation_ran_gets_the_result(path: Path) -> None:
+    seen: list[str] = []
+    scope = trio.CancelScope()
 
-    def slow_insert(conn: sqlite3.Connection) -> str:
-        entered.set()
-        assert release.wait(10)
+    def insert_and_get_cancelled(conn: sqlite3.Connection) -> str:
         conn.execute("INSERT INTO meta VALUES ('probe', 'written')")
+        scope.cancel()  # the caller is cancelled while its operation waits for the commit
         return "done"
 
-    seen: list[str] = []
-
-    async def caller(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-        with trio.CancelScope() as scope:
-            task_status.started(scope)
-            seen.append(await writer.call(slow_insert))
-            await trio.lowlevel.checkpoint()  # the cancellation is delivered here
-            seen.append("not reached")
-
     with trio.fail_after(10):
-        async with open_writer(
-            path, commit_interval=0, max_batch=8, max_pending=8, shutdown_timeout=10
-        ) as writer:
-            async with trio.open_nursery() as nursery:
-                scope = await nursery.start(caller)
-                assert await trio.to_thread.run_sync(entered.wait, 10)
-                scope.cancel()
-                await trio.testing.wait_all_tasks_blocked()
-                release.set()
+        async with open_writer(path, shutdown_timeout=10) as writer:
+            with scope:
+                seen.append(await writer.call(insert_and_get_cancelled))
+                await trio.lowlevel.checkpoint()  # the cancellation is delivered here
+                seen.append("not reached")
             assert seen == ["done"]
 
             def probe(conn: sqlite3.Connection) -> Any:
                 return conn.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone()
 
             assert await writer.call(probe) == ("written",)
+
+
+# -- flushes and checkpoints -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+async def test_full_sync_flushes_once_for_concurrent_commits(path: Path, sync: str) -> None:
+    with trio.fail_after(10):
+        limits = StoreLimits(max_queue_length=1_000)
+        async with open_sqlite_store(path, limits, sync=sync) as store:  # type: ignore[arg-type]
+            before = store.statistics()
+            await store.enqueue(_message(0))
+            single = store.statistics()
+            async with trio.open_nursery() as nursery:
+                for n in range(1, 40):
+                    nursery.start_soon(store.enqueue, _message(n))
+            after = store.statistics()
+            assert await store.queue_depth("b") == 40
+    if sync == "normal":
+        assert after.flushes == 0  # not yet: the flush comes within a second
+    else:
+        assert single.flushes - before.flushes == 1
+        # A flush covers every commit made before it started: far fewer flushes than calls.
+        assert 1 <= after.flushes - single.flushes <= after.commits - single.commits
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait (real time, bounded) for a worker thread's work to show."""
+    for _ in range(1_000):
+        if condition():
+            return
+        await trio.to_thread.run_sync(time.sleep, 0.01)
+    raise AssertionError("the condition did not come true within 10 s")
+
+
+async def test_normal_sync_flushes_within_a_second_of_a_commit(
+    path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with open_sqlite_store(path, LIMITS, sync="normal") as store:
+        await store.enqueue(_message(1))
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.statistics().flushes == 0
+        mock_clock.jump(FLUSH_INTERVAL)
+        await _until(lambda: store.statistics().flushes == 1)
+        mock_clock.jump(FLUSH_INTERVAL * 10)  # nothing new was written: no flush
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.statistics().flushes == 1
+        await store.enqueue(_message(2))
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(FLUSH_INTERVAL)
+        await _until(lambda: store.statistics().flushes == 2)
+
+
+async def test_full_sync_flushes_claims_and_acks_later_and_before_a_durable_read(
+    path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with open_sqlite_store(path, LIMITS) as store:
+        await store.enqueue(_message(1))
+        assert store.statistics().flushes == 1
+        [delivery] = await store.claim("b", "i1", "s1", 10, NOW)
+        assert store.statistics().flushes == 1  # not waited for
+        # The audit file copies what audit_records returns: it waits for every commit before.
+        await store.audit_records()
+        assert store.statistics().flushes == 2
+        await store.ack(delivery.delivery_id)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.statistics().flushes == 2
+        mock_clock.jump(FLUSH_INTERVAL)  # the background flush covers the ack
+        await _until(lambda: store.statistics().flushes == 3)
+
+
+async def test_a_failed_flush_fails_its_callers_and_the_next_one_retries(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mas.store import sqlite_writer
+
+    real = os.fdatasync
+    failing = True
+
+    def fdatasync(fd: int) -> None:
+        if failing:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(sqlite_writer.os, "fdatasync", fdatasync)
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            with pytest.raises(StoreError, match="could not flush"):
+                await store.enqueue(_message(1))
+            failing = False
+            await store.enqueue(_message(2))
+            assert store.statistics().flushes == 1
+
+
+async def test_checkpoints_run_in_a_worker_thread_after_enough_commits(path: Path) -> None:
+    wal = path.with_name(path.name + "-wal")
+    with trio.fail_after(10):
+        async with open_writer(path, checkpoint_every=4, shutdown_timeout=10) as writer:
+            store = SqliteStore(writer, StoreLimits(max_queue_length=100))
+            for n in range(8):
+                await store.enqueue(_message(n))
+            await _until(lambda: writer.statistics().checkpoints >= 1)  # a worker thread
+            assert await store.queue_depth("b") == 8
+            assert wal.exists()
+        assert not wal.exists()  # closing checkpointed the rest into the database file
 
 
 # -- a real crash ------------------------------------------------------------------------
