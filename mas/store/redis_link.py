@@ -1,18 +1,20 @@
 """The Redis store's connection layer: one pipelined lane and one subscriber per server.
 
-The synchronous ``redis`` client runs in Trio worker threads over a small,
-bounded connection pool (every socket has a connect and a read timeout):
+Connections come from a small, bounded ``redis`` connection pool (every socket
+has a connect and a read timeout), made in Trio worker threads:
 
 * ``RedisLink.call`` queues an operation (one or more commands) on the *lane*.
   One dispatcher task takes everything queued meanwhile and sends it as one
-  pipeline, so one thread hop and one round trip serve many operations (group
-  commit). Batches go out one at a time, so operations take effect in the order
-  they were called.
+  pipeline, so one round trip serves many operations (group commit). Batches
+  go out one at a time, so operations take effect in the order they were
+  called. The lane's socket is driven from the event loop (``redis_wire``):
+  a thread hop per round trip cost more CPU than the round trip itself.
 * ``call_prepared`` does the same for an operation whose commands are built by
   the dispatcher right before they are sent, and which sees its replies before
   the next batch is built (so the audit chain is linked in commit order).
 * ``subscribe`` / ``read_messages`` hold one Pub/Sub connection, read in a worker
-  thread: the one blocking reader of a server.
+  thread: the one blocking reader of a server (it wakes only for other servers'
+  enqueues).
 
 Error handling
     Every ``redis`` and socket error is translated here into
@@ -32,6 +34,7 @@ Cancellation
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -46,6 +49,7 @@ from redis.retry import Retry
 
 from ..errors import StoreError
 from .redis_scripts import Script
+from .redis_wire import ProtocolError, WireSocket
 
 log = logging.getLogger("mas.store.redis")
 
@@ -174,6 +178,9 @@ class RedisLink:
         except ValueError as exc:
             raise StoreUnavailableError(f"invalid Redis URL {self.safe_url}: {exc}") from None
         self._pool = cast(_Pool, pool)
+        self._socket_timeout = socket_timeout
+        self._lane: Connection | None = None  # the lane's connection, taken from the pool
+        self._wire: WireSocket | None = None  # its socket, driven from Trio
         self._send, self._receive = trio.open_memory_channel[_Op](MAX_PENDING_OPS)
         self._current: list[_Op] = []
         self._closed = False
@@ -288,7 +295,7 @@ class RedisLink:
         replies: list[Any] = []
         while True:
             try:
-                replies = await trio.to_thread.run_sync(self._exchange, commands)
+                replies = await self._exchange(commands)
             except _NotSentError as exc:
                 if trio.current_time() + delay > deadline:
                     error = self._unavailable(exc.__cause__ or exc)
@@ -299,7 +306,7 @@ class RedisLink:
                 await trio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, OSError, ProtocolError) as exc:
                 error = self._unavailable(exc)
             break
         self.stats.batches += 1
@@ -317,36 +324,55 @@ class RedisLink:
             else:
                 _finish(op, error)
 
-    def _exchange(self, commands: list[Command]) -> list[Any]:
-        """In a worker thread: send ``commands`` as one pipeline and read every reply."""
+    async def _exchange(self, commands: list[Command]) -> list[Any]:
+        """Send ``commands`` as one pipeline on the lane's connection; every reply."""
+        wire = self._wire
+        if wire is not None and wire.stale():
+            log.info("the Redis connection at %s was closed; reconnecting", self.safe_url)
+            self._drop_lane()
+            wire = None
+        if wire is None:
+            wire = self._wire = await self._connect_lane()
         try:
-            conn = self._pool.get_connection()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise _NotSentError(str(exc)) from exc
-        try:
-            replies = self._round_trip(conn, commands)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            if missing:
-                self.stats.script_reloads += 1
-                loads: list[Command] = [("SCRIPT", "LOAD", s.source) for s in self._scripts]
-                again = self._round_trip(conn, loads + [commands[i] for i in missing])
-                for i, reply in zip(missing, again[len(loads) :], strict=True):
-                    replies[i] = reply
+            # A real-time bound per exchange, as the socket timeout was for each read.
+            with trio.fail_after(self._socket_timeout):
+                replies = await self._round_trip(wire, commands)
+                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                if missing:
+                    self.stats.script_reloads += 1
+                    loads: list[Command] = [("SCRIPT", "LOAD", s.source) for s in self._scripts]
+                    again = await self._round_trip(wire, loads + [commands[i] for i in missing])
+                    for i, reply in zip(missing, again[len(loads) :], strict=True):
+                        replies[i] = reply
             return replies
-        except BaseException:
-            conn.disconnect()
+        except BaseException as exc:
+            self._drop_lane()  # its state is unknown: a half-read reply, or none
+            if isinstance(exc, trio.TooSlowError):
+                raise TimeoutError(f"no reply within {self._socket_timeout} s") from None
             raise
-        finally:
+
+    async def _connect_lane(self) -> WireSocket:
+        """A connection from the pool (made in a worker thread), driven from Trio."""
+        try:
+            conn = await trio.to_thread.run_sync(self._pool.get_connection)
+        except (redis.RedisError, OSError) as exc:
+            raise _NotSentError(str(exc)) from exc
+        sock = getattr(conn, "_sock", None)
+        if not isinstance(sock, socket.socket):  # not what redis-py is known to hold
+            conn.disconnect()
+            self._pool.release(conn)
+            raise _NotSentError("the Redis connection has no socket")
+        self._lane = conn
+        return WireSocket(sock)
+
+    def _drop_lane(self) -> None:
+        conn, self._lane, self._wire = self._lane, None, None
+        if conn is not None:
+            conn.disconnect()
             self._pool.release(conn)
 
-    def _round_trip(self, conn: Connection, commands: Sequence[Command]) -> list[Any]:
-        conn.send_packed_command(conn.pack_commands(commands))
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
+    async def _round_trip(self, wire: WireSocket, commands: Sequence[Command]) -> list[Any]:
+        replies = await wire.round_trip(commands)
         self.stats.round_trips += 1
         self.stats.commands += len(commands)
         return replies
@@ -354,6 +380,7 @@ class RedisLink:
     def close(self) -> None:
         """Close every connection of the pool."""
         self._closed = True
+        self._drop_lane()
         self._pool.disconnect()
 
     # -- the subscriber -------------------------------------------------------------------
