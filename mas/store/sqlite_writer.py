@@ -31,8 +31,8 @@ Why not a worker thread
     of any commit that no call flushed (as Redis's ``appendfsync everysec``).
 
     Checkpoints (copying the WAL into the database file, with their fsyncs) run
-    in a worker thread on a second connection after every ``checkpoint_every``
-    commits, never on the event loop: ``wal_autocheckpoint`` is off.
+    in a worker thread after every ``checkpoint_every`` commits, never on the
+    event loop (``wal_autocheckpoint`` is off); calls wait meanwhile, a few ms.
 
 Error handling
     An operation that raises is rolled back and its caller gets the exception
@@ -124,11 +124,11 @@ class Writer:
         self._flushing = False
         self._flush_done = trio.Event()
         self._flush_error: StoreError | None = None
-        # Checkpoints, on their own connection in a worker thread.
+        # Checkpoints, in a worker thread.
         self._checkpoint_due = trio.Event()
         self._since_checkpoint = 0
         self._dirty = trio.Event()  # a commit since the background flusher last looked
-        self._threads = trio.CapacityLimiter(1)
+        self._checkpointing: trio.Event | None = None  # set while a checkpoint runs
         # Statistics:
         self._operations = 0
         self._flushes = 0
@@ -150,6 +150,8 @@ class Writer:
         correlation) may be undone by a power loss, which only redelivers a message.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        while self._checkpointing is not None:  # the connection is a worker thread's
+            await self._checkpointing.wait()
         conn = self._connection()
         try:
             result = self._transaction(conn, fn, args)
@@ -254,23 +256,29 @@ class Writer:
             await self._flush(self._committed)  # a failure is logged; the next one retries
 
     async def run_checkpoints(self) -> None:
-        """Checkpoint the WAL in a worker thread whenever enough commits piled up."""
-        checkpointer = await self._in_thread(self._open_checkpointer)
-        try:
-            while True:
-                await self._checkpoint_due.wait()
-                self._checkpoint_due = trio.Event()
-                self._since_checkpoint = 0
-                await self._in_thread(self._checkpoint, checkpointer, "PASSIVE")
-                self._checkpoints += 1
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._in_thread(checkpointer.close)
+        """Checkpoint the WAL in a worker thread whenever enough commits piled up.
 
-    def _open_checkpointer(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 1000")
-        return conn
+        The checkpoint runs on the store's own connection while calls wait for it
+        (asynchronously: the event loop goes on). On a second connection it would
+        race the commits made meanwhile, never finish the WAL, and the WAL would
+        grow without end; this way it copies the whole WAL, and the next commit
+        starts the WAL over.
+        """
+        while True:
+            await self._checkpoint_due.wait()
+            self._checkpoint_due = trio.Event()
+            self._since_checkpoint = 0
+            conn = self._conn
+            if conn is None:
+                return
+            done = self._checkpointing = trio.Event()
+            try:
+                with trio.CancelScope(shield=True):  # the connection is the thread's until done
+                    await trio.to_thread.run_sync(self._checkpoint, conn, "PASSIVE")
+            finally:
+                self._checkpointing = None
+                done.set()
+            self._checkpoints += 1
 
     @staticmethod
     def _checkpoint(conn: sqlite3.Connection, mode: str) -> None:
@@ -278,9 +286,6 @@ class Writer:
             conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         except sqlite3.Error as exc:  # the next one will catch up; nothing is lost
             log.warning("SQLite WAL checkpoint (%s) failed: %s", mode, exc)
-
-    async def _in_thread(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._threads)
 
     # -- opening and closing ---------------------------------------------------------------
 

@@ -481,6 +481,21 @@ async def test_a_failed_flush_fails_its_callers_and_the_next_one_retries(
             assert store.statistics().flushes == 1
 
 
+async def test_the_wal_stays_small_under_constant_writes(path: Path) -> None:
+    """Checkpoints copy the whole WAL, so it starts over instead of growing without end."""
+    wal = path.with_name(path.name + "-wal")
+    with trio.fail_after(30):
+        async with open_writer(path, checkpoint_every=8, shutdown_timeout=10) as writer:
+            store = SqliteStore(writer, StoreLimits(max_queue_length=10_000))
+            for n in range(400):
+                await store.enqueue_many([_item(4 * n + k) for k in range(4)])
+                [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
+                await store.ack(delivery.delivery_id)
+            assert writer.statistics().checkpoints >= 100
+            # 1,200 commits of several pages each would make a WAL of about 25 MB.
+            assert wal.stat().st_size < 2_000_000
+
+
 async def test_checkpoints_run_in_a_worker_thread_after_enough_commits(path: Path) -> None:
     wal = path.with_name(path.name + "-wal")
     with trio.fail_after(10):
