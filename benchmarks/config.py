@@ -25,10 +25,15 @@ HUGE_RATE: Final = 1_000_000_000  # rate limits that no benchmark reaches
 HUGE_QUEUE: Final = 1_000_000  # messages per queue: senders outrunning the receiver never fill it
 
 
-def store_section(store: str, directory: Path, redis_url: str | None) -> dict[str, Any]:
+def store_section(
+    store: str, directory: Path, redis_url: str | None, sqlite_sync: str | None = None
+) -> dict[str, Any]:
     """The ``store:`` section of mas.yaml for a store name."""
     if store == "sqlite":
-        return {"backend": "sqlite", "path": str(directory / "mas.sqlite3")}
+        section = {"backend": "sqlite", "path": str(directory / "mas.sqlite3")}
+        if sqlite_sync is not None:
+            section["sync"] = sqlite_sync
+        return section
     if store == "redis":
         return {"backend": "redis", "url": redis_url}
     return {"backend": store}
@@ -88,6 +93,7 @@ def write_config(
     store: str,
     redis_url: str | None,
     disabled: Sequence[str] = (),
+    sqlite_sync: str | None = None,
 ) -> Path:
     """Write a mas.yaml for ``mas serve`` on 127.0.0.1, port 0, with the bench PKI."""
     config = {
@@ -95,7 +101,7 @@ def write_config(
         "tls_ca_path": str(pki_dir / "ca.pem"),
         "tls_server_cert_path": str(pki_dir / "server.pem"),
         "tls_server_key_path": str(pki_dir / "server.key"),
-        "store": store_section(store, path.parent, redis_url),
+        "store": store_section(store, path.parent, redis_url, sqlite_sync),
         "limits": limits_section(),
         "permissions": list(permissions),
         "agents": [{"agent_id": agent_id} for agent_id in agents],

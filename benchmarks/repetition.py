@@ -57,6 +57,7 @@ class Options:
 
     inflight: int
     disabled: tuple[str, ...]
+    sqlite_sync: str | None = None  # the sqlite store's `sync` (None: its default)
 
 
 class StoreUnusedError(BenchError):
@@ -98,6 +99,7 @@ def run_repetition(
                 store=store if job.needs_server else "memory",
                 redis_url=url,
                 disabled=options.disabled,
+                sqlite_sync=options.sqlite_sync,
             )
             if job.needs_server:
                 server = Server(config, profile)

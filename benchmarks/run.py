@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help=f"pipeline steps to switch off for an A/B run: {','.join(DISABLEABLE)}",
     )
+    parser.add_argument(
+        "--sqlite-sync",
+        choices=("full", "normal"),
+        help="the sqlite store's `sync` setting (default: the store's default, full)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench-results", help="JSON directory")
     parser.add_argument(
         "--profile",
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [catalogue[k] for k in sorted(_keys(args.scenarios, ALL_KEYS, "scenario"))]
     stores = _keys(args.stores, STORES, "store")
     disabled = tuple(_keys(args.disable, DISABLEABLE, "step")) if args.disable else ()
-    options = Options(inflight=args.inflight, disabled=disabled)
+    options = Options(inflight=args.inflight, disabled=disabled, sqlite_sync=args.sqlite_sync)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup in finally
     stamp = time.strftime("%Y%m%dT%H%M%S")
     steps = pipeline_steps()
@@ -193,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle_window": args.idle_window,
         "agents": args.agents,
         "disabled": list(disabled),
+        "sqlite_sync": args.sqlite_sync,
         "commit": _git_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
