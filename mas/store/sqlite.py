@@ -6,10 +6,13 @@ yields a ``SqliteStore`` that keeps the ``Store`` contract exactly as
 dead letters, correlations and state survive the process. Every operation is
 one transaction of the writer (``sqlite_writer``) and returns once committed:
 whatever returned survives a killed process. With ``sync="full"`` (the
-default) the operations a client is told of (enqueues, state updates, dead
-letters, audit records) also return only once flushed to disk, so an accepted
-message survives a power loss too; a power loss can only undo claims and acks
-made since the last flush, which redelivers those messages (at least once).
+default) the operations a client is told of (enqueues with their audit
+records, state updates, dead letters) also return only once flushed to disk, so
+an accepted message survives a power loss too. A power loss can only undo what
+was committed since the last flush and told to no one: claims and acks (their
+messages are redelivered, at least once) and the audit records of deliveries
+and refusals (the chain stays whole; the JSONL file copies only flushed records,
+so it never holds a record the store lost).
 An enqueue given an audit draft writes the message and its audit record in
 the same transaction: neither exists alone. ``enqueue_many`` and ``ack_many``
 are one transaction each, whatever the batch's size, and concurrent callers
@@ -116,9 +119,9 @@ class SqliteStore:
     # -- audit -----------------------------------------------------------------------------
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
-        return await self._writer.call(
-            ops.append_audit, tuple(drafts), self._audit_key, durable=True
-        )
+        # Not durable: no client waits for these records (a message's own record is
+        # written with its enqueue), and the JSONL file copies only flushed records.
+        return await self._writer.call(ops.append_audit, tuple(drafts), self._audit_key)
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         # Durable: the JSONL file copies what this returns, so it must never hold a

@@ -145,9 +145,10 @@ class Writer:
 
         ``durable``: with ``sync="full"``, also wait until the WAL is flushed up to
         this commit (or, for a read, up to the last commit it saw). Operations whose
-        effect a client is told of (an accepted message, a state update, an audit
-        record copied to the file) are durable; the others (claims, acks, taking a
-        correlation) may be undone by a power loss, which only redelivers a message.
+        effect a client is told of (an accepted message, a state update) or that is
+        copied elsewhere (the audit records read for the JSONL file) are durable; the
+        others (claims, acks, taking a correlation, appending delivery records) may
+        be undone by a power loss, which only redelivers a message.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while self._checkpointing is not None:  # the connection is a worker thread's
