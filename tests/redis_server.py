@@ -6,6 +6,8 @@
         url = server.url
     with running_redis(appendonly=True) as server:
         server.restart(kill=True)            # SIGKILL, then start again on the same port and dir
+    with running_redis(tls=True) as server:  # TLS only: a rediss:// URL with its CA
+        url = server.url
 
 When ``redis-server`` is not on PATH, ``require_redis_server`` skips the test with
 a reason, or fails it when ``CI=true`` (CI must run the Redis tests). Blocking
@@ -19,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -26,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
 STOP_TIMEOUT = 10.0  # seconds for redis-server to exit after SIGTERM
@@ -49,27 +53,45 @@ def _free_port() -> int:
         return port
 
 
-def _answers_ping(port: int) -> bool:
+def _answers_ping(port: int, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
+            if tls is None:
+                return _ping(raw)
+            with tls.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                return _ping(sock)
     except OSError:
         return False
+
+
+def _ping(sock: socket.socket) -> bool:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(16).startswith(b"+PONG")
 
 
 class RedisServer:
     """One ``redis-server`` process; ``start``/``stop``/``restart`` keep its port and dir."""
 
-    def __init__(self, executable: str, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, executable: str, directory: Path, *, appendonly: bool = False, tls: bool = False
+    ) -> None:
         self.executable = executable
         self.directory = directory
         self.appendonly = appendonly
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
+        self._tls: ssl.SSLContext | None = None
+        if tls:  # a trustme CA and a server certificate for 127.0.0.1, in the directory
+            ca = trustme.CA()
+            cert = ca.issue_cert("127.0.0.1")
+            ca.cert_pem.write_to_path(directory / "ca.pem")
+            cert.private_key_and_cert_chain_pem.write_to_path(directory / "server.pem")
+            self._tls = ssl.create_default_context(cafile=directory / "ca.pem")
 
     @property
     def url(self) -> str:
+        if self._tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.directory / 'ca.pem'}"
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
@@ -82,9 +104,17 @@ class RedisServer:
             if self.appendonly
             else ["--appendonly", "no"]
         )
+        server_pem = str(self.directory / "server.pem")
+        listen = (
+            ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+             "--tls-cert-file", server_pem, "--tls-key-file", server_pem,
+             "--tls-ca-cert-file", str(self.directory / "ca.pem")]
+            if self._tls is not None
+            else ["--port", str(self.port)]
+        )  # fmt: skip
         return [
             self.executable,
-            "--port", str(self.port),
+            *listen,
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--save", "",
@@ -100,7 +130,7 @@ class RedisServer:
             self._args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _answers_ping(self.port):
+        while not _answers_ping(self.port, self._tls):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 self.stop(kill=True)
                 tail = (
@@ -130,11 +160,14 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def running_redis(*, appendonly: bool = False) -> Iterator[RedisServer]:
-    """A started ``RedisServer`` in a fresh temporary directory; stopped and removed on exit."""
+def running_redis(*, appendonly: bool = False, tls: bool = False) -> Iterator[RedisServer]:
+    """A started ``RedisServer`` in a fresh temporary directory; stopped and removed on exit.
+
+    ``tls``: it listens with TLS only (``rediss://`` URL, a trustme CA).
+    """
     executable = require_redis_server()
     with tempfile.TemporaryDirectory(prefix="mas-redis-") as directory:
-        server = RedisServer(executable, Path(directory), appendonly=appendonly)
+        server = RedisServer(executable, Path(directory), appendonly=appendonly, tls=tls)
         server.start()
         try:
             yield server

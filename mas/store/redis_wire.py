@@ -125,15 +125,25 @@ class WireSocket:
 
         Checked before a pipeline is sent, so that a connection Redis dropped
         (a restart) is replaced before anything is sent on it, rather than
-        failing a batch that may or may not have run. Peeks at the raw socket
-        (under TLS too: an idle connection has nothing to read either way).
+        failing a batch that may or may not have run.
         """
+        if self._buffer:
+            return True
         try:
-            socket.socket.recv(self._sock, 1, socket.MSG_PEEK)
+            peeked = socket.socket.recv(self._sock, 1, socket.MSG_PEEK)  # the raw bytes
         except BlockingIOError:
-            return bool(self._buffer)
+            return False
         except OSError:
             return True
+        if peeked and isinstance(self._sock, ssl.SSLSocket):
+            # Under TLS the bytes may be a protocol record (a session ticket, a key
+            # update): let the TLS layer read it; only data or a close is stale.
+            try:
+                self._sock.recv(1)
+            except ssl.SSLWantReadError:
+                return False
+            except OSError:  # includes ssl.SSLError
+                return True
         return True  # b"": closed by Redis; data: a reply nobody waits for
 
     async def round_trip(self, commands: Sequence[Command]) -> list[Any]:

@@ -230,6 +230,32 @@ async def test_a_redis_crash_loses_no_acknowledged_message(persistent_redis: Red
             nursery.cancel_scope.cancel()
 
 
+@pytest.fixture
+def tls_redis() -> Iterator[RedisServer]:
+    with running_redis(tls=True) as server:
+        yield server
+
+
+async def test_the_store_works_over_tls_and_reconnects_after_a_restart(
+    tls_redis: RedisServer,
+) -> None:
+    """rediss://: the lane drives redis-py's TLS socket from Trio, through a restart too."""
+    with trio.fail_after(20):
+        async with open_redis_store(tls_redis.url, LIMITS) as store:
+            for n in range(5):
+                await store.enqueue(_message(n))
+            deliveries = await store.claim("b", "i1", "s1", 10, NOW)
+            assert len(deliveries) == 5
+            await store.ack_many([d.delivery_id for d in deliveries[:2]])
+            trips = store.statistics()["round_trips"]
+            await store.queue_depth("b")  # an idle TLS connection is reused, not replaced
+            assert store.statistics()["round_trips"] == trips + 1
+            await trio.to_thread.run_sync(tls_redis.restart)  # nothing persisted: empty
+            await store.enqueue(_message(9))  # the dropped connection is replaced first
+            [delivery] = await store.claim("b", "i1", "s2", 10, NOW)
+            assert delivery.message.message_id == "m9"
+
+
 async def test_servers_sharing_a_store_keep_one_audit_chain(
     redis_server: RedisServer, namespace: str
 ) -> None:
