@@ -49,7 +49,7 @@ from redis.retry import Retry
 
 from ..errors import StoreError
 from .redis_scripts import Script
-from .redis_wire import ProtocolError, WireSocket
+from .redis_wire import ProtocolError, WireSocket, pack
 
 log = logging.getLogger("mas.store.redis")
 
@@ -129,6 +129,7 @@ class _Op:
     prepared: Prepared | None = None
     abandonable: bool = True
     done: trio.Event = field(default_factory=trio.Event)
+    packed: bytes = b""  # the commands in RESP, made by _prepare
     replies: list[Any] = field(default_factory=list)
     error: Exception | None = None
     abandoned: bool = False
@@ -277,11 +278,12 @@ class RedisLink:
 
     @staticmethod
     def _prepare(op: _Op) -> bool:
-        if op.prepared is None:
-            return True
+        """Build and encode ``op``'s commands; a bad one fails that operation alone."""
         try:
-            op.commands = op.prepared.commands()
-        except ValueError as exc:
+            if op.prepared is not None:
+                op.commands = op.prepared.commands()
+            op.packed = pack(op.commands)
+        except (ValueError, TypeError) as exc:  # TypeError: an argument Redis cannot take
             _finish(op, exc)
             return False
         return True
@@ -295,7 +297,7 @@ class RedisLink:
         replies: list[Any] = []
         while True:
             try:
-                replies = await self._exchange(commands)
+                replies = await self._exchange(commands, b"".join(op.packed for op in batch))
             except _NotSentError as exc:
                 if trio.current_time() + delay > deadline:
                     error = self._unavailable(exc.__cause__ or exc)
@@ -324,8 +326,8 @@ class RedisLink:
             else:
                 _finish(op, error)
 
-    async def _exchange(self, commands: list[Command]) -> list[Any]:
-        """Send ``commands`` as one pipeline on the lane's connection; every reply."""
+    async def _exchange(self, commands: list[Command], pipeline: bytes) -> list[Any]:
+        """Send ``commands`` (``pipeline``: packed) on the lane's connection; every reply."""
         wire = self._wire
         if wire is not None and wire.stale():
             log.info("the Redis connection at %s was closed; reconnecting", self.safe_url)
@@ -336,7 +338,8 @@ class RedisLink:
         try:
             # A real-time bound per exchange, as the socket timeout was for each read.
             with trio.fail_after(self._socket_timeout):
-                replies = await self._round_trip(wire, commands)
+                replies = await wire.round_trip_packed(pipeline, len(commands))
+                self._count_round_trip(len(commands))
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:
                     self.stats.script_reloads += 1
@@ -373,9 +376,12 @@ class RedisLink:
 
     async def _round_trip(self, wire: WireSocket, commands: Sequence[Command]) -> list[Any]:
         replies = await wire.round_trip(commands)
-        self.stats.round_trips += 1
-        self.stats.commands += len(commands)
+        self._count_round_trip(len(commands))
         return replies
+
+    def _count_round_trip(self, commands: int) -> None:
+        self.stats.round_trips += 1
+        self.stats.commands += commands
 
     def close(self) -> None:
         """Close every connection of the pool."""

@@ -112,6 +112,53 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
     raise ProtocolError(f"unexpected RESP2 type byte {bytes([kind])!r}")
 
 
+class _ReplyEnd:
+    """Finds where a reply ends, resuming across chunks (linear in the reply's size).
+
+    Parsing a large array again from its start on every chunk would be quadratic;
+    this scan keeps its place (a position and the items left at each depth) and
+    skips bulk strings by their length, so the reply is parsed once, when whole.
+    """
+
+    __slots__ = ("left", "pos")
+
+    def __init__(self, start: int) -> None:
+        self.pos = start
+        self.left = [1]  # items still to read at each depth: one reply
+
+    def scan(self, buf: bytearray) -> int | None:
+        """The position after the reply, or None if ``buf`` does not hold all of it."""
+        left, pos, size = self.left, self.pos, len(buf)
+        while left:
+            if left[-1] == 0:
+                left.pop()
+                continue
+            end = buf.find(b"\r\n", pos + 1) if pos < size else -1
+            if end < 0:
+                break
+            kind = buf[pos]
+            if kind == 0x24:  # $ bulk string: skip its body
+                length = int(buf[pos + 1 : end])
+                after = end + 2 + (length + 2 if length >= 0 else 0)
+                if after > size:
+                    break
+                pos = after
+                left[-1] -= 1
+            elif kind == 0x2A:  # * array: its items come next
+                count = int(buf[pos + 1 : end])
+                pos = end + 2
+                left[-1] -= 1
+                if count > 0:
+                    left.append(count)
+            elif kind in (0x2B, 0x2D, 0x3A):  # + - :
+                pos = end + 2
+                left[-1] -= 1
+            else:
+                raise ProtocolError(f"unexpected RESP2 type byte {bytes([kind])!r}")
+        self.pos = pos
+        return None if left else pos
+
+
 class WireSocket:
     """A connected socket from ``redis-py``, driven without blocking from Trio."""
 
@@ -148,19 +195,22 @@ class WireSocket:
 
     async def round_trip(self, commands: Sequence[Command]) -> list[Any]:
         """Send ``commands`` as one pipeline and read one reply per command."""
-        await self._send_all(pack(commands))
+        return await self.round_trip_packed(pack(commands), len(commands))
+
+    async def round_trip_packed(self, pipeline: bytes, count: int) -> list[Any]:
+        """Send a pipeline ``pack`` made of ``count`` commands; one reply per command."""
+        await self._send_all(pipeline)
         replies: list[Any] = []
         buf, pos = self._buffer, 0
-        while len(replies) < len(commands):
-            try:
-                reply, pos = _parse(buf, pos)
-            except _Incomplete as short:
-                while len(buf) < short.need:
+        try:
+            while len(replies) < count:
+                end = _ReplyEnd(pos)
+                while end.scan(buf) is None:
                     await self._receive_into(buf)
-                continue
-            except (ValueError, IndexError) as exc:
-                raise ProtocolError(f"malformed RESP2 reply: {exc}") from exc
-            replies.append(reply)
+                reply, pos = _parse(buf, pos)  # whole: parsed once
+                replies.append(reply)
+        except (ValueError, IndexError, _Incomplete) as exc:
+            raise ProtocolError(f"malformed RESP2 reply: {exc!r}") from exc
         del buf[:pos]
         return replies
 

@@ -36,9 +36,11 @@ Why not a worker thread
 
 Error handling
     An operation that raises is rolled back and its caller gets the exception
-    (``sqlite3.Error`` becomes ``StoreError``). A failed COMMIT or flush raises
-    ``StoreError``; after a failed flush the write is committed but may or
-    may not be on disk, as with any failed fsync, and the next flush tries again.
+    (``sqlite3.Error`` becomes ``StoreError``). A failed COMMIT raises
+    ``StoreError``. A failed flush breaks the store: after a failed fsync the
+    kernel may have dropped the pages it could not write, so no later flush
+    can vouch for them; every call raises ``StoreError`` from then on, saying
+    to restart the server.
 
 Cancellation
     A caller cancelled before its operation ran gets ``Cancelled`` and changed
@@ -52,8 +54,10 @@ Bounds
     makes this process the file's only writer). An operation runs on the event
     loop, so operations are small by construction (a batch, a claim of at most
     a prefetch); the large ones (listing or replaying dead letters) belong to
-    the command line, not to a serving server. Opening and closing wait at most
-    ``shutdown_timeout`` seconds.
+    the command line, not to a serving server. Closing waits at most
+    ``shutdown_timeout`` seconds for the calls under way; what waits on the
+    disk itself (opening the file, a flush or checkpoint already started)
+    takes as long as the disk does.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -75,6 +80,9 @@ from .sqlite_schema import StoreError, connect, lock_store, release_store
 log = logging.getLogger("mas.store.sqlite")
 
 T = TypeVar("T")
+
+# fdatasync where the platform has it (Linux); fsync elsewhere (macOS).
+_fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 Ts = TypeVarTuple("Ts")
 
 Sync = Literal["full", "normal"]
@@ -123,7 +131,7 @@ class Writer:
         self._flushed = 0
         self._flushing = False
         self._flush_done = trio.Event()
-        self._flush_error: StoreError | None = None
+        self._broken: str | None = None  # why a flush failed: the store is unusable since
         # Checkpoints, in a worker thread.
         self._checkpoint_due = trio.Event()
         self._since_checkpoint = 0
@@ -171,7 +179,7 @@ class Writer:
             if not self._pending:
                 self._drained.set()
         if self._flushed < flush_to:
-            raise self._flush_error or StoreError("the SQLite store could not flush its WAL")
+            raise self._broken_error()
         return result
 
     def statistics(self) -> SqliteStoreStatistics:
@@ -186,9 +194,18 @@ class Writer:
         )
 
     def _connection(self) -> sqlite3.Connection:
+        if self._broken is not None:
+            raise self._broken_error()
         if self._closing or self._conn is None:
             raise StoreError(f"the SQLite store {self._path} is closed")
         return self._conn
+
+    def _broken_error(self) -> StoreError:
+        return StoreError(
+            f"the SQLite store {self._path} could not flush its WAL to disk ({self._broken}); "
+            "what was committed since the last flush may be lost: restart the server "
+            "once the disk is sound"
+        )
 
     def _transaction(
         self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]
@@ -203,7 +220,7 @@ class Writer:
             result = fn(conn, *args)
             changed = conn.total_changes != changes
             conn.execute("COMMIT")
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: never leave it open
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -219,8 +236,13 @@ class Writer:
         return result
 
     async def _flush(self, commit: int) -> None:
-        """Return once the WAL holds commit number ``commit`` on disk, or a flush failed."""
-        while self._flushed < commit:
+        """Return once the WAL holds commit number ``commit`` on disk, or a flush failed.
+
+        A failed fsync is final: the kernel may have dropped the dirty pages and
+        marked them clean, so a later fsync that succeeds proves nothing about
+        them. The store then refuses every call (``_broken``) until restarted.
+        """
+        while self._flushed < commit and self._broken is None:
             if self._flushing:
                 await self._flush_done.wait()
                 continue
@@ -229,8 +251,12 @@ class Writer:
             try:
                 await trio.to_thread.run_sync(self._fdatasync)
             except OSError as exc:
-                log.error("flushing the SQLite store's WAL failed: %s", exc)
-                self._flush_error = StoreError(f"the SQLite store could not flush its WAL: {exc}")
+                log.critical(
+                    "flushing the SQLite store's WAL failed: %s; the store refuses every call "
+                    "from now on",
+                    exc,
+                )
+                self._broken = str(exc)
                 return
             else:
                 self._largest_flush = max(self._largest_flush, target - self._flushed)
@@ -244,7 +270,7 @@ class Writer:
     def _fdatasync(self) -> None:
         if self._wal_fd is None:
             raise OSError(f"the WAL of {self._path} is not open")
-        os.fdatasync(self._wal_fd)
+        _fdatasync(self._wal_fd)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -254,7 +280,7 @@ class Writer:
             await self._dirty.wait()  # no wake-ups while nothing is written
             await trio.sleep(FLUSH_INTERVAL)
             self._dirty = trio.Event()
-            await self._flush(self._committed)  # a failure is logged; the next one retries
+            await self._flush(self._committed)  # a failure breaks the store (see _flush)
 
     async def run_checkpoints(self) -> None:
         """Checkpoint the WAL in a worker thread whenever enough commits piled up.
@@ -275,11 +301,35 @@ class Writer:
             done = self._checkpointing = trio.Event()
             try:
                 with trio.CancelScope(shield=True):  # the connection is the thread's until done
-                    await trio.to_thread.run_sync(self._checkpoint, conn, "PASSIVE")
+                    await trio.to_thread.run_sync(self._checkpoint_and_restart, conn)
             finally:
                 self._checkpointing = None
                 done.set()
             self._checkpoints += 1
+
+    @classmethod
+    def _checkpoint_and_restart(cls, conn: sqlite3.Connection) -> None:
+        """Checkpoint, then commit a tiny write, all in the worker thread.
+
+        The first commit after a complete checkpoint starts the WAL over and
+        syncs its header: that write makes it happen here, off the event loop.
+        """
+        cls._checkpoint(conn, "PASSIVE")
+        cls._touch(conn)
+
+    @staticmethod
+    def _touch(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('wal_restarted_at', ?)", (str(time.time()),)
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            log.warning("SQLite WAL restart failed: %s", exc)
 
     @staticmethod
     def _checkpoint(conn: sqlite3.Connection, mode: str) -> None:
@@ -310,6 +360,7 @@ class Writer:
         try:
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints: run_checkpoints
             conn.execute("PRAGMA synchronous = NORMAL")  # full: the writer flushes the WAL
+            self._touch(conn)  # the first commit syncs the directory: here, not on the loop
             wal = self._path.with_name(self._path.name + "-wal")
             wal_fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
         except BaseException as exc:
@@ -332,9 +383,15 @@ class Writer:
         with trio.CancelScope(shield=True):
             # Calls that already committed wait for their flush (one flush away).
             with trio.move_on_after(self._shutdown_timeout):
-                while self._pending:
-                    self._drained = trio.Event()
-                    await self._drained.wait()
+                while self._pending or self._flushing:
+                    if self._flushing:
+                        await self._flush_done.wait()
+                    else:
+                        self._drained = trio.Event()
+                        await self._drained.wait()
+            if self._flushing:  # a flush hangs on the disk: its thread keeps the WAL's fd
+                log.error("closing the SQLite store %s while a flush hangs", self._path)
+                self._wal_fd = None
             await trio.to_thread.run_sync(self._close_file, conn)
 
     def _close_file(self, conn: sqlite3.Connection) -> None:

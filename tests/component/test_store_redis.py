@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -228,6 +229,28 @@ async def test_a_redis_crash_loses_no_acknowledged_message(persistent_redis: Red
             await on_b.wait_for(("z", None))
             assert a.statistics()["script_reloads"] >= 1
             nursery.cancel_scope.cancel()
+
+
+async def test_an_argument_redis_cannot_take_fails_its_operation_alone(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    results: dict[str, object] = {}
+
+    async def outcome(name: str, call: Any) -> None:
+        try:
+            results[name] = await call()
+        except Exception as exc:
+            results[name] = type(exc)
+
+    with trio.fail_after(10):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            link = store._link
+            async with trio.open_nursery() as nursery:  # both in one pipeline
+                nursery.start_soon(outcome, "bad", lambda: link.call("test", ("SET", "k", True)))
+                nursery.start_soon(outcome, "good", lambda: store.queue_depth("b"))
+            assert results == {"bad": TypeError, "good": 0}
+            await store.enqueue(_message(1))  # the lane goes on
+            assert await store.queue_depth("b") == 1
 
 
 @pytest.fixture

@@ -393,7 +393,9 @@ async def test_a_caller_cancelled_after_its_operation_ran_gets_the_result(path: 
 
 
 @pytest.mark.parametrize("sync", ["full", "normal"])
-async def test_full_sync_flushes_once_for_concurrent_commits(path: Path, sync: str) -> None:
+async def test_full_sync_flushes_once_for_concurrent_commits(
+    path: Path, sync: str, mock_clock: trio.testing.MockClock
+) -> None:  # the clock stands still: no background flush comes in between
     with trio.fail_after(10):
         limits = StoreLimits(max_queue_length=1_000)
         async with open_sqlite_store(path, limits, sync=sync) as store:  # type: ignore[arg-type]
@@ -459,12 +461,13 @@ async def test_full_sync_flushes_claims_acks_and_records_later_and_before_a_dura
         await _until(lambda: store.statistics().flushes == 3)
 
 
-async def test_a_failed_flush_fails_its_callers_and_the_next_one_retries(
+async def test_a_failed_flush_breaks_the_store_until_it_is_reopened(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """After a failed fsync no later fsync can vouch for the lost pages: refuse everything."""
     from mas.store import sqlite_writer
 
-    real = os.fdatasync
+    real = sqlite_writer._fdatasync
     failing = True
 
     def fdatasync(fd: int) -> None:
@@ -472,14 +475,24 @@ async def test_a_failed_flush_fails_its_callers_and_the_next_one_retries(
             raise OSError(5, "Input/output error")
         real(fd)
 
-    monkeypatch.setattr(sqlite_writer.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(sqlite_writer, "_fdatasync", fdatasync)
+    results: dict[str, object] = {}
     with trio.fail_after(10):
         async with open_sqlite_store(path, LIMITS) as store:
-            with pytest.raises(StoreError, match="could not flush"):
-                await store.enqueue(_message(1))
-            failing = False
-            await store.enqueue(_message(2))
-            assert store.statistics().flushes == 1
+            async with trio.open_nursery() as nursery:  # two callers waiting on one flush
+                for n in (1, 2):
+                    nursery.start_soon(
+                        _outcome, results, f"m{n}", partial(store.enqueue, _message(n))
+                    )
+            assert results == {"m1": StoreError, "m2": StoreError}
+            failing = False  # the disk "recovered": a flush would succeed now, proving nothing
+            with pytest.raises(StoreError, match="restart the server"):
+                await store.enqueue(_message(3))
+            with pytest.raises(StoreError, match="restart the server"):
+                await store.queue_depth("b")
+            assert store.statistics().flushes == 0
+        async with open_sqlite_store(path, LIMITS) as store:  # a restart: usable again
+            await store.enqueue(_message(4))
 
 
 async def test_the_wal_stays_small_under_constant_writes(path: Path) -> None:

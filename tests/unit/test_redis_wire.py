@@ -11,7 +11,7 @@ import pytest
 import trio
 from redis.exceptions import NoScriptError, ResponseError
 
-from mas.store.redis_wire import ProtocolError, WireSocket, pack
+from mas.store.redis_wire import ProtocolError, WireSocket, _ReplyEnd, pack
 
 
 def test_pack_encodes_like_redis_py() -> None:
@@ -119,3 +119,15 @@ def test_unsolicited_bytes_make_a_connection_stale() -> None:
         assert not wire.stale()
         redis.send(b"+OK\r\n")
         assert wire.stale()
+
+
+def test_the_end_of_a_reply_is_found_across_chunks_without_starting_over() -> None:
+    reply = b"*3\r\n$5\r\nhello\r\n*2\r\n:1\r\n$-1\r\n-ERR x\r\n"
+    trailing = b"+OK\r\n"  # the next reply, already received
+    end = _ReplyEnd(0)
+    buf = bytearray()
+    for i, byte in enumerate(reply):
+        assert end.scan(buf) is None, i
+        buf.append(byte)
+    buf += trailing
+    assert end.scan(buf) == len(reply)
