@@ -54,10 +54,10 @@ Bounds
     makes this process the file's only writer). An operation runs on the event
     loop, so operations are small by construction (a batch, a claim of at most
     a prefetch); the large ones (listing or replaying dead letters) belong to
-    the command line, not to a serving server. Closing waits at most
-    ``shutdown_timeout`` seconds for the calls under way; what waits on the
-    disk itself (opening the file, a flush or checkpoint already started)
-    takes as long as the disk does.
+    the command line, not to a serving server. Opening waits at most
+    ``shutdown_timeout`` seconds (real time). Closing waits for the calls under
+    way, each at most one flush away: what waits on the disk itself (a flush,
+    a checkpoint, the final checkpoint) takes as long as the disk does.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -100,6 +101,52 @@ class SqliteStoreStatistics:
     largest_flush: int  # most commits one flush made durable
     pending: int  # operations that ran and wait for their flush
     checkpoints: int  # WAL checkpoints run
+
+
+class _Opening:
+    """Opening a store file in a thread of its own, which its opener may give up on."""
+
+    def __init__(self, open_file: Callable[[], tuple[sqlite3.Connection, int | None, int]]) -> None:
+        self.opened: tuple[sqlite3.Connection, int | None, int] | None = None
+        self.error: BaseException | None = None
+        self._open_file = open_file
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        threading.Thread(target=self._run, name="mas-sqlite-open", daemon=True).start()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+    def abandon(self) -> None:
+        """The opener gave up: close the file now, or once the thread opened it."""
+        with self._lock:
+            self._abandoned = True
+            opened, self.opened = self.opened, None
+        if opened is not None:
+            _close_opened(opened)
+
+    def _run(self) -> None:
+        try:
+            opened = self._open_file()
+        except BaseException as exc:  # noqa: BLE001 - handed to the opener
+            self.error = exc
+        else:
+            with self._lock:
+                abandoned = self._abandoned
+                if not abandoned:
+                    self.opened = opened
+            if abandoned:
+                _close_opened(opened)
+        finally:
+            self._done.set()
+
+
+def _close_opened(opened: tuple[sqlite3.Connection, int | None, int]) -> None:
+    conn, lock, wal_fd = opened
+    conn.close()
+    os.close(wal_fd)
+    release_store(lock)
 
 
 class Writer:
@@ -341,14 +388,33 @@ class Writer:
     # -- opening and closing ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the file (in a worker thread: it may migrate); take the store's lock."""
+        """Open the file and take the store's lock, within ``shutdown_timeout`` seconds.
+
+        Opening may migrate the file, so it runs in a thread of its own. The bound is
+        real time (a ``threading.Event``), not Trio time: a Trio deadline would fire
+        at once under an autojumping ``MockClock``. An opener that gives up leaves
+        the thread to close what it opens, whenever it finishes.
+        """
+        opening = _Opening(self._open_file)
         try:
-            with trio.CancelScope(shield=True):  # real-time bound: see the module docstring
-                conn, lock, wal_fd = await trio.to_thread.run_sync(self._open_file)
+            with trio.CancelScope(shield=True):  # bounded by the wait's timeout
+                done = await trio.to_thread.run_sync(opening.wait, self._shutdown_timeout)
         except BaseException:
             self._closing = True
+            opening.abandon()
             raise
-        self._conn, self._lock, self._wal_fd = conn, lock, wal_fd
+        if not done:
+            self._closing = True
+            opening.abandon()
+            raise StoreError(
+                f"opening the SQLite store {self._path} took over {self._shutdown_timeout:g} s; "
+                "is its disk or directory responding?"
+            )
+        if opening.error is not None:
+            self._closing = True
+            raise opening.error
+        assert opening.opened is not None
+        self._conn, self._lock, self._wal_fd = opening.opened
 
     def _open_file(self) -> tuple[sqlite3.Connection, int | None, int]:
         lock = lock_store(self._path)
@@ -372,7 +438,7 @@ class Writer:
         return conn, lock, wal_fd
 
     async def stop(self) -> None:
-        """Refuse new calls, checkpoint and close the file; bounded, not cancellable."""
+        """Refuse new calls, let those under way finish, checkpoint and close; not cancellable."""
         if self._closing:
             return
         self._closing = True
@@ -381,17 +447,14 @@ class Writer:
         if conn is None:
             return
         with trio.CancelScope(shield=True):
-            # Calls that already committed wait for their flush (one flush away).
-            with trio.move_on_after(self._shutdown_timeout):
-                while self._pending or self._flushing:
-                    if self._flushing:
-                        await self._flush_done.wait()
-                    else:
-                        self._drained = trio.Event()
-                        await self._drained.wait()
-            if self._flushing:  # a flush hangs on the disk: its thread keeps the WAL's fd
-                log.error("closing the SQLite store %s while a flush hangs", self._path)
-                self._wal_fd = None
+            # Calls that already committed wait for their flush, which is bounded by
+            # the disk alone; the WAL's fd must outlive it.
+            while self._pending or self._flushing:
+                if self._flushing:
+                    await self._flush_done.wait()
+                else:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
             await trio.to_thread.run_sync(self._close_file, conn)
 
     def _close_file(self, conn: sqlite3.Connection) -> None:

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
@@ -207,6 +208,37 @@ async def test_a_second_opener_of_the_same_file_is_refused(path: Path) -> None:
                     pass
         async with open_sqlite_store(path, LIMITS):  # free again once closed
             pass
+
+
+async def test_an_opening_that_hangs_is_given_up_and_cleaned_up_later(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mas.store import sqlite_writer
+
+    release = threading.Event()
+    real_open = sqlite_writer.Writer._open_file
+
+    def slow_open(self: sqlite_writer.Writer) -> Any:
+        opened = real_open(self)  # takes the lock, opens the file...
+        release.wait(10)  # ...and then the disk "hangs"
+        return opened
+
+    monkeypatch.setattr(sqlite_writer.Writer, "_open_file", slow_open)
+    with trio.fail_after(20):
+        with pytest.raises(StoreError, match=r"took over 0\.2 s"):
+            async with open_writer(path, shutdown_timeout=0.2):
+                pass
+        monkeypatch.setattr(sqlite_writer.Writer, "_open_file", real_open)
+        release.set()  # the abandoned thread finishes, then closes and unlocks the file
+        for _ in range(200):
+            try:
+                async with open_sqlite_store(path, LIMITS) as store:
+                    await store.enqueue(_message(1))
+                break
+            except StoreUnusableError:  # still locked by the abandoned opener
+                await trio.to_thread.run_sync(time.sleep, 0.05)
+        else:
+            raise AssertionError("the abandoned opening never released the file")
 
 
 async def test_a_closed_store_refuses_operations(path: Path) -> None:
