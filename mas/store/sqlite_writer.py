@@ -81,10 +81,10 @@ from .sqlite_schema import StoreError, connect, lock_store, release_store
 log = logging.getLogger("mas.store.sqlite")
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 # fdatasync where the platform has it (Linux); fsync elsewhere (macOS).
 _fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-Ts = TypeVarTuple("Ts")
 
 Sync = Literal["full", "normal"]
 CHECKPOINT_EVERY: Final = 128  # commits between two checkpoints (a commit adds a few pages)
@@ -97,7 +97,7 @@ class SqliteStoreStatistics:
 
     operations: int  # operations completed (successfully or not), one transaction each
     commits: int  # transactions that changed the file
-    flushes: int  # fdatasync calls of the WAL (sync="full"); each covers several commits
+    flushes: int  # fdatasync calls of the WAL; each covers every commit made before it
     largest_flush: int  # most commits one flush made durable
     pending: int  # operations that ran and wait for their flush
     checkpoints: int  # WAL checkpoints run
