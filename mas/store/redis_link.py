@@ -336,7 +336,9 @@ class RedisLink:
         if wire is None:
             wire = self._wire = await self._connect_lane()
         try:
-            # A real-time bound per exchange, as the socket timeout was for each read.
+            # A bound per exchange, as the socket timeout was for each read. It is Trio
+            # time: under an autojumping MockClock it fires at once, so tests that mock
+            # the clock use the memory or SQLite store.
             with trio.fail_after(self._socket_timeout):
                 replies = await wire.round_trip_packed(pipeline, len(commands))
                 self._count_round_trip(len(commands))
