@@ -407,8 +407,10 @@ class Router:
         """Wake sessions when delayed retries fall due; runs until cancelled."""
         task_status.started()
         while True:
-            due = await self.store.next_due()
+            # A fresh event *before* the read: a retry stored while the store answers
+            # sets it, so the wait below ends at once instead of missing that retry.
             self._retry_scheduled = trio.Event()
+            due = await self.store.next_due()
             with trio.move_on_at(self._clock.to_trio(due) if due is not None else float("inf")):
                 await self._retry_scheduled.wait()
                 continue

@@ -1,7 +1,10 @@
 """The in-process store: everything in dicts and deques, gone when the process ends.
 
-Suitable for tests and throwaway runs. Operations are plain Python with no
-awaits inside, so each one is atomic with respect to other Trio tasks.
+Suitable for tests and throwaway runs. Every operation is a Trio checkpoint (it
+yields once, before it runs, as an I/O backend would), then runs as plain Python
+with no further awaits, so each one is atomic with respect to other Trio tasks.
+Yielding keeps the memory store honest: code that is only correct when a store
+call never lets another task run fails here as it would on SQLite or Redis.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import msgspec
 import trio
+from trio.lowlevel import checkpoint
 
 from ..audit.chain import link
 from ..audit.record import AuditDraft, AuditRecord
@@ -73,6 +77,7 @@ class MemoryStore:
     async def enqueue(
         self, message: QueuedMessage, audit: AuditDraft | None = None
     ) -> AuditRecord | None:
+        await checkpoint()
         key = (message.target_id, message.instance_id)
         if self._waiting(key) >= self.limits.max_queue_length:
             raise QueueFullError(message.target_id)
@@ -83,6 +88,7 @@ class MemoryStore:
         return record
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+        await checkpoint()
         # Link every accepted item first: should one raise, nothing is written.
         room: dict[_QueueKey, int] = {}
         prev = self._last_record()
@@ -116,9 +122,11 @@ class MemoryStore:
         return record
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+        await checkpoint()
         return [self._link(draft) for draft in drafts]
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        await checkpoint()
         # seq n is at index n - 1: the chain has no gaps.
         return self._audit[max(after_seq, 0) : max(after_seq, 0) + limit]
 
@@ -132,6 +140,7 @@ class MemoryStore:
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
     ) -> list[InFlight]:
+        await checkpoint()
         self._promote_due(now)
         taken: list[InFlight] = []
         for key in ((agent_id, instance_id), (agent_id, None)):
@@ -162,12 +171,15 @@ class MemoryStore:
         return delivery
 
     async def ack(self, delivery_id: str) -> InFlight | None:
+        await checkpoint()
         return self._forget(delivery_id)
 
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
+        await checkpoint()
         return [self._forget(delivery_id) for delivery_id in delivery_ids]
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
+        await checkpoint()
         delivery = self._forget(delivery_id)
         if delivery is not None:
             message = msgspec.structs.replace(
@@ -177,6 +189,7 @@ class MemoryStore:
         return delivery
 
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
+        await checkpoint()
         delivery = self._forget(delivery_id)
         if delivery is not None:
             self._dead.append(
@@ -185,6 +198,7 @@ class MemoryStore:
         return delivery
 
     async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
+        await checkpoint()
         requeued = 0
         # Newest first, each to the front, so the original order is kept.
         for delivery_id in sorted(
@@ -211,19 +225,23 @@ class MemoryStore:
         await trio.sleep_forever()
 
     async def next_due(self) -> float | None:
+        await checkpoint()
         heap = self._delayed.heap
         return heap[0][0] if heap else None
 
     async def pending_agents(self, now: float) -> set[str]:
+        await checkpoint()
         self._promote_due(now)
         return {agent for (agent, _), queue in self._queues.items() if queue}
 
     async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
+        await checkpoint()
         return [d for d in self._dead if agent_id is None or d.message.target_id == agent_id]
 
     async def replay_dead_letters(
         self, message_ids: Sequence[str] | None, now: float
     ) -> list[DeadLetter]:
+        await checkpoint()
         wanted = None if message_ids is None else set(message_ids)
         replayed = [d for d in self._dead if wanted is None or d.message.message_id in wanted]
         self._dead = [d for d in self._dead if d not in replayed]
@@ -235,6 +253,7 @@ class MemoryStore:
         return replayed
 
     async def queue_depth(self, agent_id: str) -> int:
+        await checkpoint()
         return self._waiting((agent_id, None))
 
     # -- correlations ---------------------------------------------------------
@@ -248,6 +267,7 @@ class MemoryStore:
                 del self._correlations[correlation_id]
 
     async def put_correlation(self, correlation: Correlation) -> None:
+        await checkpoint()
         self._put_correlation(correlation)
 
     def _put_correlation(self, correlation: Correlation) -> None:
@@ -259,6 +279,7 @@ class MemoryStore:
     async def take_correlation(
         self, correlation_id: str, replier_id: str, now: float
     ) -> Correlation:
+        await checkpoint()
         self._expire_correlations(now)
         record = self._correlations.get(correlation_id)
         if record is None or record.expires_at <= now:
@@ -273,6 +294,7 @@ class MemoryStore:
     async def take_correlations(
         self, takes: Sequence[tuple[str, str]], now: float
     ) -> list[Correlation | CorrelationRefused]:
+        await checkpoint()
         taken: list[Correlation | CorrelationRefused] = []
         for correlation_id, replier_id in takes:
             try:
@@ -282,9 +304,11 @@ class MemoryStore:
         return taken
 
     async def get_state(self, agent_id: str) -> dict[str, str]:
+        await checkpoint()
         return dict(self._state.get(agent_id, {}))
 
     async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
+        await checkpoint()
         merged = {**self._state.get(agent_id, {}), **updates}
         size = sum(len(k) + len(v) for k, v in merged.items())
         if size > self.limits.max_state_bytes:
@@ -292,4 +316,5 @@ class MemoryStore:
         self._state[agent_id] = merged
 
     async def reset_state(self, agent_id: str) -> None:
+        await checkpoint()
         self._state.pop(agent_id, None)

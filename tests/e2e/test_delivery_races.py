@@ -1,0 +1,64 @@
+"""Delivery under interleavings: the store yields (or is held) between a read and the next step.
+
+Each test here wraps the store in ``mas.testing.YieldingStore`` and holds one call at
+a gate, so the router is caught exactly between the store's answer and what it does
+with it, the window in which SQLite and Redis let other tasks run.
+"""
+
+from __future__ import annotations
+
+import json
+
+import trio
+import trio.testing
+from rawclient import RawSession, sessions
+
+from mas._proto import runtime_pb2 as pb
+from mas.store.memory import MemoryStore
+from mas.testing import TestPKI, make_config, open_test_server
+from mas.testing.store import YieldingStore
+
+ONE_WAY = [{"type": "allow", "sender": "a", "targets": ["b"]}]
+
+
+async def _wait_calls(store: YieldingStore, name: str, count: int) -> None:
+    with trio.fail_after(30):
+        while store.calls.get(name, 0) < count:
+            await trio.sleep(0.01)
+
+
+async def _nack(b: RawSession, delivery: pb.Delivery) -> None:
+    await b.send(nack=pb.Nack(delivery_id=delivery.delivery_id, reason="busy", retryable=True))
+
+
+def _attempt(delivery: pb.Delivery) -> int:
+    return int(json.loads(delivery.envelope_json)["meta"]["attempt"])
+
+
+async def test_retry_stored_while_scheduler_reads_next_due_is_not_lost(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The retry scheduler reads the earliest due retry, then waits; a nack stored
+    # after that read but before the wait must still wake it.
+    store = YieldingStore(MemoryStore())
+    config = make_config(["a", "b"], ONE_WAY, limits={"max_attempts": 5, "redelivery_backoff": 2.0})
+    async with open_test_server(config, pki, store=store) as server:  # type: ignore[arg-type]
+        async with sessions(server, pki, "a", "b") as (a, b):
+            await a.call("send", target_id="b", message_type="t", data_json='{"n": 0}')
+            first = await b.next_delivery()
+            before = store.calls.get("next_due", 0)
+            await _nack(b, first)
+            await _wait_calls(store, "next_due", before + 1)  # it now waits for the due retry
+            store.hold("next_due")
+            second = await b.next_delivery()  # the retry fell due; the scheduler read again
+            assert _attempt(second) == 2
+            with trio.fail_after(30):
+                await store.held.wait()  # ... and found nothing delayed: it is at the gate
+            retries = store.calls.get("retry", 0)
+            await _nack(b, second)
+            await _wait_calls(store, "retry", retries + 1)
+            store.release("next_due")
+            with trio.move_on_after(120) as waited:
+                third = await b.next_delivery()
+            assert not waited.cancelled_caught, "the retried message was never redelivered"
+            assert _attempt(third) == 3
