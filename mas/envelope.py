@@ -96,10 +96,15 @@ def decode_envelope(raw: bytes | str) -> Envelope:
         return _envelope_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise PayloadError(f"invalid envelope: {exc}") from exc
+    except RecursionError as exc:
+        raise PayloadError("invalid envelope: nested too deeply") from exc
 
 
 def decode_data(data_json: str | bytes) -> dict[str, Any]:
     """Decode a message payload, which must be a JSON object.
+
+    Raises ``PayloadError`` for anything else, a payload nested too deeply for the
+    decoder included (never ``RecursionError``).
 
     An empty string is taken as ``{}`` (clients of the original protocol may send
     no payload at all).
@@ -110,6 +115,8 @@ def decode_data(data_json: str | bytes) -> dict[str, Any]:
         return _object_decoder.decode(data_json)
     except msgspec.DecodeError as exc:
         raise PayloadError(f"data_json must be a JSON object: {exc}") from exc
+    except RecursionError as exc:  # msgspec's decoder is recursive (about 1,000 levels)
+        raise PayloadError("data_json is nested too deeply") from exc
 
 
 def encode_data(data: Any) -> bytes:

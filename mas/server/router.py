@@ -153,7 +153,13 @@ class Router:
             )
             try:
                 correlation = next(taken) if outbound.kind == "reply" else None
-                prepared.append(await self._prepare(gateway, index, ingress, outbound, correlation))
+                try:
+                    prepared.append(
+                        await self._prepare(gateway, index, ingress, outbound, correlation)
+                    )
+                except RecursionError as exc:  # a payload too deep to scan or encode
+                    rejection = Rejection("INVALID_ARGUMENT", "invalid_payload")
+                    raise Refused(rejection, ingress.draft("INVALID", reason=rejection.reason)) from exc
             except Refused as refused:
                 results[index] = refused.rejection
                 refusals.append(refused.draft)

@@ -62,3 +62,39 @@ async def test_retry_stored_while_scheduler_reads_next_due_is_not_lost(
                 third = await b.next_delivery()
             assert not waited.cancelled_caught, "the retried message was never redelivered"
             assert _attempt(third) == 3
+
+
+def _deep(depth: int) -> str:
+    return '{"a": ' + "[" * depth + "]" * depth + "}"
+
+
+async def test_deeply_nested_payload_is_refused_alone_and_the_session_lives(
+    pki: TestPKI,
+) -> None:
+    config = make_config(["a", "b"], ONE_WAY)
+    with trio.fail_after(20):
+        async with open_test_server(config, pki) as server:
+            async with sessions(server, pki, "a", "b") as (a, b):
+                plan = [
+                    ("send", '{"n": 0}', ""),
+                    ("send", _deep(100_000), "invalid_payload"),
+                    ("request", _deep(5_000), "invalid_payload"),
+                    ("send", '{"n": 1}', ""),
+                ]
+                frames = []
+                for kind, data, _ in plan:
+                    frames.append(a.frame(kind, target_id="b", message_type="t", data_json=data))
+                await a.send_together([frame for _, frame in frames])
+                results: dict[int, pb.Result] = {}
+                while len(results) < len(plan):
+                    event = await a.receive()
+                    if event.WhichOneof("event") == "result":
+                        results[event.result.seq] = event.result
+                for (seq, _), (_, _, reason) in zip(frames, plan, strict=True):
+                    result = results[seq]
+                    assert result.error.message == reason, (seq, result)
+                # The session still serves: another message goes through.
+                ok = await a.call("send", target_id="b", message_type="t", data_json='{"n": 2}')
+                assert not ok.HasField("error"), ok
+                got = [json.loads((await b.next_delivery()).envelope_json)["data"] for _ in "123"]
+                assert got == [{"n": 0}, {"n": 1}, {"n": 2}]
