@@ -8,10 +8,13 @@ what this server delivers::
      "meta": {"version": 1, "correlation_id": "...", "expects_reply": true,
               "is_reply": false, "sender_instance_id": "...",
               "reply_to_instance_id": null, "traceparent": null,
-              "tracestate": null, "attempt": 1, "error": null}}
+              "tracestate": null, "attempt": 1, "error": null,
+              "deadline": 1.7e9}}
 
-``attempt`` and ``error`` are mas additions: the delivery attempt number, and
-on an error reply the kind and message of the handler's failure.
+``attempt``, ``error`` and ``deadline`` are mas additions: the delivery attempt
+number; on an error reply the kind and message of the handler's failure; on a
+request and on its reply, the wall-clock time (seconds since the epoch) after
+which the requester no longer waits, so the server delivers neither after it.
 
 Identifiers are random (``secrets``), never clock readings: ``message_id`` is
 128 bits, a correlation id 192 bits, a delivery id 96 bits.
@@ -47,6 +50,26 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True):
     tracestate: str | None = None
     attempt: int = 1
     error: ErrorInfo | None = None
+    deadline: float | None = None  # a request's (and its reply's) reply deadline, epoch s
+
+
+class _RoutingMeta(msgspec.Struct, frozen=True):
+    expects_reply: bool = False
+    deadline: float | None = None
+
+
+class Routing(msgspec.Struct, frozen=True):
+    """What delivery needs to know of a stored envelope (``routing_of``)."""
+
+    meta: _RoutingMeta = _RoutingMeta()
+
+    @property
+    def expects_reply(self) -> bool:
+        return self.meta.expects_reply
+
+    @property
+    def deadline(self) -> float | None:
+        return self.meta.deadline
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +87,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 _encoder: Final = msgspec.json.Encoder()
 _envelope_decoder: Final = msgspec.json.Decoder(Envelope)
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+_routing_decoder: Final = msgspec.json.Decoder(Routing)
 
 
 class PayloadError(ValueError):
@@ -98,6 +122,19 @@ def decode_envelope(raw: bytes | str) -> Envelope:
         raise PayloadError(f"invalid envelope: {exc}") from exc
     except RecursionError as exc:
         raise PayloadError("invalid envelope: nested too deeply") from exc
+
+
+def routing_of(raw: bytes) -> Routing:
+    """Whether a stored envelope is a request, and its deadline.
+
+    A real parse of the envelope's ``meta`` (the payload is skipped, not searched), so
+    no payload can make a message look like a request. The server wrote ``raw``, so it
+    is well formed; anything else reads as a plain message with no deadline.
+    """
+    try:
+        return _routing_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return Routing()
 
 
 def decode_data(data_json: str | bytes) -> dict[str, Any]:

@@ -19,8 +19,11 @@ them, and chained with ``raise ... from exc``::
     │   ├── RateLimitedError      RESOURCE_EXHAUSTED rate_limited (has retry_after)
     │   ├── ResourceExhaustedError RESOURCE_EXHAUSTED: message_too_large, queue_full, ...
     │   ├── CircuitOpenError      FAILED_PRECONDITION circuit_open
-    │   ├── InvalidMessageError   INVALID_ARGUMENT: malformed frame or payload
-    │   └── NotFoundError         NOT_FOUND: unknown target or correlation id
+    │   ├── InvalidMessageError   INVALID_ARGUMENT: malformed frame or payload, or
+    │   │                         unknown_correlation_id (a second reply, a made-up id)
+    │   ├── ReplyTooLateError     FAILED_PRECONDITION correlation_id_expired: the
+    │   │                         request's deadline passed; nobody waits any more
+    │   └── NotFoundError         NOT_FOUND: unknown target
     └── RemoteError               the target's handler answered with an error reply
         ├── RemoteHandlerError    the handler raised
         └── RemoteValidationError the payload did not fit the handler's model
@@ -116,7 +119,15 @@ class InvalidMessageError(RejectedError):
 
 
 class NotFoundError(RejectedError):
-    """The target agent or the correlation id is unknown."""
+    """The target agent is unknown."""
+
+
+class ReplyTooLateError(RejectedError):
+    """A reply came after its request's deadline: the requester no longer waits.
+
+    Routine for a handler that outlives its request; ``AgentMessage.reply`` logs it
+    on one line and returns instead of raising.
+    """
 
 
 class RemoteError(MasError):
@@ -148,6 +159,7 @@ _BY_CODE: Final[dict[str, type[RejectedError]]] = {
 _BY_REASON: Final[dict[str, type[RejectedError]]] = {
     "rate_limited": RateLimitedError,
     "circuit_open": CircuitOpenError,
+    "correlation_id_expired": ReplyTooLateError,
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -9,6 +11,9 @@ import msgspec
 
 from .._proto import runtime_pb2 as pb
 from ..envelope import Envelope, Meta
+from ..errors import ReplyTooLateError
+
+log = logging.getLogger("mas.agent")
 
 _encoder: Final = msgspec.json.Encoder()
 _metadata_decoder: Final = msgspec.json.Decoder(dict[str, Any])
@@ -120,6 +125,22 @@ class AgentMessage:
         return self._envelope.meta.expects_reply
 
     @property
+    def deadline(self) -> float | None:
+        """A request's reply deadline (wall-clock seconds since the epoch), else None.
+
+        The requester stops waiting then, and the server refuses a later reply.
+        """
+        return self._envelope.meta.deadline
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before this request's deadline (negative once past); None if none.
+
+        Read from this host's wall clock, so clock skew between hosts shifts it.
+        """
+        deadline = self._envelope.meta.deadline
+        return None if deadline is None else deadline - time.time()
+
+    @property
     def replied(self) -> bool:
         """True once a reply to this message was accepted by the server."""
         return self._replied
@@ -130,6 +151,8 @@ class AgentMessage:
         Raises ``RuntimeError`` if the message is not a request or was already answered, and
         the ``mas`` errors of a send (``RejectedError``, ``ConnectionClosedError``, ...) if the
         server does not take the reply; after such a failure the reply may be tried again.
+        A reply after the request's deadline is not an error of the handler: nobody waits
+        for it, so it is logged on one line and ``""`` is returned (see ``deadline``).
         """
         correlation_id = self._envelope.meta.correlation_id
         if not self.expects_reply or not correlation_id or self._replier is None:
@@ -145,6 +168,15 @@ class AgentMessage:
         self._replying = True
         try:
             message_id = await self._replier(correlation_id, message_type, data)
+        except ReplyTooLateError:
+            self._replied = True  # the request is over: there is nothing left to answer
+            log.info(
+                "reply %r to %r's request %s dropped: it came after the request's deadline",
+                message_type,
+                self.sender_id,
+                self.message_id,
+            )
+            return ""
         finally:
             self._replying = False
         self._replied = True

@@ -30,6 +30,7 @@ Decision = Literal[
     "DELIVERED",
     "NACKED",
     "DLQ",
+    "EXPIRED",
     "DLQ_REPLAYED",
     "DLQ_LISTED",
 ]

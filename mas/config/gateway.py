@@ -105,6 +105,9 @@ class CircuitBreakerConfig(_Base, frozen=True):
     timeout_seconds: PosFloat = 60.0
     window_seconds: PosFloat = 300.0
     half_open_max_trials: PosInt = 1  # trial messages in flight while half-open
+    # Seconds a half-open trial may go without an outcome before its slot is freed
+    # (a request nobody answers, a message that expired); unset: timeout_seconds.
+    trial_timeout_seconds: PosFloat | None = None
 
 
 class GatewayConfig(_Base, frozen=True):

@@ -28,8 +28,10 @@ open       timeout passed -> half_open and  ignored (outcome of a   ignored (lik
            admit there; else refuse with    message sent before it
            retry_after = time left          opened)
 half_open  a trial slot free -> allow,      trials - 1, successes   -> open,
-           trials + 1; else refuse with     + 1; success_threshold  opened_at = now
-           retry_after = timeout_seconds    -> closed
+           trials + 1; all taken by trials  + 1; success_threshold  opened_at = now
+           older than trial_timeout -> free -> closed
+           them and allow; else refuse with
+           retry_after = timeout_seconds
 =========  ===============================  ======================  ======================
 
 :func:`release` gives back a trial slot without an outcome, for a message the breaker
@@ -42,6 +44,11 @@ target); ``trials_in_flight`` never goes below 0. If the clock goes backwards, a
 breaker re-anchors ``opened_at`` to ``now``: it stays open ``timeout_seconds`` from the
 current reading, never longer. A refused half-open admission answers ``timeout_seconds``:
 the breaker cannot know when a trial ends, and a failing one reopens it for that long.
+
+A trial that never reports an outcome (a request nobody answers, a message that expired
+or was dead-lettered without an ack) would hold its slot for ever; so every trial has a
+deadline: once the newest trial is ``trial_timeout_seconds`` old (``timeout_seconds``
+unless set) and the slots are still taken, they are taken to be lost and freed.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class BreakerState(msgspec.Struct, frozen=True, kw_only=True):
     opened_at: float = 0.0
     trials_in_flight: int = 0
     successes: int = 0
+    trial_at: float = 0.0  # when the newest half-open trial was admitted
 
 
 class BreakerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,12 +87,16 @@ class BreakerSettings(msgspec.Struct, frozen=True, kw_only=True):
     timeout_seconds: float
     window_seconds: float
     half_open_max_trials: int = DEFAULT_HALF_OPEN_MAX_TRIALS
+    trial_timeout_seconds: float | None = None  # a trial's deadline; None: timeout_seconds
 
     def __post_init__(self) -> None:
         for name in ("failure_threshold", "success_threshold", "half_open_max_trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("timeout_seconds", "window_seconds"):
+        names = ["timeout_seconds", "window_seconds"]
+        if self.trial_timeout_seconds is not None:
+            names.append("trial_timeout_seconds")
+        for name in names:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -101,7 +113,15 @@ class BreakerSettings(msgspec.Struct, frozen=True, kw_only=True):
             timeout_seconds=config.timeout_seconds,
             window_seconds=config.window_seconds,
             half_open_max_trials=config.half_open_max_trials,
+            trial_timeout_seconds=config.trial_timeout_seconds,
         )
+
+    @property
+    def trial_deadline(self) -> float:
+        """Seconds after which unanswered half-open trials count as lost."""
+        if self.trial_timeout_seconds is None:
+            return self.timeout_seconds
+        return self.trial_timeout_seconds
 
 
 class Admission(msgspec.Struct, frozen=True):
@@ -151,8 +171,11 @@ def _admit_open(settings: BreakerSettings, state: BreakerState, now: float) -> A
 
 
 def _admit_half_open(settings: BreakerSettings, state: BreakerState, now: float) -> Admission:
-    if state.trials_in_flight < settings.half_open_max_trials:
-        trial = msgspec.structs.replace(state, trials_in_flight=state.trials_in_flight + 1)
+    trials = state.trials_in_flight
+    if trials >= settings.half_open_max_trials and now - state.trial_at >= settings.trial_deadline:
+        trials = 0  # every trial outlived its deadline without an outcome: lost
+    if trials < settings.half_open_max_trials:
+        trial = msgspec.structs.replace(state, trials_in_flight=trials + 1, trial_at=now)
         return Admission(True, trial, 0.0)
     return Admission(False, state, settings.timeout_seconds)
 

@@ -144,5 +144,7 @@ class MasServer:
             "refused_identities": self._servicer.refused_identities if self._servicer else 0,
             "delivered": self._router.delivered if self._router else 0,
             "dead_lettered": self._router.dead_lettered if self._router else 0,
+            "expired": self._router.expired if self._router else 0,
+            "swept": self._router.swept if self._router else 0,
             **self.audit.statistics(),
         }

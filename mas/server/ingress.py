@@ -17,7 +17,12 @@ from ..audit.record import AuditDraft, Decision
 from ..envelope import ErrorInfo
 from ..errors import REMOTE_HANDLER_ERROR, REMOTE_VALIDATION_ERROR
 from ..store import Correlation, EnqueueItem
-from ..store.base import CorrelationRefused
+from ..store.base import (
+    CORRELATION_EXPIRED,
+    NOT_THE_TARGET,
+    UNKNOWN_CORRELATION,
+    CorrelationRefused,
+)
 from .gateway import Kind
 
 ERROR_REPLY_TYPE: Final = "mas.error"  # a reply of this type is an error reply
@@ -98,18 +103,39 @@ class Prepared(NamedTuple):
     error: ErrorInfo | None  # set for an error reply
 
 
+# A correlation refusal's gRPC status, as the seed system answers it.
+_CORRELATION_CODES: Final = {
+    UNKNOWN_CORRELATION: "INVALID_ARGUMENT",
+    CORRELATION_EXPIRED: "FAILED_PRECONDITION",
+    NOT_THE_TARGET: "PERMISSION_DENIED",
+}
+
+
+def correlation_refusal(
+    ingress: Ingress, correlation_id: str, reason: str
+) -> tuple[Rejection, AuditDraft]:
+    """The rejection of a reply whose correlation the store refused, and its audit draft.
+
+    A late reply (``correlation_id_expired``) is routine, not an attack: it is audited
+    as ``EXPIRED``, where a reply from the wrong agent is ``AUTHZ_DENIED``.
+    """
+    rejection = Rejection(_CORRELATION_CODES.get(reason, "INVALID_ARGUMENT"), reason)
+    decision: Decision = "INVALID"
+    if reason == NOT_THE_TARGET:
+        decision = "AUTHZ_DENIED"
+    elif reason == CORRELATION_EXPIRED:
+        decision = "EXPIRED"
+    return rejection, ingress.draft(decision, reason=reason, correlation_id=correlation_id)
+
+
 def taken_correlation(
     ingress: Ingress, correlation_id: str, answered: Correlation | CorrelationRefused | None
 ) -> Correlation:
     """A reply's correlation, or ``Refused`` saying why the store would not give it."""
     if isinstance(answered, Correlation):
         return answered
-    reason = answered.reason if answered is not None else "unknown_correlation"
-    refused = reason == "not_authorized"
-    rejection = Rejection("PERMISSION_DENIED" if refused else "NOT_FOUND", reason)
-    decision: Decision = "AUTHZ_DENIED" if refused else "INVALID"
-    draft = ingress.draft(decision, reason=reason, correlation_id=correlation_id)
-    raise Refused(rejection, draft)
+    reason = answered.reason if answered is not None else UNKNOWN_CORRELATION
+    raise Refused(*correlation_refusal(ingress, correlation_id, reason))
 
 
 def error_info(message_type: str, data: dict[str, Any]) -> ErrorInfo | None:

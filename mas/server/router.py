@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import trio
 
-from ..audit.record import AuditDraft, AuditRecord, Decision, payload_digest
+from ..audit.record import AuditDraft, Decision, payload_digest
 from ..clock import TrioWallClock
 from ..config import LimitsConfig
 from ..envelope import (
@@ -33,9 +33,10 @@ from ..envelope import (
     encode_envelope,
     new_correlation_id,
     new_message_id,
+    routing_of,
 )
 from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
-from ..store.base import CorrelationRefused
+from ..store.base import CORRELATION_GRACE, CorrelationRefused, Enqueued
 from .audit_log import AuditLog
 from .gateway import Admitted, Denied, Gateway
 from .ingress import (
@@ -47,6 +48,7 @@ from .ingress import (
     Prepared,
     Refused,
     Rejection,
+    correlation_refusal,
     error_info,
     taken_correlation,
 )
@@ -54,8 +56,7 @@ from .sessions import Session, SessionRegistry, delivery_frames
 
 log = logging.getLogger("mas.server.router")
 
-# Envelopes are encoded by this server with msgspec (no spaces), so a request carries this.
-_REQUEST_MARK: Final = b'"expects_reply":true'
+SWEEP_INTERVAL: Final = 60.0  # seconds between sweeps of expired correlations and replies
 
 
 class Router:
@@ -79,6 +80,8 @@ class Router:
         self._retry_scheduled = trio.Event()
         self.delivered = 0
         self.dead_lettered = 0
+        self.expired = 0  # requests and replies not delivered: their deadline had passed
+        self.swept = 0
 
     # -- ingress -------------------------------------------------------------------
 
@@ -129,8 +132,16 @@ class Router:
         Every message passes the gateway, then all admitted ones go to the store in one
         ``enqueue_many`` (one transaction with their audit records, and a request's
         correlation, so it exists before the target can see the request). Refusals are
-        audited. The replies take their requests' correlations first, in one store call
-        (single use, only from the request's target); one not routed gives it back.
+        audited. The replies look their requests' correlations up first, in one store
+        call (only the request's target may answer); the reply then consumes its
+        correlation in the transaction that stores it, so a reply that is cancelled,
+        refused or lost to a store error before that leaves the correlation open for
+        its retry, and two replies to one request cannot both be stored.
+
+        Cancellation: a cancel before ``enqueue_many`` returns stores nothing, or (if
+        the transaction committed) leaves the messages stored and their correlations
+        consumed; the sender then retries and gets ``unknown_correlation_id`` for a
+        reply, a duplicate for a send: at-least-once.
         """
         started = trio.current_time()
         now = self._clock.now()
@@ -138,9 +149,9 @@ class Router:
         results: list[Accepted | Rejection | None] = [None] * len(batch)
         refusals: list[AuditDraft] = []
         prepared: list[Prepared] = []
-        # The replies' correlations, all taken in one store call.
+        # The replies' correlations, all looked up in one store call.
         replies = [(o.correlation_id, sender_id) for o in batch if o.kind == "reply"]
-        taken = iter(await self.store.take_correlations(replies, now) if replies else ())
+        found = iter(await self.store.find_correlations(replies, now) if replies else ())
         for index, outbound in enumerate(batch):
             ingress = Ingress(
                 outbound.kind,
@@ -152,14 +163,16 @@ class Router:
                 now,
             )
             try:
-                correlation = next(taken) if outbound.kind == "reply" else None
+                correlation = next(found) if outbound.kind == "reply" else None
                 try:
                     prepared.append(
                         await self._prepare(gateway, index, ingress, outbound, correlation)
                     )
                 except RecursionError as exc:  # a payload too deep to scan or encode
                     rejection = Rejection("INVALID_ARGUMENT", "invalid_payload")
-                    raise Refused(rejection, ingress.draft("INVALID", reason=rejection.reason)) from exc
+                    raise Refused(
+                        rejection, ingress.draft("INVALID", reason=rejection.reason)
+                    ) from exc
             except Refused as refused:
                 results[index] = refused.rejection
                 refusals.append(refused.draft)
@@ -181,7 +194,7 @@ class Router:
     ) -> Prepared:
         """The message as it will be stored, once admitted; raises ``Refused``.
 
-        ``answered`` is a reply's correlation as the store gave it (taken, or refused).
+        ``answered`` is a reply's correlation as the store found it (open, or refused).
         """
         sender_id, instance_id = ingress.sender_id, ingress.sender_instance_id
         taken: Correlation | None = None
@@ -190,13 +203,10 @@ class Router:
         if ingress.kind == "reply":
             taken = taken_correlation(ingress, outbound.correlation_id, answered)
             ingress = ingress._replace(target_id=taken.requester_id)
+            admitted = self._admit(gateway, ingress, outbound)
             try:
-                admitted = self._admit(gateway, ingress, outbound)
                 error = error_info(outbound.message_type, admitted.data)
-            except (Rejection, Refused) as exc:
-                await self.store.put_correlation(taken)  # the reply may be tried again
-                if isinstance(exc, Refused):
-                    raise
+            except Rejection as exc:
                 raise Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
             meta = Meta(
                 correlation_id=outbound.correlation_id,
@@ -204,6 +214,7 @@ class Router:
                 sender_instance_id=instance_id or None,
                 reply_to_instance_id=taken.requester_instance_id,
                 error=error,
+                deadline=taken.expires_at,
             )
         elif ingress.kind == "request":
             if outbound.timeout_ms < 0:
@@ -211,11 +222,12 @@ class Router:
                 raise Refused(rejection, ingress.draft("INVALID", reason="invalid_timeout"))
             admitted = self._admit(gateway, ingress, outbound)
             timeout = outbound.timeout_ms / 1000 if outbound.timeout_ms else DEFAULT_REQUEST_TIMEOUT
-            correlation_id = new_correlation_id()
+            expires_at = ingress.now + min(timeout, self._limits.max_request_timeout)
             meta = Meta(
-                correlation_id=correlation_id,
+                correlation_id=new_correlation_id(),
                 expects_reply=True,
                 sender_instance_id=instance_id,
+                deadline=expires_at,
             )
         else:
             admitted = self._admit(gateway, ingress, outbound)
@@ -236,7 +248,7 @@ class Router:
                 requester_instance_id=instance_id,
                 target_id=ingress.target_id,
                 request_message_id=envelope.message_id,
-                expires_at=ingress.now + min(timeout, self._limits.max_request_timeout),
+                expires_at=expires_at,
             )
         reply_to = taken.requester_instance_id if taken is not None else None
         item = EnqueueItem(
@@ -255,6 +267,7 @@ class Router:
                 payload_sha256=payload_digest(encode_data(envelope.data)),
             ),
             correlation=correlation,
+            answers=taken.correlation_id if taken is not None else "",
         )
         return Prepared(index, ingress, item, taken, error)
 
@@ -262,15 +275,17 @@ class Router:
         self,
         gateway: Gateway,
         entry: Prepared,
-        record: AuditRecord | None,
+        record: Enqueued,
         refusals: list[AuditDraft],
     ) -> Accepted | Rejection:
-        """What became of one stored (or, ``record`` None, refused as queue-full) message."""
+        """What became of one message given to the store: stored, or refused there."""
         ingress, message = entry.ingress, entry.item.message
+        if isinstance(record, CorrelationRefused):  # another reply took it, or it expired
+            rejection, draft = correlation_refusal(ingress, entry.item.answers, record.reason)
+            refusals.append(draft)
+            return rejection
         if record is None:
-            if entry.taken is not None:
-                await self.store.put_correlation(entry.taken)
-            else:
+            if entry.taken is None:
                 gateway.breakers.release(message.target_id, ingress.now)
             refusals.append(
                 ingress.draft("INVALID", reason="queue_full", message_id=message.message_id)
@@ -301,27 +316,46 @@ class Router:
         while True:
             await session.wait_for_doorbell()
             while (room := session.prefetch - len(session.in_flight)) > 0:
+                now = self._clock.now()
                 deliveries = await self.store.claim(
-                    session.agent_id,
-                    session.instance_id,
-                    session.session_id,
-                    room,
-                    self._clock.now(),
+                    session.agent_id, session.instance_id, session.session_id, room, now
                 )
                 if not deliveries:
                     break
                 deadline = trio.current_time() + self._limits.ack_timeout
+                live: list[InFlight] = []
+                late: list[InFlight] = []
                 for delivery in deliveries:
+                    routing = routing_of(delivery.message.envelope_json)
+                    if routing.deadline is not None and routing.deadline <= now:
+                        late.append(delivery)  # its requester gave up: deliver nothing
+                        continue
+                    live.append(delivery)
                     session.track(
                         delivery.delivery_id,
                         deadline,
                         delivery.message.attempt,
-                        is_request=_REQUEST_MARK in delivery.message.envelope_json,
+                        is_request=routing.expects_reply,
                     )
-                await session.rpc.send_many(delivery_frames(session, deliveries))
-                self.delivered += len(deliveries)
+                if late:
+                    await self._drop_expired(session, late, now)
+                if live:
+                    await session.rpc.send_many(delivery_frames(session, live))
+                    self.delivered += len(live)
                 if len(deliveries) < room:
                     break  # nothing more is due; a new message rings the doorbell again
+
+    async def _drop_expired(self, session: Session, late: list[InFlight], now: float) -> None:
+        """Forget claimed messages whose deadline passed, audited ``EXPIRED``, counted."""
+        dropped = await self.store.ack_many([d.delivery_id for d in late])
+        drafts = [
+            _delivery_draft("EXPIRED", session, d, now, reason="deadline_exceeded")
+            for d in dropped
+            if d is not None
+        ]
+        self.expired += len(drafts)
+        log.debug("%d expired message(s) for %s not delivered", len(drafts), session.agent_id)
+        await self._audit.record_many(drafts)
 
     async def _watch_acks(self, session: Session) -> None:
         while True:
@@ -410,8 +444,20 @@ class Router:
             self.registry.ring(session.agent_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Wake sessions when delayed retries fall due; runs until cancelled."""
-        task_status.started()
+        """Wake sessions when delayed retries fall due, and sweep; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep)
+            task_status.started()
+            await self._schedule_retries()
+
+    async def _sweep(self) -> None:
+        """Every ``SWEEP_INTERVAL``, delete correlations and replies nobody can use."""
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            reply_max_age = self._limits.max_request_timeout + CORRELATION_GRACE
+            self.swept += await self.store.sweep(self._clock.now(), reply_max_age)
+
+    async def _schedule_retries(self) -> None:
         while True:
             # A fresh event *before* the read: a retry stored while the store answers
             # sets it, so the wait below ends at once instead of missing that retry.

@@ -12,8 +12,15 @@ Queues
 
 Correlations
     A request's correlation id maps to the requesting (agent, instance) and the
-    one agent allowed to answer. ``take_correlation`` is single use and checks
-    the replier, so a reply can neither be replayed nor come from a third agent.
+    one agent allowed to answer. A reply looks its correlation up with
+    ``find_correlations`` (which checks the replier), then consumes it in the
+    same transaction that stores the reply (``EnqueueItem.answers``), so a reply
+    can neither be replayed nor come from a third agent, and a reply that is not
+    stored (cancelled, refused, a store error) leaves its correlation intact.
+    ``take_correlation`` consumes one outside an enqueue. An expired correlation
+    is kept for ``CORRELATION_GRACE`` seconds, so that a late reply is told
+    ``correlation_id_expired`` rather than ``unknown_correlation_id``; then
+    ``sweep`` removes it.
 
 Audit
     One hash chain per store (``mas.audit.chain.link`` with the store's key):
@@ -35,7 +42,7 @@ Wake-ups
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -90,26 +97,43 @@ class Correlation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EnqueueItem(msgspec.Struct, frozen=True, kw_only=True):
-    """One message to route: its audit record, and for a request its correlation."""
+    """One message to route: its audit record, and for a request its correlation.
+
+    ``answers`` (a reply's) names the correlation the message consumes: the item is
+    written only if that correlation is still open, and the correlation is deleted in
+    the same transaction.
+    """
 
     message: QueuedMessage
     audit: AuditDraft
     correlation: Correlation | None = None
+    answers: str = ""
 
 
 class QueueFullError(Exception):
     """The target queue holds ``max_queue_length`` messages already."""
 
 
+UNKNOWN_CORRELATION: Final = "unknown_correlation_id"  # never issued, used, or long gone
+CORRELATION_EXPIRED: Final = "correlation_id_expired"  # its request's deadline has passed
+NOT_THE_TARGET: Final = "not_authorized"  # only the request's target may answer it
+CORRELATION_GRACE: Final = 300.0  # seconds an expired correlation is kept, to say so
+
+
 class CorrelationRefused(Exception):
     """A reply's correlation id is unknown, used, expired, or not the replier's.
 
-    ``reason`` is ``unknown_correlation`` or ``not_authorized``.
+    ``reason`` is ``UNKNOWN_CORRELATION``, ``CORRELATION_EXPIRED`` or ``NOT_THE_TARGET``
+    (the seed system's reason strings).
     """
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+Enqueued = AuditRecord | None | CorrelationRefused
+"""What ``enqueue_many`` made of one item: its record, None (queue full), or a refusal."""
 
 
 class Store(Protocol):
@@ -127,16 +151,19 @@ class Store(Protocol):
         returned as stored.
         """
 
-    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
         """Append several messages in order, in one transaction.
 
         One transaction (SQLite) or a constant number of round trips (Redis) for
         the whole batch, whatever its size. Result i is item i's audit record as
-        stored, or None when its target queue was full: then none of that item
+        stored, None when its target queue was full, or ``CorrelationRefused`` when
+        the correlation it ``answers`` is no longer open (taken by another reply,
+        expired: checked at the message's ``enqueued_at``); then none of that item
         (message, correlation, audit record) is written and the other items are
-        unaffected. A later item to the same queue sees the queue as the earlier
-        items left it. Audit records are linked into the chain in item order (the
-        ones written only). The correlation of an item is recorded in the same
+        unaffected. An item that is written consumes the correlation it answers.
+        A later item to the same queue sees the queue as the earlier items left
+        it. Audit records are linked into the chain in item order (the ones
+        written only). The correlation of an item is recorded in the same
         transaction as its message, so it exists before the target can claim the
         request.
 
@@ -216,19 +243,29 @@ class Store(Protocol):
     ) -> Correlation:
         """Consume an open request for a reply from ``replier_id``.
 
-        Raises ``CorrelationRefused("unknown_correlation")`` when the id is
-        unknown, used or expired, and ``CorrelationRefused("not_authorized")``
-        when ``replier_id`` is not the request's target (the record stays).
+        Raises ``CorrelationRefused`` with ``UNKNOWN_CORRELATION`` when the id is
+        unknown or used, ``CORRELATION_EXPIRED`` when its request expired (within
+        ``CORRELATION_GRACE``; later it is unknown), and ``NOT_THE_TARGET`` when
+        ``replier_id`` is not the request's target (the record stays).
         """
 
-    async def take_correlations(
-        self, takes: Sequence[tuple[str, str]], now: float
+    async def find_correlations(
+        self, finds: Sequence[tuple[str, str]], now: float
     ) -> list[Correlation | CorrelationRefused]:
-        """``take_correlation`` for several ``(correlation_id, replier_id)`` at once.
+        """Look up several ``(correlation_id, replier_id)`` without consuming them.
 
-        One transaction (SQLite) or one round trip (Redis); result i is item i's
-        correlation, consumed, or its refusal. A correlation id given twice is taken
-        by its first occurrence (the second is ``unknown_correlation``).
+        One transaction (SQLite) or one round trip (Redis); result i is the open
+        correlation, or the refusal ``take_correlation`` would raise.
+        """
+
+    async def sweep(self, now: float, reply_max_age: float) -> int:
+        """Delete what no one can use any more; return how many records went.
+
+        Correlations expired more than ``CORRELATION_GRACE`` ago, and replies that
+        waited in an instance's reply queue longer than ``reply_max_age`` (the
+        longest request deadline plus the grace: their requester gave up, and an
+        instance that never comes back would keep them for ever). Redis expires its
+        correlations itself; replies there are bounded by the queue's length and age.
         """
 
     async def get_state(self, agent_id: str) -> dict[str, str]:

@@ -24,9 +24,14 @@ from ..audit.chain import link
 from ..audit.record import AuditDraft, AuditRecord
 from ..envelope import new_delivery_id
 from .base import (
+    CORRELATION_EXPIRED,
+    CORRELATION_GRACE,
+    NOT_THE_TARGET,
+    UNKNOWN_CORRELATION,
     Correlation,
     CorrelationRefused,
     DeadLetter,
+    Enqueued,
     EnqueueItem,
     InFlight,
     QueuedMessage,
@@ -87,29 +92,49 @@ class MemoryStore:
             self._audit.append(record)
         return record
 
-    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
         await checkpoint()
         # Link every accepted item first: should one raise, nothing is written.
         room: dict[_QueueKey, int] = {}
+        answered: set[str] = set()
         prev = self._last_record()
-        records: list[AuditRecord | None] = []
+        records: list[Enqueued] = []
         for item in items:
+            if item.answers:
+                refused = self._unanswerable(item.answers, answered, item.message.enqueued_at)
+                if refused is not None:
+                    records.append(refused)
+                    continue
             key = (item.message.target_id, item.message.instance_id)
             left = room.get(key, self.limits.max_queue_length - self._waiting(key))
             if left <= 0:
                 records.append(None)
                 continue
             room[key] = left - 1
+            if item.answers:
+                answered.add(item.answers)
             prev = link(prev, item.audit, self._audit_key)
             records.append(prev)
         for item, record in zip(items, records, strict=True):
-            if record is not None:
+            if isinstance(record, AuditRecord):
                 message = item.message
                 self._queue((message.target_id, message.instance_id)).append(message)
                 if item.correlation is not None:
                     self._put_correlation(item.correlation)
+                if item.answers:
+                    del self._correlations[item.answers]
                 self._audit.append(record)
         return records
+
+    def _unanswerable(
+        self, correlation_id: str, answered: set[str], now: float
+    ) -> CorrelationRefused | None:
+        record = self._correlations.get(correlation_id)
+        if record is None or correlation_id in answered:
+            return CorrelationRefused(UNKNOWN_CORRELATION)
+        if record.expires_at <= now:
+            return CorrelationRefused(CORRELATION_EXPIRED)
+        return None
 
     # -- audit ------------------------------------------------------------------------
 
@@ -258,13 +283,19 @@ class MemoryStore:
 
     # -- correlations ---------------------------------------------------------
 
-    def _expire_correlations(self, now: float) -> None:
-        expiry = self._correlation_expiry
-        while expiry and expiry[0][0] <= now:
+    def _expire_correlations(self, now: float) -> int:
+        """Forget correlations expired more than ``CORRELATION_GRACE`` ago."""
+        expiry, swept = self._correlation_expiry, 0
+        while expiry and expiry[0][0] + CORRELATION_GRACE <= now:
             _, correlation_id = heapq.heappop(expiry)
             record = self._correlations.get(correlation_id)
-            if record is not None and record.expires_at <= now:
+            if record is not None and record.expires_at + CORRELATION_GRACE <= now:
                 del self._correlations[correlation_id]
+                swept += 1
+        if len(expiry) > 2 * len(self._correlations) + 64:  # answered ones linger here
+            self._correlation_expiry = [(c.expires_at, k) for k, c in self._correlations.items()]
+            heapq.heapify(self._correlation_expiry)
+        return swept
 
     async def put_correlation(self, correlation: Correlation) -> None:
         await checkpoint()
@@ -280,28 +311,48 @@ class MemoryStore:
         self, correlation_id: str, replier_id: str, now: float
     ) -> Correlation:
         await checkpoint()
+        record = self._find_correlation(correlation_id, replier_id, now)
+        del self._correlations[correlation_id]
+        return record
+
+    def _find_correlation(self, correlation_id: str, replier_id: str, now: float) -> Correlation:
         self._expire_correlations(now)
         record = self._correlations.get(correlation_id)
-        if record is None or record.expires_at <= now:
-            raise CorrelationRefused("unknown_correlation")
+        if record is None:
+            raise CorrelationRefused(UNKNOWN_CORRELATION)
         if record.target_id != replier_id:
-            raise CorrelationRefused("not_authorized")
-        del self._correlations[correlation_id]
+            raise CorrelationRefused(NOT_THE_TARGET)
+        if record.expires_at <= now:
+            raise CorrelationRefused(CORRELATION_EXPIRED)
         return record
 
     # -- state ----------------------------------------------------------------
 
-    async def take_correlations(
-        self, takes: Sequence[tuple[str, str]], now: float
+    async def find_correlations(
+        self, finds: Sequence[tuple[str, str]], now: float
     ) -> list[Correlation | CorrelationRefused]:
         await checkpoint()
-        taken: list[Correlation | CorrelationRefused] = []
-        for correlation_id, replier_id in takes:
+        found: list[Correlation | CorrelationRefused] = []
+        for correlation_id, replier_id in finds:
             try:
-                taken.append(await self.take_correlation(correlation_id, replier_id, now))
+                found.append(self._find_correlation(correlation_id, replier_id, now))
             except CorrelationRefused as refused:
-                taken.append(refused)
-        return taken
+                found.append(refused)
+        return found
+
+    async def sweep(self, now: float, reply_max_age: float) -> int:
+        await checkpoint()
+        swept = self._expire_correlations(now)
+        horizon = now - reply_max_age
+        for key in [k for k in self._queues if k[1] is not None]:
+            queue = self._queues[key]
+            kept = deque(m for m in queue if m.enqueued_at >= horizon)
+            swept += len(queue) - len(kept)
+            if kept:
+                self._queues[key] = kept
+            else:
+                del self._queues[key]
+        return swept
 
     async def get_state(self, agent_id: str) -> dict[str, str]:
         await checkpoint()

@@ -41,7 +41,13 @@ import trio
 from redis.exceptions import ResponseError
 
 from ..audit.record import AuditRecord
-from .base import EnqueueItem
+from .base import (
+    CORRELATION_EXPIRED,
+    UNKNOWN_CORRELATION,
+    CorrelationRefused,
+    Enqueued,
+    EnqueueItem,
+)
 from .redis_audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain
 from .redis_keys import Keys, queue_name
 from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
@@ -49,34 +55,48 @@ from .redis_records import CORRELATION_GRACE_MS
 from .redis_scripts import make_script
 
 # KEYS: waiting, audit chain, audit head, audit turn, servers, then each item's stream,
-#       then the correlation key of each item that has one (in item order).
+#       then the correlation key of each item that has one (in item order), then the key
+#       of each correlation an item answers.
 # ARGV: this server, max_length, channel, correlation grace ms, the hash the records were
 #       linked after, the last record's hash, then per item: flag ('1' fits, '0' refused
 #       unless it fits, '2' refused), q, message id, enqueued_at, envelope, correlation
 #       target ('' for none), its expires_at, its JSON, the audit record (JSON; '' unless
-#       flagged '1').
+#       flagged '1'), the KEYS index of the correlation it answers ('' for none).
 # Returns {1, mask} written; {0, mask, head} the outcome differs from the flags; {-1 or -2,
-# mask, head} the chain is not ready (see chain_ready). mask: '1' or '0' per item, the
-# outcome; head: the chain's last record. Nothing is written unless the reply is 1.
+# mask, head} the chain is not ready (see chain_ready). mask: per item, the outcome: '1'
+# fits, '0' queue full, 'u' answers an unknown or used correlation, 'e' an expired one
+# ('0' for an item flagged '2'); head: the chain's last record. Nothing is written unless
+# the reply is 1.
 _ENQUEUE_MANY: Final = """
 local me, max_length = ARGV[1], tonumber(ARGV[2])
-local n = (#ARGV - 6) / 9
-local before, count, mask, differs, fitting = {}, {}, {}, false, 0
+local n = (#ARGV - 6) / 10
+local before, count, mask, differs, fitting, answered = {}, {}, {}, false, 0, {}
 for i = 1, n do
-  local a = 6 + (i - 1) * 9
-  local flag, q = ARGV[a + 1], ARGV[a + 2]
-  local fits = false
+  local a = 6 + (i - 1) * 10
+  local flag, q, answers = ARGV[a + 1], ARGV[a + 2], ARGV[a + 10]
+  local fits, why = false, '0'
   if flag ~= '2' then
-    if not count[q] then
-      count[q] = tonumber(redis.call('HGET', KEYS[1], q) or '0')
-      before[q] = count[q]
+    if answers ~= '' then
+      answers = KEYS[tonumber(answers)]
+      local x = redis.call('HGET', answers, 'x')
+      if not x or answered[answers] then why = 'u'
+      elseif tonumber(x) <= tonumber(ARGV[a + 4]) then why = 'e' end
     end
-    fits = count[q] < max_length
-    if fits then count[q] = count[q] + 1 end
+    if why == '0' then
+      if not count[q] then
+        count[q] = tonumber(redis.call('HGET', KEYS[1], q) or '0')
+        before[q] = count[q]
+      end
+      fits = count[q] < max_length
+      if fits then
+        count[q] = count[q] + 1
+        if answers ~= '' then answered[answers] = true end
+      end
+    end
   end
   if fits ~= (flag == '1') then differs = true end
   if fits then fitting = fitting + 1 end
-  mask[i] = fits and '1' or '0'
+  mask[i] = fits and '1' or why
 end
 mask = table.concat(mask)
 if differs then return {0, mask, redis.call('LINDEX', KEYS[2], -1)} end
@@ -86,7 +106,7 @@ if ready < 0 then return {ready, mask, redis.call('LINDEX', KEYS[2], -1)} end
 
 local now_ms, others, records, c = nil, nil, {}, 5 + n
 for i = 1, n do
-  local a = 6 + (i - 1) * 9
+  local a = 6 + (i - 1) * 10
   local q, has_correlation = ARGV[a + 2], ARGV[a + 6] ~= ''
   if has_correlation then c = c + 1 end
   if string.sub(mask, i, i) == '1' then
@@ -113,6 +133,7 @@ for i = 1, n do
       redis.call('HSET', KEYS[c], 't', ARGV[a + 6], 'x', ARGV[a + 7], 'j', ARGV[a + 8])
       redis.call('PEXPIREAT', KEYS[c], at_ms + tonumber(ARGV[4]))
     end
+    if ARGV[a + 10] ~= '' then redis.call('DEL', KEYS[tonumber(ARGV[a + 10])]) end
     records[#records + 1] = ARGV[a + 9]
   end
 end
@@ -136,6 +157,9 @@ for _, stream in ipairs(KEYS) do
 end
 return 1
 """
+
+# A mask letter of a reply whose correlation is gone -> its refusal reason.
+_REFUSALS: Final = {ord("u"): UNKNOWN_CORRELATION, ord("e"): CORRELATION_EXPIRED}
 
 ENQUEUE_MANY: Final = make_script("enqueue_many", _ENQUEUE_MANY)
 ACK_MANY: Final = make_script("ack_many", _ACK_MANY)
@@ -163,6 +187,14 @@ class EnqueueBatch:
             keys.correlation(i.correlation.correlation_id) for i in items if i.correlation
         ]
         script_keys = [keys.waiting, *chain.keys, keys.servers, *streams, *correlations]
+        # Lua's KEYS index of the correlation each item answers ("" for none).
+        self._answers: list[Arg] = []
+        for item in items:
+            if item.answers:
+                script_keys.append(keys.correlation(item.answers))
+                self._answers.append(len(script_keys))
+            else:
+                self._answers.append("")
         self._head: Command = (
             "EVALSHA",
             ENQUEUE_MANY.sha,
@@ -176,21 +208,27 @@ class EnqueueBatch:
         self._item_args = [_item_args(q, item) for q, item in zip(self.queues, items, strict=True)]
         self._size = sum(len(i.message.envelope_json) + RECORD_SIZE for i in items)
 
-    async def write(self, full: Sequence[bool]) -> list[AuditRecord | None]:
+    async def write(self, full: Sequence[bool]) -> list[Enqueued]:
         """Write the batch; ``full[i]``: item i's queue refused lately (the prediction).
 
-        Result i is item i's record, or None when its queue was full. Raises
-        ``StoreUnavailableError`` when the chain gives no turn within
+        Result i is item i's record, None when its queue was full, or the
+        ``CorrelationRefused`` of a reply whose correlation is no longer open.
+        Raises ``StoreUnavailableError`` when the chain gives no turn within
         ``AUDIT_TIMEOUT``, ValueError when a draft cannot be linked.
         """
         flags = [b"0" if f else b"1" for f in full]
+        refusals: dict[int, CorrelationRefused] = {}
         with trio.move_on_after(AUDIT_TIMEOUT):
             while True:
                 attempt = _Attempt(self, flags)
                 [outcome] = await self._link.call_prepared("enqueue", attempt, self._size)
                 code, mask = outcome[0], outcome[1]
+                for i, why in enumerate(mask):
+                    if why in _REFUSALS:
+                        refusals[i] = CorrelationRefused(_REFUSALS[why])
                 if code == 1:
-                    return attempt.results()
+                    results = attempt.results()
+                    return [refusals.get(i, r) if r is None else r for i, r in enumerate(results)]
                 # What the script found: refused items stay refused from now on.
                 flags = [b"1" if fits == ord("1") else b"2" for fits in mask]
                 if code == -2:
@@ -234,9 +272,9 @@ class _Attempt:
         last = self._records[-1].hash if self._records else after
         records = iter(self._records)
         args: list[Arg] = [after, last]
-        for flag, item_args in zip(flags, batch._item_args, strict=True):
+        for flag, item_args, answers in zip(flags, batch._item_args, batch._answers, strict=True):
             record = msgspec.json.encode(next(records)) if flag == b"1" else b""
-            args += [flag, *item_args, record]
+            args += [flag, *item_args, record, answers]
         return [(*batch._head, *args)]
 
     def completed(self, replies: list[Any]) -> None:

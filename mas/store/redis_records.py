@@ -20,12 +20,21 @@ from typing import Any, Final
 
 import msgspec
 
-from .base import Correlation, CorrelationRefused, StateTooLargeError
+from .base import (
+    CORRELATION_EXPIRED,
+    CORRELATION_GRACE,
+    NOT_THE_TARGET,
+    UNKNOWN_CORRELATION,
+    Correlation,
+    CorrelationRefused,
+    StateTooLargeError,
+)
 from .redis_keys import Keys
 from .redis_link import RedisLink
 from .redis_scripts import make_script
 
-CORRELATION_GRACE_MS: Final = 60_000  # ms Redis keeps a correlation after it expires (skew)
+# ms Redis keeps a correlation after it expires: to tell a late reply it is late, and skew.
+CORRELATION_GRACE_MS: Final = int(CORRELATION_GRACE * 1000)
 
 # KEYS: correlation. ARGV: target, expires_at, record (JSON), grace ms.
 PUT_CORRELATION: Final = make_script(
@@ -43,17 +52,14 @@ return 1
 )
 
 # KEYS: correlation. ARGV: replier, now.
-# Returns {0} unknown or expired, {1} not the target's (kept), {2, record} taken.
+# Returns {0} unknown, {1} not the target's (kept), {2, record} taken, {3} expired (kept).
 TAKE_CORRELATION: Final = make_script(
     "take_correlation",
     """
 local rec = redis.call('HMGET', KEYS[1], 't', 'x', 'j')
 if not rec[1] then return {0} end
-if tonumber(rec[2]) <= tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1])
-  return {0}
-end
 if rec[1] ~= ARGV[1] then return {1} end
+if tonumber(rec[2]) <= tonumber(ARGV[2]) then return {3} end
 redis.call('DEL', KEYS[1])
 return {2, rec[3]}
 """,
@@ -121,21 +127,27 @@ class Records:
             raise taken
         return taken
 
-    async def take_correlations(
-        self, takes: Sequence[tuple[str, str]], now: float
+    async def find_correlations(
+        self, finds: Sequence[tuple[str, str]], now: float
     ) -> list[Correlation | CorrelationRefused]:
-        """Several takes, each its own script call, in one pipeline (one round trip)."""
-        if not takes:
+        """Several look-ups in one pipeline (one round trip); nothing is consumed."""
+        if not finds:
             return []
-        at = repr(now)
-        outcomes = await self._link.call(
+        found = await self._link.call(
             "correlation",
-            *(
-                ("EVALSHA", TAKE_CORRELATION.sha, 1, self._keys.correlation(cid), replier, at)
-                for cid, replier in takes
-            ),
+            *(("HMGET", self._keys.correlation(cid), "t", "x", "j") for cid, _ in finds),
         )
-        return [_taken(outcome) for outcome in outcomes]
+        results: list[Correlation | CorrelationRefused] = []
+        for (_, replier), (target, expires_at, record) in zip(finds, found, strict=True):
+            if target is None:
+                results.append(CorrelationRefused(UNKNOWN_CORRELATION))
+            elif target.decode() != replier:
+                results.append(CorrelationRefused(NOT_THE_TARGET))
+            elif float(expires_at) <= now:
+                results.append(CorrelationRefused(CORRELATION_EXPIRED))
+            else:
+                results.append(msgspec.json.decode(record, type=Correlation))
+        return results
 
     async def get_state(self, agent_id: str) -> dict[str, str]:
         [flat] = await self._link.call("state", ("HGETALL", self._keys.state(agent_id)))
@@ -165,7 +177,9 @@ class Records:
 def _taken(outcome: Any) -> Correlation | CorrelationRefused:
     """The reply of TAKE_CORRELATION as a correlation or a refusal."""
     if outcome[0] == 0:
-        return CorrelationRefused("unknown_correlation")
+        return CorrelationRefused(UNKNOWN_CORRELATION)
     if outcome[0] == 1:
-        return CorrelationRefused("not_authorized")
+        return CorrelationRefused(NOT_THE_TARGET)
+    if outcome[0] == 3:
+        return CorrelationRefused(CORRELATION_EXPIRED)
     return msgspec.json.decode(outcome[1], type=Correlation)

@@ -26,6 +26,7 @@ from .base import (
     Correlation,
     CorrelationRefused,
     DeadLetter,
+    Enqueued,
     EnqueueItem,
     InFlight,
     QueuedMessage,
@@ -163,7 +164,7 @@ class RedisStore:
         if len(self._full) > MAX_FULL_QUEUES_KNOWN:
             del self._full[next(iter(self._full))]
 
-    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
         if not items:
             return []
         batch = EnqueueBatch(
@@ -179,7 +180,7 @@ class RedisStore:
         for q, record in zip(batch.queues, records, strict=True):
             if record is None:
                 self._refused(q)
-            else:
+            elif isinstance(record, AuditRecord):
                 self._full.pop(q, None)
                 self._counts["sent"] += 1
         return records
@@ -432,10 +433,16 @@ class RedisStore:
     ) -> Correlation:
         return await self._records.take_correlation(correlation_id, replier_id, now)
 
-    async def take_correlations(
-        self, takes: Sequence[tuple[str, str]], now: float
+    async def find_correlations(
+        self, finds: Sequence[tuple[str, str]], now: float
     ) -> list[Correlation | CorrelationRefused]:
-        return await self._records.take_correlations(takes, now)
+        return await self._records.find_correlations(finds, now)
+
+    async def sweep(self, now: float, reply_max_age: float) -> int:
+        # Correlations carry a Redis expiry (PEXPIREAT, with the grace): Redis sweeps
+        # them. Reply streams are bounded by max_queue_length and dead-lettered past
+        # max_message_age when claimed.
+        return 0
 
     async def get_state(self, agent_id: str) -> dict[str, str]:
         return await self._records.get_state(agent_id)

@@ -53,6 +53,7 @@ from .base import (
     Correlation,
     CorrelationRefused,
     DeadLetter,
+    Enqueued,
     EnqueueItem,
     InFlight,
     QueuedMessage,
@@ -102,19 +103,20 @@ class SqliteStore:
             ops.enqueue, message, self.limits.max_queue_length, audit, self._audit_key, durable=True
         )
 
-    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[AuditRecord | None]:
+    async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
         if not items:
             return []
         if any(item.message.instance_id == "" for item in items):
             raise ValueError("an instance id is never empty (None names the shared queue)")
         # One transaction for the batch; its flush is shared with concurrent callers.
-        return await self._writer.call(
+        written = await self._writer.call(
             ops.enqueue_many,
             tuple(items),
             self.limits.max_queue_length,
             self._audit_key,
             durable=True,
         )
+        return [CorrelationRefused(w) if isinstance(w, str) else w for w in written]
 
     # -- audit -----------------------------------------------------------------------------
 
@@ -188,13 +190,16 @@ class SqliteStore:
             raise CorrelationRefused(taken)
         return taken
 
-    async def take_correlations(
-        self, takes: Sequence[tuple[str, str]], now: float
+    async def find_correlations(
+        self, finds: Sequence[tuple[str, str]], now: float
     ) -> list[Correlation | CorrelationRefused]:
-        if not takes:
+        if not finds:
             return []
-        taken = await self._writer.call(ops.take_correlations, tuple(takes), now)
-        return [CorrelationRefused(t) if isinstance(t, str) else t for t in taken]
+        found = await self._writer.call(ops.find_correlations, tuple(finds), now)
+        return [CorrelationRefused(f) if isinstance(f, str) else f for f in found]
+
+    async def sweep(self, now: float, reply_max_age: float) -> int:
+        return await self._writer.call(ops.sweep, now, reply_max_age)
 
     # -- state -----------------------------------------------------------------------------
 

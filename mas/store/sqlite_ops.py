@@ -20,6 +20,10 @@ from ..audit.chain import link
 from ..audit.record import AuditDraft, AuditRecord
 from ..envelope import new_delivery_id
 from .base import (
+    CORRELATION_EXPIRED,
+    CORRELATION_GRACE,
+    NOT_THE_TARGET,
+    UNKNOWN_CORRELATION,
     Correlation,
     DeadLetter,
     EnqueueItem,
@@ -66,6 +70,8 @@ _INSERT_CORRELATION: Final = (
     "requester_instance_id, target_id, request_message_id, expires_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
+_DELETE_CORRELATION: Final = "DELETE FROM correlations WHERE correlation_id = ?"
+_CORRELATION_EXPIRY: Final = "SELECT expires_at FROM correlations WHERE correlation_id = ?"
 _MAX_PARAMETERS: Final = 500  # host parameters per statement (SQLite allows 999 or more)
 _Row = tuple[Any, ...]
 _AUDIT_DECODER: Final = msgspec.json.Decoder(AuditRecord)
@@ -130,12 +136,21 @@ def enqueue_many(
     items: Sequence[EnqueueItem],
     max_length: int,
     audit_key: bytes | None,
-) -> list[AuditRecord | None]:
-    """Enqueue the items whose queue has room (see ``Store.enqueue_many``), in one savepoint."""
+) -> list[AuditRecord | str | None]:
+    """Enqueue the items whose queue has room (see ``Store.enqueue_many``), in one savepoint.
+
+    An item that answers a correlation no longer open gets its refusal reason instead.
+    """
     room: dict[tuple[str, str | None], int] = {}
     accepted: list[EnqueueItem] = []
-    taken: list[bool] = []
+    taken: list[bool | str] = []
+    answered: list[str] = []
     for item in items:
+        if item.answers:
+            refused = _unanswerable(conn, item.answers, answered, item.message.enqueued_at)
+            if refused:
+                taken.append(refused)
+                continue
         message = item.message
         key = (message.target_id, message.instance_id)
         left = room.get(key)
@@ -146,15 +161,32 @@ def enqueue_many(
         if fits:
             accepted.append(item)
             left -= 1
+            if item.answers:
+                answered.append(item.answers)
         room[key] = left
     if not accepted:
-        return [None] * len(items)
+        return [fits if isinstance(fits, str) else None for fits in taken]
     conn.executemany(_INSERT_MESSAGE, [_message_row(item.message) for item in accepted])
     correlations = [_correlation_row(i.correlation) for i in accepted if i.correlation]
     if correlations:
         conn.executemany(_INSERT_CORRELATION, correlations)
+    if answered:
+        conn.executemany(_DELETE_CORRELATION, [(cid,) for cid in answered])
     records = iter(append_audit(conn, [item.audit for item in accepted], audit_key))
-    return [next(records) if fits else None for fits in taken]
+    return [
+        next(records) if fits is True else (fits if isinstance(fits, str) else None)
+        for fits in taken
+    ]
+
+
+def _unanswerable(
+    conn: sqlite3.Connection, correlation_id: str, answered: list[str], now: float
+) -> str:
+    """Why a reply can no longer consume ``correlation_id`` ("" if it can)."""
+    row = conn.execute(_CORRELATION_EXPIRY, (correlation_id,)).fetchone()
+    if row is None or correlation_id in answered:
+        return UNKNOWN_CORRELATION
+    return CORRELATION_EXPIRED if row[0] <= now else ""
 
 
 def append_audit(
@@ -412,15 +444,24 @@ def put_correlation(conn: sqlite3.Connection, c: Correlation) -> None:
 def take_correlation(
     conn: sqlite3.Connection, correlation_id: str, replier_id: str, now: float
 ) -> Correlation | str:
-    """The correlation, consumed; or the refusal reason (so the expiry sweep still commits)."""
-    conn.execute("DELETE FROM correlations WHERE expires_at <= ?", (now,))
+    """The correlation, consumed; or the refusal reason."""
+    found = find_correlation(conn, correlation_id, replier_id, now)
+    if isinstance(found, Correlation):
+        conn.execute(_DELETE_CORRELATION, (correlation_id,))
+    return found
+
+
+def find_correlation(
+    conn: sqlite3.Connection, correlation_id: str, replier_id: str, now: float
+) -> Correlation | str:
+    """The open correlation, or the refusal reason (see ``Store.take_correlation``)."""
     row = conn.execute(
         "SELECT correlation_id, requester_id, requester_instance_id, target_id, "
         "request_message_id, expires_at FROM correlations WHERE correlation_id = ?",
         (correlation_id,),
     ).fetchone()
     if row is None:
-        return "unknown_correlation"
+        return UNKNOWN_CORRELATION
     correlation = Correlation(
         correlation_id=row[0],
         requester_id=row[1],
@@ -430,16 +471,31 @@ def take_correlation(
         expires_at=row[5],
     )
     if correlation.target_id != replier_id:
-        return "not_authorized"
-    conn.execute("DELETE FROM correlations WHERE correlation_id = ?", (correlation_id,))
+        return NOT_THE_TARGET
+    if correlation.expires_at <= now:
+        return CORRELATION_EXPIRED
     return correlation
 
 
-def take_correlations(
-    conn: sqlite3.Connection, takes: tuple[tuple[str, str], ...], now: float
+def find_correlations(
+    conn: sqlite3.Connection, finds: tuple[tuple[str, str], ...], now: float
 ) -> list[Correlation | str]:
-    """``take_correlation`` for each ``(correlation_id, replier_id)``, in one operation."""
-    return [take_correlation(conn, cid, replier, now) for cid, replier in takes]
+    """``find_correlation`` for each ``(correlation_id, replier_id)``, in one operation."""
+    return [find_correlation(conn, cid, replier, now) for cid, replier in finds]
+
+
+def sweep(conn: sqlite3.Connection, now: float, reply_max_age: float) -> int:
+    """Delete long-expired correlations and stale replies (see ``Store.sweep``)."""
+    gone = conn.execute(
+        "DELETE FROM correlations WHERE expires_at <= ?", (now - CORRELATION_GRACE,)
+    ).rowcount
+    # Waiting (state 0) or delayed (1) replies only: one in flight is its session's.
+    gone += conn.execute(
+        "DELETE FROM messages WHERE instance_id IS NOT NULL AND state IN (0, 1) "
+        "AND enqueued_at < ?",
+        (now - reply_max_age,),
+    ).rowcount
+    return gone
 
 
 def get_state(conn: sqlite3.Connection, agent_id: str) -> dict[str, str]:

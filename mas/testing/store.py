@@ -32,8 +32,14 @@ class YieldingStore:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._gates: dict[str, trio.Event] = {}
-        self.calls: dict[str, int] = {}
+        self.calls: dict[str, int] = {}  # completed calls by method name
         self.held = trio.Event()  # set whenever a call reaches a closed gate
+        self._called = trio.Event()
+
+    async def wait_calls(self, name: str, count: int) -> None:
+        """Return once ``count`` calls of ``name`` have completed in all."""
+        while self.calls.get(name, 0) < count:
+            await self._called.wait()
 
     def hold(self, name: str) -> None:
         """Hold later calls of ``name`` after the wrapped call returns."""
@@ -61,6 +67,8 @@ class YieldingStore:
             result = await method(*args, **kwargs)
             gate = self._gates.get(name)
             self.calls[name] = self.calls.get(name, 0) + 1
+            self._called.set()
+            self._called = trio.Event()
             if gate is not None:
                 self.held.set()
                 await gate.wait()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from mas.audit.record import AuditDraft
+from mas.audit.record import AuditDraft, AuditRecord
 from mas.store import (
     Correlation,
     EnqueueItem,
@@ -25,7 +25,7 @@ from mas.store import (
     Store,
     StoreLimits,
 )
-from mas.store.base import CorrelationRefused, StateTooLargeError
+from mas.store.base import CORRELATION_GRACE, CorrelationRefused, StateTooLargeError
 
 LIMITS = StoreLimits(max_queue_length=5, max_message_age=100.0, max_state_bytes=200)
 NOW = 1_000.0
@@ -164,37 +164,99 @@ async def test_correlation_is_single_use_and_only_for_the_target(store: Store) -
     assert (await store.take_correlation("c1", "b", NOW)) == _correlation()
     with pytest.raises(CorrelationRefused) as refused:
         await store.take_correlation("c1", "b", NOW)
-    assert refused.value.reason == "unknown_correlation"
+    assert refused.value.reason == "unknown_correlation_id"
 
 
-async def test_correlations_are_taken_in_one_call_each_with_its_outcome(store: Store) -> None:
+async def test_correlations_are_found_in_one_call_without_being_consumed(store: Store) -> None:
     live = _correlation()
     short = msgspec.structs.replace(_correlation(expires_at=NOW + 1), correlation_id="c2")
     for correlation in (live, short):
         await store.put_correlation(correlation)
-    third = msgspec.structs.replace(_correlation(), correlation_id="c3")
-    await store.put_correlation(third)
-    taken = await store.take_correlations(
-        [("c1", "b"), ("c1", "b"), ("c2", "b"), ("c3", "mallory"), ("nope", "b")], NOW + 2
+    found = await store.find_correlations(
+        [("c1", "b"), ("c1", "b"), ("c2", "b"), ("c1", "mallory"), ("nope", "b")], NOW + 2
     )
-    assert taken[0] == live
-    outcomes = [t.reason if isinstance(t, CorrelationRefused) else "taken" for t in taken]
+    assert found[:2] == [live, live]
+    outcomes = [f.reason if isinstance(f, CorrelationRefused) else "open" for f in found]
     assert outcomes == [
-        "taken",
-        "unknown_correlation",  # single use, within one call too
-        "unknown_correlation",  # expired
+        "open",
+        "open",  # a look-up consumes nothing
+        "correlation_id_expired",
         "not_authorized",
-        "unknown_correlation",
+        "unknown_correlation_id",
     ]
-    assert await _take(store, "c3", "b") == "taken"  # a refused replier left it in place
-    assert await store.take_correlations([], NOW) == []
+    assert await _take(store, "c1", "b") == "taken"
+    assert await store.find_correlations([], NOW) == []
 
 
-async def test_expired_correlation_is_refused(store: Store) -> None:
+async def test_expired_correlation_is_refused_as_expired_then_forgotten(store: Store) -> None:
     await store.put_correlation(_correlation(expires_at=NOW + 1))
     with pytest.raises(CorrelationRefused) as refused:
         await store.take_correlation("c1", "b", NOW + 2)
-    assert refused.value.reason == "unknown_correlation"
+    assert refused.value.reason == "correlation_id_expired"
+    later = NOW + 2 + CORRELATION_GRACE
+    await store.sweep(later, reply_max_age=3600)
+    [found] = await store.find_correlations([("c1", "b")], later)
+    assert isinstance(found, CorrelationRefused)
+    # Redis forgets it by its key's expiry (real time), the others by the sweep.
+    assert found.reason in {"unknown_correlation_id", "correlation_id_expired"}
+
+
+def _reply(n: int, answers: str, *, at: float = NOW) -> EnqueueItem:
+    """Reply ``m<n>`` to requester a's instance a1, consuming correlation ``answers``."""
+    return EnqueueItem(
+        message=_message(n, target="a", instance="a1", at=at),
+        audit=AuditDraft(time=at, decision="ALLOWED", message_id=f"m{n}", target_id="a"),
+        answers=answers,
+    )
+
+
+async def test_a_reply_consumes_its_correlation_in_the_enqueue_that_stores_it(
+    store: Store,
+) -> None:
+    await store.enqueue_many([_item(1, request=True), _item(2, request=True)])
+    records = await store.enqueue_many([_reply(10, "c1"), _reply(11, "c1"), _reply(12, "nope")])
+    assert isinstance(records[0], AuditRecord) and records[0].message_id == "m10"
+    assert [r.reason for r in records[1:] if isinstance(r, CorrelationRefused)] == [
+        "unknown_correlation_id",  # the first reply of the batch took it
+        "unknown_correlation_id",
+    ]
+    assert await _take(store, "c1", "b") == "unknown_correlation_id"
+    # A reply refused by the store leaves the other correlation alone.
+    assert await _take(store, "c2", "b") == "taken"
+    replies = await store.claim("a", "a1", "s9", 10, NOW)
+    assert [d.message.message_id for d in replies] == ["m10"]
+
+
+async def test_a_reply_after_its_deadline_is_refused_as_expired(store: Store) -> None:
+    await store.enqueue_many([_item(1, request=True)])  # expires at NOW + 60
+    [late] = await store.enqueue_many([_reply(10, "c1", at=NOW + 61)])
+    assert isinstance(late, CorrelationRefused)
+    assert late.reason == "correlation_id_expired"
+    assert await store.claim("a", "a1", "s9", 10, NOW + 61) == []
+
+
+async def test_a_reply_refused_for_a_full_queue_leaves_its_correlation_open(
+    store: Store,
+) -> None:
+    await store.enqueue_many([_item(1, request=True)])
+    for n in range(LIMITS.max_queue_length):
+        await store.enqueue(_message(100 + n, target="a", instance="a1"))
+    assert await store.enqueue_many([_reply(10, "c1")]) == [None]
+    assert await _take(store, "c1", "b") == "taken"
+
+
+async def test_sweep_deletes_stale_replies_but_not_fresh_ones_or_queued_work(
+    store: Store,
+) -> None:
+    await store.enqueue(_message(1, target="a", instance="gone", at=NOW))
+    await store.enqueue(_message(2, target="a", instance="gone", at=NOW + 80))
+    await store.enqueue(_message(3, target="a", at=NOW))  # the shared queue is never swept
+    swept = await store.sweep(NOW + 90, reply_max_age=50)
+    claimed = [d.message.message_id for d in await store.claim("a", "gone", "s", 10, NOW + 90)]
+    if swept:  # Redis bounds reply streams by length and age instead (see RedisStore.sweep)
+        assert claimed == ["m2", "m3"]
+    else:
+        assert claimed == ["m1", "m2", "m3"]
 
 
 async def test_state_partial_updates_and_reset(store: Store) -> None:
@@ -300,7 +362,7 @@ async def test_a_full_queue_refuses_only_its_own_items_and_none_of_their_parts(
     ]
     assert await store.queue_depth("b") == LIMITS.max_queue_length
     assert await store.queue_depth("c") == 2
-    assert await _take(store, "c12", "b") == "unknown_correlation"  # never written
+    assert await _take(store, "c12", "b") == "unknown_correlation_id"  # never written
     for written, target in (("c10", "b"), ("c11", "c"), ("c15", "b")):
         assert await _take(store, written, target) == "taken"
 
@@ -325,7 +387,7 @@ async def test_a_batch_whose_queues_are_all_full_writes_nothing(store: Store) ->
         await store.enqueue(_message(n))
     assert await store.enqueue_many([_item(10, request=True), _item(11)]) == [None, None]
     assert await store.queue_depth("b") == LIMITS.max_queue_length
-    assert await _take(store, "c10", "b") == "unknown_correlation"
+    assert await _take(store, "c10", "b") == "unknown_correlation_id"
 
 
 async def test_correlations_of_a_batch_are_taken_once_by_their_target_only(
@@ -334,7 +396,7 @@ async def test_correlations_of_a_batch_are_taken_once_by_their_target_only(
     await store.enqueue_many([_item(1, request=True), _item(2, target="c", request=True)])
     assert await _take(store, "c1", "c") == "not_authorized"
     assert await _take(store, "c1", "b") == "taken"
-    assert await _take(store, "c1", "b") == "unknown_correlation"
+    assert await _take(store, "c1", "b") == "unknown_correlation_id"
     assert await _take(store, "c2", "b") == "not_authorized"
     assert await _take(store, "c2", "c") == "taken"
     [request] = await store.claim("c", "i1", "s1", 5, NOW)

@@ -51,7 +51,7 @@ async def test_frames_written_together_are_routed_in_order_each_with_its_own_res
                     (("request", "b", '{"n": 3}'), None),
                     (("send", "b", '{"n": 4}'), None),
                     (("send", "b", '{"n": 5}'), ("RESOURCE_EXHAUSTED", "queue_full")),
-                    (("reply", "", '{"n": 6}'), ("NOT_FOUND", "unknown_correlation")),
+                    (("reply", "", '{"n": 6}'), ("INVALID_ARGUMENT", "unknown_correlation_id")),
                 ]
                 frames = []
                 for (kind, target, data), _ in plan:
@@ -140,7 +140,9 @@ async def test_replies_written_together_take_their_correlations_once(pki: TestPK
                     if event.WhichOneof("event") == "result":
                         error = event.result.error
                         outcomes[event.result.seq] = error.message if error.code else "ok"
-                assert [outcomes[seq] for seq, _ in frames] == ["ok"] * 3 + ["unknown_correlation"]
+                assert [outcomes[seq] for seq, _ in frames] == ["ok"] * 3 + [
+                    "unknown_correlation_id"
+                ]
                 replies = []
                 for _ in range(3):
                     delivery = await a.next_delivery()

@@ -23,8 +23,7 @@ ONE_WAY = [{"type": "allow", "sender": "a", "targets": ["b"]}]
 
 async def _wait_calls(store: YieldingStore, name: str, count: int) -> None:
     with trio.fail_after(30):
-        while store.calls.get(name, 0) < count:
-            await trio.sleep(0.01)
+        await store.wait_calls(name, count)
 
 
 async def _nack(b: RawSession, delivery: pb.Delivery) -> None:
@@ -98,3 +97,102 @@ async def test_deeply_nested_payload_is_refused_alone_and_the_session_lives(
                 assert not ok.HasField("error"), ok
                 got = [json.loads((await b.next_delivery()).envelope_json)["data"] for _ in "123"]
                 assert got == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+
+async def _request(a: RawSession, b: RawSession, **fields: object) -> dict[str, object]:
+    result = await a.call("request", target_id="b", message_type="q", data_json="{}", **fields)
+    assert not result.HasField("error"), result
+    return json.loads((await b.next_delivery()).envelope_json)  # type: ignore[no-any-return]
+
+
+async def test_a_reply_cancelled_before_it_is_stored_leaves_its_correlation_open(
+    pki: TestPKI,
+) -> None:
+    # The replier's session is replaced while its reply is between the correlation
+    # look-up and the enqueue: the reply is not stored, and its retry must succeed.
+    store = YieldingStore(MemoryStore())
+    config = make_config(["a", "b"], [{"type": "allow_bidirectional", "agents": ["a", "b"]}])
+    with trio.fail_after(20):
+        async with open_test_server(config, pki, store=store) as server:  # type: ignore[arg-type]
+            async with sessions(server, pki, "a", "b") as (a, b):
+                request = await _request(a, b)
+                correlation_id = request["meta"]["correlation_id"]  # type: ignore[index]
+                store.hold("find_correlations")
+                _, frame = b.frame(
+                    "reply", correlation_id=correlation_id, message_type="r", data_json="{}"
+                )
+                await b.send(**{"reply": frame.reply})
+                await store.held.wait()
+                async with sessions(server, pki, "b") as [b_again]:  # replaces b's session
+                    store.release("find_correlations")
+                    retried = await b_again.call(
+                        "reply", correlation_id=correlation_id, message_type="r", data_json="{}"
+                    )
+                    assert not retried.HasField("error"), retried
+                    reply = json.loads((await a.next_delivery()).envelope_json)
+                    assert reply["meta"]["correlation_id"] == correlation_id
+
+
+async def test_a_payload_that_looks_like_a_request_is_not_one(pki: TestPKI) -> None:
+    # "Is this a request" is read from the envelope's meta, never searched for in the
+    # payload: a send carrying '"expects_reply":true' is acked as a plain message.
+    store = MemoryStore()
+    config = make_config(["a", "b"], ONE_WAY)
+    with trio.fail_after(20):
+        async with open_test_server(config, pki, store=store) as server:
+            async with sessions(server, pki, "a", "b") as (a, b):
+                await a.call(
+                    "send", target_id="b", message_type="t", data_json='{"expects_reply":true}'
+                )
+                delivery = await b.next_delivery()
+                [session] = server.registry.of_agent("b")
+                assert session.in_flight[delivery.delivery_id].is_request is False
+
+
+async def test_a_request_past_its_deadline_is_not_delivered_but_audited_and_counted(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = make_config(["a", "b"], [{"type": "allow_bidirectional", "agents": ["a", "b"]}])
+    async with open_test_server(config, pki) as server:
+        async with sessions(server, pki, "a") as [a]:
+            late = await a.call(
+                "request", target_id="b", message_type="q", data_json='{"n": 0}', timeout_ms=1000
+            )
+            assert not late.HasField("error"), late
+            await a.call(
+                "request", target_id="b", message_type="q", data_json='{"n": 1}', timeout_ms=60_000
+            )
+            await trio.sleep(5)  # b connects after the first request's deadline
+            async with sessions(server, pki, "b") as [b]:
+                delivery = json.loads((await b.next_delivery()).envelope_json)
+                assert delivery["data"] == {"n": 1}
+                assert delivery["meta"]["deadline"] > delivery["timestamp"]
+                with trio.move_on_after(10):
+                    await b.next_delivery()
+                    raise AssertionError("an expired request was delivered")
+        assert server.statistics()["expired"] == 1
+        records = await server.store.audit_records()
+        expired = [r for r in records if r.decision == "EXPIRED"]
+        assert [r.message_id for r in expired] == [late.message_id]
+
+
+async def test_a_late_reply_is_refused_with_the_seed_status_for_an_expired_request(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = make_config(["a", "b"], [{"type": "allow_bidirectional", "agents": ["a", "b"]}])
+    async with open_test_server(config, pki) as server:
+        async with sessions(server, pki, "a", "b") as (a, b):
+            request = await _request(a, b, timeout_ms=1000)
+            await trio.sleep(2)
+            late = await b.call(
+                "reply",
+                correlation_id=request["meta"]["correlation_id"],  # type: ignore[index]
+                message_type="r",
+                data_json="{}",
+            )
+            assert (late.error.code, late.error.message) == (
+                "FAILED_PRECONDITION",
+                "correlation_id_expired",
+            )
+        records = await server.store.audit_records()
+        assert [r.reason for r in records if r.decision == "EXPIRED"] == ["correlation_id_expired"]

@@ -66,8 +66,8 @@ async def test_replayed_correlation_id_is_refused(pki: TestPKI) -> None:
                     "reply", correlation_id=correlation_id, message_type="r", data_json="{}"
                 )
                 assert (again.error.code, again.error.message) == (
-                    "NOT_FOUND",
-                    "unknown_correlation",
+                    "INVALID_ARGUMENT",
+                    "unknown_correlation_id",
                 )
 
 

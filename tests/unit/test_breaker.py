@@ -168,7 +168,9 @@ def test_clock_going_backwards_while_open_reanchors_the_timeout() -> None:
 
 def test_timeout_moves_to_half_open_and_admits_one_trial() -> None:
     state = half_opened()
-    assert state == BreakerState(state="half_open", opened_at=T0, trials_in_flight=1)
+    assert state == BreakerState(
+        state="half_open", opened_at=T0, trials_in_flight=1, trial_at=T0 + 60
+    )
 
 
 def test_half_open_trial_limit_is_enforced() -> None:
@@ -201,7 +203,7 @@ def test_several_trials_when_allowed() -> None:
 
 def test_success_threshold_closes() -> None:
     state = record_success(SETTINGS, half_opened(), T0 + 61)
-    assert state == BreakerState(state="half_open", opened_at=T0, successes=1)
+    assert state == BreakerState(state="half_open", opened_at=T0, successes=1, trial_at=T0 + 60)
     admission = admit(SETTINGS, state, T0 + 62)
     assert admission.allowed
     assert record_success(SETTINGS, admission.state, T0 + 63) == BreakerState()
@@ -217,7 +219,7 @@ def test_a_failure_in_half_open_reopens() -> None:
 
 def test_release_gives_back_a_trial_slot_without_an_outcome() -> None:
     state = release(SETTINGS, half_opened(), T0 + 61)
-    assert state == BreakerState(state="half_open", opened_at=T0)
+    assert state == BreakerState(state="half_open", opened_at=T0, trial_at=T0 + 60)
     assert release(SETTINGS, state, T0 + 61) is state  # never below zero
     assert admit(SETTINGS, state, T0 + 61).allowed
     assert release(SETTINGS, BreakerState(), T0) == BreakerState()
@@ -319,3 +321,35 @@ class BreakerMachine(RuleBasedStateMachine):
 
 TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = hyp_settings(max_examples=200, stateful_step_count=60)
+
+
+def test_a_trial_that_never_reports_frees_its_slot_after_its_deadline() -> None:
+    # A request nobody answers (or a message that expired) gives no outcome: the
+    # half-open breaker must not hold its only trial slot for ever.
+    state = half_opened()  # trial admitted at T0 + 60
+    assert not admit(SETTINGS, state, T0 + 60 + 59).allowed
+    later = admit(SETTINGS, state, T0 + 60 + 60)
+    assert later.allowed
+    assert later.state.trials_in_flight == 1
+    assert later.state.trial_at == T0 + 120
+
+
+def test_the_trial_deadline_can_be_set_apart_from_the_open_timeout() -> None:
+    settings = BreakerSettings(
+        failure_threshold=3,
+        success_threshold=2,
+        timeout_seconds=60.0,
+        window_seconds=100.0,
+        trial_timeout_seconds=5.0,
+    )
+    state = half_opened(settings)
+    assert not admit(settings, state, T0 + 64).allowed
+    assert admit(settings, state, T0 + 65).allowed
+    with pytest.raises(ValueError, match="trial_timeout_seconds"):
+        BreakerSettings(
+            failure_threshold=1,
+            success_threshold=1,
+            timeout_seconds=1.0,
+            window_seconds=1.0,
+            trial_timeout_seconds=0.0,
+        )

@@ -27,6 +27,7 @@ from mas.errors import (
     RejectedError,
     RemoteHandlerError,
     RemoteValidationError,
+    ReplyTooLateError,
     ResourceExhaustedError,
     rejected_error,
     remote_error,
@@ -123,7 +124,9 @@ def test_identifiers_are_random_and_distinct() -> None:
         ("RESOURCE_EXHAUSTED", "queue_full", ResourceExhaustedError),
         ("FAILED_PRECONDITION", "circuit_open", CircuitOpenError),
         ("INVALID_ARGUMENT", "invalid_payload", InvalidMessageError),
-        ("NOT_FOUND", "unknown_correlation", NotFoundError),
+        ("NOT_FOUND", "unknown_target", NotFoundError),
+        ("INVALID_ARGUMENT", "unknown_correlation_id", InvalidMessageError),
+        ("FAILED_PRECONDITION", "correlation_id_expired", ReplyTooLateError),
         ("SOMETHING_NEW", "whatever", RejectedError),
     ],
 )
