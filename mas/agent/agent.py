@@ -54,7 +54,10 @@ log = logging.getLogger("mas.agent")
 
 StateT = TypeVar("StateT")
 
-INBOX_MIN: Final = 1024  # deliveries queued beyond running handlers; the server's window bounds it
+# The window asked of the server when ``prefetch`` is 0 (the server grants at most what is
+# asked, and its default, 64, is smaller). The inbox holds two windows: the deliveries of a
+# connection being replaced may still be queued when the new one's arrive.
+DEFAULT_WINDOW: Final = 1024
 
 
 class Agent(Generic[StateT]):
@@ -293,11 +296,12 @@ class Agent(Generic[StateT]):
         if self._link is not None:
             raise RuntimeError(f"{self._label} is already running")
         ssl_context = self._ssl_context()
+        window = self._prefetch or DEFAULT_WINDOW
         runner = Dispatcher(
             self,
             max_concurrency=self._max_concurrency,
             handler_timeout=self._handler_timeout,
-            inbox_size=max(INBOX_MIN, self._prefetch),
+            inbox_size=2 * window,
             default_fallback=type(self).on_message is Agent.on_message,
         )
         link = Link(
@@ -306,7 +310,7 @@ class Agent(Generic[StateT]):
             ssl_context=ssl_context,
             instance_id=self._instance_id,
             on_delivery=runner.deliver,
-            prefetch=self._prefetch,
+            prefetch=window,
             rpc_timeout=self._rpc_timeout,
             connect_timeout=self._connect_timeout,
             heartbeat_interval=self._heartbeat_interval,

@@ -33,6 +33,7 @@ log = logging.getLogger("mas.agent")
 
 ERROR_REPLY_TYPE: Final = "mas.error"  # a reply of this type is turned into an error reply
 STOPPING_REASON: Final = "agent_stopping"  # nack reason for deliveries refused while stopping
+INBOX_FULL_REASON: Final = "agent_inbox_full"  # nack reason past the inbox's bound
 
 
 class Dispatcher:
@@ -74,14 +75,21 @@ class Dispatcher:
     # -- intake ---------------------------------------------------------------------------
 
     async def deliver(self, item: Delivered) -> None:
-        """Called by the link for each delivery: queue it, or refuse it while stopping."""
+        """Called by the link for each delivery: queue it, or refuse it while stopping.
+
+        Never waits for room: the link's one read loop calls this, and it also reads the
+        results and replies that running handlers wait for. The inbox holds two of the
+        windows the agent asks the server for, so a server that keeps its window never
+        fills it; a delivery past that is given back (a retryable nack), not waited on.
+        """
         if self._draining:
             await self._nack(item, STOPPING_REASON, retryable=True)
             return
         try:
-            self._inbox.send_nowait(item)  # no scheduler pass while the inbox has room
+            self._inbox.send_nowait(item)
         except trio.WouldBlock:
-            await self._inbox.send(item)
+            log.warning("%s: inbox full; delivery %s given back", self._label, item.delivery_id)
+            await self._nack(item, INBOX_FULL_REASON, retryable=True)
 
     async def dispatch(self, nursery: trio.Nursery) -> None:
         """Start a handler task per queued delivery, at most ``max_concurrency`` at once."""

@@ -57,6 +57,7 @@ from .sessions import Session, SessionRegistry, delivery_frames
 log = logging.getLogger("mas.server.router")
 
 SWEEP_INTERVAL: Final = 60.0  # seconds between sweeps of expired correlations and replies
+APPLY_TIMEOUT: Final = 10.0  # seconds an ack read from a client may take to apply, shielded
 
 
 class Router:
@@ -386,7 +387,11 @@ class Router:
                     requests.add(delivery_id)
         if not ids:
             return
-        acked = await self.store.ack_many(ids)
+        # Untracked above, so finish: a cancel here (the client closed right after
+        # acking) would leave them in flight until release, redelivered for nothing.
+        acked: list[InFlight | None] = []
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + APPLY_TIMEOUT):
+            acked = await self.store.ack_many(ids)
         now = self._clock.now()
         gateway = self._gateway()
         drafts = []

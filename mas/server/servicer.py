@@ -153,9 +153,10 @@ class RuntimeServicer:
             if required:
                 raise RpcError("FAILED_PRECONDITION", "session_required")
             return ""
-        if self._registry.instance(identity.agent_id, instance_id) is None or instance_id not in (
-            peer.state.get("instances", ())
-        ):
+        # Bound means: its live session is on this very connection (another connection
+        # that said Hello for the same instance took it over).
+        session = self._registry.instance(identity.agent_id, instance_id)
+        if session is None or session.connection_id != peer.connection_id:
             raise RpcError("FAILED_PRECONDITION", "instance_not_bound")
         return instance_id
 
@@ -207,8 +208,6 @@ class RuntimeServicer:
             # The same agent reconnected before its old connection was seen to die.
             log.info("session %s/%s replaced by a new connection", agent_id, instance_id)
             previous.end("ABORTED", "replaced_by_new_session")
-        instances: set[str] = peer.state.setdefault("instances", set())
-        instances.add(instance_id)
         log.info("session opened: %s/%s from %s", agent_id, instance_id, peer.address)
         try:
             with session.cancel_scope:
@@ -228,8 +227,6 @@ class RuntimeServicer:
                     nursery.cancel_scope.cancel()
         finally:
             self._registry.remove(session)
-            if self._registry.instance(agent_id, instance_id) is None:
-                instances.discard(instance_id)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + _RELEASE_TIMEOUT
                 await self._router.release(session)

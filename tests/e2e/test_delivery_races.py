@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trio
 import trio.testing
-from rawclient import RawSession, sessions
+from rawclient import CallFailed, RawSession, raw_client, sessions
 
 from mas._proto import runtime_pb2 as pb
 from mas.store.memory import MemoryStore
@@ -196,3 +197,29 @@ async def test_a_late_reply_is_refused_with_the_seed_status_for_an_expired_reque
             )
         records = await server.store.audit_records()
         assert [r.reason for r in records if r.decision == "EXPIRED"] == ["correlation_id_expired"]
+
+
+async def test_a_connection_loses_its_instance_when_another_connection_takes_it_over(
+    pki: TestPKI,
+) -> None:
+    config = make_config(["a", "b"], [{"type": "allow_bidirectional", "agents": ["a", "b"]}])
+    request = pb.RequestRequest(target_id="a", message_type="q", data_json="{}", instance_id="b1")
+    with trio.fail_after(20):
+        async with open_test_server(config, pki) as server:
+            port, context = server.address.port, pki.client_ssl_context("b")
+            async with raw_client(port, context) as first, raw_client(port, context) as second:
+                old = await first.transport()
+                await old.hello("b1")
+                new = await second.transport()
+                await new.hello("b1")  # takes instance b1 over; the old session ends
+                with pytest.raises(CallFailed) as refused:
+                    await old.receive()
+                assert refused.value.reason == "replaced_by_new_session"
+                with pytest.raises(CallFailed) as refused:
+                    await first.unary("Request", request, pb.RequestResponse)
+                assert (refused.value.code, refused.value.reason) == (
+                    "FAILED_PRECONDITION",
+                    "instance_not_bound",
+                )
+                # The connection that holds it now may use it.
+                await second.unary("Request", request, pb.RequestResponse)
