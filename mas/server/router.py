@@ -38,6 +38,7 @@ from ..envelope import (
 from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
 from ..store.base import CORRELATION_GRACE, CorrelationRefused, Enqueued
 from .audit_log import AuditLog
+from .delivery import RetryPolicy, past_deadline
 from .gateway import Admitted, Denied, Gateway
 from .ingress import (
     DEFAULT_REQUEST_TIMEOUT,
@@ -316,25 +317,23 @@ class Router:
         session.ring()
         while True:
             await session.wait_for_doorbell()
-            while (room := session.prefetch - len(session.in_flight)) > 0:
+            while (room := session.window.room()) > 0:
                 now = self._clock.now()
                 deliveries = await self.store.claim(
                     session.agent_id, session.instance_id, session.session_id, room, now
                 )
                 if not deliveries:
                     break
-                deadline = trio.current_time() + self._limits.ack_timeout
                 live: list[InFlight] = []
                 late: list[InFlight] = []
                 for delivery in deliveries:
                     routing = routing_of(delivery.message.envelope_json)
-                    if routing.deadline is not None and routing.deadline <= now:
+                    if past_deadline(routing.deadline, now):
                         late.append(delivery)  # its requester gave up: deliver nothing
                         continue
                     live.append(delivery)
                     session.track(
                         delivery.delivery_id,
-                        deadline,
                         delivery.message.attempt,
                         is_request=routing.expects_reply,
                     )
@@ -412,12 +411,13 @@ class Router:
             return
         now = self._clock.now()
         self._gateway().delivery_failed(session.agent_id, now)
-        attempt = tracked.attempt
-        if retryable and attempt < self._limits.max_attempts:
-            backoff = min(
-                self._limits.redelivery_backoff * 2 ** (attempt - 1),
-                self._limits.max_redelivery_backoff,
-            )
+        policy = RetryPolicy(
+            self._limits.max_attempts,
+            self._limits.redelivery_backoff,
+            self._limits.max_redelivery_backoff,
+        )
+        backoff = policy.after_failure(tracked.attempt, retryable=retryable)
+        if backoff is not None:
             retried = await self.store.retry(delivery_id, now + backoff)
             self._retry_scheduled.set()
             if retried is not None:
@@ -441,7 +441,7 @@ class Router:
 
     async def release(self, session: Session) -> None:
         """Return a closed session's unacked deliveries to their queues."""
-        session.in_flight.clear()
+        session.window.close()  # the store gives back every delivery of the session
         requeued = await self.store.release_session(
             session.session_id, self._limits.max_attempts, self._clock.now()
         )

@@ -202,6 +202,7 @@ class RuntimeServicer:
             rpc=rpc,
             batching=hello.batching,
             prefetch=prefetch,
+            ack_timeout=limits.ack_timeout,
         )
         previous = self._registry.add(session)
         if previous is not None:

@@ -1,25 +1,28 @@
 """Live Transport sessions of this server and the delivery pump of each.
 
 A session is one agent instance's open ``Transport`` stream. It owns an
-in-flight window: the pump claims at most ``prefetch - len(in_flight)``
-messages from the store whenever its doorbell rings (new message for the
-agent, an ack freed a slot, a delayed retry fell due), and sends them as
-``Delivery`` frames, or as one ``DeliveryBatch`` when the client asked for
-batching. A delivery not acked within ``ack_timeout`` is redelivered; the
-session's remaining deliveries go back to the queue when it ends.
+in-flight window (``delivery.DeliveryWindow``, pure): the pump claims at most
+``window.room()`` messages from the store whenever its doorbell rings (new
+message for the agent, an ack freed a slot, a delayed retry fell due), and
+sends them as ``Delivery`` frames, or as one ``DeliveryBatch`` when the client
+asked for batching. A delivery not acked within ``ack_timeout`` is
+redelivered; the session's remaining deliveries go back to the queue when it
+ends. This module only drives the window: it wakes the pump and sleeps until
+the window's next deadline.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from .._proto import runtime_pb2 as pb
 from ..envelope import decode_envelope, encode_envelope, with_attempt
 from ..store import InFlight
+from .delivery import DeliveryWindow, Tracked
 
 if TYPE_CHECKING:
     from .transport import RpcStream
@@ -27,14 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("mas.server.sessions")
 
 MAX_BATCH: Final = 64  # deliveries per DeliveryBatch frame
-
-
-class Tracked(NamedTuple):
-    """An in-flight delivery as its session sees it."""
-
-    deadline: float  # Trio time by which it must be acked
-    attempt: int
-    is_request: bool  # its outcome is the reply, not the ack
 
 
 class Session:
@@ -52,6 +47,7 @@ class Session:
         rpc: RpcStream,
         batching: bool,
         prefetch: int,
+        ack_timeout: float,
     ) -> None:
         self.session_id = session_id
         self.agent_id = agent_id
@@ -61,9 +57,7 @@ class Session:
         self.connection_id = connection_id
         self.rpc = rpc
         self.batching = batching
-        self.prefetch = prefetch
-        # delivery id -> Tracked; insertion order is ack-deadline order.
-        self.in_flight: dict[str, Tracked] = {}
+        self.window = DeliveryWindow(prefetch, ack_timeout)
         self.cancel_scope = trio.CancelScope()
         self.end_status: tuple[str, str] | None = None  # set when the server ends it
         self._doorbell = trio.Event()
@@ -77,14 +71,19 @@ class Session:
         await self._doorbell.wait()
         self._doorbell = trio.Event()
 
-    def track(self, delivery_id: str, deadline: float, attempt: int, *, is_request: bool) -> None:
-        self.in_flight[delivery_id] = Tracked(deadline, attempt, is_request)
-        if len(self.in_flight) == 1:
+    @property
+    def prefetch(self) -> int:
+        return self.window.prefetch
+
+    def track(self, delivery_id: str, attempt: int, *, is_request: bool) -> None:
+        """A delivery goes out now; its ack deadline starts."""
+        self.window.deliver(delivery_id, attempt, trio.current_time(), is_request=is_request)
+        if len(self.window) == 1:
             self._acks_changed.set()
 
     def untrack(self, delivery_id: str) -> Tracked | None:
         """Forget a delivery; what was tracked, or None if it was not this session's."""
-        tracked = self.in_flight.pop(delivery_id, None)
+        tracked = self.window.settle(delivery_id)
         if tracked is not None:
             self.ring()  # a slot in the window is free
         return tracked
@@ -97,18 +96,14 @@ class Session:
 
     def expired(self, now: float) -> Iterator[str]:
         """Delivery ids whose ack deadline has passed (oldest first)."""
-        for delivery_id, tracked in self.in_flight.items():
-            deadline = tracked.deadline
-            if deadline > now:
-                return
-            yield delivery_id
+        return self.window.overdue(now)
 
     async def wait_for_first_deadline(self) -> None:
         """Sleep until the oldest in-flight delivery's ack deadline (or one appears)."""
-        while not self.in_flight:
+        while (deadline := self.window.next_deadline()) is None:
             await self._acks_changed.wait()
             self._acks_changed = trio.Event()
-        await trio.sleep_until(next(iter(self.in_flight.values())).deadline)
+        await trio.sleep_until(deadline)
 
 
 def delivery_frames(session: Session, deliveries: list[InFlight]) -> list[pb.ServerEvent]:

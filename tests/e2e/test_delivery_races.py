@@ -147,7 +147,7 @@ async def test_a_payload_that_looks_like_a_request_is_not_one(pki: TestPKI) -> N
                 )
                 delivery = await b.next_delivery()
                 [session] = server.registry.of_agent("b")
-                assert session.in_flight[delivery.delivery_id].is_request is False
+                assert session.window[delivery.delivery_id].is_request is False
 
 
 async def test_a_request_past_its_deadline_is_not_delivered_but_audited_and_counted(
