@@ -65,6 +65,9 @@ from .errors import (
     ResourceExhaustedError as ResourceExhaustedError,
 )
 from .errors import (
+    StateConflictError as StateConflictError,
+)
+from .errors import (
     StateError as StateError,
 )
 from .errors import (
@@ -95,6 +98,7 @@ __all__ = [
     "RemoteValidationError",
     "RequestTimeoutError",
     "ResourceExhaustedError",
+    "StateConflictError",
     "StateError",
     "TLSFiles",
     "UnauthenticatedError",

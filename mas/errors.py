@@ -20,7 +20,8 @@ them, and chained with ``raise ... from exc``::
     │   ├── ResourceExhaustedError RESOURCE_EXHAUSTED: message_too_large, queue_full, ...
     │   ├── CircuitOpenError      FAILED_PRECONDITION circuit_open
     │   ├── InvalidMessageError   INVALID_ARGUMENT: malformed frame or payload
-    │   └── NotFoundError         NOT_FOUND: unknown target or correlation id
+    │   ├── NotFoundError         NOT_FOUND: unknown target or correlation id
+    │   └── StateConflictError    ABORTED state_conflict: a conditional state update lost
     └── RemoteError               the target's handler answered with an error reply
         ├── RemoteHandlerError    the handler raised
         └── RemoteValidationError the payload did not fit the handler's model
@@ -119,6 +120,32 @@ class NotFoundError(RejectedError):
     """The target agent or the correlation id is unknown."""
 
 
+class StateConflictError(RejectedError):
+    """A conditional state update was refused: the state's version moved since it was read.
+
+    The server answers ``ABORTED state_conflict`` (gRPC's status for a failed
+    test-and-set: read again and redo the change) and wrote nothing.
+    ``Agent.edit_state`` retries on it; it reaches the caller only when every
+    attempt lost the race.
+    """
+
+    def __init__(
+        self,
+        code: str = "ABORTED",
+        reason: str = "state_conflict",
+        *,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(code, reason, retry_after=retry_after)
+        self.attempts = attempts
+        if attempts > 1:
+            self.args = (
+                f"{code} {reason}: another writer changed the state during each of "
+                f"{attempts} attempts; try again later, or pass edit_state a larger attempts",
+            )
+
+
 class RemoteError(MasError):
     """The target's handler answered a request with an error reply."""
 
@@ -148,6 +175,7 @@ _BY_CODE: Final[dict[str, type[RejectedError]]] = {
 _BY_REASON: Final[dict[str, type[RejectedError]]] = {
     "rate_limited": RateLimitedError,
     "circuit_open": CircuitOpenError,
+    "state_conflict": StateConflictError,
 }
 
 

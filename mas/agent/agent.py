@@ -27,6 +27,7 @@ Error handling
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import secrets
@@ -40,8 +41,16 @@ import msgspec
 import trio
 
 from .._proto import runtime_pb2 as pb
-from ..errors import ConnectionClosedError, MasError, RejectedError, StateError, remote_error
+from ..errors import (
+    ConnectionClosedError,
+    MasError,
+    RejectedError,
+    StateConflictError,
+    StateError,
+    remote_error,
+)
 from . import handlers as _handlers
+from .backoff import Backoff
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .dispatch import Dispatcher
@@ -55,6 +64,9 @@ log = logging.getLogger("mas.agent")
 StateT = TypeVar("StateT")
 
 INBOX_MIN: Final = 1024  # deliveries queued beyond running handlers; the server's window bounds it
+EDIT_ATTEMPTS: Final = 20  # edit_state tries before StateConflictError (races are per instance)
+EDIT_BACKOFF_INITIAL: Final = 0.002  # seconds: ceiling of the first pause after a conflict
+EDIT_BACKOFF_MAX: Final = 0.1  # seconds: ceiling of any pause (one update's round trip is ~1 ms)
 
 
 class Agent(Generic[StateT]):
@@ -131,6 +143,9 @@ class Agent(Generic[StateT]):
         self._fatal: MasError | None = None
         self._stop_requested = trio.Event()
         self._state_lock = trio.Lock()
+        self._acknowledged: dict[str, str] = {}
+        self._version: int | None = None
+        self._unknown_keys_told: set[str] = set()  # stored keys the model lacks, warned once
         self._serving: AbstractAsyncContextManager[Self] | None = None
 
     # -- identity -------------------------------------------------------------------------
@@ -225,19 +240,88 @@ class Agent(Generic[StateT]):
         return await self._outbox().reply(correlation_id, message_type, encode_object(data))
 
     # -- state ----------------------------------------------------------------------------
+    #
+    # ``_acknowledged`` is the server's map as this instance last saw it, exact at
+    # ``_version`` (None once that is not known: another writer may have come between).
 
     async def update_state(self, updates: Mapping[str, Any]) -> None:
-        """Merge ``updates`` into the state and store the keys whose value changed.
+        """Merge ``updates`` into the state and store every key they name.
 
         Validates against the state model first: a misfit raises ``StateError`` and nothing
-        is sent. ``self.state`` changes only once the server stored the update.
+        is sent. ``self.state`` changes only once the server stored the update. The keys
+        named are always sent, so setting ``self.state`` first and then updating with the
+        same values stores them. Last writer wins: for a change computed from the current
+        value (a counter), use ``edit_state`` or two concurrent handlers may lose a write.
         """
         async with self._state_lock:
-            new_state, changed = self._state_model.plan_update(self.state, updates)
-            if changed:
-                request = pb.UpdateStateRequest(updates=changed)
-                await self._state_call("UpdateState", request, pb.UpdateStateResponse)
+            new_state, to_send = self._state_model.plan_update(self.state, updates)
+            if to_send:
+                request = pb.UpdateStateRequest(updates=to_send, json_values=True)
+                response = await self._state_call("UpdateState", request, pb.UpdateStateResponse)
+                self._acknowledge(to_send, response.version)
             self.state = new_state
+
+    async def edit_state(
+        self,
+        change: Callable[[StateT], object],
+        *,
+        attempts: int = EDIT_ATTEMPTS,
+    ) -> StateT:
+        """Change the state without losing a concurrent write; return the state stored.
+
+        ``change`` gets a fresh copy of the state as the server holds it and changes it in
+        place (it may be a plain or an ``async`` function; keep it short, and free of side
+        effects other than on the state, because it may run more than once)::
+
+            def count(state: Counter) -> None:
+                state.handled += 1
+
+            await self.edit_state(count)
+
+        The keys it changed are stored only if no one else wrote the state since it was
+        read (a conditional update on the state's version); otherwise the state is read
+        again and ``change`` runs again, after a short jittered pause, up to ``attempts``
+        times in all. The handlers of one instance take turns (so they never conflict with
+        each other); instances and servers conflict only when they really race. Raises
+        ``StateConflictError`` when every attempt lost, ``StateError`` when the changed
+        state misfits the model, and whatever ``change`` raises (nothing is stored then).
+        A connection lost during the update raises ``ConnectionClosedError`` without a
+        retry: the update may have been stored, and running ``change`` again could apply
+        it twice.
+        """
+        if not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
+        backoff = Backoff(initial=EDIT_BACKOFF_INITIAL, maximum=EDIT_BACKOFF_MAX)
+        async with self._state_lock:
+            for attempt in range(attempts):
+                if self._version is None:
+                    await self._load_state()
+                acknowledged, version = self._acknowledged, self._version
+                assert version is not None
+                working = self._state_model.load(acknowledged)
+                outcome = change(working)
+                if inspect.isawaitable(outcome):
+                    await outcome
+                to_send = self._state_model.changes(acknowledged, working)
+                if not to_send:
+                    self.state = working
+                    return working
+                request = pb.UpdateStateRequest(
+                    updates=to_send, json_values=True, expected_version=version
+                )
+                try:
+                    response = await self._state_call(
+                        "UpdateState", request, pb.UpdateStateResponse
+                    )
+                except StateConflictError:
+                    self._version = None  # read again before the next attempt
+                    if attempt + 1 < attempts:
+                        await trio.sleep(backoff.next_delay())
+                    continue
+                self._acknowledge(to_send, response.version)
+                self.state = working
+                return working
+        raise StateConflictError(attempts=attempts)
 
     async def refresh_state(self) -> None:
         """Reload the state from the server (``StateError`` names a key that misfits)."""
@@ -245,14 +329,40 @@ class Agent(Generic[StateT]):
             await self._load_state()
 
     async def _load_state(self) -> None:
-        response = await self._state_call("GetState", pb.GetStateRequest(), pb.GetStateResponse)
-        self.state = self._state_model.load(dict(response.state))
+        request = pb.GetStateRequest(json_values=True)
+        response = await self._state_call("GetState", request, pb.GetStateResponse)
+        stored = dict(response.state)
+        for key in self._state_model.unknown_keys(stored):
+            if key in self._unknown_keys_told:
+                continue
+            self._unknown_keys_told.add(key)
+            log.warning(
+                "%s: stored state key %r is not a field of %s, so it is not loaded (a renamed "
+                "or removed field?); its value stays on the server: copy it to the new field "
+                "with update_state, or drop it with reset_state",
+                self._label,
+                key,
+                self._state_model.name,
+            )
+        self.state = self._state_model.load(stored)
+        self._acknowledged, self._version = stored, response.version
+
+    def _acknowledge(self, written: Mapping[str, str], version: int) -> None:
+        """Record a write the server acknowledged at ``version``."""
+        if self._version is not None and version == self._version + 1:
+            self._acknowledged = {**self._acknowledged, **written}
+            self._version = version
+        else:  # someone else wrote in between: what we hold is not that version's state
+            self._version = None
 
     async def reset_state(self) -> None:
         """Clear the stored state; ``self.state`` goes back to the model's defaults."""
         async with self._state_lock:
-            await self._state_call("ResetState", pb.ResetStateRequest(), pb.ResetStateResponse)
+            response = await self._state_call(
+                "ResetState", pb.ResetStateRequest(), pb.ResetStateResponse
+            )
             self.state = self._state_model.defaults()
+            self._acknowledged, self._version = {}, response.version
 
     async def _state_call(self, method: str, request: Any, response_type: Any) -> Any:
         try:

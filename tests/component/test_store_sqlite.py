@@ -353,9 +353,9 @@ async def test_a_failing_operation_does_not_undo_the_rest_of_its_batch(path: Pat
             assert results == {
                 "enqueue": None,
                 "overflow": QueueFullError,
-                "state": None,
+                "state": 1,  # the state's new version
                 "too_large": StateTooLargeError,
-                "other_state": None,
+                "other_state": 1,
             }
             assert await store.queue_depth("b") == 1
             assert await store.queue_depth("full") == 2
