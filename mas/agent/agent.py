@@ -51,6 +51,7 @@ from ..errors import (
 )
 from . import handlers as _handlers
 from .backoff import Backoff
+from .edits import Edit, apply_edits
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .dispatch import Dispatcher
@@ -146,6 +147,7 @@ class Agent(Generic[StateT]):
         self._acknowledged: dict[str, str] = {}
         self._version: int | None = None
         self._unknown_keys_told: set[str] = set()  # stored keys the model lacks, warned once
+        self._edits: list[Edit] = []  # edit_state calls waiting for the state lock
         self._serving: AbstractAsyncContextManager[Self] | None = None
 
     # -- identity -------------------------------------------------------------------------
@@ -281,8 +283,11 @@ class Agent(Generic[StateT]):
         The keys it changed are stored only if no one else wrote the state since it was
         read (a conditional update on the state's version); otherwise the state is read
         again and ``change`` runs again, after a short jittered pause, up to ``attempts``
-        times in all. The handlers of one instance take turns (so they never conflict with
-        each other); instances and servers conflict only when they really race. Raises
+        times in all. The edits of one instance's handlers never race each other: those
+        waiting are applied in turn, each to the state the one before left, and stored
+        with one conditional update (see ``mas.agent.edits``); instances and servers
+        conflict only when they really race. Returns the state as stored (with the
+        edits stored alongside). Raises
         ``StateConflictError`` when every attempt lost, ``StateError`` when the changed
         state misfits the model, and whatever ``change`` raises (nothing is stored then).
         A connection lost during the update raises ``ConnectionClosedError`` without a
@@ -291,37 +296,77 @@ class Agent(Generic[StateT]):
         """
         if not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
+        edit = Edit(change, attempts)
+        self._edits.append(edit)
+        try:
+            async with self._state_lock:
+                if not edit.finished:  # else a holder of the lock before us stored it
+                    await self._store_edits(edit)
+        except BaseException:
+            if edit in self._edits:  # not taken yet: it must not be stored for no one
+                self._edits.remove(edit)
+            raise
+        return edit.outcome()  # type: ignore[no-any-return]
+
+    async def _store_edits(self, mine: Edit) -> None:
+        """Store the queued edits, ``mine`` among them (see ``edits``); the lock is held.
+
+        Returns once ``mine`` is finished; edits queued meanwhile are left to the next
+        holder of the lock (each waits for it). A ``MasError`` (the connection failed, the
+        stored state misfits) finishes every edit of the batch under way with it: whether
+        that update was stored is unknown, so none is retried.
+        """
         backoff = Backoff(initial=EDIT_BACKOFF_INITIAL, maximum=EDIT_BACKOFF_MAX)
-        async with self._state_lock:
-            for attempt in range(attempts):
+        batch: list[Edit] = []
+        try:
+            while not mine.finished:
+                batch, self._edits = self._edits, []
                 if self._version is None:
                     await self._load_state()
                 acknowledged, version = self._acknowledged, self._version
                 assert version is not None
-                working = self._state_model.load(acknowledged)
-                outcome = change(working)
-                if inspect.isawaitable(outcome):
-                    await outcome
-                to_send = self._state_model.changes(acknowledged, working)
-                if not to_send:
-                    self.state = working
-                    return working
-                request = pb.UpdateStateRequest(
-                    updates=to_send, json_values=True, expected_version=version
-                )
-                try:
-                    response = await self._state_call(
-                        "UpdateState", request, pb.UpdateStateResponse
+                to_store, applied = await apply_edits(self._state_model, acknowledged, batch)
+                if to_store:
+                    request = pb.UpdateStateRequest(
+                        updates=to_store, json_values=True, expected_version=version
                     )
-                except StateConflictError:
-                    self._version = None  # read again before the next attempt
-                    if attempt + 1 < attempts:
-                        await trio.sleep(backoff.next_delay())
-                    continue
-                self._acknowledge(to_send, response.version)
-                self.state = working
-                return working
-        raise StateConflictError(attempts=attempts)
+                    try:
+                        response = await self._state_call(
+                            "UpdateState", request, pb.UpdateStateResponse
+                        )
+                    except StateConflictError:
+                        self._version = None  # read again before the next attempt
+                        retry = []
+                        for edit in applied:
+                            edit.attempts_left -= 1
+                            if edit.attempts_left:
+                                retry.append(edit)
+                            else:
+                                edit.error = StateConflictError(attempts=edit.attempts)
+                        self._edits[:0] = retry  # first in line, before later edits
+                        batch = []
+                        if not mine.finished:
+                            await trio.sleep(backoff.next_delay())
+                        continue
+                    self._acknowledge(to_store, response.version)
+                stored = {**acknowledged, **to_store}
+                self.state = self._state_model.load(stored)
+                for edit in applied:
+                    edit.result = self._state_model.load(stored)
+                batch = []
+        except MasError as exc:
+            for edit in batch:
+                if not edit.finished:
+                    edit.error = exc
+            if not mine.finished:
+                mine.error = exc
+            if mine in self._edits:
+                self._edits.remove(mine)
+        except BaseException:  # cancelled: the others' edits wait for the next holder
+            self._edits[:0] = [e for e in batch if e is not mine and not e.finished]
+            if mine in self._edits:
+                self._edits.remove(mine)
+            raise
 
     async def refresh_state(self) -> None:
         """Reload the state from the server (``StateError`` names a key that misfits)."""

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from audit_contract import *  # noqa: F403
 from audit_contract import _draft
+from state_contract import *  # noqa: F403
 from store_contract import *  # noqa: F403
 from store_contract import LIMITS, NOW, _correlation, _item, _message
 
