@@ -27,7 +27,6 @@ Error handling
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import secrets
@@ -51,10 +50,10 @@ from ..errors import (
 )
 from . import handlers as _handlers
 from .backoff import Backoff
-from .edits import Edit, apply_edits
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .dispatch import Dispatcher
+from .edits import Edit, apply_edits
 from .handlers import HandlerSpec, collect_handlers
 from .link import Link, unwrap_groups
 from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object

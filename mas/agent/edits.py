@@ -17,7 +17,6 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import MasError
 from .state import StateModel
 
 _UNSET: Any = object()
@@ -63,10 +62,7 @@ async def apply_edits(
             if inspect.isawaitable(outcome):
                 await outcome
             changed = model.changes(current, working)
-        except MasError as exc:
-            edit.error = exc
-            continue
-        except Exception as exc:  # the caller's change: its error goes to that caller alone
+        except Exception as exc:  # noqa: BLE001 - the caller's change: its error goes to it alone
             edit.error = exc
             continue
         current.update(changed)

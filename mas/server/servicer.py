@@ -401,9 +401,7 @@ class RuntimeServicer:
                     raise RpcError("INVALID_ARGUMENT", "invalid_state_value") from exc
             else:
                 updates[key] = stored_from_text(value)
-        expected = (
-            request.expected_version if request.HasField("expected_version") else None
-        )
+        expected = request.expected_version if request.HasField("expected_version") else None
         try:
             version = await self._store.update_state(
                 identity.agent_id, updates, expected_version=expected

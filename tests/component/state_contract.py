@@ -16,9 +16,7 @@ async def test_every_write_makes_the_version_larger_and_a_read_gives_both(store:
     assert await store.read_state("b") == StateSnapshot(version=0, values={})
     assert await store.update_state("b", {"x": "1"}) == 1
     assert await store.update_state("b", {"y": "[true]"}) == 2
-    assert await store.read_state("b") == StateSnapshot(
-        version=2, values={"x": "1", "y": "[true]"}
-    )
+    assert await store.read_state("b") == StateSnapshot(version=2, values={"x": "1", "y": "[true]"})
     assert await store.read_state("a") == StateSnapshot(version=0, values={})
 
 

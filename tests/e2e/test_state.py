@@ -85,10 +85,10 @@ async def _stores(
 async def _servers(pki: TestPKI, stores: Sequence[Store]) -> AsyncIterator[list[MasServer]]:
     config = make_config(["tally"])
     async with AsyncExitStack() as stack:
-        servers = []
-        for store in dict.fromkeys(stores):  # one server per distinct store
-            servers.append(await stack.enter_async_context(open_test_server(config, pki, store)))
-        yield servers
+        yield [  # one server per distinct store
+            await stack.enter_async_context(open_test_server(config, pki, store))
+            for store in dict.fromkeys(stores)
+        ]
 
 
 @asynccontextmanager
