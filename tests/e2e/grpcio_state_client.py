@@ -15,7 +15,7 @@ import sys
 import grpc
 
 SEED_VALUES = {  # str(value) of what a seed-system agent would have stored
-    "name": str("bob"),
+    "name": "bob",
     "flag": str(True),
     "nothing": str(None),
     "count": str(42),

@@ -180,6 +180,30 @@ async def test_concurrent_edits_from_several_instances_lose_no_increment(
                 assert sum(c.conflicts for c in counting) > 0  # the instances did race
 
 
+async def test_the_handlers_of_one_instance_never_conflict_with_each_other(
+    pki: TestPKI,
+) -> None:
+    counting = _CountingConflicts(MemoryStore())
+    with trio.fail_after(60):
+        async with (
+            _servers(pki, [counting]) as servers,  # type: ignore[list-item]
+            _instances(pki, servers, 1) as [agent],
+        ):
+
+            async def work() -> None:
+                for _ in range(5):
+                    await agent.edit_state(_count)
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(40):
+                    nursery.start_soon(work)
+            assert agent.state.n == 200
+            assert counting.conflicts == 0
+            version = (await counting.read_state("tally")).version
+            assert version < 200  # edits waiting together were stored together
+
+
 async def test_an_edit_that_keeps_losing_raises_state_conflict_and_writes_nothing(
     pki: TestPKI,
 ) -> None:

@@ -42,8 +42,10 @@ async def _stock_client(
     cert, key = files.agents["legacy"]
     assert server.address is not None
     result = await trio.run_process(
-        [sys.executable, str(CLIENT), str(tmp_path), str(server.address.port)]
-        + [str(files.ca_path), str(cert), str(key), mode],
+        [
+            *(sys.executable, str(CLIENT), str(tmp_path), str(server.address.port)),
+            *(str(files.ca_path), str(cert), str(key), mode),
+        ],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
