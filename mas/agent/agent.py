@@ -317,6 +317,7 @@ class Agent(Generic[StateT]):
         """
         backoff = Backoff(initial=EDIT_BACKOFF_INITIAL, maximum=EDIT_BACKOFF_MAX)
         batch: list[Edit] = []
+        sending = False  # an update of the batch is on the way: its outcome is unknown
         try:
             while not mine.finished:
                 batch, self._edits = self._edits, []
@@ -329,11 +330,13 @@ class Agent(Generic[StateT]):
                     request = pb.UpdateStateRequest(
                         updates=to_store, json_values=True, expected_version=version
                     )
+                    sending = True
                     try:
                         response = await self._state_call(
                             "UpdateState", request, pb.UpdateStateResponse
                         )
                     except StateConflictError:
+                        sending = False
                         self._version = None  # read again before the next attempt
                         retry = []
                         for edit in applied:
@@ -347,6 +350,7 @@ class Agent(Generic[StateT]):
                         if not mine.finished:
                             await trio.sleep(backoff.next_delay())
                         continue
+                    sending = False
                     self._acknowledge(to_store, response.version)
                 stored = {**acknowledged, **to_store}
                 self.state = self._state_model.load(stored)
@@ -354,6 +358,7 @@ class Agent(Generic[StateT]):
                     edit.result = self._state_model.load(stored)
                 batch = []
         except MasError as exc:
+            self._version = None
             for edit in batch:
                 if not edit.finished:
                     edit.error = exc
@@ -361,8 +366,22 @@ class Agent(Generic[StateT]):
                 mine.error = exc
             if mine in self._edits:
                 self._edits.remove(mine)
-        except BaseException:  # cancelled: the others' edits wait for the next holder
-            self._edits[:0] = [e for e in batch if e is not mine and not e.finished]
+        except BaseException:
+            # Cancelled. Edits of the batch wait for the next holder of the lock, unless
+            # their update was on the way: it may have been stored, so applying them
+            # again could store them twice.
+            others = [e for e in batch if e is not mine and not e.finished]
+            if sending:
+                self._version = None
+                unknown = StateError(
+                    f"{self._label}: the update carrying this edit_state was cancelled "
+                    "on its way to the server (another edit's caller was cancelled); "
+                    "it may or may not have been stored: refresh_state to see"
+                )
+                for edit in others:
+                    edit.error = unknown
+            else:
+                self._edits[:0] = others
             if mine in self._edits:
                 self._edits.remove(mine)
             raise

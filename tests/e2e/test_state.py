@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 from redis_server import RedisServer, running_redis
 
 from mas import Agent, StateConflictError, StateError
@@ -274,6 +275,34 @@ async def test_an_edit_that_changes_nothing_or_raises_stores_nothing(pki: TestPK
                 await agent.edit_state(misfit)
             assert await store.read_state("tally") == (await store.read_state("nobody"))
             assert agent.state == Counter()
+
+
+async def test_a_cancelled_edit_is_not_stored_and_the_edits_behind_it_are(pki: TestPKI) -> None:
+    with trio.fail_after(30):
+        async with (
+            _servers(pki, [MemoryStore()]) as servers,
+            _instances(pki, servers, 1) as [agent],
+        ):
+            entered = trio.Event()
+
+            async def slow(state: Counter) -> None:
+                state.note = "cancelled"
+                entered.set()
+                await trio.sleep_forever()
+
+            async def edit_slowly(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await agent.edit_state(slow)
+
+            async with trio.open_nursery() as nursery:
+                scope = await nursery.start(edit_slowly)
+                await entered.wait()  # it holds the lock, inside its change
+                nursery.start_soon(agent.edit_state, _count)  # waits for the lock
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+            await agent.refresh_state()
+            assert agent.state == Counter(n=1, note="")
 
 
 async def test_a_renamed_field_names_the_stored_key_it_no_longer_loads(
