@@ -31,7 +31,7 @@ import logging
 import math
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Final, Generic, Self, TypeVar
@@ -264,20 +264,22 @@ class Agent(Generic[StateT]):
 
     async def edit_state(
         self,
-        change: Callable[[StateT], object],
+        change: Callable[[StateT], StateT | None | Awaitable[StateT | None]],
         *,
         attempts: int = EDIT_ATTEMPTS,
     ) -> StateT:
         """Change the state without losing a concurrent write; return the state stored.
 
         ``change`` gets a fresh copy of the state as the server holds it and changes it in
-        place (it may be a plain or an ``async`` function; keep it short, and free of side
-        effects other than on the state, because it may run more than once)::
+        place, or returns the new state (it may be a plain or an ``async`` function; keep it
+        short, and free of side effects other than on the state, because it may run more
+        than once)::
 
             def count(state: Counter) -> None:
                 state.handled += 1
 
             await self.edit_state(count)
+            await self.edit_state(lambda s: msgspec.structs.replace(s, handled=s.handled + 1))
 
         The keys it changed are stored only if no one else wrote the state since it was
         read (a conditional update on the state's version); otherwise the state is read

@@ -60,7 +60,9 @@ async def apply_edits(
         try:
             outcome = edit.change(working)
             if inspect.isawaitable(outcome):
-                await outcome
+                outcome = await outcome
+            if outcome is not None:  # a change may return the new state instead
+                working = outcome
             changed = model.changes(current, working)
         except Exception as exc:  # noqa: BLE001 - the caller's change: its error goes to it alone
             edit.error = exc

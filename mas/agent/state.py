@@ -181,6 +181,9 @@ class StateModel:
         plain-dict state may not lose keys (the protocol has no delete: set the key to
         ``None`` instead, or ``reset_state``).
         """
+        expected = dict if self.model is None else self.model
+        if not isinstance(state, expected):
+            raise StateError(f"the edited state must be a {self.name}, got {type(state).__name__}")
         base = self.to_dict(self.load(acknowledged))
         try:
             current = self.to_dict(state)

@@ -245,10 +245,12 @@ async def test_an_edit_that_wins_on_a_later_attempt_sees_the_other_write(pki: Te
                 state.n += 1
 
             assert await mine.edit_state(change) == Counter(n=11)
+            bump = await mine.edit_state(lambda s: msgspec.structs.replace(s, n=s.n + 1))
+            assert bump == Counter(n=12)
             assert seen == [0, 10]
-            assert mine.state == Counter(n=11)
+            assert mine.state == Counter(n=12)
             await other.refresh_state()
-            assert other.state == Counter(n=11)
+            assert other.state == Counter(n=12)
 
 
 async def test_an_edit_that_changes_nothing_or_raises_stores_nothing(pki: TestPKI) -> None:
@@ -267,6 +269,9 @@ async def test_an_edit_that_changes_nothing_or_raises_stores_nothing(pki: TestPK
 
             with pytest.raises(RuntimeError, match="changed my mind"):
                 await agent.edit_state(boom)
+
+            with pytest.raises(StateError, match="must be a Counter"):
+                await agent.edit_state(lambda state: {"n": 1})  # type: ignore[arg-type,return-value]
 
             def misfit(state: Counter) -> None:
                 state.n = "five"  # type: ignore[assignment]

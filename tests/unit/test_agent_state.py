@@ -188,6 +188,13 @@ def test_an_edit_of_a_dict_state_may_not_remove_keys() -> None:
     assert model.changes({"a": "1", "b": "2"}, state) == {"a": "null", "c": "null"}
 
 
+def test_an_edited_state_of_another_type_is_a_state_error() -> None:
+    with pytest.raises(StateError, match="must be a Counter, got int"):
+        StateModel(Counter).changes({}, 5)
+    with pytest.raises(StateError, match="must be a dict, got Counter"):
+        StateModel(None).changes({}, Counter())
+
+
 def test_unknown_stored_keys_are_named() -> None:
     assert StateModel(Counter).unknown_keys({"handled": "1", "handeld": "2"}) == ["handeld"]
     assert StateModel(None).unknown_keys({"anything": "1"}) == []
