@@ -264,7 +264,7 @@ class Agent(Generic[StateT]):
 
     async def edit_state(
         self,
-        change: Callable[[StateT], StateT | None | Awaitable[StateT | None]],
+        change: Callable[[StateT], StateT | Awaitable[StateT | None] | None],
         *,
         attempts: int = EDIT_ATTEMPTS,
     ) -> StateT:
