@@ -310,6 +310,61 @@ async def test_a_cancelled_edit_is_not_stored_and_the_edits_behind_it_are(pki: T
             assert agent.state == Counter(n=1, note="")
 
 
+class _AnswerNever:
+    """A store whose state updates are written but never answered, while ``hang`` is set."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.hang = False
+        self.written = trio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def update_state(self, *args: Any, **kwargs: Any) -> int:
+        version = await self._store.update_state(*args, **kwargs)
+        if self.hang:
+            self.written.set()
+            await trio.sleep_forever()
+        return version
+
+
+async def test_edits_whose_update_was_cancelled_on_its_way_fail_and_are_not_applied_twice(
+    pki: TestPKI,
+) -> None:
+    store = _AnswerNever(MemoryStore())
+    with trio.fail_after(30):
+        async with (
+            _servers(pki, [store]) as servers,  # type: ignore[list-item]
+            _instances(pki, servers, 1) as [agent],
+        ):
+            store.hang = True
+            outcome: list[BaseException] = []
+
+            async def edit_behind() -> None:
+                try:
+                    await agent.edit_state(_count)
+                except StateError as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                holder = trio.CancelScope()
+
+                async def edit_first() -> None:
+                    with holder:
+                        await agent.edit_state(_count)
+
+                nursery.start_soon(edit_first)
+                nursery.start_soon(edit_behind)  # queued before the first takes the batch
+                await store.written.wait()  # both stored by one update, never answered
+                holder.cancel()
+            store.hang = False
+            [error] = outcome
+            assert "may or may not have been stored" in str(error)
+            await agent.edit_state(_count)  # the version is read again, nothing is re-applied
+            assert agent.state.n == 3
+
+
 async def test_a_renamed_field_names_the_stored_key_it_no_longer_loads(
     pki: TestPKI, caplog: pytest.LogCaptureFixture
 ) -> None:
