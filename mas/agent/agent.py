@@ -288,12 +288,15 @@ class Agent(Generic[StateT]):
         waiting are applied in turn, each to the state the one before left, and stored
         with one conditional update (see ``mas.agent.edits``); instances and servers
         conflict only when they really race. Returns the state as stored (with the
-        edits stored alongside). Raises
-        ``StateConflictError`` when every attempt lost, ``StateError`` when the changed
-        state misfits the model, and whatever ``change`` raises (nothing is stored then).
-        A connection lost during the update raises ``ConnectionClosedError`` without a
-        retry: the update may have been stored, and running ``change`` again could apply
-        it twice.
+        edits stored alongside).
+
+        Raises ``StateConflictError`` when every attempt lost, ``StateError`` when the
+        changed state misfits the model, and whatever ``change`` raises (nothing is stored
+        then). A connection lost during the update raises ``ConnectionClosedError``
+        without a retry: the update may have been stored, and running ``change`` again
+        could apply it twice. Cancelled while its update is on the way, an edit may or
+        may not have been stored; the edits that shared that update then fail with a
+        ``StateError`` saying so.
         """
         if not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
