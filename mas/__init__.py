@@ -68,6 +68,9 @@ from .errors import (
     ResourceExhaustedError as ResourceExhaustedError,
 )
 from .errors import (
+    StateConflictError as StateConflictError,
+)
+from .errors import (
     StateError as StateError,
 )
 from .errors import (
@@ -99,6 +102,7 @@ __all__ = [
     "ReplyTooLateError",
     "RequestTimeoutError",
     "ResourceExhaustedError",
+    "StateConflictError",
     "StateError",
     "TLSFiles",
     "UnauthenticatedError",

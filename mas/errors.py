@@ -23,7 +23,8 @@ them, and chained with ``raise ... from exc``::
     │   │                         unknown_correlation_id (a second reply, a made-up id)
     │   ├── ReplyTooLateError     FAILED_PRECONDITION correlation_id_expired: the
     │   │                         request's deadline passed; nobody waits any more
-    │   └── NotFoundError         NOT_FOUND: unknown target
+    │   ├── NotFoundError         NOT_FOUND: unknown target
+    │   └── StateConflictError    ABORTED state_conflict: a conditional state update lost
     └── RemoteError               the target's handler answered with an error reply
         ├── RemoteHandlerError    the handler raised
         └── RemoteValidationError the payload did not fit the handler's model
@@ -130,6 +131,32 @@ class ReplyTooLateError(RejectedError):
     """
 
 
+class StateConflictError(RejectedError):
+    """A conditional state update was refused: the state's version moved since it was read.
+
+    The server answers ``ABORTED state_conflict`` (gRPC's status for a failed
+    test-and-set: read again and redo the change) and wrote nothing.
+    ``Agent.edit_state`` retries on it; it reaches the caller only when every
+    attempt lost the race.
+    """
+
+    def __init__(
+        self,
+        code: str = "ABORTED",
+        reason: str = "state_conflict",
+        *,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(code, reason, retry_after=retry_after)
+        self.attempts = attempts
+        if attempts > 1:
+            self.args = (
+                f"{code} {reason}: another writer changed the state during each of "
+                f"{attempts} attempts; try again later, or pass edit_state a larger attempts",
+            )
+
+
 class RemoteError(MasError):
     """The target's handler answered a request with an error reply."""
 
@@ -160,6 +187,7 @@ _BY_REASON: Final[dict[str, type[RejectedError]]] = {
     "rate_limited": RateLimitedError,
     "circuit_open": CircuitOpenError,
     "correlation_id_expired": ReplyTooLateError,
+    "state_conflict": StateConflictError,
 }
 
 

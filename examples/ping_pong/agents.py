@@ -32,6 +32,11 @@ class PongState(msgspec.Struct):
     answered: int = 0
 
 
+def count_answer(state: PongState) -> None:
+    """One more patient answered (run by ``edit_state``, perhaps more than once)."""
+    state.answered += 1
+
+
 class PongAgent(Agent[PongState]):
     """Answers every patient message and counts them in its state."""
 
@@ -40,10 +45,11 @@ class PongAgent(Agent[PongState]):
 
     @Agent.on("patient_message", model=PatientMessage)
     async def handle_patient(self, message: AgentMessage, payload: PatientMessage) -> None:
-        answered = self.state.answered + 1
-        await self.update_state({"answered": answered})
+        # edit_state, not update_state({"answered": self.state.answered + 1}): concurrent
+        # handlers and other instances of this agent never lose each other's counts.
+        state = await self.edit_state(count_answer)
         reply = DoctorMessage(
-            text=f"Noted ({payload.text!r}). Rest and drink water.", answered=answered
+            text=f"Noted ({payload.text!r}). Rest and drink water.", answered=state.answered
         )
         await message.reply("doctor_message", reply)
 

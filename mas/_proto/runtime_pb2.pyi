@@ -183,11 +183,13 @@ class DiscoverResponse(_message.Message):
     def __init__(self, agents: _Optional[_Iterable[_Union[AgentRecord, _Mapping]]] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("json_values",)
+    JSON_VALUES_FIELD_NUMBER: _ClassVar[int]
+    json_values: bool
+    def __init__(self, json_values: _Optional[bool] = ...) -> None: ...
 
 class GetStateResponse(_message.Message):
-    __slots__ = ("state",)
+    __slots__ = ("state", "version")
     class StateEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -196,11 +198,13 @@ class GetStateResponse(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     state: _containers.ScalarMap[str, str]
-    def __init__(self, state: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    version: int
+    def __init__(self, state: _Optional[_Mapping[str, str]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class UpdateStateRequest(_message.Message):
-    __slots__ = ("updates",)
+    __slots__ = ("updates", "json_values", "expected_version")
     class UpdatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -209,20 +213,28 @@ class UpdateStateRequest(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    JSON_VALUES_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.ScalarMap[str, str]
-    def __init__(self, updates: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    json_values: bool
+    expected_version: int
+    def __init__(self, updates: _Optional[_Mapping[str, str]] = ..., json_values: _Optional[bool] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class UpdateStateResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class ResetStateRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ResetStateResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class StreamSend(_message.Message):
     __slots__ = ("seq", "target_id", "message_type", "data_json")

@@ -31,7 +31,7 @@ import logging
 import math
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Final, Generic, Self, TypeVar
@@ -40,11 +40,20 @@ import msgspec
 import trio
 
 from .._proto import runtime_pb2 as pb
-from ..errors import ConnectionClosedError, MasError, RejectedError, StateError, remote_error
+from ..errors import (
+    ConnectionClosedError,
+    MasError,
+    RejectedError,
+    StateConflictError,
+    StateError,
+    remote_error,
+)
 from . import handlers as _handlers
+from .backoff import Backoff
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .dispatch import Dispatcher
+from .edits import Edit, apply_edits
 from .handlers import HandlerSpec, collect_handlers
 from .link import Link, unwrap_groups
 from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object
@@ -58,6 +67,9 @@ StateT = TypeVar("StateT")
 # asked, and its default, 64, is smaller). The inbox holds two windows: the deliveries of a
 # connection being replaced may still be queued when the new one's arrive.
 DEFAULT_WINDOW: Final = 1024
+EDIT_ATTEMPTS: Final = 20  # edit_state tries before StateConflictError (races are per instance)
+EDIT_BACKOFF_INITIAL: Final = 0.002  # seconds: ceiling of the first pause after a conflict
+EDIT_BACKOFF_MAX: Final = 0.1  # seconds: ceiling of any pause (one update's round trip is ~1 ms)
 
 
 class Agent(Generic[StateT]):
@@ -134,6 +146,10 @@ class Agent(Generic[StateT]):
         self._fatal: MasError | None = None
         self._stop_requested = trio.Event()
         self._state_lock = trio.Lock()
+        self._acknowledged: dict[str, str] = {}
+        self._version: int | None = None
+        self._unknown_keys_told: set[str] = set()  # stored keys the model lacks, warned once
+        self._edits: list[Edit] = []  # edit_state calls waiting for the state lock
         self._serving: AbstractAsyncContextManager[Self] | None = None
 
     # -- identity -------------------------------------------------------------------------
@@ -228,19 +244,155 @@ class Agent(Generic[StateT]):
         return await self._outbox().reply(correlation_id, message_type, encode_object(data))
 
     # -- state ----------------------------------------------------------------------------
+    #
+    # ``_acknowledged`` is the server's map as this instance last saw it, exact at
+    # ``_version`` (None once that is not known: another writer may have come between).
 
     async def update_state(self, updates: Mapping[str, Any]) -> None:
-        """Merge ``updates`` into the state and store the keys whose value changed.
+        """Merge ``updates`` into the state and store every key they name.
 
         Validates against the state model first: a misfit raises ``StateError`` and nothing
-        is sent. ``self.state`` changes only once the server stored the update.
+        is sent. ``self.state`` changes only once the server stored the update. The keys
+        named are always sent, so setting ``self.state`` first and then updating with the
+        same values stores them. Last writer wins: for a change computed from the current
+        value (a counter), use ``edit_state`` or two concurrent handlers may lose a write.
         """
         async with self._state_lock:
-            new_state, changed = self._state_model.plan_update(self.state, updates)
-            if changed:
-                request = pb.UpdateStateRequest(updates=changed)
-                await self._state_call("UpdateState", request, pb.UpdateStateResponse)
+            new_state, to_send = self._state_model.plan_update(self.state, updates)
+            if to_send:
+                request = pb.UpdateStateRequest(updates=to_send, json_values=True)
+                response = await self._state_call("UpdateState", request, pb.UpdateStateResponse)
+                self._acknowledge(to_send, response.version)
             self.state = new_state
+
+    async def edit_state(
+        self,
+        change: Callable[[StateT], StateT | Awaitable[StateT | None] | None],
+        *,
+        attempts: int = EDIT_ATTEMPTS,
+    ) -> StateT:
+        """Change the state without losing a concurrent write; return the state stored.
+
+        ``change`` gets a fresh copy of the state as the server holds it and changes it in
+        place, or returns the new state (it may be a plain or an ``async`` function; keep it
+        short, and free of side effects other than on the state, because it may run more
+        than once)::
+
+            def count(state: Counter) -> None:
+                state.handled += 1
+
+            await self.edit_state(count)
+            await self.edit_state(lambda s: msgspec.structs.replace(s, handled=s.handled + 1))
+
+        The keys it changed are stored only if no one else wrote the state since it was
+        read (a conditional update on the state's version); otherwise the state is read
+        again and ``change`` runs again, after a short jittered pause, up to ``attempts``
+        times in all. The edits of one instance's handlers never race each other: those
+        waiting are applied in turn, each to the state the one before left, and stored
+        with one conditional update (see ``mas.agent.edits``); instances and servers
+        conflict only when they really race. Returns the state as stored (with the
+        edits stored alongside).
+
+        Raises ``StateConflictError`` when every attempt lost, ``StateError`` when the
+        changed state misfits the model, and whatever ``change`` raises (nothing is stored
+        then). A connection lost during the update raises ``ConnectionClosedError``
+        without a retry: the update may have been stored, and running ``change`` again
+        could apply it twice. Cancelled while its update is on the way, an edit may or
+        may not have been stored; the edits that shared that update then fail with a
+        ``StateError`` saying so.
+        """
+        if not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be an integer >= 1, got {attempts!r}")
+        edit = Edit(change, attempts)
+        self._edits.append(edit)
+        try:
+            async with self._state_lock:
+                if not edit.finished:  # else a holder of the lock before us stored it
+                    await self._store_edits(edit)
+        except BaseException:
+            if edit in self._edits:  # not taken yet: it must not be stored for no one
+                self._edits.remove(edit)
+            raise
+        return edit.outcome()  # type: ignore[no-any-return]
+
+    async def _store_edits(self, mine: Edit) -> None:
+        """Store the queued edits, ``mine`` among them (see ``edits``); the lock is held.
+
+        Returns once ``mine`` is finished; edits queued meanwhile are left to the next
+        holder of the lock (each waits for it). A ``MasError`` (the connection failed, the
+        stored state misfits) finishes every edit of the batch under way with it: whether
+        that update was stored is unknown, so none is retried.
+        """
+        backoff = Backoff(initial=EDIT_BACKOFF_INITIAL, maximum=EDIT_BACKOFF_MAX)
+        batch: list[Edit] = []
+        sending = False  # an update of the batch is on the way: its outcome is unknown
+        try:
+            while not mine.finished:
+                batch, self._edits = self._edits, []
+                if self._version is None:
+                    await self._load_state()
+                acknowledged, version = self._acknowledged, self._version
+                assert version is not None
+                to_store, applied = await apply_edits(self._state_model, acknowledged, batch)
+                if to_store:
+                    request = pb.UpdateStateRequest(
+                        updates=to_store, json_values=True, expected_version=version
+                    )
+                    sending = True
+                    try:
+                        response = await self._state_call(
+                            "UpdateState", request, pb.UpdateStateResponse
+                        )
+                    except StateConflictError:
+                        sending = False
+                        self._version = None  # read again before the next attempt
+                        retry = []
+                        for edit in applied:
+                            edit.attempts_left -= 1
+                            if edit.attempts_left:
+                                retry.append(edit)
+                            else:
+                                edit.error = StateConflictError(attempts=edit.attempts)
+                        self._edits[:0] = retry  # first in line, before later edits
+                        batch = []
+                        if not mine.finished:
+                            await trio.sleep(backoff.next_delay())
+                        continue
+                    sending = False
+                    self._acknowledge(to_store, response.version)
+                stored = {**acknowledged, **to_store}
+                self.state = self._state_model.load(stored)
+                for edit in applied:
+                    edit.result = self._state_model.load(stored)
+                batch = []
+        except MasError as exc:
+            self._version = None
+            for edit in batch:
+                if not edit.finished:
+                    edit.error = exc
+            if not mine.finished:
+                mine.error = exc
+            if mine in self._edits:
+                self._edits.remove(mine)
+        except BaseException:
+            # Cancelled. Edits of the batch wait for the next holder of the lock, unless
+            # their update was on the way: it may have been stored, so applying them
+            # again could store them twice.
+            others = [e for e in batch if e is not mine and not e.finished]
+            if sending:
+                self._version = None
+                unknown = StateError(
+                    f"{self._label}: the update carrying this edit_state was cancelled "
+                    "on its way to the server (another edit's caller was cancelled); "
+                    "it may or may not have been stored: refresh_state to see"
+                )
+                for edit in others:
+                    edit.error = unknown
+            else:
+                self._edits[:0] = others
+            if mine in self._edits:
+                self._edits.remove(mine)
+            raise
 
     async def refresh_state(self) -> None:
         """Reload the state from the server (``StateError`` names a key that misfits)."""
@@ -248,14 +400,40 @@ class Agent(Generic[StateT]):
             await self._load_state()
 
     async def _load_state(self) -> None:
-        response = await self._state_call("GetState", pb.GetStateRequest(), pb.GetStateResponse)
-        self.state = self._state_model.load(dict(response.state))
+        request = pb.GetStateRequest(json_values=True)
+        response = await self._state_call("GetState", request, pb.GetStateResponse)
+        stored = dict(response.state)
+        for key in self._state_model.unknown_keys(stored):
+            if key in self._unknown_keys_told:
+                continue
+            self._unknown_keys_told.add(key)
+            log.warning(
+                "%s: stored state key %r is not a field of %s, so it is not loaded (a renamed "
+                "or removed field?); its value stays on the server: copy it to the new field "
+                "with update_state, or drop it with reset_state",
+                self._label,
+                key,
+                self._state_model.name,
+            )
+        self.state = self._state_model.load(stored)
+        self._acknowledged, self._version = stored, response.version
+
+    def _acknowledge(self, written: Mapping[str, str], version: int) -> None:
+        """Record a write the server acknowledged at ``version``."""
+        if self._version is not None and version == self._version + 1:
+            self._acknowledged = {**self._acknowledged, **written}
+            self._version = version
+        else:  # someone else wrote in between: what we hold is not that version's state
+            self._version = None
 
     async def reset_state(self) -> None:
         """Clear the stored state; ``self.state`` goes back to the model's defaults."""
         async with self._state_lock:
-            await self._state_call("ResetState", pb.ResetStateRequest(), pb.ResetStateResponse)
+            response = await self._state_call(
+                "ResetState", pb.ResetStateRequest(), pb.ResetStateResponse
+            )
             self.state = self._state_model.defaults()
+            self._acknowledged, self._version = {}, response.version
 
     async def _state_call(self, method: str, request: Any, response_type: Any) -> Any:
         try:

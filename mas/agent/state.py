@@ -10,8 +10,12 @@ An agent describes its state with a msgspec ``Struct`` whose fields all have def
 - ``defaults()``: the state before anything was stored, and after ``reset_state``;
 - ``load(stored)``: the server's map -> the state, raising ``StateError`` naming the key whose
   stored value no longer fits the model (never silently falling back to a default);
+  ``unknown_keys(stored)`` names the stored keys the model has no field for (a renamed field);
 - ``plan_update(state, updates)``: validates the merged result against the model first and
-  returns the new state together with only the keys whose JSON text changed.
+  returns the new state together with every key the caller named, as JSON text. It never
+  compares with ``state``, which the caller may have changed already: a key named is sent;
+- ``changes(acknowledged, state)``: for ``edit_state``, the keys whose JSON text differs from
+  what the server acknowledged (the state the change started from), after validating ``state``.
 
 Values round-trip exactly: each is encoded with msgspec's JSON encoder, and "changed" compares
 JSON texts, so ``True`` and ``1`` differ, and ``None`` is a value like any other.
@@ -126,12 +130,20 @@ class StateModel:
                 "stored value (reset_state) or make the model accept it"
             ) from exc
 
-    def plan_update(self, state: Any, updates: Mapping[str, Any]) -> tuple[Any, dict[str, str]]:
-        """Merge ``updates`` into ``state``; return ``(new_state, changed {key: json})``.
+    def unknown_keys(self, stored: Mapping[str, str]) -> list[str]:
+        """Stored keys the model has no field for: not loaded, still kept on the server."""
+        if self.model is None:
+            return []
+        return [key for key in stored if key not in self._names]
 
-        Validates the merged state against the model before anything could be sent, and
-        raises ``StateError`` on an unknown key, a value of the wrong type, or a value that
-        has no JSON form.
+    def plan_update(self, state: Any, updates: Mapping[str, Any]) -> tuple[Any, dict[str, str]]:
+        """Merge ``updates`` into ``state``; return ``(new_state, {key: json})`` to send.
+
+        Every key named in ``updates`` is sent, whatever ``state`` holds: the caller may
+        have set ``self.state`` to the new value already, and a write is never skipped on
+        the strength of a local copy. Validates the merged state against the model before
+        anything could be sent, and raises ``StateError`` on an unknown key, a value of
+        the wrong type, or a value that has no JSON form.
         """
         if not isinstance(updates, Mapping):
             raise TypeError(f"update_state takes a dict of key -> value, got {type(updates)!r}")
@@ -159,13 +171,45 @@ class StateModel:
                     f"state update does not fit the state model {self.name}: {exc}"
                 ) from exc
             new_values = self.to_dict(new_state)
+        return new_state, {key: _json(new_values[key]) for key in incoming}
+
+    def changes(self, acknowledged: Mapping[str, str], state: Any) -> dict[str, str]:
+        """The keys of ``state`` whose JSON differs from the state ``acknowledged`` loads as.
+
+        ``state`` is what a change made of ``load(acknowledged)``; it is validated against
+        the model (a field set to a value of the wrong type is a ``StateError``), and a
+        plain-dict state may not lose keys (the protocol has no delete: set the key to
+        ``None`` instead, or ``reset_state``).
+        """
+        expected = dict if self.model is None else self.model
+        if not isinstance(state, expected):
+            raise StateError(f"the edited state must be a {self.name}, got {type(state).__name__}")
+        base = self.to_dict(self.load(acknowledged))
+        try:
+            current = self.to_dict(state)
+        except TypeError as exc:
+            raise StateError(f"the edited state has a value with no JSON form: {exc}") from exc
+        if self.model is not None:
+            try:
+                msgspec.convert(current, self.model)
+            except msgspec.ValidationError as exc:
+                raise StateError(
+                    f"the edited state does not fit the state model {self.name}: {exc}"
+                ) from exc
+        else:
+            removed = [key for key in base if key not in current]
+            if removed:
+                raise StateError(
+                    f"edit_state cannot remove keys ({', '.join(map(repr, removed))}): set them "
+                    "to None instead, or reset_state"
+                )
         changed: dict[str, str] = {}
-        for key in incoming:
-            text = _json(new_values[key])
-            old = current.get(key, _MISSING)
+        for key, value in current.items():
+            text = _json(value)
+            old = base.get(key, _MISSING)
             if old is _MISSING or _json(old) != text:
-                changed[key] = text
-        return new_state, changed
+                changed[str(key)] = text
+        return changed
 
     def _culprit(self, values: Mapping[str, Any]) -> str | None:
         """The first stored key that misfits the model on its own, if any."""

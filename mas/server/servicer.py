@@ -27,12 +27,13 @@ from ..config import MasConfig
 from ..errors import IdentityError
 from ..identity import PeerIdentity, identity_from_certificate
 from ..store import Store
-from ..store.base import StateTooLargeError
+from ..store.base import StateTooLargeError, StateVersionConflict
 from .audit_log import AuditLog
 from .grpc import Method, PeerConnection
 from .ingress import Accepted, Outbound, Rejection
 from .router import Router
 from .sessions import Session, SessionRegistry
+from .state_wire import stored_from_text, texts_from_stored
 from .transport import RpcError, RpcStream
 
 log = logging.getLogger("mas.server")
@@ -371,32 +372,50 @@ class RuntimeServicer:
         self, peer: PeerConnection, request: pb.GetStateRequest
     ) -> pb.GetStateResponse:
         identity = await self._identity(peer)
-        return pb.GetStateResponse(state=await self._store.get_state(identity.agent_id))
+        snapshot = await self._store.read_state(identity.agent_id)
+        values = snapshot.values if request.json_values else texts_from_stored(snapshot.values)
+        return pb.GetStateResponse(state=values, version=snapshot.version)
 
     async def update_state(
         self, peer: PeerConnection, request: pb.UpdateStateRequest
     ) -> pb.UpdateStateResponse:
+        """Store the given keys: JSON text from a ``json_values`` client, any text otherwise.
+
+        Refusals: ``INVALID_ARGUMENT invalid_state_key`` / ``invalid_state_value`` (a
+        ``json_values`` value that is not JSON), ``RESOURCE_EXHAUSTED
+        state_too_large``, and, for a conditional update whose ``expected_version``
+        is not the state's version, ``ABORTED state_conflict`` (gRPC's status for a
+        failed test-and-set: read again and redo the change). Each writes nothing.
+        """
         identity = await self._identity(peer)
         updates = dict(request.updates)
         for key, value in updates.items():
             if not key or len(key) > MAX_STATE_KEY_LENGTH:
                 raise RpcError("INVALID_ARGUMENT", "invalid_state_key")
-            try:
-                _json_decoder.decode(value)
-            except msgspec.DecodeError as exc:
-                raise RpcError("INVALID_ARGUMENT", "invalid_state_value") from exc
+            if request.json_values:
+                try:
+                    _json_decoder.decode(value)
+                except msgspec.DecodeError as exc:
+                    raise RpcError("INVALID_ARGUMENT", "invalid_state_value") from exc
+            else:
+                updates[key] = stored_from_text(value)
+        expected = request.expected_version if request.HasField("expected_version") else None
         try:
-            await self._store.update_state(identity.agent_id, updates)
+            version = await self._store.update_state(
+                identity.agent_id, updates, expected_version=expected
+            )
         except StateTooLargeError as exc:
             raise RpcError("RESOURCE_EXHAUSTED", "state_too_large") from exc
-        return pb.UpdateStateResponse()
+        except StateVersionConflict as exc:
+            raise RpcError("ABORTED", "state_conflict") from exc
+        return pb.UpdateStateResponse(version=version)
 
     async def reset_state(
         self, peer: PeerConnection, request: pb.ResetStateRequest
     ) -> pb.ResetStateResponse:
         identity = await self._identity(peer)
-        await self._store.reset_state(identity.agent_id)
-        return pb.ResetStateResponse()
+        version = await self._store.reset_state(identity.agent_id)
+        return pb.ResetStateResponse(version=version)
 
 
 async def _routed(routing: Awaitable[Accepted]) -> Accepted:

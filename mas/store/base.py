@@ -29,7 +29,13 @@ Audit
 
 State
     One JSON object per agent id, stored key by key as JSON text so partial
-    updates touch only the keys they name.
+    updates touch only the keys they name. Each agent's state has a version
+    that every write (update or reset) makes larger and that never goes back,
+    not even on reset, so a version read once is never seen again after a
+    write (no ABA). ``update_state`` with ``expected_version`` is a
+    compare-and-set: checked and written in one atomic step (one transaction,
+    one script), so of several writers that read the same version exactly one
+    wins, whichever server each is on.
 
 Every method is ``async`` so that I/O backends fit the same contract; ``now``
 is passed in by the caller (wall-clock seconds), never read by the store.
@@ -271,12 +277,41 @@ class Store(Protocol):
     async def get_state(self, agent_id: str) -> dict[str, str]:
         """The agent's state as key -> JSON text."""
 
-    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
-        """Set the given keys (JSON text values); raise ``StateTooLargeError`` over the limit."""
+    async def read_state(self, agent_id: str) -> StateSnapshot:
+        """The agent's state and its version, read together (0: never written)."""
 
-    async def reset_state(self, agent_id: str) -> None:
-        """Delete every key of the agent's state."""
+    async def update_state(
+        self, agent_id: str, updates: dict[str, str], *, expected_version: int | None = None
+    ) -> int:
+        """Set the given keys (JSON text values) and return the state's new version.
+
+        Raises ``StateTooLargeError`` over the limit and, when ``expected_version``
+        is given and is not the state's version, ``StateVersionConflict``; either
+        way nothing is written. An empty update writes nothing (the version stays)
+        and returns the current version, after the same check. Durable before it
+        returns where the store is (SQLite ``sync: full``).
+        """
+
+    async def reset_state(self, agent_id: str) -> int:
+        """Delete every key of the agent's state; return its new version (a reset is a write)."""
+
+
+class StateSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's state as stored (key -> JSON text) and the version it has."""
+
+    version: int
+    values: dict[str, str]
 
 
 class StateTooLargeError(Exception):
     """An update would make an agent's state larger than ``max_state_bytes``."""
+
+
+class StateVersionConflict(Exception):
+    """A conditional update expected a version the state no longer has; nothing was written."""
+
+    def __init__(self, agent_id: str, expected: int, actual: int) -> None:
+        self.agent_id = agent_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"state of {agent_id!r} is at version {actual}, not {expected}")

@@ -36,7 +36,9 @@ from .base import (
     InFlight,
     QueuedMessage,
     QueueFullError,
+    StateSnapshot,
     StateTooLargeError,
+    StateVersionConflict,
     StoreLimits,
 )
 
@@ -66,6 +68,7 @@ class MemoryStore:
         self._correlations: dict[str, Correlation] = {}
         self._correlation_expiry: list[tuple[float, str]] = []
         self._state: dict[str, dict[str, str]] = {}
+        self._state_versions: dict[str, int] = {}  # kept on reset: versions never go back
 
     # -- queues ---------------------------------------------------------------
 
@@ -358,14 +361,34 @@ class MemoryStore:
         await checkpoint()
         return dict(self._state.get(agent_id, {}))
 
-    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
+    async def read_state(self, agent_id: str) -> StateSnapshot:
         await checkpoint()
+        return StateSnapshot(
+            version=self._state_versions.get(agent_id, 0),
+            values=dict(self._state.get(agent_id, {})),
+        )
+
+    async def update_state(
+        self, agent_id: str, updates: dict[str, str], *, expected_version: int | None = None
+    ) -> int:
+        await checkpoint()
+        # No await from the check to the write: atomic with respect to other tasks.
+        version = self._state_versions.get(agent_id, 0)
+        if expected_version is not None and expected_version != version:
+            raise StateVersionConflict(agent_id, expected_version, version)
+        if not updates:
+            return version
         merged = {**self._state.get(agent_id, {}), **updates}
         size = sum(len(k) + len(v) for k, v in merged.items())
         if size > self.limits.max_state_bytes:
             raise StateTooLargeError(agent_id)
         self._state[agent_id] = merged
+        self._state_versions[agent_id] = version + 1
+        return version + 1
 
-    async def reset_state(self, agent_id: str) -> None:
+    async def reset_state(self, agent_id: str) -> int:
         await checkpoint()
         self._state.pop(agent_id, None)
+        version = self._state_versions.get(agent_id, 0) + 1
+        self._state_versions[agent_id] = version
+        return version

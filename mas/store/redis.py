@@ -21,6 +21,7 @@ shared queue, ``<agent>/<instance>`` for an instance's reply queue)::
     ns:audit-head        "<last hash> <server>" (compare-and-set by every append)
     ns:audit-turn        the server that lost a race for the chain and writes next
     ns:state:<agent>     hash: key -> JSON text;  ns:state-bytes  hash agent -> size
+    ns:state-versions    hash agent -> state version (kept on reset)
     ns:servers           set of server ids;  ns:lease:<server>  key with a PX lease
     ns:claims:<server>   set: queues where that server's sessions hold deliveries
     ns:wake              channel: "<origin server> <q>": a queue has messages

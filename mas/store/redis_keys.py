@@ -53,6 +53,10 @@ class Keys:
         return f"{self.ns}:state-bytes"
 
     @property
+    def state_versions(self) -> str:
+        return f"{self.ns}:state-versions"
+
+    @property
     def servers(self) -> str:
         return f"{self.ns}:servers"
 

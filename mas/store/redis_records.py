@@ -10,7 +10,10 @@ Correlations
 State
     ``ns:state:<agent>`` maps each key to its JSON text; ``ns:state-bytes``
     keeps each agent's size (UTF-8 bytes of keys and values), checked against
-    the limit in the script that writes, so a refused update changes nothing.
+    the limit in the script that writes, so a refused update changes nothing;
+    ``ns:state-versions`` keeps each agent's state version (never deleted, so
+    a reset does not take it back). Reads, updates (with their version check)
+    and resets are each one script: atomic across every server sharing Redis.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from .base import (
     UNKNOWN_CORRELATION,
     Correlation,
     CorrelationRefused,
+    StateSnapshot,
     StateTooLargeError,
+    StateVersionConflict,
 )
 from .redis_keys import Keys
 from .redis_link import RedisLink
@@ -66,30 +71,61 @@ return {2, rec[3]}
     prelude=False,
 )
 
-# KEYS: state, state sizes. ARGV: agent, max bytes, then field, value pairs.
-# Returns 0 when the state would be too large (nothing written), 1 when written.
+# KEYS: state, state sizes, state versions. ARGV: agent, max bytes, expected
+# version ('' = unconditional), then field, value pairs. Returns {1, version}
+# when written (or nothing to write), {0} when the state would be too large,
+# {2, version} when the version is not the expected one (nothing written).
 UPDATE_STATE: Final = make_script(
     "update_state",
     """
+local version = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
+if ARGV[3] ~= '' and ARGV[3] ~= version then return {2, version} end
+if #ARGV < 4 then return {1, version} end
 local size = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local f = ARGV[i]
   if redis.call('HEXISTS', KEYS[1], f) == 1 then
     size = size - #f - redis.call('HSTRLEN', KEYS[1], f)
   end
   size = size + #f + #ARGV[i + 1]
 end
-if size > tonumber(ARGV[2]) then return 0 end
-for i = 3, #ARGV, 200 do
+if size > tonumber(ARGV[2]) then return {0} end
+for i = 4, #ARGV, 200 do
   redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 199, #ARGV)))
 end
 redis.call('HSET', KEYS[2], ARGV[1], size)
-return 1
+return {1, redis.call('HINCRBY', KEYS[3], ARGV[1], 1)}
 """,
     prelude=False,
 )
 
-SCRIPTS: Final = (PUT_CORRELATION, TAKE_CORRELATION, UPDATE_STATE)
+# KEYS: state, state versions. ARGV: agent. Returns {version, flat field/value list}.
+READ_STATE: Final = make_script(
+    "read_state",
+    """
+return {redis.call('HGET', KEYS[2], ARGV[1]) or '0', redis.call('HGETALL', KEYS[1])}
+""",
+    prelude=False,
+)
+
+# KEYS: state, state sizes, state versions. ARGV: agent. Returns the new version.
+RESET_STATE: Final = make_script(
+    "reset_state",
+    """
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+""",
+    prelude=False,
+)
+
+SCRIPTS: Final = (
+    PUT_CORRELATION,
+    TAKE_CORRELATION,
+    UPDATE_STATE,
+    READ_STATE,
+    RESET_STATE,
+)
 
 
 class Records:
@@ -153,25 +189,44 @@ class Records:
         [flat] = await self._link.call("state", ("HGETALL", self._keys.state(agent_id)))
         return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
-    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
-        if not updates:
-            return
+    async def read_state(self, agent_id: str) -> StateSnapshot:
+        version, flat = await self._link.evalsha(
+            "state",
+            READ_STATE,
+            [self._keys.state(agent_id), self._keys.state_versions],
+            [agent_id],
+        )
+        return StateSnapshot(
+            version=int(version),
+            values={flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)},
+        )
+
+    async def update_state(
+        self, agent_id: str, updates: dict[str, str], *, expected_version: int | None = None
+    ) -> int:
         pairs = [part for key, value in updates.items() for part in (key, value)]
-        stored = await self._link.evalsha(
+        expected = "" if expected_version is None else str(expected_version)
+        outcome = await self._link.evalsha(
             "state",
             UPDATE_STATE,
-            [self._keys.state(agent_id), self._keys.state_bytes],
-            [agent_id, self._max_state_bytes, *pairs],
+            [self._keys.state(agent_id), self._keys.state_bytes, self._keys.state_versions],
+            [agent_id, self._max_state_bytes, expected, *pairs],
         )
-        if not stored:
+        if outcome[0] == 0:
             raise StateTooLargeError(agent_id)
+        if outcome[0] == 2:
+            assert expected_version is not None
+            raise StateVersionConflict(agent_id, expected_version, int(outcome[1]))
+        return int(outcome[1])
 
-    async def reset_state(self, agent_id: str) -> None:
-        await self._link.call(
+    async def reset_state(self, agent_id: str) -> int:
+        version = await self._link.evalsha(
             "state",
-            ("DEL", self._keys.state(agent_id)),
-            ("HDEL", self._keys.state_bytes, agent_id),
+            RESET_STATE,
+            [self._keys.state(agent_id), self._keys.state_bytes, self._keys.state_versions],
+            [agent_id],
         )
+        return int(version)
 
 
 def _taken(outcome: Any) -> Correlation | CorrelationRefused:

@@ -31,6 +31,7 @@ from .base import (
     InFlight,
     QueuedMessage,
     QueueFullError,
+    StateSnapshot,
     StoreLimits,
 )
 from .redis_audit import AuditChain
@@ -447,11 +448,18 @@ class RedisStore:
     async def get_state(self, agent_id: str) -> dict[str, str]:
         return await self._records.get_state(agent_id)
 
-    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
-        await self._records.update_state(agent_id, updates)
+    async def read_state(self, agent_id: str) -> StateSnapshot:
+        return await self._records.read_state(agent_id)
 
-    async def reset_state(self, agent_id: str) -> None:
-        await self._records.reset_state(agent_id)
+    async def update_state(
+        self, agent_id: str, updates: dict[str, str], *, expected_version: int | None = None
+    ) -> int:
+        return await self._records.update_state(
+            agent_id, updates, expected_version=expected_version
+        )
+
+    async def reset_state(self, agent_id: str) -> int:
+        return await self._records.reset_state(agent_id)
 
     def _simulate_crash(self) -> None:
         """Stop renewing the lease and skip the hand-back on close (failover tests)."""

@@ -57,6 +57,7 @@ from .base import (
     EnqueueItem,
     InFlight,
     QueuedMessage,
+    StateSnapshot,
     StoreLimits,
 )
 from .sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
@@ -206,13 +207,24 @@ class SqliteStore:
     async def get_state(self, agent_id: str) -> dict[str, str]:
         return await self._writer.call(ops.get_state, agent_id)
 
-    async def update_state(self, agent_id: str, updates: dict[str, str]) -> None:
-        await self._writer.call(
-            ops.update_state, agent_id, dict(updates), self.limits.max_state_bytes, durable=True
+    async def read_state(self, agent_id: str) -> StateSnapshot:
+        # Durable: a version handed out is one a power loss cannot take back.
+        return await self._writer.call(ops.read_state, agent_id, durable=True)
+
+    async def update_state(
+        self, agent_id: str, updates: dict[str, str], *, expected_version: int | None = None
+    ) -> int:
+        return await self._writer.call(
+            ops.update_state,
+            agent_id,
+            dict(updates),
+            self.limits.max_state_bytes,
+            expected_version,
+            durable=True,
         )
 
-    async def reset_state(self, agent_id: str) -> None:
-        await self._writer.call(ops.reset_state, agent_id, durable=True)
+    async def reset_state(self, agent_id: str) -> int:
+        return await self._writer.call(ops.reset_state, agent_id, durable=True)
 
 
 @asynccontextmanager

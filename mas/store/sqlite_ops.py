@@ -30,7 +30,9 @@ from .base import (
     InFlight,
     QueuedMessage,
     QueueFullError,
+    StateSnapshot,
     StateTooLargeError,
+    StateVersionConflict,
 )
 
 # Queries name the state as a literal so SQLite can use the partial indexes.
@@ -502,9 +504,41 @@ def get_state(conn: sqlite3.Connection, agent_id: str) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM state WHERE agent_id = ?", (agent_id,)))
 
 
+def state_version(conn: sqlite3.Connection, agent_id: str) -> int:
+    row = conn.execute(
+        "SELECT version FROM state_versions WHERE agent_id = ?", (agent_id,)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def read_state(conn: sqlite3.Connection, agent_id: str) -> StateSnapshot:
+    """The state and its version, read in one transaction (so they agree)."""
+    return StateSnapshot(version=state_version(conn, agent_id), values=get_state(conn, agent_id))
+
+
+def _bump_state_version(conn: sqlite3.Connection, agent_id: str) -> int:
+    conn.execute(  # no RETURNING: it needs SQLite 3.35
+        "INSERT INTO state_versions (agent_id, version) VALUES (?, 1) "
+        "ON CONFLICT (agent_id) DO UPDATE SET version = version + 1",
+        (agent_id,),
+    )
+    return state_version(conn, agent_id)
+
+
 def update_state(
-    conn: sqlite3.Connection, agent_id: str, updates: dict[str, str], max_size: int
-) -> None:
+    conn: sqlite3.Connection,
+    agent_id: str,
+    updates: dict[str, str],
+    max_size: int,
+    expected_version: int | None = None,
+) -> int:
+    """Check the version, write, check the size: one savepoint, so a refusal writes nothing."""
+    if expected_version is not None:
+        version = state_version(conn, agent_id)
+        if version != expected_version:
+            raise StateVersionConflict(agent_id, expected_version, version)
+    if not updates:
+        return state_version(conn, agent_id)
     # Size as MemoryStore counts it: characters of every key and value.
     conn.executemany(
         "INSERT INTO state (agent_id, key, value, size) VALUES (?, ?, ?, ?) "
@@ -514,7 +548,9 @@ def update_state(
     row = conn.execute("SELECT total(size) FROM state WHERE agent_id = ?", (agent_id,)).fetchone()
     if row[0] > max_size:
         raise StateTooLargeError(agent_id)  # the writer rolls this operation back
+    return _bump_state_version(conn, agent_id)
 
 
-def reset_state(conn: sqlite3.Connection, agent_id: str) -> None:
+def reset_state(conn: sqlite3.Connection, agent_id: str) -> int:
     conn.execute("DELETE FROM state WHERE agent_id = ?", (agent_id,))
+    return _bump_state_version(conn, agent_id)

@@ -142,7 +142,16 @@ _V1: Final = (
     "INSERT INTO meta VALUES ('created_at_version', '1')",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+# Version 2: each agent state's version (see ``store.base``). A row is kept on
+# reset, so a version never goes back; an agent without a row is at version 0.
+_V2: Final = (
+    """CREATE TABLE state_versions (
+        agent_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1, _V2)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

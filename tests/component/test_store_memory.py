@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from audit_contract import *  # noqa: F403
+from state_contract import *  # noqa: F403
 from store_contract import *  # noqa: F403
 from store_contract import LIMITS
 

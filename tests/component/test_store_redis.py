@@ -17,6 +17,7 @@ import redis
 import trio
 from audit_contract import *  # noqa: F403
 from redis_server import RedisServer, running_redis
+from state_contract import *  # noqa: F403
 from store_contract import *  # noqa: F403
 from store_contract import LIMITS, NOW, _correlation, _item, _message
 

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from audit_contract import *  # noqa: F403
 from audit_contract import _draft
+from state_contract import *  # noqa: F403
 from store_contract import *  # noqa: F403
 from store_contract import LIMITS, NOW, _correlation, _item, _message
 
@@ -353,9 +354,9 @@ async def test_a_failing_operation_does_not_undo_the_rest_of_its_batch(path: Pat
             assert results == {
                 "enqueue": None,
                 "overflow": QueueFullError,
-                "state": None,
+                "state": 1,  # the state's new version
                 "too_large": StateTooLargeError,
-                "other_state": None,
+                "other_state": 1,
             }
             assert await store.queue_depth("b") == 1
             assert await store.queue_depth("full") == 2

@@ -113,19 +113,28 @@ def test_a_model_with_a_required_field_is_refused() -> None:
 # -- updates ---------------------------------------------------------------------------------
 
 
-def test_update_sends_only_the_keys_whose_value_changed() -> None:
+def test_update_sends_every_key_it_names() -> None:
     model = StateModel(Counter)
     state = Counter(handled=3, label="x")
-    new, changed = model.plan_update(state, {"handled": 3, "label": "y"})
-    assert changed == {"label": '"y"'}
+    new, to_send = model.plan_update(state, {"handled": 3, "label": "y"})
+    assert to_send == {"handled": "3", "label": '"y"'}
     assert new == Counter(handled=3, label="y")
     assert state == Counter(handled=3, label="x")  # the old state is untouched
 
 
-def test_an_update_that_changes_nothing_sends_nothing() -> None:
+def test_an_update_after_mutating_the_local_state_is_still_sent() -> None:
+    # The seed's users write it this way: the local copy already has the new value.
     model = StateModel(Counter)
-    _, changed = model.plan_update(Counter(), {"handled": 0, "flag": None, "items": []})
-    assert changed == {}
+    state = Counter(handled=3)
+    state.handled += 1
+    new, to_send = model.plan_update(state, {"handled": state.handled})
+    assert to_send == {"handled": "4"}
+    assert new == Counter(handled=4)
+
+
+def test_an_update_naming_no_key_sends_nothing() -> None:
+    _, to_send = StateModel(Counter).plan_update(Counter(), {})
+    assert to_send == {}
 
 
 @pytest.mark.parametrize(
@@ -141,12 +150,54 @@ def test_an_update_that_changes_nothing_sends_nothing() -> None:
         ("extra", {"a": {"b": [1, {"c": None}]}}, {"a": {"b": [1, {"c": 0}]}}),
     ],
 )
-def test_changes_are_detected_by_exact_json(key: str, before: Any, after: Any) -> None:
+def test_edited_changes_are_detected_by_exact_json(key: str, before: Any, after: Any) -> None:
     model = StateModel(Counter)
-    state, _ = model.plan_update(Counter(), {key: before})
-    _, changed = model.plan_update(state, {key: after})
+    _, acknowledged = model.plan_update(Counter(), {key: before})
+    state = model.load(acknowledged)
+    setattr(state, key, after)
+    changed = model.changes(acknowledged, state)
     assert list(changed) == [key]
     assert msgspec.json.decode(changed[key]) == after
+
+
+def test_an_edit_that_changes_nothing_writes_nothing() -> None:
+    model = StateModel(Counter)
+    state = model.load({})
+    state.handled = 0
+    state.items = []
+    assert model.changes({}, state) == {}
+    assert model.changes({"handled": "2"}, model.load({"handled": "2"})) == {}
+
+
+def test_an_edit_that_misfits_the_model_is_a_state_error() -> None:
+    model = StateModel(Counter)
+    state = model.load({})
+    state.handled = "three"  # type: ignore[assignment]  # Structs do not check on assignment
+    with pytest.raises(StateError, match="handled"):
+        model.changes({}, state)
+
+
+def test_an_edit_of_a_dict_state_may_not_remove_keys() -> None:
+    model = StateModel(None)
+    state = model.load({"a": "1", "b": "2"})
+    del state["a"]
+    state["c"] = None
+    with pytest.raises(StateError, match="'a'"):
+        model.changes({"a": "1", "b": "2"}, state)
+    state["a"] = None
+    assert model.changes({"a": "1", "b": "2"}, state) == {"a": "null", "c": "null"}
+
+
+def test_an_edited_state_of_another_type_is_a_state_error() -> None:
+    with pytest.raises(StateError, match="must be a Counter, got int"):
+        StateModel(Counter).changes({}, 5)
+    with pytest.raises(StateError, match="must be a dict, got Counter"):
+        StateModel(None).changes({}, Counter())
+
+
+def test_unknown_stored_keys_are_named() -> None:
+    assert StateModel(Counter).unknown_keys({"handled": "1", "handeld": "2"}) == ["handeld"]
+    assert StateModel(None).unknown_keys({"anything": "1"}) == []
 
 
 def test_values_round_trip_exactly_through_the_stored_map() -> None:
@@ -169,9 +220,9 @@ def test_dict_state_round_trips_and_diffs_the_same_way() -> None:
     state, changed = model.plan_update({}, {"a": None, "b": True, "c": [1, {"d": None}]})
     assert changed == {"a": "null", "b": "true", "c": '[1,{"d":null}]'}
     assert model.load(changed) == state == {"a": None, "b": True, "c": [1, {"d": None}]}
-    new, changed = model.plan_update(state, {"a": None, "b": 1})
-    assert changed == {"b": "1"}
-    assert new == {"a": None, "b": 1, "c": [1, {"d": None}]}
+    edited = model.load(changed)
+    edited["b"] = 1
+    assert model.changes(changed, edited) == {"b": "1"}
 
 
 def test_struct_values_are_stored_as_json_objects() -> None:
@@ -179,8 +230,7 @@ def test_struct_values_are_stored_as_json_objects() -> None:
     new, changed = model.plan_update(Shape(), {"corner": Point(1, 2)})
     assert changed == {"corner": '{"x":1,"y":2}'}
     assert new == Shape(corner=Point(1, 2))
-    _, changed = model.plan_update(new, {"corner": {"x": 1, "y": 2}})
-    assert changed == {}
+    assert model.changes(changed, model.load(changed)) == {}
 
 
 def test_an_update_that_misfits_the_model_raises_and_plans_nothing() -> None:
