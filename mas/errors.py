@@ -27,11 +27,29 @@ them, and chained with ``raise ... from exc``::
 
 ``RejectedError`` carries the wire ``code`` and ``reason``; ``rejected_error``
 turns a (code, reason) pair from the server back into the right subclass.
+``leaves`` is the one exception-group unwrapper: the exceptions inside a nest
+of (strict nursery) groups, in order.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` and its nested exception groups, in order.
+
+    An exception that is not a group is its own only leaf.
+    """
+    found: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(reversed(current.exceptions))
+        else:
+            found.append(current)
+    return found
 
 
 class MasError(Exception):

@@ -57,6 +57,14 @@ def load_agent_class(spec: AgentSpec, base_dir: Path, index: int) -> type[Agent[
     return cls
 
 
+def _init_location(cls: type) -> str:
+    """Where ``cls.__init__`` is defined, as ``file:line``, for error messages."""
+    code = getattr(cls.__init__, "__code__", None)
+    if code is None:
+        return cls.__qualname__
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
 class AgentHost:
     """Builds and supervises the instances of some agents against one server address."""
 
@@ -101,6 +109,12 @@ class AgentHost:
                 f"cannot construct agent {spec.agent_id!r} ({spec.class_path}): {exc}; "
                 "check init_kwargs, and that __init__ accepts **kwargs and passes them to super()"
             ) from exc
+        except Exception as exc:  # a constructor that fails once will fail on every restart
+            raise AgentLoadError(
+                f"constructing agent {spec.agent_id!r} ({spec.class_path}) failed: "
+                f"{type(exc).__name__}: {exc}; fix its __init__ or its init_kwargs "
+                f"({_init_location(self._classes[spec.agent_id])})"
+            ) from exc
 
     async def run(
         self,
@@ -129,7 +143,7 @@ class AgentHost:
             await agents.start(supervise)
             task_status.started()
             await stop_requested.wait()
-            log.info("stopping: draining agents (up to %.0f s)", self._shutdown_grace)
+            log.debug("stopping: draining agents (up to %.0f s)", self._shutdown_grace)
             await supervisor.stop()
             agents.cancel_scope.deadline = trio.current_time() + self._shutdown_grace + STOP_MARGIN
 

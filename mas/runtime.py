@@ -20,39 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import ipaddress
 import logging
 import os
 import tempfile
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 from .agent import TLSFiles
 from .audit.chain import key_from_env
 from .config import AgentSpec, LoadedConfig, MasConfig, load_config
-from .errors import ConfigError, MasError
+from .errors import MasError
 from .hosting import AgentHost, watch_signals
 from .pki import server_ssl_context, write_dev_pki
+from .preflight import dev_pki_refusal, missing_agent_tls, preflight
 from .server import BoundAddress, MasServer
 from .store import MemoryStore, Store, StoreLimits
 
 log = logging.getLogger("mas.runtime")
 
 _SESSION_DRAIN_TIMEOUT: Final = 2.0  # seconds for remaining sessions to close on stop
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def connect_host(listen_host: str) -> str:
@@ -75,12 +65,9 @@ class _TLSMaterial:
         self.development = not config.tls_configured
         self._agent_files: dict[str, TLSFiles] = {}
         if self.development:
-            if not is_loopback(config.listen_host):
-                raise ConfigError(
-                    f"server_listen_addr {config.server_listen_addr!r} is not a loopback address, "
-                    "so a development PKI is not allowed: set tls_ca_path, tls_server_cert_path "
-                    "and tls_server_key_path (`python -m mas certs` writes a development set)"
-                )
+            refusal = dev_pki_refusal(config)
+            if refusal is not None:
+                raise refusal
             directory = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="mas-dev-pki-"))
             )
@@ -110,10 +97,7 @@ class _TLSMaterial:
         if files is not None:
             return files
         if not (spec.tls_cert_path and spec.tls_key_path):
-            raise ConfigError(
-                f"agent {spec.agent_id!r} has no tls_cert_path/tls_key_path; every agent run by "
-                "`mas run` needs its own client certificate when TLS files are configured"
-            )
+            raise missing_agent_tls(spec)
         return TLSFiles(
             ca_path=str(self.ca_path), cert_path=spec.tls_cert_path, key_path=spec.tls_key_path
         )
@@ -159,7 +143,12 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             release_max_attempts=config.limits.max_attempts,
             sync=sync,
         ) as store:
-            log.info("store: sqlite %s (sync %s)", path, sync)
+            log.info(
+                "store: sqlite %s (sync %s; queues and state persist across runs: delete it "
+                "to start afresh)",
+                path,
+                sync,
+            )
             yield store
     else:
         from .store.redis import open_redis_store
@@ -211,6 +200,27 @@ def _without_password(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+_REFUSALS: Final = frozenset(
+    {"AUTHN_DENIED", "AUTHZ_DENIED", "RATE_LIMITED", "CIRCUIT_OPEN", "DLP_BLOCKED", "INVALID"}
+)  # decisions that refused a message, for the shutdown summary
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """One line for people from ``MasServer.statistics()``: what was delivered and refused."""
+    decisions: dict[str, int] = stats.get("decisions", {})
+    refused = {
+        name.lower(): count
+        for name, count in sorted(decisions.items())
+        if name in _REFUSALS and count
+    }
+    parts = [f"{stats.get('delivered', 0)} message(s) delivered"]
+    if refused:
+        parts.append("refused: " + ", ".join(f"{n} {name}" for name, n in refused.items()))
+    if stats.get("dead_lettered"):
+        parts.append(f"{stats['dead_lettered']} dead-lettered (`mas dlq list`)")
+    return "; ".join(parts)
+
+
 class Runtime:
     """Runs one ``mas.yaml``: the server and (unless ``serve_only``) its agents."""
 
@@ -233,6 +243,12 @@ class Runtime:
     ) -> None:
         """Run until a stop is requested; readiness once the server and agents are up."""
         config = self.loaded.config
+        report = preflight(
+            self.loaded, server=True, agents=[] if self.serve_only else config.agents
+        )
+        for warning in report.warnings:
+            log.warning("%s", warning)
+        report.raise_errors()
         async with contextlib.AsyncExitStack() as stack:
             tls = _TLSMaterial(config, stack)
             host = AgentHost(
@@ -264,7 +280,9 @@ class Runtime:
                     await agents.start(host.run, agent_addr, self._stop_requested)
                     task_status.started(address)
                 await server.drain(_SESSION_DRAIN_TIMEOUT)
-                log.info("server statistics: %s", server.statistics())
+                stats = server.statistics()
+                log.info("stopped: %s", summary(stats))
+                log.debug("server statistics: %s", stats)
                 root.cancel_scope.cancel()
 
     def reload(self) -> None:

@@ -353,10 +353,10 @@ class Agent(Generic[StateT]):
                 handler_nursery.start_soon(runner.dispatch, handler_nursery)
                 await self.on_start()
                 started = True
-                log.info("%s: started", self._label)
+                log.debug("%s: started", self._label)
                 task_status.started()
                 await self._stop_requested.wait()
-                log.info("%s: stopping", self._label)
+                log.debug("%s: stopping", self._label)
                 await runner.drain(self._shutdown_grace)
                 handler_nursery.cancel_scope.cancel()
         finally:
@@ -368,7 +368,7 @@ class Agent(Generic[StateT]):
                 scope.deadline = trio.current_time() + 2 * CLOSE_TIMEOUT
                 await runner.nack_queued()
                 await link.aclose(CLOSE_TIMEOUT)
-            log.info("%s: stopped", self._label)
+            log.debug("%s: stopped", self._label)
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:

@@ -28,7 +28,7 @@ import trio
 
 from .._proto import runtime_pb2 as pb
 from ..envelope import Envelope
-from ..errors import ConnectionClosedError, MasError, RejectedError, rejected_error
+from ..errors import ConnectionClosedError, MasError, RejectedError, leaves, rejected_error
 from .backoff import Backoff
 from .calls import Live, Outbox
 from .client import ServerAddress, open_channel, open_transport
@@ -156,7 +156,7 @@ class Link:
                     write_timeout=self._rpc_timeout,
                 )
                 live = self.outbox.attach(ch, transport, welcome)
-                log.info(
+                log.debug(
                     "%s: connected to %s as %s/%s (prefetch %d)",
                     self._label,
                     self.address,
@@ -268,23 +268,11 @@ class Link:
             self._run_scope.cancel()
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(reversed(exc.exceptions))
-        else:
-            leaves.append(exc)
-    return leaves
-
-
 def _most_telling(group: ExceptionGroup[Exception]) -> Exception:
     """The error that best explains a failed connection: the server's refusal first."""
-    leaves = [leaf for leaf in _leaves(group) if isinstance(leaf, Exception)]
+    errors = [leaf for leaf in leaves(group) if isinstance(leaf, Exception)]
     for kind in (RejectedError, MasError, Exception):
-        for leaf in leaves:
+        for leaf in errors:
             if isinstance(leaf, kind):
                 return leaf
     return group
@@ -307,8 +295,8 @@ def unwrap_groups() -> Iterator[None]:
 
 def sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     """The one ``Exception`` a nest of groups wraps, or None (several, or a cancellation)."""
-    leaves = _leaves(group)
-    if len(leaves) == 1 and isinstance(leaves[0], Exception):
-        leaves[0].__suppress_context__ = True
-        return leaves[0]
+    found = leaves(group)
+    if len(found) == 1 and isinstance(found[0], Exception):
+        found[0].__suppress_context__ = True
+        return found[0]
     return None

@@ -41,7 +41,7 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 
 from .._purerpc import release_stream
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
 from .transport import RpcError, RpcStream, ServerLimits, ServerSocket
 
 log = logging.getLogger("mas.server.grpc")
@@ -208,7 +208,15 @@ class GrpcServer:
         task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled; reports the bound address."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as exc:  # in use, not this host's address, unresolvable name
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                f"cannot listen on {where} (server_listen_addr): {reason}; stop whatever "
+                "holds that port, or choose another address or port (port 0 picks a free one)"
+            ) from exc
         async with listener, trio.open_nursery() as nursery:
             bound = BoundAddress(host, listener.extra(anyio.abc.SocketAttribute.local_port))
             for sub_listener in listener.listeners:
@@ -274,7 +282,7 @@ class GrpcServer:
             if errors is not None:
                 leaf = _sole_leaf(errors)
                 if isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
-                    log.info("connection %d from %s closed: %r", connection_id, address, leaf)
+                    log.debug("connection %d from %s closed: %r", connection_id, address, leaf)
                 else:
                     log.error(
                         "connection %d from %s failed; closing it",

@@ -205,11 +205,11 @@ class RuntimeServicer:
         previous = self._registry.add(session)
         if previous is not None:
             # The same agent reconnected before its old connection was seen to die.
-            log.info("session %s/%s replaced by a new connection", agent_id, instance_id)
+            log.debug("session %s/%s replaced by a new connection", agent_id, instance_id)
             previous.end("ABORTED", "replaced_by_new_session")
         instances: set[str] = peer.state.setdefault("instances", set())
         instances.add(instance_id)
-        log.info("session opened: %s/%s from %s", agent_id, instance_id, peer.address)
+        log.debug("session opened: %s/%s from %s", agent_id, instance_id, peer.address)
         try:
             with session.cancel_scope:
                 await rpc.send(
@@ -233,7 +233,7 @@ class RuntimeServicer:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + _RELEASE_TIMEOUT
                 await self._router.release(session)
-            log.info("session closed: %s/%s", agent_id, instance_id)
+            log.debug("session closed: %s/%s", agent_id, instance_id)
         if session.end_status is not None:
             raise RpcError(*session.end_status)
 
