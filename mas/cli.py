@@ -223,8 +223,15 @@ def write_dev_pki_to(loaded: LoadedConfig) -> str:
             assert spec.tls_cert_path and spec.tls_key_path
             moves += [(cert, spec.tls_cert_path), (key, spec.tls_key_path)]
         for source, target in moves:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            try:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+            except OSError as exc:
+                raise CertificateError(
+                    f"cannot write {target} ({exc.strerror or exc}): its directory "
+                    f"{Path(target).parent} cannot be made or written (is part of it a file?); "
+                    f"fix the path in {loaded.path}"
+                ) from exc
     return config.tls_ca_path
 
 
