@@ -39,7 +39,7 @@ from .errors import CertificateError, ConfigError, MasError, leaves
 from .logs import configure_logging
 from .pki import write_dev_pki
 from .preflight import preflight
-from .runtime import Runtime, pid_file_for
+from .runtime import Runtime, locked_pid
 
 log = logging.getLogger("mas.cli")
 
@@ -238,14 +238,7 @@ def write_dev_pki_to(loaded: LoadedConfig) -> str:
 def _reload(loaded: LoadedConfig, pid: int | None) -> int:
     """Send SIGHUP to the server started from this config (policy, allowlist, revocations)."""
     if pid is None:
-        pid_path = pid_file_for(loaded.path)
-        try:
-            pid = int(pid_path.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"no running server found for {loaded.path} ({pid_path}: {exc}); "
-                "start it with `mas serve` or `mas run`, or pass --pid"
-            ) from exc
+        pid = locked_pid(loaded.path)
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError as exc:

@@ -19,6 +19,7 @@ in a private temporary directory (allowed only on a loopback listen address).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -33,7 +34,7 @@ import trio
 from .agent import TLSFiles
 from .audit.chain import key_from_env
 from .config import AgentSpec, LoadedConfig, MasConfig, load_config
-from .errors import MasError
+from .errors import ConfigError, MasError
 from .hosting import AgentHost, watch_signals
 from .pki import server_ssl_context, write_dev_pki
 from .preflight import dev_pki_refusal, missing_agent_tls, preflight
@@ -176,20 +177,74 @@ def pid_file_for(config_path: Path) -> Path:
 
 @contextlib.contextmanager
 def _pid_file(config_path: Path) -> Iterator[None]:
-    """Record this process's id next to the config while it serves (for ``mas reload``)."""
+    """Record this process's id next to the config while it serves (for ``mas reload``).
+
+    The file is held under an exclusive ``flock`` for as long as the server runs:
+    ``mas reload`` signals only a process whose file is locked, so a file left by a
+    crash never makes it signal whatever process now has that id. A second
+    server from the same config leaves the first one's file alone.
+    """
     path = pid_file_for(config_path)
     try:
-        path.write_text(f"{os.getpid()}\n")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         log.warning("cannot write %s (`mas reload` will need --pid): %s", path, exc)
         yield
         return
     try:
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.warning(
+                "%s is held by another running server; `mas reload` reaches that one "
+                "(use --pid %d for this one)",
+                path,
+                os.getpid(),
+            )
+            yield
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # still under our lock: no reload can read a half-gone file
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            if int(path.read_text().strip()) == os.getpid():
-                path.unlink()
+        os.close(fd)
+
+
+def locked_pid(config_path: Path) -> int:
+    """The id of the server serving ``config_path``, as its locked PID file says.
+
+    Raises ``ConfigError`` when there is no PID file, or when no process holds
+    its lock (the server that wrote it is gone, and the id may now be anyone's).
+    """
+    path = pid_file_for(config_path)
+    hint = "start it with `mas serve` or `mas run`, or pass --pid"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigError(
+            f"no running server found for {config_path} ({path}: {exc.strerror}); {hint}"
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a server is running
+        else:
+            raise ConfigError(
+                f"{path} is stale: no running server holds it (the one that wrote it is "
+                f"gone), so nothing was signalled; {hint}"
+            )
+        text = os.read(fd, 64).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path} holds {text!r}, not a process id; {hint}") from exc
 
 
 def _without_password(url: str) -> str:
