@@ -59,6 +59,9 @@ from .errors import (
     RemoteValidationError as RemoteValidationError,
 )
 from .errors import (
+    ReplyValidationError as ReplyValidationError,
+)
+from .errors import (
     RequestTimeoutError as RequestTimeoutError,
 )
 from .errors import (
@@ -93,6 +96,7 @@ __all__ = [
     "RemoteError",
     "RemoteHandlerError",
     "RemoteValidationError",
+    "ReplyValidationError",
     "RequestTimeoutError",
     "ResourceExhaustedError",
     "StateError",

@@ -12,6 +12,7 @@ them, and chained with ``raise ... from exc``::
     ├── ConnectionClosedError     the agent is not (or no longer) connected
     ├── RequestTimeoutError       no reply arrived before the request's timeout
     ├── StateError                stored state does not fit the agent's model
+    ├── ReplyValidationError      a reply does not fit the model the requester asked for
     ├── StoreError                the store failed (I/O, unreachable Redis) or is closed
     ├── RejectedError             the server refused a message (gRPC status + reason)
     │   ├── UnauthenticatedError  UNAUTHENTICATED: identity refused
@@ -93,6 +94,18 @@ class RequestTimeoutError(MasError, TimeoutError):
 
 class StateError(MasError):
     """Stored agent state does not fit the agent's state model, or is too large."""
+
+
+class ReplyValidationError(MasError, ValueError):
+    """A reply did not fit the ``model`` given to ``Agent.request``.
+
+    The message names the reply, the model and the field at fault (msgspec's
+    path, ``$.count``); ``reply`` is the reply as it arrived.
+    """
+
+    def __init__(self, message: str, reply: object) -> None:
+        self.reply = reply
+        super().__init__(message)
 
 
 class StoreError(MasError):

@@ -34,18 +34,25 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Final, Generic, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar, overload
 
 import msgspec
 import trio
 
 from .._proto import runtime_pb2 as pb
-from ..errors import ConnectionClosedError, MasError, RejectedError, StateError, remote_error
+from ..errors import (
+    ConnectionClosedError,
+    MasError,
+    RejectedError,
+    ReplyValidationError,
+    StateError,
+    remote_error,
+)
 from . import handlers as _handlers
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .dispatch import Dispatcher
-from .handlers import HandlerSpec, collect_handlers
+from .handlers import HandlerSpec, collect_handlers, convert_payload
 from .link import Link, unwrap_groups
 from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object
 from .state import StateModel, check_state_model, model_from_generic_bases
@@ -53,6 +60,7 @@ from .state import StateModel, check_state_model, model_from_generic_bases
 log = logging.getLogger("mas.agent")
 
 StateT = TypeVar("StateT")
+ModelT = TypeVar("ModelT")
 
 INBOX_MIN: Final = 1024  # deliveries queued beyond running handlers; the server's window bounds it
 
@@ -192,6 +200,7 @@ class Agent(Generic[StateT]):
         data_json = encode_object(data)
         return await self._outbox().send(target_id, message_type, data_json)
 
+    @overload
     async def request(
         self,
         target_id: str,
@@ -199,8 +208,36 @@ class Agent(Generic[StateT]):
         data: Mapping[str, Any] | msgspec.Struct,
         *,
         timeout: float = 60.0,  # noqa: ASYNC109 - the public API (the seed's signature)
-    ) -> AgentMessage:
+        model: None = None,
+    ) -> AgentMessage: ...
+
+    @overload
+    async def request(
+        self,
+        target_id: str,
+        message_type: str,
+        data: Mapping[str, Any] | msgspec.Struct,
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the public API (the seed's signature)
+        model: type[ModelT],
+    ) -> ModelT: ...
+
+    async def request(
+        self,
+        target_id: str,
+        message_type: str,
+        data: Mapping[str, Any] | msgspec.Struct,
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the public API (the seed's signature)
+        model: type[Any] | None = None,
+    ) -> Any:
         """Send a request and return the reply; ``timeout`` (seconds, > 0) bounds it all.
+
+        Without ``model`` the reply is an ``AgentMessage`` (``reply.data`` is a dict).
+        With ``model`` (a msgspec Struct, or any type ``msgspec.convert`` takes) the
+        reply's data is validated as handlers validate requests, and the typed object
+        is returned; a reply that does not fit raises ``ReplyValidationError`` naming
+        the field.
 
         Raises ``RequestTimeoutError`` (saying whether the connection was down),
         ``RemoteHandlerError``/``RemoteValidationError`` for an error reply, and the errors of
@@ -211,7 +248,18 @@ class Agent(Generic[StateT]):
         envelope = await self._outbox().request(target_id, message_type, data_json, deadline)
         if envelope.meta.error is not None:
             raise remote_error(envelope.meta.error.kind, envelope.meta.error.message)
-        return AgentMessage(envelope)
+        reply = AgentMessage(envelope)
+        if model is None:
+            return reply
+        try:
+            return convert_payload(model, reply.data)
+        except msgspec.ValidationError as exc:
+            name = getattr(model, "__qualname__", repr(model))
+            raise ReplyValidationError(
+                f"reply {reply.message_type!r} from {reply.sender_id!r} to request "
+                f"{message_type!r} does not fit {name}: {exc}",
+                reply,
+            ) from exc
 
     async def discover(self, capabilities: Sequence[str] | None = None) -> list[DiscoveredAgent]:
         """Allowlisted agents having all the given capabilities."""
@@ -318,6 +366,10 @@ class Agent(Generic[StateT]):
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self._run_link, link, abort)
                     await self._serve(link, runner, task_status)
+        except Exception:
+            if self._fatal is None:
+                raise
+            # What failed with the connection (a call it was serving) is not the news.
         finally:
             self._link = None
             self._stop_requested = trio.Event()
@@ -337,6 +389,11 @@ class Agent(Generic[StateT]):
             if link.generation == 0:
                 raise  # never connected: nursery.start() raises it to run()
             log.error("%s: connection lost for good: %s", self._label, exc)
+            self._fatal = exc
+            abort.cancel()
+        except Exception as exc:  # a bug in the connection task: the agent crashes with it
+            if link.generation == 0:
+                raise
             self._fatal = exc
             abort.cancel()
 
