@@ -253,3 +253,33 @@ def test_version_and_log_level_after_the_subcommand(tmp_path: Path) -> None:
     (tmp_path / "mas.yaml").write_text("agents: [{agent_id: a}]\n")
     checked = mas("check", str(tmp_path), "--log-level", "debug")
     assert checked.returncode == 0, checked.stderr
+
+
+def test_a_module_beside_mas_yaml_does_not_shadow_an_installed_one(tmp_path: Path) -> None:
+    installed = tmp_path / "site"
+    installed.mkdir()
+    (installed / "helperlib.py").write_text("GREETING = 'installed'\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "helperlib.py").write_text("raise ImportError('the local file was imported')\n")
+    write_agents_module(project, "import helperlib\n\nclass A(Agent):\n    pass\n")
+    (project / "mas.yaml").write_text("agents: [{agent_id: a, class_path: 'agents:A'}]\n")
+    env = {**_env(), "PYTHONPATH": str(installed)}
+    result = subprocess.run(
+        [sys.executable, "-m", "mas", "check", str(project)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_agent_module_that_fails_to_import_is_named_by_file(tmp_path: Path) -> None:
+    write_agents_module(tmp_path, "undefined_name\n")
+    (tmp_path / "mas.yaml").write_text("agents: [{agent_id: a, class_path: 'agents:A'}]\n")
+    assert_one_paragraph(
+        mas("check", str(tmp_path)), 2, str(tmp_path / "agents.py"), "NameError", "$.agents[0]"
+    )
