@@ -131,7 +131,19 @@ class PermissionDeniedError(RejectedError):
 
 
 class RateLimitedError(RejectedError):
-    """The sender is over its rate limit; retry after ``retry_after`` seconds."""
+    """The sender is over its rate limit; retry after ``retry_after`` seconds.
+
+    The limit is ``gateway.rate_limit`` in mas.yaml (100 per minute and 1,000 per
+    hour per sender by default), or the agent's own ``rate_limit``.
+    """
+
+    def __str__(self) -> str:
+        after = f", retry after {self.retry_after:.2f}s" if self.retry_after is not None else ""
+        return (
+            f"{self.code} {self.reason}{after}: the sender is over its rate limit; raise "
+            "gateway.rate_limit.per_minute / per_hour in mas.yaml (defaults 100 and 1000) "
+            "or the agent's own rate_limit"
+        )
 
 
 class ResourceExhaustedError(RejectedError):

@@ -113,3 +113,31 @@ async def test_request_with_a_model_returns_the_typed_reply(
                 await ping.request("pong", "miscount", {}, timeout=30, model=Count)
             assert "Count" in str(misfit.value)
             assert misfit.value.reply.data == {"count": "three"}
+
+
+async def test_rate_limit_refusal_names_the_setting_and_is_logged_once(
+    pki: TestPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mas import RateLimitedError
+
+    config = make_config(
+        ["ping", "pong"], BOTH_WAYS, gateway={"rate_limit": {"per_minute": 2, "per_hour": 50}}
+    )
+    caplog.set_level(logging.WARNING, logger="mas.gateway")
+    with trio.fail_after(20):
+        async with open_test_server(config, pki) as server:
+            assert server.address is not None
+            port = server.address.port
+            async with _agent(Plain, "ping", port, pki) as ping, _agent(Plain, "pong", port, pki):
+                await ping.send("pong", "note", {})
+                await ping.send("pong", "note", {})
+                for _ in range(3):
+                    with pytest.raises(RateLimitedError) as refused:
+                        await ping.send("pong", "note", {})
+    assert refused.value.reason == "rate_limited"
+    assert "gateway.rate_limit.per_minute" in str(refused.value)
+    warnings = [r for r in caplog.records if r.name == "mas.gateway"]
+    assert len(warnings) == 1
+    assert warnings[0].levelno == logging.WARNING
+    assert "'ping'" in warnings[0].getMessage()
+    assert "gateway.rate_limit" in warnings[0].getMessage()
