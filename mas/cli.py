@@ -11,12 +11,15 @@ Commands::
     mas audit verify|tail|export [FILE]
                          check, read or export the audit trail
     mas dlq list|replay  dead-lettered messages (sqlite and redis stores)
-    mas check [CONFIG]   validate mas.yaml, its certificates and its agent classes
+    mas check [CONFIG]   everything `run` would refuse (mas.preflight), without starting
+    mas init [DIR]       scaffold a project: agents.py, mas.yaml, test_agents.py
 
-Exit status: 0 on success (including a graceful stop on SIGINT/SIGTERM), 1 when
-an agent crash-looped or the runtime failed, 2 for an invalid configuration,
-certificate or agent class: a one-paragraph message on stderr, never a
-traceback.
+Exit status: 0 on success (including a graceful stop on SIGINT/SIGTERM, and a
+reader that closed our stdout early, as ``| head`` does), 1 when an agent
+crash-looped or the runtime failed, 2 for an invalid configuration,
+certificate, listen address or agent class: a one-paragraph message on stderr
+naming the file, key or address, never a traceback; 130 for Ctrl-C (one line).
+``--log-level`` goes before or after the command; ``--version`` prints the version.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(str(args.log_level))
     try:
         return _dispatch(args)
-    except BaseException as exc:  # sorted below; anything unexpected is re-raised
+    except BaseException as exc:  # noqa: BLE001 - sorted below; anything unexpected re-raised
         return _exit_status(exc)
 
 

@@ -92,7 +92,8 @@ def _raised_at(exc: BaseException) -> str:
 
 def _init_location(cls: type) -> str:
     """Where ``cls.__init__`` is defined, as ``file:line``, for error messages."""
-    code = getattr(cls.__init__, "__code__", None)
+    init = next((vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)), None)
+    code = getattr(init, "__code__", None)
     if code is None:
         return cls.__qualname__
     return f"{code.co_filename}:{code.co_firstlineno}"

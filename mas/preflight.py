@@ -145,9 +145,7 @@ def _check_server(config: MasConfig, report: Report, now: dt.datetime) -> None:
     _check_validity(Path(config.tls_server_cert_path), "server certificate", report, now)
 
 
-def _check_agent_tls(
-    config: MasConfig, spec: AgentSpec, report: Report, now: dt.datetime
-) -> None:
+def _check_agent_tls(config: MasConfig, spec: AgentSpec, report: Report, now: dt.datetime) -> None:
     if config.tls_ca_path is None:
         return  # a development PKI makes the agents' certificates
     if not (spec.tls_cert_path and spec.tls_key_path):

@@ -28,9 +28,9 @@ log = logging.getLogger("mas.telemetry")
 def require_otel() -> None:
     """Raise ``ConfigError`` naming the ``otel`` extra unless the OpenTelemetry SDK imports."""
     try:
-        import opentelemetry.exporter.otlp.proto.http  # noqa: F401
-        import opentelemetry.sdk.metrics  # noqa: F401
-        import opentelemetry.sdk.trace  # noqa: F401
+        import opentelemetry.exporter.otlp.proto.http
+        import opentelemetry.sdk.metrics
+        import opentelemetry.sdk.trace  # noqa: F401 - imported only to see that it is there
     except ImportError as exc:
         raise ConfigError(
             "gateway.telemetry.enabled needs the OpenTelemetry SDK: "

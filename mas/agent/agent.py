@@ -22,7 +22,10 @@ Error handling
     ``connect_timeout``, ``UnauthenticatedError``/``PermissionDeniedError`` when the server
     refuses the agent's identity, ``CertificateError`` for bad TLS files, ``StateError`` when the
     stored state does not fit the model, and whatever ``on_start`` raises. A handler's exception
-    never stops the agent: it is logged with its traceback and answered per ``handlers.decide``.
+    never stops the agent: it is logged with its traceback and answered per ``handlers.decide``
+    (the default ``on_message`` fallback is such a handler too). An exception in the connection
+    task that is not a connection failure is a bug: ``run`` raises it, with its traceback, rather
+    than reconnect (under ``mas run`` the supervisor's restart policy applies).
 """
 
 from __future__ import annotations
@@ -136,7 +139,7 @@ class Agent(Generic[StateT]):
         self._heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
         self._runtime_stop = runtime_stop
         self._link: Link | None = None
-        self._fatal: MasError | None = None
+        self._fatal: Exception | None = None  # what ended the connection task for good
         self._stop_requested = trio.Event()
         self._state_lock = trio.Lock()
         self._serving: AbstractAsyncContextManager[Self] | None = None

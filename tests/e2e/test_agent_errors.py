@@ -1,4 +1,4 @@
-"""Errors the SDK must not hide from the developer: bugs crash, fallbacks are handlers, replies typed."""
+"""Errors the SDK must not hide: bugs crash, the fallback is a handler, replies are typed."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ class Plain(Agent[dict[str, Any]]):
 
 
 def _agent(cls: type[Agent[Any]], agent_id: str, port: int, pki: TestPKI, **kw: Any) -> Any:
-    return cls(agent_id, server_addr=f"127.0.0.1:{port}", tls=pki.client_ssl_context(agent_id), **kw)
+    tls = pki.client_ssl_context(agent_id)
+    return cls(agent_id, server_addr=f"127.0.0.1:{port}", tls=tls, **kw)
 
 
 async def test_a_bug_in_the_connection_task_ends_the_agent_with_its_traceback(

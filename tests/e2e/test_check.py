@@ -90,8 +90,14 @@ def project(directory: Path, agents: str, *, tls: bool = True, extra: str = "") 
     return directory
 
 
-AGENT_A = "  - {agent_id: a, class_path: 'agents:Idle', tls_cert_path: certs/a.pem, tls_key_path: certs/a.key}\n"
-AGENT_B = "  - {agent_id: b, class_path: 'agents:Idle', tls_cert_path: certs/b.pem, tls_key_path: certs/b.key}\n"
+AGENT_A = (
+    "  - {agent_id: a, class_path: 'agents:Idle', "
+    "tls_cert_path: certs/a.pem, tls_key_path: certs/a.key}\n"
+)
+AGENT_B = (
+    "  - {agent_id: b, class_path: 'agents:Idle', "
+    "tls_cert_path: certs/b.pem, tls_key_path: certs/b.key}\n"
+)
 
 
 def test_a_good_project_is_ok(tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MAS_RUNNER_CONFIG_FILE"}
 
 
-def mas(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def mas(
+    *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mas", *args],
         cwd=cwd or ROOT,
