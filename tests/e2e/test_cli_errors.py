@@ -193,11 +193,12 @@ def test_ctrl_c_during_startup_exits_130_in_one_line(
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_dlq_list_exits_130_in_one_line(
-    tmp_path: Path, silent_redis: socket.socket
+@pytest.mark.parametrize("action", [["list"], ["replay", "--all", "--config"]])
+def test_ctrl_c_in_dlq_list_and_replay_exits_130_in_one_line(
+    tmp_path: Path, silent_redis: socket.socket, action: list[str]
 ) -> None:
     _redis_config(tmp_path, silent_redis)
-    status, stderr = _interrupt_while_waiting(["dlq", "list", str(tmp_path)], silent_redis)
+    status, stderr = _interrupt_while_waiting(["dlq", *action, str(tmp_path)], silent_redis)
     assert status == 130, stderr
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1] == "mas: interrupted"

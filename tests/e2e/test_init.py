@@ -44,6 +44,15 @@ def test_init_scaffolds_a_project_that_runs_and_passes_its_test(tmp_path: Path) 
     assert ran.stdout.splitlines() == ["caller: hello -> HELLO", "caller: world -> WORLD"]
     assert "Traceback" not in ran.stderr
     assert str(project / "mas.sqlite3") in ran.stderr  # says where its store lives
+    # Logs for people: a few lines, ending with a one-line summary, not a raw dict.
+    log_lines = ran.stderr.splitlines()
+    assert len(log_lines) <= 5, ran.stderr
+    assert log_lines[-1] == "mas: stopped: 4 message(s) delivered"
+    assert "session opened" not in ran.stderr
+    debug = _run("-m", "mas", "run", "myproject", "--log-level", "debug", cwd=tmp_path)
+    assert debug.returncode == 0, debug.stderr
+    assert "session opened" in debug.stderr
+    assert "server statistics: {" in debug.stderr
 
     tested = _run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=project)
     assert tested.returncode == 0, tested.stdout + tested.stderr
