@@ -41,7 +41,7 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 
 from .._purerpc import release_stream
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError, leaves
 from .transport import RpcError, RpcStream, ServerLimits, ServerSocket
 
 log = logging.getLogger("mas.server.grpc")
@@ -111,10 +111,9 @@ _CONNECTION_GONE: Final = (
 
 
 def _sole_leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (strict nurseries wrap)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    """The one exception inside nested groups (strict nurseries wrap), else ``exc`` itself."""
+    found = leaves(exc)
+    return found[0] if len(found) == 1 else exc
 
 
 async def _dispatch(
