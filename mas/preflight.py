@@ -13,7 +13,7 @@ so ``mas check`` says exactly what a start would say::
     any certificate expired / not yet valid   CertificateError
     any certificate expiring within 14 days   warning
     each hosted agent's class_path            AgentLoadError (cannot import, not an Agent)
-    init_kwargs the constructor does not take AgentLoadError
+    init_kwargs the constructor does not take AgentLoadError (or a required one missing)
 
 The checks read files and import agent modules, but start nothing.
 """
@@ -206,7 +206,9 @@ def init_kwargs_problem(cls: type[Agent[Any]], spec: AgentSpec) -> str | None:
     Follows ``__init__`` up the class hierarchy while each one passes ``**kwargs``
     on, ending at ``Agent``, whose own ``**`` refuses what it does not know.
     """
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     accepted: set[str] = set()
+    required: set[str] = set()
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
         if init is None:
@@ -215,20 +217,26 @@ def init_kwargs_problem(cls: type[Agent[Any]], spec: AgentSpec) -> str | None:
             parameters = list(inspect.signature(init).parameters.values())
         except (TypeError, ValueError):
             return None  # a signature we cannot read: let the constructor decide
-        accepted.update(
-            p.name
-            for p in parameters[1:]
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        )
+        # parameters[0] is self, parameters[1] the agent id (passed positionally).
+        keywords = [p for p in parameters[2:] if p.kind in named]
+        accepted.update(p.name for p in keywords)
+        required.update(p.name for p in keywords if p.default is inspect.Parameter.empty)
         passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
         if klass is Agent or not passes_on:
             break
-    unknown = sorted(set(spec.init_kwargs) - accepted)
+    given = set(spec.init_kwargs)
+    unknown = sorted(given - accepted)
     if unknown:
         return (
             f"{spec.class_path} does not take {', '.join(map(repr, unknown))} (agent "
             f"{spec.agent_id!r}); remove them, or add them to its __init__ (which must pass "
             "**kwargs on to super().__init__)"
+        )
+    absent = sorted(required - given - set(INJECTED_KWARGS))
+    if absent:
+        return (
+            f"{spec.class_path} needs {', '.join(map(repr, absent))} (agent "
+            f"{spec.agent_id!r}), which init_kwargs does not give; add them to its init_kwargs"
         )
     missing = sorted(set(INJECTED_KWARGS) - accepted)
     if missing:

@@ -33,7 +33,11 @@ AGENTS_MODULE = (
     "class Greeter(Agent):\n"
     "    def __init__(self, agent_id, *, greeting='hi', **kwargs):\n"
     "        super().__init__(agent_id, **kwargs)\n"
-    "        self.greeting = greeting\n"
+    "        self.greeting = greeting\n\n\n"
+    "class Worker(Agent):\n"
+    "    def __init__(self, agent_id, *, queue_name, **kwargs):\n"
+    "        super().__init__(agent_id, **kwargs)\n"
+    "        self.queue_name = queue_name\n"
 )
 
 
@@ -191,6 +195,15 @@ def test_init_kwargs_the_constructor_does_not_take(tmp_path: Path) -> None:
         tls=False,
     )
     check_and_run_refuse(tmp_path, "$.agents[0].init_kwargs", "'greting'", "agents:Greeter")
+
+
+def test_init_kwargs_missing_a_required_keyword(tmp_path: Path) -> None:
+    project(
+        tmp_path,
+        "  - agent_id: w\n    class_path: 'agents:Worker'\n    init_kwargs: {}\n",
+        tls=False,
+    )
+    check_and_run_refuse(tmp_path, "$.agents[0].init_kwargs", "'queue_name'", "agents:Worker")
 
 
 def test_init_kwargs_the_constructor_takes_are_ok(tmp_path: Path) -> None:
