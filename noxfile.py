@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck", "proto"]
@@ -48,6 +50,9 @@ def examples(session: nox.Session) -> None:
     """Run every example to completion."""
     session.install("-e", ".")
     session.run("python", "-m", "mas", "run", "examples/ping_pong")
+    with tempfile.TemporaryDirectory(prefix="mas-init-") as project:  # `mas init`, as generated
+        session.run("python", "-m", "mas", "init", project)
+        session.run("python", "-m", "mas", "run", project)
 
 
 @nox.session(python=PYTHON)

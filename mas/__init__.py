@@ -62,6 +62,9 @@ from .errors import (
     ReplyTooLateError as ReplyTooLateError,
 )
 from .errors import (
+    ReplyValidationError as ReplyValidationError,
+)
+from .errors import (
     RequestTimeoutError as RequestTimeoutError,
 )
 from .errors import (
@@ -100,6 +103,7 @@ __all__ = [
     "RemoteHandlerError",
     "RemoteValidationError",
     "ReplyTooLateError",
+    "ReplyValidationError",
     "RequestTimeoutError",
     "ResourceExhaustedError",
     "StateConflictError",

@@ -18,6 +18,7 @@ from .agent import TLSFiles
 from .config import AgentSpec, LoadedConfig, split_host_port
 from .errors import ConfigError
 from .hosting import AgentHost, watch_signals
+from .preflight import preflight
 from .runtime import connect_host, format_addr
 
 log = logging.getLogger("mas.runtime")
@@ -83,6 +84,10 @@ class AgentProcess:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the instances until a stop is requested or all of them stopped."""
         config = self.loaded.config
+        report = preflight(self.loaded, server=False, agents=[self.spec])
+        for warning in report.warnings:
+            log.warning("%s", warning)
+        report.raise_errors()
         host = AgentHost(
             [self.spec],
             config.agents,

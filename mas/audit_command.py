@@ -16,15 +16,19 @@ from pathlib import Path
 from .audit.chain import key_from_env
 from .audit.cli import export_file, tail_file, verify_file
 from .audit.export import parse_time
+from .audit.record import DECISIONS
 from .config import load_config
 from .errors import ConfigError
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``audit`` and its subcommands to the main parser."""
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    options: argparse.ArgumentParser,
+) -> None:
+    """Add ``audit`` and its subcommands to the main parser (``options``: shared options)."""
     audit = commands.add_parser("audit", help="read and verify the audit trail")
     actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, parents=[options])
     common.add_argument("file", nargs="?", help="audit JSONL file (default: from mas.yaml)")
     common.add_argument("--config", help="mas.yaml to read the file path and HMAC key from")
     verify = actions.add_parser(
@@ -34,7 +38,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tail = actions.add_parser("tail", parents=[common], help="print records, optionally follow")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.add_argument("--decision", help="only this decision (ALLOWED, DLP_BLOCKED, ...)")
+    tail.add_argument(
+        "--decision",
+        type=_decision,
+        metavar="DECISION",
+        help=f"only this decision ({', '.join(DECISIONS)})",
+    )
     tail.add_argument("--agent", help="only records this agent sent or received")
     tail.add_argument("-n", "--last", type=int, help="start with the last N records")
     tail.set_defaults(audit_action=_tail)
@@ -43,6 +52,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument("--since", type=parse_time, help="epoch seconds or ISO 8601 (inclusive)")
     export.add_argument("--until", type=parse_time, help="epoch seconds or ISO 8601 (exclusive)")
     export.set_defaults(audit_action=_export)
+
+
+def _decision(text: str) -> str:
+    """A decision name (any case), or an argparse error listing the valid ones."""
+    if text.upper() in DECISIONS:
+        return text.upper()
+    raise argparse.ArgumentTypeError(
+        f"unknown decision {text!r}; choose from {', '.join(DECISIONS)}"
+    )
 
 
 def _resolve(args: argparse.Namespace) -> tuple[Path, bytes | None]:

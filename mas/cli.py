@@ -11,17 +11,21 @@ Commands::
     mas audit verify|tail|export [FILE]
                          check, read or export the audit trail
     mas dlq list|replay  dead-lettered messages (sqlite and redis stores)
-    mas check [CONFIG]   validate mas.yaml, its certificates and its agent classes
+    mas check [CONFIG]   everything `run` would refuse (mas.preflight), without starting
+    mas init [DIR]       scaffold a project: agents.py, mas.yaml, test_agents.py
 
-Exit status: 0 on success (including a graceful stop on SIGINT/SIGTERM), 1 when
-an agent crash-looped or the runtime failed, 2 for an invalid configuration,
-certificate or agent class: a one-paragraph message on stderr, never a
-traceback.
+Exit status: 0 on success (including a graceful stop on SIGINT/SIGTERM, and a
+reader that closed our stdout early, as ``| head`` does), 1 when an agent
+crash-looped or the runtime failed, 2 for an invalid configuration,
+certificate, listen address or agent class: a one-paragraph message on stderr
+naming the file, key or address, never a traceback; 130 for Ctrl-C (one line).
+``--log-level`` goes before or after the command; ``--version`` prints the version.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -31,13 +35,14 @@ from pathlib import Path
 
 import trio
 
-from . import audit_command, dlq_command
+from . import __version__, audit_command, dlq_command, scaffold
 from .agent_process import AgentProcess
 from .config import LoadedConfig, load_config
-from .errors import CertificateError, ConfigError, MasError
-from .hosting import load_agent_class
-from .pki import server_ssl_context, write_dev_pki
-from .runtime import Runtime, pid_file_for
+from .errors import CertificateError, ConfigError, MasError, leaves
+from .logs import configure_logging
+from .pki import write_dev_pki
+from .preflight import preflight
+from .runtime import Runtime, locked_pid
 
 log = logging.getLogger("mas.cli")
 
@@ -51,9 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mas", description="mas: a secure runtime for multi-agent systems"
     )
-    parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
-    )
+    parser.add_argument("--version", action="version", version=f"mas {__version__}")
+    log_level_help = "DEBUG, INFO, WARNING or ERROR (default INFO)"
+    parser.add_argument("--log-level", default="INFO", help=log_level_help)
+    # Accepted after the subcommand too (`mas run --log-level debug`); SUPPRESS keeps a
+    # subcommand that was not given one from resetting the top-level choice.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help=log_level_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = (
         "mas.yaml, or a directory holding one "
@@ -64,66 +73,104 @@ def _parser() -> argparse.ArgumentParser:
         ("serve", "run the server only"),
         ("check", "validate mas.yaml, its certificates and agent classes"),
     ):
-        sub = commands.add_parser(name, help=help_text)
+        sub = commands.add_parser(name, help=help_text, parents=[common])
         sub.add_argument("config", nargs="?", help=config_help)
-    agent = commands.add_parser("agent", help="run the instances of one agent in this process")
+    agent = commands.add_parser(
+        "agent", help="run the instances of one agent in this process", parents=[common]
+    )
     agent.add_argument("agent_id", help="the agent's id in mas.yaml")
     agent.add_argument("config", nargs="?", help=config_help)
     agent.add_argument(
         "--server", metavar="HOST:PORT", help="server address (default: from mas.yaml)"
     )
-    reload = commands.add_parser("reload", help="make a running server re-read mas.yaml")
+    reload = commands.add_parser(
+        "reload", help="make a running server re-read mas.yaml", parents=[common]
+    )
     reload.add_argument("config", nargs="?", help=config_help)
     reload.add_argument("--pid", type=int, help="the server's process id (default: mas.yaml.pid)")
-    audit_command.add_parser(commands)
-    dlq_command.add_parser(commands)
-    certs = commands.add_parser("certs", help="write a development PKI to the paths in mas.yaml")
+    audit_command.add_parser(commands, common)
+    dlq_command.add_parser(commands, common)
+    certs = commands.add_parser(
+        "certs", help="write a development PKI to the paths in mas.yaml", parents=[common]
+    )
     certs.add_argument("config", nargs="?", help=config_help)
     certs.add_argument("--force", action="store_true", help="overwrite existing files")
+    init = commands.add_parser(
+        "init", help="scaffold a project: agents, mas.yaml and a test", parents=[common]
+    )
+    init.add_argument("directory", nargs="?", default=".", help="where (default: here)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status."""
+    """Entry point; returns the process exit status.
+
+    Error handling
+        A ``MasError`` (alone or inside exception groups) is printed as one
+        paragraph per error, with status 2 for configuration and certificate
+        problems and 1 otherwise; Ctrl-C anywhere is one line and status 130;
+        a reader that closes our stdout early (``| head``) ends the command
+        quietly with status 0. Anything else is a bug and keeps its traceback.
+    """
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure_logging(str(args.log_level))
     try:
-        if args.command == "audit":
-            return audit_command.run(args)
-        if args.command == "dlq":
-            return dlq_command.run(args)
-        loaded = load_config(args.config)
-        if args.command in ("run", "serve"):
-            trio.run(Runtime(loaded, serve_only=args.command == "serve").run)
-        elif args.command == "reload":
-            return _reload(loaded, args.pid)
-        elif args.command == "agent":
-            trio.run(AgentProcess(loaded, args.agent_id, server=args.server).run)
-        elif args.command == "certs":
-            return _certs(loaded, force=args.force)
-        elif args.command == "check":
-            return _check(loaded)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        errors = list(_leaves(exc))
-        if not all(isinstance(error, MasError) for error in errors):
-            raise
-        for error in errors:
-            print(f"mas: error: {error}", file=sys.stderr)
-        usage = any(isinstance(error, ConfigError | CertificateError) for error in errors)
-        return EXIT_USAGE if usage else EXIT_FAILED
+        return _dispatch(args)
+    except BaseException as exc:  # noqa: BLE001 - sorted below; anything unexpected re-raised
+        return _exit_status(exc)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "audit":
+        return audit_command.run(args)
+    if args.command == "dlq":
+        return dlq_command.run(args)
+    if args.command == "init":
+        return scaffold.run(Path(args.directory))
+    loaded = load_config(args.config)
+    if args.command in ("run", "serve"):
+        runtime = Runtime(loaded, serve_only=args.command == "serve")
+        trio.run(runtime.run)
+    elif args.command == "reload":
+        return _reload(loaded, args.pid)
+    elif args.command == "agent":
+        trio.run(AgentProcess(loaded, args.agent_id, server=args.server).run)
+    elif args.command == "certs":
+        return _certs(loaded, force=args.force)
+    elif args.command == "check":
+        return _check(loaded)
     return EXIT_OK
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (possibly nested) exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
+def _exit_status(exc: BaseException) -> int:
+    """The exit status for an exception that ended a command, after saying what it was."""
+    errors = leaves(exc)
+    if any(isinstance(error, KeyboardInterrupt) for error in errors):
+        print("mas: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if any(isinstance(error, SystemExit) for error in errors):
+        raise exc
+    if all(isinstance(error, BrokenPipeError) for error in errors):
+        _quiet_stdout()
+        return EXIT_OK
+    if not all(isinstance(error, MasError) for error in errors):
+        raise exc
+    seen: set[str] = set()
+    for error in errors:
+        text = str(error)
+        if text not in seen:  # several instances failing the same way say it once
+            seen.add(text)
+            print(f"mas: error: {text}", file=sys.stderr)
+    usage = any(isinstance(error, ConfigError | CertificateError) for error in errors)
+    return EXIT_USAGE if usage else EXIT_FAILED
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush finds no closed pipe."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _certs(loaded: LoadedConfig, *, force: bool) -> int:
@@ -179,22 +226,22 @@ def write_dev_pki_to(loaded: LoadedConfig) -> str:
             assert spec.tls_cert_path and spec.tls_key_path
             moves += [(cert, spec.tls_cert_path), (key, spec.tls_key_path)]
         for source, target in moves:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            try:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+            except OSError as exc:
+                raise CertificateError(
+                    f"cannot write {target} ({exc.strerror or exc}): its directory "
+                    f"{Path(target).parent} cannot be made or written (is part of it a file?); "
+                    f"fix the path in {loaded.path}"
+                ) from exc
     return config.tls_ca_path
 
 
 def _reload(loaded: LoadedConfig, pid: int | None) -> int:
     """Send SIGHUP to the server started from this config (policy, allowlist, revocations)."""
     if pid is None:
-        pid_path = pid_file_for(loaded.path)
-        try:
-            pid = int(pid_path.read_text().strip())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"no running server found for {loaded.path} ({pid_path}: {exc}); "
-                "start it with `mas serve` or `mas run`, or pass --pid"
-            ) from exc
+        pid = locked_pid(loaded.path)
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError as exc:
@@ -206,16 +253,13 @@ def _reload(loaded: LoadedConfig, pid: int | None) -> int:
 
 
 def _check(loaded: LoadedConfig) -> int:
-    """Validate the config's certificates and agent classes (the config itself already loaded)."""
+    """Run the checks ``mas run`` makes before it starts, and report every problem."""
     config = loaded.config
-    if config.tls_configured:
-        assert config.tls_ca_path and config.tls_server_cert_path and config.tls_server_key_path
-        server_ssl_context(
-            config.tls_ca_path, config.tls_server_cert_path, config.tls_server_key_path
-        )
-    for index, spec in enumerate(config.agents):
-        if spec.class_path:
-            load_agent_class(spec, loaded.base_dir, index)
+    report = preflight(loaded, server=True, agents=config.agents)
+    for warning in report.warnings:
+        print(f"mas: warning: {warning}", file=sys.stderr)
+    if report.errors:
+        report.raise_errors()
     print(
         f"{loaded.path}: OK ({len(config.agents)} agent(s), "
         f"{len(config.permissions)} permission rule(s))"

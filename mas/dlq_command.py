@@ -32,15 +32,22 @@ from .store import DeadLetter, Store
 from .store.sqlite_schema import StoreUnusableError
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``dlq`` and its subcommands to the main parser."""
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    options: argparse.ArgumentParser,
+) -> None:
+    """Add ``dlq`` and its subcommands to the main parser (``options``: shared options)."""
     dlq = commands.add_parser("dlq", help="list or replay dead-lettered messages")
     actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="show dead letters with reason and attempts")
+    listing = actions.add_parser(
+        "list", help="show dead letters with reason and attempts", parents=[options]
+    )
     listing.add_argument("config", nargs="?", help="mas.yaml (default: search upward)")
     listing.add_argument("--agent", help="only messages to this agent")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    replay = actions.add_parser("replay", help="put dead letters back in their queues")
+    replay = actions.add_parser(
+        "replay", help="put dead letters back in their queues", parents=[options]
+    )
     replay.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
     replay.add_argument("--config", help="mas.yaml (default: search upward)")

@@ -12,6 +12,7 @@ them, and chained with ``raise ... from exc``::
     ├── ConnectionClosedError     the agent is not (or no longer) connected
     ├── RequestTimeoutError       no reply arrived before the request's timeout
     ├── StateError                stored state does not fit the agent's model
+    ├── ReplyValidationError      a reply does not fit the model the requester asked for
     ├── StoreError                the store failed (I/O, unreachable Redis) or is closed
     ├── RejectedError             the server refused a message (gRPC status + reason)
     │   ├── UnauthenticatedError  UNAUTHENTICATED: identity refused
@@ -31,11 +32,29 @@ them, and chained with ``raise ... from exc``::
 
 ``RejectedError`` carries the wire ``code`` and ``reason``; ``rejected_error``
 turns a (code, reason) pair from the server back into the right subclass.
+``leaves`` is the one exception-group unwrapper: the exceptions inside a nest
+of (strict nursery) groups, in order.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` and its nested exception groups, in order.
+
+    An exception that is not a group is its own only leaf.
+    """
+    found: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(reversed(current.exceptions))
+        else:
+            found.append(current)
+    return found
 
 
 class MasError(Exception):
@@ -81,6 +100,18 @@ class StateError(MasError):
     """Stored agent state does not fit the agent's state model, or is too large."""
 
 
+class ReplyValidationError(MasError, ValueError):
+    """A reply did not fit the ``model`` given to ``Agent.request``.
+
+    The message names the reply, the model and the field at fault (msgspec's
+    path, ``$.count``); ``reply`` is the reply as it arrived.
+    """
+
+    def __init__(self, message: str, reply: object) -> None:
+        self.reply = reply
+        super().__init__(message)
+
+
 class StoreError(MasError):
     """The store failed or is unreachable; the server answers ``UNAVAILABLE``."""
 
@@ -104,7 +135,19 @@ class PermissionDeniedError(RejectedError):
 
 
 class RateLimitedError(RejectedError):
-    """The sender is over its rate limit; retry after ``retry_after`` seconds."""
+    """The sender is over its rate limit; retry after ``retry_after`` seconds.
+
+    The limit is ``gateway.rate_limit`` in mas.yaml (100 per minute and 1,000 per
+    hour per sender by default), or the agent's own ``rate_limit``.
+    """
+
+    def __str__(self) -> str:
+        after = f", retry after {self.retry_after:.2f}s" if self.retry_after is not None else ""
+        return (
+            f"{self.code} {self.reason}{after}: the sender is over its rate limit; raise "
+            "gateway.rate_limit.per_minute / per_hour in mas.yaml (defaults 100 and 1000) "
+            "or the agent's own rate_limit"
+        )
 
 
 class ResourceExhaustedError(RejectedError):

@@ -11,6 +11,7 @@ one stops at once) and SIGHUP into a reload.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import signal
 import sys
@@ -31,30 +32,71 @@ STOP_MARGIN: Final = 5.0  # seconds past the drain grace before agents are cance
 
 
 def load_agent_class(spec: AgentSpec, base_dir: Path, index: int) -> type[Agent[Any]]:
-    """Import ``spec.class_path`` (``module:Name``), searching the config's directory first."""
+    """Import ``spec.class_path`` (``module:Name``); the config's directory is searched last.
+
+    The directory is appended to ``sys.path``, never put first, so a file there named like
+    an installed package (``yaml.py``) cannot shadow it. Errors name the file imported.
+    """
     assert spec.class_path is not None
     where = f"$.agents[{index}].class_path"
     module_name, _, attr = spec.class_path.partition(":")
     if str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
+        sys.path.append(str(base_dir))
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise AgentLoadError(
+                f"{where}: cannot import module {module_name!r} for agent {spec.agent_id!r} "
+                f"({exc}); modules are searched on sys.path, then in {base_dir}"
+            ) from exc
         raise AgentLoadError(
-            f"{where}: cannot import module {module_name!r} for agent {spec.agent_id!r} "
-            f"({exc}); modules are searched in {base_dir} and on sys.path"
+            f"{where}: importing {_origin(module_name)} for agent {spec.agent_id!r} failed: "
+            f"{exc} (is that package installed in this environment?)"
         ) from exc
     except Exception as exc:
         raise AgentLoadError(
-            f"{where}: importing module {module_name!r} for agent {spec.agent_id!r} failed: "
-            f"{type(exc).__name__}: {exc}"
+            f"{where}: importing {_origin(module_name)} for agent {spec.agent_id!r} failed: "
+            f"{type(exc).__name__}: {exc}{_raised_at(exc)}"
         ) from exc
     cls = getattr(module, attr, None)
     if cls is None:
-        raise AgentLoadError(f"{where}: module {module_name!r} has no attribute {attr!r}")
+        raise AgentLoadError(
+            f"{where}: module {module_name!r} ({getattr(module, '__file__', None) or 'built-in'})"
+            f" has no attribute {attr!r}"
+        )
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
         raise AgentLoadError(f"{where}: {spec.class_path!r} is not a subclass of mas.Agent")
     return cls
+
+
+def _origin(module_name: str) -> str:
+    """``module 'name' (/path/to/name.py)``: which file an import of ``module_name`` runs."""
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    origin = found.origin if found is not None else None
+    return f"module {module_name!r} ({origin})" if origin else f"module {module_name!r}"
+
+
+def _raised_at(exc: BaseException) -> str:
+    """`` at file:line``: the innermost frame of ``exc``'s traceback."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f" (at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno})"
+
+
+def _init_location(cls: type) -> str:
+    """Where ``cls.__init__`` is defined, as ``file:line``, for error messages."""
+    init = next((vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)), None)
+    code = getattr(init, "__code__", None)
+    if code is None:
+        return cls.__qualname__
+    return f"{code.co_filename}:{code.co_firstlineno}"
 
 
 class AgentHost:
@@ -101,6 +143,12 @@ class AgentHost:
                 f"cannot construct agent {spec.agent_id!r} ({spec.class_path}): {exc}; "
                 "check init_kwargs, and that __init__ accepts **kwargs and passes them to super()"
             ) from exc
+        except Exception as exc:  # a constructor that fails once will fail on every restart
+            raise AgentLoadError(
+                f"constructing agent {spec.agent_id!r} ({spec.class_path}) failed: "
+                f"{type(exc).__name__}: {exc}; fix its __init__ or its init_kwargs "
+                f"({_init_location(self._classes[spec.agent_id])})"
+            ) from exc
 
     async def run(
         self,
@@ -129,7 +177,7 @@ class AgentHost:
             await agents.start(supervise)
             task_status.started()
             await stop_requested.wait()
-            log.info("stopping: draining agents (up to %.0f s)", self._shutdown_grace)
+            log.debug("stopping: draining agents (up to %.0f s)", self._shutdown_grace)
             await supervisor.stop()
             agents.cancel_scope.deadline = trio.current_time() + self._shutdown_grace + STOP_MARGIN
 

@@ -19,15 +19,15 @@ in a private temporary directory (allowed only on a loopback listen address).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
-import ipaddress
 import logging
 import os
 import tempfile
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -37,22 +37,13 @@ from .config import AgentSpec, LoadedConfig, MasConfig, load_config
 from .errors import ConfigError, MasError
 from .hosting import AgentHost, watch_signals
 from .pki import server_ssl_context, write_dev_pki
+from .preflight import dev_pki_refusal, missing_agent_tls, preflight
 from .server import BoundAddress, MasServer
 from .store import MemoryStore, Store, StoreLimits
 
 log = logging.getLogger("mas.runtime")
 
 _SESSION_DRAIN_TIMEOUT: Final = 2.0  # seconds for remaining sessions to close on stop
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def connect_host(listen_host: str) -> str:
@@ -75,12 +66,9 @@ class _TLSMaterial:
         self.development = not config.tls_configured
         self._agent_files: dict[str, TLSFiles] = {}
         if self.development:
-            if not is_loopback(config.listen_host):
-                raise ConfigError(
-                    f"server_listen_addr {config.server_listen_addr!r} is not a loopback address, "
-                    "so a development PKI is not allowed: set tls_ca_path, tls_server_cert_path "
-                    "and tls_server_key_path (`python -m mas certs` writes a development set)"
-                )
+            refusal = dev_pki_refusal(config)
+            if refusal is not None:
+                raise refusal
             directory = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="mas-dev-pki-"))
             )
@@ -110,10 +98,7 @@ class _TLSMaterial:
         if files is not None:
             return files
         if not (spec.tls_cert_path and spec.tls_key_path):
-            raise ConfigError(
-                f"agent {spec.agent_id!r} has no tls_cert_path/tls_key_path; every agent run by "
-                "`mas run` needs its own client certificate when TLS files are configured"
-            )
+            raise missing_agent_tls(spec)
         return TLSFiles(
             ca_path=str(self.ca_path), cert_path=spec.tls_cert_path, key_path=spec.tls_key_path
         )
@@ -159,7 +144,12 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             release_max_attempts=config.limits.max_attempts,
             sync=sync,
         ) as store:
-            log.info("store: sqlite %s (sync %s)", path, sync)
+            log.info(
+                "store: sqlite %s (sync %s; queues and state persist across runs: delete it "
+                "to start afresh)",
+                path,
+                sync,
+            )
             yield store
     else:
         from .store.redis import open_redis_store
@@ -187,20 +177,74 @@ def pid_file_for(config_path: Path) -> Path:
 
 @contextlib.contextmanager
 def _pid_file(config_path: Path) -> Iterator[None]:
-    """Record this process's id next to the config while it serves (for ``mas reload``)."""
+    """Record this process's id next to the config while it serves (for ``mas reload``).
+
+    The file is held under an exclusive ``flock`` for as long as the server runs:
+    ``mas reload`` signals only a process whose file is locked, so a file left by a
+    crash never makes it signal whatever process now has that id. A second
+    server from the same config leaves the first one's file alone.
+    """
     path = pid_file_for(config_path)
     try:
-        path.write_text(f"{os.getpid()}\n")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         log.warning("cannot write %s (`mas reload` will need --pid): %s", path, exc)
         yield
         return
     try:
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.warning(
+                "%s is held by another running server; `mas reload` reaches that one "
+                "(use --pid %d for this one)",
+                path,
+                os.getpid(),
+            )
+            yield
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # still under our lock: no reload can read a half-gone file
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            if int(path.read_text().strip()) == os.getpid():
-                path.unlink()
+        os.close(fd)
+
+
+def locked_pid(config_path: Path) -> int:
+    """The id of the server serving ``config_path``, as its locked PID file says.
+
+    Raises ``ConfigError`` when there is no PID file, or when no process holds
+    its lock (the server that wrote it is gone, and the id may now be anyone's).
+    """
+    path = pid_file_for(config_path)
+    hint = "start it with `mas serve` or `mas run`, or pass --pid"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigError(
+            f"no running server found for {config_path} ({path}: {exc.strerror}); {hint}"
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a server is running
+        else:
+            raise ConfigError(
+                f"{path} is stale: no running server holds it (the one that wrote it is "
+                f"gone), so nothing was signalled; {hint}"
+            )
+        text = os.read(fd, 64).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path} holds {text!r}, not a process id; {hint}") from exc
 
 
 def _without_password(url: str) -> str:
@@ -209,6 +253,27 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+_REFUSALS: Final = frozenset(
+    {"AUTHN_DENIED", "AUTHZ_DENIED", "RATE_LIMITED", "CIRCUIT_OPEN", "DLP_BLOCKED", "INVALID"}
+)  # decisions that refused a message, for the shutdown summary
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """One line for people from ``MasServer.statistics()``: what was delivered and refused."""
+    decisions: dict[str, int] = stats.get("decisions", {})
+    refused = {
+        name.lower(): count
+        for name, count in sorted(decisions.items())
+        if name in _REFUSALS and count
+    }
+    parts = [f"{stats.get('delivered', 0)} message(s) delivered"]
+    if refused:
+        parts.append("refused: " + ", ".join(f"{n} {name}" for name, n in refused.items()))
+    if stats.get("dead_lettered"):
+        parts.append(f"{stats['dead_lettered']} dead-lettered (`mas dlq list`)")
+    return "; ".join(parts)
 
 
 class Runtime:
@@ -233,6 +298,12 @@ class Runtime:
     ) -> None:
         """Run until a stop is requested; readiness once the server and agents are up."""
         config = self.loaded.config
+        report = preflight(
+            self.loaded, server=True, agents=[] if self.serve_only else config.agents
+        )
+        for warning in report.warnings:
+            log.warning("%s", warning)
+        report.raise_errors()
         async with contextlib.AsyncExitStack() as stack:
             tls = _TLSMaterial(config, stack)
             host = AgentHost(
@@ -264,7 +335,9 @@ class Runtime:
                     await agents.start(host.run, agent_addr, self._stop_requested)
                     task_status.started(address)
                 await server.drain(_SESSION_DRAIN_TIMEOUT)
-                log.info("server statistics: %s", server.statistics())
+                stats = server.statistics()
+                log.info("stopped: %s", summary(stats))
+                log.debug("server statistics: %s", stats)
                 root.cancel_scope.cancel()
 
     def reload(self) -> None:

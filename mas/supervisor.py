@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .config import AgentSpec
-from .errors import AgentLoadError, MasError
+from .errors import AgentLoadError, CertificateError, MasError
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -91,10 +91,10 @@ class AgentSupervisor:
                     if not reported:
                         reported = True
                         started()
-                log.info("agent %s stopped", name)
+                log.debug("agent %s stopped", name)
                 return
-            except AgentLoadError:
-                raise  # a bad class or init_kwargs will not get better by restarting
+            except (AgentLoadError, CertificateError):
+                raise  # a bad class, init_kwargs or key file will not get better by restarting
             except MasError as exc:
                 log.error("agent %s failed: %s", name, exc)
             except Exception:

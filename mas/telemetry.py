@@ -25,6 +25,19 @@ from .errors import ConfigError
 log = logging.getLogger("mas.telemetry")
 
 
+def require_otel() -> None:
+    """Raise ``ConfigError`` naming the ``otel`` extra unless the OpenTelemetry SDK imports."""
+    try:
+        import opentelemetry.exporter.otlp.proto.http
+        import opentelemetry.sdk.metrics
+        import opentelemetry.sdk.trace  # noqa: F401 - imported only to see that it is there
+    except ImportError as exc:
+        raise ConfigError(
+            "gateway.telemetry.enabled needs the OpenTelemetry SDK: "
+            "pip install 'mas[otel]' (or set enabled: false)"
+        ) from exc
+
+
 class Telemetry:
     """Records decisions as OpenTelemetry metrics and spans."""
 
@@ -36,16 +49,12 @@ class Telemetry:
         span_processors: list[Any] | None = None,
     ) -> None:
         """Build the providers; ``metric_readers``/``span_processors`` replace OTLP (tests)."""
-        try:
-            from opentelemetry.sdk.metrics import MeterProvider
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
-        except ImportError as exc:
-            raise ConfigError(
-                "gateway.telemetry.enabled needs the OpenTelemetry SDK: "
-                "pip install 'mas[otel]' (or set enabled: false)"
-            ) from exc
+        require_otel()
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
         resource = Resource.create(
             {
                 "service.name": config.service_name,

@@ -65,7 +65,8 @@ class PingAgent(Agent[dict[str, object]]):
         doctors = await self.discover(capabilities=["responder"])
         print(f"ping: found {[d.agent_id for d in doctors]}", flush=True)
         for question in self.questions:
-            reply = await self.request("pong", "patient_message", {"text": question}, timeout=10)
-            answer = msgspec.convert(reply.data, DoctorMessage)
+            answer = await self.request(
+                "pong", "patient_message", {"text": question}, timeout=10, model=DoctorMessage
+            )
             print(f"ping: pong answered #{answer.answered}: {answer.text}", flush=True)
         self.stop_runtime()

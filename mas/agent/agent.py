@@ -22,7 +22,10 @@ Error handling
     ``connect_timeout``, ``UnauthenticatedError``/``PermissionDeniedError`` when the server
     refuses the agent's identity, ``CertificateError`` for bad TLS files, ``StateError`` when the
     stored state does not fit the model, and whatever ``on_start`` raises. A handler's exception
-    never stops the agent: it is logged with its traceback and answered per ``handlers.decide``.
+    never stops the agent: it is logged with its traceback and answered per ``handlers.decide``
+    (the default ``on_message`` fallback is such a handler too). An exception in the connection
+    task that is not a connection failure is a bug: ``run`` raises it, with its traceback, rather
+    than reconnect (under ``mas run`` the supervisor's restart policy applies).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Final, Generic, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar, overload
 
 import msgspec
 import trio
@@ -44,6 +47,7 @@ from ..errors import (
     ConnectionClosedError,
     MasError,
     RejectedError,
+    ReplyValidationError,
     StateConflictError,
     StateError,
     remote_error,
@@ -54,7 +58,7 @@ from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .dispatch import Dispatcher
 from .edits import Edit, apply_edits
-from .handlers import HandlerSpec, collect_handlers
+from .handlers import HandlerSpec, collect_handlers, convert_payload
 from .link import Link, unwrap_groups
 from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object
 from .state import StateModel, check_state_model, model_from_generic_bases
@@ -62,6 +66,7 @@ from .state import StateModel, check_state_model, model_from_generic_bases
 log = logging.getLogger("mas.agent")
 
 StateT = TypeVar("StateT")
+ModelT = TypeVar("ModelT")
 
 # The window asked of the server when ``prefetch`` is 0 (the server grants at most what is
 # asked, and its default, 64, is smaller). The inbox holds two windows: the deliveries of a
@@ -143,7 +148,7 @@ class Agent(Generic[StateT]):
         self._heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
         self._runtime_stop = runtime_stop
         self._link: Link | None = None
-        self._fatal: MasError | None = None
+        self._fatal: Exception | None = None  # what ended the connection task for good
         self._stop_requested = trio.Event()
         self._state_lock = trio.Lock()
         self._acknowledged: dict[str, str] = {}
@@ -211,6 +216,7 @@ class Agent(Generic[StateT]):
         data_json = encode_object(data)
         return await self._outbox().send(target_id, message_type, data_json)
 
+    @overload
     async def request(
         self,
         target_id: str,
@@ -218,8 +224,36 @@ class Agent(Generic[StateT]):
         data: Mapping[str, Any] | msgspec.Struct,
         *,
         timeout: float = 60.0,  # noqa: ASYNC109 - the public API (the seed's signature)
-    ) -> AgentMessage:
+        model: None = None,
+    ) -> AgentMessage: ...
+
+    @overload
+    async def request(
+        self,
+        target_id: str,
+        message_type: str,
+        data: Mapping[str, Any] | msgspec.Struct,
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the public API (the seed's signature)
+        model: type[ModelT],
+    ) -> ModelT: ...
+
+    async def request(
+        self,
+        target_id: str,
+        message_type: str,
+        data: Mapping[str, Any] | msgspec.Struct,
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - the public API (the seed's signature)
+        model: type[Any] | None = None,
+    ) -> Any:
         """Send a request and return the reply; ``timeout`` (seconds, > 0) bounds it all.
+
+        Without ``model`` the reply is an ``AgentMessage`` (``reply.data`` is a dict).
+        With ``model`` (a msgspec Struct, or any type ``msgspec.convert`` takes) the
+        reply's data is validated as handlers validate requests, and the typed object
+        is returned; a reply that does not fit raises ``ReplyValidationError`` naming
+        the field.
 
         Raises ``RequestTimeoutError`` (saying whether the connection was down),
         ``RemoteHandlerError``/``RemoteValidationError`` for an error reply, and the errors of
@@ -230,7 +264,18 @@ class Agent(Generic[StateT]):
         envelope = await self._outbox().request(target_id, message_type, data_json, deadline)
         if envelope.meta.error is not None:
             raise remote_error(envelope.meta.error.kind, envelope.meta.error.message)
-        return AgentMessage(envelope)
+        reply = AgentMessage(envelope)
+        if model is None:
+            return reply
+        try:
+            return convert_payload(model, reply.data)
+        except msgspec.ValidationError as exc:
+            name = getattr(model, "__qualname__", repr(model))
+            raise ReplyValidationError(
+                f"reply {reply.message_type!r} from {reply.sender_id!r} to request "
+                f"{message_type!r} does not fit {name}: {exc}",
+                reply,
+            ) from exc
 
     async def discover(self, capabilities: Sequence[str] | None = None) -> list[DiscoveredAgent]:
         """Allowlisted agents having all the given capabilities."""
@@ -500,6 +545,10 @@ class Agent(Generic[StateT]):
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self._run_link, link, abort)
                     await self._serve(link, runner, task_status)
+        except Exception:
+            if self._fatal is None:
+                raise
+            # What failed with the connection (a call it was serving) is not the news.
         finally:
             self._link = None
             self._stop_requested = trio.Event()
@@ -521,6 +570,11 @@ class Agent(Generic[StateT]):
             log.error("%s: connection lost for good: %s", self._label, exc)
             self._fatal = exc
             abort.cancel()
+        except Exception as exc:  # a bug in the connection task: the agent crashes with it
+            if link.generation == 0:
+                raise
+            self._fatal = exc
+            abort.cancel()
 
     async def _serve(
         self,
@@ -535,10 +589,10 @@ class Agent(Generic[StateT]):
                 handler_nursery.start_soon(runner.dispatch, handler_nursery)
                 await self.on_start()
                 started = True
-                log.info("%s: started", self._label)
+                log.debug("%s: started", self._label)
                 task_status.started()
                 await self._stop_requested.wait()
-                log.info("%s: stopping", self._label)
+                log.debug("%s: stopping", self._label)
                 await runner.drain(self._shutdown_grace)
                 handler_nursery.cancel_scope.cancel()
         finally:
@@ -550,7 +604,7 @@ class Agent(Generic[StateT]):
                 scope.deadline = trio.current_time() + 2 * CLOSE_TIMEOUT
                 await runner.nack_queued()
                 await link.aclose(CLOSE_TIMEOUT)
-            log.info("%s: stopped", self._label)
+            log.debug("%s: stopped", self._label)
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:

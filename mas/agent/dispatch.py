@@ -168,13 +168,15 @@ class Dispatcher:
         agent = self._agent
         spec = type(agent)._handlers.get(message.message_type)
         if spec is None and self._default_fallback:
-            await agent.on_message(message)
-            if message.expects_reply:
+            # The default fallback is a handler like the others (timeout, error handling);
+            # a request it cannot answer gets an error reply instead of a timeout.
+            failure, text = await self._run(message, agent.on_message, (message,))
+            if failure is None and message.expects_reply:
                 return Failure.HANDLER_ERROR, (
                     f"LookupError: agent {agent.agent_id!r} has no handler for message type "
                     f"{message.message_type!r}"
                 )
-            return None, ""
+            return failure, text
         args: tuple[Any, ...] = (message,)
         if spec is not None and spec.model is not None:
             try:
@@ -190,6 +192,12 @@ class Dispatcher:
                 )
                 return Failure.VALIDATION, describe_exception(exc)
         handler = agent.on_message if spec is None else getattr(agent, spec.attr)
+        return await self._run(message, handler, args)
+
+    async def _run(
+        self, message: AgentMessage, handler: Any, args: tuple[Any, ...]
+    ) -> tuple[Failure | None, str]:
+        """Run one handler under ``handler_timeout``; how it failed (None if not) and why."""
         with trio.move_on_after(self._handler_timeout):
             try:
                 await handler(*args)

@@ -11,8 +11,9 @@ Error handling
     (``UNAUTHENTICATED``, ``PERMISSION_DENIED``) or the session (``INVALID_ARGUMENT``):
     retrying the same Hello cannot help. It raises ``ConnectionClosedError`` naming the address
     and the last error when the first connection cannot be made within ``connect_timeout``.
-    Anything else that ends a connection (``UNAVAILABLE``, a broken socket, a stalled write) is
-    logged and followed by a reconnect.
+    A connection failure (``UNAVAILABLE``, a broken socket, a stalled write, a frame that does
+    not decode: ``CONNECTION_FAILURES``) is logged and followed by a reconnect. Any other
+    exception is a bug: ``run`` raises it, with its traceback, instead of reconnecting.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from typing import Final
 
 import msgspec
 import trio
+from google.protobuf.message import DecodeError
 
 from .._proto import runtime_pb2 as pb
 from ..envelope import Envelope
-from ..errors import ConnectionClosedError, MasError, RejectedError, rejected_error
+from ..errors import ConnectionClosedError, MasError, RejectedError, leaves, rejected_error
 from .backoff import Backoff
 from .calls import Live, Outbox
-from .client import ServerAddress, open_channel, open_transport
+from .client import TRANSPORT_ERRORS, ServerAddress, open_channel, open_transport
 from .session import (
     Action,
     Discarded,
@@ -146,6 +148,7 @@ class Link:
         if not started:
             timeout = max(0.001, first_deadline - trio.current_time())
         error: Exception = ConnectionClosedError(f"{self._label}: the server ended the session")
+        bug: Exception | None = None
         try:
             async with open_channel(self.address, self._ssl_context, connect_timeout=timeout) as ch:
                 transport, welcome = await open_transport(
@@ -156,7 +159,7 @@ class Link:
                     write_timeout=self._rpc_timeout,
                 )
                 live = self.outbox.attach(ch, transport, welcome)
-                log.info(
+                log.debug(
                     "%s: connected to %s as %s/%s (prefetch %d)",
                     self._label,
                     self.address,
@@ -173,8 +176,13 @@ class Link:
                     self.outbox.detach(live)
         except* trio.Cancelled:
             raise
-        except* Exception as group:  # noqa: BLE001 - any failure ends this connection only
+        except* Exception as group:  # noqa: BLE001 - sorted below: connection failures or bugs
+            bug = _first_bug(group)
             error = _most_telling(group)
+        if bug is not None:
+            # Reconnecting would hide a bug behind a retry loop: end the agent as a crash,
+            # with the bug's own traceback (the supervisor reports it and restarts).
+            raise bug
         return error
 
     async def _serve(self, live: Live) -> None:
@@ -268,23 +276,32 @@ class Link:
             self._run_scope.cancel()
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(reversed(exc.exceptions))
-        else:
-            leaves.append(exc)
-    return leaves
+CONNECTION_FAILURES: Final = (
+    MasError,
+    *TRANSPORT_ERRORS,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    msgspec.DecodeError,  # a frame from the server that does not decode
+    DecodeError,
+)
+"""What may end a connection without being a bug in this process: reconnect after these."""
+
+
+def _first_bug(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The first error in ``group`` that is not a connection failure (a bug), if any."""
+    for leaf in leaves(group):
+        if isinstance(leaf, Exception) and not isinstance(leaf, CONNECTION_FAILURES):
+            leaf.__suppress_context__ = True
+            return leaf
+    return None
 
 
 def _most_telling(group: ExceptionGroup[Exception]) -> Exception:
     """The error that best explains a failed connection: the server's refusal first."""
-    leaves = [leaf for leaf in _leaves(group) if isinstance(leaf, Exception)]
+    errors = [leaf for leaf in leaves(group) if isinstance(leaf, Exception)]
     for kind in (RejectedError, MasError, Exception):
-        for leaf in leaves:
+        for leaf in errors:
             if isinstance(leaf, kind):
                 return leaf
     return group
@@ -307,8 +324,8 @@ def unwrap_groups() -> Iterator[None]:
 
 def sole_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:
     """The one ``Exception`` a nest of groups wraps, or None (several, or a cancellation)."""
-    leaves = _leaves(group)
-    if len(leaves) == 1 and isinstance(leaves[0], Exception):
-        leaves[0].__suppress_context__ = True
-        return leaves[0]
+    found = leaves(group)
+    if len(found) == 1 and isinstance(found[0], Exception):
+        found[0].__suppress_context__ = True
+        return found[0]
     return None

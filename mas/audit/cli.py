@@ -196,6 +196,8 @@ def tail_file(
                 show(keep(e for _, _, e in iter_entries(_newer_backups(base, current.inode))))
                 current = _Follower(base, base)
                 show(keep(current.entries(final=False)))
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the command line ends quietly
     except OSError as exc:
         return 2, f"cannot read audit file {base}: {exc}"
     finally:
@@ -229,6 +231,8 @@ def export_file(
 
     try:
         count = export(records(), fmt, out, since, until)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the command line ends quietly
     except OSError as exc:
         return 2, f"cannot read audit file {base}: {exc}"
     message = f"exported {count} record(s) from {base}"

@@ -16,6 +16,7 @@ budget); sharing them through the store is future work.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Final, Literal, NamedTuple
 
@@ -26,7 +27,14 @@ from ..policy.breaker import BreakerBook, BreakerSettings
 from ..policy.dlp import DlpScanner
 from ..policy.ratelimit import MemoryRateLimiter, Window, windows_for
 
+log = logging.getLogger("mas.gateway")
+
 Kind = Literal["send", "request", "reply"]
+
+RATE_LIMIT_HINT: Final = (
+    "raise gateway.rate_limit.per_minute / per_hour in mas.yaml (defaults 100 and 1000), "
+    "or set this agent's own rate_limit under agents:"
+)
 
 DLP_BUDGET: Final = 0.2  # seconds of thread CPU time one payload's DLP scan may take
 
@@ -68,6 +76,7 @@ class Gateway:
         *,
         rates: MemoryRateLimiter | None = None,
         breakers: BreakerBook | None = None,
+        rate_warned: set[str] | None = None,
     ) -> None:
         gateway = config.gateway
         self.access = AccessPolicy.for_config(config)
@@ -80,6 +89,8 @@ class Gateway:
         }
         self._default_windows = default_windows
         self._rates = rates if rates is not None else MemoryRateLimiter()
+        # Senders whose first rate-limit refusal was logged (allowlisted ids: bounded).
+        self._rate_warned = rate_warned if rate_warned is not None else set()
         settings = BreakerSettings.from_config(gateway.circuit_breaker)
         self.breakers_enabled = gateway.features.circuit_breaker
         if breakers is None or breakers.settings != settings:
@@ -95,7 +106,9 @@ class Gateway:
 
     def reconfigured(self, config: MasConfig) -> Gateway:
         """The gateway of a new config, keeping rate-limit and breaker state."""
-        return Gateway(config, rates=self._rates, breakers=self.breakers)
+        return Gateway(
+            config, rates=self._rates, breakers=self.breakers, rate_warned=self._rate_warned
+        )
 
     def admit(
         self,
@@ -115,6 +128,18 @@ class Gateway:
         windows = self._windows.get(sender_id, self._default_windows)
         rate = self._rates.take(sender_id, windows, now)
         if not rate.allowed:
+            if sender_id not in self._rate_warned:
+                self._rate_warned.add(sender_id)
+                minute, hour = (window.limit for window in windows)
+                log.warning(
+                    "agent %r is over its rate limit (%d per minute, %d per hour): its "
+                    "messages are refused with RESOURCE_EXHAUSTED rate_limited; if this "
+                    "traffic is expected, %s (logged once per agent)",
+                    sender_id,
+                    minute,
+                    hour,
+                    RATE_LIMIT_HINT,
+                )
             raise Denied(
                 "RESOURCE_EXHAUSTED", "rate_limited", "RATE_LIMITED", retry_after=rate.retry_after
             )

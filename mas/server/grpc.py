@@ -41,7 +41,7 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 
 from .._purerpc import release_stream
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError, leaves
 from .transport import RpcError, RpcStream, ServerLimits, ServerSocket
 
 log = logging.getLogger("mas.server.grpc")
@@ -111,10 +111,9 @@ _CONNECTION_GONE: Final = (
 
 
 def _sole_leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (strict nurseries wrap)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    """The one exception inside nested groups (strict nurseries wrap), else ``exc`` itself."""
+    found = leaves(exc)
+    return found[0] if len(found) == 1 else exc
 
 
 async def _dispatch(
@@ -208,7 +207,15 @@ class GrpcServer:
         task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled; reports the bound address."""
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as exc:  # in use, not this host's address, unresolvable name
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                f"cannot listen on {where} (server_listen_addr): {reason}; stop whatever "
+                "holds that port, or choose another address or port (port 0 picks a free one)"
+            ) from exc
         async with listener, trio.open_nursery() as nursery:
             bound = BoundAddress(host, listener.extra(anyio.abc.SocketAttribute.local_port))
             for sub_listener in listener.listeners:
@@ -274,7 +281,7 @@ class GrpcServer:
             if errors is not None:
                 leaf = _sole_leaf(errors)
                 if isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
-                    log.info("connection %d from %s closed: %r", connection_id, address, leaf)
+                    log.debug("connection %d from %s closed: %r", connection_id, address, leaf)
                 else:
                     log.error(
                         "connection %d from %s failed; closing it",

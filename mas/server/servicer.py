@@ -208,9 +208,9 @@ class RuntimeServicer:
         previous = self._registry.add(session)
         if previous is not None:
             # The same agent reconnected before its old connection was seen to die.
-            log.info("session %s/%s replaced by a new connection", agent_id, instance_id)
+            log.debug("session %s/%s replaced by a new connection", agent_id, instance_id)
             previous.end("ABORTED", "replaced_by_new_session")
-        log.info("session opened: %s/%s from %s", agent_id, instance_id, peer.address)
+        log.debug("session opened: %s/%s from %s", agent_id, instance_id, peer.address)
         try:
             with session.cancel_scope:
                 await rpc.send(
@@ -232,7 +232,7 @@ class RuntimeServicer:
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + _RELEASE_TIMEOUT
                 await self._router.release(session)
-            log.info("session closed: %s/%s", agent_id, instance_id)
+            log.debug("session closed: %s/%s", agent_id, instance_id)
         if session.end_status is not None:
             raise RpcError(*session.end_status)
 

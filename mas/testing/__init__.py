@@ -5,8 +5,9 @@ server and SPIFFE agent certificates and the matching mTLS ``ssl`` contexts,
 so a test can run real mutual TLS over loopback without touching the disk;
 ``make_config`` and ``open_test_server`` run a real server in-process.
 
-This package needs the test extras (``pip install mas[test]``); nothing in
-``mas`` itself imports it.
+``TestPKI`` needs trustme, from the test extra (``pip install 'mas[test]'``):
+without it this package still imports, and ``TestPKI()`` raises an
+``ImportError`` that says so. Nothing in ``mas`` itself imports this package.
 """
 
 from .pki import TestPKI as TestPKI

@@ -13,9 +13,7 @@ import ssl
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final
-
-import trustme
+from typing import TYPE_CHECKING, Any, Final
 
 from ..identity import DEFAULT_TRUST_DOMAIN
 from ..pki import (
@@ -27,6 +25,14 @@ from ..pki import (
     dev_pki_paths,
     write_ca,
     write_key_pair,
+)
+
+if TYPE_CHECKING:
+    import trustme
+
+TRUSTME_MISSING: Final = (
+    "mas.testing.TestPKI needs trustme, which comes with the test extra: "
+    "pip install 'mas[test]' (or pip install trustme)"
 )
 
 SERVER_HOSTS: Final = ("127.0.0.1", "localhost", "::1")  # loopback, by name and by address
@@ -43,8 +49,13 @@ class TestPKI:
     __test__ = False  # not a pytest test class, despite the name
 
     def __init__(self, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
+        """Raises ``ImportError`` naming the ``test`` extra when trustme is not installed."""
+        try:
+            import trustme
+        except ImportError as exc:
+            raise ImportError(TRUSTME_MISSING) from exc
         self.trust_domain = trust_domain
-        self.ca = trustme.CA()
+        self.ca: trustme.CA = trustme.CA()
         self.server_cert = self.ca.issue_cert(*SERVER_HOSTS)
         self.authority = CertificateAuthority.from_pem(
             self.ca.cert_pem.bytes(), self.ca.private_key_pem.bytes()

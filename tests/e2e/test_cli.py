@@ -260,3 +260,18 @@ def test_reload_command_signals_the_running_server(tmp_path: Path) -> None:
     finally:
         assert _stop(server) == 0
     assert not (tmp_path / "mas.yaml.pid").exists()
+
+
+def test_reload_never_signals_the_process_a_stale_pid_file_names(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text("store: {backend: memory}\nagents: [{agent_id: a}]\n")
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"]  # SIGHUP would end it
+    )
+    try:
+        # A server crashed and left its pid file; the id now belongs to someone else.
+        (tmp_path / "mas.yaml.pid").write_text(f"{bystander.pid}\n")
+        _assert_clean_error(_mas("reload", str(tmp_path)), 2, "stale", "mas.yaml.pid")
+        assert bystander.poll() is None  # SIGHUP would have ended it
+    finally:
+        bystander.kill()
+        bystander.wait()

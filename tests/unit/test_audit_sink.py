@@ -236,3 +236,21 @@ def test_failed_write_is_reported_and_the_next_write_resumes_from_disk(
     sink.close()
     assert list(read_records(path)) == records
     assert read_head(path) == (4, records[3].hash)
+
+
+def test_rotation_leaves_files_that_only_share_the_name_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    neighbours = ["audit.jsonl.bak", "audit.jsonl.01", "audit.jsonl.1.old", "audit.jsonlx"]
+    for name in neighbours:
+        (tmp_path / name).write_text("keep me\n")
+    (tmp_path / "audit.jsonl.9").mkdir()  # a directory named like a backup
+    (tmp_path / "audit.jsonl.logs").mkdir()
+    records = chain(30)
+    with JsonlSink(path, max_bytes=2 * max(map(line_bytes, records)), backup_count=1) as sink:
+        for start in range(0, 30, 3):
+            sink.write(records[start : start + 3])
+    for name in neighbours:
+        assert (tmp_path / name).read_text() == "keep me\n"
+    assert (tmp_path / "audit.jsonl.9").is_dir()
+    assert (tmp_path / "audit.jsonl.logs").is_dir()
+    assert [p.name for p in rotated_files(path)] == ["audit.jsonl.1", "audit.jsonl"]
