@@ -155,7 +155,7 @@ from mas.policy.dlp_bounds import (
     Budget,
     ScanStop,
 )
-from mas.policy.dlp_collect import Collector, Ranges
+from mas.policy.dlp_collect import Collector, Ranges, normalised
 from mas.policy.dlp_compile import effective_rules
 from mas.policy.dlp_keys import KeyRules
 from mas.policy.dlp_result import Decision as Decision
@@ -177,6 +177,7 @@ __all__ = [
 ]
 
 _KEY_CACHE_SIZE: Final = 8_192  # distinct keys whose classes a scanner remembers
+_SHOWN_CACHE_SIZE: Final = 4_096  # distinct client-chosen fields whose masked form it remembers
 _NONE: Final[tuple[Violation, ...]] = ()
 
 
@@ -187,7 +188,16 @@ class DlpScanner:
     one thread (the server's Trio thread), like every pure policy object in ``mas``.
     """
 
-    __slots__ = ("_budget", "_clock", "_collector", "_key_cache", "_keys", "_redact", "_rules")
+    __slots__ = (
+        "_budget",
+        "_clock",
+        "_collector",
+        "_key_cache",
+        "_keys",
+        "_redact",
+        "_rules",
+        "_shown",
+    )
 
     def __init__(
         self,
@@ -203,6 +213,7 @@ class DlpScanner:
         self._key_cache = self._keys.cache  # the same dict, at most _KEY_CACHE_SIZE keys
         self._collector = Collector(self._rules, self._keys)
         self._redact = tuple(r for r in self._collector.text_rules if r.action == "redact")
+        self._shown: dict[str, str] = {}  # shown() answers, at most _SHOWN_CACHE_SIZE
 
     @classmethod
     def from_config(
@@ -230,11 +241,13 @@ class DlpScanner:
         message_type: str | None = None,
         budget: float | None = None,
     ) -> ScanResult:
-        """Scan ``data`` and decide; never raises for a JSON-shaped payload.
+        """Scan ``data`` (and ``message_type``, when given) and decide; never raises for a
+        JSON-shaped payload.
 
-        ``message_type`` is accepted for per-type policy; today every rule applies to every
-        type. ``budget`` (seconds) replaces the scanner's time budget for this call; the
-        module docstring says when a spent budget is noticed.
+        A match in ``message_type`` is reported at the path ``message_type`` (no ``$``), and
+        a redact match there blocks: the type is delivered as it is or not at all.
+        ``budget`` (seconds) replaces the scanner's time budget for this call; the module
+        docstring says when a spent budget is noticed.
         """
         meter = Budget(self._clock, self._budget if budget is None else budget)
         collector = self._collector
@@ -242,11 +255,15 @@ class DlpScanner:
         delivered: object = data
         try:
             texts: list[str] = []
+            if message_type:
+                texts.append(normalised(message_type, meter))
             ranges: Ranges = {}
             key_hit = collector.collect(data, 1, texts, ranges, meter)
             fired, hot, hot_at = collector.fire(texts, meter)
             if key_hit or fired:
                 walk = Walk(self._keys, fired, self._redact, hot, hot_at, ranges, meter)
+                if message_type:
+                    walk.field(message_type, "message_type")
                 delivered = walk.visit(data, None, 0)
             if collector.value_rules and texts and meter.over():
                 raise ScanStop("scan_budget", "$")  # a custom pattern may have run long
@@ -263,6 +280,34 @@ class DlpScanner:
         if "redact" in actions:
             return ScanResult("DLP_REDACTED", violations, cast("dict[str, Any]", delivered))
         return ScanResult("ALERT" if actions else "ALLOWED", violations, data)
+
+    def shown(self, text: str) -> str:
+        """``text`` with every match of a text rule masked (any action): a client-chosen
+        field (message type, target id, correlation id) as the audit trail may record it.
+
+        Remembers the last :data:`_SHOWN_CACHE_SIZE` distinct answers. A text of more than
+        :data:`SCAN_WINDOW_CHARS` characters, or one whose scan runs out of budget, is
+        shown as ``[REDACTED]``.
+        """
+        cached = self._shown.get(text)
+        if cached is not None:
+            return cached
+        if len(text) > SCAN_WINDOW_CHARS:
+            return "[REDACTED]"
+        meter = Budget(self._clock, self._budget)
+        try:
+            texts = [normalised(text, meter)]
+            fired, hot, hot_at = self._collector.fire(texts, meter)
+            out = text
+            if fired:
+                walk = Walk(self._keys, fired, self._redact, hot, hot_at, {}, meter)
+                out = walk.field(text, "field")
+        except ScanStop:
+            out = "[REDACTED]"
+        if len(self._shown) >= _SHOWN_CACHE_SIZE:
+            self._shown.clear()
+        self._shown[text] = out
+        return out
 
     def key_flags(self, key: str) -> int:
         """The classes of ``key`` that an active key-aware rule cares about (cached)."""

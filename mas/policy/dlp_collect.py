@@ -1,7 +1,9 @@
 """Phase 1 of a DLP scan: collect every key and string, run the detectors on joined chunks.
 
-Pure, no I/O. :meth:`Collector.collect` walks the payload without paths, tries the key-aware
-rules and records which slice of the collected strings lies under each container;
+Pure, no I/O. :meth:`Collector.collect` walks the payload without paths, collects every key
+and string normalised (:mod:`mas.policy.dlp_text`) and the digits of every integer (and of a
+float with no fraction), tries the key-aware rules and records which slice of the collected
+texts lies under each container;
 :meth:`Collector.fire` joins the strings with NUL into chunks of about one window and runs
 each detector once per chunk, behind its gate, then each custom rule on each string alone.
 A clean payload ends here; otherwise phase 2 (:mod:`mas.policy.dlp_walk`) revisits only the
@@ -13,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterator
 from itertools import accumulate
-from typing import Any
+from typing import Any, Final
 
 from mas.policy.dlp_bounds import (
     CONTAINER_UNITS,
@@ -27,9 +29,39 @@ from mas.policy.dlp_bounds import (
     windows,
 )
 from mas.policy.dlp_keys import KeyRules
-from mas.policy.dlp_rule import Rule, Views, ascii_lower
+from mas.policy.dlp_rule import Rule, Views
+from mas.policy.dlp_text import changes, normalise
 
 Ranges = dict[int, tuple[int, int, bool]]  # id(container) -> (first, end, key-aware match)
+NORMALISE_UNITS: Final = 4  # what normalising a changed character costs, in units of work
+_BIG_FLOAT: Final = 1e19  # floats below this with no fraction are scanned as their digits
+
+
+def number_text(value: object) -> str | None:
+    """The digits a text rule sees for a number: an int's, or a float's with no fraction."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and value.is_integer() and abs(value) < _BIG_FLOAT:
+        return str(int(value))
+    return None
+
+
+def normalised(text: str, budget: Budget) -> str:
+    """:func:`mas.policy.dlp_text.normalise`, charged to ``budget``, a window at a time."""
+    if not changes(text):
+        return text
+    if len(text) <= SCAN_WINDOW_CHARS:
+        out = normalise(text)
+        if budget.spent(NORMALISE_UNITS * len(text)):
+            raise ScanStop("scan_budget", "$")
+        return out
+    parts = []
+    for start in range(0, len(text), SCAN_WINDOW_CHARS):
+        part = text[start : start + SCAN_WINDOW_CHARS]
+        parts.append(normalise(part))
+        if budget.spent(NORMALISE_UNITS * len(part)):
+            raise ScanStop("scan_budget", "$")
+    return "".join(parts)
 
 
 class Collector:
@@ -48,7 +80,8 @@ class Collector:
     def collect(
         self, obj: Any, depth: int, texts: list[str], ranges: Ranges, budget: Budget
     ) -> bool:
-        """Append every key and string under ``obj`` to ``texts``; True on a key-aware match.
+        """Append every key, string and number under ``obj`` to ``texts`` (normalised, an
+        int as its digits); True on a key-aware match.
 
         ``ranges`` maps each container (by id) to the slice of ``texts`` under it and
         whether a key-aware rule matched under it, so that phase 2 can skip clean subtrees.
@@ -65,7 +98,7 @@ class Collector:
             cache = keys.cache
             for key, value in obj.items():
                 if type(key) is str:
-                    append(key)
+                    append(key if key.isascii() else normalised(key, budget))
                     flags = cache.get(key)
                     if flags is None:
                         flags = keys.flags(key)
@@ -75,20 +108,28 @@ class Collector:
                     hit = self.other(key, depth, texts, ranges, budget) or hit
                 kind = type(value)
                 if kind is str:
-                    append(value)
+                    append(value if value.isascii() else normalised(value, budget))
                 elif kind is dict or kind is list:
                     hit = self.collect(value, depth + 1, texts, ranges, budget) or hit
-                elif not (kind is int or kind is float or kind is bool or value is None):
+                elif kind is int:
+                    append(str(value))
+                elif not (kind is float or kind is bool or value is None):
                     hit = self.other(value, depth, texts, ranges, budget) or hit
+                elif kind is float and (digits := number_text(value)) is not None:
+                    append(digits)
         else:
             for value in obj:
                 kind = type(value)
                 if kind is str:
-                    append(value)
+                    append(value if value.isascii() else normalised(value, budget))
                 elif kind is dict or kind is list:
                     hit = self.collect(value, depth + 1, texts, ranges, budget) or hit
-                elif not (kind is int or kind is float or kind is bool or value is None):
+                elif kind is int:
+                    append(str(value))
+                elif not (kind is float or kind is bool or value is None):
                     hit = self.other(value, depth, texts, ranges, budget) or hit
+                elif kind is float and (digits := number_text(value)) is not None:
+                    append(digits)
         ranges[id(obj)] = (first, len(texts), hit)
         return hit
 
@@ -97,11 +138,15 @@ class Collector:
     ) -> bool:
         """:meth:`collect` for a value of a less usual type (a str or dict subclass...)."""
         if isinstance(value, str):
-            texts.append(str(value))
+            texts.append(normalised(str(value), budget))
             return False
         if isinstance(value, (dict, list, tuple)):
             return self.collect(value, depth + 1, texts, ranges, budget)
         if isinstance(value, SCALARS):
+            if isinstance(value, int) and not isinstance(value, bool):
+                texts.append(str(int(value)))
+            elif isinstance(value, float) and (digits := number_text(float(value))) is not None:
+                texts.append(digits)
             return False
         raise ScanStop("scan_unsupported", "$")
 
@@ -113,8 +158,7 @@ class Collector:
         hot: set[str] = set()
         hot_at: set[int] = set()  # indexes into texts
         for chunk, batch, base in chunks(texts) if self.chunk_rules else ():
-            low = ascii_lower(chunk)
-            views = Views(chunk, low)
+            views = Views(chunk)
             starts: list[int] | None = None
             # A chunk longer than CLOCK_EVERY is charged rule by rule, a shorter one at once.
             groups = self.rule_by_rule if len(chunk) > budget.every else self.all_at_once
@@ -122,7 +166,7 @@ class Collector:
             for group in groups:
                 for rule in group:
                     for gate, detect in rule.detectors:
-                        spans = detect(chunk, low) if gate is None or gate(views) else None
+                        spans = detect(views) if gate is None or gate(views) else None
                         if not spans:
                             continue
                         fired.add(rule.id)
@@ -141,9 +185,9 @@ class Collector:
                 if budget.credit <= 0 and budget.over():
                     raise ScanStop("scan_budget", "$")
         for index, text in enumerate(texts) if self.value_rules else ():
-            low = ascii_lower(text)
+            views = Views(text)
             for rule in self.value_rules:
-                if find(rule, text, low, budget):
+                if find(rule, views, budget):
                     fired.add(rule.id)
                     hot.add(text)
                     hot_at.add(index)
