@@ -29,6 +29,7 @@ from mas.policy.dlp_rule import (
     is_marker,
     is_word,
     keyword_finder,
+    keyword_gate,
     marker,
     regex_finder,
 )
@@ -76,16 +77,26 @@ def check_ssn(value: object) -> str | None:
 # The local part (at most 64 local-part characters: the leftmost match starts at the run's
 # start, or 64 before the '@'), the domain dot-separated labels ending in an alphabetic
 # top-level label.
-_EMAIL: Final = Edged(
-    r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z]{2,63}",
-    after="A-Za-z0-9",
+_EMAIL_DOMAIN: Final = Edged(
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}", after="A-Za-z0-9"
+)
+_EMAIL_LOCAL: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-"
 )
 _EMAIL_MASK: Final = marker("email")
 
 
 def find_emails(views: Views) -> list[Span]:
-    return [(a, b, _EMAIL_MASK) for a, b in _EMAIL.spans(views.raw)]
+    """From each '@' that a domain follows, back over at most 64 local-part characters."""
+    raw = views.raw
+    out: list[Span] = []
+    for at, end in _EMAIL_DOMAIN.spans(raw):
+        start = at
+        while start > 0 and at - start < 64 and raw[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        if start < at:
+            out.append((start, end, _EMAIL_MASK))
+    return out
 
 
 # --- phone ------------------------------------------------------------------------------------
@@ -100,6 +111,7 @@ _NANP: Final = Edged(
     r"[2-9][0-9]{2}[ .-][0-9]{4}",
     before="A-Za-z0-9_+(.-",
     after="A-Za-z0-9_-",
+    inner=False,
 )
 _PHONE_MASK: Final = marker("phone")
 
@@ -270,6 +282,7 @@ _MBI: Final = Edged(
     rf"[1-9][{_MBI_L}][{_MBI_L}0-9][0-9]-?[{_MBI_L}][{_MBI_L}0-9][0-9]-?[{_MBI_L}]{{2}}[0-9]{{2}}",
     before="A-Za-z0-9",
     after="A-Za-z0-9",
+    inner=False,
 )
 _MEMBER_ID_TAIL: Final = (
     r"[ _-]?(?:(?:id|no|num|number)\b\.?|#)"
@@ -300,7 +313,7 @@ def _has_digit(text: str) -> bool:
 
 # An upper-case letter, a digit, a digit or letter, a dot and 1-4 more, standing alone.
 _ICD_DOTTED: Final = Edged(
-    r"[A-Z][0-9][0-9A-Z]\.[0-9A-Z]{1,4}", before="A-Za-z0-9_.", after="A-Za-z0-9_."
+    r"[A-Z][0-9][0-9A-Z]\.[0-9A-Z]{1,4}", before="A-Za-z0-9_.", after="A-Za-z0-9_.", inner=False
 )
 # After the keyword (and "10", "cm", "code"), at least one separator, then the code.
 _ICD_TAIL: Final = (
@@ -321,6 +334,45 @@ def check_icd(value: object) -> str | None:
 # --- the detectors, with their gates ---------------------------------------------------------
 
 
+def _gate_ssn(v: Views) -> bool:
+    return b"999-99-9999" in v.shape
+
+
+def _gate_email(v: Views) -> bool:
+    return "@" in v.text
+
+
+def _gate_aws_access(v: Views) -> bool:
+    low = v.low
+    return "akia" in low or "asia" in low
+
+
+def _gate_private_key(v: Views) -> bool:
+    return "-----BEGIN" in v.text
+
+
+def _gate_jwt(v: Views) -> bool:
+    return "eyJ" in v.text
+
+
+_API_PREFIXES: Final = ("aiza", "k_live_", "k_test_", "gh", "_pat_", "npm_", "sk-", "xox", "glpat-")
+
+
+def _gate_api_key(v: Views) -> bool:
+    low = v.low
+    return any(prefix in low for prefix in _API_PREFIXES)
+
+
+def _gate_password(v: Views) -> bool:
+    low = v.low
+    return "pass" in low or "pwd" in low
+
+
+def _gate_icd_dotted(v: Views) -> bool:
+    shape = v.shape
+    return b"A99-" in shape or b"A9A-" in shape
+
+
 def _gate_mbi(v: Views) -> bool:
     return b"AA99" in v.shape
 
@@ -335,34 +387,40 @@ def _accept_member_id(value: str) -> bool:
 
 _MEMBER_WORDS: Final = ("member", "subscriber", "insurance", "medicare", "medicaid", "policy")
 
-SSN_DETECTORS: Final[tuple[Detector, ...]] = ((None, find_ssn),)
-EMAIL_DETECTORS: Final[tuple[Detector, ...]] = ((None, find_emails),)
+SSN_DETECTORS: Final[tuple[Detector, ...]] = ((_gate_ssn, find_ssn),)
+EMAIL_DETECTORS: Final[tuple[Detector, ...]] = ((_gate_email, find_emails),)
 PHONE_DETECTORS: Final[tuple[Detector, ...]] = (
     (_gate_e164, regex_finder(_E164, _PHONE_MASK)),
     (_gate_nanp, regex_finder(_NANP, _PHONE_MASK)),
 )
 AWS_ACCESS_DETECTORS: Final[tuple[Detector, ...]] = (
-    (None, regex_finder(_AWS_ACCESS, marker("aws_access_key"))),
+    (_gate_aws_access, regex_finder(_AWS_ACCESS, marker("aws_access_key"))),
 )
 AWS_SECRET_DETECTORS: Final[tuple[Detector, ...]] = (
-    (None, keyword_finder(("aws",), _AWS_SECRET_TAIL, _AWS_SECRET_MASK, word_start=False)),
+    (
+        keyword_gate(("aws",)),
+        keyword_finder(("aws",), _AWS_SECRET_TAIL, _AWS_SECRET_MASK, word_start=False),
+    ),
 )
-PRIVATE_KEY_DETECTORS: Final[tuple[Detector, ...]] = ((None, find_private_keys),)
-JWT_DETECTORS: Final[tuple[Detector, ...]] = ((None, regex_finder(_JWT, marker("jwt"))),)
-API_KEY_DETECTORS: Final[tuple[Detector, ...]] = ((None, find_api_keys),)
-PASSWORD_DETECTORS: Final[tuple[Detector, ...]] = ((None, find_passwords),)
+PRIVATE_KEY_DETECTORS: Final[tuple[Detector, ...]] = ((_gate_private_key, find_private_keys),)
+JWT_DETECTORS: Final[tuple[Detector, ...]] = ((_gate_jwt, regex_finder(_JWT, marker("jwt"))),)
+API_KEY_DETECTORS: Final[tuple[Detector, ...]] = ((_gate_api_key, find_api_keys),)
+PASSWORD_DETECTORS: Final[tuple[Detector, ...]] = ((_gate_password, find_passwords),)
 MRN_DETECTORS: Final[tuple[Detector, ...]] = (
-    (None, keyword_finder(("mrn",), _MRN_TAIL, _MRN_MASK, word_start=False)),
-    (None, keyword_finder(("medical",), _MEDICAL_RECORD_TAIL, _MRN_MASK)),
+    (keyword_gate(("mrn",)), keyword_finder(("mrn",), _MRN_TAIL, _MRN_MASK, word_start=False)),
+    (keyword_gate(("medical",)), keyword_finder(("medical",), _MEDICAL_RECORD_TAIL, _MRN_MASK)),
 )
 INSURANCE_DETECTORS: Final[tuple[Detector, ...]] = (
     (_gate_mbi, regex_finder(_MBI, _INSURANCE_MASK)),
     (
-        None,
+        keyword_gate(_MEMBER_WORDS),
         keyword_finder(_MEMBER_WORDS, _MEMBER_ID_TAIL, _INSURANCE_MASK, accept=_accept_member_id),
     ),
 )
 ICD_DETECTORS: Final[tuple[Detector, ...]] = (
-    (None, regex_finder(_ICD_DOTTED, _ICD_MASK)),
-    (None, keyword_finder(("icd", "diagnosis"), _ICD_TAIL, _ICD_MASK, accept=_ICD_CODE.fullmatch)),
+    (_gate_icd_dotted, regex_finder(_ICD_DOTTED, _ICD_MASK)),
+    (
+        keyword_gate(("icd", "diagnosis")),
+        keyword_finder(("icd", "diagnosis"), _ICD_TAIL, _ICD_MASK, accept=_ICD_CODE.fullmatch),
+    ),
 )

@@ -200,33 +200,44 @@ class Edged:
     """An expression that must stand alone: not after a character of ``before``, not before
     one of ``after`` (RE2 character-class bodies, such as ``A-Za-z0-9``).
 
-    Compiled with no capture group, so RE2 finds each match with its DFA alone, however
-    long the match: the edge characters it consumed are trimmed off afterwards, which
-    needs the body to start with a character of ``before`` and end with one of ``after``.
+    Compiled with no capture group and without the edge before it, so RE2 finds each
+    candidate with its DFA alone, jumping between the occurrences of a leading literal
+    (``AKIA``, ``eyJ``...). The edge after it is consumed (so RE2 still prefers a shorter
+    match that has its edge, as a lookahead would) and trimmed off; the edge before it is
+    checked here. A candidate refused for its edge before is searched again from its end
+    when ``inner`` says no match can start inside it (its characters are all of
+    ``before``), else from its next character (a bounded body). Linear either way.
     """
 
-    __slots__ = ("after", "before", "pattern")
+    __slots__ = ("after", "before", "inner", "pattern")
 
     def __init__(
-        self, body: str, *, before: str = "", after: str = "", case_insensitive: bool = False
+        self,
+        body: str,
+        *,
+        before: str = "",
+        after: str = "",
+        inner: bool = True,
+        case_insensitive: bool = False,
     ) -> None:
-        lead = f"(?:^|[^{before}])" if before else ""
         trail = f"(?:[^{after}]|$)" if after else ""
-        self.pattern = compile_bytes(lead + body + trail, case_insensitive=case_insensitive)
+        self.pattern = compile_bytes(f"(?:{body}){trail}", case_insensitive=case_insensitive)
         self.before = _byte_class(before)
         self.after = _byte_class(after)
+        self.inner = inner
 
     def spans(self, raw: bytes) -> list[tuple[int, int]]:
-        """The spans of the bodies in ``raw``, left to right (see :func:`search_all`)."""
+        """The spans of the bodies in ``raw``, left to right."""
         out: list[tuple[int, int]] = []
         pos = 0
         search, before, after = self.pattern.search, self.before, self.after
         while (m := search(raw, pos)) is not None:
             start, end = m.span()
-            if before and raw[start] not in before:
-                start += 1  # the edge character before the body
             if after and end > start and raw[end - 1] not in after:
-                end -= 1  # the edge character after it
+                end -= 1  # the edge character after the body
+            if start > 0 and raw[start - 1] in before:
+                pos = end if self.inner else start + 1
+                continue
             out.append((start, end))
             pos = end if end > pos else pos + 1
         return out
@@ -246,6 +257,16 @@ def regex_finder(pattern: Edged, mask: str) -> Finder:
         return [(a, b, mask) for a, b in pattern.spans(views.raw)]
 
     return find
+
+
+def keyword_gate(keywords: tuple[str, ...]) -> Gate:
+    """The gate of a keyword finder: one of ``keywords`` is in the lower-cased text."""
+
+    def gate(views: Views) -> bool:
+        low = views.low
+        return any(keyword in low for keyword in keywords)
+
+    return gate
 
 
 def keyword_finder(
