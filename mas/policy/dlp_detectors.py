@@ -189,12 +189,12 @@ def find_api_keys(views: Views) -> list[Span]:
 
 # --- password (free text, and the secret-named keys) -----------------------------------------
 
-# password, passwd, passphrase or pwd anywhere, or pass as a word; then optional quote, ':'
-# or '=', optional quote, a value of 4+ characters (matched on lowb).
+# password, passwd, passphrase or pwd anywhere, or pass or pw as a word; then optional quote,
+# ':' or '=', optional quote, a value of 4+ characters (matched on lowb).
 # The whole match is found first with no capture group (RE2's DFA alone, fast however long
 # the value), then where its value starts by matching the bounded lead again.
 _PASSWORD_LEAD: Final = (
-    r"(?:pass(?:word|wd|phrase)|pwd|(?:^|[^a-z0-9_])pass)"
+    r"(?:pass(?:word|wd|phrase)|pwd|(?:^|[^a-z0-9_])(?:pass|pw))"
     rf"[\"']?[{_WS}]{{0,3}}[:=][{_WS}]{{0,3}}[\"']?"
 )
 _PASSWORD: Final = compile_bytes(rf"{_PASSWORD_LEAD}[^{_WS}\"',;&\x00]{{4,}}")
@@ -204,7 +204,7 @@ _PASSWORD_MASK: Final = marker("password")
 
 
 def find_passwords(views: Views) -> list[Span]:
-    """After password, passwd, passphrase or pwd anywhere, or ``pass`` as a word.
+    """After password, passwd, passphrase or pwd anywhere, or ``pass`` or ``pw`` as a word.
 
     A value is not one when it is only asterisks or exactly a redaction marker (already
     masked). The next search starts after the value found (a value runs to the next
@@ -365,7 +365,7 @@ def _gate_api_key(v: Views) -> bool:
 
 def _gate_password(v: Views) -> bool:
     low = v.low
-    return "pass" in low or "pwd" in low
+    return "pw" in low or "pass" in low
 
 
 def _gate_icd_dotted(v: Views) -> bool:

@@ -150,6 +150,7 @@ class Router:
                 outbound.message_type[:MAX_MESSAGE_TYPE_LENGTH],
                 started,
                 now,
+                gateway.shown,
             )
             try:
                 correlation = next(taken) if outbound.kind == "reply" else None
