@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import os
 import tempfile
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Final
@@ -33,7 +32,7 @@ import trio
 
 from .agent import TLSFiles
 from .audit.chain import key_from_env
-from .config import AgentSpec, LoadedConfig, MasConfig, load_config
+from .config import AgentSpec, LoadedConfig, MasConfig, load_config, redact_url
 from .errors import ConfigError, MasError
 from .hosting import AgentHost, watch_signals
 from .pki import server_ssl_context, write_dev_pki
@@ -173,7 +172,7 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             release_max_attempts=config.limits.max_attempts,
             socket_timeout=redis.socket_timeout or 5.0,
         ) as redis_store:
-            log.info("store: redis %s", _without_password(url))
+            log.info("store: redis %s", redact_url(url))
             yield redis_store
 
 
@@ -201,14 +200,6 @@ def _pid_file(config_path: Path) -> Iterator[None]:
         with contextlib.suppress(OSError, ValueError):
             if int(path.read_text().strip()) == os.getpid():
                 path.unlink()
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 class Runtime:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ._base import _REDIS_SCHEMES, Action, Name, NonNegInt, PosFloat, PosInt, _Base
+from ._base import _REDIS_SCHEMES, Action, Name, NonNegInt, PosFloat, PosInt, _Base, redact_url
 
 # --- gateway (validated now, enforced by the gateway) -----------------------------------
 
@@ -21,7 +21,9 @@ class RedisConfig(_Base, frozen=True):
 
     def __post_init__(self) -> None:
         if not self.url.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"url must start with redis://, rediss:// or unix://: {self.url!r}")
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://: {redact_url(self.url)!r}"
+            )
 
 
 class RateLimitConfig(_Base, frozen=True):
