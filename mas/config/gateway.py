@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re2
 from typing import Annotated, Any, Literal
 
 import msgspec
+import re2
 
 from ._base import _REDIS_SCHEMES, Action, Name, NonNegInt, PosFloat, PosInt, _Base, redact_url
 

@@ -74,9 +74,7 @@ def custom_finder(rule_id: str, kind: str, pattern: str, case_insensitive: bool)
 
     def find(views: Views) -> list[Span]:
         return [
-            (m.start(), m.end(), mask)
-            for m in compiled.finditer(views.text)
-            if m.end() > m.start()
+            (m.start(), m.end(), mask) for m in compiled.finditer(views.text) if m.end() > m.start()
         ]
 
     return find

@@ -27,7 +27,6 @@ from mas.policy.dlp_rule import (
     compile_text,
     fullmatches,
     is_marker,
-    is_word,
     keyword_finder,
     keyword_gate,
     marker,
@@ -52,8 +51,8 @@ def find_ssn(views: Views) -> list[Span]:
     out: list[Span] = []
     text = views.text
     for start, end in _SSN.spans(views.raw):
-        area, group, serial = text[start : start + 3], text[start + 4 : start + 6], text[end - 4 : end]
-        if _ssn_ok(area, group, serial):
+        serial = text[end - 4 : end]
+        if _ssn_ok(text[start : start + 3], text[start + 4 : start + 6], serial):
             out.append((start, end, "***-**-" + serial))
     return out
 
@@ -174,9 +173,7 @@ _API_VENDOR: Final = Edged(
     r"|glpat-[A-Za-z0-9_-]{20,})",
     before="A-Za-z0-9_-",
 )
-_API_GOOGLE: Final = Edged(
-    r"AIza[A-Za-z0-9_-]{35}", before="A-Za-z0-9_-", after="A-Za-z0-9_-"
-)
+_API_GOOGLE: Final = Edged(r"AIza[A-Za-z0-9_-]{35}", before="A-Za-z0-9_-", after="A-Za-z0-9_-")
 _API_MASK: Final = marker("api_key")
 
 

@@ -3,8 +3,8 @@
 :func:`classify_key` maps a key to its classes (bit flags such as :data:`SECRET`) after
 folding it (:func:`mas.policy.dlp_text.fold_key`: normalised, format characters dropped,
 Cyrillic and Greek look-alikes made Latin, lower-cased) and removing the separators ``-``,
-``_``, ``.`` and space: ``pаssword`` (Cyrillic а), ``ｐａｓｓｗｏｒｄ`` and
-``pass\u200bword`` are all ``password``. :class:`KeyRules` holds a
+``_``, ``.`` and space: ``p\\u0430ssword`` (a Cyrillic a), fullwidth ``\\uff50\\uff41...``
+and ``pass\\u200bword`` are all ``password``. :class:`KeyRules` holds a
 scanner's key-aware rules with a bounded cache of the classes of the keys it has seen.
 """
 

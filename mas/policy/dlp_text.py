@@ -6,7 +6,7 @@ pattern:
 
 - a character of Unicode category Cf (format: zero-width space U+200B, word joiner U+2060,
   soft hyphen U+00AD, zero-width joiners, bidi marks, BOM...) is dropped;
-- a decimal digit of any script (category Nd: fullwidth ``１``, Arabic-Indic ``٤``...)
+- a decimal digit of any script (category Nd: fullwidth ``\\uff11``, Arabic-Indic ``\\u0664``...)
   becomes its ASCII digit;
 - every other character becomes its NFKC form (fullwidth letters, ligatures, no-break and
   other spaces become ASCII; mathematical letters become plain ones).
@@ -67,14 +67,12 @@ _TABLE: Final = _Table()
 
 # Latin look-alikes among Cyrillic and Greek letters (lower and upper case), for key names.
 _CONFUSABLE_PAIRS: Final = (
-    "аa бb вb еe ёe зz кk мm нh оo рp сc тt уy хx ѕs іi їi јj ԁd ԛq ԝw ъb ьb ћh һh ӏl"
-    " АA ВB ЕE ЁE ЗZ КK МM НH ОO РP СC ТT УY ХX ЅS ІI ЇI ЈJ ԚQ ԜW Ӏl"
-    " αa βb γy εe ζz ηn ιi κk νv οo ρp τt υu χx ωw ϲc ϳj"
-    " ΑA ΒB ΕE ΖZ ΗH ΙI ΚK ΜM ΝN ΟO ΡP ΤT ΥY ΧX Ϲc Ϳj"
+    "аa вb еe ёe зz кk мm нh оo рp сc тt уy хx ѕs іi їi јj ԁd ԛq ԝw ъb ьb ћh һh ӏl"  # noqa: RUF001
+    " АA ВB ЕE ЁE ЗZ КK МM НH ОO РP СC ТT УY ХX ЅS ІI ЇI ЈJ ԚQ ԜW Ӏl"  # noqa: RUF001
+    " αa βb γy εe ζz ηn ιi κk νv οo ρp τt υu χx ωw ϲc ϳj"  # noqa: RUF001
+    " ΑA ΒB ΕE ΖZ ΗH ΙI ΚK ΜM ΝN ΟO ΡP ΤT ΥY ΧX Ϲc Ϳj"  # noqa: RUF001
 )
-_CONFUSABLES: Final = str.maketrans(
-    {pair[0]: pair[1] for pair in _CONFUSABLE_PAIRS.split()}
-)
+_CONFUSABLES: Final = str.maketrans({pair[0]: pair[1] for pair in _CONFUSABLE_PAIRS.split()})
 
 
 def changes(text: str) -> bool:

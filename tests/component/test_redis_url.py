@@ -25,7 +25,10 @@ PASSWORD = "s3cret-pw"
     [
         ("redis://:pw1@host:6379/0", "redis://:***@host:6379/0"),
         ("redis://user:pw1@host/0", "redis://user:***@host/0"),
-        ("rediss://user:p%40ss@host/0?ssl_cert_reqs=none", "rediss://user:***@host/0?ssl_cert_reqs=none"),
+        (
+            "rediss://user:p%40ss@host/0?ssl_cert_reqs=none",
+            "rediss://user:***@host/0?ssl_cert_reqs=none",
+        ),
         ("redis://host/0?password=pw1&db=2", "redis://host/0?password=***&db=2"),
         ("unix:///tmp/r.sock?PassWord=pw1", "unix:///tmp/r.sock?PassWord=***"),
         ("redis://host:6379/0", "redis://host:6379/0"),

@@ -288,9 +288,8 @@ async def test_discovery_shows_only_the_agents_the_caller_may_send_to(pki: TestP
     ]
     with trio.fail_after(20):
         async with open_test_server(_config(agents, rules), pki) as server:
-            async with running(
-                server, pki, (Plain, "ping"), (Responder, "vault"), (Plain, "loner"), (Plain, "boss")
-            ) as (ping, _vault, loner, boss):
+            started = ((Plain, "ping"), (Responder, "vault"), (Plain, "loner"), (Plain, "boss"))
+            async with running(server, pki, *started) as (ping, _vault, loner, boss):
                 assert [r.agent_id for r in await ping.discover()] == ["pong"]
                 assert await loner.discover() == []  # allowlisted, denied all traffic
                 assert await loner.discover(capabilities=["responder"]) == []

@@ -43,7 +43,7 @@ def _config(**dlp: Any) -> MasConfig:
 
 
 def _recorded_text(records: list[AuditRecord]) -> str:
-    return json.dumps([r.target_id + " " + r.message_type + " " + r.correlation_id for r in records])
+    return json.dumps([f"{r.target_id} {r.message_type} {r.correlation_id}" for r in records])
 
 
 async def test_a_secret_in_the_message_type_is_blocked_and_never_recorded(pki: TestPKI) -> None:
@@ -116,10 +116,10 @@ async def test_a_secret_of_any_json_type_is_blocked(pki: TestPKI, data: dict[str
 
 
 SPELLINGS = [
-    {"p\u0430ssword": "hunter2222"},  # Cyrillic а
+    {"p\u0430ssword": "hunter2222"},  # a Cyrillic a
     {"\uff50\uff41\uff53\uff53\uff57\uff4f\uff52\uff44": "hunter2222"},  # fullwidth
     {"pass\u200bword": "hunter2222"},  # zero-width space
-    {"\u0440\u0456n": "4921"},  # Cyrillic р and і: pin
+    {"\u0440\u0456n": "4921"},  # Cyrillic er and i: pin
     {"api\u00adkey": "abc123"},  # soft hyphen
     {"\u03c4oken": "abc123"},  # Greek tau
 ]
@@ -158,7 +158,8 @@ async def test_unicode_disguises_are_seen_through(pki: TestPKI, text: str) -> No
 
 
 async def test_redaction_masks_the_original_text_around_a_disguised_match(pki: TestPKI) -> None:
-    fullwidth_ssn = "\uff11\uff12\uff13-\uff14\uff15-\uff16\uff17\uff18\uff19"  # １２３-４５-６７８９
+    # 123-45-6789 in fullwidth digits
+    fullwidth_ssn = "\uff11\uff12\uff13-\uff14\uff15-\uff16\uff17\uff18\uff19"
     note = f"caf\u00e9 \u2014 ssn {fullwidth_ssn}\u200b, r\u00e9sum\u00e9 \u00e0 jour"
     with trio.fail_after(20):
         async with open_test_server(_config(), pki) as server:

@@ -361,7 +361,8 @@ def test_bad_dlp_regex_names_the_rule() -> None:
 def test_a_pattern_the_linear_time_engine_cannot_run_is_refused_at_load(
     pattern: str, why: str
 ) -> None:
-    message = parse_error(f"gateway: {{dlp: {{rules: [{{id: r1, type: t, pattern: '{pattern}'}}]}}}}")
+    rules = f"[{{id: r1, type: t, pattern: '{pattern}'}}]"
+    message = parse_error(f"gateway: {{dlp: {{rules: {rules}}}}}")
     assert "$.gateway.dlp.rules[0]" in message, why
     assert "'r1'" in message
     assert "linear-time engine (RE2)" in message
