@@ -262,9 +262,20 @@ def regex_finder(pattern: Edged, mask: str) -> Finder:
 def keyword_gate(keywords: tuple[str, ...]) -> Gate:
     """The gate of a keyword finder: one of ``keywords`` is in the lower-cased text."""
 
+    if len(keywords) == 1:
+        [keyword] = keywords
+
+        def gate_one(views: Views) -> bool:
+            return keyword in views.low
+
+        return gate_one
+
     def gate(views: Views) -> bool:
         low = views.low
-        return any(keyword in low for keyword in keywords)
+        for keyword in keywords:
+            if keyword in low:
+                return True
+        return False
 
     return gate
 
