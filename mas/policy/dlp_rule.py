@@ -272,10 +272,7 @@ def keyword_gate(keywords: tuple[str, ...]) -> Gate:
 
     def gate(views: Views) -> bool:
         low = views.low
-        for keyword in keywords:
-            if keyword in low:
-                return True
-        return False
+        return any(keyword in low for keyword in keywords)  # several: rare, a loop is fine
 
     return gate
 
