@@ -285,7 +285,7 @@ class DlpScanner:
         try:
             texts: list[str] = []
             if message_type:
-                texts.append(normalised(message_type, meter))
+                texts.append(message_type)
             ranges: Ranges = {}
             key_hit = collector.collect(data, 1, texts, ranges, meter)
             fired, hot, hot_at = collector.fire(texts, meter)

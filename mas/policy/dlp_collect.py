@@ -80,8 +80,8 @@ class Collector:
     def collect(
         self, obj: Any, depth: int, texts: list[str], ranges: Ranges, budget: Budget
     ) -> bool:
-        """Append every key, string and number under ``obj`` to ``texts`` (normalised, an
-        int as its digits); True on a key-aware match.
+        """Append every key, string and number under ``obj`` to ``texts`` (a number as its
+        digits; :meth:`fire` normalises them); True on a key-aware match.
 
         ``ranges`` maps each container (by id) to the slice of ``texts`` under it and
         whether a key-aware rule matched under it, so that phase 2 can skip clean subtrees.
@@ -98,7 +98,7 @@ class Collector:
             cache = keys.cache
             for key, value in obj.items():
                 if type(key) is str:
-                    append(key if key.isascii() else normalised(key, budget))
+                    append(key)
                     flags = cache.get(key)
                     if flags is None:
                         flags = keys.flags(key)
@@ -108,28 +108,30 @@ class Collector:
                     hit = self.other(key, depth, texts, ranges, budget) or hit
                 kind = type(value)
                 if kind is str:
-                    append(value if value.isascii() else normalised(value, budget))
+                    append(value)
                 elif kind is dict or kind is list:
                     hit = self.collect(value, depth + 1, texts, ranges, budget) or hit
                 elif kind is int:
                     append(str(value))
-                elif not (kind is float or kind is bool or value is None):
+                elif kind is float:
+                    if value.is_integer() and -_BIG_FLOAT < value < _BIG_FLOAT:
+                        append(str(int(value)))
+                elif not (kind is bool or value is None):
                     hit = self.other(value, depth, texts, ranges, budget) or hit
-                elif kind is float and (digits := number_text(value)) is not None:
-                    append(digits)
         else:
             for value in obj:
                 kind = type(value)
                 if kind is str:
-                    append(value if value.isascii() else normalised(value, budget))
+                    append(value)
                 elif kind is dict or kind is list:
                     hit = self.collect(value, depth + 1, texts, ranges, budget) or hit
                 elif kind is int:
                     append(str(value))
-                elif not (kind is float or kind is bool or value is None):
+                elif kind is float:
+                    if value.is_integer() and -_BIG_FLOAT < value < _BIG_FLOAT:
+                        append(str(int(value)))
+                elif not (kind is bool or value is None):
                     hit = self.other(value, depth, texts, ranges, budget) or hit
-                elif kind is float and (digits := number_text(value)) is not None:
-                    append(digits)
         ranges[id(obj)] = (first, len(texts), hit)
         return hit
 
@@ -138,7 +140,7 @@ class Collector:
     ) -> bool:
         """:meth:`collect` for a value of a less usual type (a str or dict subclass...)."""
         if isinstance(value, str):
-            texts.append(normalised(str(value), budget))
+            texts.append(str(value))
             return False
         if isinstance(value, (dict, list, tuple)):
             return self.collect(value, depth + 1, texts, ranges, budget)
@@ -153,11 +155,20 @@ class Collector:
     def fire(
         self, texts: list[str], budget: Budget
     ) -> tuple[tuple[Rule, ...], set[str], list[int]]:
-        """The text rules that match somewhere; the strings they match in, and where."""
+        """The text rules that match somewhere; the strings they match in, and where.
+
+        Normalises ``texts`` in place first (when any is not ASCII, checked at once).
+        """
+        joined = "\x00".join(texts)
+        if not joined.isascii():
+            for index, text in enumerate(texts):
+                if not text.isascii():
+                    texts[index] = normalised(text, budget)
+            joined = "\x00".join(texts)
         fired: set[str] = set()
         hot: set[str] = set()
         hot_at: set[int] = set()  # indexes into texts
-        for chunk, batch, base in chunks(texts) if self.chunk_rules else ():
+        for chunk, batch, base in chunks(texts, joined) if self.chunk_rules else ():
             views = Views(chunk)
             starts: list[int] | None = None
             # A chunk longer than CLOCK_EVERY is charged rule by rule, a shorter one at once.
@@ -194,14 +205,16 @@ class Collector:
         return tuple(r for r in self.text_rules if r.id in fired), hot, sorted(hot_at)
 
 
-def chunks(texts: list[str]) -> Iterator[tuple[str, list[str], int]]:
+def chunks(texts: list[str], joined: str | None = None) -> Iterator[tuple[str, list[str], int]]:
     """``texts`` joined by NUL into chunks of about one window: (chunk, strings, index).
 
     No built-in rule matches a NUL or across one (it is not a word, digit, separator or
     space character to any of them), so a rule matches a chunk where it matches one of
     the chunk's strings. A string longer than a window is its own chunks, one per window.
+    ``joined`` is the texts already joined, when the caller has it.
     """
-    joined = "\x00".join(texts)
+    if joined is None:
+        joined = "\x00".join(texts)
     if len(joined) <= SCAN_WINDOW_CHARS:
         yield joined, texts, 0
         return

@@ -354,13 +354,21 @@ def _gate_jwt(v: Views) -> bool:
 
 def _gate_api_key(v: Views) -> bool:
     low = v.low
+    if "aiza" in low:
+        return True
+    if "_" not in low and "-" not in low:  # every other vendor prefix holds one
+        return False
     return (
         "k_live_" in low
         or "k_test_" in low
         or "sk-" in low
-        or "aiza" in low
         or "xox" in low
-        or "gh" in low
+        or "ghp_" in low
+        or "gho_" in low
+        or "ghu_" in low
+        or "ghs_" in low
+        or "ghr_" in low
+        or "github_pat_" in low
         or "npm_" in low
         or "glpat-" in low
     )
