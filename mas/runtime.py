@@ -24,7 +24,6 @@ import functools
 import logging
 import os
 import tempfile
-import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +32,7 @@ import trio
 
 from .agent import TLSFiles
 from .audit.chain import key_from_env
-from .config import AgentSpec, LoadedConfig, MasConfig, load_config
+from .config import AgentSpec, LoadedConfig, MasConfig, load_config, redact_url
 from .errors import ConfigError, MasError
 from .hosting import AgentHost, watch_signals
 from .pki import server_ssl_context, write_dev_pki
@@ -163,7 +162,7 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             release_max_attempts=config.limits.max_attempts,
             socket_timeout=redis.socket_timeout or 5.0,
         ) as redis_store:
-            log.info("store: redis %s", _without_password(url))
+            log.info("store: redis %s", redact_url(url))
             yield redis_store
 
 
@@ -245,14 +244,6 @@ def locked_pid(config_path: Path) -> int:
         return int(text)
     except ValueError as exc:
         raise ConfigError(f"{path} holds {text!r}, not a process id; {hint}") from exc
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 _REFUSALS: Final = frozenset(

@@ -278,7 +278,9 @@ class Agent(Generic[StateT]):
             ) from exc
 
     async def discover(self, capabilities: Sequence[str] | None = None) -> list[DiscoveredAgent]:
-        """Allowlisted agents having all the given capabilities."""
+        """The agents this one may send to (by its permissions) having all the given
+        capabilities, each with its status (``ACTIVE`` or ``INACTIVE``), instance count and
+        metadata."""
         wanted = list(capabilities or ())
         response = await self._outbox().unary(
             "Discover", pb.DiscoverRequest(capabilities=wanted), pb.DiscoverResponse

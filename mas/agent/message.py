@@ -50,7 +50,7 @@ class DiscoveredAgent(msgspec.Struct, frozen=True):
     agent_id: str
     capabilities: tuple[str, ...]
     metadata: dict[str, Any]
-    status: str  # "active" (at least one instance connected) or "inactive"
+    status: str  # "ACTIVE" (at least one instance connected) or "INACTIVE", as on the wire
     instance_count: int
 
     @classmethod

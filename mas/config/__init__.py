@@ -23,7 +23,8 @@ Loading, in order:
    - ``MAS_TLS_CA_PATH``          -> ``tls_ca_path``
    - ``MAS_TLS_SERVER_CERT_PATH`` -> ``tls_server_cert_path``
    - ``MAS_TLS_SERVER_KEY_PATH``  -> ``tls_server_key_path``
-   - ``MAS_REDIS_URL``            -> ``gateway.redis.url``
+   - ``MAS_REDIS_URL``            -> ``gateway.redis.url``, and ``store.url`` when the
+     file sets it (the variable wins over both)
 
 6. Whole-config checks (:func:`check_config`): unique agent ids, permissions name only
    listed agents (``"*"`` only in ``deny`` rules), all three server TLS paths or none.
@@ -41,6 +42,7 @@ from ._base import Name as Name
 from ._base import NonNegInt as NonNegInt
 from ._base import PosFloat as PosFloat
 from ._base import PosInt as PosInt
+from ._base import redact_url as redact_url
 from ._base import split_host_port as split_host_port
 from .gateway import AuditConfig as AuditConfig
 from .gateway import CircuitBreakerConfig as CircuitBreakerConfig

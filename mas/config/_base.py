@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -23,6 +24,34 @@ PosFloat = Annotated[float, msgspec.Meta(gt=0)]
 AgentId = Annotated[str, msgspec.Meta(pattern=_AGENT_ID_PATTERN)]
 Name = Annotated[str, msgspec.Meta(min_length=1)]
 Action = Literal["block", "redact", "alert"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the user info's (``user:pass@``) and
+    any ``password`` query parameter's (``?password=``, any case). The one URL redactor:
+    every log line and error message that shows a store URL shows it through this.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    shown = url
+    if password is not None:
+        user_info, _, host = parts.netloc.rpartition("@")
+        user = user_info.partition(":")[0]
+        shown = shown.replace(parts.netloc, f"{user}:***@{host}", 1)
+    if "password" in parts.query.lower():
+        query = urllib.parse.urlencode(
+            [
+                (k, "***" if k.lower() == "password" else v)
+                for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+            ],
+            safe="*",
+        )
+        head, _, _ = shown.partition("?")
+        shown = f"{head}?{query}"
+    return shown
 
 
 class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+import re2
 
-from ._base import _REDIS_SCHEMES, Action, Name, NonNegInt, PosFloat, PosInt, _Base
+from ._base import _REDIS_SCHEMES, Action, Name, NonNegInt, PosFloat, PosInt, _Base, redact_url
 
 # --- gateway (validated now, enforced by the gateway) -----------------------------------
 
@@ -21,7 +21,9 @@ class RedisConfig(_Base, frozen=True):
 
     def __post_init__(self) -> None:
         if not self.url.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"url must start with redis://, rediss:// or unix://: {self.url!r}")
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://: {redact_url(self.url)!r}"
+            )
 
 
 class RateLimitConfig(_Base, frozen=True):
@@ -46,8 +48,31 @@ class FeaturesConfig(_Base, frozen=True):
     circuit_breaker: bool = True
 
 
+def compile_pattern(pattern: str, *, case_insensitive: bool = False) -> Any:
+    """``pattern`` compiled by RE2 (linear-time matching); ``ValueError`` saying why not.
+
+    RE2 has no backreferences (``\\1``), no lookaround (``(?=``, ``(?!``, ``(?<=``,
+    ``(?<!``), no possessive or atomic repetition, and repetition counts up to 1000; the
+    rest of Python's ``re`` syntax is accepted. Returns a ``re2`` pattern object.
+    """
+    options = re2.Options()
+    options.log_errors = False  # the reason goes into the error, not to stderr
+    options.case_sensitive = not case_insensitive
+    try:
+        return re2.compile(pattern, options)
+    except (re2.error, TypeError) as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(
+            f"pattern {pattern!r} is not supported by the linear-time engine (RE2): {reason};"
+            " write it without backreferences, lookaround or possessive repetition"
+        ) from None
+
+
 class DlpRule(_Base, frozen=True):
-    """A custom DLP rule; ``pattern`` is a Python regular expression."""
+    """A custom DLP rule; ``pattern`` is a regular expression in RE2's syntax (see
+    :func:`compile_pattern`), matched in linear time."""
 
     id: Name
     type: Name
@@ -60,9 +85,9 @@ class DlpRule(_Base, frozen=True):
 
     def __post_init__(self) -> None:
         try:
-            re.compile(self.pattern, re.IGNORECASE if self.case_insensitive else 0)
-        except re.error as exc:
-            raise ValueError(f"DLP rule {self.id!r}: pattern does not compile: {exc}") from None
+            compile_pattern(self.pattern, case_insensitive=self.case_insensitive)
+        except ValueError as exc:
+            raise ValueError(f"DLP rule {self.id!r}: {exc}") from None
 
 
 class DlpConfig(_Base, frozen=True):

@@ -178,6 +178,8 @@ def _apply_env(config: MasConfig, env: Mapping[str, str], cwd: Path, source: str
         if redis_url:
             redis = msgspec.structs.replace(config.gateway.redis, url=redis_url)
             changes["gateway"] = msgspec.structs.replace(config.gateway, redis=redis)
+            if config.store.url is not None:  # the file's store.url would win over the seed's
+                changes["store"] = msgspec.structs.replace(config.store, url=redis_url)
         updated = msgspec.structs.replace(config, **changes)
         # replace() runs __post_init__ but not Meta constraints: validate the result fully.
         msgspec.convert(msgspec.to_builtins(updated), MasConfig)

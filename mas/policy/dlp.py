@@ -6,17 +6,36 @@ violations (rule, type, action, severity and JSON path, never the matched text) 
 payload to deliver.
 
 What is scanned
-    Every string value and every dict key, recursively through dicts and lists (tuples count
-    as lists). Numbers, booleans and ``None`` never match a text rule: the JSON number
-    ``123456789`` is not an SSN, ``1700000000123`` is neither a card nor a phone. Key-aware
-    rules look at the value under a key of their class, a few of them also at an integer
-    (``{"cvv": 123}``, ``{"ssn": 123456789}``). Other types (bytes, datetimes, objects) are
-    not JSON and fail closed (``scan_unsupported``). Keywords and key names are compared
-    ASCII case-insensitively.
+    Every string value, every dict key and the digits of every integer (and of a float
+    with no fraction: ``4111111111111111.0``), recursively through dicts and lists (tuples
+    count as lists), and the message type when one is given. The digits of a number are
+    plain digits to the text rules, so a number can be a card (``{"n": 4111111111111111}``)
+    but never an SSN or a phone (those need separators): ``123456789`` is not an SSN,
+    ``1700000000123`` is neither a card nor a phone. Booleans and ``None`` are never
+    matched. Key-aware rules look at the value under a key of their class, a few of them
+    also at an integer (``{"cvv": 123}``, ``{"ssn": 123456789}``). Other types (bytes,
+    datetimes, objects) are not JSON and fail closed (``scan_unsupported``). Keywords and
+    key names are compared case-insensitively.
+
+    Text is normalised before any rule sees it (:mod:`mas.policy.dlp_text`), character by
+    character: format characters (Unicode Cf: zero-width space, word joiner, soft hyphen,
+    bidi marks) are dropped, any script's decimal digits become ASCII digits, everything
+    else becomes its NFKC form (fullwidth letters and digits, no-break spaces). Key names
+    are also folded for the key classes: Cyrillic and Greek letters that look Latin become
+    Latin. Matches are mapped back to the original characters, which are what redaction
+    masks; a changed text longer than :data:`mas.policy.dlp_text.MAP_LIMIT` characters whose
+    redact match cannot be placed is masked whole (``[REDACTED]``).
+
+    A match in the message type is reported at the path ``message_type``; a redact rule
+    matching there blocks (a type is delivered as it is or not at all).
+    :meth:`DlpScanner.shown` masks every match in a client-chosen field, for the records.
 
 Default rules: id (type when different), default action, severity: what matches
-    secret_field (password), block, critical: any non-blank string under a secret-named key
-        (below), unless it is exactly a redaction marker such as ``[REDACTED:password]``.
+    secret_field (password), block, critical: anything under a secret-named key (below),
+        whatever its JSON type: a non-blank string that is not exactly a redaction marker
+        such as ``[REDACTED:password]``, any number, a list or object holding one of these
+        as a value or a key, at any depth. ``None``, booleans, blank strings and empty or
+        all-blank containers are not secrets.
     ssn, redact, high: ``ddd-dd-dddd`` with area not 000, 666 or 9xx, group not 00, serial
         not 0000; under an ssn-named key (``ssn*``, ``*ssn``, ``*socialsecurity*``) also
         ``ddddddddd``, ``ddd dd dddd`` or an integer.
@@ -30,7 +49,8 @@ Default rules: id (type when different), default action, severity: what matches
         Luhn valid.
     cvv, block, critical: 3-4 digits (or an integer up to 9999) under a key ending in cvv,
         cvc, cvv2, cvc2 or securitycode.
-    aws_access_key, block, critical: ``AKIA`` or ``ASIA`` and 16 of [A-Z0-9].
+    aws_access_key, block, critical: ``AKIA`` or ``ASIA`` and 16 of [A-Z0-9], in either case
+        (a lower-cased key id is still one), standing alone.
     aws_secret_key, block, critical: 40 of [A-Za-z0-9/+] under a key naming aws and secret
         (or ending in secretaccesskey), or after ``aws_secret_access_key=`` in text.
     private_key, block, critical: ``-----BEGIN ... PRIVATE KEY-----`` (RSA, EC, DSA, OPENSSH,
@@ -40,8 +60,8 @@ Default rules: id (type when different), default action, severity: what matches
         ``rk_test_`` + 16; ``sk-`` + 20; ``ghp_``, ``gho_``, ``ghu_``, ``ghs_`` or ``ghr_``
         + 36; ``github_pat_`` + 22; ``xox`` + one of abposr + ``-`` + 15; ``AIza`` + 35;
         ``glpat-`` + 20; ``npm_`` + 36.
-    password, block, high: ``password``, ``passwd``, ``passphrase``, ``pwd`` or the word
-        ``pass``, then ``:`` or ``=`` (quotes allowed around), then 4+ characters.
+    password, block, high: ``password``, ``passwd``, ``passphrase``, ``pwd`` or the words
+        ``pass`` and ``pw``, then ``:`` or ``=`` (quotes allowed around), then 4+ characters.
     medical_record_number, redact, high: ``MRN`` or ``medical record number`` (``num``,
         ``no``) then 6-10 digits; under an mrn-named key such a value or integer.
     health_insurance_id, redact, high: a Medicare MBI (``1EG4-TE5-MK73``: 11 characters of
@@ -54,15 +74,18 @@ Default rules: id (type when different), default action, severity: what matches
         undotted one (``E119``) only after ``ICD``, ``ICD-10``, ``ICD-10-CM`` or
         ``diagnosis``, ``code`` optional; under an icd10/diagnosis_code/dx key such a code.
 
-    Secret-named keys, compared with ``-``, ``_``, ``.`` and spaces removed: those ending in
+    Secret-named keys, folded (above) and compared with ``-``, ``_``, ``.`` and spaces
+    removed: those ending in
     password, passwd, passphrase, pwd, secret, secretkey, secretaccesskey, apikey, token,
     authorization, privatekey, credential(s), cookie or signingkey, and exactly auth, pass
     and pin; not the pagination tokens pagetoken, nextpagetoken, prevpagetoken, nexttoken,
     continuationtoken.
 
 Mistakes that remain
-    False positives: any string under a secret-named key (``{"auth": "none"}``,
-    ``{"session_token": "n/a"}``); ``password: required`` in prose; dotted codes such as
+    False positives: anything under a secret-named key (``{"auth": "none"}``,
+    ``{"session_token": "n/a"}``, ``{"pin_attempts": 3}`` is not one, ``{"pin": 0}`` is);
+    ``password: required`` in prose; a 20-character token starting ``asia`` or ``akia``
+    in any case; a JSON number that is a Luhn-valid card number; dotted codes such as
     ``B12.5`` or ``C13.2`` (icd10 only alerts); an 11-character upper-case code that happens
     to fit the MBI alphabet; ``+`` then 8-15 digits in arithmetic; any Luhn-valid number with
     a card prefix (one random 16-digit number in ten passes Luhn); an id after ``policy
@@ -71,8 +94,9 @@ Mistakes that remain
     strings; SSNs written with spaces or without separators outside an ssn-named key; phone
     numbers without separators, or national formats outside NANP without ``+``; lower-case
     MBIs and ICD codes in text; ``password is hunter2`` (no ``:`` or ``=``) and passwords of
-    under 4 characters in text; secrets inside a list under a secret-named key (``{"api_keys":
-    [...]}``); vendor tokens not listed; anything encoded (base64, URL-encoding, spelled out).
+    under 4 characters in text; vendor tokens not listed; look-alike letters in values
+    (only key names are folded); the digits of a float with a fraction; anything encoded
+    (base64, URL-encoding, spelled out).
 
 Actions and decisions
     Any ``block`` gives ``DLP_BLOCKED`` (``data`` is the input, not to be delivered); else any
@@ -93,14 +117,18 @@ Configuration (:class:`mas.config.DlpConfig`)
     custom ``rules`` (a custom rule with a default rule's id replaces it). ``disable_defaults``
     removes default rules by id or by type. ``policy_overrides`` maps a rule id or a type to
     an action; an id wins over a type. Custom rules with ``enabled: false`` are ignored;
-    ``case_insensitive`` compiles with ``re.IGNORECASE``; custom rules match each string on
-    its own. ``ValueError``, naming the rule or name: an unknown name in
+    ``case_insensitive`` compiles case-insensitively; custom rules match each (normalised)
+    string on its own. Custom patterns are RE2 syntax (:func:`mas.config.gateway.
+    compile_pattern`). ``ValueError``, naming the rule or name: an unknown name in
     ``disable_defaults`` or ``policy_overrides``, a duplicate or reserved (``scan_*``) custom
-    id, a pattern that does not compile or that matches the empty string.
+    id, a pattern RE2 does not compile (backreferences, lookaround, possessive repetition,
+    counts over 1000: the config loader refuses it too) or that matches the empty string.
 
 Bounds (fail closed)
-    Python's ``re`` cannot be interrupted inside a match, so no single call sees more than
-    :data:`SCAN_WINDOW_CHARS` plus twice :data:`WINDOW_OVERLAP_CHARS` of text: a longer
+    Every expression, built-in and custom, runs on RE2, in time linear in the text: no
+    input and no custom pattern can make a match backtrack. No single detector call sees
+    more than :data:`SCAN_WINDOW_CHARS` plus twice :data:`WINDOW_OVERLAP_CHARS` of text
+    (and so its cost is bounded, and the budget is read between calls): a longer
     string is scanned whole, in overlapping windows (a match longer than the overlap that
     crosses a window edge can be missed). Containers nested deeper than :data:`MAX_DEPTH`
     give ``DLP_BLOCKED`` with ``scan_depth``. A run of digits that would take more than
@@ -117,10 +145,11 @@ Bounds (fail closed)
     violation. So a scan runs past its budget by at most the work between two readings
     (about 8 KB of text, 100 us, or one rule over one window when that is more) before the
     budget notices, and a payload with less work than that (a clean 2 KB message) is timed
-    only at its start: it is never stopped by the budget unless custom rules ran. The
-    built-in expressions run in linear time; a custom pattern that backtracks
-    catastrophically can still run long inside one window, and the budget notices only at
-    the next reading after that call returns, at the latest at the end of the scan.
+    only at its start: it is never stopped by the budget unless custom rules ran.
+    Normalising a changed text is charged too, a window at a time.
+    ``benchmarks/dlp_worst.py`` measures the worst payloads found against the gateway's
+    budget: the slowest reach it and are blocked up to about 0.1 s past it (one object of
+    60,000 keys is charged once, before its keys are visited).
 
 How it stays fast
     Phase 1 (:mod:`mas.policy.dlp_collect`) collects every key and string, tries the
@@ -134,7 +163,8 @@ Modules
     This module is the facade: :class:`DlpScanner` and the names it re-exports. The rule
     model is in :mod:`mas.policy.dlp_rule`, the default rules in :mod:`mas.policy.dlp_rules`
     (their detectors in :mod:`mas.policy.dlp_detectors` and :mod:`mas.policy.dlp_cards`, key
-    classes in :mod:`mas.policy.dlp_keys`), config merging in :mod:`mas.policy.dlp_compile`,
+    classes in :mod:`mas.policy.dlp_keys`, text normalisation in :mod:`mas.policy.dlp_text`),
+    config merging in :mod:`mas.policy.dlp_compile`,
     limits and the budget in :mod:`mas.policy.dlp_bounds`, results in
     :mod:`mas.policy.dlp_result`.
 """
@@ -155,7 +185,7 @@ from mas.policy.dlp_bounds import (
     Budget,
     ScanStop,
 )
-from mas.policy.dlp_collect import Collector, Ranges
+from mas.policy.dlp_collect import Collector, Ranges, normalised
 from mas.policy.dlp_compile import effective_rules
 from mas.policy.dlp_keys import KeyRules
 from mas.policy.dlp_result import Decision as Decision
@@ -177,6 +207,7 @@ __all__ = [
 ]
 
 _KEY_CACHE_SIZE: Final = 8_192  # distinct keys whose classes a scanner remembers
+_SHOWN_CACHE_SIZE: Final = 4_096  # distinct client-chosen fields whose masked form it remembers
 _NONE: Final[tuple[Violation, ...]] = ()
 
 
@@ -187,7 +218,16 @@ class DlpScanner:
     one thread (the server's Trio thread), like every pure policy object in ``mas``.
     """
 
-    __slots__ = ("_budget", "_clock", "_collector", "_key_cache", "_keys", "_redact", "_rules")
+    __slots__ = (
+        "_budget",
+        "_clock",
+        "_collector",
+        "_key_cache",
+        "_keys",
+        "_redact",
+        "_rules",
+        "_shown",
+    )
 
     def __init__(
         self,
@@ -203,6 +243,7 @@ class DlpScanner:
         self._key_cache = self._keys.cache  # the same dict, at most _KEY_CACHE_SIZE keys
         self._collector = Collector(self._rules, self._keys)
         self._redact = tuple(r for r in self._collector.text_rules if r.action == "redact")
+        self._shown: dict[str, str] = {}  # shown() answers, at most _SHOWN_CACHE_SIZE
 
     @classmethod
     def from_config(
@@ -230,11 +271,13 @@ class DlpScanner:
         message_type: str | None = None,
         budget: float | None = None,
     ) -> ScanResult:
-        """Scan ``data`` and decide; never raises for a JSON-shaped payload.
+        """Scan ``data`` (and ``message_type``, when given) and decide; never raises for a
+        JSON-shaped payload.
 
-        ``message_type`` is accepted for per-type policy; today every rule applies to every
-        type. ``budget`` (seconds) replaces the scanner's time budget for this call; the
-        module docstring says when a spent budget is noticed.
+        A match in ``message_type`` is reported at the path ``message_type`` (no ``$``), and
+        a redact match there blocks: the type is delivered as it is or not at all.
+        ``budget`` (seconds) replaces the scanner's time budget for this call; the module
+        docstring says when a spent budget is noticed.
         """
         meter = Budget(self._clock, self._budget if budget is None else budget)
         collector = self._collector
@@ -242,11 +285,15 @@ class DlpScanner:
         delivered: object = data
         try:
             texts: list[str] = []
+            if message_type:
+                texts.append(message_type)
             ranges: Ranges = {}
             key_hit = collector.collect(data, 1, texts, ranges, meter)
             fired, hot, hot_at = collector.fire(texts, meter)
             if key_hit or fired:
                 walk = Walk(self._keys, fired, self._redact, hot, hot_at, ranges, meter)
+                if message_type:
+                    walk.field(message_type, "message_type")
                 delivered = walk.visit(data, None, 0)
             if collector.value_rules and texts and meter.over():
                 raise ScanStop("scan_budget", "$")  # a custom pattern may have run long
@@ -263,6 +310,34 @@ class DlpScanner:
         if "redact" in actions:
             return ScanResult("DLP_REDACTED", violations, cast("dict[str, Any]", delivered))
         return ScanResult("ALERT" if actions else "ALLOWED", violations, data)
+
+    def shown(self, text: str) -> str:
+        """``text`` with every match of a text rule masked (any action): a client-chosen
+        field (message type, target id, correlation id) as the audit trail may record it.
+
+        Remembers the last :data:`_SHOWN_CACHE_SIZE` distinct answers. A text of more than
+        :data:`SCAN_WINDOW_CHARS` characters, or one whose scan runs out of budget, is
+        shown as ``[REDACTED]``.
+        """
+        cached = self._shown.get(text)
+        if cached is not None:
+            return cached
+        if len(text) > SCAN_WINDOW_CHARS:
+            return "[REDACTED]"
+        meter = Budget(self._clock, self._budget)
+        try:
+            texts = [normalised(text, meter)]
+            fired, hot, hot_at = self._collector.fire(texts, meter)
+            out = text
+            if fired:
+                walk = Walk(self._keys, fired, self._redact, hot, hot_at, {}, meter)
+                out = walk.field(text, "field")
+        except ScanStop:
+            out = "[REDACTED]"
+        if len(self._shown) >= _SHOWN_CACHE_SIZE:
+            self._shown.clear()
+        self._shown[text] = out
+        return out
 
     def key_flags(self, key: str) -> int:
         """The classes of ``key`` that an active key-aware rule cares about (cached)."""

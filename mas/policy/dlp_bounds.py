@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from mas.policy.dlp_rule import Rule, Span
+from mas.policy.dlp_rule import Rule, Span, Views
 
 DEFAULT_BUDGET: Final = 0.050  # seconds of scanning per message before failing closed
 MAX_DEPTH: Final = 64  # nested containers; deeper payloads fail closed (and bound recursion)
-SCAN_WINDOW_CHARS: Final = 65_536  # longest text one regular-expression call is given
+SCAN_WINDOW_CHARS: Final = 65_536  # longest text one detector call is given
 WINDOW_OVERLAP_CHARS: Final = 1_024  # overlap between the windows over a longer string
 CLOCK_EVERY: Final = 8_192  # units of work between two readings of the budget's clock
 CONTAINER_UNITS: Final = 32  # what visiting a dict or list costs, in characters of text
@@ -76,21 +76,23 @@ def windows(n: int) -> Iterator[tuple[int, int, int]]:
         yield start, min(n, keep + SCAN_WINDOW_CHARS + WINDOW_OVERLAP_CHARS), keep
 
 
-def find(rule: Rule, text: str, low: str, budget: Budget) -> list[Span]:
-    """``rule.find`` over ``text``, one window at a time when ``text`` is long.
+def find(rule: Rule, views: Views, budget: Budget) -> list[Span]:
+    """``rule.find`` over the text of ``views``, one window at a time when it is long.
 
     A match counts in the window where it starts; each window reaches
     :data:`WINDOW_OVERLAP_CHARS` into its neighbours for context. The work is charged to
     ``budget`` after each call; raises :class:`ScanStop` once the budget is found spent.
     """
+    text = views.text
     if len(text) <= SCAN_WINDOW_CHARS:
-        spans = rule.find(text, low)
+        spans = rule.find(views)
         if budget.spent(len(text)):
             raise ScanStop("scan_budget", "$")
         return spans
     spans = []
+    low = views.low
     for start, end, keep in windows(len(text)):
-        for a, b, mask in rule.find(text[start:end], low[start:end]):
+        for a, b, mask in rule.find(Views(text[start:end], low[start:end])):
             if keep <= a + start < keep + SCAN_WINDOW_CHARS:
                 spans.append((a + start, b + start, mask))
         if budget.spent(end - start):

@@ -7,14 +7,22 @@ key. :data:`CARD_DETECTORS` is the ``credit_card`` rule's detector, behind its g
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
-from mas.policy.dlp_rule import Detector, Span, Views, as_int, fullmatches, marker
+from mas.policy.dlp_rule import (
+    Detector,
+    Span,
+    Views,
+    as_int,
+    compile_bytes,
+    compile_text,
+    fullmatches,
+    marker,
+)
 
-# A maximal run of digits with single spaces or dashes between them, at least 13 digits.
-_CARD_RUN: Final = re.compile(r"[0-9](?<![0-9].)(?:[ -]?[0-9]){12,}+")
-_SEPARATOR: Final = re.compile(r"[ -]")
+# A maximal run of digits with single spaces or dashes between them, at least 13 digits:
+# the leftmost, longest match starts where a run starts (RE2, linear).
+_CARD_RUN: Final = compile_bytes(r"[0-9](?:[ -]?[0-9]){12,}")
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 MAX_CARD_CHECKS: Final = 10_000  # candidate windows per text; past that the run is flagged
 
@@ -51,11 +59,11 @@ def _card_mask(digits: str) -> str:
     return "*" * (len(digits) - 4) + digits[-4:]
 
 
-def find_cards(text: str, low: str) -> list[Span]:
+def find_cards(views: Views) -> list[Span]:
     out: list[Span] = []
     checks = 0
-    for m in _CARD_RUN.finditer(text):
-        run, base = m.group(), m.start()
+    for m in _CARD_RUN.finditer(views.raw):
+        run, base = m.group().decode(), m.start()
         if len(run) <= 19 and run.isdigit():
             if card_ok(run):
                 out.append((base, m.end(), _card_mask(run)))
@@ -63,7 +71,7 @@ def find_cards(text: str, low: str) -> list[Span]:
         # Windows of whole groups holding 13-19 digits; the longest valid one from each group.
         groups: list[tuple[int, int, str]] = []
         offset = 0
-        for part in _SEPARATOR.split(run):
+        for part in run.replace("-", " ").split(" "):
             groups.append((offset, offset + len(part), part))
             offset += len(part) + 1
         i = 0
@@ -90,7 +98,7 @@ def find_cards(text: str, low: str) -> list[Span]:
 
 # --- cvv (key-aware only) ---------------------------------------------------------------------
 
-_CVV_VALUE: Final = re.compile(r"\s*[0-9]{3,4}\s*")
+_CVV_VALUE: Final = compile_text(r"[\t\n\v\f\r ]*[0-9]{3,4}[\t\n\v\f\r ]*")
 _CVV_MASK: Final = marker("cvv")
 
 

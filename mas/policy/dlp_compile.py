@@ -8,12 +8,12 @@ name at fault.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Final
 
 from mas.config import DlpConfig
-from mas.policy.dlp_rule import Finder, Rule, Span, marker
+from mas.config.gateway import compile_pattern
+from mas.policy.dlp_rule import Finder, Rule, Span, Views, marker
 from mas.policy.dlp_rules import DEFAULT_RULES
 
 RESERVED: Final = ("scan_budget", "scan_depth", "scan_unsupported")  # ids of the bounds
@@ -64,15 +64,17 @@ def effective_rules(config: DlpConfig) -> list[Rule]:
 def custom_finder(rule_id: str, kind: str, pattern: str, case_insensitive: bool) -> Finder:
     """The detector of a custom rule; ``ValueError`` if ``pattern`` is unusable."""
     try:
-        compiled = re.compile(pattern, re.IGNORECASE if case_insensitive else 0)
-    except (re.error, TypeError) as exc:
-        raise ValueError(f"DLP rule {rule_id!r}: pattern does not compile: {exc}") from None
+        compiled = compile_pattern(pattern, case_insensitive=case_insensitive)
+    except ValueError as exc:
+        raise ValueError(f"DLP rule {rule_id!r}: {exc}") from None
     for probe in ("", "a", "0", " ", "a b-1@x.y\n"):
         if any(m.end() == m.start() for m in compiled.finditer(probe)):
             raise ValueError(f"DLP rule {rule_id!r}: pattern matches the empty string")
     mask = marker(kind)
 
-    def find(text: str, low: str) -> list[Span]:
-        return [(m.start(), m.end(), mask) for m in compiled.finditer(text) if m.end() > m.start()]
+    def find(views: Views) -> list[Span]:
+        return [
+            (m.start(), m.end(), mask) for m in compiled.finditer(views.text) if m.end() > m.start()
+        ]
 
     return find

@@ -1,7 +1,10 @@
 """DLP key classes: which dict keys a key-aware rule looks under (pure, no I/O).
 
-:func:`classify_key` maps a key to its classes (bit flags such as :data:`SECRET`), ignoring
-ASCII case and the separators ``-``, ``_``, ``.`` and space. :class:`KeyRules` holds a
+:func:`classify_key` maps a key to its classes (bit flags such as :data:`SECRET`) after
+folding it (:func:`mas.policy.dlp_text.fold_key`: normalised, format characters dropped,
+Cyrillic and Greek look-alikes made Latin, lower-cased) and removing the separators ``-``,
+``_``, ``.`` and space: ``p\\u0430ssword`` (a Cyrillic a), fullwidth ``\\uff50\\uff41...``
+and ``pass\\u200bword`` are all ``password``. :class:`KeyRules` holds a
 scanner's key-aware rules with a bounded cache of the classes of the keys it has seen.
 """
 
@@ -10,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from mas.policy.dlp_rule import Rule, ValueCheck, ascii_lower
+from mas.policy.dlp_rule import Rule, ValueCheck
+from mas.policy.dlp_text import fold_key
 
 # Key classes (bit flags) computed once per distinct key by classify_key().
 SECRET: Final = 1
@@ -42,8 +46,8 @@ _KEY_NOISE: Final = str.maketrans("", "", "-_ .")
 
 
 def classify_key(key: str) -> int:
-    """The key classes of ``key``: ASCII case-insensitive, ``-``, ``_``, ``.``, space ignored."""
-    norm = ascii_lower(key).translate(_KEY_NOISE)
+    """The key classes of ``key``, folded, with ``-``, ``_``, ``.`` and space ignored."""
+    norm = fold_key(key).translate(_KEY_NOISE)
     if norm.startswith("[redacted"):
         return 0
     flags = 0

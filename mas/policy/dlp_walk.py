@@ -2,12 +2,13 @@
 
 Pure, no I/O. Runs only when phase 1 (:mod:`mas.policy.dlp_collect`) found something: it
 skips the containers in which nothing fired, runs the rules that fired on the strings they
-fired in, reports each (rule, JSON path) once and masks what the redact rules matched.
+fired in, reports each (rule, JSON path) once and masks what the redact rules matched. The
+rules match the normalised text; their spans are mapped back to the original characters
+(:class:`mas.policy.dlp_text.Normalised`), which are what is masked.
 """
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left
 from typing import Any, Final
 
@@ -20,13 +21,15 @@ from mas.policy.dlp_bounds import (
     ScanStop,
     find,
 )
-from mas.policy.dlp_collect import Ranges
+from mas.policy.dlp_collect import Ranges, number_text
 from mas.policy.dlp_keys import KeyRules
 from mas.policy.dlp_result import Violation
-from mas.policy.dlp_rule import Rule, Span, ascii_lower
+from mas.policy.dlp_rule import Rule, Span, Views, compile_text
+from mas.policy.dlp_text import Normalised, normalise
 
 REDACT_ROUNDS: Final = 3  # re-mask a redacted string at most this often, then mask it whole
-_IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+WHOLE: Final = "[REDACTED]"  # the mask of a text whose match could not be placed
+_IDENT: Final = compile_text(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Path = tuple[Any, str | int] | None  # (parent, key or index), rendered only when reported
 Found = list[tuple[Rule, list[Span]]]  # the rules that match a text, and where
@@ -113,16 +116,34 @@ class Walk:
             self.seen.add((rule.id, where))
             self.violations.append(Violation(rule.id, rule.type, rule.action, rule.severity, where))
 
+    def is_hot(self, text: str) -> bool:
+        """True if a rule fired in ``text`` in phase 1 (which saw it normalised)."""
+        return (text if text.isascii() else normalise(text)) in self.hot
+
     def find(self, text: str) -> Found:
-        if text not in self.hot:
+        if not self.is_hot(text):
             return []
-        low = ascii_lower(text)
+        return self.search(text, self.rules)
+
+    def search(self, text: str, rules: tuple[Rule, ...]) -> Found:
+        """Where each of ``rules`` matches ``text``, in offsets of ``text`` itself."""
+        norm = None if text.isascii() else Normalised(text)
+        views = Views(text if norm is None else norm.text)
         found = []
-        for rule in self.rules:
-            spans = find(rule, text, low, self.budget)
+        for rule in rules:
+            spans = find(rule, views, self.budget)
             if spans:
                 found.append((rule, spans))
-        return found
+        if norm is None or not norm.changed or not found:
+            return found
+        mapped: Found = []
+        for rule, spans in found:
+            places = []
+            for start, end, mask in spans:
+                place = norm.span(start, end)
+                places.append((0, len(text), WHOLE) if place is None else (*place, mask))
+            mapped.append((rule, places))
+        return mapped
 
     def redact(self, text: str, found: Found) -> str | None:
         """``text`` with its redact-rule matches masked until none is left; None if none."""
@@ -131,13 +152,26 @@ class Walk:
             return None
         for _ in range(REDACT_ROUNDS):
             text = apply_masks(text, spans)
-            low = ascii_lower(text)
-            spans = [
-                span for rule in self.redact_rules for span in find(rule, text, low, self.budget)
-            ]
+            spans = [span for _, found in self.search(text, self.redact_rules) for span in found]
             if not spans:
                 return text
-        return "[REDACTED]"
+        return WHOLE
+
+    def field(self, text: str, name: str) -> str:
+        """Report the matches in a message field (``message_type``...) at the path ``name``.
+
+        A field cannot be masked in what is delivered, so a redact match there counts as a
+        block. Returns the field with every match masked, for the records.
+        """
+        found = self.find(text)
+        spans = []
+        for rule, places in found:
+            if (rule.id, name) not in self.seen:
+                self.seen.add((rule.id, name))
+                action = "block" if rule.action == "redact" else rule.action
+                self.violations.append(Violation(rule.id, rule.type, action, rule.severity, name))
+            spans += places
+        return apply_masks(text, spans) if spans else text
 
     def visit(self, value: object, path: Path, depth: int) -> object:
         """``value``, or its redacted copy; reports what it finds at ``path``."""
@@ -148,6 +182,15 @@ class Walk:
             for rule, _ in found:
                 self.report(rule, path)
             redacted = self.redact(value, found)
+            return value if redacted is None else redacted
+        if type(value) is int or type(value) is float:
+            digits = number_text(value)
+            found = self.find(digits) if digits is not None else []
+            if not found or digits is None:
+                return value
+            for rule, _ in found:
+                self.report(rule, path)
+            redacted = self.redact(digits, found)  # a masked number is delivered as text
             return value if redacted is None else redacted
         if self.clean(value):
             return value
@@ -180,7 +223,7 @@ class Walk:
         if self.budget.spent(CONTAINER_UNITS + ITEM_UNITS * len(obj)):
             raise ScanStop("scan_budget", render(path))
         names: dict[Any, tuple[Any, Any, Found]] = {}
-        if not self.hot.isdisjoint(obj):
+        if any(type(key) is str and self.is_hot(key) for key in obj):
             names = self.rename(obj)
         out: dict[Any, Any] = {}
         changed = False
@@ -216,9 +259,7 @@ class Walk:
         A key masked by a redact rule is delivered as the first free name of ``mask``,
         ``mask#2``, ``mask#3``...; in paths a matched key always appears fully masked.
         """
-        found_keys = {
-            key: self.find(key) for key in obj if isinstance(key, str) and key in self.hot
-        }
+        found_keys = {key: self.find(key) for key in obj if isinstance(key, str)}
         masked = {key: self.redact(key, found) for key, found in found_keys.items() if found}
         taken = {key for key in obj if masked.get(key) is None}
         names = {}

@@ -82,6 +82,7 @@ class MasServer:
             store=self.store,
             audit=self.audit,
             config=lambda: self._config,
+            gateway=lambda: self._gateway,
         )
         self._grpc = GrpcServer(
             self._servicer,

@@ -104,6 +104,11 @@ class Gateway:
             else None
         )
 
+    def shown(self, text: str) -> str:
+        """A client-chosen field (target id, message type, correlation id) as records show
+        it: with what a DLP rule matches in it masked (as it is when DLP is off)."""
+        return text if self._dlp is None or not text else self._dlp.shown(text)
+
     def reconfigured(self, config: MasConfig) -> Gateway:
         """The gateway of a new config, keeping rate-limit and breaker state."""
         return Gateway(

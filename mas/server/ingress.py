@@ -8,6 +8,7 @@ with its audit draft inside the router).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -68,6 +69,10 @@ class Refused(Exception):
         super().__init__(str(rejection))
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
 class Ingress(NamedTuple):
     """One message as it arrived, for routing and for its audit record."""
 
@@ -78,16 +83,24 @@ class Ingress(NamedTuple):
     message_type: str
     started: float  # Trio time of arrival, for the decision latency
     now: float  # wall-clock time of arrival
+    # How a client-chosen field appears in the record: the gateway's DLP masks what its
+    # rules match there (Gateway.shown), so no record holds a secret a client put in one.
+    shown: Callable[[str], str] = _as_is
 
     def draft(self, decision: Decision, **fields: Any) -> AuditDraft:
         latency_ms = (trio.current_time() - self.started) * 1000.0
+        shown = self.shown
+        if fields.get("correlation_id") and "message_id" not in fields:
+            # A refused message's correlation id is whatever the client sent; a routed one's
+            # was made by this server.
+            fields["correlation_id"] = shown(fields["correlation_id"])
         return AuditDraft(
             time=self.now,
             decision=decision,
             sender_id=self.sender_id,
             sender_instance_id=self.sender_instance_id,
-            target_id=self.target_id,
-            message_type=self.message_type,
+            target_id=shown(self.target_id),
+            message_type=shown(self.message_type),
             latency_ms=latency_ms,
             **fields,
         )

@@ -163,6 +163,7 @@ class Router:
                 outbound.message_type[:MAX_MESSAGE_TYPE_LENGTH],
                 started,
                 now,
+                gateway.shown,
             )
             try:
                 correlation = next(found) if outbound.kind == "reply" else None

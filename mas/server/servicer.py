@@ -29,6 +29,7 @@ from ..identity import PeerIdentity, identity_from_certificate
 from ..store import Store
 from ..store.base import StateTooLargeError, StateVersionConflict
 from .audit_log import AuditLog
+from .gateway import Gateway
 from .grpc import Method, PeerConnection
 from .ingress import Accepted, Outbound, Rejection
 from .router import Router
@@ -44,6 +45,8 @@ _RELEASE_TIMEOUT: Final = 5.0  # seconds allowed to requeue a closed session's d
 FRAME_BATCH: Final = 256  # frames of one session handled together at most
 _ROUTED: Final = frozenset({"send", "request", "reply"})
 _json_decoder: Final = msgspec.json.Decoder()
+AGENT_ACTIVE: Final = "ACTIVE"  # Discover status: an instance is connected (the seed's spelling)
+AGENT_INACTIVE: Final = "INACTIVE"  # none is
 
 
 class RuntimeServicer:
@@ -57,8 +60,10 @@ class RuntimeServicer:
         store: Store,
         audit: AuditLog,
         config: Callable[[], MasConfig],
+        gateway: Callable[[], Gateway],
     ) -> None:
         self._router = router
+        self._gateway = gateway
         self._registry = registry
         self._store = store
         self._audit = audit
@@ -350,11 +355,14 @@ class RuntimeServicer:
     async def discover(
         self, peer: PeerConnection, request: pb.DiscoverRequest
     ) -> pb.DiscoverResponse:
-        await self._identity(peer)
+        """The agents the caller may send to (by its permissions) having every capability
+        asked for; an agent learns nothing of the agents it may not reach."""
+        identity = await self._identity(peer)
         wanted = set(request.capabilities)
+        reachable = self._gateway().access.targets_of(identity.agent_id)
         records = []
         for spec in self._config().agents:
-            if not wanted <= set(spec.capabilities):
+            if spec.agent_id not in reachable or not wanted <= set(spec.capabilities):
                 continue
             count = self._registry.count(spec.agent_id)
             records.append(
@@ -362,7 +370,7 @@ class RuntimeServicer:
                     agent_id=spec.agent_id,
                     capabilities=spec.capabilities,
                     metadata_json=msgspec.json.encode(spec.metadata).decode(),
-                    status="active" if count else "inactive",
+                    status=AGENT_ACTIVE if count else AGENT_INACTIVE,
                     instance_count=count,
                 )
             )

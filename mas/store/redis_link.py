@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
@@ -47,6 +46,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
+from ..config import redact_url
 from ..errors import StoreError
 from .redis_scripts import Script
 from .redis_wire import ProtocolError, WireSocket, pack
@@ -89,23 +89,6 @@ class StoreUnavailableError(StoreError):
 
 class _NotSentError(Exception):
     """No connection could be made: nothing of the batch reached Redis."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (in the user info or the query) replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user_info, _, host = netloc.rpartition("@")
-        user = user_info.partition(":")[0]
-        netloc = f"{user}:***@{host}"
-    query = urllib.parse.urlencode(
-        [
-            (k, "***" if k.lower() == "password" else v)
-            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        ]
-    )
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class Prepared(Protocol):

@@ -260,16 +260,42 @@ async def test_discovery_filters_by_capability_and_reports_status(pki: TestPKI) 
         {"agent_id": "pong", "capabilities": ["responder", "doctor"], "metadata": {"room": 7}},
         {"agent_id": "idle", "capabilities": ["responder"]},
     ]
+    reach = [{"type": "allow", "sender": "ping", "targets": ["pong", "idle"]}]
     with trio.fail_after(20):
-        async with open_test_server(_config(agents), pki) as server:
+        async with open_test_server(_config(agents, reach), pki) as server:
             async with running(server, pki, (Plain, "ping"), (Responder, "pong")) as (ping, _):
                 found = await ping.discover(capabilities=["responder"])
                 by_id = {record.agent_id: record for record in found}
                 assert set(by_id) == {"pong", "idle"}
-                assert (by_id["pong"].status, by_id["pong"].instance_count) == ("active", 1)
+                assert (by_id["pong"].status, by_id["pong"].instance_count) == ("ACTIVE", 1)
                 assert by_id["pong"].metadata == {"room": 7}
-                assert by_id["idle"].status == "inactive"
-                assert {r.agent_id for r in await ping.discover()} == {"ping", "pong", "idle"}
+                assert by_id["idle"].status == "INACTIVE"
+                assert {r.agent_id for r in await ping.discover()} == {"pong", "idle"}
+
+
+async def test_discovery_shows_only_the_agents_the_caller_may_send_to(pki: TestPKI) -> None:
+    agents = [
+        "ping",
+        {"agent_id": "pong", "capabilities": ["responder"], "metadata": {"room": 7}},
+        {"agent_id": "vault", "capabilities": ["responder"], "metadata": {"secret": "x"}},
+        "loner",
+        "boss",
+    ]
+    rules = [
+        {"type": "allow", "sender": "ping", "targets": ["pong", "vault"]},
+        {"type": "deny", "sender": "ping", "targets": ["vault"]},
+        {"type": "allow_wildcard", "agent_id": "boss"},
+    ]
+    with trio.fail_after(20):
+        async with open_test_server(_config(agents, rules), pki) as server:
+            started = ((Plain, "ping"), (Responder, "vault"), (Plain, "loner"), (Plain, "boss"))
+            async with running(server, pki, *started) as (ping, _vault, loner, boss):
+                assert [r.agent_id for r in await ping.discover()] == ["pong"]
+                assert await loner.discover() == []  # allowlisted, denied all traffic
+                assert await loner.discover(capabilities=["responder"]) == []
+                seen = {r.agent_id: r for r in await boss.discover(capabilities=["responder"])}
+                assert set(seen) == {"pong", "vault"}
+                assert (seen["vault"].status, seen["pong"].status) == ("ACTIVE", "INACTIVE")
 
 
 async def test_agent_not_in_the_allowlist_cannot_run(pki: TestPKI) -> None:

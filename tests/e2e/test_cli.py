@@ -64,6 +64,16 @@ def test_invalid_config_exits_2_naming_the_path(tmp_path: Path) -> None:
     _assert_clean_error(_mas("run", str(tmp_path)), 2, "$.agents[0].instances")
 
 
+def test_a_dlp_pattern_re2_cannot_run_exits_2_saying_why(tmp_path: Path) -> None:
+    (tmp_path / "mas.yaml").write_text(
+        "agents: [{agent_id: a}]\n"
+        "gateway: {dlp: {rules: [{id: twice, type: t, pattern: '(a)\\1'}]}}\n"
+    )
+    result = _mas("check", str(tmp_path / "mas.yaml"))
+    _assert_clean_error(result, 2, "linear-time engine (RE2)")
+    assert "'twice'" in result.stderr
+
+
 def test_unknown_key_exits_2(tmp_path: Path) -> None:
     (tmp_path / "mas.yaml").write_text("agentz: []\n")
     _assert_clean_error(_mas("check", str(tmp_path / "mas.yaml")), 2, "agentz")

@@ -65,5 +65,5 @@ async def test_stock_grpcio_client_uses_transport_and_unary_rpcs(
     assert seen["reply"] == ["answer", {"ok": True}, True]
     assert seen["state"] == {"k": "[1, null, true]"}
     assert seen["state_after_reset"] == {}
-    assert seen["discovered"] == [["legacy", "active"]]
+    assert seen["discovered"] == [["legacy", "ACTIVE"]]
     assert seen["denied"] == ["PERMISSION_DENIED", "not_authorized"]

@@ -348,6 +348,27 @@ def test_bad_dlp_regex_names_the_rule() -> None:
     assert "broken_rule" in message
 
 
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        (r"(a)\1", "backreference"),
+        ("(?<=x)secret", "lookbehind"),
+        ("secret(?!s)", "lookahead"),
+        ("a++", "possessive"),
+        ("a{1001}", "repetition count"),
+    ],
+)
+def test_a_pattern_the_linear_time_engine_cannot_run_is_refused_at_load(
+    pattern: str, why: str
+) -> None:
+    rules = f"[{{id: r1, type: t, pattern: '{pattern}'}}]"
+    message = parse_error(f"gateway: {{dlp: {{rules: {rules}}}}}")
+    assert "$.gateway.dlp.rules[0]" in message, why
+    assert "'r1'" in message
+    assert "linear-time engine (RE2)" in message
+    assert "without backreferences, lookaround or possessive repetition" in message
+
+
 def test_bad_dlp_action_is_refused() -> None:
     assert "$.gateway.dlp.policy_overrides" in parse_error(
         "gateway: {dlp: {policy_overrides: {email: shred}}}"
