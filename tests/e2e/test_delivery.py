@@ -1,19 +1,61 @@
 """At-least-once delivery over real mTLS: windows, nacks, retries, dead letters, offline queues.
 
 Timed behaviour (redelivery backoff, ack timeouts) runs under Trio's MockClock,
-so the tests take no real time.
+so the tests take no real time. Every test runs over a store that yields before and
+after each call (``mas.testing.store.yielding``), as I/O backends do; the untimed
+ones also over a real SQLite file.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 from rawclient import RawSession, raw_client, sessions
 
 from mas._proto import runtime_pb2 as pb
+from mas.config import MasConfig
+from mas.runtime import build_store, store_limits
+from mas.server import MasServer
+from mas.store.sqlite import open_sqlite_store
 from mas.testing import TestPKI, make_config, open_test_server
+from mas.testing.store import yielding
+
+Serve = Callable[[MasConfig], AbstractAsyncContextManager[MasServer]]
+
+
+def _serving(pki: TestPKI, backend: str, directory: Path) -> Serve:
+    @asynccontextmanager
+    async def serve(config: MasConfig) -> AsyncIterator[MasServer]:
+        if backend == "memory":
+            async with open_test_server(config, pki, store=yielding(build_store(config))) as s:
+                yield s
+            return
+        async with (
+            open_sqlite_store(directory / "mas.sqlite3", store_limits(config), sync="normal") as db,
+            open_test_server(config, pki, store=yielding(db)) as s,
+        ):
+            yield s
+
+    return serve
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def serve(request: pytest.FixtureRequest, pki: TestPKI, tmp_path: Path) -> Serve:
+    """A server over a yielding store: memory, or a real SQLite file."""
+    return _serving(pki, request.param, tmp_path)
+
+
+@pytest.fixture
+def serve_timed(pki: TestPKI, tmp_path: Path) -> Serve:
+    """For MockClock tests: the yielding memory store (SQLite's flushes take real time)."""
+    return _serving(pki, "memory", tmp_path)
+
 
 ONE_WAY = [{"type": "allow", "sender": "a", "targets": ["b"]}]
 
@@ -32,10 +74,10 @@ async def _send_numbers(a: RawSession, count: int) -> None:
 
 
 async def test_retryable_nack_is_redelivered_with_backoff_then_dead_lettered(
-    pki: TestPKI, autojump_clock: trio.testing.MockClock
+    pki: TestPKI, serve_timed: Serve, autojump_clock: trio.testing.MockClock
 ) -> None:
     config = make_config(["a", "b"], ONE_WAY, limits={"max_attempts": 3, "redelivery_backoff": 2.0})
-    async with open_test_server(config, pki) as server:
+    async with serve_timed(config) as server:
         async with sessions(server, pki, "a", "b") as (a, b):
             await _send_numbers(a, 1)
             times = []
@@ -57,9 +99,9 @@ async def test_retryable_nack_is_redelivered_with_backoff_then_dead_lettered(
             assert json.loads(dead[0].message.envelope_json)["data"] == {"n": 0}
 
 
-async def test_non_retryable_nack_dead_letters_at_once(pki: TestPKI) -> None:
+async def test_non_retryable_nack_dead_letters_at_once(pki: TestPKI, serve: Serve) -> None:
     with trio.fail_after(10):
-        async with open_test_server(make_config(["a", "b"], ONE_WAY), pki) as server:
+        async with serve(make_config(["a", "b"], ONE_WAY)) as server:
             async with sessions(server, pki, "a", "b") as (a, b):
                 await _send_numbers(a, 1)
                 delivery = await b.next_delivery()
@@ -74,12 +116,12 @@ async def test_non_retryable_nack_dead_letters_at_once(pki: TestPKI) -> None:
 
 
 async def test_unacked_delivery_is_redelivered_after_ack_timeout(
-    pki: TestPKI, autojump_clock: trio.testing.MockClock
+    pki: TestPKI, serve_timed: Serve, autojump_clock: trio.testing.MockClock
 ) -> None:
     config = make_config(
         ["a", "b"], ONE_WAY, limits={"ack_timeout": 30.0, "redelivery_backoff": 1.0}
     )
-    async with open_test_server(config, pki) as server:
+    async with serve_timed(config) as server:
         async with sessions(server, pki, "a", "b") as (a, b):
             await _send_numbers(a, 1)
             first = await b.next_delivery()
@@ -93,10 +135,10 @@ async def test_unacked_delivery_is_redelivered_after_ack_timeout(
 
 
 async def test_in_flight_window_bounds_unacked_deliveries(
-    pki: TestPKI, autojump_clock: trio.testing.MockClock
+    pki: TestPKI, serve_timed: Serve, autojump_clock: trio.testing.MockClock
 ) -> None:
     config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": 2})
-    async with open_test_server(config, pki) as server:
+    async with serve_timed(config) as server:
         port = server.address.port
         async with (
             raw_client(port, pki.client_ssl_context("a")) as ca,
@@ -116,10 +158,12 @@ async def test_in_flight_window_bounds_unacked_deliveries(
             del second
 
 
-async def test_messages_for_an_offline_agent_wait_and_are_bounded(pki: TestPKI) -> None:
+async def test_messages_for_an_offline_agent_wait_and_are_bounded(
+    pki: TestPKI, serve: Serve
+) -> None:
     config = make_config(["a", "b"], ONE_WAY, limits={"max_queue_length": 3})
     with trio.fail_after(10):
-        async with open_test_server(config, pki) as server:
+        async with serve(config) as server:
             port = server.address.port
             async with raw_client(port, pki.client_ssl_context("a")) as ca:
                 a = await ca.transport()
@@ -143,10 +187,10 @@ async def test_messages_for_an_offline_agent_wait_and_are_bounded(pki: TestPKI) 
                 assert received == [0, 1, 2]
 
 
-async def test_shared_queue_spreads_over_instances(pki: TestPKI) -> None:
+async def test_shared_queue_spreads_over_instances(pki: TestPKI, serve: Serve) -> None:
     config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": 1})
     with trio.fail_after(10):
-        async with open_test_server(config, pki) as server:
+        async with serve(config) as server:
             port = server.address.port
             async with (
                 raw_client(port, pki.client_ssl_context("a")) as ca,
@@ -163,12 +207,12 @@ async def test_shared_queue_spreads_over_instances(pki: TestPKI) -> None:
                 assert got == [0, 1]
 
 
-async def test_sessions_per_agent_are_limited(pki: TestPKI) -> None:
+async def test_sessions_per_agent_are_limited(pki: TestPKI, serve: Serve) -> None:
     from rawclient import CallFailed
 
     config = make_config(["a"], limits={"max_sessions_per_agent": 1})
     with trio.fail_after(10):
-        async with open_test_server(config, pki) as server:
+        async with serve(config) as server:
             async with raw_client(server.address.port, pki.client_ssl_context("a")) as ca:
                 first = await ca.transport()
                 await first.hello("one")
