@@ -12,12 +12,18 @@ The file is an exact copy of the store's chain, so ``mas audit verify FILE``
 checks the same hashes as the store (and with several servers sharing a store,
 each server's file holds the records of all of them, as they appear).
 
+Error handling: both loops wait out a store outage or a full disk
+(``resilience.persist``): the writer keeps its batch (and its bounded queue
+slows producers down) until the store takes it; the follower pauses the copy,
+says so once, and catches up when it can write again.
+
 ``AuditLog`` also keeps per-decision counters and latency histograms for
 ``statistics()``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -34,6 +40,7 @@ from ..audit.sink import JsonlSink
 from ..config import AuditConfig
 from ..store import Store
 from ..telemetry import Telemetry
+from .resilience import Outage, persist
 
 log = logging.getLogger("mas.audit")
 
@@ -63,6 +70,8 @@ class AuditLog:
         self.file_seq = 0  # highest seq copied into the file
         self._file_advanced = trio.Event()
         self._following = False
+        self._store_outage = Outage("audit writer (store)", log)
+        self._file_outage = Outage("audit file copy", log)
 
     # -- producers --------------------------------------------------------------------
 
@@ -163,7 +172,7 @@ class AuditLog:
                     batch.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._append(batch)
+            await persist(self._store_outage, functools.partial(self._append, batch))
 
     def _open_sink(self) -> JsonlSink | None:
         path = self._config.file_path
@@ -173,10 +182,14 @@ class AuditLog:
 
     async def _follow(self, sink: JsonlSink) -> None:
         self._following = True
-        written = await self._resume_point(sink)
+        written = await persist(self._file_outage, functools.partial(self._resume_point, sink))
+        read = self._store.audit_records
         while True:
-            while records := await self._store.audit_records(after_seq=written, limit=BATCH):
-                await trio.to_thread.run_sync(sink.write, records)
+            while records := await persist(
+                self._file_outage, functools.partial(read, after_seq=written, limit=BATCH)
+            ):
+                write = functools.partial(trio.to_thread.run_sync, sink.write, records)
+                await persist(self._file_outage, write)
                 written = self.file_seq = records[-1].seq
                 self._file_advanced.set()
                 if len(records) < BATCH:

@@ -53,6 +53,7 @@ from .ingress import (
     error_info,
     taken_correlation,
 )
+from .resilience import Outage, persist
 from .sessions import Session, SessionRegistry, delivery_frames
 
 log = logging.getLogger("mas.server.router")
@@ -458,21 +459,26 @@ class Router:
 
     async def _sweep(self) -> None:
         """Every ``SWEEP_INTERVAL``, delete correlations and replies nobody can use."""
+        outage = Outage("sweeper (store)", log)
+        reply_max_age = self._limits.max_request_timeout + CORRELATION_GRACE
         while True:
             await trio.sleep(SWEEP_INTERVAL)
-            reply_max_age = self._limits.max_request_timeout + CORRELATION_GRACE
-            self.swept += await self.store.sweep(self._clock.now(), reply_max_age)
+            self.swept += await persist(
+                outage, lambda: self.store.sweep(self._clock.now(), reply_max_age)
+            )
 
     async def _schedule_retries(self) -> None:
+        outage = Outage("retry scheduler (store)", log)
         while True:
             # A fresh event *before* the read: a retry stored while the store answers
             # sets it, so the wait below ends at once instead of missing that retry.
             self._retry_scheduled = trio.Event()
-            due = await self.store.next_due()
+            due = await persist(outage, self.store.next_due)
             with trio.move_on_at(self._clock.to_trio(due) if due is not None else float("inf")):
                 await self._retry_scheduled.wait()
                 continue
-            for agent_id in await self.store.pending_agents(self._clock.now()):
+            pending = await persist(outage, lambda: self.store.pending_agents(self._clock.now()))
+            for agent_id in pending:
                 self.registry.ring(agent_id)
 
 

@@ -144,14 +144,14 @@ redis.call('SET', KEYS[3], ARGV[6] .. ' ' .. me)
 return {1, mask}
 """
 
-# KEYS: streams. ARGV: per stream, the number of its entry ids, then the ids.
+# KEYS: streams. ARGV: per stream, the number of its entries, then (entry id, consumer)
+# pairs. As ACK: only entries still pending for their consumer are acked.
 _ACK_MANY: Final = """
 local a = 1
 for _, stream in ipairs(KEYS) do
-  local last = a + tonumber(ARGV[a])
-  for i = a + 1, last, 1000 do
-    forget(stream, {unpack(ARGV, i, math.min(i + 999, last))})
-  end
+  local last = a + 2 * tonumber(ARGV[a])
+  local owned = owned_entries(stream, ARGV, a + 1, last)
+  for i = 1, #owned, 1000 do forget(stream, {unpack(owned, i, math.min(i + 999, #owned))}) end
   drop_if_empty(stream)
   a = last + 1
 end
@@ -292,9 +292,11 @@ class _Attempt:
         return [next(records) if flag == b"1" else None for flag in self._flags]
 
 
-def ack_command(entries: dict[str, list[bytes]]) -> Command:
-    """The ``ACK_MANY`` call for these entry ids of these streams."""
+def ack_command(entries: dict[str, list[tuple[bytes, str]]]) -> Command:
+    """The ``ACK_MANY`` call for these (entry id, consumer) pairs of these streams."""
     args: list[Arg] = []
-    for ids in entries.values():
-        args += [len(ids), *ids]
+    for pairs in entries.values():
+        args.append(len(pairs))
+        for entry_id, consumer in pairs:
+            args += [entry_id, consumer]
     return ("EVALSHA", ACK_MANY.sha, len(entries), *entries, *args)

@@ -66,6 +66,19 @@ local function forget(stream, ids)
   redis.call('XDEL', stream, unpack(ids))
 end
 
+-- The entry ids of the (id, consumer) pairs in args[first..last] that are still
+-- pending for that consumer (not reclaimed by another server meanwhile).
+local function owned_entries(stream, args, first, last)
+  local owned = {{}}
+  if redis.call('EXISTS', stream) == 0 then return owned end
+  for i = first, last, 2 do
+    if redis.call('XPENDING', stream, GROUP, args[i], args[i], 1, args[i + 1])[1] then
+      owned[#owned + 1] = args[i]
+    end
+  end
+  return owned
+end
+
 -- May `me` append records linked after `expected` to the audit chain? 1: yes. -1: no,
 -- the chain moved on; if another server moved it, `me` takes the turn (unless a third
 -- has it). -2: no, another server has the turn: it lost a race, so it writes first.
@@ -289,12 +302,14 @@ take(KEYS[3], KEYS[4], ARGV[6], 2, '')
 return out
 """
 
-# KEYS: stream. ARGV: entry ids.
+# KEYS: stream. ARGV: (entry id, consumer) pairs.
+# Only entries still pending for that consumer are acked: after a reclaim, the entry
+# belongs to another server, which is delivering it now.
 _ACK: Final = """
-local n = redis.call('XACK', KEYS[1], GROUP, unpack(ARGV))
-redis.call('XDEL', KEYS[1], unpack(ARGV))
+local owned = owned_entries(KEYS[1], ARGV, 1, #ARGV)
+for i = 1, #owned, 1000 do forget(KEYS[1], {unpack(owned, i, math.min(i + 999, #owned))}) end
 drop_if_empty(KEYS[1])
-return n
+return #owned
 """
 
 # KEYS: stream, delayed. ARGV: entry id, consumer, next attempt, not_before, q.
@@ -309,14 +324,14 @@ return 1
 
 # KEYS: stream, dlq, dlq agents.
 # ARGV: entry id, dlq cap, agent, instance, message id, enqueued_at, attempt, not_before,
-#       envelope, reason, dead_lettered_at.
+#       envelope, reason, dead_lettered_at, consumer.
+# Returns 0 (nothing written) when the entry is no longer the consumer's (reclaimed).
 _DEAD_LETTER: Final = """
+if #owned_entries(KEYS[1], {ARGV[1], ARGV[12]}, 1, 2) == 0 then return 0 end
 dead_letter(KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
   ARGV[9], ARGV[10], ARGV[11])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  forget(KEYS[1], {ARGV[1]})
-  drop_if_empty(KEYS[1])
-end
+forget(KEYS[1], {ARGV[1]})
+drop_if_empty(KEYS[1])
 return 1
 """
 

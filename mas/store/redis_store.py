@@ -65,17 +65,20 @@ class _Session:
 class _AckBatch:
     """Acks of one stream that wait for the same batch: one script call (``Prepared``)."""
 
-    def __init__(self, pending: dict[str, _AckBatch], stream: str, entry_id: bytes) -> None:
+    def __init__(
+        self, pending: dict[str, _AckBatch], stream: str, entry: tuple[bytes, str]
+    ) -> None:
         self._pending = pending
         self._stream = stream
-        self.entry_ids = [entry_id]
+        self.entries = [entry]  # (entry id, consumer)
         self._done = trio.Event()
         self._error: Exception | None = None
 
     def commands(self) -> list[Command]:
         if self._pending.get(self._stream) is self:
             del self._pending[self._stream]  # later acks make a new batch
-        return [("EVALSHA", lua.ACK.sha, 1, self._stream, *self.entry_ids)]
+        pairs = [arg for entry in self.entries for arg in entry]
+        return [("EVALSHA", lua.ACK.sha, 1, self._stream, *pairs)]
 
     def completed(self, replies: list[Any]) -> None:
         if isinstance(replies[0], Exception):
@@ -271,21 +274,25 @@ class RedisStore:
         if tracked is None:
             return None
         stream = self._keys.queue(tracked.q)
+        entry = (tracked.entry_id, self._consumer(tracked.delivery.session_id))
         batch = self._acks.get(stream)
         if batch is not None:  # an ack of this stream waits to be sent: go with it
-            batch.entry_ids.append(tracked.entry_id)
+            batch.entries.append(entry)
             await batch.wait()
         else:
-            batch = self._acks[stream] = _AckBatch(self._acks, stream, tracked.entry_id)
+            batch = self._acks[stream] = _AckBatch(self._acks, stream, entry)
             await self._link.call_prepared("ack", batch, ACK_SIZE, abandonable=False)
         return tracked.delivery
 
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
         acked = [self._forget(delivery_id) for delivery_id in delivery_ids]
-        entries: dict[str, list[bytes]] = {}
+        entries: dict[str, list[tuple[bytes, str]]] = {}
         for tracked in acked:
             if tracked is not None:
-                entries.setdefault(self._keys.queue(tracked.q), []).append(tracked.entry_id)
+                consumer = self._consumer(tracked.delivery.session_id)
+                entries.setdefault(self._keys.queue(tracked.q), []).append(
+                    (tracked.entry_id, consumer)
+                )
         if entries:
             # Forgotten here already: the acks go out even if this caller is cancelled.
             await self._link.call("ack", ack_command(entries), abandonable=False)
@@ -315,7 +322,7 @@ class RedisStore:
         if tracked is None:
             return None
         message = tracked.delivery.message
-        await self._link.evalsha(
+        written = await self._link.evalsha(
             "dead_letter",
             lua.DEAD_LETTER,
             [
@@ -335,9 +342,12 @@ class RedisStore:
                 message.envelope_json,
                 reason,
                 repr(now),
+                self._consumer(tracked.delivery.session_id),
             ],
         )
-        return tracked.delivery
+        # 0: another server reclaimed the entry (this one's lease had expired) and is
+        # delivering it; it is that server's to dead-letter or not.
+        return tracked.delivery if written else None
 
     async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
         session = self._sessions.pop(session_id, None)
