@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -45,9 +46,7 @@ async def test_the_audit_writer_keeps_its_drafts_through_an_outage(
         await audit.record_many(
             [AuditDraft(time=1.0, decision="AUTHZ_DENIED", reason=f"r{n}") for n in range(3)]
         )
-        with trio.fail_after(120):
-            while len(await store.store.audit_records()) < 3:
-                await trio.sleep(1)
+        await trio.sleep(60)  # 8 failures back off about 15 s in all
         nursery.cancel_scope.cancel()
     assert [r.reason for r in await store.store.audit_records()] == ["r0", "r1", "r2"]
     said = [r.getMessage() for r in caplog.records if r.name == "mas.audit"]
@@ -68,7 +67,7 @@ async def test_persist_backs_off_and_gives_up_only_on_a_broken_store(
         return "done"
 
     assert await persist(outage, flaky) == "done"
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert all(gap > 0 for gap in gaps) and gaps[-1] > gaps[0]  # jittered, growing
     assert not outage.down
 
