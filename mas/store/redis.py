@@ -173,6 +173,7 @@ async def open_redis_store(
                 if held:
                     log.warning("server id %s was still leased: is it used twice?", server_id)
                 nursery.start_soon(store._lease.keep)
+                nursery.start_soon(store.hand_back_orphans, lease_seconds / 3)
                 try:
                     yield store
                 except BaseException as exc:  # noqa: BLE001 (re-raised below)

@@ -15,6 +15,7 @@ and drops the lease, so other servers need not wait for it to expire.
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
@@ -48,7 +49,12 @@ class Lease:
         self.handed_back = 0  # deliveries this server handed back (expired servers, its own)
 
     async def renew(self, mode: str) -> bool:
-        """Run the lease script (``join``, ``beat``, ``leave``); whether the lease was held."""
+        """Run the lease script; whether the lease was held.
+
+        ``join`` hands back what an earlier process with this id left, ``beat`` renews
+        and reclaims servers whose lease expired, ``renew`` only renews, ``leave`` hands
+        back and quits.
+        """
         keys = self._keys
         held, handed_back = await self._link.evalsha(
             "lease",
@@ -78,21 +84,34 @@ class Lease:
     async def keep(self) -> None:
         """Renew the lease until ``close`` (runs in the store's nursery).
 
+        A lease that expired while Redis was away is no evidence that its server died:
+        Redis downtime counts against every server's lease alike. So after a failed
+        renewal, or one that finds this server's own lease expired, renewals only renew
+        (``renew``) for a grace of one lease period, giving every live server time to
+        renew its own; only then do they reclaim servers whose lease is still gone.
+
         Error handling: a failed renewal is logged and tried again at the next
         interval (two may fail before the lease expires).
         """
+        grace_until = 0.0  # Trio time before which expired servers are not reclaimed
         with self._scope:
             while True:
                 await trio.sleep(self._interval)
+                mode = "beat" if trio.current_time() >= grace_until else "renew"
                 try:
-                    held = await self.renew("beat")
+                    held = await self.renew(mode)
                 except StoreUnavailableError as exc:
                     log.warning("lease of server %s not renewed: %s", self._server_id, exc)
+                    grace_until = math.inf  # set for real once Redis answers again
                     continue
+                if not held or math.isinf(grace_until):
+                    grace_until = trio.current_time() + self.lease_ms / 1000
                 if not held:
                     log.warning(
-                        "lease of server %s had expired; its deliveries may be redelivered",
+                        "lease of server %s had expired (was Redis away?); reclaiming no "
+                        "other server for %.0f s, so that live ones can renew theirs",
                         self._server_id,
+                        self.lease_ms / 1000,
                     )
 
     async def close(self, shutdown_timeout: float) -> None:

@@ -358,13 +358,16 @@ return back
 # KEYS: lease (this server), servers, waiting.
 # ARGV: mode, server id, lease ms, ns, channel, max attempts ('' for none), dlq cap.
 # `join` hands back what an earlier process with this id left, then takes the lease;
-# `beat` renews it and reclaims servers whose lease expired; `leave` hands back and quits.
+# `beat` renews it and reclaims servers whose lease expired; `renew` only renews (the grace
+# after an outage, see Lease.keep); `leave` hands back and quits.
 # Returns {1 if the lease was still held, deliveries handed back}.
 _LEASE: Final = """
 local mode, me, ns = ARGV[1], ARGV[2], ARGV[4]
 local max_attempts = tonumber(ARGV[6])
 local back = 0
-if mode ~= 'beat' then back = reclaim(ns, KEYS[3], ARGV[5], me, max_attempts, ARGV[7]) end
+if mode == 'join' or mode == 'leave' then
+  back = reclaim(ns, KEYS[3], ARGV[5], me, max_attempts, ARGV[7])
+end
 if mode == 'leave' then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[2], me)
@@ -372,6 +375,9 @@ if mode == 'leave' then
 end
 local held = redis.call('SET', KEYS[1], '1', 'PX', ARGV[3], 'GET') and 1 or 0
 redis.call('SADD', KEYS[2], me)
+-- A lease found expired is no evidence about the others (Redis may have been away, and
+-- its downtime counts against every lease): renew only, reclaim at a later beat.
+if mode == 'renew' or held == 0 then return {held, back} end
 for _, other in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if other ~= me and redis.call('EXISTS', ns .. ':lease:' .. other) == 0 then
     back = back + reclaim(ns, KEYS[3], ARGV[5], other, max_attempts, ARGV[7])

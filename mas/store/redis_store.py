@@ -13,9 +13,11 @@ entries in Redis remain the truth that ``release_session`` and reclaims act on.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import trio
 
@@ -47,6 +49,8 @@ from .redis_watch import watch_queues
 MAX_FULL_QUEUES_KNOWN: Final = 1024  # queues remembered as full (checked before linking)
 ACK_SIZE: Final = 64  # bytes, an estimate of one ack for batch sizing
 
+log = logging.getLogger("mas.store.redis")
+
 
 @dataclass(frozen=True)
 class _Tracked:
@@ -60,6 +64,14 @@ class _Session:
     agent_id: str
     instance_id: str
     deliveries: set[str] = field(default_factory=set)
+
+
+class _Release(NamedTuple):
+    """What ``release_session`` sends for one ended session (kept until Redis confirms)."""
+
+    session: _Session
+    max_attempts: int
+    not_before: tuple[str | bytes, ...]
 
 
 class _AckBatch:
@@ -123,6 +135,7 @@ class RedisStore:
         self._deliveries: dict[str, _Tracked] = {}
         self._acks: dict[str, _AckBatch] = {}  # stream -> acks waiting to be sent
         self._sessions: dict[str, _Session] = {}
+        self._unreleased: dict[str, _Release] = {}  # ended sessions Redis did not release yet
         self._counts = {"sent": 0, "delivered": 0, "wakeups": 0}
 
     # -- queues -------------------------------------------------------------------------
@@ -362,28 +375,56 @@ class RedisStore:
                     tracked.entry_id,
                     repr(tracked.delivery.message.not_before),
                 ]
-        keys, ns = self._keys, self._keys.ns
+        release = _Release(session, max_attempts, tuple(not_before))
+        # Until Redis confirms the hand-back, the consumer's entries would stay pending
+        # under a consumer nobody owns: remember it, and ``hand_back_orphans`` retries.
+        self._unreleased[session_id] = release
+        handed_back = await self._release(session_id, release, now)
+        self._unreleased.pop(session_id, None)
+        return handed_back
+
+    async def hand_back_orphans(self, interval: float) -> None:
+        """Retry, every ``interval`` seconds, the releases that Redis did not confirm.
+
+        A session that ended while Redis was unreachable (or whose release was
+        cancelled on its way) left its deliveries pending under its consumer; this
+        live server hands them back as soon as Redis answers again. A release is
+        idempotent (what was handed back is no longer pending), so one that did reach
+        Redis is harmless to send again. Runs until cancelled.
+        """
+        while True:
+            await trio.sleep(interval)
+            for session_id, release in list(self._unreleased.items()):
+                try:
+                    await self._release(session_id, release, time.time())
+                except StoreUnavailableError:
+                    break  # still away: the next round tries again
+                self._unreleased.pop(session_id, None)
+                log.info("handed back the deliveries of session %s after an outage", session_id)
+
+    async def _release(self, session_id: str, release: _Release, now: float) -> int:
+        session, keys = release.session, self._keys
         handed_back: int = await self._link.evalsha(
             "release",
             lua.RELEASE,
             [
                 keys.waiting,
-                self._keys.dlq(session.agent_id),
+                keys.dlq(session.agent_id),
                 keys.dlq_agents,
-                self._keys.claims(self.server_id),
+                keys.claims(self.server_id),
             ],
             [
                 self._consumer(session_id),
-                max_attempts,
+                release.max_attempts,
                 repr(now),
                 session.agent_id,
                 session.instance_id,
-                ns,
-                self._keys.wake_channel,
+                keys.ns,
+                keys.wake_channel,
                 self.server_id,
                 MAX_DEAD_LETTERS,
                 f"{self.server_id}:",
-                *not_before,
+                *release.not_before,
             ],
         )
         return handed_back

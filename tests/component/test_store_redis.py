@@ -628,3 +628,48 @@ async def test_servers_writing_batches_together_keep_one_audit_chain(
             assert await a.queue_depth("b") == 40  # 24 batches x 3 offered: full
             assert await a.queue_depth("c") == 40
             assert len(records) == 80 + 6  # 144 items offered, 64 refused; 6 appended
+
+
+async def test_a_session_released_during_an_outage_is_handed_back_once_redis_returns(
+    persistent_redis: RedisServer,
+) -> None:
+    server = persistent_redis
+    with trio.fail_after(20):
+        async with open_redis_store(
+            server.url, LIMITS, lease_seconds=SHORT_LEASE, reconnect_timeout=0.3
+        ) as a:
+            await a.enqueue(_message(1))
+            [held] = await a.claim("b", "i1", "s1", 5, NOW)
+            await trio.to_thread.run_sync(lambda: server.stop(kill=True))
+            with pytest.raises(StoreUnavailableError):  # the session ends while Redis is away
+                await a.release_session("s1", 5, NOW)
+            await trio.to_thread.run_sync(server.start)
+            with trio.fail_after(10):
+                # Polls Redis, the shared thing under test: no local event to wait on.
+                while not (again := await a.claim("b", "i2", "s2", 5, NOW)):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert [(d.message.message_id, d.message.attempt) for d in again] == [("m1", 2)]
+            assert again[0].message.envelope_json == held.message.envelope_json
+
+
+async def test_after_a_redis_outage_longer_than_a_lease_live_servers_keep_their_deliveries(
+    persistent_redis: RedisServer,
+) -> None:
+    server = persistent_redis
+    with trio.fail_after(20):
+        async with (
+            open_redis_store(server.url, LIMITS, lease_seconds=SHORT_LEASE) as a,
+            open_redis_store(server.url, LIMITS, lease_seconds=SHORT_LEASE) as b,
+        ):
+            await a.enqueue(_message(1))
+            await a.enqueue(_message(2, target="c"))
+            [on_a] = await a.claim("b", "i1", "s1", 5, NOW)
+            [on_b] = await b.claim("c", "i1", "s2", 5, NOW)
+            await trio.to_thread.run_sync(lambda: server.stop(kill=True))
+            await trio.sleep(4 * SHORT_LEASE)  # every lease runs out meanwhile
+            await trio.to_thread.run_sync(server.start)
+            await trio.sleep(6 * SHORT_LEASE)  # both renew, then beat again
+            assert (a.statistics()["handed_back"], b.statistics()["handed_back"]) == (0, 0)
+            assert await a.claim("b", "i9", "s9", 5, NOW) == []  # nobody took them over
+            assert await a.ack(on_a.delivery_id) == on_a
+            assert await b.ack(on_b.delivery_id) == on_b
