@@ -11,14 +11,16 @@ Lines (``harness.Tally`` reads them; times are ``time.time()``):
 * ``done``                  the sender stopped (count reached or time up)
 
 Each sender runs ``concurrency`` tasks, each sending one message at a time,
-for ``seconds`` or until ``count`` sends were accepted (``rate`` messages per
-second per task at most, 0 = as fast as accepted).
+for ``seconds``, until ``count`` sends were accepted, or until the file
+``stop_file`` exists, whichever comes first (``rate`` messages per second per
+task at most, 0 = as fast as accepted).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -42,9 +44,11 @@ class Sender(Agent[dict[str, object]]):
         seconds: float = 0.0,
         concurrency: int = 4,
         rate: float = 0.0,
+        stop_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(agent_id, **kwargs)
+        self.stop_file = Path(stop_file) if stop_file else None
         self.targets = targets
         self.count = count
         self.seconds = seconds
@@ -55,6 +59,8 @@ class Sender(Agent[dict[str, object]]):
 
     def _more(self, until: float) -> bool:
         if self.count and self._accepted >= self.count:
+            return False
+        if self.stop_file is not None and self.stop_file.exists():
             return False
         return not (self.seconds and time.monotonic() >= until)
 
@@ -79,7 +85,7 @@ class Sender(Agent[dict[str, object]]):
     async def on_start(self) -> None:
         # Bounded: the tests give senders a count or a duration; this is the backstop.
         until = time.monotonic() + self.seconds
-        with trio.fail_after((self.seconds or 300) + 300):
+        with trio.fail_after((self.seconds or 1200) + 300):
             async with trio.open_nursery() as nursery:
                 for _ in range(self.concurrency):
                     nursery.start_soon(self._sender, until)

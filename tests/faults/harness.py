@@ -23,15 +23,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import agent_env, make_certs, read, wait_for
+from processes import ServerProcess, agent_env, make_certs, mas_process, read, wait_for
 
 HERE = Path(__file__).resolve().parent
 AGENTS = "fault_agents"
+PER_ROUND = 150  # sends accepted between two kills of a kill loop
 DRAIN_TIMEOUT = 120.0  # seconds for every accepted message to be delivered after the fault
 
 
@@ -126,12 +128,22 @@ def agent_command(agent_id: str, config_dir: Path, server: str | None = None) ->
     return (*args, "--server", server) if server else args
 
 
+def agent_process(
+    agent_id: str, config_dir: Path, log: Path, server: str | None = None
+) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """``mas agent AGENT_ID CONFIG_DIR [--server ADDRESS]`` for a block (``fault_agents``)."""
+    return mas_process(
+        *agent_command(agent_id, config_dir, server), cwd=config_dir, log=log, path=(HERE,)
+    )
+
+
 @dataclass
 class Tally:
     """Accepted sends and deliveries read from agent logs (see the module docstring)."""
 
     accepted: dict[str, float] = field(default_factory=dict)  # message id -> time accepted
     deliveries: Counter[str] = field(default_factory=Counter)
+    delivered_at: list[float] = field(default_factory=list)
     refusals: list[tuple[float, str]] = field(default_factory=list)
     nacks: int = 0
     replies: int = 0
@@ -153,6 +165,7 @@ class Tally:
                 self.accepted[parts[0]] = float(parts[1])
             elif kind == "D" and len(parts) >= 2:
                 self.deliveries[parts[0]] += 1
+                self.delivered_at.append(float(parts[1]))
             elif kind == "R" and len(parts) >= 2:
                 self.refusals.append((float(parts[0]), " ".join(parts[1:])))
             elif kind == "N" and parts:
@@ -181,6 +194,10 @@ class Tally:
         later = [t for t in self.accepted.values() if t > moment]
         return min(later) if later else None
 
+    def first_delivered_after(self, moment: float) -> float | None:
+        later = [t for t in self.delivered_at if t > moment]
+        return min(later) if later else None
+
     def figures(self) -> dict[str, Any]:
         return {
             "accepted": len(self.accepted),
@@ -199,21 +216,67 @@ def wait_accepted(logs: list[Path], at_least: int, timeout: float, what: str) ->
     wait_for(lambda: len(Tally.read(*logs).accepted) >= at_least, timeout, what)
 
 
-def recovered_after(logs: list[Path], moment: float, timeout: float, what: str) -> float:
-    """Seconds from ``moment`` (a ``time.time()``) to the first send accepted after it."""
+def recovered_after(
+    logs: list[Path], moment: float, timeout: float, what: str, *, delivered: bool = False
+) -> float:
+    """Seconds from ``moment`` (a ``time.time()``) to the first send accepted after it.
+
+    ``delivered``: to the first delivery after it instead.
+    """
     found: list[float] = []
 
-    def accepted_since() -> bool:
-        first = Tally.read(*logs).first_accepted_after(moment)
+    def since() -> bool:
+        tally = Tally.read(*logs)
+        first = (tally.first_delivered_after if delivered else tally.first_accepted_after)(moment)
         if first is not None:
             found.append(first)
         return first is not None
 
-    wait_for(accepted_since, timeout, what)
+    wait_for(since, timeout, what)
     return found[0] - moment
 
 
-def drain(sender_logs: list[Path], recorder_logs: list[Path], timeout: float = DRAIN_TIMEOUT) -> Tally:
+def kill_loop(
+    servers: list[ServerProcess],
+    kills: int,
+    sender_log: Path,
+    recorder_log: Path,
+    per_round: int = PER_ROUND,
+) -> list[dict[str, float]]:
+    """kill -9 ``servers`` in turn, ``kills`` times, ``per_round`` accepted sends apart.
+
+    Each is restarted at once on its port. Returns, per kill, the seconds from the
+    kill to the next accepted send and to the next delivery. Ends after
+    ``per_round`` more sends were accepted after the last kill.
+    """
+    recoveries = []
+    for kill in range(1, kills + 1):
+        wait_accepted(
+            [sender_log],
+            len(Tally.read(sender_log).accepted) + per_round,
+            120,
+            f"{per_round} more sends before kill {kill}",
+        )
+        servers[(kill - 1) % len(servers)].kill()  # sends, deliveries and acks in flight
+        killed = time.time()
+        servers[(kill - 1) % len(servers)].start()
+        accepted = recovered_after([sender_log], killed, 90, f"a send accepted after kill {kill}")
+        delivered = recovered_after(
+            [recorder_log], killed, 90, f"a delivery after kill {kill}", delivered=True
+        )
+        recoveries.append({"accept": round(accepted, 2), "deliver": round(delivered, 2)})
+    wait_accepted(
+        [sender_log],
+        len(Tally.read(sender_log).accepted) + per_round,
+        120,
+        "sends after the last kill",
+    )
+    return recoveries
+
+
+def drain(
+    sender_logs: list[Path], recorder_logs: list[Path], timeout: float = DRAIN_TIMEOUT
+) -> Tally:
     """Wait until every accepted message was delivered (or ``timeout``); the final tally."""
     deadline = time.monotonic() + timeout
     while True:

@@ -25,7 +25,7 @@ from harness import (
     AgentSpec,
     KnownDefect,
     Tally,
-    agent_command,
+    agent_process,
     certify,
     drain,
     expect,
@@ -36,7 +36,7 @@ from harness import (
     wait_accepted,
     write_project,
 )
-from processes import ServerProcess, free_port, mas_process, wait_for
+from processes import ServerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -116,15 +116,8 @@ def test_full_disk_is_refused_clearly_and_recovered_from(
         )
         with ServerProcess(tmp_path, server_log, path=(HERE,)) as server:
             with (
-                mas_process(
-                    *agent_command("recorder", tmp_path),
-                    cwd=tmp_path,
-                    log=recorder_log,
-                    path=(HERE,),
-                ) as recorder,
-                mas_process(
-                    *agent_command("sender", tmp_path), cwd=tmp_path, log=sender_log, path=(HERE,)
-                ) as sender,
+                agent_process("recorder", tmp_path, recorder_log) as recorder,
+                agent_process("sender", tmp_path, sender_log) as sender,
             ):
                 wait_accepted([sender_log], 200, 120, "sends before the disk fills")
                 filler = fill(disk)

@@ -19,7 +19,7 @@ import pytest
 from harness import (
     HERE,
     AgentSpec,
-    agent_command,
+    agent_process,
     certify,
     drain,
     long_faults,
@@ -29,7 +29,7 @@ from harness import (
     wait_accepted,
     write_project,
 )
-from processes import ServerProcess, free_port, mas_process
+from processes import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +56,8 @@ def test_stopped_server_loses_nothing_and_agents_recover(
     )
     with ServerProcess(tmp_path, server_log, path=(HERE,)) as server:
         with (
-            mas_process(
-                *agent_command("recorder", tmp_path), cwd=tmp_path, log=recorder_log, path=(HERE,)
-            ) as recorder,
-            mas_process(
-                *agent_command("sender", tmp_path), cwd=tmp_path, log=sender_log, path=(HERE,)
-            ) as senders,
+            agent_process("recorder", tmp_path, recorder_log) as recorder,
+            agent_process("sender", tmp_path, sender_log) as senders,
         ):
             wait_accepted([sender_log], count // 2, 120, "sends before the stop")
             server.signal(signal.SIGSTOP)

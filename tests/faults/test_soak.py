@@ -29,7 +29,7 @@ from harness import (
     HERE,
     AgentSpec,
     Tally,
-    agent_command,
+    agent_process,
     certify,
     drain,
     long_faults,
@@ -37,7 +37,7 @@ from harness import (
     tail,
     write_project,
 )
-from processes import ServerProcess, free_port, mas_process
+from processes import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -120,11 +120,11 @@ def test_mixed_soak_loses_nothing_and_memory_plateaus(
     samples: list[tuple[float, float]] = []
     with ServerProcess(tmp_path, logs["server"], path=(HERE,), runner=runner) as server:
         with (
-            mas_process(*agent_command("recorder", tmp_path), cwd=tmp_path, log=logs["recorder"], path=(HERE,)) as recorder,
-            mas_process(*agent_command("replier", tmp_path), cwd=tmp_path, log=logs["replier"], path=(HERE,)) as replier,
-            mas_process(*agent_command("sender", tmp_path), cwd=tmp_path, log=logs["sender"], path=(HERE,)) as sender,
-            mas_process(*agent_command("requester", tmp_path), cwd=tmp_path, log=logs["requester"], path=(HERE,)) as requester,
-        ):  # fmt: skip
+            agent_process("recorder", tmp_path, logs["recorder"]) as recorder,
+            agent_process("replier", tmp_path, logs["replier"]) as replier,
+            agent_process("sender", tmp_path, logs["sender"]) as sender,
+            agent_process("requester", tmp_path, logs["requester"]) as requester,
+        ):
             began = time.monotonic()
             deadline = began + seconds + 120
             while sender.poll() is None or requester.poll() is None:

@@ -23,7 +23,9 @@ FRAMES = 10
 TOP = 20
 
 
-def _watch(out: Path, warmup: float, stop: threading.Event, first: list[tracemalloc.Snapshot]) -> None:
+def _watch(
+    out: Path, warmup: float, stop: threading.Event, first: list[tracemalloc.Snapshot]
+) -> None:
     began = time.monotonic()
     with (out / "traced.txt").open("a") as log:
         while not stop.wait(10.0):
