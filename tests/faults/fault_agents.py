@@ -8,6 +8,7 @@ Lines (``harness.Tally`` reads them; times are ``time.time()``):
                             returns, so before its ack: a redelivery shows as a duplicate)
 * ``N <message-id>``        a delivery the handler failed on purpose (a retryable nack)
 * ``Q ok <t>``              a request that got its reply; ``Q failed <t> <error>`` otherwise
+* ``Q late <t>``            a request meant to time out (its replier is slow on purpose) did
 * ``done``                  the sender stopped (count reached or time up)
 
 Each sender runs ``concurrency`` tasks, each sending one message at a time,
@@ -25,7 +26,7 @@ from typing import Any
 
 import trio
 
-from mas import Agent, AgentMessage, MasError
+from mas import Agent, AgentMessage, MasError, RequestTimeoutError
 
 
 def _line(text: str) -> None:
@@ -112,33 +113,51 @@ class Recorder(Agent[dict[str, object]]):
 
 
 class Requester(Agent[dict[str, object]]):
-    """Sends requests to ``target`` for ``seconds``, ``rate`` per second per task."""
+    """Sends requests to ``target``, ``rate`` per second per task, until ``until`` (epoch).
+
+    One request in ``slow_every`` asks the replier to be slow and waits only
+    ``slow_timeout``: its timeout is expected (``Q late``), and the reply comes late.
+    """
 
     def __init__(
         self,
         agent_id: str,
         *,
         target: str,
-        seconds: float,
+        until: float,
         concurrency: int = 2,
         rate: float = 5.0,
         timeout: float = 10.0,
+        slow_every: int = 0,
+        slow_timeout: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(agent_id, **kwargs)
         self.target = target
-        self.seconds = seconds
+        self.until = until
         self.concurrency = concurrency
         self.rate = rate
         self.timeout = timeout
+        self.slow_every = slow_every
+        self.slow_timeout = slow_timeout
 
-    async def _requester(self, until: float) -> None:
+    async def _requester(self) -> None:
         for n in itertools.count():
-            if time.monotonic() >= until:
+            if time.time() >= self.until:
                 return
             began = trio.current_time()
+            slow = bool(self.slow_every) and n % self.slow_every == 0
+            timeout = self.slow_timeout if slow else self.timeout
             try:
-                reply = await self.request(self.target, "ask", {"n": n}, timeout=self.timeout)
+                reply = await self.request(
+                    self.target, "ask", {"n": n, "slow": slow}, timeout=timeout
+                )
+            except RequestTimeoutError as exc:
+                if slow:
+                    _line(f"Q late {time.time():.3f}")
+                else:
+                    _line(f"Q failed {time.time():.3f} {type(exc).__name__}: {exc}")
+                continue
             except MasError as exc:
                 _line(f"Q failed {time.time():.3f} {type(exc).__name__}: {exc}")
                 await trio.sleep(0.2)
@@ -148,18 +167,23 @@ class Requester(Agent[dict[str, object]]):
             await trio.sleep_until(began + 1 / self.rate)
 
     async def on_start(self) -> None:
-        until = time.monotonic() + self.seconds
-        with trio.fail_after(self.seconds + 300):
+        with trio.fail_after(max(0.0, self.until - time.time()) + 300):
             async with trio.open_nursery() as nursery:
                 for _ in range(self.concurrency):
-                    nursery.start_soon(self._requester, until)
+                    nursery.start_soon(self._requester)
         _line("done")
         self.stop_runtime()
 
 
 class Replier(Agent[dict[str, object]]):
-    """Answers every ``ask`` with its number."""
+    """Answers every ``ask`` with its number; ``slow`` ones after ``slow_seconds``."""
+
+    def __init__(self, agent_id: str, *, slow_seconds: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(agent_id, **kwargs)
+        self.slow_seconds = slow_seconds
 
     @Agent.on("ask")
     async def ask(self, message: AgentMessage) -> None:
+        if message.data.get("slow"):
+            await trio.sleep(self.slow_seconds)
         await message.reply("answer", {"n": message.data["n"]})

@@ -147,6 +147,7 @@ class Tally:
     refusals: list[tuple[float, str]] = field(default_factory=list)
     nacks: int = 0
     replies: int = 0
+    late: int = 0
     failed_requests: list[tuple[float, str]] = field(default_factory=list)
 
     @classmethod
@@ -173,6 +174,8 @@ class Tally:
             elif kind == "Q" and len(parts) >= 2:
                 if parts[0] == "ok":
                     self.replies += 1
+                elif parts[0] == "late":
+                    self.late += 1
                 else:
                     self.failed_requests.append((float(parts[1]), " ".join(parts[2:])))
         except ValueError:
@@ -208,6 +211,7 @@ class Tally:
             "refusals": len(self.refusals),
             "nacks": self.nacks,
             "replies": self.replies,
+            "late_requests": self.late,
             "failed_requests": len(self.failed_requests),
         }
 

@@ -4,8 +4,12 @@ Real processes: ``mas serve`` on a SQLite store (``sync: full``, with a JSONL
 audit file, so the audit follower runs too), and four ``mas agent`` processes:
 5 sender instances (2 concurrent sends each, at most 8 a second per send task),
 3 recorder instances (failing the first delivery of one message in 50, which is
-then redelivered), 4 requester instances (5 requests a second each) and 2
-replier instances. About 120 messages a second in all, as in issue 19's soak.
+then redelivered), 4 requester instances (5 requests a second each; one in 40
+asks its replier to be slow and gives up before the reply, which comes late)
+and 2 replier instances. About 120 messages a second in all, as in issue 19's
+soak. Every ``CHURN`` seconds the requesters' process is killed with SIGKILL,
+requests in flight, and started again: new sessions, new instance ids, replies
+to instances that never come back.
 
 Nothing accepted may be lost and every request must be answered. The server's
 RSS is sampled every ``SAMPLE`` seconds; the first half of the run is warm-up
@@ -20,6 +24,7 @@ both. ``MAS_SOAK_TRACEMALLOC=DIR`` runs the server under ``traced_server.py``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -42,6 +47,7 @@ from processes import ServerProcess, free_port
 pytestmark = pytest.mark.slow
 
 SAMPLE = 2.0  # seconds between RSS samples
+CHURN = 20.0  # seconds between two kill -9 of the requesters' process
 
 # Tolerance of the RSS slope over the second half, MB a minute. Issue 19's leak was
 # +1.5 MB/min at this rate (about 200 bytes per message); a sound server measured here
@@ -101,10 +107,17 @@ def test_mixed_soak_loses_nothing_and_memory_plateaus(
             AgentSpec(
                 "requester",
                 "Requester",
-                {"target": "replier", "seconds": seconds, "concurrency": 1, "rate": 5},
+                {
+                    "target": "replier",
+                    "until": time.time() + seconds + 10,  # + the processes' start
+                    "concurrency": 1,
+                    "rate": 5,
+                    "slow_every": 40,
+                    "slow_timeout": 1.0,
+                },
                 instances=4,
             ),
-            AgentSpec("replier", "Replier", instances=2),
+            AgentSpec("replier", "Replier", {"slow_seconds": 1.5}, instances=2),
         ],
         permissions=[
             {"type": "allow", "sender": "sender", "targets": ["recorder"]},
@@ -118,21 +131,35 @@ def test_mixed_soak_loses_nothing_and_memory_plateaus(
     traced = os.environ.get("MAS_SOAK_TRACEMALLOC")
     runner = (str(HERE / "traced_server.py"), traced, str(seconds / 2)) if traced else ()
     samples: list[tuple[float, float]] = []
+    churns = 0
     with ServerProcess(tmp_path, logs["server"], path=(HERE,), runner=runner) as server:
         with (
             agent_process("recorder", tmp_path, logs["recorder"]) as recorder,
             agent_process("replier", tmp_path, logs["replier"]) as replier,
             agent_process("sender", tmp_path, logs["sender"]) as sender,
-            agent_process("requester", tmp_path, logs["requester"]) as requester,
+            contextlib.ExitStack() as requesters,
         ):
-            began = time.monotonic()
+            requester = requesters.enter_context(
+                agent_process("requester", tmp_path, logs["requester"])
+            )
+            began = last_churn = time.monotonic()
             deadline = began + seconds + 120
             while sender.poll() is None or requester.poll() is None:
                 assert time.monotonic() < deadline, "the soak's agents did not stop in time"
                 assert server.alive(), tail(logs["server"])
+                now = time.monotonic()
                 rss = _rss_mb(server.pid)
-                if rss is not None and time.monotonic() - began <= seconds:
-                    samples.append((time.monotonic() - began, rss))
+                if rss is not None and now - began <= seconds:
+                    samples.append((now - began, rss))
+                if now - last_churn >= CHURN and now - began < seconds - CHURN / 2:
+                    # kill -9 the requesters, requests in flight, and start new instances
+                    # (new instance ids: the old ones' replies go nowhere, ever)
+                    requester.kill()
+                    requester.wait(timeout=30)
+                    requester = requesters.enter_context(
+                        agent_process("requester", tmp_path, logs["requester"])
+                    )
+                    last_churn, churns = now, churns + 1
                 time.sleep(SAMPLE)
             assert sender.returncode == 0, tail(logs["sender"])
             assert requester.returncode == 0, tail(logs["requester"])
@@ -151,6 +178,7 @@ def test_mixed_soak_loses_nothing_and_memory_plateaus(
         rss_end_mb=round(samples[-1][1], 1),
         slope_second_half_mb_per_min=round(slope, 3),
         rss_curve=[(round(t), round(m, 1)) for t, m in samples[::step]],
+        requester_restarts=churns,
         traced=traced or None,
     )
     assert not tally.lost, f"{len(tally.lost)} accepted messages never delivered"
