@@ -92,10 +92,12 @@ def fill(directory: Path) -> Path:
     raises=KnownDefect,
     reason="issue 17: a full disk ends the sender's whole session (UNAVAILABLE store_unavailable"
     " on the stream), so its sends fail with 'connection lost ... whether it was delivered is"
-    " unknown' instead of a refusal that says the store cannot write",
+    " unknown' instead of a refusal that says the store cannot write; with the JSONL audit"
+    " file on that disk the server exits (cannot write audit file: No space left on device)",
 )
+@pytest.mark.parametrize("audit_file", [False, True], ids=["store", "store+audit-file"])
 def test_full_disk_is_refused_clearly_and_recovered_from(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, audit_file: bool, request: pytest.FixtureRequest
 ) -> None:
     full_for = 30.0 if long_faults(request.config) else 5.0
     count = 1500
@@ -109,6 +111,7 @@ def test_full_disk_is_refused_clearly_and_recovered_from(
                 AgentSpec("recorder", "Recorder"),
             ],
             permissions=[{"type": "allow", "sender": "sender", "targets": ["recorder"]}],
+            gateway={"audit": {"file_path": str(disk / "audit.jsonl")}} if audit_file else None,
         )
         certify(tmp_path)
         server_log, sender_log, recorder_log = (
@@ -127,27 +130,34 @@ def test_full_disk_is_refused_clearly_and_recovered_from(
                     return any(t > filled for t, _ in Tally.read(sender_log).refusals)
 
                 wait_for(refused, 60, "a refusal of a send once the disk is full")
-                time.sleep(full_for)  # the disk stays full: the server must stay up
-                assert server.alive(), tail(server_log)
+                end = time.monotonic() + full_for  # the disk stays full: the server must stay up
+                while time.monotonic() < end and server.alive():
+                    time.sleep(0.1)
+                died = None if server.alive() else round(time.time() - filled, 1)
+                death = "" if died is None else tail(server_log, 600)
                 during = [text for t, text in Tally.read(sender_log).refusals if t > filled]
                 filler.unlink()
                 freed = time.time()
+                if died is not None:  # as a supervisor would, so that loss can still be counted
+                    server.start()
                 recovery = recovered_after([sender_log], freed, 60, "a send accepted once freed")
                 assert sender.wait(timeout=180) == 0, tail(sender_log)
                 tally = drain([sender_log], [recorder_log])
                 report(
-                    f"sqlite disk full {full_for:g}s",
+                    f"sqlite disk full {full_for:g}s" + (" (audit file too)" if audit_file else ""),
                     **tally.figures(),
                     refusals_while_full=len(during),
                     first_refusal=during[0][:200],
                     recover_seconds=round(recovery, 2),
+                    server_died_after_seconds=died,
                 )
                 assert not tally.lost, f"{len(tally.lost)} accepted messages never delivered"
                 assert len(tally.accepted) >= count
                 assert recorder.poll() is None, tail(recorder_log)
             assert server.alive(), tail(server_log)
             assert server.terminate() == 0, tail(server_log)
-    # Last, so that everything above holds whatever the refusal says: a refusal, not a
-    # connection lost with the send's fate unknown (that is what a sender must resend).
+    # Last, so that everything above holds whatever else: the server stayed up, and what the
+    # senders got was a refusal, not a connection lost with the send's fate unknown.
+    expect(died is None, f"the server exited {died} s after the disk filled: {death}")
     unclear = [text for text in during if "unavailable" not in text.lower()]
     expect(not unclear, f"{len(unclear)} of {len(during)} refusals do not say why: {unclear[:3]}")

@@ -35,7 +35,6 @@ from harness import (
     PER_ROUND,
     AgentSpec,
     KnownDefect,
-    Tally,
     agent_process,
     certify,
     drain,
@@ -56,16 +55,40 @@ pytestmark = pytest.mark.slow
 LEASE = 15.0  # seconds: the Redis store's default lease_seconds
 
 
+_DIES = pytest.mark.xfail(
+    strict=True,
+    raises=KnownDefect,
+    reason="issue 17: a Redis outage longer than the reconnect window (10 s) kills the mas"
+    " server holding only the recorder's session, 10 s into the outage ('mas: error: Redis at"
+    " ... is unavailable': StoreUnavailableError escapes a background loop)",
+)
+_STRANDS = pytest.mark.xfail(
+    strict=True,
+    raises=KnownDefect,
+    reason="issue 17: a session released while Redis is away for longer than the reconnect"
+    " window leaves its deliveries pending (XPENDING) under a consumer nobody owns",
+)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """The short form runs a subset of the combinations; ``--long-faults`` all of them."""
+    """The short form runs a subset of the combinations; ``--long-faults`` all of them.
+
+    Outage marks: with two servers the recorder's server dies (10 s into any outage past
+    the reconnect window); with one, a 12 s outage is ridden out, a 30 s one strands
+    deliveries (the session is released 5 s in, and its release gives up 10 s later).
+    """
     long = long_faults(metafunc.config)
     if "kill_servers" in metafunc.fixturenames:
         metafunc.parametrize("kill_servers", [1, 2] if long else [2])
     if "outage" in metafunc.fixturenames:
-        combos = [("SIGTERM", 1), ("SIGTERM", 2), ("SIGKILL", 1), ("SIGKILL", 2)]
-        metafunc.parametrize(
-            "outage", combos if long else [("SIGTERM", 1), ("SIGKILL", 2)], ids=str
-        )
+        one = [_STRANDS] if long else []
+        combos = [
+            pytest.param(("SIGTERM", 1), marks=one, id="SIGTERM-1-server"),
+            pytest.param(("SIGKILL", 1), marks=one, id="SIGKILL-1-server"),
+            pytest.param(("SIGTERM", 2), marks=[_DIES], id="SIGTERM-2-servers"),
+            pytest.param(("SIGKILL", 2), marks=[_DIES], id="SIGKILL-2-servers"),
+        ]
+        metafunc.parametrize("outage", combos if long else [combos[0], combos[3]])
 
 
 def stranded(url: str) -> dict[str, int]:
@@ -140,20 +163,19 @@ def _finish(
     recorder_log: Path,
     count: int,
     **figures: object,
-) -> Tally:
-    """Wait for the sender's count and the drain; report; check loss and stranded entries."""
+) -> dict[str, int]:
+    """Wait for the sender and the drain; report; check loss; the entries left pending."""
     assert sender.wait(timeout=240) == 0, tail(sender_log)
     tally = drain([sender_log], [recorder_log], timeout=LEASE * 4 + 60)
     with contextlib.suppress(AssertionError):  # acks are asynchronous: give them a moment
-        wait_for(lambda: not stranded(redis.url), 30, "no pending entries")
+        wait_for(lambda: not stranded(redis.url), LEASE + 5, "no pending entries")
     left = stranded(redis.url)
     report(name, **tally.figures(), **figures, stranded=left)
     assert not tally.lost, f"{len(tally.lost)} accepted messages never delivered"
     assert len(tally.accepted) >= count
     for server in processes:
         assert server.alive(), tail(server.log)
-    assert not left, f"entries still pending after the traffic was acked: {left}"
-    return tally
+    return left
 
 
 def test_redis_servers_killed_in_turn_lose_nothing(
@@ -170,7 +192,7 @@ def test_redis_servers_killed_in_turn_lose_nothing(
         ):
             recoveries = kill_loop(servers, kills, sender_log, recorder_log)
             stop.touch()
-            _finish(
+            left = _finish(
                 f"redis AOF kill -9 x{kills}, {kill_servers} server(s)",
                 redis,
                 servers,
@@ -180,14 +202,9 @@ def test_redis_servers_killed_in_turn_lose_nothing(
                 PER_ROUND * (kills + 1),
                 recover=recoveries,
             )
+            assert not left, f"entries still pending after the traffic was acked: {left}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KnownDefect,
-    reason="issue 17: a Redis outage longer than the reconnect window (10 s) kills every"
-    " mas server on it (StoreUnavailableError escapes a background loop)",
-)
 def test_redis_outage_is_ridden_out(
     tmp_path: Path, outage: tuple[str, int], request: pytest.FixtureRequest
 ) -> None:
@@ -226,7 +243,7 @@ def test_redis_outage_is_ridden_out(
             recovery = recovered_after(
                 [sender_log], restarted, 90, "a send accepted after Redis is back"
             )
-            _finish(
+            left = _finish(
                 f"redis {how} outage {down_for:g}s, {servers} server(s)",
                 redis,
                 processes,
@@ -241,3 +258,4 @@ def test_redis_outage_is_ridden_out(
                 not died,
                 f"mas servers exited during the outage (seconds into it): {died}; {deaths}",
             )
+            expect(not left, f"entries still pending after the traffic was acked: {left}")
