@@ -1,16 +1,20 @@
-"""``python traced_server.py OUT_DIR WARMUP_SECONDS serve CONFIG``: a server under tracemalloc.
+"""``python traced_server.py OUT_DIR WARMUP END serve CONFIG``: a server under tracemalloc.
 
-Runs ``mas.cli.main`` with ``tracemalloc`` on (10 frames). A thread takes a
-snapshot once ``WARMUP_SECONDS`` have passed and logs the traced size every
-10 s to ``OUT_DIR/traced.txt``; when the server exits (SIGTERM), the final
-snapshot is compared with the warm-up one and the top 20 growing allocation
-sites (by line, then by traceback) go to ``OUT_DIR/growth.txt``. Used by the
-soak test to find what grows; tracemalloc makes the server slower and larger,
-so its RSS is not the figure the soak asserts on.
+Runs ``mas.cli.main`` with ``tracemalloc`` on (8 frames). A thread logs the
+traced size every 10 s to ``OUT_DIR/traced.txt``, takes a snapshot once
+``WARMUP`` seconds have passed and another at ``END`` seconds (the server still
+serving; each after ``gc.collect()``, so cyclic garbage is not taken for
+growth), and writes the top 20 growing allocation sites between the two (by
+line, then by traceback) to ``OUT_DIR/growth.txt``; at exit, ``growth-exit.txt``
+compares the warm-up snapshot with one taken after the server stopped (what
+outlives its connections). Used by the soak test to find what grows;
+tracemalloc makes the server slower and larger, so its RSS is not the figure
+the soak asserts on.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -19,14 +23,20 @@ from pathlib import Path
 
 from mas.cli import main
 
-FRAMES = 10
+FRAMES = 8
 TOP = 20
 
 
+def _snapshot() -> tracemalloc.Snapshot:
+    gc.collect()
+    return tracemalloc.take_snapshot()
+
+
 def _watch(
-    out: Path, warmup: float, stop: threading.Event, first: list[tracemalloc.Snapshot]
+    out: Path, warmup: float, end: float, stop: threading.Event, first: list[tracemalloc.Snapshot]
 ) -> None:
     began = time.monotonic()
+    done = False
     with (out / "traced.txt").open("a") as log:
         while not stop.wait(10.0):
             elapsed = time.monotonic() - began
@@ -34,7 +44,10 @@ def _watch(
             log.write(f"{elapsed:.0f} {current} {peak}\n")
             log.flush()
             if not first and elapsed >= warmup:
-                first.append(tracemalloc.take_snapshot())
+                first.append(_snapshot())
+            elif first and not done and elapsed >= end:
+                (out / "growth.txt").write_text(_growth(first[0], _snapshot()))
+                done = True
 
 
 def _growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> str:
@@ -53,11 +66,12 @@ def _growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> str:
 
 
 def run() -> int:
-    out, warmup, args = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    out, warmup, end = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    args = sys.argv[4:]
     out.mkdir(parents=True, exist_ok=True)
     tracemalloc.start(FRAMES)
     stop, first = threading.Event(), []
-    watcher = threading.Thread(target=_watch, args=(out, warmup, stop, first), daemon=True)
+    watcher = threading.Thread(target=_watch, args=(out, warmup, end, stop, first), daemon=True)
     watcher.start()
     try:
         return main(args)
@@ -65,7 +79,7 @@ def run() -> int:
         stop.set()
         watcher.join(timeout=15)
         if first:
-            (out / "growth.txt").write_text(_growth(first[0], tracemalloc.take_snapshot()))
+            (out / "growth-exit.txt").write_text(_growth(first[0], _snapshot()))
 
 
 if __name__ == "__main__":
