@@ -7,6 +7,8 @@ needs root; elsewhere the test is skipped with the reason, and fails under
 must get a clear refusal (``UNAVAILABLE``: the store cannot write) rather than
 a silent hang, the server must stay up, and once the filler is deleted the
 sends must be accepted again by themselves. Nothing accepted may be lost.
+Short form: 5 s full, the store alone on the disk; ``--long-faults``: 30 s,
+and also with the JSONL audit file on that disk.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ from processes import ServerProcess, free_port, wait_for
 pytestmark = pytest.mark.slow
 
 DISK_MB = 24  # the tmpfs: room for the store, its WAL, and the filler
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The store alone on the small disk; ``--long-faults``: also with the JSONL audit file."""
+    if "audit_file" in metafunc.fixturenames:
+        both = long_faults(metafunc.config)
+        metafunc.parametrize(
+            "audit_file",
+            [False, True] if both else [False],
+            ids=["store", "store+audit-file"][: 2 if both else 1],
+        )
 
 
 @contextlib.contextmanager
@@ -95,7 +108,6 @@ def fill(directory: Path) -> Path:
     " unknown' instead of a refusal that says the store cannot write; with the JSONL audit"
     " file on that disk the server exits (cannot write audit file: No space left on device)",
 )
-@pytest.mark.parametrize("audit_file", [False, True], ids=["store", "store+audit-file"])
 def test_full_disk_is_refused_clearly_and_recovered_from(
     tmp_path: Path, audit_file: bool, request: pytest.FixtureRequest
 ) -> None:

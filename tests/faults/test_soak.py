@@ -15,7 +15,8 @@ Nothing accepted may be lost and every request must be answered. The server's
 RSS is sampled every ``SAMPLE`` seconds; the first half of the run is warm-up
 (SQLite's page cache, the allocator's arenas, the sessions' buffers fill up),
 and the test fails when the least-squares slope of RSS over the second half
-exceeds ``MAX_SLOPE_MB_PER_MIN`` (see there).
+exceeds the tolerance (``SHORT_MAX_SLOPE_MB_PER_MIN``, or
+``LONG_MAX_SLOPE_MB_PER_MIN`` for runs of ``LONG_SECONDS`` or more; see there).
 
 Duration: 60 s; ``--long-faults`` 20 minutes; ``MAS_SOAK_SECONDS`` overrides
 both. ``MAS_SOAK_TRACEMALLOC=DIR`` runs the server under ``traced_server.py``
@@ -51,12 +52,16 @@ SAMPLE = 2.0  # seconds between RSS samples
 CHURN = 20.0  # seconds between two kill -9 of the requesters' process
 
 # Tolerance of the RSS slope over the second half, MB a minute. Issue 19's leak was
-# +1.5 MB/min at this rate (about 200 bytes per message); a sound server measured here
-# (60 s runs and a 10-minute run, see the closing note) shows a second-half slope whose
-# noise stays well under 1 MB/min (the allocator returns and takes whole arenas, a few
-# hundred KB at a time). 1.0 MB/min fails that leak in a 60 s run and tolerates the
-# noise; the long form sees a smaller leak, since the slope is fitted over 10 minutes.
-MAX_SLOPE_MB_PER_MIN = 1.0
+# +1.5 MB/min at this rate (about 200 bytes per message). Measured here on a 2-core machine
+# (issue 19's closing note): 60 s runs 0.19 and 0.34 MB/min when alone, 1.68 when the machine
+# was busy with other tests (the warm-up then lasts past half time: the curve was flat from
+# 40 s on); 600 s runs 0.007 (no churn) and 0.25 (requesters restarted every 20 s). So the
+# short form can only catch gross leaks (twice issue 19's) without failing on a busy
+# machine's warm-up; the long form (>= 5 minutes, the slope fitted over minutes) catches
+# issue 19's leak with room to spare over the churn's 0.25.
+SHORT_MAX_SLOPE_MB_PER_MIN = 3.0
+LONG_MAX_SLOPE_MB_PER_MIN = 0.5
+LONG_SECONDS = 300.0  # runs at least this long use the long form's tolerance
 
 
 _AGENTS = ("sender", "recorder", "requester", "replier")
@@ -189,8 +194,9 @@ def test_mixed_soak_loses_nothing_and_memory_plateaus(
     assert not tally.lost, f"{len(tally.lost)} accepted messages never delivered"
     assert tally.nacks > 0 and tally.replies > 0
     assert not tally.failed_requests, tally.failed_requests[:5]
+    tolerance = LONG_MAX_SLOPE_MB_PER_MIN if seconds >= LONG_SECONDS else SHORT_MAX_SLOPE_MB_PER_MIN
     if not traced:  # tracemalloc's own bookkeeping grows with every live block
-        assert slope <= MAX_SLOPE_MB_PER_MIN, (
+        assert slope <= tolerance, (
             f"the server's RSS keeps growing after warm-up: {slope:.2f} MB/min over the "
-            f"second half (tolerance {MAX_SLOPE_MB_PER_MIN} MB/min); samples: {second_half}"
+            f"second half (tolerance {tolerance} MB/min); samples: {second_half}"
         )
