@@ -41,7 +41,7 @@ class KnownDefect(AssertionError):
     """A check that fails on today's code for a reason an open issue names.
 
     Tests mark it ``xfail(strict=True, raises=KnownDefect, reason="issue N: ...")``:
-    any other failure (a lost message, a server that never came back) still
+    any other failure (a plain ``assert``: one the reason does not name) still
     fails the test, and the fix turns the xfail into a strict XPASS failure, the
     signal to drop the mark.
     """

@@ -89,7 +89,11 @@ def stranded(url: str) -> dict[str, int]:
     client = redis_client.Redis.from_url(url, socket_timeout=5)
     try:
         for key in client.scan_iter(match="*:queue:*", _type="stream"):
-            for group in client.xinfo_groups(key):
+            try:
+                groups = client.xinfo_groups(key)
+            except redis_client.ResponseError:  # the last ack deleted the stream meanwhile
+                continue
+            for group in groups:
                 if group["pending"]:
                     found[f"{key.decode()} pending"] = int(group["pending"])
         for key in client.scan_iter(match="*:front:*", _type="list"):
