@@ -79,6 +79,9 @@ from .errors import (
 from .errors import (
     UnauthenticatedError as UnauthenticatedError,
 )
+from .errors import (
+    UnavailableError as UnavailableError,
+)
 
 __version__ = "0.1.0"
 
@@ -110,5 +113,6 @@ __all__ = [
     "StateError",
     "TLSFiles",
     "UnauthenticatedError",
+    "UnavailableError",
     "load_config",
 ]

@@ -22,6 +22,8 @@ them, and chained with ``raise ... from exc``::
     │   ├── CircuitOpenError      FAILED_PRECONDITION circuit_open
     │   ├── InvalidMessageError   INVALID_ARGUMENT: malformed frame or payload, or
     │   │                         unknown_correlation_id (a second reply, a made-up id)
+    │   ├── UnavailableError      UNAVAILABLE store_unavailable: the store is down or
+    │   │                         full; nothing was accepted, send again later
     │   ├── ReplyTooLateError     FAILED_PRECONDITION correlation_id_expired: the
     │   │                         request's deadline passed; nobody waits any more
     │   ├── NotFoundError         NOT_FOUND: unknown target
@@ -166,6 +168,14 @@ class NotFoundError(RejectedError):
     """The target agent is unknown."""
 
 
+class UnavailableError(RejectedError):
+    """UNAVAILABLE store_unavailable: the server could not store the message now.
+
+    Its store is down or its disk full; nothing was accepted. Send it again later
+    (the server stays up and takes messages again once its store is back).
+    """
+
+
 class ReplyTooLateError(RejectedError):
     """A reply came after its request's deadline: the requester no longer waits.
 
@@ -224,6 +234,7 @@ _BY_CODE: Final[dict[str, type[RejectedError]]] = {
     "FAILED_PRECONDITION": RejectedError,
     "INVALID_ARGUMENT": InvalidMessageError,
     "NOT_FOUND": NotFoundError,
+    "UNAVAILABLE": UnavailableError,
 }
 
 _BY_REASON: Final[dict[str, type[RejectedError]]] = {

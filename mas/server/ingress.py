@@ -21,6 +21,7 @@ from ..store import Correlation, EnqueueItem
 from ..store.base import (
     CORRELATION_EXPIRED,
     NOT_THE_TARGET,
+    STORE_UNAVAILABLE,
     UNKNOWN_CORRELATION,
     CorrelationRefused,
 )
@@ -121,13 +122,17 @@ _CORRELATION_CODES: Final = {
     UNKNOWN_CORRELATION: "INVALID_ARGUMENT",
     CORRELATION_EXPIRED: "FAILED_PRECONDITION",
     NOT_THE_TARGET: "PERMISSION_DENIED",
+    STORE_UNAVAILABLE: "UNAVAILABLE",  # not the correlation's fault: the store's
 }
 
 
 def correlation_refusal(
     ingress: Ingress, correlation_id: str, reason: str
 ) -> tuple[Rejection, AuditDraft]:
-    """The rejection of a reply whose correlation the store refused, and its audit draft.
+    """The rejection of a message the store refused, and its audit draft.
+
+    A reply whose correlation is gone, or any message when the store is down or full
+    (``store_unavailable``, answered ``UNAVAILABLE``: nothing was stored, try again).
 
     A late reply (``correlation_id_expired``) is routine, not an attack: it is audited
     as ``EXPIRED``, where a reply from the wrong agent is ``AUTHZ_DENIED``.

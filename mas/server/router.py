@@ -15,7 +15,7 @@ delivery, feeds the circuit breakers, and audits ``DELIVERED``, ``NACKED`` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import trio
@@ -35,8 +35,9 @@ from ..envelope import (
     new_message_id,
     routing_of,
 )
+from ..errors import StoreError
 from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
-from ..store.base import CORRELATION_GRACE, CorrelationRefused, Enqueued
+from ..store.base import CORRELATION_GRACE, STORE_UNAVAILABLE, CorrelationRefused, Enqueued
 from .audit_log import AuditLog
 from .delivery import RetryPolicy, past_deadline
 from .gateway import Admitted, Denied, Gateway
@@ -154,7 +155,12 @@ class Router:
         prepared: list[Prepared] = []
         # The replies' correlations, all looked up in one store call.
         replies = [(o.correlation_id, sender_id) for o in batch if o.kind == "reply"]
-        found = iter(await self.store.find_correlations(replies, now) if replies else ())
+        found: Iterator[Correlation | CorrelationRefused | None] = iter(())
+        if replies:
+            try:
+                found = iter(await self.store.find_correlations(replies, now))
+            except StoreError:  # the replies are refused below; sends still go on
+                found = iter([CorrelationRefused(STORE_UNAVAILABLE)] * len(replies))
         for index, outbound in enumerate(batch):
             ingress = Ingress(
                 outbound.kind,
@@ -181,7 +187,14 @@ class Router:
                 results[index] = refused.rejection
                 refusals.append(refused.draft)
         if prepared:
-            records = await self.store.enqueue_many([p.item for p in prepared])
+            try:
+                records = await self.store.enqueue_many([p.item for p in prepared])
+            except StoreError as exc:
+                # Down or full: nothing of the batch is stored (SQLite rolled it back; on
+                # Redis it may have been, so a sender's retry can make a duplicate, never
+                # a loss). Each message is refused on its own; the session goes on.
+                log.debug("store refused a batch of %d: %s", len(prepared), exc)
+                records = [CorrelationRefused(STORE_UNAVAILABLE)] * len(prepared)
             for entry, record in zip(prepared, records, strict=True):
                 results[entry.position] = await self._settle(gateway, entry, record, refusals)
         if refusals:
@@ -285,6 +298,8 @@ class Router:
         """What became of one message given to the store: stored, or refused there."""
         ingress, message = entry.ingress, entry.item.message
         if isinstance(record, CorrelationRefused):  # another reply took it, or it expired
+            if entry.taken is None:  # a send or request the store could not take
+                gateway.breakers.release(message.target_id, ingress.now)
             rejection, draft = correlation_refusal(ingress, entry.item.answers, record.reason)
             refusals.append(draft)
             return rejection

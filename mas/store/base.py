@@ -124,6 +124,7 @@ UNKNOWN_CORRELATION: Final = "unknown_correlation_id"  # never issued, used, or 
 CORRELATION_EXPIRED: Final = "correlation_id_expired"  # its request's deadline has passed
 NOT_THE_TARGET: Final = "not_authorized"  # only the request's target may answer it
 CORRELATION_GRACE: Final = 300.0  # seconds an expired correlation is kept, to say so
+STORE_UNAVAILABLE: Final = "store_unavailable"  # the store could not be reached or written
 
 
 class CorrelationRefused(Exception):

@@ -8,6 +8,7 @@ with it, the window in which SQLite and Redis let other tasks run.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import trio
@@ -15,6 +16,7 @@ import trio.testing
 from rawclient import CallFailed, RawSession, raw_client, sessions
 
 from mas._proto import runtime_pb2 as pb
+from mas.errors import StoreError
 from mas.store.memory import MemoryStore
 from mas.testing import TestPKI, make_config, open_test_server
 from mas.testing.store import YieldingStore
@@ -223,3 +225,35 @@ async def test_a_connection_loses_its_instance_when_another_connection_takes_it_
                 )
                 # The connection that holds it now may use it.
                 await second.unary("Request", request, pb.RequestResponse)
+
+
+class _Unwritable(YieldingStore):
+    """A store whose writes fail (a full disk, Redis away) while ``broken`` is set."""
+
+    broken = False
+
+    async def enqueue_many(self, items: Any) -> Any:
+        if self.broken:
+            raise StoreError("database or disk is full")
+        return await self._yielding("enqueue_many", self._store.enqueue_many)(items)
+
+
+async def test_a_store_that_cannot_write_refuses_each_message_and_the_session_lives(
+    pki: TestPKI,
+) -> None:
+    store = _Unwritable(MemoryStore())
+    config = make_config(["a", "b"], ONE_WAY)
+    with trio.fail_after(20):
+        async with open_test_server(config, pki, store=store) as server:  # type: ignore[arg-type]
+            async with sessions(server, pki, "a", "b") as (a, b):
+                store.broken = True
+                refused = await a.call("send", target_id="b", message_type="t", data_json="{}")
+                assert (refused.error.code, refused.error.message) == (
+                    "UNAVAILABLE",
+                    "store_unavailable",
+                )
+                store.broken = False  # space again: the same session sends on
+                ok = await a.call("send", target_id="b", message_type="t", data_json='{"n": 1}')
+                assert not ok.HasField("error"), ok
+                delivered = json.loads((await b.next_delivery()).envelope_json)
+                assert delivered["data"] == {"n": 1}
