@@ -161,6 +161,7 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             audit_key=audit_key,
             release_max_attempts=config.limits.max_attempts,
             socket_timeout=redis.socket_timeout or 5.0,
+            require_durable=bool(config.store.require_durable),
         ) as redis_store:
             log.info("store: redis %s", redact_url(url))
             yield redis_store

@@ -38,6 +38,9 @@ class StoreConfig(_Base, frozen=True):
     path: str | None = None  # sqlite file; default: mas.sqlite3 next to mas.yaml
     sync: Literal["full", "normal"] | None = None  # sqlite only; default: full
     url: str | None = None  # redis URL; default: gateway.redis.url
+    # redis only: refuse to start unless Redis keeps accepted messages through a crash
+    # (appendonly yes, appendfsync everysec or always); otherwise a loud warning.
+    require_durable: bool | None = None
 
     def __post_init__(self) -> None:
         if self.path is not None and self.backend != "sqlite":
@@ -46,6 +49,8 @@ class StoreConfig(_Base, frozen=True):
             raise ValueError("sync is a setting of the sqlite backend")
         if self.url is not None and self.backend != "redis":
             raise ValueError("url is a setting of the redis backend")
+        if self.require_durable is not None and self.backend != "redis":
+            raise ValueError("require_durable is a setting of the redis backend")
 
 
 class LimitsConfig(_Base, frozen=True):

@@ -103,6 +103,7 @@ from . import redis_records as records
 from . import redis_scripts as lua
 from .base import StoreLimits
 from .redis_keys import check_id
+from .redis_durability import check_persistence
 from .redis_link import RedisLink, StoreUnavailableError
 from .redis_store import RedisStore
 
@@ -123,6 +124,7 @@ async def open_redis_store(
     reconnect_timeout: float = 10.0,
     audit_key: bytes | None = None,
     release_max_attempts: int | None = None,
+    require_durable: bool = False,
 ) -> AsyncIterator[RedisStore]:
     """Connect to Redis at ``url`` as one server of the ``namespace``; close on exit.
 
@@ -164,6 +166,7 @@ async def open_redis_store(
             await nursery.start(link.run)
             try:
                 await link.load_scripts()
+                await check_persistence(link, link.safe_url, require_durable=require_durable)
                 held = await store._lease.renew("join")
                 await store._audit.load()
             except StoreUnavailableError as exc:

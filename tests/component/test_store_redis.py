@@ -7,6 +7,7 @@ leases of 0.3 s and stay bounded by ``fail_after``.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from mas.audit.record import AuditDraft
 from mas.store import EnqueueItem, QueuedMessage, Store
 from mas.store.base import CorrelationRefused
 from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
+from mas.store.redis_durability import persistence_verdict
 from mas.store.redis_records import CORRELATION_GRACE_MS
 
 SHORT_LEASE = 0.3  # seconds; renewed every 0.1 s
@@ -673,3 +675,30 @@ async def test_after_a_redis_outage_longer_than_a_lease_live_servers_keep_their_
             assert await a.claim("b", "i9", "s9", 5, NOW) == []  # nobody took them over
             assert await a.ack(on_a.delivery_id) == on_a
             assert await b.ack(on_b.delivery_id) == on_b
+
+
+async def test_redis_without_persistence_is_said_loudly_or_refused(
+    redis_server: RedisServer, persistent_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # redis_server runs with appendonly no: a crash there loses what was accepted.
+    with trio.fail_after(10):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=secrets.token_hex(4)):
+            pass
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("appendonly is off" in m and "require_durable" in m for m in warned), warned
+        with pytest.raises(StoreUnavailableError, match="require_durable"):
+            async with open_redis_store(redis_server.url, LIMITS, require_durable=True):
+                raise AssertionError("started on a Redis that loses accepted messages")
+        # appendonly yes, appendfsync always: durable, and says so at INFO only.
+        caplog.clear()
+        async with open_redis_store(persistent_redis.url, LIMITS, require_durable=True):
+            pass
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_each_persistence_setting_says_what_a_redis_crash_loses() -> None:
+    assert persistence_verdict({"appendonly": "yes", "appendfsync": "always"})[0]
+    durable, meaning = persistence_verdict({"appendonly": "yes", "appendfsync": "everysec"})
+    assert durable and "last second" in meaning
+    assert not persistence_verdict({"appendonly": "yes", "appendfsync": "no"})[0]
+    assert not persistence_verdict({"appendonly": "no", "appendfsync": "always"})[0]

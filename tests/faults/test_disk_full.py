@@ -25,7 +25,6 @@ import pytest
 from harness import (
     HERE,
     AgentSpec,
-    KnownDefect,
     Tally,
     agent_process,
     certify,
@@ -100,14 +99,6 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KnownDefect,
-    reason="issue 17: a full disk ends the sender's whole session (UNAVAILABLE store_unavailable"
-    " on the stream), so its sends fail with 'connection lost ... whether it was delivered is"
-    " unknown' instead of a refusal that says the store cannot write; with the JSONL audit"
-    " file on that disk the server exits (cannot write audit file: No space left on device)",
-)
 def test_full_disk_is_refused_clearly_and_recovered_from(
     tmp_path: Path, audit_file: bool, request: pytest.FixtureRequest
 ) -> None:

@@ -1,0 +1,97 @@
+"""What "accepted" means on a Redis store: read from Redis's own persistence settings.
+
+A message is accepted once its enqueue script ran in Redis's memory. Whether it then
+survives a Redis crash depends on Redis, not on ``mas``:
+
+=====================================  ==============================================
+``appendonly``, ``appendfsync``        an accepted message survives
+=====================================  ==============================================
+``yes``, ``always``                    a Redis crash or restart, a power loss
+``yes``, ``everysec`` (Redis default)  a Redis restart; a crash or power loss may take
+                                       back the last second
+``yes``, ``no``                        a restart; a crash may lose what the OS did not
+                                       write yet (tens of seconds)
+``no`` (RDB snapshots or nothing)      nothing beyond the last snapshot: a crash loses
+                                       every message accepted since
+=====================================  ==============================================
+
+A failover to an asynchronous replica can lose what the replica had not received yet,
+whatever these settings. ``check_persistence`` reads them at start and says which row
+applies: a warning for the last two rows, or (``require_durable``) a refusal to start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Final
+
+from .redis_link import RedisLink, StoreUnavailableError
+
+log = logging.getLogger("mas.store.redis")
+
+DURABLE_FSYNC: Final = frozenset({"always", "everysec"})
+
+
+def persistence_verdict(settings: dict[str, str]) -> tuple[bool, str]:
+    """(durable enough, what a crash of Redis can lose) for ``CONFIG GET`` answers."""
+    appendonly = settings.get("appendonly", "").lower()
+    fsync = settings.get("appendfsync", "").lower()
+    if appendonly != "yes":
+        return False, (
+            "appendonly is off: a Redis crash or restart loses every message accepted "
+            "since the last snapshot"
+        )
+    if fsync == "always":
+        return True, "appendonly yes, appendfsync always: accepted messages survive a crash"
+    if fsync == "everysec":
+        return True, (
+            "appendonly yes, appendfsync everysec: a Redis crash may lose about the last "
+            "second of accepted messages"
+        )
+    return False, (
+        f"appendfsync {fsync or 'unknown'}: a Redis crash may lose what the OS had not "
+        "written yet"
+    )
+
+
+def _pairs(reply: Sequence[Any]) -> dict[str, str]:
+    flat = [x.decode() if isinstance(x, bytes) else str(x) for x in reply]
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+async def check_persistence(link: RedisLink, safe_url: str, *, require_durable: bool) -> None:
+    """Read Redis's persistence settings; warn, or refuse to start, when they lose messages.
+
+    Raises ``StoreUnavailableError`` (the server does not start) when ``require_durable``
+    and the settings cannot keep accepted messages through a Redis crash, or cannot be
+    read (``CONFIG`` disabled, as some managed services do).
+    """
+    try:
+        [appendonly, fsync] = await link.call(
+            "start", ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "appendfsync")
+        )
+        settings = {**_pairs(appendonly), **_pairs(fsync)}
+    except StoreUnavailableError as exc:
+        if require_durable:
+            raise StoreUnavailableError(
+                f"cannot read the persistence settings of Redis at {safe_url} ({exc}), and "
+                "store.require_durable is set: allow CONFIG GET, or unset require_durable"
+            ) from exc
+        log.warning("could not read the persistence settings of Redis at %s: %s", safe_url, exc)
+        return
+    durable, meaning = persistence_verdict(settings)
+    if durable:
+        log.info("Redis at %s: %s", safe_url, meaning)
+        return
+    if require_durable:
+        raise StoreUnavailableError(
+            f"Redis at {safe_url}: {meaning}; store.require_durable is set, so the server "
+            "does not start: set appendonly yes and appendfsync everysec or always"
+        )
+    log.warning(
+        "Redis at %s: %s. Set appendonly yes (appendfsync everysec or always) to keep "
+        "accepted messages, or store.require_durable: true to refuse to start without it",
+        safe_url,
+        meaning,
+    )
