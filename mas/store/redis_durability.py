@@ -50,8 +50,7 @@ def persistence_verdict(settings: dict[str, str]) -> tuple[bool, str]:
             "second of accepted messages"
         )
     return False, (
-        f"appendfsync {fsync or 'unknown'}: a Redis crash may lose what the OS had not "
-        "written yet"
+        f"appendfsync {fsync or 'unknown'}: a Redis crash may lose what the OS had not written yet"
     )
 
 

@@ -290,6 +290,17 @@ class RedisLink:
                 self.stats.reconnect_waits += 1
                 await trio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
+                # Callers cancelled while Redis was away abandoned their operations:
+                # they must not run when it is back (the Cancellation promise above).
+                live = [op for op in batch if not op.abandoned]
+                if len(live) < len(batch):
+                    for op in batch:
+                        if op.abandoned:
+                            _finish(op, StoreUnavailableError("not sent: its caller was cancelled"))
+                    batch = live
+                    if not batch:
+                        return
+                    commands = [command for op in batch for command in op.commands]
                 continue
             except (redis.RedisError, OSError, ProtocolError) as exc:
                 error = self._unavailable(exc)

@@ -702,3 +702,18 @@ def test_each_persistence_setting_says_what_a_redis_crash_loses() -> None:
     assert durable and "last second" in meaning
     assert not persistence_verdict({"appendonly": "yes", "appendfsync": "no"})[0]
     assert not persistence_verdict({"appendonly": "no", "appendfsync": "always"})[0]
+
+
+async def test_an_operation_abandoned_while_redis_is_away_never_runs(
+    persistent_redis: RedisServer,
+) -> None:
+    server = persistent_redis
+    with trio.fail_after(20):
+        async with open_redis_store(server.url, LIMITS) as a:
+            await trio.to_thread.run_sync(lambda: server.stop(kill=True))
+            with trio.move_on_after(0.5) as waited:  # the sender gives up: not accepted
+                await a.enqueue(_message(1))
+            assert waited.cancelled_caught
+            await trio.to_thread.run_sync(server.start)
+            await a.enqueue(_message(2))  # Redis is back: the link has reconnected
+            assert [d.message.message_id for d in await a.claim("b", "i", "s", 5, NOW)] == ["m2"]
