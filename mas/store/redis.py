@@ -102,8 +102,8 @@ from . import redis_batch as batch
 from . import redis_records as records
 from . import redis_scripts as lua
 from .base import StoreLimits
-from .redis_keys import check_id
 from .redis_durability import check_persistence
+from .redis_keys import check_id
 from .redis_link import RedisLink, StoreUnavailableError
 from .redis_store import RedisStore
 
