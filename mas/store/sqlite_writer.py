@@ -50,8 +50,11 @@ Cancellation
     ``Cancelled`` and changed nothing, or returned.
 
 Bounds
-    A statement waits at most ``BUSY_TIMEOUT_MS`` for a lock (the file lock
-    makes this process the file's only writer). An operation runs on the event
+    A statement waits at most ``LOOP_BUSY_TIMEOUT_MS`` for a lock another process
+    holds (the file lock makes this process the file's only mas writer, but an
+    operator's sqlite3 shell or a backup may hold one): then the call sleeps and
+    tries again, so every other connection and timer keeps running, and gives up
+    with ``StoreError`` after ``LOCK_WAIT`` seconds. An operation runs on the event
     loop, so operations are small by construction (a batch, a claim of at most
     a prefetch); the large ones (listing or replaying dead letters) belong to
     the command line, not to a serving server. Opening waits at most
@@ -88,7 +91,19 @@ _fdatasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 Sync = Literal["full", "normal"]
 CHECKPOINT_EVERY: Final = 128  # commits between two checkpoints (a commit adds a few pages)
+# A statement on the event loop waits this long for another process's lock (an operator's
+# sqlite3 shell, a backup tool) before giving the loop back; the call then sleeps and
+# tries again, for LOCK_WAIT in all, and fails with StoreError (UNAVAILABLE) after that.
+LOOP_BUSY_TIMEOUT_MS: Final = 2
+LOCK_WAIT: Final = 5.0  # seconds
+LOCK_RETRY_MAX: Final = 0.05  # seconds, the longest sleep between two tries
 FLUSH_INTERVAL: Final = 1.0  # seconds from a commit to the latest flush that covers it
+
+_LOCKED_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+class _LockedError(Exception):
+    """Another process holds the database lock: try again shortly (see ``Writer.call``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,10 +224,23 @@ class Writer:
         while self._checkpointing is not None:  # the connection is a worker thread's
             await self._checkpointing.wait()
         conn = self._connection()
-        try:
-            result = self._transaction(conn, fn, args)
-        finally:
-            self._operations += 1
+        self._operations += 1
+        waited, pause = 0.0, 0.001
+        while True:
+            try:
+                result = self._transaction(conn, fn, args)
+                break
+            except _LockedError as exc:
+                if waited >= LOCK_WAIT:
+                    raise StoreError(
+                        f"the SQLite store {self._path} has been locked by another process "
+                        f"for over {LOCK_WAIT:g} s (an sqlite3 shell or a backup holding a "
+                        f"write lock?): {exc.__cause__}"
+                    ) from exc
+                await trio.sleep(pause)  # the loop is free meanwhile
+                waited += pause
+                pause = min(pause * 2, LOCK_RETRY_MAX)
+                conn = self._connection()
         flush_to = self._committed if durable and self._sync == "full" else 0
         if self._flushed >= flush_to:
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -261,6 +289,8 @@ class Writer:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) in _LOCKED_CODES:
+                raise _LockedError from exc
             raise StoreError(f"the SQLite store cannot begin a transaction: {exc}") from exc
         changes = conn.total_changes
         try:
@@ -425,6 +455,7 @@ class Writer:
             raise
         try:
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints: run_checkpoints
+            conn.execute(f"PRAGMA busy_timeout = {LOOP_BUSY_TIMEOUT_MS}")  # see ``call``
             conn.execute("PRAGMA synchronous = NORMAL")  # full: the writer flushes the WAL
             self._touch(conn)  # the first commit syncs the directory: here, not on the loop
             wal = self._path.with_name(self._path.name + "-wal")

@@ -590,3 +590,43 @@ async def test_a_killed_process_loses_no_acknowledged_message(path: Path) -> Non
     assert acknowledged <= set(stored)
     for delivery in deliveries:
         assert delivery.message.envelope_json == b'{"n": %s}' % delivery.message.message_id.encode()
+
+
+async def test_a_lock_held_by_another_process_delays_calls_without_freezing_the_loop(
+    path: Path,
+) -> None:
+    # An operator's sqlite3 shell holds a write lock: the store's calls wait for it, but
+    # every other task of the server (sessions, timers) keeps running meanwhile.
+    async with open_sqlite_store(path, LIMITS) as store:
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            ticks = 0
+            stored = trio.Event()
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while not stored.is_set():
+                    ticks += 1
+                    await trio.sleep(0.01)
+
+            async def release_later() -> None:
+                await trio.sleep(0.5)
+                other.execute("COMMIT")
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ticker)
+                    nursery.start_soon(release_later)
+                    await store.enqueue(_message(1))
+                    stored.set()
+            assert ticks >= 10, f"the event loop ran {ticks} times in 0.5 s of waiting"
+            assert await _claimed(store) == [("m1", 1)]
+            # Held for longer than the store waits: a clear error, the store still usable.
+            other.execute("BEGIN IMMEDIATE")
+            with trio.fail_after(20), pytest.raises(StoreError, match="locked by another"):
+                await store.enqueue(_message(2))
+            other.execute("COMMIT")
+            await store.enqueue(_message(3))
+        finally:
+            other.close()
