@@ -30,6 +30,7 @@ from ..store import Store
 from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import BoundAddress, GrpcServer
+from .guard import GuardLimits
 from .router import Router
 from .servicer import RuntimeServicer
 from .sessions import SessionRegistry
@@ -93,6 +94,16 @@ class MasServer:
                 handshake_timeout=limits.handshake_timeout,
                 first_message_timeout=limits.hello_timeout,
                 write_timeout=limits.write_timeout,
+                idle_timeout=limits.idle_timeout,
+                max_connections_per_identity=limits.max_connections_per_identity,
+                max_connections_per_address=limits.max_connections_per_address,
+                max_output_bytes=limits.max_output_bytes,
+                guard=GuardLimits(
+                    streams_per_second=limits.max_streams_per_second,
+                    pings_per_second=limits.max_pings_per_second,
+                    settings_per_second=limits.max_settings_per_second,
+                    max_buffered_bytes=limits.max_buffered_bytes,
+                ),
             ),
         )
         async with trio.open_nursery() as nursery:

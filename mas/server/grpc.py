@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -42,12 +44,14 @@ from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedE
 
 from .._purerpc import release_stream
 from ..errors import StoreError
-from .transport import RpcError, RpcStream, ServerLimits, ServerSocket
+from .transport import ConnectionClosing, RpcError, RpcStream, ServerLimits, ServerSocket
 
 log = logging.getLogger("mas.server.grpc")
 
 SERVICE_NAME: Final = "mas.runtime.v1.RuntimeService"
 _CLOSE_TIMEOUT: Final = 1.0  # seconds allowed for closing one connection's socket
+_WARN_INTERVAL: Final = 10.0  # seconds between two warnings about the same flood
+_WARNED_KEYS: Final = 4096  # flood keys remembered for that (then forgotten at once)
 
 
 class PeerConnection:
@@ -81,6 +85,10 @@ class Service(Protocol):
     @property
     def methods(self) -> Mapping[str, Method]: ...
 
+    async def admit(self, peer: PeerConnection) -> str | RpcError:
+        """At the door: the connection's agent id, or the refusal it gets (audited once)."""
+        ...
+
 
 class BoundAddress(NamedTuple):
     """Where the server listens (port is the real one when 0 was asked for)."""
@@ -106,6 +114,8 @@ _CONNECTION_GONE: Final = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
     h2.exceptions.StreamClosedError,
+    # A stream the client reset before its handler answered is forgotten by h2.
+    h2.exceptions.StreamIDTooLowError,
     PurerpcStreamClosedError,
 )
 
@@ -118,6 +128,37 @@ def _sole_leaf(exc: BaseException) -> BaseException:
 
 
 async def _dispatch(
+    stream: GRPCProtoStream,
+    peer: PeerConnection,
+    service: Service,
+    limits: ServerLimits,
+    socket: ServerSocket,
+) -> None:
+    try:
+        await _dispatch_one(stream, peer, service, limits)
+    finally:
+        socket.finish_stream(stream)
+        socket.rpc_finished()
+
+
+async def _refuse(
+    stream: GRPCProtoStream, refusal: RpcError, limits: ServerLimits, socket: ServerSocket
+) -> None:
+    """Answer an RPC of a connection refused at the door, then close the connection."""
+    rpc = RpcStream(stream, limits.write_timeout)
+    try:
+        await stream.start_response()
+        await _close_quietly(rpc, refusal.code, refusal.reason)
+    except _CONNECTION_GONE:
+        pass
+    finally:
+        release_stream(stream)
+        socket.finish_stream(stream)
+        socket.rpc_finished()
+    await socket.close_with(refusal.reason)
+
+
+async def _dispatch_one(
     stream: GRPCProtoStream, peer: PeerConnection, service: Service, limits: ServerLimits
 ) -> None:
     rpc = RpcStream(stream, limits.write_timeout)
@@ -180,6 +221,14 @@ async def _close_quietly(rpc: RpcStream, code: str, reason: str) -> None:
 # -- listener and connections ----------------------------------------------------------
 
 
+def _peer_host(stream: anyio.abc.ByteStream) -> str:
+    try:
+        address: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        return str(address[0])
+    except (anyio.TypedAttributeLookupError, TypeError, ValueError, IndexError):
+        return "unknown"
+
+
 def _peer_address(stream: anyio.abc.ByteStream) -> str:
     try:
         address: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
@@ -199,6 +248,9 @@ class GrpcServer:
         self._next_connection_id = 0
         self.active_connections = 0
         self.refused_handshakes = 0
+        self._per_address: Counter[str] = Counter()
+        self._per_identity: Counter[str] = Counter()
+        self._warned: dict[str, float] = {}
 
     async def serve(
         self,
@@ -227,17 +279,33 @@ class GrpcServer:
                 await trio.sleep(0.1)
                 continue
             if self.active_connections >= self._limits.max_connections:
-                log.warning("refusing connection: %d connections open", self.active_connections)
+                self._warn("connections", "refusing connections: %d open", self.active_connections)
                 await _aclose(stream)
                 continue
-            nursery.start_soon(self._connection, stream)
+            host = _peer_host(stream)
+            if self._per_address[host] >= self._limits.max_connections_per_address:
+                self._warn(host, "refusing connections from %s: too many open", host)
+                await _aclose(stream)
+                continue
+            self._per_address[host] += 1
+            nursery.start_soon(self._connection, stream, host)
 
-    async def _connection(self, tcp: anyio.abc.SocketStream) -> None:
+    def _warn(self, key: str, message: str, *args: Any) -> None:
+        """A warning, at most once per ``_WARN_INTERVAL`` for ``key`` (floods log one line)."""
+        now = trio.current_time()
+        if now - self._warned.get(key, -math.inf) >= _WARN_INTERVAL:
+            if len(self._warned) > _WARNED_KEYS:
+                self._warned.clear()
+            self._warned[key] = now
+            log.warning(message, *args)
+
+    async def _connection(self, tcp: anyio.abc.SocketStream, host: str) -> None:
         self.active_connections += 1
         self._next_connection_id += 1
         connection_id = self._next_connection_id
         address = _peer_address(tcp)
         tls: TLSStream | None = None
+        agent_id: str | None = None
         try:
             try:
                 with trio.fail_after(self._limits.handshake_timeout):
@@ -260,20 +328,24 @@ class GrpcServer:
             peer = PeerConnection(
                 connection_id, address, tls.extra(TLSAttribute.peer_certificate_binary, None)
             )
-            socket = ServerSocket(tls, self._limits)
-            async with socket, trio.open_nursery() as rpcs:
-                await socket.serve(
-                    lambda stream: rpcs.start_soon(
-                        _dispatch, stream, peer, self._service, self._limits
-                    )
-                )
-                # The peer is gone: no RPC of this connection can progress any more.
-                rpcs.cancel_scope.cancel()
+            admitted = await self._service.admit(peer)
+            if isinstance(admitted, str):
+                if self._per_identity[admitted] >= self._limits.max_connections_per_identity:
+                    self._warn(admitted, "refusing connections of %s: too many open", admitted)
+                    admitted = RpcError("RESOURCE_EXHAUSTED", "too_many_connections")
+                else:
+                    agent_id = admitted
+                    self._per_identity[agent_id] += 1
+            await self._serve_connection(tls, peer, admitted)
         except BaseException as exc:  # a client must never take the server down
             errors, rest = _split_errors(exc)
             if errors is not None:
                 leaf = _sole_leaf(errors)
-                if isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
+                if isinstance(leaf, ConnectionClosing):
+                    log.info("connection %d from %s closed: %s", connection_id, address, leaf)
+                elif isinstance(leaf, trio.TooSlowError):
+                    log.info("connection %d from %s closed: slow_reader", connection_id, address)
+                elif isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
                     log.info("connection %d from %s closed: %r", connection_id, address, leaf)
                 else:
                     log.error(
@@ -288,7 +360,40 @@ class GrpcServer:
                 raise rest from None  # the non-Exception part of a group propagates
         finally:
             self.active_connections -= 1
+            _decrement(self._per_address, host)
+            if agent_id is not None:
+                _decrement(self._per_identity, agent_id)
             await _aclose(tls if tls is not None else tcp)
+
+    async def _serve_connection(
+        self, tls: TLSStream, peer: PeerConnection, admitted: str | RpcError
+    ) -> None:
+        socket = ServerSocket(tls, self._limits)
+        limits = self._limits
+        service = self._service
+        async with socket, trio.open_nursery() as rpcs:
+            if isinstance(admitted, RpcError):
+                # Refused at the door: each RPC gets the refusal, then the connection ends.
+
+                def spawn(stream: GRPCProtoStream) -> None:
+                    socket.rpc_started()
+                    rpcs.start_soon(_refuse, stream, admitted, limits, socket)
+
+            else:
+
+                def spawn(stream: GRPCProtoStream) -> None:
+                    socket.rpc_started()
+                    rpcs.start_soon(_dispatch, stream, peer, service, limits, socket)
+
+            await socket.serve(spawn)
+            # The peer is gone: no RPC of this connection can progress any more.
+            rpcs.cancel_scope.cancel()
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 def _split_errors(

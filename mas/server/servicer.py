@@ -81,22 +81,37 @@ class RuntimeServicer:
 
     # -- identity ----------------------------------------------------------------------
 
+    async def admit(self, peer: PeerConnection) -> str | RpcError:
+        """At the door, right after the TLS handshake: the agent id, or the refusal.
+
+        A refused connection is audited here, once; its RPCs get the refusal without
+        another record. The per-RPC check (``_identity``) stays, for reloads.
+        """
+        try:
+            return self._check_identity(peer).agent_id
+        except RpcError as exc:
+            await self._audit_refusal(peer, exc)
+            return exc
+
     async def _identity(self, peer: PeerConnection) -> PeerIdentity:
         """The caller's verified, allowlisted, unrevoked identity; refusals are audited."""
         try:
             return self._check_identity(peer)
         except RpcError as exc:
-            identity: PeerIdentity | None = peer.state.get("identity")
-            await self._audit.record(
-                AuditDraft(
-                    time=time.time(),
-                    decision="AUTHN_DENIED",
-                    reason=exc.reason,
-                    sender_id=identity.agent_id if identity else "",
-                    message_type=peer.address,
-                )
-            )
+            await self._audit_refusal(peer, exc)
             raise
+
+    async def _audit_refusal(self, peer: PeerConnection, refusal: RpcError) -> None:
+        identity: PeerIdentity | None = peer.state.get("identity")
+        await self._audit.record(
+            AuditDraft(
+                time=time.time(),
+                decision="AUTHN_DENIED",
+                reason=refusal.reason,
+                sender_id=identity.agent_id if identity else "",
+                message_type=peer.address,
+            )
+        )
 
     def _revocations(self, config: MasConfig) -> tuple[frozenset[int], frozenset[str]]:
         cached_for, serials, fingerprints = self._revoked
