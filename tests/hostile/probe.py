@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
@@ -53,12 +54,16 @@ class Probe:
 
     async def run(self, port: int, pki: Any, *, count: int | None = None) -> None:
         """Round trips until cancelled (or ``count`` of them); each must finish in time."""
-        async with (
-            raw_client(port, pki.client_ssl_context("alice")) as alice_client,
-            raw_client(port, pki.client_ssl_context("bob")) as bob_client,
-        ):
+        async with AsyncExitStack() as stack:
+            # Each connection opens its session at once (a silent connection is closed).
+            bob_client = await stack.enter_async_context(
+                raw_client(port, pki.client_ssl_context("bob"))
+            )
             bob = await bob_client.transport()
             await bob.hello("bob1")
+            alice_client = await stack.enter_async_context(
+                raw_client(port, pki.client_ssl_context("alice"))
+            )
             alice = await alice_client.transport()
             await alice.hello("alice1")
             async with trio.open_nursery() as nursery:

@@ -1,0 +1,140 @@
+"""The hostile-client harness: a measured ``mas serve``, a well-behaved probe, a report.
+
+Every attack runs against a real server process while a well-behaved agent pair does
+request/reply (``probe.Probe``); the test then checks the server's RSS, CPU and log
+against stated bounds. ``MAS_HOSTILE_SCALE`` (default 1) multiplies each attack's size
+for the long forms; ``MAS_HOSTILE_REPORT`` names a file that gets one JSON line per
+attack with its measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import trio
+from hostile_server import ServerProcess, Usage, serve
+from probe import PROBE_AGENTS, PROBE_PERMISSIONS, Probe
+
+from mas.testing import TestPKI
+
+SCALE = float(os.environ.get("MAS_HOSTILE_SCALE", "1"))
+
+
+def scaled(count: int) -> int:
+    """An attack size, multiplied for the long forms."""
+    return max(1, int(count * SCALE))
+
+
+class AttackReport(NamedTuple):
+    """What an attack cost the server, and how the probe fared during it."""
+
+    name: str
+    before: Usage
+    after: Usage
+    peak_rss_kib: int
+    round_trips: int
+    p99_ms: float
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.after.cpu_seconds - self.before.cpu_seconds
+
+    @property
+    def rss_growth_kib(self) -> int:
+        return self.peak_rss_kib - self.before.rss_kib
+
+    @property
+    def log_lines(self) -> int:
+        return self.after.log_lines - self.before.log_lines
+
+    def write(self) -> None:
+        line = {
+            "attack": self.name,
+            "cpu_s": round(self.cpu_seconds, 2),
+            "rss_before_kib": self.before.rss_kib,
+            "rss_peak_kib": self.peak_rss_kib,
+            "rss_growth_kib": self.rss_growth_kib,
+            "log_lines": self.log_lines,
+            "probe_round_trips": self.round_trips,
+            "probe_p99_ms": round(self.p99_ms, 1),
+        }
+        print(json.dumps(line))
+        report = os.environ.get("MAS_HOSTILE_REPORT")
+        if report:
+            with open(report, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+
+async def _sample_rss(server: ServerProcess, peak: list[int]) -> None:
+    while True:
+        if server.alive():
+            peak[0] = max(peak[0], server.usage().rss_kib)
+        await trio.sleep(0.05)
+
+
+async def under_attack(
+    name: str,
+    server: ServerProcess,
+    pki: TestPKI,
+    attack: Callable[[], Awaitable[Any]],
+    *,
+    after: float = 0.5,
+) -> AttackReport:
+    """Run ``attack`` while the probe does request/reply; measure the server around it.
+
+    The probe starts first (its round trip without attack is the baseline), keeps going
+    through the attack and for ``after`` seconds past it; any round trip slower than
+    ``probe.ROUND_TRIP_TIMEOUT`` fails the test.
+    """
+    probe = Probe()
+    before = server.usage()
+    peak = [before.rss_kib]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_sample_rss, server, peak)
+        nursery.start_soon(probe.run, server.port, pki)
+        await attack()
+        await trio.sleep(after)
+        nursery.cancel_scope.cancel()
+    assert server.alive(), server.log()[-20:]
+    report = AttackReport(
+        name,
+        before,
+        server.usage(),
+        max(peak[0], server.usage().rss_kib),
+        len(probe.latencies),
+        probe.p99() * 1000,
+    )
+    report.write()
+    assert report.round_trips > 0, "the well-behaved agent got nothing done during the attack"
+    return report
+
+
+@pytest.fixture
+def hostile_server(
+    tmp_path: Path, pki: TestPKI
+) -> Callable[..., Any]:
+    """``with hostile_server(limits={...}, agents=[...]) as server:`` runs ``mas serve``."""
+
+    @contextmanager
+    def start(
+        *, limits: dict[str, Any] | None = None, agents: tuple[str, ...] = (), **extra: Any
+    ) -> Iterator[ServerProcess]:
+        with serve(
+            tmp_path,
+            pki,
+            [*PROBE_AGENTS, "mallet", *agents],
+            fast_agents=PROBE_AGENTS,
+            limits=limits,
+            permissions=PROBE_PERMISSIONS,
+            extra=extra,
+        ) as server:
+            yield server
+            assert "Traceback" not in "\n".join(server.log())
+
+    return start
