@@ -342,7 +342,9 @@ class GrpcServer:
             if errors is not None:
                 leaf = _sole_leaf(errors)
                 if isinstance(leaf, ConnectionClosing):
-                    log.info("connection %d from %s closed: %s", connection_id, address, leaf)
+                    # Idle connections closing is routine; a client past a limit is news.
+                    level = logging.DEBUG if leaf.reason == "idle_timeout" else logging.WARNING
+                    log.log(level, "connection %d from %s closed: %s", connection_id, address, leaf)
                 elif isinstance(leaf, trio.TooSlowError):
                     log.info("connection %d from %s closed: slow_reader", connection_id, address)
                 elif isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
