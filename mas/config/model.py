@@ -219,7 +219,9 @@ class RevokedConfig(_Base, frozen=True):
 
     serials: list[Annotated[str, msgspec.Meta(pattern=r"^(0x[0-9a-fA-F]+|[0-9]+)$")]] = []
     # SHA-256 fingerprints: exactly 64 hex digits once colons are removed (checked below).
-    fingerprints: list[Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F:]{64,127}$")]] = []
+    fingerprints: list[
+        Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F:]+$", max_length=256)]
+    ] = []
 
     def __post_init__(self) -> None:
         for fingerprint in self.fingerprints:

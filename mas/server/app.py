@@ -48,7 +48,10 @@ class MasServer:
         self.store = store
         self.registry = SessionRegistry()
         self.audit = AuditLog(
-            store, config.gateway.audit, telemetry.from_config(config.gateway.telemetry)
+            store,
+            config.gateway.audit,
+            telemetry.from_config(config.gateway.telemetry),
+            refusal_interval=config.limits.refusal_audit_interval,
         )
         self._ssl_context = ssl_context
         self._router: Router | None = None

@@ -12,8 +12,13 @@ The file is an exact copy of the store's chain, so ``mas audit verify FILE``
 checks the same hashes as the store (and with several servers sharing a store,
 each server's file holds the records of all of them, as they appear).
 
-``AuditLog`` also keeps per-decision counters and latency histograms for
-``statistics()``.
+Refusals cost the refused, not the trail (``mas.audit.refusals``): every draft's
+client-chosen strings are bounded before it is queued, and repeated refusals of one
+(identity, decision, reason) within ``refusal_interval`` seconds become one record with
+their count; the writer writes those summaries when their window ends.
+
+``AuditLog`` also keeps per-decision counters (every refusal counted, coalesced or not)
+and latency histograms for ``statistics()``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any, Final
 import trio
 
 from ..audit.record import AuditDraft, AuditRecord
+from ..audit.refusals import RefusalCoalescer, bound_fields
 from ..audit.sink import JsonlSink
 from ..config import AuditConfig
 from ..store import Store
@@ -50,9 +56,16 @@ class AuditLog:
     """Writes audit drafts to the store and follows the chain into the JSONL file."""
 
     def __init__(
-        self, store: Store, config: AuditConfig, telemetry: Telemetry | None = None
+        self,
+        store: Store,
+        config: AuditConfig,
+        telemetry: Telemetry | None = None,
+        *,
+        refusal_interval: float = 60.0,
     ) -> None:
         self._store = store
+        self._coalescer = RefusalCoalescer(refusal_interval)
+        self._waiting: trio.CancelScope | None = None  # the writer's wait for drafts
         self._config = config
         self._telemetry = telemetry
         self._send, self._receive = trio.open_memory_channel[AuditDraft](QUEUE_SIZE)
@@ -67,18 +80,28 @@ class AuditLog:
     # -- producers --------------------------------------------------------------------
 
     async def record(self, draft: AuditDraft) -> None:
-        """Queue a decision that is not written with a message (waits while the queue is full)."""
-        self._observe(draft)
-        await self._send.send(draft)
+        """Queue a decision that is not written with a message (waits while the queue is full).
+
+        Its client-chosen fields are bounded; a repeated refusal may only be counted.
+        """
+        await self.record_many((draft,))
 
     async def record_many(self, drafts: Sequence[AuditDraft]) -> None:
         """Queue several decisions; waits only while the queue is full."""
+        now = trio.current_time()
         for draft in drafts:
             self._observe(draft)
-            try:
-                self._send.send_nowait(draft)
-            except trio.WouldBlock:
-                await self._send.send(draft)
+            admitted_drafts = self._coalescer.admit(bound_fields(draft), now)
+            if not admitted_drafts and self._waiting is not None:
+                # A repeat was counted: the writer must wake when its window ends.
+                due = self._coalescer.next_deadline()
+                if due is not None:
+                    self._waiting.deadline = min(self._waiting.deadline, due)
+            for admitted in admitted_drafts:
+                try:
+                    self._send.send_nowait(admitted)
+                except trio.WouldBlock:
+                    await self._send.send(admitted)
 
     def committed(self, record: AuditRecord) -> None:
         """A record the store wrote together with a routed message."""
@@ -132,7 +155,7 @@ class AuditLog:
     async def flush(self) -> None:
         """Write every queued draft, and let the file catch up (bounded); used on shutdown."""
         with trio.move_on_after(_FLUSH_TIMEOUT):
-            batch = []
+            batch = self._coalescer.close_all()
             while True:
                 try:
                     batch.append(self._receive.receive_nowait())
@@ -157,7 +180,14 @@ class AuditLog:
 
     async def _write_drafts(self) -> None:
         while True:
-            batch = [await self._receive.receive()]
+            due = self._coalescer.next_deadline()
+            batch: list[AuditDraft] = []
+            with trio.move_on_at(math.inf if due is None else due) as self._waiting:
+                batch.append(await self._receive.receive())
+            self._waiting = None
+            batch.extend(self._coalescer.due(trio.current_time()))
+            if not batch:
+                continue
             while len(batch) < BATCH:
                 try:
                     batch.append(self._receive.receive_nowait())

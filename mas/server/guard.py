@@ -29,24 +29,29 @@ class GuardLimits(NamedTuple):
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``rate`` held; starts full."""
+    """``rate`` tokens per second, at most ``burst`` (default: ``rate``) held; starts full."""
 
-    __slots__ = ("_last", "_rate", "_tokens")
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
-    def __init__(self, rate: float, now: float) -> None:
+    def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
         self._rate = rate
-        self._tokens = rate
+        self._burst = rate if burst is None else burst
+        self._tokens = self._burst
         self._last = now
 
     def take(self, count: int, now: float) -> bool:
         """Spend ``count`` tokens if there are that many (a refusal spends nothing)."""
         if now > self._last:
-            self._tokens = min(self._rate, self._tokens + (now - self._last) * self._rate)
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
             self._last = now
         if count > self._tokens:
             return False
         self._tokens -= count
         return True
+
+    def retry_after(self, count: int = 1) -> float:
+        """Seconds until ``count`` tokens are there (as of the last ``take``)."""
+        return max(0.0, (count - self._tokens) / self._rate)
 
 
 class ConnectionGuard:

@@ -30,6 +30,7 @@ from ..store import Store
 from ..store.base import StateTooLargeError
 from .audit_log import AuditLog
 from .grpc import Method, PeerConnection
+from .guard import TokenBucket
 from .ingress import Accepted, Outbound, Rejection
 from .router import Router
 from .sessions import Session, SessionRegistry
@@ -68,6 +69,8 @@ class RuntimeServicer:
             frozenset(),
         )
         self.refused_identities = 0
+        # Per agent id (allowlisted ones only, so bounded): the non-routing RPCs' budget.
+        self._control_budgets: dict[str, TokenBucket] = {}
         self.methods: dict[str, Method] = {
             "Transport": Method(pb.ClientEvent, stream=self.transport),
             "Send": Method(pb.SendRequest, unary=self.send),
@@ -158,6 +161,31 @@ class RuntimeServicer:
             log.warning("refused connection from %s: %s", peer.address, exc)
             return exc.reason
         self.refused_identities -= 1
+        return identity
+
+    async def _control_call(self, peer: PeerConnection) -> PeerIdentity:
+        """The identity of a state or discovery call, within its agent's own rate limit.
+
+        These RPCs route nothing, so the gateway's rate limit never sees them; they get
+        ``limits.control_rpcs_per_minute`` per agent id (a burst of that many).
+        """
+        identity = await self._identity(peer)
+        per_minute = self._config().limits.control_rpcs_per_minute
+        now = trio.current_time()
+        budget = self._control_budgets.get(identity.agent_id)
+        if budget is None:
+            budget = TokenBucket(per_minute / 60.0, now, burst=per_minute)
+            self._control_budgets[identity.agent_id] = budget
+        if not budget.take(1, now):
+            await self._audit.record(
+                AuditDraft(
+                    time=time.time(),
+                    decision="RATE_LIMITED",
+                    reason="rate_limited",
+                    sender_id=identity.agent_id,
+                )
+            )
+            raise RpcError("RESOURCE_EXHAUSTED", "rate_limited", retry_after=budget.retry_after())
         return identity
 
     def _bound_instance(
@@ -366,7 +394,7 @@ class RuntimeServicer:
     async def discover(
         self, peer: PeerConnection, request: pb.DiscoverRequest
     ) -> pb.DiscoverResponse:
-        await self._identity(peer)
+        await self._control_call(peer)
         wanted = set(request.capabilities)
         records = []
         for spec in self._config().agents:
@@ -387,13 +415,13 @@ class RuntimeServicer:
     async def get_state(
         self, peer: PeerConnection, request: pb.GetStateRequest
     ) -> pb.GetStateResponse:
-        identity = await self._identity(peer)
+        identity = await self._control_call(peer)
         return pb.GetStateResponse(state=await self._store.get_state(identity.agent_id))
 
     async def update_state(
         self, peer: PeerConnection, request: pb.UpdateStateRequest
     ) -> pb.UpdateStateResponse:
-        identity = await self._identity(peer)
+        identity = await self._control_call(peer)
         updates = dict(request.updates)
         for key, value in updates.items():
             if not key or len(key) > MAX_STATE_KEY_LENGTH:
@@ -411,7 +439,7 @@ class RuntimeServicer:
     async def reset_state(
         self, peer: PeerConnection, request: pb.ResetStateRequest
     ) -> pb.ResetStateResponse:
-        identity = await self._identity(peer)
+        identity = await self._control_call(peer)
         await self._store.reset_state(identity.agent_id)
         return pb.ResetStateResponse()
 
