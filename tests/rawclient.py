@@ -267,3 +267,17 @@ async def h2_attacker(port: int, context: ssl.SSLContext) -> AsyncIterator[H2Att
             scope.shield = True
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+
+@asynccontextmanager
+async def refused_client(port: int, context: ssl.SSLContext) -> AsyncIterator[RawClient]:
+    """``raw_client`` for a connection the server is expected to close under it.
+
+    purerpc's writer task fails when it writes to a socket the server closed; that
+    ending is the expected one here, so it is not an error of the test.
+    """
+    try:
+        async with raw_client(port, context) as client:
+            yield client
+    except* (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass

@@ -127,6 +127,31 @@ def _sole_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
+def _telling_leaf(exc: BaseException) -> BaseException:
+    """The exception that says why a connection ended.
+
+    A ``ConnectionClosing`` (the server's own decision) wins; otherwise, when every leaf is
+    the peer going away or breaking the protocol, the first of them; otherwise the group.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseExceptionGroup):
+            pending.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    for leaf in leaves:
+        if isinstance(leaf, ConnectionClosing):
+            return leaf
+    expected = (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError, trio.TooSlowError)
+    if leaves and all(isinstance(leaf, expected) for leaf in leaves):
+        return leaves[0]
+    return _sole_leaf(exc)
+
+
 async def _dispatch(
     stream: GRPCProtoStream,
     peer: PeerConnection,
@@ -155,7 +180,7 @@ async def _refuse(
         release_stream(stream)
         socket.finish_stream(stream)
         socket.rpc_finished()
-    await socket.close_with(refusal.reason)
+        socket.request_close(refusal.reason)
 
 
 async def _dispatch_one(
@@ -306,6 +331,7 @@ class GrpcServer:
         address = _peer_address(tcp)
         tls: TLSStream | None = None
         agent_id: str | None = None
+        refused_at_door = False
         try:
             try:
                 with trio.fail_after(self._limits.handshake_timeout):
@@ -329,6 +355,7 @@ class GrpcServer:
                 connection_id, address, tls.extra(TLSAttribute.peer_certificate_binary, None)
             )
             admitted = await self._service.admit(peer)
+            refused_at_door = isinstance(admitted, RpcError)
             if isinstance(admitted, str):
                 if self._per_identity[admitted] >= self._limits.max_connections_per_identity:
                     self._warn(admitted, "refusing connections of %s: too many open", admitted)
@@ -340,10 +367,12 @@ class GrpcServer:
         except BaseException as exc:  # a client must never take the server down
             errors, rest = _split_errors(exc)
             if errors is not None:
-                leaf = _sole_leaf(errors)
+                leaf = _telling_leaf(errors)
                 if isinstance(leaf, ConnectionClosing):
-                    # Idle connections closing is routine; a client past a limit is news.
-                    level = logging.DEBUG if leaf.reason == "idle_timeout" else logging.WARNING
+                    # Idle connections closing is routine, and a refusal at the door was
+                    # logged by the servicer; a client past a limit is news.
+                    routine = leaf.reason == "idle_timeout" or refused_at_door
+                    level = logging.DEBUG if routine else logging.WARNING
                     log.log(level, "connection %d from %s closed: %s", connection_id, address, leaf)
                 elif isinstance(leaf, trio.TooSlowError):
                     log.info("connection %d from %s closed: slow_reader", connection_id, address)

@@ -383,6 +383,8 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         self.open_rpcs = 0  # RPCs whose handler still runs (kept by the dispatcher)
         self._idle_deadline = trio.current_time() + limits.first_message_timeout
         self._idle_scope: trio.CancelScope | None = None
+        self._serve_scope = trio.CancelScope()
+        self._closing: str | None = None  # why an RPC asked to close the connection
 
     def finish_stream(self, stream: GRPCProtoStream) -> None:
         """The RPC on ``stream`` is over: forget it, and anything its client still sends."""
@@ -398,6 +400,12 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
             await self._socket.wait_output_below(1)
         raise ConnectionClosing(reason)
 
+    def request_close(self, reason: str) -> None:
+        """From an RPC's task: have ``serve`` stop reading, send GOAWAY and raise."""
+        if self._closing is None:
+            self._closing = reason
+            self._serve_scope.cancel()
+
     async def serve(self, spawn: Callable[[GRPCProtoStream], None]) -> None:
         """Read frames until the peer goes away, calling ``spawn`` for each new RPC.
 
@@ -409,6 +417,20 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         writer = self._socket
         limits = self._limits
         guard = ConnectionGuard(limits.guard, trio.current_time())
+        with self._serve_scope:
+            await self._read_loop(spawn, streams, connection, writer, limits, guard)
+        if self._closing is not None:
+            await self.close_with(self._closing)
+
+    async def _read_loop(
+        self,
+        spawn: Callable[[GRPCProtoStream], None],
+        streams: dict[int, GRPCProtoStream],
+        connection: _LimitedConnection,
+        writer: CoalescingWriter,
+        limits: ServerLimits,
+        guard: ConnectionGuard,
+    ) -> None:
         while True:
             if writer.output_size() > limits.max_output_bytes:
                 # Backpressure: read nothing more until the client has read our answers.

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from rawclient import CallFailed, RawClient, RawSession, raw_client, sessions
+from rawclient import CallFailed, RawClient, RawSession, raw_client, refused_client, sessions
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI, make_config, open_test_server
@@ -174,7 +174,7 @@ async def test_bad_identity_certificate_is_refused_with_reason(
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
             context = pki.client_ssl_context(key_pair=pki.leaf(**leaf))
-            async with raw_client(server.address.port, context) as client:
+            async with refused_client(server.address.port, context) as client:
                 got = await _refused_then_closed(
                     client, "GetState", pb.GetStateRequest(), pb.GetStateResponse
                 )

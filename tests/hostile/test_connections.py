@@ -8,7 +8,7 @@ import anyio
 import pytest
 import trio
 from conftest import scaled, under_attack
-from rawclient import CallFailed, H2Attacker, h2_attacker, raw_client
+from rawclient import CallFailed, H2Attacker, h2_attacker, raw_client, refused_client
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI
@@ -84,7 +84,7 @@ async def test_one_identity_cannot_hold_every_connection(
             ):
                 for client in (c1, c2, c3, c4):
                     await client.unary("GetState", pb.GetStateRequest(), pb.GetStateResponse)
-                async with raw_client(server.port, pki.client_ssl_context("mallet")) as c5:
+                async with refused_client(server.port, pki.client_ssl_context("mallet")) as c5:
                     with pytest.raises(CallFailed) as failed:
                         await c5.unary("GetState", pb.GetStateRequest(), pb.GetStateResponse)
                     assert (failed.value.code, failed.value.reason) == (
