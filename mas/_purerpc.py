@@ -52,6 +52,7 @@ log = logging.getLogger("mas.transport")
 
 CONNECTION_LOST: Final = "connection_lost"  # status message of streams cut by a dropped connection
 _CLOSE_TIMEOUT: Final = 1.0  # seconds allowed to close a socket
+_WRITE_CHUNK: Final = 256 * 1024  # bytes written at most per TLS send (each under its deadline)
 
 _CONNECTION_ERRORS: Final = (
     anyio.BrokenResourceError,
@@ -103,14 +104,15 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
     async def _writer_thread(self) -> None:
         connection = self._grpc_connection
         while True:
-            data = connection.data_to_send()
+            data = connection.data_to_send(_WRITE_CHUNK)
             if data:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                more = connection.data_to_send()
-                if more:
-                    data += more
+                if len(data) < _WRITE_CHUNK:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    more = connection.data_to_send(_WRITE_CHUNK - len(data))
+                    if more:
+                        data += more
                 self._in_flight = len(data)
-                # A peer that reads nothing for write_timeout is gone, as far as we care.
+                # A peer that takes less than a chunk per write_timeout is gone, for us.
                 with trio.fail_after(self._write_timeout):
                     await self._stream.send(data)
                 self._in_flight = 0

@@ -140,7 +140,7 @@ async def sessions(server: Any, pki: Any, *agent_ids: str) -> AsyncIterator[list
 # -- raw HTTP/2 frames: a client that breaks the rules of the protocol itself ----------------
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
 END_STREAM, END_HEADERS = 0x1, 0x4
 
 
@@ -281,3 +281,11 @@ async def refused_client(port: int, context: ssl.SSLContext) -> AsyncIterator[Ra
             yield client
     except* (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
         pass
+
+
+async def wait_until_closed(client: RawClient, within: float = 4.0) -> None:
+    """Return once the server has closed ``client``'s connection (else fails after ``within`` s)."""
+    with trio.fail_after(within):
+        # purerpc's channel has no event for this; its flag is set by the reader task.
+        while not client.client.channel.closed:  # noqa: ASYNC110
+            await trio.sleep(0.01)

@@ -170,7 +170,7 @@ async def _refuse(
     stream: GRPCProtoStream, refusal: RpcError, limits: ServerLimits, socket: ServerSocket
 ) -> None:
     """Answer an RPC of a connection refused at the door, then close the connection."""
-    rpc = RpcStream(stream, limits.write_timeout)
+    rpc = RpcStream(stream, limits.write_timeout, limits.max_output_bytes)
     try:
         await stream.start_response()
         await _close_quietly(rpc, refusal.code, refusal.reason)
@@ -186,7 +186,7 @@ async def _refuse(
 async def _dispatch_one(
     stream: GRPCProtoStream, peer: PeerConnection, service: Service, limits: ServerLimits
 ) -> None:
-    rpc = RpcStream(stream, limits.write_timeout)
+    rpc = RpcStream(stream, limits.write_timeout, limits.max_output_bytes)
     try:
         await _run_method(stream, rpc, peer, service, limits)
     except BaseException as exc:  # re-raised below unless it is ours to answer

@@ -26,6 +26,7 @@ import trio
 from google.protobuf.message import DecodeError, Message
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import GRPCStreamState
+from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.connection import GRPCConfiguration, GRPCConnection
 from purerpc.grpclib.events import (
     MessageReceived,
@@ -33,7 +34,6 @@ from purerpc.grpclib.events import (
     RequestReceived,
     WindowUpdated,
 )
-from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 from purerpc.grpclib.status import Status, StatusCode
 
@@ -64,12 +64,15 @@ class RpcStream:
     stream costs one write per batch instead of one per message.
     """
 
-    __slots__ = ("_held", "_lock", "_stream", "_write_timeout")
+    __slots__ = ("_held", "_lock", "_max_output", "_stream", "_write_timeout")
 
-    def __init__(self, stream: GRPCProtoStream, write_timeout: float) -> None:
+    def __init__(
+        self, stream: GRPCProtoStream, write_timeout: float, max_output: int = 2**62
+    ) -> None:
         self._stream = stream
         self._lock = trio.Lock()
         self._write_timeout = write_timeout
+        self._max_output = max_output  # the connection's unsent bytes above which we wait
         self._held: Any = None  # an event taken while draining, handled by the next receive
 
     async def receive(self) -> Any | None:
@@ -129,13 +132,17 @@ class RpcStream:
     async def send_many(self, messages: Sequence[Message]) -> None:
         """Send messages in order, as few DATA frames as fit; concurrent senders are serialised.
 
-        A client that stops reading stalls the write on HTTP/2 flow control;
-        after ``write_timeout`` the RPC ends with ``DEADLINE_EXCEEDED
+        A client that stops reading stalls the write on HTTP/2 flow control, or on the
+        connection's unsent output (more than ``max_output`` bytes: TCP is not taking
+        it); after ``write_timeout`` the RPC ends with ``DEADLINE_EXCEEDED
         slow_consumer`` rather than holding its resources forever.
         """
         await _acquire(self._lock)
         try:
             with trio.move_on_after(self._write_timeout) as waited:
+                writer = self._stream._socket
+                if writer.output_size() >= self._max_output:
+                    await writer.wait_output_below(self._max_output)
                 await write_messages(self._stream, messages)
         finally:
             self._lock.release()
@@ -313,12 +320,6 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
             stream = self.h2_connection.streams.get(stream_id)
             if stream is not None and not stream.closed:
                 self.h2_connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-
-    def _give_back_window(self, stream_id: int, length: int) -> None:
-        if length <= 0:
-            return
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self.h2_connection.acknowledge_received_data(length, stream_id)
 
     def _data_received(self, event: Any) -> list[Any]:
         buffer = self.message_read_buffers.get(event.stream_id)

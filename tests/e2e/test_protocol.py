@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from rawclient import CallFailed, RawClient, RawSession, raw_client, refused_client, sessions
+from rawclient import (
+    CallFailed,
+    RawClient,
+    RawSession,
+    raw_client,
+    refused_client,
+    sessions,
+    wait_until_closed,
+)
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI, make_config, open_test_server
@@ -131,9 +139,7 @@ async def _refused_then_closed(client: RawClient, method: str, request: Any, res
         await client.unary(method, request, response)
     assert failed.value.code == "UNAUTHENTICATED"
     # Refused at the door: the server closes the connection after answering once.
-    with trio.fail_after(2):
-        while not client.client.channel.closed:
-            await trio.sleep(0.01)
+    await wait_until_closed(client, 2.0)
     return failed.value.reason
 
 

@@ -116,22 +116,24 @@ async def under_attack(
 
 
 @pytest.fixture
-def hostile_server(
-    tmp_path: Path, pki: TestPKI
-) -> Callable[..., Any]:
+def hostile_server(tmp_path: Path, pki: TestPKI) -> Callable[..., Any]:
     """``with hostile_server(limits={...}, agents=[...]) as server:`` runs ``mas serve``."""
 
     @contextmanager
     def start(
-        *, limits: dict[str, Any] | None = None, agents: tuple[str, ...] = (), **extra: Any
+        *,
+        limits: dict[str, Any] | None = None,
+        agents: tuple[str, ...] = (),
+        permissions_extra: list[dict[str, Any]] | None = None,
+        **extra: Any,
     ) -> Iterator[ServerProcess]:
         with serve(
             tmp_path,
             pki,
             [*PROBE_AGENTS, "mallet", *agents],
-            fast_agents=PROBE_AGENTS,
+            fast_agents=(*PROBE_AGENTS, "mallet"),
             limits=limits,
-            permissions=PROBE_PERMISSIONS,
+            permissions=[*PROBE_PERMISSIONS, *(permissions_extra or [])],
             extra=extra,
         ) as server:
             yield server

@@ -107,9 +107,7 @@ def serve(
     }
     other = os.environ.get("MAS_HOSTILE_SERVER_PATH")
     if limits:
-        config["limits"] = {
-            k: v for k, v in limits.items() if not (other and k in _NEW_LIMITS)
-        }
+        config["limits"] = {k: v for k, v in limits.items() if not (other and k in _NEW_LIMITS)}
     config.update(extra or {})
     (directory / "mas.yaml").write_text(
         "\n".join(f"{key}: {_yaml_value(value)}" for key, value in config.items()) + "\n"

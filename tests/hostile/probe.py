@@ -26,7 +26,9 @@ async def _answer(bob: RawSession) -> None:
             message_type="pong",
             data_json=json.dumps(envelope["data"]),
         )
-        await bob.send_together([reply, pb.ClientEvent(ack=pb.Ack(delivery_id=delivery.delivery_id))])
+        await bob.send_together(
+            [reply, pb.ClientEvent(ack=pb.Ack(delivery_id=delivery.delivery_id))]
+        )
 
 
 async def _round_trip(alice: RawSession, n: int) -> None:

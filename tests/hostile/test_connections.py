@@ -8,7 +8,14 @@ import anyio
 import pytest
 import trio
 from conftest import scaled, under_attack
-from rawclient import CallFailed, H2Attacker, h2_attacker, raw_client, refused_client
+from rawclient import (
+    CallFailed,
+    H2Attacker,
+    h2_attacker,
+    raw_client,
+    refused_client,
+    wait_until_closed,
+)
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI
@@ -48,14 +55,10 @@ async def test_connection_idle_after_its_last_rpc_is_closed(
     with hostile_server(limits={"idle_timeout": 1.0}) as server, trio.fail_after(20):
         async with raw_client(server.port, pki.client_ssl_context("mallet")) as client:
             await client.unary("GetState", pb.GetStateRequest(), pb.GetStateResponse)
-            with trio.fail_after(4):
-                while not client.client.channel.closed:
-                    await trio.sleep(0.05)
+            await wait_until_closed(client)
 
 
-async def test_pings_do_not_keep_an_idle_connection_open(
-    hostile_server: Any, pki: TestPKI
-) -> None:
+async def test_pings_do_not_keep_an_idle_connection_open(hostile_server: Any, pki: TestPKI) -> None:
     with hostile_server(limits={"hello_timeout": 1.0}) as server, trio.fail_after(20):
         async with h2_attacker(server.port, pki.client_ssl_context("mallet")) as attacker:
             await attacker.preface()
@@ -70,9 +73,7 @@ async def test_pings_do_not_keep_an_idle_connection_open(
             assert closed or attacker.goaway_code() is not None
 
 
-async def test_one_identity_cannot_hold_every_connection(
-    hostile_server: Any, pki: TestPKI
-) -> None:
+async def test_one_identity_cannot_hold_every_connection(hostile_server: Any, pki: TestPKI) -> None:
     with hostile_server(limits={"max_connections_per_identity": 4}) as server:
 
         async def attack() -> None:

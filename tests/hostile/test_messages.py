@@ -18,10 +18,8 @@ def _unfinished(attacker: H2Attacker, method: str, declared: int, sent: int) -> 
     """A stream opening ``method`` and sending ``sent`` bytes of a ``declared``-byte message."""
     stream_id, headers = attacker.headers(method)
     body = grpc_message(b"\0" * (sent - 5), length=declared)
-    frames = [headers]
-    for at in range(0, len(body), FRAME):
-        frames.append(attacker.data(stream_id, body[at : at + FRAME]))
-    return b"".join(frames)
+    frames = [attacker.data(stream_id, body[at : at + FRAME]) for at in range(0, len(body), FRAME)]
+    return headers + b"".join(frames)
 
 
 async def test_unfinished_messages_past_the_connection_budget_get_goaway(

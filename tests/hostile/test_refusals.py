@@ -21,12 +21,12 @@ def _audit_bytes(path: Path) -> int:
 
 def _records_of(path: Path, sender: str) -> list[bytes]:
     """The audit file's lines (all rotations) of records sent by ``sender``."""
-    lines = []
-    for file in path.parent.glob(path.name + "*"):
-        for line in file.read_bytes().splitlines():
-            if line.startswith(b"{") and json.loads(line).get("sender_id") == sender:
-                lines.append(line)
-    return lines
+    return [
+        line
+        for file in path.parent.glob(path.name + "*")
+        for line in file.read_bytes().splitlines()
+        if line.startswith(b"{") and json.loads(line).get("sender_id") == sender
+    ]
 
 
 async def test_refusals_with_huge_client_fields_grow_the_audit_trail_a_bounded_amount(
@@ -105,4 +105,3 @@ async def test_state_rpcs_have_a_rate_limit_of_their_own(hostile_server: Any, pk
             await under_attack("state calls", server, pki, attack)
     assert 5 <= len(refused) <= 10
     assert set(refused) == {"RESOURCE_EXHAUSTED rate_limited"}
-
