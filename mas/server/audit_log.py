@@ -66,6 +66,9 @@ class AuditLog:
         self._store = store
         self._coalescer = RefusalCoalescer(refusal_interval)
         self._waiting: trio.CancelScope | None = None  # the writer's wait for drafts
+        self._appending = trio.Lock()  # held while a batch is written (writer or flush)
+        self._unwritten = 0  # drafts queued (or handed to the writer) and not yet written
+        self._batch_written = trio.Event()
         self._config = config
         self._telemetry = telemetry
         self._send, self._receive = trio.open_memory_channel[AuditDraft](QUEUE_SIZE)
@@ -102,6 +105,7 @@ class AuditLog:
                     self._send.send_nowait(admitted)
                 except trio.WouldBlock:
                     await self._send.send(admitted)
+                self._unwritten += 1
 
     def committed(self, record: AuditRecord) -> None:
         """A record the store wrote together with a routed message."""
@@ -155,14 +159,22 @@ class AuditLog:
     async def flush(self) -> None:
         """Write every queued draft, and let the file catch up (bounded); used on shutdown."""
         with trio.move_on_after(_FLUSH_TIMEOUT):
-            batch = self._coalescer.close_all()
-            while True:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            if batch:
-                await self._append(batch)
+            # The writer may be writing a batch: after it, in order, go the rest.
+            async with self._appending:
+                summaries = self._coalescer.close_all()
+                batch = list(summaries)
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                if batch:
+                    await self._append(batch)
+                    self._unwritten -= len(batch) - len(summaries)
+            # Drafts already handed to the writer are written by it.
+            while self._unwritten > 0:
+                self._batch_written = trio.Event()
+                await self._batch_written.wait()
             if self._following:
                 await self.wait_for_file(self._head)
 
@@ -185,15 +197,26 @@ class AuditLog:
             with trio.move_on_at(math.inf if due is None else due) as self._waiting:
                 batch.append(await self._receive.receive())
             self._waiting = None
-            batch.extend(self._coalescer.due(trio.current_time()))
-            if not batch:
-                continue
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await self._append(batch)
+            # No checkpoint since the receive: a flush that holds the lock now began after
+            # this draft was taken, and took only later ones (the chain keeps their order).
+            if self._appending.locked():
+                await self._appending.acquire()
+            else:
+                self._appending.acquire_nowait()
+            try:
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                received = len(batch)
+                batch.extend(self._coalescer.due(trio.current_time()))
+                if batch:
+                    await self._append(batch)
+                self._unwritten -= received
+                self._batch_written.set()
+            finally:
+                self._appending.release()
 
     def _open_sink(self) -> JsonlSink | None:
         path = self._config.file_path

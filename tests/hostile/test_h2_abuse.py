@@ -234,7 +234,9 @@ async def test_session_that_never_reads_is_cut_off_and_loses_nothing(
                 _shrink_receive_buffer(sink)
                 await sink.preface(window=2**31 - 1)
                 # The whole connection window too: only TCP can hold the server back.
-                await sink.send(h2_frame(WINDOW_UPDATE, 0, 0, (2**31 - 1 - 65_535).to_bytes(4, "big")))
+                await sink.send(
+                    h2_frame(WINDOW_UPDATE, 0, 0, (2**31 - 1 - 65_535).to_bytes(4, "big"))
+                )
                 stream_id, headers = sink.headers("Transport")
                 hello = pb.ClientEvent(hello=pb.Hello(instance_id="sink1")).SerializeToString()
                 await sink.send(headers + sink.data(stream_id, grpc_message(hello)))
