@@ -193,8 +193,9 @@ async def _dispatch_one(
         leaf = _sole_leaf(exc)
         if isinstance(leaf, RpcError):
             await _close_quietly(rpc, leaf.code, leaf.reason)
-        elif isinstance(leaf, _CONNECTION_GONE):
-            return  # the connection went away; nothing to answer
+        elif isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError)):
+            # The connection went away, or is closing (GOAWAY sent): nothing to answer.
+            return
         elif isinstance(leaf, StoreError):
             log.error("store failure during an RPC (connection %d): %s", peer.connection_id, leaf)
             await _close_quietly(rpc, "UNAVAILABLE", "store_unavailable")

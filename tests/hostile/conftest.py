@@ -40,6 +40,7 @@ class AttackReport(NamedTuple):
     peak_rss_kib: int
     round_trips: int
     p99_ms: float
+    baseline_p99_ms: float
 
     @property
     def cpu_seconds(self) -> float:
@@ -63,12 +64,18 @@ class AttackReport(NamedTuple):
             "log_lines": self.log_lines,
             "probe_round_trips": self.round_trips,
             "probe_p99_ms": round(self.p99_ms, 1),
+            "probe_p99_without_attack_ms": round(self.baseline_p99_ms, 1),
         }
         print(json.dumps(line))
         report = os.environ.get("MAS_HOSTILE_REPORT")
         if report:
             with open(report, "a") as f:
                 f.write(json.dumps(line) + "\n")
+
+
+def _p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
 
 
 async def _sample_rss(server: ServerProcess, peak: list[int]) -> None:
@@ -88,16 +95,19 @@ async def under_attack(
 ) -> AttackReport:
     """Run ``attack`` while the probe does request/reply; measure the server around it.
 
-    The probe starts first (its round trip without attack is the baseline), keeps going
+    The probe starts first (its first 20 round trips, without attack, are the baseline;
+    the server's usage is measured from there), keeps going
     through the attack and for ``after`` seconds past it; any round trip slower than
     ``probe.ROUND_TRIP_TIMEOUT`` fails the test.
     """
     probe = Probe()
-    before = server.usage()
-    peak = [before.rss_kib]
+    peak = [0]
     async with trio.open_nursery() as nursery:
+        await nursery.start(probe.start, server.port, pki)  # 20 round trips: the baseline
+        before = server.usage()
+        peak[0] = before.rss_kib
         nursery.start_soon(_sample_rss, server, peak)
-        nursery.start_soon(probe.run, server.port, pki)
+        probe.attack_started = True
         await attack()
         await trio.sleep(after)
         nursery.cancel_scope.cancel()
@@ -109,6 +119,7 @@ async def under_attack(
         max(peak[0], server.usage().rss_kib),
         len(probe.latencies),
         probe.p99() * 1000,
+        _p99(probe.baseline) * 1000,
     )
     report.write()
     assert report.round_trips > 0, "the well-behaved agent got nothing done during the attack"

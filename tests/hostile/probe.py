@@ -53,8 +53,16 @@ class Probe:
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.baseline: list[float] = []  # round trips before the attack began
+        self.attack_started = False
 
-    async def run(self, port: int, pki: Any, *, count: int | None = None) -> None:
+    async def start(self, port: int, pki: Any, *, task_status: Any) -> None:
+        """``run``, reporting readiness once a first round trip (before the attack) is done."""
+        await self.run(port, pki, ready=task_status)
+
+    async def run(
+        self, port: int, pki: Any, *, count: int | None = None, ready: Any = None
+    ) -> None:
         """Round trips until cancelled (or ``count`` of them); each must finish in time."""
         async with AsyncExitStack() as stack:
             # Each connection opens its session at once (a silent connection is closed).
@@ -75,7 +83,11 @@ class Probe:
                     started = trio.current_time()
                     with trio.fail_after(ROUND_TRIP_TIMEOUT):
                         await _round_trip(alice, n)
-                    self.latencies.append(trio.current_time() - started)
+                    elapsed = trio.current_time() - started
+                    (self.latencies if self.attack_started else self.baseline).append(elapsed)
+                    if ready is not None and len(self.baseline) >= 20:
+                        ready.started()
+                        ready = None
                     n += 1
                     await trio.sleep(0.01)  # a steady trickle, not a load test
                 nursery.cancel_scope.cancel()
