@@ -5,15 +5,22 @@ swallows cancellation in bare ``except:`` blocks and trusts its peers with very
 large limits. This module uses only purerpc's protocol pieces (its HTTP/2 state
 machine and stream objects) and owns everything around them:
 
-* its own accept loop on the configured host and port, with a connection cap;
-* the TLS handshake under a deadline, and the peer certificate handed to the
-  servicer with every call;
+* its own accept loop on the configured host and port, with a connection cap in all
+  and per source address (refused before TLS; the warning at most once per
+  ``_WARN_INTERVAL`` per address, so a flood logs one line);
+* the TLS handshake under a deadline, then identity at the door: the servicer's
+  ``admit`` verifies the peer certificate once (audited once when refused); a refused
+  connection answers each RPC with its refusal and is closed, and an admitted one
+  counts against its agent's ``max_connections_per_identity``;
 * HTTP/2 limits set before a byte reaches a handler (``transport.ServerSocket``):
   concurrent streams per connection, flow-control windows sized to the largest
-  accepted message, and a message over the size limit answered on its own stream
-  with ``RESOURCE_EXHAUSTED message_too_large`` (the connection carries on);
+  accepted message, a message over the size limit (after decompression) answered on
+  its own stream with ``RESOURCE_EXHAUSTED message_too_large`` (the connection carries
+  on), per-connection budgets for streams, PINGs, SETTINGS and unfinished messages
+  (GOAWAY past them), output backpressure and idle timeouts;
 * a dispatcher that maps ``RpcError`` to a gRPC status and never swallows
-  ``trio.Cancelled``.
+  ``trio.Cancelled``; a stream the client reset or a connection that is closing
+  ends its RPC quietly, and a connection ends with one log line.
 
 Nothing outside this module and ``transport`` imports purerpc on the server side.
 """

@@ -1,8 +1,10 @@
 """The ``RuntimeService`` RPCs: identity checks, sessions, and calls into the router.
 
-Every RPC first establishes the caller's identity from its client certificate
-(cached per connection) and checks it against the allowlist, which may change
-on reload. ``Transport`` binds one agent instance to the connection that said
+The connection's identity is checked once at the door (``admit``, right after the
+TLS handshake; a refusal is audited once per connection). Every RPC then checks it
+again against the allowlist and revocations, which may change on reload. The
+state and discovery RPCs, which route nothing, have a rate limit of their own
+(``limits.control_rpcs_per_minute`` per agent id). ``Transport`` binds one agent instance to the connection that said
 ``Hello``; the unary ``Send`` / ``Request`` / ``Reply`` RPCs may name only an
 instance bound on their own connection, so no connection can act for another
 agent or another instance. ``Rejection``s from the router become a gRPC status

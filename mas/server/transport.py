@@ -3,8 +3,13 @@
 ``RpcStream`` is a purerpc stream seen as typed messages in and out (a batch at a time),
 with errors as ``RpcError``. ``ServerSocket`` is purerpc's server-side HTTP/2 connection with
 a stream cap, flow-control windows sized to the largest accepted message, a message over the
-size limit refused on its own stream, and a read loop that hands events to streams without
-a scheduler pass each. ``mas.server.grpc`` builds the listener and the dispatcher on them.
+size limit refused on its own stream, gzip/deflate messages inflated only up to that limit,
+and a read loop that hands events to streams without a scheduler pass each. The read loop
+also enforces what a client may make the server do (``guard.ConnectionGuard``: streams,
+PINGs, SETTINGS per second, bytes of unfinished messages; GOAWAY past them), stops reading
+while the connection's unsent output is over ``max_output_bytes``, closes a connection idle
+for too long, and forgets what the client still sends on a finished RPC (a reset, and its
+buffer dropped). ``mas.server.grpc`` builds the listener and the dispatcher on them.
 """
 
 from __future__ import annotations
