@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from conftest import scaled, under_attack
 from grpc_tools import protoc  # type: ignore[import-untyped]
+from harness import scaled, under_attack
 
 from mas.testing import TestPKI
 
