@@ -5,10 +5,10 @@ TLS handshake; a refusal is audited once per connection). Every RPC then checks 
 again against the allowlist and revocations, which may change on reload. The
 state and discovery RPCs, which route nothing, have a rate limit of their own
 (``limits.control_rpcs_per_minute`` per agent id). ``Transport`` binds one agent
-instance to the connection that said ``Hello``; the unary ``Send`` / ``Request`` /
-``Reply`` RPCs may name only an instance bound on their own connection, so no connection can act for another
-agent or another instance. ``Rejection``s from the router become a gRPC status
-(unary) or a ``Result`` frame (stream fast path).
+instance to the connection that said ``Hello``; the unary ``Send``, ``Request``
+and ``Reply`` RPCs may name only an instance bound on their own connection, so no
+connection can act for another agent or another instance. ``Rejection``s from the
+router become a gRPC status (unary) or a ``Result`` frame (stream fast path).
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ async def test_session_that_never_reads_is_cut_off_and_loses_nothing(
                         assert not result.HasField("error"), result
                 # Never reading: the server gives the connection up after write_timeout.
                 assert await sink.read_for(0) is False
-                with trio.fail_after(10):
+                with trio.fail_after(20):
                     while "slow_" not in "\n".join(server.log()):  # noqa: ASYNC110 - a log file
                         await trio.sleep(0.1)
             # A sink that reads gets every message (at least once).
