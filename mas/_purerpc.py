@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 import struct
 from collections.abc import AsyncIterator, Sequence
@@ -51,6 +52,7 @@ log = logging.getLogger("mas.transport")
 
 CONNECTION_LOST: Final = "connection_lost"  # status message of streams cut by a dropped connection
 _CLOSE_TIMEOUT: Final = 1.0  # seconds allowed to close a socket
+_WRITE_CHUNK: Final = 256 * 1024  # bytes written at most per TLS send (each under its deadline)
 
 _CONNECTION_ERRORS: Final = (
     anyio.BrokenResourceError,
@@ -76,19 +78,47 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
     the delay is one pass of the scheduler.
     """
 
-    def __init__(self, connection: GRPCConnection, stream: anyio.abc.ByteStream) -> None:
+    def __init__(
+        self,
+        connection: GRPCConnection,
+        stream: anyio.abc.ByteStream,
+        write_timeout: float | None = None,
+    ) -> None:
         super().__init__(connection, stream)
         self._flush_event = trio.Event()
+        self._write_timeout = math.inf if write_timeout is None else write_timeout
+        self._in_flight = 0  # bytes taken from the connection and not yet written
+        self._drained = trio.Event()
+
+    def output_size(self) -> int:
+        """Bytes the connection has to send and has not handed to the kernel yet."""
+        return len(self._grpc_connection.h2_connection._data_to_send) + self._in_flight
+
+    async def wait_output_below(self, size: int) -> None:
+        """Wait until ``output_size()`` is below ``size`` (the writer makes progress)."""
+        while self.output_size() >= size:
+            self.wake()
+            await self._drained.wait()
+            self._drained = trio.Event()
 
     async def _writer_thread(self) -> None:
         connection = self._grpc_connection
         while True:
-            data = connection.data_to_send()
+            data = connection.data_to_send(_WRITE_CHUNK)
             if data:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                more = connection.data_to_send()
-                await self._stream.send(data + more if more else data)
+                if len(data) < _WRITE_CHUNK:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    more = connection.data_to_send(_WRITE_CHUNK - len(data))
+                    if more:
+                        data += more
+                self._in_flight = len(data)
+                # A peer that takes less than a chunk per write_timeout is gone, for us.
+                with trio.fail_after(self._write_timeout):
+                    await self._stream.send(data)
+                self._in_flight = 0
+                self._drained.set()
             elif self._running:
+                self._drained.set()
                 await self._flush_event.wait()
                 self._flush_event = trio.Event()
             else:

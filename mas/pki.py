@@ -278,6 +278,8 @@ def base_client_context() -> ssl.SSLContext:
 def _with_settings(context: ssl.SSLContext) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_REQUIRED
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # TLS 1.2 renegotiation lets a client make the server redo handshakes on demand.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
     return context
 

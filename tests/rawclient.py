@@ -6,12 +6,16 @@ none of the SDK's checks, so tests can send what a hostile client would.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
+import hpack
 import purerpc
+import trio
 
 from mas._proto import runtime_pb2 as pb
 from mas._purerpc import open_channel, release_stream, write_messages
@@ -131,3 +135,157 @@ async def sessions(server: Any, pki: Any, *agent_ids: str) -> AsyncIterator[list
             await session.hello(f"{agent_id}1")
             opened.append(session)
         yield opened
+
+
+# -- raw HTTP/2 frames: a client that breaks the rules of the protocol itself ----------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
+END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+def h2_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One HTTP/2 frame: 9-byte header (length, type, flags, stream id) and payload."""
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((kind, flags))
+        + (stream_id & 0x7FFFFFFF).to_bytes(4, "big")
+        + payload
+    )
+
+
+def grpc_message(body: bytes, *, compressed: bool = False, length: int | None = None) -> bytes:
+    """A gRPC length-prefixed message; ``length`` may lie about the body's size."""
+    declared = len(body) if length is None else length
+    return bytes((1 if compressed else 0,)) + declared.to_bytes(4, "big") + body
+
+
+class H2Attacker:
+    """HTTP/2 over mTLS with nothing but frames: floods, resets, half-sent messages.
+
+    It never reads unless asked (``read_for``), so it also plays the client whose
+    receive buffers fill up while the server keeps answering.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._encoder = hpack.Encoder()
+        self.next_stream_id = 1
+        self.received = bytearray()
+
+    async def preface(self, window: int = 65_535) -> None:
+        """The client preface and an empty SETTINGS frame (``window``: initial stream window)."""
+        settings = (0x4).to_bytes(2, "big") + window.to_bytes(4, "big")
+        await self.send(PREFACE + h2_frame(SETTINGS, 0, 0, settings))
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    def headers(
+        self,
+        method: str = "Transport",
+        *,
+        end_stream: bool = False,
+        extra: Sequence[tuple[str, str]] = (),
+        stream_id: int | None = None,
+    ) -> tuple[int, bytes]:
+        """A HEADERS frame opening a gRPC call of ``method``: (its stream id, the frame)."""
+        if stream_id is None:
+            stream_id = self.next_stream_id
+            self.next_stream_id += 2
+        block = self._encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":path", f"/{SERVICE}/{method}"),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc+proto"),
+                ("te", "trailers"),
+                *extra,
+            ]
+        )
+        flags = END_HEADERS | (END_STREAM if end_stream else 0)
+        return stream_id, h2_frame(HEADERS, flags, stream_id, block)
+
+    @staticmethod
+    def rst(stream_id: int, code: int = 0x8) -> bytes:
+        return h2_frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big"))
+
+    @staticmethod
+    def data(stream_id: int, payload: bytes, *, end_stream: bool = False) -> bytes:
+        return h2_frame(DATA, END_STREAM if end_stream else 0, stream_id, payload)
+
+    @staticmethod
+    def ping(opaque: int = 0) -> bytes:
+        return h2_frame(PING, 0, 0, opaque.to_bytes(8, "big"))
+
+    async def read_for(self, seconds: float) -> bool:
+        """Read for up to ``seconds``; True when the server closed the connection."""
+        with trio.move_on_after(seconds):
+            while True:
+                try:
+                    chunk = await self.stream.receive(65_536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return True
+                except ssl.SSLError:
+                    return True
+                self.received += chunk
+        return False
+
+    def frames(self) -> list[tuple[int, int, int, bytes]]:
+        """The complete frames read so far, as (type, flags, stream id, payload)."""
+        frames, at, data = [], 0, bytes(self.received)
+        while at + 9 <= len(data):
+            length = int.from_bytes(data[at : at + 3], "big")
+            if at + 9 + length > len(data):
+                break
+            kind, flags = data[at + 3], data[at + 4]
+            stream_id = int.from_bytes(data[at + 5 : at + 9], "big") & 0x7FFFFFFF
+            frames.append((kind, flags, stream_id, data[at + 9 : at + 9 + length]))
+            at += 9 + length
+        return frames
+
+    def goaway_code(self) -> int | None:
+        """The error code of the GOAWAY read so far, if any."""
+        for kind, _flags, _stream, payload in self.frames():
+            if kind == GOAWAY:
+                return int.from_bytes(payload[4:8], "big")
+        return None
+
+
+@asynccontextmanager
+async def h2_attacker(port: int, context: ssl.SSLContext) -> AsyncIterator[H2Attacker]:
+    """A TLS connection (ALPN h2) for raw frames; closed on exit."""
+    context.set_alpn_protocols(["h2"])
+    stream = await anyio.connect_tcp(
+        "127.0.0.1", port, ssl_context=context, tls=True, tls_standard_compatible=False
+    )
+    try:
+        yield H2Attacker(stream)
+    finally:
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+
+@asynccontextmanager
+async def refused_client(port: int, context: ssl.SSLContext) -> AsyncIterator[RawClient]:
+    """``raw_client`` for a connection the server is expected to close under it.
+
+    purerpc's writer task fails when it writes to a socket the server closed; that
+    ending is the expected one here, so it is not an error of the test.
+    """
+    try:
+        async with raw_client(port, context) as client:
+            yield client
+    except* (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass
+
+
+async def wait_until_closed(client: RawClient, within: float = 4.0) -> None:
+    """Return once the server has closed ``client``'s connection (else fails after ``within`` s)."""
+    with trio.fail_after(within):
+        # purerpc's channel has no event for this; its flag is set by the reader task.
+        while not client.client.channel.closed:  # noqa: ASYNC110
+            await trio.sleep(0.01)

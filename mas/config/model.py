@@ -75,6 +75,17 @@ class LimitsConfig(_Base, frozen=True):
     max_request_timeout: PosFloat = 3_600.0
     max_state_bytes: PosInt = 1_048_576
     shutdown_grace: PosFloat = 10.0  # drain time on SIGINT/SIGTERM
+    # -- what one client may make the server do (past a limit: GOAWAY or a status) --
+    idle_timeout: PosFloat = 300.0  # a connection with no open RPC for this long is closed
+    max_connections_per_identity: PosInt = 256  # open connections of one agent id
+    max_connections_per_address: PosInt = 4_096  # open connections from one IP address
+    max_streams_per_second: PosInt = 500  # new HTTP/2 streams per connection (rapid reset)
+    max_pings_per_second: PosInt = 100  # HTTP/2 PING frames per connection
+    max_settings_per_second: PosInt = 100  # HTTP/2 SETTINGS frames per connection
+    max_output_bytes: PosInt = 1_048_576  # a connection's unsent output above which reading stops
+    max_buffered_bytes: PosInt = 8_388_608  # unfinished messages one connection may hold
+    control_rpcs_per_minute: PosInt = 1_200  # GetState/UpdateState/ResetState/Discover per agent
+    refusal_audit_interval: PosFloat = 60.0  # repeated refusals: one audit record per this
 
     def __post_init__(self) -> None:
         if self.max_redelivery_backoff < self.redelivery_backoff:
@@ -212,7 +223,18 @@ class RevokedConfig(_Base, frozen=True):
     """Certificates refused even though they chain to the CA."""
 
     serials: list[Annotated[str, msgspec.Meta(pattern=r"^(0x[0-9a-fA-F]+|[0-9]+)$")]] = []
-    fingerprints: list[Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F:]{64,95}$")]] = []
+    # SHA-256 fingerprints: exactly 64 hex digits once colons are removed (checked below).
+    fingerprints: list[
+        Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F:]+$", max_length=256)]
+    ] = []
+
+    def __post_init__(self) -> None:
+        for fingerprint in self.fingerprints:
+            if len(fingerprint.replace(":", "")) != 64:
+                raise ValueError(
+                    f"fingerprint {fingerprint!r} must be 64 hex digits (SHA-256 of the DER "
+                    "certificate), colons allowed between them"
+                )
 
     def serial_numbers(self) -> frozenset[int]:
         """The revoked serials as integers (decimal or 0x-hex in the file)."""

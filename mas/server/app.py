@@ -30,6 +30,7 @@ from ..store import Store
 from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import BoundAddress, GrpcServer
+from .guard import GuardLimits
 from .router import Router
 from .servicer import RuntimeServicer
 from .sessions import SessionRegistry
@@ -47,7 +48,10 @@ class MasServer:
         self.store = store
         self.registry = SessionRegistry()
         self.audit = AuditLog(
-            store, config.gateway.audit, telemetry.from_config(config.gateway.telemetry)
+            store,
+            config.gateway.audit,
+            telemetry.from_config(config.gateway.telemetry),
+            refusal_interval=config.limits.refusal_audit_interval,
         )
         self._ssl_context = ssl_context
         self._router: Router | None = None
@@ -94,6 +98,16 @@ class MasServer:
                 handshake_timeout=limits.handshake_timeout,
                 first_message_timeout=limits.hello_timeout,
                 write_timeout=limits.write_timeout,
+                idle_timeout=limits.idle_timeout,
+                max_connections_per_identity=limits.max_connections_per_identity,
+                max_connections_per_address=limits.max_connections_per_address,
+                max_output_bytes=limits.max_output_bytes,
+                guard=GuardLimits(
+                    streams_per_second=limits.max_streams_per_second,
+                    pings_per_second=limits.max_pings_per_second,
+                    settings_per_second=limits.max_settings_per_second,
+                    max_buffered_bytes=limits.max_buffered_bytes,
+                ),
             ),
         )
         async with trio.open_nursery() as nursery:

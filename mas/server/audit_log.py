@@ -17,8 +17,13 @@ Error handling: both loops wait out a store outage or a full disk
 slows producers down) until the store takes it; the follower pauses the copy,
 says so once, and catches up when it can write again.
 
-``AuditLog`` also keeps per-decision counters and latency histograms for
-``statistics()``.
+Refusals cost the refused, not the trail (``mas.audit.refusals``): every draft's
+client-chosen strings are bounded before it is queued, and repeated refusals of one
+(identity, decision, reason) within ``refusal_interval`` seconds become one record with
+their count; the writer writes those summaries when their window ends.
+
+``AuditLog`` also keeps per-decision counters (every refusal counted, coalesced or not)
+and latency histograms for ``statistics()``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any, Final
 import trio
 
 from ..audit.record import AuditDraft, AuditRecord
+from ..audit.refusals import RefusalCoalescer, bound_fields
 from ..audit.sink import JsonlSink
 from ..config import AuditConfig
 from ..store import Store
@@ -57,9 +63,19 @@ class AuditLog:
     """Writes audit drafts to the store and follows the chain into the JSONL file."""
 
     def __init__(
-        self, store: Store, config: AuditConfig, telemetry: Telemetry | None = None
+        self,
+        store: Store,
+        config: AuditConfig,
+        telemetry: Telemetry | None = None,
+        *,
+        refusal_interval: float = 60.0,
     ) -> None:
         self._store = store
+        self._coalescer = RefusalCoalescer(refusal_interval)
+        self._waiting: trio.CancelScope | None = None  # the writer's wait for drafts
+        self._appending = trio.Lock()  # held while a batch is written (writer or flush)
+        self._unwritten = 0  # drafts queued (or handed to the writer) and not yet written
+        self._batch_written = trio.Event()
         self._config = config
         self._telemetry = telemetry
         self._send, self._receive = trio.open_memory_channel[AuditDraft](QUEUE_SIZE)
@@ -76,18 +92,29 @@ class AuditLog:
     # -- producers --------------------------------------------------------------------
 
     async def record(self, draft: AuditDraft) -> None:
-        """Queue a decision that is not written with a message (waits while the queue is full)."""
-        self._observe(draft)
-        await self._send.send(draft)
+        """Queue a decision that is not written with a message (waits while the queue is full).
+
+        Its client-chosen fields are bounded; a repeated refusal may only be counted.
+        """
+        await self.record_many((draft,))
 
     async def record_many(self, drafts: Sequence[AuditDraft]) -> None:
         """Queue several decisions; waits only while the queue is full."""
+        now = trio.current_time()
         for draft in drafts:
             self._observe(draft)
-            try:
-                self._send.send_nowait(draft)
-            except trio.WouldBlock:
-                await self._send.send(draft)
+            admitted_drafts = self._coalescer.admit(bound_fields(draft), now)
+            if not admitted_drafts and self._waiting is not None:
+                # A repeat was counted: the writer must wake when its window ends.
+                due = self._coalescer.next_deadline()
+                if due is not None:
+                    self._waiting.deadline = min(self._waiting.deadline, due)
+            for admitted in admitted_drafts:
+                try:
+                    self._send.send_nowait(admitted)
+                except trio.WouldBlock:
+                    await self._send.send(admitted)
+                self._unwritten += 1
 
     def committed(self, record: AuditRecord) -> None:
         """A record the store wrote together with a routed message."""
@@ -141,14 +168,22 @@ class AuditLog:
     async def flush(self) -> None:
         """Write every queued draft, and let the file catch up (bounded); used on shutdown."""
         with trio.move_on_after(_FLUSH_TIMEOUT):
-            batch = []
-            while True:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            if batch:
-                await self._append(batch)
+            # The writer may be writing a batch: after it, in order, go the rest.
+            async with self._appending:
+                summaries = self._coalescer.close_all()
+                batch = list(summaries)
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                if batch:
+                    await self._append(batch)
+                    self._unwritten -= len(batch) - len(summaries)
+            # Drafts already handed to the writer are written by it.
+            while self._unwritten > 0:
+                self._batch_written = trio.Event()
+                await self._batch_written.wait()
             if self._following:
                 await self.wait_for_file(self._head)
 
@@ -166,13 +201,31 @@ class AuditLog:
 
     async def _write_drafts(self) -> None:
         while True:
-            batch = [await self._receive.receive()]
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await persist(self._store_outage, functools.partial(self._append, batch))
+            due = self._coalescer.next_deadline()
+            batch: list[AuditDraft] = []
+            with trio.move_on_at(math.inf if due is None else due) as self._waiting:
+                batch.append(await self._receive.receive())
+            self._waiting = None
+            # No checkpoint since the receive: a flush that holds the lock now began after
+            # this draft was taken, and took only later ones (the chain keeps their order).
+            if self._appending.locked():
+                await self._appending.acquire()
+            else:
+                self._appending.acquire_nowait()
+            try:
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                received = len(batch)
+                batch.extend(self._coalescer.due(trio.current_time()))
+                if batch:
+                    await persist(self._store_outage, functools.partial(self._append, batch))
+                self._unwritten -= received
+                self._batch_written.set()
+            finally:
+                self._appending.release()
 
     def _open_sink(self) -> JsonlSink | None:
         path = self._config.file_path

@@ -5,15 +5,22 @@ swallows cancellation in bare ``except:`` blocks and trusts its peers with very
 large limits. This module uses only purerpc's protocol pieces (its HTTP/2 state
 machine and stream objects) and owns everything around them:
 
-* its own accept loop on the configured host and port, with a connection cap;
-* the TLS handshake under a deadline, and the peer certificate handed to the
-  servicer with every call;
+* its own accept loop on the configured host and port, with a connection cap in all
+  and per source address (refused before TLS; the warning at most once per
+  ``_WARN_INTERVAL`` per address, so a flood logs one line);
+* the TLS handshake under a deadline, then identity at the door: the servicer's
+  ``admit`` verifies the peer certificate once (audited once when refused); a refused
+  connection answers each RPC with its refusal and is closed, and an admitted one
+  counts against its agent's ``max_connections_per_identity``;
 * HTTP/2 limits set before a byte reaches a handler (``transport.ServerSocket``):
   concurrent streams per connection, flow-control windows sized to the largest
-  accepted message, and a message over the size limit answered on its own stream
-  with ``RESOURCE_EXHAUSTED message_too_large`` (the connection carries on);
+  accepted message, a message over the size limit (after decompression) answered on
+  its own stream with ``RESOURCE_EXHAUSTED message_too_large`` (the connection carries
+  on), per-connection budgets for streams, PINGs, SETTINGS and unfinished messages
+  (GOAWAY past them), output backpressure and idle timeouts;
 * a dispatcher that maps ``RpcError`` to a gRPC status and never swallows
-  ``trio.Cancelled``.
+  ``trio.Cancelled``; a stream the client reset or a connection that is closing
+  ends its RPC quietly, and a connection ends with one log line.
 
 Nothing outside this module and ``transport`` imports purerpc on the server side.
 """
@@ -22,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -42,12 +51,14 @@ from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedE
 
 from .._purerpc import release_stream
 from ..errors import ConfigError, StoreError, leaves
-from .transport import RpcError, RpcStream, ServerLimits, ServerSocket
+from .transport import ConnectionClosing, RpcError, RpcStream, ServerLimits, ServerSocket
 
 log = logging.getLogger("mas.server.grpc")
 
 SERVICE_NAME: Final = "mas.runtime.v1.RuntimeService"
 _CLOSE_TIMEOUT: Final = 1.0  # seconds allowed for closing one connection's socket
+_WARN_INTERVAL: Final = 10.0  # seconds between two warnings about the same flood
+_WARNED_KEYS: Final = 4096  # flood keys remembered for that (then forgotten at once)
 
 
 class PeerConnection:
@@ -81,6 +92,10 @@ class Service(Protocol):
     @property
     def methods(self) -> Mapping[str, Method]: ...
 
+    async def admit(self, peer: PeerConnection) -> str | RpcError:
+        """At the door: the connection's agent id, or the refusal it gets (audited once)."""
+        ...
+
 
 class BoundAddress(NamedTuple):
     """Where the server listens (port is the real one when 0 was asked for)."""
@@ -106,6 +121,8 @@ _CONNECTION_GONE: Final = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
     h2.exceptions.StreamClosedError,
+    # A stream the client reset before its handler answered is forgotten by h2.
+    h2.exceptions.StreamIDTooLowError,
     PurerpcStreamClosedError,
 )
 
@@ -116,18 +133,68 @@ def _sole_leaf(exc: BaseException) -> BaseException:
     return found[0] if len(found) == 1 else exc
 
 
+def _telling_leaf(exc: BaseException) -> BaseException:
+    """The exception that says why a connection ended.
+
+    A ``ConnectionClosing`` (the server's own decision) wins; otherwise, when every leaf is
+    the peer going away or breaking the protocol, the first of them; otherwise the group.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    found = leaves(exc)
+    for leaf in found:
+        if isinstance(leaf, ConnectionClosing):
+            return leaf
+    expected = (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError, trio.TooSlowError)
+    if found and all(isinstance(leaf, expected) for leaf in found):
+        return found[0]
+    return _sole_leaf(exc)
+
+
 async def _dispatch(
+    stream: GRPCProtoStream,
+    peer: PeerConnection,
+    service: Service,
+    limits: ServerLimits,
+    socket: ServerSocket,
+) -> None:
+    try:
+        await _dispatch_one(stream, peer, service, limits)
+    finally:
+        socket.finish_stream(stream)
+        socket.rpc_finished()
+
+
+async def _refuse(
+    stream: GRPCProtoStream, refusal: RpcError, limits: ServerLimits, socket: ServerSocket
+) -> None:
+    """Answer an RPC of a connection refused at the door, then close the connection."""
+    rpc = RpcStream(stream, limits.write_timeout, limits.max_output_bytes)
+    try:
+        await stream.start_response()
+        await _close_quietly(rpc, refusal.code, refusal.reason)
+    except _CONNECTION_GONE:
+        pass
+    finally:
+        release_stream(stream)
+        socket.finish_stream(stream)
+        socket.rpc_finished()
+        socket.request_close(refusal.reason)
+
+
+async def _dispatch_one(
     stream: GRPCProtoStream, peer: PeerConnection, service: Service, limits: ServerLimits
 ) -> None:
-    rpc = RpcStream(stream, limits.write_timeout)
+    rpc = RpcStream(stream, limits.write_timeout, limits.max_output_bytes)
     try:
         await _run_method(stream, rpc, peer, service, limits)
     except BaseException as exc:  # re-raised below unless it is ours to answer
         leaf = _sole_leaf(exc)
         if isinstance(leaf, RpcError):
             await _close_quietly(rpc, leaf.code, leaf.reason)
-        elif isinstance(leaf, _CONNECTION_GONE):
-            return  # the connection went away; nothing to answer
+        elif isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError)):
+            # The connection went away, or is closing (GOAWAY sent): nothing to answer.
+            return
         elif isinstance(leaf, StoreError):
             log.error("store failure during an RPC (connection %d): %s", peer.connection_id, leaf)
             await _close_quietly(rpc, "UNAVAILABLE", "store_unavailable")
@@ -179,6 +246,14 @@ async def _close_quietly(rpc: RpcStream, code: str, reason: str) -> None:
 # -- listener and connections ----------------------------------------------------------
 
 
+def _peer_host(stream: anyio.abc.ByteStream) -> str:
+    try:
+        address: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        return str(address[0])
+    except (anyio.TypedAttributeLookupError, TypeError, ValueError, IndexError):
+        return "unknown"
+
+
 def _peer_address(stream: anyio.abc.ByteStream) -> str:
     try:
         address: Any = stream.extra(anyio.abc.SocketAttribute.remote_address)
@@ -198,6 +273,9 @@ class GrpcServer:
         self._next_connection_id = 0
         self.active_connections = 0
         self.refused_handshakes = 0
+        self._per_address: Counter[str] = Counter()
+        self._per_identity: Counter[str] = Counter()
+        self._warned: dict[str, float] = {}
 
     async def serve(
         self,
@@ -234,17 +312,34 @@ class GrpcServer:
                 await trio.sleep(0.1)
                 continue
             if self.active_connections >= self._limits.max_connections:
-                log.warning("refusing connection: %d connections open", self.active_connections)
+                self._warn("connections", "refusing connections: %d open", self.active_connections)
                 await _aclose(stream)
                 continue
-            nursery.start_soon(self._connection, stream)
+            host = _peer_host(stream)
+            if self._per_address[host] >= self._limits.max_connections_per_address:
+                self._warn(host, "refusing connections from %s: too many open", host)
+                await _aclose(stream)
+                continue
+            self._per_address[host] += 1
+            nursery.start_soon(self._connection, stream, host)
 
-    async def _connection(self, tcp: anyio.abc.SocketStream) -> None:
+    def _warn(self, key: str, message: str, *args: Any) -> None:
+        """A warning, at most once per ``_WARN_INTERVAL`` for ``key`` (floods log one line)."""
+        now = trio.current_time()
+        if now - self._warned.get(key, -math.inf) >= _WARN_INTERVAL:
+            if len(self._warned) > _WARNED_KEYS:
+                self._warned.clear()
+            self._warned[key] = now
+            log.warning(message, *args)
+
+    async def _connection(self, tcp: anyio.abc.SocketStream, host: str) -> None:
         self.active_connections += 1
         self._next_connection_id += 1
         connection_id = self._next_connection_id
         address = _peer_address(tcp)
         tls: TLSStream | None = None
+        agent_id: str | None = None
+        refused_at_door = False
         try:
             try:
                 with trio.fail_after(self._limits.handshake_timeout):
@@ -267,20 +362,29 @@ class GrpcServer:
             peer = PeerConnection(
                 connection_id, address, tls.extra(TLSAttribute.peer_certificate_binary, None)
             )
-            socket = ServerSocket(tls, self._limits)
-            async with socket, trio.open_nursery() as rpcs:
-                await socket.serve(
-                    lambda stream: rpcs.start_soon(
-                        _dispatch, stream, peer, self._service, self._limits
-                    )
-                )
-                # The peer is gone: no RPC of this connection can progress any more.
-                rpcs.cancel_scope.cancel()
+            admitted = await self._service.admit(peer)
+            refused_at_door = isinstance(admitted, RpcError)
+            if isinstance(admitted, str):
+                if self._per_identity[admitted] >= self._limits.max_connections_per_identity:
+                    self._warn(admitted, "refusing connections of %s: too many open", admitted)
+                    admitted = RpcError("RESOURCE_EXHAUSTED", "too_many_connections")
+                else:
+                    agent_id = admitted
+                    self._per_identity[agent_id] += 1
+            await self._serve_connection(tls, peer, admitted)
         except BaseException as exc:  # a client must never take the server down
             errors, rest = _split_errors(exc)
             if errors is not None:
-                leaf = _sole_leaf(errors)
-                if isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
+                leaf = _telling_leaf(errors)
+                if isinstance(leaf, ConnectionClosing):
+                    # Idle connections closing is routine, and a refusal at the door was
+                    # logged by the servicer; a client past a limit is news.
+                    routine = leaf.reason == "idle_timeout" or refused_at_door
+                    level = logging.DEBUG if routine else logging.WARNING
+                    log.log(level, "connection %d from %s closed: %s", connection_id, address, leaf)
+                elif isinstance(leaf, trio.TooSlowError):
+                    log.info("connection %d from %s closed: slow_reader", connection_id, address)
+                elif isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError)):
                     log.debug("connection %d from %s closed: %r", connection_id, address, leaf)
                 else:
                     log.error(
@@ -295,7 +399,40 @@ class GrpcServer:
                 raise rest from None  # the non-Exception part of a group propagates
         finally:
             self.active_connections -= 1
+            _decrement(self._per_address, host)
+            if agent_id is not None:
+                _decrement(self._per_identity, agent_id)
             await _aclose(tls if tls is not None else tcp)
+
+    async def _serve_connection(
+        self, tls: TLSStream, peer: PeerConnection, admitted: str | RpcError
+    ) -> None:
+        socket = ServerSocket(tls, self._limits)
+        limits = self._limits
+        service = self._service
+        async with socket, trio.open_nursery() as rpcs:
+            if isinstance(admitted, RpcError):
+                # Refused at the door: each RPC gets the refusal, then the connection ends.
+
+                def spawn(stream: GRPCProtoStream) -> None:
+                    socket.rpc_started()
+                    rpcs.start_soon(_refuse, stream, admitted, limits, socket)
+
+            else:
+
+                def spawn(stream: GRPCProtoStream) -> None:
+                    socket.rpc_started()
+                    rpcs.start_soon(_dispatch, stream, peer, service, limits, socket)
+
+            await socket.serve(spawn)
+            # The peer is gone: no RPC of this connection can progress any more.
+            rpcs.cancel_scope.cancel()
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 def _split_errors(

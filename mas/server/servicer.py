@@ -1,12 +1,14 @@
 """The ``RuntimeService`` RPCs: identity checks, sessions, and calls into the router.
 
-Every RPC first establishes the caller's identity from its client certificate
-(cached per connection) and checks it against the allowlist, which may change
-on reload. ``Transport`` binds one agent instance to the connection that said
-``Hello``; the unary ``Send`` / ``Request`` / ``Reply`` RPCs may name only an
-instance bound on their own connection, so no connection can act for another
-agent or another instance. ``Rejection``s from the router become a gRPC status
-(unary) or a ``Result`` frame (stream fast path).
+The connection's identity is checked once at the door (``admit``, right after the
+TLS handshake; a refusal is audited once per connection). Every RPC then checks it
+again against the allowlist and revocations, which may change on reload. The
+state and discovery RPCs, which route nothing, have a rate limit of their own
+(``limits.control_rpcs_per_minute`` per agent id). ``Transport`` binds one agent
+instance to the connection that said ``Hello``; the unary ``Send``, ``Request``
+and ``Reply`` RPCs may name only an instance bound on their own connection, so no
+connection can act for another agent or another instance. ``Rejection``s from the
+router become a gRPC status (unary) or a ``Result`` frame (stream fast path).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..store.base import StateTooLargeError, StateVersionConflict
 from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import Method, PeerConnection
+from .guard import TokenBucket
 from .ingress import Accepted, Outbound, Rejection
 from .router import Router
 from .sessions import Session, SessionRegistry
@@ -74,6 +77,8 @@ class RuntimeServicer:
             frozenset(),
         )
         self.refused_identities = 0
+        # Per agent id (allowlisted ones only, so bounded): the non-routing RPCs' budget.
+        self._control_budgets: dict[str, TokenBucket] = {}
         self.methods: dict[str, Method] = {
             "Transport": Method(pb.ClientEvent, stream=self.transport),
             "Send": Method(pb.SendRequest, unary=self.send),
@@ -87,22 +92,37 @@ class RuntimeServicer:
 
     # -- identity ----------------------------------------------------------------------
 
+    async def admit(self, peer: PeerConnection) -> str | RpcError:
+        """At the door, right after the TLS handshake: the agent id, or the refusal.
+
+        A refused connection is audited here, once; its RPCs get the refusal without
+        another record. The per-RPC check (``_identity``) stays, for reloads.
+        """
+        try:
+            return self._check_identity(peer).agent_id
+        except RpcError as exc:
+            await self._audit_refusal(peer, exc)
+            return exc
+
     async def _identity(self, peer: PeerConnection) -> PeerIdentity:
         """The caller's verified, allowlisted, unrevoked identity; refusals are audited."""
         try:
             return self._check_identity(peer)
         except RpcError as exc:
-            identity: PeerIdentity | None = peer.state.get("identity")
-            await self._audit.record(
-                AuditDraft(
-                    time=time.time(),
-                    decision="AUTHN_DENIED",
-                    reason=exc.reason,
-                    sender_id=identity.agent_id if identity else "",
-                    message_type=peer.address,
-                )
-            )
+            await self._audit_refusal(peer, exc)
             raise
+
+    async def _audit_refusal(self, peer: PeerConnection, refusal: RpcError) -> None:
+        identity: PeerIdentity | None = peer.state.get("identity")
+        await self._audit.record(
+            AuditDraft(
+                time=time.time(),
+                decision="AUTHN_DENIED",
+                reason=refusal.reason,
+                sender_id=identity.agent_id if identity else "",
+                message_type=peer.address,
+            )
+        )
 
     def _revocations(self, config: MasConfig) -> tuple[frozenset[int], frozenset[str]]:
         cached_for, serials, fingerprints = self._revoked
@@ -149,6 +169,31 @@ class RuntimeServicer:
             log.warning("refused connection from %s: %s", peer.address, exc)
             return exc.reason
         self.refused_identities -= 1
+        return identity
+
+    async def _control_call(self, peer: PeerConnection) -> PeerIdentity:
+        """The identity of a state or discovery call, within its agent's own rate limit.
+
+        These RPCs route nothing, so the gateway's rate limit never sees them; they get
+        ``limits.control_rpcs_per_minute`` per agent id (a burst of that many).
+        """
+        identity = await self._identity(peer)
+        per_minute = self._config().limits.control_rpcs_per_minute
+        now = trio.current_time()
+        budget = self._control_budgets.get(identity.agent_id)
+        if budget is None:
+            budget = TokenBucket(per_minute / 60.0, now, burst=per_minute)
+            self._control_budgets[identity.agent_id] = budget
+        if not budget.take(1, now):
+            await self._audit.record(
+                AuditDraft(
+                    time=time.time(),
+                    decision="RATE_LIMITED",
+                    reason="rate_limited",
+                    sender_id=identity.agent_id,
+                )
+            )
+            raise RpcError("RESOURCE_EXHAUSTED", "rate_limited", retry_after=budget.retry_after())
         return identity
 
     def _bound_instance(
@@ -357,7 +402,7 @@ class RuntimeServicer:
     ) -> pb.DiscoverResponse:
         """The agents the caller may send to (by its permissions) having every capability
         asked for; an agent learns nothing of the agents it may not reach."""
-        identity = await self._identity(peer)
+        identity = await self._control_call(peer)
         wanted = set(request.capabilities)
         reachable = self._gateway().access.targets_of(identity.agent_id)
         records = []
@@ -379,7 +424,7 @@ class RuntimeServicer:
     async def get_state(
         self, peer: PeerConnection, request: pb.GetStateRequest
     ) -> pb.GetStateResponse:
-        identity = await self._identity(peer)
+        identity = await self._control_call(peer)
         snapshot = await self._store.read_state(identity.agent_id)
         values = snapshot.values if request.json_values else texts_from_stored(snapshot.values)
         return pb.GetStateResponse(state=values, version=snapshot.version)
@@ -395,7 +440,7 @@ class RuntimeServicer:
         is not the state's version, ``ABORTED state_conflict`` (gRPC's status for a
         failed test-and-set: read again and redo the change). Each writes nothing.
         """
-        identity = await self._identity(peer)
+        identity = await self._control_call(peer)
         updates = dict(request.updates)
         for key, value in updates.items():
             if not key or len(key) > MAX_STATE_KEY_LENGTH:
@@ -421,7 +466,7 @@ class RuntimeServicer:
     async def reset_state(
         self, peer: PeerConnection, request: pb.ResetStateRequest
     ) -> pb.ResetStateResponse:
-        identity = await self._identity(peer)
+        identity = await self._control_call(peer)
         version = await self._store.reset_state(identity.agent_id)
         return pb.ResetStateResponse(version=version)
 

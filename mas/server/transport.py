@@ -3,25 +3,35 @@
 ``RpcStream`` is a purerpc stream seen as typed messages in and out (a batch at a time),
 with errors as ``RpcError``. ``ServerSocket`` is purerpc's server-side HTTP/2 connection with
 a stream cap, flow-control windows sized to the largest accepted message, a message over the
-size limit refused on its own stream, and a read loop that hands events to streams without
-a scheduler pass each. ``mas.server.grpc`` builds the listener and the dispatcher on them.
+size limit refused on its own stream, gzip/deflate messages inflated only up to that limit,
+and a read loop that hands events to streams without a scheduler pass each. The read loop
+also enforces what a client may make the server do (``guard.ConnectionGuard``: streams,
+PINGs, SETTINGS per second, bytes of unfinished messages; GOAWAY past them), stops reading
+while the connection's unsent output is over ``max_output_bytes``, closes a connection idle
+for too long, and forgets what the client still sends on a finished RPC (a reset, and its
+buffer dropped). ``mas.server.grpc`` builds the listener and the dispatcher on them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Final, NamedTuple
 
 import anyio
 import anyio.abc
+import h2.errors
+import h2.events
 import h2.exceptions
 import h2.settings
 import trio
 from google.protobuf.message import DecodeError, Message
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import GRPCStreamState
+from purerpc.grpclib.buffers import MessageReadBuffer
 from purerpc.grpclib.connection import GRPCConfiguration, GRPCConnection
 from purerpc.grpclib.events import (
     MessageReceived,
@@ -29,13 +39,15 @@ from purerpc.grpclib.events import (
     RequestReceived,
     WindowUpdated,
 )
-from purerpc.grpclib.exceptions import MessageTooLargeError
+from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 from purerpc.grpclib.status import Status, StatusCode
 
 from .._purerpc import CoalescingWriter, Malformed, take_ready, write_messages
+from .guard import ConnectionGuard, GuardLimits
 
 _FRAME_OVERHEAD: Final = 64 * 1024  # bytes of protobuf framing allowed beyond the payload limit
 _RECEIVE_CHUNK: Final = 64 * 1024  # bytes read from the TLS stream at a time
+_GOAWAY_TIMEOUT: Final = 1.0  # seconds allowed for a GOAWAY to leave before the socket closes
 
 
 class RpcError(Exception):
@@ -57,12 +69,15 @@ class RpcStream:
     stream costs one write per batch instead of one per message.
     """
 
-    __slots__ = ("_held", "_lock", "_stream", "_write_timeout")
+    __slots__ = ("_held", "_lock", "_max_output", "_stream", "_write_timeout")
 
-    def __init__(self, stream: GRPCProtoStream, write_timeout: float) -> None:
+    def __init__(
+        self, stream: GRPCProtoStream, write_timeout: float, max_output: int = 2**62
+    ) -> None:
         self._stream = stream
         self._lock = trio.Lock()
         self._write_timeout = write_timeout
+        self._max_output = max_output  # the connection's unsent bytes above which we wait
         self._held: Any = None  # an event taken while draining, handled by the next receive
 
     async def receive(self) -> Any | None:
@@ -81,6 +96,8 @@ class RpcStream:
                 raise RpcError("INVALID_ARGUMENT", "malformed_frame")
             if isinstance(event, _OversizeMessage):
                 raise RpcError("RESOURCE_EXHAUSTED", "message_too_large")
+            if isinstance(event, _UndecodableMessage):
+                raise RpcError(event.code, event.reason)
             if isinstance(event, RequestEnded):
                 self._stream._end_stream_event = event
                 return None
@@ -120,13 +137,17 @@ class RpcStream:
     async def send_many(self, messages: Sequence[Message]) -> None:
         """Send messages in order, as few DATA frames as fit; concurrent senders are serialised.
 
-        A client that stops reading stalls the write on HTTP/2 flow control;
-        after ``write_timeout`` the RPC ends with ``DEADLINE_EXCEEDED
+        A client that stops reading stalls the write on HTTP/2 flow control, or on the
+        connection's unsent output (more than ``max_output`` bytes: TCP is not taking
+        it); after ``write_timeout`` the RPC ends with ``DEADLINE_EXCEEDED
         slow_consumer`` rather than holding its resources forever.
         """
         await _acquire(self._lock)
         try:
             with trio.move_on_after(self._write_timeout) as waited:
+                writer = self._stream._socket
+                if writer.output_size() >= self._max_output:
+                    await writer.wait_output_below(self._max_output)
                 await write_messages(self._stream, messages)
         finally:
             self._lock.release()
@@ -161,6 +182,19 @@ class ServerLimits(NamedTuple):
     handshake_timeout: float
     first_message_timeout: float  # a unary RPC's request must arrive within this
     write_timeout: float  # a response the client does not read within this ends the RPC
+    idle_timeout: float = 300.0  # a connection with no open RPC for this long is closed
+    max_connections_per_identity: int = 256
+    max_connections_per_address: int = 4_096
+    max_output_bytes: int = 1_048_576  # unsent output above which the connection stops reading
+    guard: GuardLimits = GuardLimits(500, 100, 100, 8_388_608)
+
+
+class ConnectionClosing(Exception):
+    """The server closes this connection (``reason`` says why; GOAWAY already queued)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 # -- HTTP/2 with our limits -------------------------------------------------------
@@ -171,6 +205,48 @@ class _OversizeMessage(MessageReceived):  # type: ignore[misc]
 
     def __init__(self, stream_id: int) -> None:
         super().__init__(stream_id, b"", 0)
+
+
+class _UndecodableMessage(MessageReceived):  # type: ignore[misc]
+    """Stands in the stream's event queue for a message that could not be decompressed."""
+
+    def __init__(self, stream_id: int, code: str, reason: str) -> None:
+        super().__init__(stream_id, b"", 0)
+        self.code = code
+        self.reason = reason
+
+
+class _StreamReset(RequestEnded):  # type: ignore[misc]
+    """The client reset the stream (RST_STREAM) rather than finishing it."""
+
+
+class _BoundedReadBuffer(MessageReadBuffer):  # type: ignore[misc]
+    """purerpc's message parser, decompressing ``gzip``/``deflate`` within the size limit.
+
+    The limit applies to the decompressed size, and decompression stops one byte past
+    it, so a small compressed "bomb" never inflates in memory beyond the limit.
+    """
+
+    def decompress(self, data: bytes) -> bytes:
+        encoding = self._message_encoding
+        if encoding == "gzip":
+            inflater = zlib.decompressobj(wbits=31)
+        elif encoding == "deflate":
+            inflater = zlib.decompressobj(wbits=15)
+        else:
+            raise UnsupportedMessageEncodingError(f"unsupported compression: {encoding}")
+        limit = self._max_message_length
+        output: bytes = inflater.decompress(data, limit + 1)
+        if len(output) > limit or inflater.unconsumed_tail:
+            raise MessageTooLargeError("decompressed message larger than the limit")
+        if not inflater.eof:
+            raise zlib.error("truncated compressed message")
+        return output
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received of messages not yet complete."""
+        return len(self._buffer)
 
 
 class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
@@ -200,6 +276,56 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.h2_connection.acknowledge_received_data(length, stream_id)
 
+    def receive_data(self, data: bytes) -> list[Any]:
+        """The gRPC events of ``data``, counting what the guard budgets in ``self.counts``."""
+        streams = pings = settings = 0
+        events: list[Any] = []
+        for event in self.h2_connection.receive_data(data):
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                events.extend(self._data_received(event))
+            elif kind is h2.events.RequestReceived:
+                streams += 1
+                events.extend(self._request_received(event))
+            elif kind is h2.events.StreamEnded:
+                events.extend(self._stream_ended(event))
+            elif kind is h2.events.StreamReset:
+                events.extend(self._stream_reset(event))
+            elif kind is h2.events.WindowUpdated:
+                events.extend(self._window_updated(event))
+            elif kind is h2.events.RemoteSettingsChanged:
+                settings += 1
+                events.extend(self._remote_settings_changed(event))
+            elif kind is h2.events.PingReceived:
+                pings += 1
+            # Everything else (acks, priority, unknown frames) needs nothing from us.
+        self.counts = (streams, pings, settings)
+        return events
+
+    counts: tuple[int, int, int] = (0, 0, 0)
+
+    def _request_received(self, event: Any) -> list[Any]:
+        events: list[Any] = super()._request_received(event)
+        request = events[0]
+        self.message_read_buffers[event.stream_id] = _BoundedReadBuffer(
+            request.message_encoding, self.config.max_message_length
+        )
+        return events
+
+    def buffered(self) -> int:
+        """Bytes of unfinished messages held for all streams."""
+        return sum(b.buffered for b in self.message_read_buffers.values())
+
+    def forget_stream(self, stream_id: int) -> None:
+        """A finished RPC: drop what its client still sends; reset the stream if still open."""
+        buffer = self.message_read_buffers.pop(stream_id, None)
+        if buffer is not None:
+            self._give_back_window(stream_id, buffer._buffer.flow_controlled_length)
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            stream = self.h2_connection.streams.get(stream_id)
+            if stream is not None and not stream.closed:
+                self.h2_connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+
     def _data_received(self, event: Any) -> list[Any]:
         buffer = self.message_read_buffers.get(event.stream_id)
         if buffer is None:
@@ -212,6 +338,14 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
             del self.message_read_buffers[event.stream_id]
             self._give_back_window(event.stream_id, event.flow_controlled_length)
             return [_OversizeMessage(event.stream_id)]
+        except UnsupportedMessageEncodingError:
+            del self.message_read_buffers[event.stream_id]
+            self._give_back_window(event.stream_id, event.flow_controlled_length)
+            return [_UndecodableMessage(event.stream_id, "UNIMPLEMENTED", "unsupported_encoding")]
+        except zlib.error:
+            del self.message_read_buffers[event.stream_id]
+            self._give_back_window(event.stream_id, event.flow_controlled_length)
+            return [_UndecodableMessage(event.stream_id, "INVALID_ARGUMENT", "malformed_frame")]
         return [
             MessageReceived(event.stream_id, message, length)
             for message, length in buffer.read_all_complete_messages_flowcontrol()
@@ -223,11 +357,23 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
 
     def _stream_reset(self, event: Any) -> list[Any]:
         self.message_read_buffers.pop(event.stream_id, None)
-        return [RequestEnded(event.stream_id)]
+        return [_StreamReset(event.stream_id)]
+
+    def go_away(self, code: h2.errors.ErrorCodes) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2_connection.close_connection(code)
 
 
 class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
-    """A server-side purerpc socket with our connection class and our read loop."""
+    """A server-side purerpc socket with our connection class, read loop and budgets.
+
+    The read loop stops reading while the connection's unsent output is above
+    ``max_output_bytes`` (every PING, SETTINGS and stream a client sends makes the server
+    write, so a client that sends and never reads would otherwise grow the server's
+    buffers without bound); output that stays unsent for ``write_timeout`` closes the
+    connection (a slow reader). Past a ``ConnectionGuard`` budget, the client gets a
+    GOAWAY (``ENHANCE_YOUR_CALM``) and ``serve`` raises ``ConnectionClosing``.
+    """
 
     def __init__(self, stream: anyio.abc.ByteStream, limits: ServerLimits) -> None:
         AsyncExitStack.__init__(self)
@@ -236,9 +382,35 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         frame_limit = 2 * limits.max_message_bytes + _FRAME_OVERHEAD
         config = GRPCConfiguration(client_side=False, max_message_length=frame_limit)
         self._grpc_connection = _LimitedConnection(config, limits.max_concurrent_streams)
-        self._socket = CoalescingWriter(self._grpc_connection, stream)
+        self._socket = CoalescingWriter(self._grpc_connection, stream, limits.write_timeout)
         self._receive_buffer_size = _RECEIVE_CHUNK
         self._streams: dict[int, GRPCProtoStream] = {}
+        self._limits = limits
+        self.open_rpcs = 0  # RPCs whose handler still runs (kept by the dispatcher)
+        self._idle_deadline = trio.current_time() + limits.first_message_timeout
+        self._idle_scope: trio.CancelScope | None = None
+        self._serve_scope = trio.CancelScope()
+        self._closing: str | None = None  # why an RPC asked to close the connection
+
+    def finish_stream(self, stream: GRPCProtoStream) -> None:
+        """The RPC on ``stream`` is over: forget it, and anything its client still sends."""
+        self._streams.pop(stream.stream_id, None)
+        self._grpc_connection.forget_stream(stream.stream_id)
+        self._socket.wake()
+
+    async def close_with(self, reason: str) -> None:
+        """Send GOAWAY (``ENHANCE_YOUR_CALM``) and raise ``ConnectionClosing(reason)``."""
+        self._grpc_connection.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self._socket.wake()
+        with trio.move_on_after(_GOAWAY_TIMEOUT):
+            await self._socket.wait_output_below(1)
+        raise ConnectionClosing(reason)
+
+    def request_close(self, reason: str) -> None:
+        """From an RPC's task: have ``serve`` stop reading, send GOAWAY and raise."""
+        if self._closing is None:
+            self._closing = reason
+            self._serve_scope.cancel()
 
     async def serve(self, spawn: Callable[[GRPCProtoStream], None]) -> None:
         """Read frames until the peer goes away, calling ``spawn`` for each new RPC.
@@ -247,13 +419,43 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         by its HTTP/2 flow-control window, which its reader gives back only as it reads.
         """
         streams = self._streams
+        connection = self._grpc_connection
+        writer = self._socket
+        limits = self._limits
+        guard = ConnectionGuard(limits.guard, trio.current_time())
+        with self._serve_scope:
+            await self._read_loop(spawn, streams, connection, writer, limits, guard)
+        if self._closing is not None:
+            await self.close_with(self._closing)
+
+    async def _read_loop(
+        self,
+        spawn: Callable[[GRPCProtoStream], None],
+        streams: dict[int, GRPCProtoStream],
+        connection: _LimitedConnection,
+        writer: CoalescingWriter,
+        limits: ServerLimits,
+        guard: ConnectionGuard,
+    ) -> None:
         while True:
+            if writer.output_size() > limits.max_output_bytes:
+                # Backpressure: read nothing more until the client has read our answers.
+                with trio.move_on_after(limits.write_timeout) as waited:
+                    await writer.wait_output_below(limits.max_output_bytes)
+                if waited.cancelled_caught:
+                    raise ConnectionClosing("slow_reader")
             try:
-                data = await self._socket.recv(self._receive_buffer_size)
+                data = await self._receive_while_busy(connection)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
-            events = self._grpc_connection.receive_data(data)
-            await self._socket.flush()
+            events = connection.receive_data(data)
+            writer.wake()
+            reason = guard.on_frames(*connection.counts, trio.current_time())
+            if reason is None and connection.message_read_buffers:
+                reason = guard.on_buffered(connection.buffered())
+            if reason is not None:
+                await self.close_with(reason)
+            reset = {e.stream_id for e in events if isinstance(e, _StreamReset)}
             for event in events:
                 if isinstance(event, WindowUpdated):
                     targets = (
@@ -265,6 +467,10 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
                         await stream._set_flow_control_update()
                     continue
                 if isinstance(event, RequestReceived):
+                    if event.stream_id in reset:
+                        # Opened and reset in one read: no task for a call already gone.
+                        connection.message_read_buffers.pop(event.stream_id, None)
+                        continue
                     self._allocate_stream(event.stream_id)
                 stream = streams.get(event.stream_id)
                 if stream is None:
@@ -275,3 +481,39 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
                     spawn(stream)
                 elif isinstance(event, RequestEnded):
                     stream._close_remote()
+
+    async def _receive_while_busy(self, connection: _LimitedConnection) -> bytes:
+        """The next bytes; a connection without an open RPC for too long gets a GOAWAY.
+
+        The idle clock runs from the connection's start (with the first message's
+        deadline: nothing was asked of the server yet) or from the end of its last RPC
+        (``idle_timeout``); frames that open no RPC (PINGs, SETTINGS) do not reset it.
+        """
+        with trio.CancelScope(deadline=self._idle_deadline) as scope:
+            self._idle_scope = scope
+            try:
+                data: bytes = await self._socket.recv(self._receive_buffer_size)
+                return data
+            finally:
+                self._idle_scope = None
+        connection.go_away(h2.errors.ErrorCodes.NO_ERROR)
+        self._socket.wake()
+        with trio.move_on_after(_GOAWAY_TIMEOUT):
+            await self._socket.wait_output_below(1)
+        raise ConnectionClosing("idle_timeout")
+
+    def rpc_started(self) -> None:
+        """A handler starts: the connection is busy (no idle deadline)."""
+        self.open_rpcs += 1
+        self._set_idle_deadline(math.inf)
+
+    def rpc_finished(self) -> None:
+        """A handler ended; the last one starts the idle clock."""
+        self.open_rpcs -= 1
+        if not self.open_rpcs:
+            self._set_idle_deadline(trio.current_time() + self._limits.idle_timeout)
+
+    def _set_idle_deadline(self, deadline: float) -> None:
+        self._idle_deadline = deadline
+        if self._idle_scope is not None:
+            self._idle_scope.deadline = deadline

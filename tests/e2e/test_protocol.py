@@ -8,11 +8,20 @@ the server keeps serving.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from rawclient import CallFailed, RawSession, raw_client, sessions
+from rawclient import (
+    CallFailed,
+    RawClient,
+    RawSession,
+    raw_client,
+    refused_client,
+    sessions,
+    wait_until_closed,
+)
 
 from mas._proto import runtime_pb2 as pb
 from mas.testing import TestPKI, make_config, open_test_server
@@ -124,27 +133,33 @@ async def test_unary_call_cannot_claim_another_connections_instance(pki: TestPKI
                 assert response.message_id
 
 
-async def test_non_allowlisted_identity_is_refused_on_every_rpc(pki: TestPKI) -> None:
+async def _refused_then_closed(client: RawClient, method: str, request: Any, response: Any) -> str:
+    """The refusal's reason; the connection must be closed right after it."""
+    with pytest.raises(CallFailed) as failed:
+        await client.unary(method, request, response)
+    assert failed.value.code == "UNAUTHENTICATED"
+    # Refused at the door: the server closes the connection after answering once.
+    await wait_until_closed(client, 2.0)
+    return failed.value.reason
+
+
+async def test_non_allowlisted_identity_is_refused_at_the_door(pki: TestPKI) -> None:
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
-            async with raw_client(server.address.port, pki.client_ssl_context("mallory")) as cm:
-                for method, request, response in (
-                    ("Send", pb.SendRequest(target_id="a", message_type="t"), pb.SendResponse),
-                    ("GetState", pb.GetStateRequest(), pb.GetStateResponse),
-                    ("Discover", pb.DiscoverRequest(), pb.DiscoverResponse),
-                ):
-                    with pytest.raises(CallFailed) as failed:
-                        await cm.unary(method, request, response)
-                    assert (failed.value.code, failed.value.reason) == (
-                        "UNAUTHENTICATED",
-                        "not_allowlisted",
-                    )
-                session = await cm.transport()
-                await session.send(hello=pb.Hello(instance_id="m1"))
-                with pytest.raises(CallFailed) as failed:
-                    await session.receive()
-                assert failed.value.code == "UNAUTHENTICATED"
+            calls = (
+                ("Send", pb.SendRequest(target_id="a", message_type="t"), pb.SendResponse),
+                ("GetState", pb.GetStateRequest(), pb.GetStateResponse),
+                ("Discover", pb.DiscoverRequest(), pb.DiscoverResponse),
+                ("Transport", pb.ClientEvent(hello=pb.Hello(instance_id="m1")), pb.ServerEvent),
+            )
+            for method, request, response in calls:
+                async with raw_client(server.address.port, pki.client_ssl_context("mallory")) as cm:
+                    reason = await _refused_then_closed(cm, method, request, response)
+                    assert reason == "not_allowlisted"
             assert server.statistics()["sessions"] == 0
+            await server.audit.flush()
+            # One audit record per refused connection, not per RPC.
+            assert server.audit.statistics()["decisions"]["AUTHN_DENIED"] == len(calls)
 
 
 @pytest.mark.parametrize(
@@ -165,10 +180,11 @@ async def test_bad_identity_certificate_is_refused_with_reason(
     with trio.fail_after(10):
         async with open_test_server(make_config(["a", "b"], PAIR), pki) as server:
             context = pki.client_ssl_context(key_pair=pki.leaf(**leaf))
-            async with raw_client(server.address.port, context) as client:
-                with pytest.raises(CallFailed) as failed:
-                    await client.unary("GetState", pb.GetStateRequest(), pb.GetStateResponse)
-                assert (failed.value.code, failed.value.reason) == ("UNAUTHENTICATED", reason)
+            async with refused_client(server.address.port, context) as client:
+                got = await _refused_then_closed(
+                    client, "GetState", pb.GetStateRequest(), pb.GetStateResponse
+                )
+                assert got == reason
 
 
 async def test_client_without_certificate_fails_handshake_and_server_keeps_serving(

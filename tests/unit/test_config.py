@@ -420,6 +420,16 @@ def test_roles_and_revocations() -> None:
     assert "send:<target-glob>" in parse_error("roles: {r: {permissions: ['receive:*']}}")
 
 
+def test_revoked_fingerprints_are_exactly_64_hex_digits() -> None:
+    colons = ":".join(["AB"] * 32)
+    config = parse_config(f"revoked: {{fingerprints: ['{colons}']}}", base_dir=Path("/"), env={})
+    assert config.revoked.sha256_fingerprints() == {"ab" * 32}
+    for wrong in ("AB" * 31 + "A", ":".join(["AB"] * 31) + ":::", "AB" * 32 + ":" + "AB" * 8):
+        message = parse_error(f"revoked: {{fingerprints: ['{wrong}']}}")
+        assert "64 hex digits" in message
+        assert "$.revoked" in message
+
+
 def test_yaml_syntax_error_reports_line_and_column() -> None:
     with pytest.raises(ConfigError, match=r"^mas\.yaml:3:\d+: invalid YAML"):
         parse_config(

@@ -155,3 +155,14 @@ async def test_dev_pki_files_give_strict_mtls(tmp_path: Path) -> None:
         assert out.client_error is None
         assert out.peer_der is not None
         assert identity_from_certificate(out.peer_der).agent_id == "alice"
+
+
+def test_server_refuses_client_initiated_renegotiation(tmp_path: Path) -> None:
+    # Python's ssl cannot start a renegotiation as a client, so the option itself is
+    # checked, on the contexts that the server really loads (the dev PKI's and TestPKI's).
+    paths = write_dev_pki(tmp_path, ["a"])
+    for context in (
+        server_ssl_context(paths.ca_path, paths.server_cert_path, paths.server_key_path),
+        TestPKI().server_ssl_context(),
+    ):
+        assert context.options & ssl.OP_NO_RENEGOTIATION
