@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import (
+from fault_harness import (
     HERE,
     AgentSpec,
     Tally,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 import redis as redis_client
-from harness import (
+from fault_harness import (
     HERE,
     PER_ROUND,
     AgentSpec,

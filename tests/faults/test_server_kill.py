@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import (
+from fault_harness import (
     HERE,
     PER_ROUND,
     AgentSpec,

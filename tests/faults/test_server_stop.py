@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import (
+from fault_harness import (
     HERE,
     AgentSpec,
     agent_process,

@@ -1,4 +1,4 @@
-"""The ``hostile_server`` fixture; the harness itself is ``harness.py``."""
+"""The ``hostile_server`` fixture; the harness itself is ``attack_harness.py``."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 from grpc_tools import protoc  # type: ignore[import-untyped]
-from harness import scaled, under_attack
+from attack_harness import scaled, under_attack
 
 from mas.testing import TestPKI
 

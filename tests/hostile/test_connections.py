@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 import trio
-from harness import scaled, under_attack
+from attack_harness import scaled, under_attack
 from rawclient import (
     CallFailed,
     H2Attacker,

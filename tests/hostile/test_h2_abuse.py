@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import trio
-from harness import scaled, under_attack
+from attack_harness import scaled, under_attack
 from rawclient import (
     GOAWAY,
     RST_STREAM,

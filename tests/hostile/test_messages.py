@@ -6,7 +6,7 @@ from typing import Any
 
 import anyio
 import trio
-from harness import scaled, under_attack
+from attack_harness import scaled, under_attack
 from rawclient import RST_STREAM, H2Attacker, grpc_message, h2_attacker
 
 from mas.testing import TestPKI

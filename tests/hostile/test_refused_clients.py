@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import trio
-from harness import scaled, under_attack
+from attack_harness import scaled, under_attack
 from rawclient import CallFailed, raw_client, refused_client
 
 from mas._proto import runtime_pb2 as pb
