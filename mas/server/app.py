@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import trio
 
@@ -71,13 +72,12 @@ class MasServer:
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the server until cancelled; reports the bound address when it accepts."""
-        limits = self._config.limits
         router = self._router = Router(
             self.store,
             self.registry,
             lambda: self._gateway,
             self.audit,
-            limits,
+            lambda: self._config.limits,
             TrioWallClock(),
         )
         self._servicer = RuntimeServicer(
@@ -88,28 +88,7 @@ class MasServer:
             config=lambda: self._config,
             gateway=lambda: self._gateway,
         )
-        self._grpc = GrpcServer(
-            self._servicer,
-            self._ssl_context,
-            ServerLimits(
-                max_message_bytes=limits.max_message_bytes,
-                max_concurrent_streams=limits.max_concurrent_streams,
-                max_connections=limits.max_connections,
-                handshake_timeout=limits.handshake_timeout,
-                first_message_timeout=limits.hello_timeout,
-                write_timeout=limits.write_timeout,
-                idle_timeout=limits.idle_timeout,
-                max_connections_per_identity=limits.max_connections_per_identity,
-                max_connections_per_address=limits.max_connections_per_address,
-                max_output_bytes=limits.max_output_bytes,
-                guard=GuardLimits(
-                    streams_per_second=limits.max_streams_per_second,
-                    pings_per_second=limits.max_pings_per_second,
-                    settings_per_second=limits.max_settings_per_second,
-                    max_buffered_bytes=limits.max_buffered_bytes,
-                ),
-            ),
-        )
+        self._grpc = GrpcServer(self._servicer, self._ssl_context, server_limits(self._config))
         async with trio.open_nursery() as nursery:
             await nursery.start(self.audit.run)
             await nursery.start(self.store.watch, self.registry.ring)
@@ -120,13 +99,27 @@ class MasServer:
             task_status.started(self.address)
 
     def reload(self, config: MasConfig) -> None:
-        """Apply a new configuration now: policy, allowlist and revocations.
+        """Apply a new configuration now: every setting that can change while serving.
 
-        Sessions of agents that were removed, or whose certificate is now revoked,
-        are ended; rate-limit and breaker state carry over.
+        Policy, allowlist, revocations, the gateway's settings and the limits apply at
+        once (the connection limits to connections opened from now on, the ack timeout
+        to deliveries sent from now on); sessions of agents that were removed, or whose
+        certificate is now revoked, are ended; rate-limit and breaker state carry over.
+        The settings that need a restart (listen address, TLS files, store, audit file,
+        telemetry) are named in the log and keep their old values until then.
         """
+        needs_restart = restart_only_changes(self._config, config)
+        if needs_restart:
+            log.warning(
+                "reload: %s changed; these apply only after a restart",
+                ", ".join(needs_restart),
+            )
         self._gateway = self._gateway.reconfigured(config)
         self._config = config
+        if self._grpc is not None:
+            self._grpc.reconfigure(server_limits(config))
+        for session in self.registry.all():
+            session.window.ack_timeout = config.limits.ack_timeout
         revoked_serials = config.revoked.serial_numbers()
         revoked_fingerprints = config.revoked.sha256_fingerprints()
         for session in self.registry.all():
@@ -163,3 +156,43 @@ class MasServer:
             "swept": self._router.swept if self._router else 0,
             **self.audit.statistics(),
         }
+
+
+# Settings a running server cannot change: it keeps the old ones until restarted.
+_RESTART_ONLY: Final[tuple[tuple[str, Callable[[MasConfig], object]], ...]] = (
+    ("server_listen_addr", lambda c: c.server_listen_addr),
+    ("TLS files", lambda c: (c.tls_ca_path, c.tls_server_cert_path, c.tls_server_key_path)),
+    ("trust_domain", lambda c: c.trust_domain),
+    ("store", lambda c: c.store),
+    ("gateway.redis", lambda c: c.gateway.redis),
+    ("gateway.audit", lambda c: c.gateway.audit),
+    ("gateway.telemetry", lambda c: c.gateway.telemetry),
+)
+
+
+def restart_only_changes(old: MasConfig, new: MasConfig) -> list[str]:
+    """The names of the settings that differ between ``old`` and ``new`` but need a restart."""
+    return [name for name, read in _RESTART_ONLY if read(old) != read(new)]
+
+
+def server_limits(config: MasConfig) -> ServerLimits:
+    """The listener's limits from ``config.limits``."""
+    limits = config.limits
+    return ServerLimits(
+        max_message_bytes=limits.max_message_bytes,
+        max_concurrent_streams=limits.max_concurrent_streams,
+        max_connections=limits.max_connections,
+        handshake_timeout=limits.handshake_timeout,
+        first_message_timeout=limits.hello_timeout,
+        write_timeout=limits.write_timeout,
+        idle_timeout=limits.idle_timeout,
+        max_connections_per_identity=limits.max_connections_per_identity,
+        max_connections_per_address=limits.max_connections_per_address,
+        max_output_bytes=limits.max_output_bytes,
+        guard=GuardLimits(
+            streams_per_second=limits.max_streams_per_second,
+            pings_per_second=limits.max_pings_per_second,
+            settings_per_second=limits.max_settings_per_second,
+            max_buffered_bytes=limits.max_buffered_bytes,
+        ),
+    )

@@ -130,6 +130,8 @@ class Gateway:
                 raise Denied("PERMISSION_DENIED", "not_authorized", "AUTHZ_DENIED")
             if target_id not in self.agent_ids:
                 raise Denied("NOT_FOUND", "unknown_target", "INVALID")
+        elif target_id not in self.agent_ids:  # the requester was removed since it asked
+            raise Denied("PERMISSION_DENIED", "not_authorized", "AUTHZ_DENIED")
         windows = self._windows.get(sender_id, self._default_windows)
         rate = self._rates.take(sender_id, windows, now)
         if not rate.allowed:

@@ -323,6 +323,10 @@ class GrpcServer:
             self._per_address[host] += 1
             nursery.start_soon(self._connection, stream, host)
 
+    def reconfigure(self, limits: ServerLimits) -> None:
+        """Use ``limits`` for connections accepted from now on (a config reload)."""
+        self._limits = limits
+
     def _warn(self, key: str, message: str, *args: Any) -> None:
         """A warning, at most once per ``_WARN_INTERVAL`` for ``key`` (floods log one line)."""
         now = trio.current_time()

@@ -72,20 +72,24 @@ class Router:
         registry: SessionRegistry,
         gateway: Callable[[], Gateway],
         audit: AuditLog,
-        limits: LimitsConfig,
+        limits: Callable[[], LimitsConfig],
         clock: TrioWallClock,
     ) -> None:
         self.store = store
         self.registry = registry
         self._gateway = gateway
         self._audit = audit
-        self._limits = limits
+        self._current_limits = limits  # read at each use: a reload applies at once
         self._clock = clock
         self._retry_scheduled = trio.Event()
         self.delivered = 0
         self.dead_lettered = 0
         self.expired = 0  # requests and replies not delivered: their deadline had passed
         self.swept = 0
+
+    @property
+    def _limits(self) -> LimitsConfig:
+        return self._current_limits()
 
     # -- ingress -------------------------------------------------------------------
 
@@ -475,12 +479,13 @@ class Router:
     async def _sweep(self) -> None:
         """Every ``SWEEP_INTERVAL``, delete correlations and replies nobody can use."""
         outage = Outage("sweeper (store)", log)
-        reply_max_age = self._limits.max_request_timeout + CORRELATION_GRACE
         while True:
             await trio.sleep(SWEEP_INTERVAL)
-            self.swept += await persist(
-                outage, lambda: self.store.sweep(self._clock.now(), reply_max_age)
-            )
+            self.swept += await persist(outage, self._sweep_once)
+
+    async def _sweep_once(self) -> int:
+        reply_max_age = self._limits.max_request_timeout + CORRELATION_GRACE
+        return await self.store.sweep(self._clock.now(), reply_max_age)
 
     async def _schedule_retries(self) -> None:
         outage = Outage("retry scheduler (store)", log)

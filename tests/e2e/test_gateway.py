@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from rawclient import CallFailed, raw_client
+from rawclient import CallFailed, raw_client, sessions
 
 from mas import (
     Agent,
@@ -268,3 +268,42 @@ async def test_server_runs_with_telemetry_enabled(pki: TestPKI) -> None:
             async with _agent(Agent, "a", server, pki) as a:
                 await a.send("b", "note", {})
             assert server.statistics()["decisions"]["ALLOWED"] == 1
+
+
+async def test_a_reload_applies_every_limit_at_once_and_names_what_needs_a_restart(
+    pki: TestPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(["a", "b"], PAIR)
+    with trio.fail_after(20):
+        async with open_test_server(config, pki) as server:
+            async with sessions(server, pki, "a", "b") as (a, b):
+                request = await a.call("request", target_id="b", message_type="q", data_json="{}")
+                assert not request.HasField("error")
+                await b.next_delivery()
+                # The message size limit, the ack timeout and the listener's limits apply
+                # at once; the requester removed from the allowlist gets no reply.
+                reloaded = _reloaded(
+                    make_config(["b"], [], limits={"max_message_bytes": 64, "ack_timeout": 7.0}),
+                    server_listen_addr="127.0.0.1:1",
+                )
+                server.reload(reloaded)
+                refused = await b.call(
+                    "reply",
+                    correlation_id=request.correlation_id,
+                    message_type="r",
+                    data_json="{}",
+                )
+                assert (refused.error.code, refused.error.message) == (
+                    "PERMISSION_DENIED",
+                    "not_authorized",
+                )
+                big = await b.call(
+                    "send", target_id="b", message_type="t", data_json='{"x": "' + "y" * 100 + '"}'
+                )
+                assert big.error.message == "message_too_large"
+                [session] = server.registry.of_agent("b")
+                assert session.window.ack_timeout == 7.0
+    said = [
+        r.getMessage() for r in caplog.records if "apply only after a restart" in r.getMessage()
+    ]
+    assert said == ["reload: server_listen_addr changed; these apply only after a restart"]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from grpc_tools import protoc  # type: ignore[import-untyped]
 from attack_harness import scaled, under_attack
+from grpc_tools import protoc  # type: ignore[import-untyped]
 
 from mas.testing import TestPKI
 
