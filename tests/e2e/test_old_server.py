@@ -95,6 +95,14 @@ async def test_agent_completes_request_send_discovery_and_state_on_a_base_server
                 assert pong.state == Answers(answered=1, last=None, tags=["a", "b"])
                 await pong.reset_state()
                 assert pong.state == Answers()
+
+                def bump(state: Answers) -> None:
+                    state.answered += 1
+
+                for _ in range(2):  # no versions on this server: each edit reads afresh
+                    await pong.edit_state(bump)
+                assert pong.state == Answers(answered=2)
+                assert server.state["pong"]["answered"] == "2"
                 await ping.update_state({"k": [1, {"x": None}]})
             assert server.state["ping"] == {"k": '[1,{"x":null}]'}
 
