@@ -1,5 +1,5 @@
 """``python -m mas``: see ``mas.cli``."""
 
-from mas.cli import main
+from mas.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

@@ -56,6 +56,11 @@ class AgentProcess:
         self.server_addr = self._server_addr(server)
         self.handle_signals = handle_signals
         self._stop_requested = trio.Event()
+        self.stopped_at_once = False  # a second stop signal cut the graceful stop short
+
+    def _stop_at_once(self, root: trio.CancelScope) -> None:
+        self.stopped_at_once = True
+        root.cancel()
 
     def _server_addr(self, server: str | None) -> str:
         text = server or self.loaded.config.server_listen_addr
@@ -102,7 +107,7 @@ class AgentProcess:
                     functools.partial(
                         watch_signals,
                         stop_requested=self._stop_requested,
-                        force_stop=root.cancel_scope.cancel,
+                        force_stop=functools.partial(self._stop_at_once, root.cancel_scope),
                     )
                 )
             log.info(

@@ -18,7 +18,10 @@ Exit status: 0 on success (including a graceful stop on SIGINT/SIGTERM, and a
 reader that closed our stdout early, as ``| head`` does), 1 when an agent
 crash-looped or the runtime failed, 2 for an invalid configuration,
 certificate, listen address or agent class: a one-paragraph message on stderr
-naming the file, key or address, never a traceback; 130 for Ctrl-C (one line).
+naming the file, key or address, never a traceback; 130 for Ctrl-C outside a
+graceful stop, or a second stop signal that cut one short (one line,
+``mas: interrupted``). A signal that comes once everything has stopped changes
+nothing (``ignore_late_signals``).
 ``--log-level`` goes before or after the command; ``--version`` prints the version.
 """
 
@@ -120,6 +123,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_status(exc)
 
 
+def console() -> int:
+    """The ``mas`` command and ``python -m mas``: ``main``, then ``ignore_late_signals``."""
+    try:
+        status = main()
+    except KeyboardInterrupt:  # came between main's own handling and the line below
+        status = _interrupted()
+    ignore_late_signals()  # a Ctrl-C during the interpreter's shutdown must not kill it
+    return status
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "audit":
         return audit_command.run(args)
@@ -131,10 +144,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("run", "serve"):
         runtime = Runtime(loaded, serve_only=args.command == "serve")
         trio.run(runtime.run)
+        if runtime.stopped_at_once:
+            return _interrupted()
     elif args.command == "reload":
         return _reload(loaded, args.pid)
     elif args.command == "agent":
-        trio.run(AgentProcess(loaded, args.agent_id, server=args.server).run)
+        process = AgentProcess(loaded, args.agent_id, server=args.server)
+        trio.run(process.run)
+        if process.stopped_at_once:
+            return _interrupted()
     elif args.command == "certs":
         return _certs(loaded, force=args.force)
     elif args.command == "check":
@@ -146,8 +164,7 @@ def _exit_status(exc: BaseException) -> int:
     """The exit status for an exception that ended a command, after saying what it was."""
     errors = leaves(exc)
     if any(isinstance(error, KeyboardInterrupt) for error in errors):
-        print("mas: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     if any(isinstance(error, SystemExit) for error in errors):
         raise exc
     if all(isinstance(error, BrokenPipeError) for error in errors):
@@ -163,6 +180,28 @@ def _exit_status(exc: BaseException) -> int:
             print(f"mas: error: {text}", file=sys.stderr)
     usage = any(isinstance(error, ConfigError | CertificateError) for error in errors)
     return EXIT_USAGE if usage else EXIT_FAILED
+
+
+def _interrupted() -> int:
+    """Ctrl-C (or a second stop signal) ended the command: one line, status 130."""
+    print("mas: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def ignore_late_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on: the command has finished.
+
+    Python resets SIGINT to its default action while the interpreter shuts down (a
+    few hundred milliseconds for a server with many modules loaded), and any thread
+    may take the signal: a second Ctrl-C then would kill the process by the signal,
+    with no word and no exit status of ours. The command has already stopped
+    (gracefully, or not), so a signal has nothing left to stop; ignoring it (a
+    disposition Python keeps through its shutdown) leaves the exit status ours.
+    Called by ``console`` (the process entry point), never by ``main``, which may run
+    in-process.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _quiet_stdout() -> None:

@@ -78,10 +78,10 @@ class CertificateError(MasError):
 class IdentityError(MasError):
     """A peer certificate does not carry exactly one acceptable SPIFFE agent id.
 
-    ``reason`` is a stable token for audit records and status messages
-    (``no_uri_san``, ``multiple_uri_sans``, ``wrong_trust_domain``,
-    ``malformed_spiffe_id``, ``invalid_agent_id``, ``ca_certificate``,
-    ``unparsable_certificate``).
+    ``reason`` is a stable token for audit records and status messages, spelt as
+    the seed's system spells it (``missing_spiffe_san``, ``invalid_spiffe_san``,
+    ``invalid_spiffe_format``), plus ``ca_certificate`` and
+    ``unparsable_certificate``; ``detail`` says exactly what is wrong.
     """
 
     def __init__(self, reason: str, detail: str) -> None:

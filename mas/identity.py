@@ -6,7 +6,10 @@ An agent is known by the one URI in its client certificate's subjectAltName::
 
 ``identity_from_certificate`` turns the DER bytes of a verified peer
 certificate into a ``PeerIdentity``, or raises ``IdentityError`` with a stable
-``reason`` token and a one-sentence ``detail``. It checks only the identity:
+``reason`` token and a one-sentence ``detail``. The reason is what a client sees
+in its ``UNAUTHENTICATED`` status, spelt as the seed's system (mas-framework 0.4)
+spells it where that system has the same refusal (``REASONS``); the detail says
+exactly what is wrong, for the log. It checks only the identity:
 the chain, validity dates and key usage are the TLS handshake's job, and the
 allowlist is the gateway's.
 
@@ -37,6 +40,22 @@ DEFAULT_TRUST_DOMAIN: Final = "mas"
 
 SPIFFE_SCHEME: Final = "spiffe://"
 AGENT_PATH_SEGMENT: Final = "agent"
+
+MISSING_SPIFFE_SAN: Final = "missing_spiffe_san"  # the certificate has no subjectAltName
+INVALID_SPIFFE_SAN: Final = "invalid_spiffe_san"  # not exactly one URI, or not a spiffe:// one
+INVALID_SPIFFE_FORMAT: Final = "invalid_spiffe_format"  # not spiffe://<trust_domain>/agent/<id>
+CA_CERTIFICATE: Final = "ca_certificate"  # a CA certificate used as a leaf (mas only)
+UNPARSABLE_CERTIFICATE: Final = "unparsable_certificate"  # not DER X.509 (mas only)
+REASONS: Final = frozenset(
+    {
+        MISSING_SPIFFE_SAN,
+        INVALID_SPIFFE_SAN,
+        INVALID_SPIFFE_FORMAT,
+        CA_CERTIFICATE,
+        UNPARSABLE_CERTIFICATE,
+    }
+)
+"""Every ``IdentityError.reason``; the first three are the seed system's own tokens."""
 
 _SHOW_LIMIT: Final = 80  # characters of an untrusted value quoted in an error detail
 
@@ -87,12 +106,16 @@ def agent_id_from_spiffe_id(uri: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) 
 
     The URI must be exactly ``spiffe://<trust_domain>/agent/<id>``: no port,
     user info, query, fragment, empty or extra path segments. Raises
-    ``IdentityError`` with reason ``malformed_spiffe_id``,
-    ``wrong_trust_domain`` or ``invalid_agent_id``.
+    ``IdentityError``: ``invalid_spiffe_san`` when it is not a ``spiffe://`` URI
+    at all, ``invalid_spiffe_format`` when it is one but malformed, in another
+    trust domain, or naming an invalid agent id (the detail says which).
     """
     expected = f"expected {SPIFFE_SCHEME}{trust_domain}/{AGENT_PATH_SEGMENT}/<agent_id>"
     if not uri.startswith(SPIFFE_SCHEME):
-        raise _malformed(uri, "does not start with 'spiffe://'", expected)
+        # The seed's system looks only at spiffe:// URIs: another one counts as none.
+        raise IdentityError(
+            INVALID_SPIFFE_SAN, f"URI {_show(uri)} is not a SPIFFE id (spiffe://), {expected}."
+        )
     rest = uri[len(SPIFFE_SCHEME) :]
     if "?" in rest or "#" in rest:
         raise _malformed(uri, "has a query or fragment", expected)
@@ -110,14 +133,14 @@ def agent_id_from_spiffe_id(uri: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) 
         raise _malformed(uri, "does not have the path /agent/<agent_id>", expected)
     if authority != trust_domain:
         raise IdentityError(
-            "wrong_trust_domain",
+            INVALID_SPIFFE_FORMAT,
             f"SPIFFE id {_show(uri)} is in trust domain {_show(authority)}, "
             f"expected trust domain {_show(trust_domain)}.",
         )
     agent_id = segments[1]
     if not is_valid_agent_id(agent_id):
         raise IdentityError(
-            "invalid_agent_id",
+            INVALID_SPIFFE_FORMAT,
             f"SPIFFE id {_show(uri)} names agent id {_show(agent_id)}, "
             "expected 1 to 64 letters, digits, '_' or '-'.",
         )
@@ -129,16 +152,17 @@ def identity_from_certificate(der: bytes, trust_domain: str = DEFAULT_TRUST_DOMA
 
     Pass the bytes from ``ssl_object.getpeercert(binary_form=True)`` after a
     verified handshake. Raises ``IdentityError`` (reasons:
-    ``unparsable_certificate``, ``ca_certificate``, ``no_uri_san``,
-    ``multiple_uri_sans``, ``malformed_spiffe_id``, ``wrong_trust_domain``,
-    ``invalid_agent_id``).
+    ``unparsable_certificate``, ``ca_certificate``, ``missing_spiffe_san`` (no
+    subjectAltName), ``invalid_spiffe_san`` (no URI, several URIs, or one that is
+    not ``spiffe://``), ``invalid_spiffe_format`` (a malformed SPIFFE id, another
+    trust domain, an invalid agent id)).
     """
     try:
         cert = x509.load_der_x509_certificate(der)
         extensions = cert.extensions
     except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise IdentityError(
-            "unparsable_certificate",
+            UNPARSABLE_CERTIFICATE,
             f"the peer certificate could not be parsed ({_show(str(exc))}), "
             "expected a DER-encoded X.509 certificate.",
         ) from exc
@@ -149,7 +173,7 @@ def identity_from_certificate(der: bytes, trust_domain: str = DEFAULT_TRUST_DOMA
         constraints = None
     if constraints is not None and constraints.ca:
         raise IdentityError(
-            "ca_certificate",
+            CA_CERTIFICATE,
             "the peer certificate is a CA certificate (basicConstraints CA=true), "
             "expected an agent leaf certificate.",
         )
@@ -158,21 +182,21 @@ def identity_from_certificate(der: bytes, trust_domain: str = DEFAULT_TRUST_DOMA
         san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise IdentityError(
-            "no_uri_san",
+            MISSING_SPIFFE_SAN,
             "the peer certificate has no subjectAltName extension, "
             f"expected one URI {SPIFFE_SCHEME}{trust_domain}/{AGENT_PATH_SEGMENT}/<agent_id>.",
         ) from None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if not uris:
         raise IdentityError(
-            "no_uri_san",
+            INVALID_SPIFFE_SAN,
             "the peer certificate's subjectAltName has no URI, "
             f"expected one URI {SPIFFE_SCHEME}{trust_domain}/{AGENT_PATH_SEGMENT}/<agent_id>.",
         )
     if len(uris) > 1:
         shown = ", ".join(_show(uri) for uri in uris[:3])
         raise IdentityError(
-            "multiple_uri_sans",
+            INVALID_SPIFFE_SAN,
             f"the peer certificate's subjectAltName has {len(uris)} URIs ({shown}), "
             "expected exactly one SPIFFE id.",
         )
@@ -188,7 +212,7 @@ def identity_from_certificate(der: bytes, trust_domain: str = DEFAULT_TRUST_DOMA
 
 
 def _malformed(uri: str, problem: str, expected: str) -> IdentityError:
-    return IdentityError("malformed_spiffe_id", f"SPIFFE id {_show(uri)} {problem}, {expected}.")
+    return IdentityError(INVALID_SPIFFE_FORMAT, f"SPIFFE id {_show(uri)} {problem}, {expected}.")
 
 
 def _show(value: str) -> str:

@@ -280,10 +280,15 @@ class Runtime:
         self.server: MasServer | None = None
         self.address: BoundAddress | None = None
         self._stop_requested = trio.Event()
+        self.stopped_at_once = False  # a second stop signal cut the graceful stop short
 
     def request_stop(self) -> None:
         """Begin a graceful stop (safe to call from any agent, any number of times)."""
         self._stop_requested.set()
+
+    def _stop_at_once(self, root: trio.CancelScope) -> None:
+        self.stopped_at_once = True
+        root.cancel()
 
     async def run(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
@@ -316,7 +321,7 @@ class Runtime:
                         functools.partial(
                             watch_signals,
                             stop_requested=self._stop_requested,
-                            force_stop=root.cancel_scope.cancel,
+                            force_stop=functools.partial(self._stop_at_once, root.cancel_scope),
                             reload=self.reload,
                         )
                     )

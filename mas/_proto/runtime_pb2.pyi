@@ -51,16 +51,18 @@ class Hello(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("agent_id", "instance_id", "batching", "prefetch")
+    __slots__ = ("agent_id", "instance_id", "batching", "prefetch", "stream_messages")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    STREAM_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     instance_id: str
     batching: bool
     prefetch: int
-    def __init__(self, agent_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ...) -> None: ...
+    stream_messages: bool
+    def __init__(self, agent_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., stream_messages: _Optional[bool] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("delivery_id", "envelope_json")

@@ -43,10 +43,12 @@ import msgspec
 import trio
 
 from .._proto import runtime_pb2 as pb
+from ..envelope import Envelope
 from ..errors import (
     ConnectionClosedError,
     MasError,
     RejectedError,
+    RemoteError,
     ReplyValidationError,
     StateConflictError,
     StateError,
@@ -56,7 +58,7 @@ from . import handlers as _handlers
 from .backoff import Backoff
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
-from .dispatch import Dispatcher
+from .dispatch import ERROR_REPLY_TYPE, Dispatcher
 from .edits import Edit, apply_edits
 from .handlers import HandlerSpec, collect_handlers, convert_payload
 from .link import Link, unwrap_groups
@@ -264,6 +266,9 @@ class Agent(Generic[StateT]):
         envelope = await self._outbox().request(target_id, message_type, data_json, deadline)
         if envelope.meta.error is not None:
             raise remote_error(envelope.meta.error.kind, envelope.meta.error.message)
+        passed_through = _passed_through_error(envelope)
+        if passed_through is not None:
+            raise passed_through
         reply = AgentMessage(envelope)
         if model is None:
             return reply
@@ -646,3 +651,17 @@ def _seconds(name: str, value: float) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _passed_through_error(envelope: Envelope) -> RemoteError | None:
+    """The error reply of a handler, as a server without error replies passes it on.
+
+    A mas server turns the ``mas.error`` reply of a failed handler into ``meta.error``; a
+    server of the seed's system (mas-framework 0.4) delivers it as it was sent.
+    """
+    if envelope.message_type != ERROR_REPLY_TYPE:
+        return None
+    kind, message = envelope.data.get("kind"), envelope.data.get("message")
+    if not isinstance(kind, str) or not isinstance(message, str):
+        return None
+    return remote_error(kind, message)

@@ -7,6 +7,12 @@ connections and feeds ``settle`` and ``reply_arrived`` from the server's frames;
 else calls ``send``, ``request``, ``reply``, ``ack``, ``nack`` and ``unary``, which wait for a
 connection within their own deadline while the link reconnects.
 
+``send``, ``request`` and ``reply`` go as frames on the Transport stream when the server's
+``Welcome`` announces ``stream_messages`` (a mas server); toward a server that does not (one
+of mas-framework 0.4, which ignores those frames) they go as the unary ``Send``,
+``Request`` and ``Reply`` RPCs, naming the instance the Welcome bound. Either way the
+caller sees the same results and errors; the reply to a request comes on the stream.
+
 Error handling
     A frame whose connection drops before its ``Result`` fails with ``ConnectionClosedError``
     (its fate is unknown). A ``Result`` that does not come within ``rpc_timeout`` is a
@@ -23,7 +29,7 @@ import trio
 
 from .._proto import runtime_pb2 as pb
 from ..envelope import Envelope
-from ..errors import ConnectionClosedError, MasError, RequestTimeoutError
+from ..errors import ConnectionClosedError, MasError, RequestTimeoutError, rejected_error
 from .client import Channel, Transport, call_unary
 from .session import FrameKind, FrameResult, ReplyArrived, SessionCore
 
@@ -157,19 +163,39 @@ class Outbox:
 
     async def send(self, target_id: str, message_type: str, data_json: str) -> str:
         """Send a message; returns its message id once the server accepted it."""
-        frame = pb.StreamSend(target_id=target_id, message_type=message_type, data_json=data_json)
         deadline = trio.current_time() + self.rpc_timeout
         what = f"send {message_type!r} to {target_id!r}"
+        live = await self.wait_live(deadline, what)
+        if not live.welcome.stream_messages:
+            request = pb.SendRequest(
+                target_id=target_id,
+                message_type=message_type,
+                data_json=data_json,
+                instance_id=live.welcome.instance_id,
+            )
+            sent = await self._unary_on(live, "Send", request, pb.SendResponse, deadline)
+            return str(sent.message_id)
+        frame = pb.StreamSend(target_id=target_id, message_type=message_type, data_json=data_json)
         result, _ = await self._frame("send", lambda seq: _with_seq(frame, seq), deadline, what)
         return result.message_id
 
     async def reply(self, correlation_id: str, message_type: str, data_json: str) -> str:
         """Reply to a request; returns the reply's message id once the server accepted it."""
+        deadline = trio.current_time() + self.rpc_timeout
+        what = f"reply {message_type!r}"
+        live = await self.wait_live(deadline, what)
+        if not live.welcome.stream_messages:
+            request = pb.ReplyRequest(
+                correlation_id=correlation_id,
+                message_type=message_type,
+                data_json=data_json,
+                instance_id=live.welcome.instance_id,
+            )
+            replied = await self._unary_on(live, "Reply", request, pb.ReplyResponse, deadline)
+            return str(replied.message_id)
         frame = pb.StreamReply(
             correlation_id=correlation_id, message_type=message_type, data_json=data_json
         )
-        deadline = trio.current_time() + self.rpc_timeout
-        what = f"reply {message_type!r}"
         result, _ = await self._frame("reply", lambda seq: _with_seq(frame, seq), deadline, what)
         return result.message_id
 
@@ -182,19 +208,28 @@ class Outbox:
         what = f"request {message_type!r} to {target_id!r}"
 
         def frame(seq: int) -> pb.ClientEvent:
-            remaining_ms = int(max(0.0, deadline - trio.current_time()) * 1000)
             request = pb.StreamRequest(
                 seq=seq,
                 target_id=target_id,
                 message_type=message_type,
                 data_json=data_json,
-                timeout_ms=max(1, min(remaining_ms, MAX_TIMEOUT_MS)),
+                timeout_ms=_remaining_ms(deadline),
             )
             return pb.ClientEvent(request=request)
 
         result_deadline = min(deadline, start + self.rpc_timeout)
-        result, slot = await self._frame("request", frame, result_deadline, what)
-        cid = result.correlation_id
+        live = await self.wait_live(result_deadline, what)
+        if live.welcome.stream_messages:
+            result, slot = await self._frame("request", frame, result_deadline, what)
+            cid = result.correlation_id
+        else:
+            unary = pb.RequestRequest(
+                target_id=target_id,
+                message_type=message_type,
+                data_json=data_json,
+                instance_id=live.welcome.instance_id,
+            )
+            cid, slot = await self._unary_request(live, unary, deadline, result_deadline)
         try:
             with trio.move_on_at(deadline):
                 await slot.replied.wait()
@@ -213,6 +248,34 @@ class Outbox:
         raise RequestTimeoutError(
             f"{self.label}: no reply to {what} within {deadline - start:g}s ({state})"
         )
+
+    async def _unary_request(
+        self, live: Live, request: pb.RequestRequest, deadline: float, result_deadline: float
+    ) -> tuple[str, Slot]:
+        """Send a request through the unary ``Request`` RPC; its correlation id and reply slot.
+
+        For a server that does not announce the stream fast path. The reply still comes as
+        a delivery on the stream, possibly before the RPC's answer (``SessionCore`` keeps it).
+        """
+        self.core.begin_unary_request()
+        cid = ""
+        try:
+            request.timeout_ms = _remaining_ms(deadline)
+            response = await self._unary_on(
+                live, "Request", request, pb.RequestResponse, result_deadline
+            )
+            cid = str(response.correlation_id)
+            if not cid:
+                raise rejected_error("INTERNAL", "missing_correlation_id")
+        finally:
+            early = self.core.end_unary_request(cid or None)
+        slot = Slot()
+        if early is not None:
+            slot.reply = early
+            slot.replied.set()
+        else:
+            self._replies[cid] = slot
+        return cid, slot
 
     async def _frame(
         self,
@@ -275,6 +338,13 @@ class Outbox:
         """One unary RPC on the live connection, bounded by ``rpc_timeout``."""
         deadline = trio.current_time() + self.rpc_timeout
         live = await self.wait_live(deadline, f"call {method}")
+        return await self._unary_on(live, method, request, response_type, deadline)
+
+    async def _unary_on(
+        self, live: Live, method: str, request: Any, response_type: Any, deadline: float
+    ) -> Any:
+        """One unary RPC on connection ``live``, bounded by ``deadline``."""
+        waited = deadline - trio.current_time()
         with trio.CancelScope(deadline=deadline) as scope:
             live.calls.add(scope)
             try:
@@ -283,9 +353,7 @@ class Outbox:
                 live.calls.discard(scope)
         if not live.alive:
             raise ConnectionClosedError(f"{self.label}: the connection dropped during {method}")
-        raise RequestTimeoutError(
-            f"{self.label}: {method} got no answer within {self.rpc_timeout:g}s"
-        )
+        raise RequestTimeoutError(f"{self.label}: {method} got no answer within {waited:.3g}s")
 
 
 async def _write(live: Live, event: pb.ClientEvent) -> None:
@@ -299,6 +367,12 @@ async def _write(live: Live, event: pb.ClientEvent) -> None:
 def _end_if_broken(live: Live) -> None:
     if live.transport.broken is not None:
         live.scope.cancel()
+
+
+def _remaining_ms(deadline: float) -> int:
+    """A request's remaining time as its ``timeout_ms`` (an int32, at least 1)."""
+    remaining_ms = int(max(0.0, deadline - trio.current_time()) * 1000)
+    return max(1, min(remaining_ms, MAX_TIMEOUT_MS))
 
 
 def _with_seq(frame: pb.StreamSend | pb.StreamReply, seq: int) -> pb.ClientEvent:

@@ -89,6 +89,7 @@ class Link:
         self._backoff = backoff or Backoff()
         self.outbox = Outbox(label=label, address=str(address), rpc_timeout=rpc_timeout)
         self._closing = False
+        self._said_unary = False  # the unary fallback was logged (once per agent)
         self._run_scope = trio.CancelScope()
         self._finished = trio.Event()
 
@@ -167,6 +168,14 @@ class Link:
                     welcome.instance_id,
                     welcome.prefetch,
                 )
+                if not welcome.stream_messages and not self._said_unary:
+                    self._said_unary = True
+                    log.info(
+                        "%s: the server at %s does not announce the stream fast path (a "
+                        "mas-framework 0.4 server?); sending through the unary RPCs",
+                        self._label,
+                        self.address,
+                    )
                 try:
                     ready()
                     await self._serve(live)

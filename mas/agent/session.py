@@ -139,6 +139,28 @@ class SessionCore:
             self._requests_in_flight -= 1
             self._trim_stash()
 
+    def begin_unary_request(self) -> None:
+        """A request goes out as a unary ``Request`` RPC (to a server without the fast path).
+
+        Its reply may come on the stream before the RPC's answer does, so early replies are
+        stashed until ``end_unary_request``, as for a request frame.
+        """
+        self._requests_in_flight += 1
+
+    def end_unary_request(self, correlation_id: str | None) -> Envelope | None:
+        """The unary request was accepted as ``correlation_id`` (None: it failed).
+
+        Returns its reply if that came first; otherwise the reply is awaited from now on.
+        """
+        self._requests_in_flight = max(0, self._requests_in_flight - 1)
+        early: Envelope | None = None
+        if correlation_id:
+            early = self._stash.pop(correlation_id, None)
+            if early is None:
+                self._awaiting.add(correlation_id)
+        self._trim_stash()
+        return early
+
     def stop_awaiting(self, correlation_id: str) -> None:
         """The requester gave up on a reply (timeout); a late reply is acked and dropped."""
         self._awaiting.discard(correlation_id)

@@ -270,6 +270,7 @@ class RuntimeServicer:
                             instance_id=instance_id,
                             batching=hello.batching,
                             prefetch=prefetch,
+                            stream_messages=True,  # the SDK's fast path (else unary RPCs)
                         )
                     )
                 )

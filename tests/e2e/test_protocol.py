@@ -165,12 +165,13 @@ async def test_non_allowlisted_identity_is_refused_at_the_door(pki: TestPKI) -> 
 @pytest.mark.parametrize(
     ("leaf", "reason"),
     [
-        ({"common_name": "no-san"}, "no_uri_san"),
+        ({"common_name": "no-san"}, "missing_spiffe_san"),
+        ({"common_name": "dns", "dns": ["a.example"]}, "invalid_spiffe_san"),
         (
             {"common_name": "two", "uris": ["spiffe://mas/agent/a", "spiffe://mas/agent/b"]},
-            "multiple_uri_sans",
+            "invalid_spiffe_san",
         ),
-        ({"common_name": "td", "uris": ["spiffe://other/agent/a"]}, "wrong_trust_domain"),
+        ({"common_name": "td", "uris": ["spiffe://other/agent/a"]}, "invalid_spiffe_format"),
         ({"common_name": "ca", "uris": ["spiffe://mas/agent/a"], "is_ca": True}, "ca_certificate"),
     ],
 )

@@ -386,6 +386,34 @@ def test_a_reply_before_its_result_is_stashed_then_handed_over() -> None:
     assert core.stashed == set() and core.awaiting == set()
 
 
+def test_a_unary_request_stashes_a_reply_that_comes_before_its_answer() -> None:
+    # Toward a server without the fast path, a request is a unary RPC; the reply may come on
+    # the stream before the RPC's answer names the correlation id.
+    core = SessionCore()
+    core.begin_unary_request()
+    reply = envelope("answer", reply_to="c1")
+    assert core.handle(deliver(delivery("d1", reply))) == [SendAcks(("d1",))]
+    assert core.end_unary_request("c1") == reply
+    assert core.stashed == set() and core.awaiting == set()
+
+
+def test_a_unary_request_answered_first_awaits_its_reply() -> None:
+    core = SessionCore()
+    core.begin_unary_request()
+    assert core.end_unary_request("c1") is None
+    assert core.awaiting == {"c1"}
+    reply = envelope("answer", reply_to="c1")
+    assert core.handle(deliver(delivery("d1", reply)))[0] == ReplyArrived("c1", reply)
+
+
+def test_a_failed_unary_request_leaves_nothing_stashed() -> None:
+    core = SessionCore()
+    core.begin_unary_request()
+    core.handle(deliver(delivery("d1", envelope("answer", reply_to="c9"))))
+    assert core.end_unary_request(None) is None
+    assert core.stashed == set() and core.awaiting == set()
+
+
 def test_an_error_reply_is_handed_over_like_any_reply() -> None:
     core = SessionCore()
     core.handle(accepted(core.open_frame("request"), "c1"))
