@@ -62,6 +62,13 @@ class BaseServer:
             "ResetState": Method(pb.ResetStateRequest, unary=self.reset_state),
         }
 
+    async def admit(self, peer: PeerConnection) -> str | RpcError:
+        """The door check our adapter asks for: the agent id, or its refusal."""
+        try:
+            return self._agent(peer)
+        except RpcError as exc:
+            return exc
+
     def _agent(self, peer: PeerConnection) -> str:
         assert peer.certificate_der is not None
         agent_id = identity_from_certificate(peer.certificate_der).agent_id

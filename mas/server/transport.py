@@ -324,7 +324,10 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream = self.h2_connection.streams.get(stream_id)
             if stream is not None and not stream.closed:
-                self.h2_connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                # NO_ERROR: the response (with its status) is complete and the client may
+                # stop sending (RFC 9113 8.1); CANCEL would make a stock client report
+                # CANCELLED instead of the status it was sent.
+                self.h2_connection.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
     def _data_received(self, event: Any) -> list[Any]:
         buffer = self.message_read_buffers.get(event.stream_id)
