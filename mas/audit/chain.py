@@ -30,8 +30,11 @@ from mas.audit.diagnosis import (
     bad_hash_problem,
     head_problem,
     link_problem,
+    removed_mismatch_problem,
+    removed_problem,
     same_digest,
     start_problem,
+    unkeyed_problem,
     unreadable_problem,
 )
 from mas.audit.record import GENESIS, AuditDraft, AuditRecord
@@ -128,35 +131,57 @@ def verify(
     *,
     expected_head: tuple[int, str] | None = None,
     allow_later_start: bool = False,
+    removed: tuple[int, str] | None = None,
 ) -> VerifyReport:
     """Check that ``records`` form one unbroken chain, and report the first problem.
 
     ``expected_head`` is the (seq, hash) of the last record as recorded
     elsewhere (a store's head, a sink's ``.head`` file); a chain that ends
-    before it is truncated. ``allow_later_start`` accepts a chain whose first
-    record is not seq 1 (older records rotated away). The input is read once,
-    in order, in constant memory; see the module docstring for the classes.
+    before it is truncated. ``removed`` is the (seq, hash) of the last record
+    rotated away or trimmed, as recorded elsewhere (the anchor): the chain must
+    start right after it (or before it, holding it), and a chain that starts
+    later had records deleted. Without an anchor a chain must start at seq 1,
+    unless ``allow_later_start``. The input is read once, in order, in constant
+    memory; see the module docstring for the classes.
+
+    With a ``key``, records whose plain SHA-256 matches are accepted only as the
+    chain's first records (written before the chain was keyed; counted in
+    ``VerifyReport.unkeyed``): an unkeyed record after a keyed one had its hash
+    recomputed by someone without the key.
     """
     rest = iter(records)
     anchor: AuditRecord | None = None
     first_seq: int | None = None
     hash_at_head: str | None = None
+    hash_at_removed: str | None = None
     checked = 0
+    unkeyed = 0
 
     def report(problem: Problem | None) -> VerifyReport:
         sound = checked if problem is None else min(checked, problem.index)
         head = None if anchor is None else (anchor.seq, anchor.hash)
         return VerifyReport(
-            ok=problem is None, checked=sound, problem=problem, first_seq=first_seq, head=head
+            ok=problem is None,
+            checked=sound,
+            problem=problem,
+            first_seq=first_seq,
+            head=head,
+            unkeyed=min(unkeyed, sound),
         )
 
     for index, entry in enumerate(rest):
         if isinstance(entry, Unreadable):
             return report(unreadable_problem(entry, anchor, index, rest))
         if not same_digest(entry.hash, record_hash(entry, key)):
-            return report(bad_hash_problem(entry, anchor, index, key, rest))
+            if key is None or not same_digest(entry.hash, record_hash(entry, None)):
+                return report(bad_hash_problem(entry, anchor, index, key, rest))
+            if unkeyed < checked:  # a keyed record came before it
+                return report(unkeyed_problem(entry, index))
+            unkeyed += 1
         if anchor is None:
-            problem = start_problem(entry, index, allow_later_start)
+            problem = start_problem(entry, index, allow_later_start or removed is not None)
+            if problem is None and removed is not None:
+                problem = removed_problem(entry, index, removed)
         elif entry.seq == anchor.seq + 1 and entry.prev_hash == anchor.hash:
             problem = None
         else:
@@ -168,6 +193,11 @@ def verify(
         checked += 1
         if expected_head is not None and entry.seq == expected_head[0]:
             hash_at_head = entry.hash
+        if removed is not None and entry.seq == removed[0]:
+            hash_at_removed = entry.hash
+    if removed is not None and hash_at_removed is not None:
+        if not same_digest(hash_at_removed, removed[1]):
+            return report(removed_mismatch_problem(removed[0], checked))
     return report(
         None
         if expected_head is None

@@ -116,7 +116,8 @@ def test_verify_empty_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     assert verify_file(path, None) == (
         0,
-        "audit trail OK: no records (unkeyed SHA-256); there is no head file, so records"
+        "audit trail OK: no records (unkeyed SHA-256: this proves only that nothing was"
+        " corrupted by accident); there is no head file, so records"
         " cut from the end would go unnoticed",
     )
 
