@@ -71,14 +71,19 @@ def record_hash(record: AuditDraft, key: bytes | None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def link(prev: AuditRecord | None, draft: AuditDraft, key: bytes | None) -> AuditRecord:
+def link(
+    prev: AuditRecord | None, draft: AuditDraft, key: bytes | None, server_id: str = ""
+) -> AuditRecord:
     """The record that places ``draft`` right after ``prev`` (or first, after ``GENESIS``).
 
+    ``server_id`` names the server that decided, when the draft names none.
     Raises ValueError when ``time`` or ``latency_ms`` is not finite (JSON cannot hold it).
     """
     if not (math.isfinite(draft.time) and math.isfinite(draft.latency_ms)):
         raise ValueError("audit time and latency_ms must be finite numbers")
     fields = {name: getattr(draft, name) for name in AuditDraft.__struct_fields__}
+    if not draft.server_id:
+        fields["server_id"] = server_id
     unsigned = AuditRecord(
         **fields,
         seq=1 if prev is None else prev.seq + 1,
@@ -89,12 +94,12 @@ def link(prev: AuditRecord | None, draft: AuditDraft, key: bytes | None) -> Audi
 
 
 def link_many(
-    prev: AuditRecord | None, drafts: Iterable[AuditDraft], key: bytes | None
+    prev: AuditRecord | None, drafts: Iterable[AuditDraft], key: bytes | None, server_id: str = ""
 ) -> list[AuditRecord]:
-    """Link ``drafts`` in order after ``prev``; returns the new records."""
+    """Link ``drafts`` in order after ``prev`` (see :func:`link`); returns the new records."""
     records: list[AuditRecord] = []
     for draft in drafts:
-        prev = link(prev, draft, key)
+        prev = link(prev, draft, key, server_id)
         records.append(prev)
     return records
 
@@ -114,7 +119,7 @@ def key_from_env(name: str | None, env: Mapping[str, str]) -> bytes | None:
         raise ConfigError(
             f"the audit HMAC key variable ${name} is {'empty' if value == '' else 'not set'};"
             f" set it to a secret of at least {MIN_KEY_BYTES} characters, or remove"
-            " gateway.audit.hmac_key_env to use an unkeyed SHA-256 chain"
+            " gateway.audit.hmac_key_env to use the key file kept next to the store"
         )
     key = value.encode("utf-8")
     if len(key) < MIN_KEY_BYTES:
@@ -195,9 +200,12 @@ def verify(
             hash_at_head = entry.hash
         if removed is not None and entry.seq == removed[0]:
             hash_at_removed = entry.hash
-    if removed is not None and hash_at_removed is not None:
-        if not same_digest(hash_at_removed, removed[1]):
-            return report(removed_mismatch_problem(removed[0], checked))
+    if (
+        removed is not None
+        and hash_at_removed is not None
+        and not same_digest(hash_at_removed, removed[1])
+    ):
+        return report(removed_mismatch_problem(removed[0], checked))
     return report(
         None
         if expected_head is None

@@ -100,12 +100,18 @@ class DlpConfig(_Base, frozen=True):
 
 
 class AuditConfig(_Base, frozen=True):
-    """Optional JSONL audit file sink, rotated by size."""
+    """The audit chain's key, and an optional JSONL audit file sink, rotated by size.
+
+    The chain is HMAC-keyed: by the variable ``hmac_key_env`` names, else by the
+    key file ``key_path`` (default ``.mas-keys/audit.key`` next to the store,
+    made at first start; see ``mas.audit.keys``).
+    """
 
     file_path: str | None = None
     max_bytes: PosInt = 10_000_000
     backup_count: NonNegInt = 5
     hmac_key_env: str | None = None  # environment variable holding the chain's HMAC key
+    key_path: str | None = None  # the key file when hmac_key_env is not set
 
 
 class TelemetryConfig(_Base, frozen=True):

@@ -169,7 +169,9 @@ class AuditLog:
         path = self._config.file_path
         if path is None:
             return None
-        return JsonlSink(path, self._config.max_bytes, self._config.backup_count)
+        return JsonlSink(
+            path, self._config.max_bytes, self._config.backup_count, key=self._store.audit_key
+        )
 
     async def _follow(self, sink: JsonlSink) -> None:
         self._following = True

@@ -25,7 +25,8 @@ Correlations
 Audit
     One hash chain per store (``mas.audit.chain.link`` with the store's key):
     records are linked in commit order, so several servers sharing a store keep
-    one consistent chain.
+    one consistent chain. Each record names the server that linked it
+    (``server_id``: the host name, or the Redis server id).
 
 State
     One JSON object per agent id, stored key by key as JSON text so partial
@@ -47,6 +48,7 @@ Wake-ups
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
@@ -142,10 +144,17 @@ Enqueued = AuditRecord | None | CorrelationRefused
 """What ``enqueue_many`` made of one item: its record, None (queue full), or a refusal."""
 
 
+def default_server_id() -> str:
+    """The name a server's audit records carry when none is configured: its host name."""
+    return socket.gethostname() or "mas"
+
+
 class Store(Protocol):
     """What the router and servicer need from a backend."""
 
     limits: StoreLimits
+    audit_key: bytes | None  # the HMAC key the audit chain is linked with (None: SHA-256)
+    server_id: str  # stamped on every audit record this store links (``server_id``)
 
     async def enqueue(
         self, message: QueuedMessage, audit: AuditDraft | None = None

@@ -40,6 +40,7 @@ from .base import (
     StateTooLargeError,
     StateVersionConflict,
     StoreLimits,
+    default_server_id,
 )
 
 _QueueKey = tuple[str, str | None]  # (agent id, instance id or None for the shared queue)
@@ -55,10 +56,16 @@ class MemoryStore:
     """A ``Store`` held in memory."""
 
     def __init__(
-        self, limits: StoreLimits | None = None, *, audit_key: bytes | None = None
+        self,
+        limits: StoreLimits | None = None,
+        *,
+        audit_key: bytes | None = None,
+        server_id: str | None = None,
     ) -> None:
         self.limits = limits or StoreLimits()
         self._audit_key = audit_key
+        self.audit_key = audit_key
+        self.server_id = server_id or default_server_id()
         self._audit: list[AuditRecord] = []
         self._queues: dict[_QueueKey, deque[QueuedMessage]] = {}
         self._delayed = _Delayed()
@@ -89,7 +96,11 @@ class MemoryStore:
         key = (message.target_id, message.instance_id)
         if self._waiting(key) >= self.limits.max_queue_length:
             raise QueueFullError(message.target_id)
-        record = None if audit is None else link(self._last_record(), audit, self._audit_key)
+        record = (
+            None
+            if audit is None
+            else link(self._last_record(), audit, self._audit_key, self.server_id)
+        )
         self._queue(key).append(message)
         if record is not None:
             self._audit.append(record)
@@ -116,7 +127,7 @@ class MemoryStore:
             room[key] = left - 1
             if item.answers:
                 answered.add(item.answers)
-            prev = link(prev, item.audit, self._audit_key)
+            prev = link(prev, item.audit, self._audit_key, self.server_id)
             records.append(prev)
         for item, record in zip(items, records, strict=True):
             if isinstance(record, AuditRecord):
@@ -145,7 +156,7 @@ class MemoryStore:
         return self._audit[-1] if self._audit else None
 
     def _link(self, draft: AuditDraft) -> AuditRecord:
-        record = link(self._last_record(), draft, self._audit_key)
+        record = link(self._last_record(), draft, self._audit_key, self.server_id)
         self._audit.append(record)
         return record
 

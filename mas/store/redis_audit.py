@@ -66,7 +66,7 @@ class AuditChain:
         ValueError (changing nothing) when a draft cannot be linked.
         """
         after = self._last.hash if self._last is not None else GENESIS
-        records = link_many(self._last, drafts, self._hmac_key)
+        records = link_many(self._last, drafts, self._hmac_key, self._server_id)
         if records:
             self._last = records[-1]
         return after, records

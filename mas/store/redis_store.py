@@ -110,6 +110,7 @@ class RedisStore:
     ) -> None:
         self.limits = limits
         self.server_id = server_id
+        self.audit_key = audit_key
         self._link = link
         self._keys = Keys(namespace)
         chain_keys = [self._keys.audit, self._keys.audit_head, self._keys.audit_turn]
