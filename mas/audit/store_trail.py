@@ -22,24 +22,13 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from mas.audit.diagnosis import Unreadable
-from mas.audit.record import GENESIS, AuditRecord
+from mas.audit.record import AuditRecord
+from mas.audit.retention import ANCHOR_KEY, parse_anchor
 from mas.errors import MasError
 
 CHUNK: Final = 1000  # records read at a time
-ANCHOR_KEY: Final = "audit_anchor"  # SQLite meta row, "<seq> <hash>" of the last trimmed record
 
 _DECODER: Final = msgspec.json.Decoder(AuditRecord)
-
-# KEYS: the chain, its anchor. ARGV: first seq, last seq. Returns {anchor or false, records}.
-_READ_SCRIPT: Final = """
-local anchor = redis.call('GET', KEYS[2])
-local offset = 0
-if anchor then offset = tonumber(string.match(anchor, '^(%d+)')) end
-local first = math.max(tonumber(ARGV[1]) - offset - 1, 0)
-local last = tonumber(ARGV[2]) - offset - 1
-if last < first then return {anchor, {}} end
-return {anchor, redis.call('LRANGE', KEYS[1], first, last)}
-"""
 
 
 class TrailError(MasError):
@@ -59,23 +48,6 @@ class StoreTrail(Protocol):
 
     def close(self) -> None:
         """Release the connection."""
-
-
-def parse_anchor(text: str | bytes | None) -> tuple[int, str]:
-    """A stored anchor ``"<seq> <hash>"``; (0, GENESIS) for none. Raises ValueError."""
-    if text is None:
-        return (0, GENESIS)
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    seq, _, hash_ = text.partition(" ")
-    if not seq.isdigit() or len(hash_) != 64:
-        raise ValueError(f"the stored audit anchor {text[:80]!r} is not '<seq> <hash>'")
-    return (int(seq), hash_)
-
-
-def format_anchor(seq: int, hash_: str) -> str:
-    """The stored form of an anchor (see :func:`parse_anchor`)."""
-    return f"{seq} {hash_}"
 
 
 def _decode(raw: bytes, where: str) -> AuditRecord | Unreadable:
@@ -145,6 +117,8 @@ class RedisTrail:
     def __init__(self, url: str, namespace: str, shown_url: str, timeout: float = 5.0) -> None:
         import redis
 
+        from mas.store.redis_audit import READ_AUDIT
+
         self.where = f"the Redis store {shown_url}"
         self._keys = [f"{namespace}:audit", f"{namespace}:audit-anchor"]
         self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
@@ -152,7 +126,7 @@ class RedisTrail:
             self._client: Any = redis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
-            self._script = self._client.register_script(_READ_SCRIPT)
+            self._script = self._client.register_script(READ_AUDIT.source)
             self._client.ping()
         except self._errors as exc:
             raise TrailError(f"cannot reach {self.where}: {exc}") from None

@@ -20,6 +20,7 @@ shared queue, ``<agent>/<instance>`` for an instance's reply queue)::
     ns:audit             list: the audit chain, record seq n at index n - 1 (JSON)
     ns:audit-head        "<last hash> <server>" (compare-and-set by every append)
     ns:audit-turn        the server that lost a race for the chain and writes next
+    ns:audit-anchor      "<seq> <hash>" of the last audit record trimmed (retention)
     ns:state:<agent>     hash: key -> JSON text;  ns:state-bytes  hash agent -> size
     ns:state-versions    hash agent -> state version (kept on reset)
     ns:servers           set of server ids;  ns:lease:<server>  key with a PX lease
@@ -102,6 +103,7 @@ from . import redis_batch as batch
 from . import redis_records as records
 from . import redis_scripts as lua
 from .base import StoreLimits
+from .redis_audit import AUDIT_SCRIPTS
 from .redis_keys import check_id
 from .redis_link import RedisLink, StoreUnavailableError
 from .redis_store import RedisStore
@@ -143,7 +145,7 @@ async def open_redis_store(
     check_id("namespace", namespace, " ")
     link = RedisLink(
         url,
-        scripts=(*lua.SCRIPTS, *records.SCRIPTS, *batch.SCRIPTS),
+        scripts=(*lua.SCRIPTS, *records.SCRIPTS, *batch.SCRIPTS, *AUDIT_SCRIPTS),
         socket_timeout=socket_timeout,
         reconnect_timeout=reconnect_timeout,
         client_name=f"mas-{server_id}",

@@ -73,6 +73,10 @@ class Keys:
         return f"{self.ns}:audit-turn"
 
     @property
+    def audit_anchor(self) -> str:
+        return f"{self.ns}:audit-anchor"
+
+    @property
     def wake_channel(self) -> str:
         return f"{self.ns}:wake"
 

@@ -49,6 +49,7 @@ import msgspec
 import trio
 
 from ..audit.record import AuditDraft, AuditRecord
+from ..audit.retention import Retention
 from . import sqlite_ops as ops
 from .base import (
     Correlation,
@@ -149,6 +150,12 @@ class SqliteStore:
         # Durable: the JSONL file copies what this returns, so it must never hold a
         # record that a power loss could take back from the store.
         return await self._writer.call(ops.audit_records, after_seq, limit, durable=True)
+
+    async def trim_audit(self, rule: Retention) -> int:
+        return await self._writer.call(ops.trim_audit, rule)
+
+    async def audit_anchor(self) -> tuple[int, str]:
+        return await self._writer.call(ops.audit_anchor)
 
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
