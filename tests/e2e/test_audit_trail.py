@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from mas.audit import AuditRecord, link_many
+from mas.audit import AuditRecord, link_many, record_hash
 from mas.config import load_config
 from mas.runtime import Runtime
 
@@ -206,3 +206,72 @@ async def test_the_sqlite_chain_is_read_while_a_server_holds_the_store(tmp_path:
             )
             assert tail.returncode == 0, tail.stderr
             assert len(tail.stdout.splitlines()) == 6
+
+
+async def test_retention_trims_the_store_and_verify_tells_a_trim_from_a_deletion(
+    tmp_path: Path,
+) -> None:
+    config = await _run(
+        tmp_path,
+        "gateway: {audit: {file_path: audit.jsonl, backup_count: 0,"
+        " retention: {max_records: 3, interval: 0.05}}}",
+    )
+    db = sqlite3.connect(tmp_path / "mas.sqlite3")
+    seqs = [seq for (seq,) in db.execute("SELECT seq FROM audit ORDER BY seq")]
+    copied = _records(tmp_path / "audit.jsonl")
+    assert seqs[0] > 1 and seqs[-1] == copied[-1].seq  # trimmed while it ran; the last stays
+    verified = _mas("audit", "verify", "--store", "--config", str(config), cwd=tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert f"records 1 to {seqs[0] - 1} were rotated away or trimmed" in verified.stdout
+    # The file is not the store: it keeps every record it copied.
+    assert copied[0].seq == 1
+    assert _mas("audit", "verify", "--config", str(config), cwd=tmp_path).returncode == 0
+    # Deleting the oldest kept record is not a trim.
+    with db:
+        db.execute("DELETE FROM audit WHERE seq = ?", (seqs[0],))
+    db.close()
+    caught = _mas("audit", "verify", "--store", "--config", str(config), cwd=tmp_path)
+    assert caught.returncode == 1, caught.stdout
+    assert f"TAMPERED (deleted) at seq {seqs[0]}" in caught.stderr
+    assert "(deleted, not rotated)" in caught.stderr
+
+
+async def test_the_redis_chain_is_verified_from_the_command_line(tmp_path: Path) -> None:
+    import redis
+    from redis_server import running_redis
+
+    from mas.audit import AuditDraft
+    from mas.audit.retention import Retention
+    from mas.runtime import open_store
+
+    with running_redis() as server:
+        config = tmp_path / "mas.yaml"
+        config.write_text(
+            "server_listen_addr: 127.0.0.1:0\n"
+            f"store: {{backend: redis, url: '{server.url}'}}\n"
+            "agents: [{agent_id: a}]\n"
+        )
+        loaded = load_config(config, env={})
+        with trio.fail_after(30):
+            async with open_store(loaded.config, tmp_path) as store:
+                drafts = [AuditDraft(time=1.0 + i, decision="AUTHZ_DENIED") for i in range(6)]
+                await store.append_audit(drafts)
+                assert await store.trim_audit(Retention(keep=4)) == 2
+                assert store.server_id
+        verified = _mas("audit", "verify", "--store", "--config", str(config), cwd=tmp_path)
+        assert verified.returncode == 0, verified.stderr
+        assert "4 records, seq 3 to 6, in the Redis store" in verified.stdout
+        assert "HMAC-SHA256 keyed" in verified.stdout
+        client = redis.Redis.from_url(server.url)
+        try:
+            raw = client.lindex("mas:audit", 1)
+            assert isinstance(raw, bytes)
+            record = msgspec.json.decode(raw, type=AuditRecord)
+            forged = msgspec.structs.replace(record, decision="ALLOWED")
+            forged = msgspec.structs.replace(forged, hash=record_hash(forged, None))
+            client.lset("mas:audit", 1, msgspec.json.encode(forged))
+        finally:
+            client.close()
+        caught = _mas("audit", "verify", "--store", "--config", str(config), cwd=tmp_path)
+        assert caught.returncode == 1, caught.stdout
+        assert "TAMPERED (edited) at seq 4 in the Redis store" in caught.stderr
