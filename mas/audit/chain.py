@@ -45,6 +45,7 @@ __all__ = [
     "MIN_KEY_BYTES",
     "canonical",
     "key_from_env",
+    "key_id",
     "link",
     "link_many",
     "record_hash",
@@ -102,6 +103,13 @@ def link_many(
         prev = link(prev, draft, key, server_id)
         records.append(prev)
     return records
+
+
+def key_id(key: bytes | None) -> str:
+    """A short public name of ``key`` ("none" for no key) that does not reveal it."""
+    if key is None:
+        return "none"
+    return hmac.new(key, b"mas audit key id", hashlib.sha256).hexdigest()[:16]
 
 
 def key_from_env(name: str | None, env: Mapping[str, str]) -> bytes | None:

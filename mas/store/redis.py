@@ -21,6 +21,7 @@ shared queue, ``<agent>/<instance>`` for an instance's reply queue)::
     ns:audit-head        "<last hash> <server>" (compare-and-set by every append)
     ns:audit-turn        the server that lost a race for the chain and writes next
     ns:audit-anchor      "<seq> <hash>" of the last audit record trimmed (retention)
+    ns:audit-key-id      the id (mas.audit.chain.key_id) of the key every server links with
     ns:state:<agent>     hash: key -> JSON text;  ns:state-bytes  hash agent -> size
     ns:state-versions    hash agent -> state version (kept on reset)
     ns:servers           set of server ids;  ns:lease:<server>  key with a PX lease
@@ -99,6 +100,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ..errors import ConfigError
 from . import redis_batch as batch
 from . import redis_records as records
 from . import redis_scripts as lua
@@ -168,7 +170,8 @@ async def open_redis_store(
                 await link.load_scripts()
                 held = await store._lease.renew("join")
                 await store._audit.load()
-            except StoreUnavailableError as exc:
+                await store._audit.check_key(store._keys.audit_key_id)
+            except (StoreUnavailableError, ConfigError) as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
             else:

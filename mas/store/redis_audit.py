@@ -32,9 +32,10 @@ import msgspec
 import trio
 from redis.exceptions import ResponseError
 
-from ..audit.chain import link_many
+from ..audit.chain import key_id, link_many
 from ..audit.record import GENESIS, AuditDraft, AuditRecord
 from ..audit.retention import Retention, parse_anchor
+from ..errors import ConfigError
 from . import redis_scripts as lua
 from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
 
@@ -129,6 +130,24 @@ class AuditChain:
         """Take the chain's last record as the place to link after."""
         [head] = await self._link.call("audit", ("LINDEX", self.keys[0], -1))
         self.moved_on(head)
+
+    async def check_key(self, key_id_key: str) -> None:
+        """Make sure every server links with one key: the first one's id is kept in Redis.
+
+        Raises ConfigError when this server's key is not the one the chain is
+        keyed with (records linked with two keys would verify with neither).
+        """
+        ours = key_id(self._hmac_key)
+        [_, theirs] = await self._link.call(
+            "audit", ("SET", key_id_key, ours, "NX"), ("GET", key_id_key)
+        )
+        if theirs is not None and theirs.decode() != ours:
+            raise ConfigError(
+                "this server's audit HMAC key is not the one the audit chain in Redis is"
+                f" keyed with (key id {theirs.decode()}, ours {ours}): give every server"
+                " sharing the store the same key (copy the key file the first server made,"
+                " or set gateway.audit.hmac_key_env on all of them)"
+            )
 
     async def write(
         self,

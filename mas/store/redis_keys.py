@@ -77,6 +77,10 @@ class Keys:
         return f"{self.ns}:audit-anchor"
 
     @property
+    def audit_key_id(self) -> str:
+        return f"{self.ns}:audit-key-id"
+
+    @property
     def wake_channel(self) -> str:
         return f"{self.ns}:wake"
 
