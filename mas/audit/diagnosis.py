@@ -17,10 +17,17 @@ Classification (the first problem, in input order, is reported)
                  linked to the one before the gap), and the record out of place
                  is linked to or from later records
     deleted      the seq jumps ahead and the skipped seq never comes; or the
-                 input starts after seq 1 where it must start at 1
+                 input starts after seq 1 with no anchor, or later than right
+                 after its anchor (the last record rotated away or trimmed)
     truncated    the input ends before the seq of ``expected_head``
     bad_genesis  the first record is seq 1 without the ``GENESIS`` prev_hash,
                  has a seq below 1, or is later but claims ``GENESIS``
+
+With a key, a record whose hash is plain SHA-256 after a keyed record is
+edited (recomputed by someone without the key); at the start of the chain it
+is accepted and counted (written before keys were default). A first record
+that does not link to its anchor, or an anchor's record with another hash,
+is edited too.
 
 Records after the expected head are accepted: a writer records its head after
 the records themselves, so a crash in between leaves the head behind.

@@ -10,13 +10,18 @@ Files
     rotation off (as in :mod:`logging.handlers`): an audit trail is never
     discarded by default.
 
-    ``<path>.head`` holds ``{"seq": ..., "hash": ...}`` of the last record
-    written; it is replaced atomically (temporary file + ``os.replace``) after
-    each batch is on disk, so a tail cut from the files shows as truncated.
-    It does not stop someone who rewrites the head as well: anchor the head
-    elsewhere (the store) for that.
+    ``<path>.head`` (:class:`~mas.audit.reader.Head`) holds the seq and hash
+    of the last record written, so a tail cut from the files shows as
+    truncated, and the anchor: the seq and hash of the last record dropped by
+    rotation (``[0, GENESIS]`` while none was; a new trail of a trimmed store
+    chain starts from that chain's first record), so records deleted from the
+    start show as deleted, not rotated. With the chain's key, the head carries
+    an HMAC of both, so it cannot be rewritten without the key. It is replaced
+    atomically (temporary file, fsync, ``os.replace``, directory fsync) after
+    each batch is on disk, and before rotation drops a file.
 
-Files the sink creates get mode 0o640 (owner writes, the group reads).
+Files the sink creates get mode 0o640 (owner writes, the group reads); creating
+the file is followed by a directory fsync, so its name survives a power loss.
 
 Use
     Methods block: call them from a worker thread (``trio.to_thread.run_sync``),

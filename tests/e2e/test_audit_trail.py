@@ -275,3 +275,19 @@ async def test_the_redis_chain_is_verified_from_the_command_line(tmp_path: Path)
         caught = _mas("audit", "verify", "--store", "--config", str(config), cwd=tmp_path)
         assert caught.returncode == 1, caught.stdout
         assert "TAMPERED (edited) at seq 4 in the Redis store" in caught.stderr
+
+
+def test_store_reads_that_cannot_be_made_say_why(tmp_path: Path) -> None:
+    config = tmp_path / "mas.yaml"
+    config.write_text(
+        "server_listen_addr: 127.0.0.1:0\nstore: {backend: memory}\nagents: [{agent_id: a}]\n"
+    )
+    memory = _mas("audit", "verify", "--store", cwd=tmp_path)
+    assert memory.returncode != 0 and "Traceback" not in memory.stderr
+    assert "memory store keeps its audit chain only inside its server process" in memory.stderr
+    both = _mas("audit", "tail", "--store", "x.jsonl", "--config", str(config), cwd=tmp_path)
+    assert both.returncode != 0 and "not both" in both.stderr
+    config.write_text("server_listen_addr: 127.0.0.1:0\nagents: [{agent_id: a}]\n")
+    missing = _mas("audit", "verify", "--store", cwd=tmp_path)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "does not exist (has the server run yet?)" in missing.stderr
