@@ -120,9 +120,6 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
         return 1, f"audit trail TAMPERED: {exc}"
     except OSError as exc:
         return 2, f"cannot read the head file of {base}: {exc}"
-    sealed = _head_check(head, key, base)
-    if sealed is not None:
-        return sealed
     starts: list[tuple[int, Path]] = []  # (index of a file's first entry, file)
 
     def entries() -> Iterator[AuditRecord | Unreadable]:
@@ -141,18 +138,25 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
     except OSError as exc:
         return 2, f"cannot read audit file {base}: {exc}"
     problem = report.problem
+    sealed = _head_check(head, key, base)  # after the records: a wrong key shows there first
+    if problem is None and sealed is not None:
+        return sealed
     if problem is None:
         verdict = unkeyed_verdict(report) if key is not None else None
         if verdict is not None:
             return 1, verdict
+        if key is not None and report.checked > report.unkeyed and (head is None or not head.mac):
+            # The sink seals the head of a keyed trail after every batch: without a sealed
+            # head, records could have been cut from the end and the head rewritten.
+            state = "there is no head file" if head is None else "its head file is not sealed"
+            return 1, (
+                f"audit trail NOT PROVEN: its {report.checked} record(s) are sound, but {state}"
+                " with the key, so records cut from the end would go unnoticed (a head written"
+                " by mas before heads were sealed is sealed by the server's next write)"
+            )
         text = ok_message(report, f"in {len(files)} file(s)", key is not None)
         if head is None:
             text += "; there is no head file, so records cut from the end would go unnoticed"
-        elif key is not None and not head.mac:
-            text += (
-                "; the head file is not sealed with the key (written before heads were),"
-                " so it does not prove the trail's end"
-            )
         return 0, text
     note = ""
     if problem.kind == "deleted" and problem.seq == 1 and (head is None or head.anchor is None):

@@ -42,7 +42,7 @@ def drafts(n: int, start: int = 0) -> list[AuditDraft]:
 
 def write_trail(path: Path, n: int = 12, key: bytes | None = None) -> list[AuditRecord]:
     records = link_many(None, drafts(n), key)
-    with JsonlSink(path, max_bytes=1_000_000, backup_count=2) as sink:
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=2, key=key) as sink:
         sink.write(records)
     return records
 

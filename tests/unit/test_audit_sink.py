@@ -395,3 +395,19 @@ def test_creating_the_file_and_renaming_the_head_sync_the_directory(
     with JsonlSink(path, max_bytes=1_000_000, backup_count=2) as sink:
         sink.write(chain(2))
     assert events == [f"fsync {tmp_path}", "replace audit.jsonl.head", f"fsync {tmp_path}"]
+
+
+def test_a_keyed_trail_cut_short_with_its_head_replaced_unsealed_is_not_proven(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = link_many(None, chain(6), KEY)
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=0, key=KEY) as sink:
+        sink.write(records)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:4]))
+    head_path(path).write_text(f'{{"seq":4,"hash":"{records[3].hash}","anchor":[0,"{"0" * 64}"]}}')
+    status, message = verify_file(path, KEY)
+    assert status == 1 and "NOT PROVEN" in message and "not sealed" in message
+    head_path(path).unlink()
+    status, message = verify_file(path, KEY)
+    assert status == 1 and "there is no head file" in message
