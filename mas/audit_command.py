@@ -8,8 +8,9 @@ an exact copy of the store's hash chain (see ``mas.server.audit_log``).
 
 The chain's key is found as the server finds it (``mas.audit.keys``): the
 variable ``gateway.audit.hmac_key_env`` names, else the key file next to the
-store; never created here. Without a config (a FILE and no mas.yaml found),
-or without a key file, the trail is verified unkeyed.
+store; never created here. For a FILE without ``--config``, the mas.yaml is
+looked for above the FILE, then above the working directory. Without a config
+(none found), or without a key file, the trail is verified unkeyed.
 """
 
 from __future__ import annotations
@@ -87,14 +88,17 @@ class _Source(msgspec.Struct, frozen=True):
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig | None:
-    """The config: ``--config``, else found upward (only if no FILE was named, or one exists)."""
+    """The config: ``--config``; else for a FILE the mas.yaml above it or above the
+    working directory, if there is one; else the one found from the working directory."""
     if args.config or not args.file:
         return load_config(args.config)
-    try:
-        found = find_config_file(None)
-    except ConfigError:
-        return None  # a FILE and no mas.yaml anywhere: verified without a key
-    return load_config(found)
+    for start in (Path(args.file).absolute().parent, None):
+        try:
+            found = find_config_file(None, cwd=start)
+        except ConfigError:
+            continue
+        return load_config(found)
+    return None  # a FILE and no mas.yaml anywhere: verified without a key
 
 
 def _resolve(args: argparse.Namespace) -> _Source:

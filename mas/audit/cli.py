@@ -164,6 +164,11 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
             " (no head file records an anchor for the records before it: a trail rotated"
             " by mas before anchors were kept shows this too)"
         )
+    if key is None and problem.kind == "edited" and report.checked == 0:
+        note += (
+            "; if the trail is keyed (the default), verify it with its key:"
+            " `mas audit verify --config mas.yaml`"
+        )
     return 1, (
         f"audit trail TAMPERED ({problem.kind}) at seq {problem.seq}{_locate(problem, starts)}:"
         f" {problem.detail}{note}. The {report.checked} record(s) before it are sound."

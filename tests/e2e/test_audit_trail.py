@@ -109,6 +109,10 @@ async def test_the_trail_is_keyed_by_default_and_a_keyless_rewrite_is_caught(
     ok = _mas("audit", "verify", "--config", str(config), cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "HMAC-SHA256 keyed)" in ok.stdout
+    # Named as a FILE from elsewhere, the trail is checked with the key of the mas.yaml above it.
+    elsewhere = _mas("audit", "verify", str(tmp_path / "audit.jsonl"), cwd=tmp_path.parent)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "HMAC-SHA256 keyed)" in elsewhere.stdout
 
     audit_file = tmp_path / "audit.jsonl"
     records = _records(audit_file)
