@@ -79,23 +79,39 @@ def create_key(path: Path) -> bytes:
     if key is not None:
         return key
     new = secrets.token_hex(_KEY_BYTES).encode("ascii")
+    # Written whole under a private name, then linked into place: a server starting at
+    # the same moment finds either no key or the complete one, never half of it.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_MODE)
-    except FileExistsError:  # another process made it first: use theirs
-        return read_key(path) or new
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_MODE)
+        try:
+            os.fchmod(fd, KEY_MODE)  # whatever the umask
+            os.write(fd, new + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        finally:
+            tmp.unlink()
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise ConfigError(
             f"cannot create the audit key {path}: {exc.strerror or exc}; make its directory"
             " writable, or give a key with gateway.audit.hmac_key_env"
         ) from None
+    return read_key(path) or new
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fchmod(fd, KEY_MODE)  # whatever the umask
-        os.write(fd, new + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
-    return new
 
 
 def chain_key(

@@ -134,7 +134,8 @@ async def open_redis_store(
     same ``server_id`` left in flight) and renews it in a background task.
     ``socket_timeout`` bounds every connect and read; operations wait up to
     ``reconnect_timeout`` for Redis to accept connections again. ``audit_key``
-    is the HMAC key of the audit chain (None: plain SHA-256). Deliveries handed
+    is the HMAC key of the audit chain (None: plain SHA-256); a key that is not
+    the one other servers link the chain with is refused (ConfigError). Deliveries handed
     back from ended servers count an attempt; pass the router's ``max_attempts``
     as ``release_max_attempts`` to dead-letter those past it (``session_lost``;
     None: requeue all), as ``release_session`` does.
@@ -170,7 +171,8 @@ async def open_redis_store(
                 await link.load_scripts()
                 held = await store._lease.renew("join")
                 await store._audit.load()
-                await store._audit.check_key(store._keys.audit_key_id)
+                if audit_key is not None:  # a keyless opener (a reader, a test) links unkeyed
+                    await store._audit.check_key(store._keys.audit_key_id)
             except (StoreUnavailableError, ConfigError) as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()

@@ -91,3 +91,20 @@ def test_key_path_resolves_next_to_mas_yaml_and_retention_is_validated(tmp_path:
             source="m",
             env={},
         )
+
+
+def test_a_key_made_by_another_process_first_is_the_one_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    path = tmp_path / "audit.key"
+    real_link = os.link
+
+    def racing_link(src: str, dst: str) -> None:
+        Path(dst).write_text("f" * 64 + "\n")  # the other server linked its key just now
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", racing_link)
+    assert create_key(path) == b"f" * 64
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.key"]  # no temporary file left
