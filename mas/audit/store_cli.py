@@ -8,7 +8,6 @@ holds the authoritative chain; the JSONL file is a copy of it.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -86,10 +85,10 @@ def tail_store(
     try:
         selected = keep(iter_trail(trail))
         show(selected if last is None else deque(selected, maxlen=max(last, 0)))
-        for _ in itertools.count() if max_polls is None else range(max_polls if follow else 0):
-            if not follow:
-                break
+        polls = 0
+        while follow and (max_polls is None or polls < max_polls):
             time.sleep(poll_interval)
+            polls += 1
             show(keep(iter_trail(trail, seen)))
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the command line ends quietly
