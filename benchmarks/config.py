@@ -53,6 +53,9 @@ def limits_section() -> dict[str, Any]:
     return {"max_queue_length": HUGE_QUEUE} if "max_queue_length" in known else {}
 
 
+# The store keeps the newest 1,000 audit records (trimmed every second; the JSONL file keeps
+# them all): scenario (h) then shows what a message leaves in Redis beyond the bounded chain.
+AUDIT_RETENTION: Final = {"max_records": 1000, "interval": 1.0}
 DISABLEABLE: Final = ("audit_file", "dlp", "circuit_breaker")  # steps an A/B run may switch off
 
 
@@ -78,7 +81,7 @@ def gateway_section(
         }
     if "audit" in known:
         path = None if "audit_file" in disabled else str(directory / "audit.jsonl")
-        gateway["audit"] = {"file_path": path}
+        gateway["audit"] = {"file_path": path, "retention": AUDIT_RETENTION}
     if "redis" in known and redis_url:
         gateway["redis"] = {"url": redis_url}
     return gateway

@@ -246,7 +246,8 @@ def build(
         ),
         Scenario(
             "h",
-            "store growth: Redis memory kept per message, after acks (during c)",
+            "store growth: Redis memory kept per message, after acks, with the audit chain"
+            " trimmed to 1,000 records (during c)",
             (oneway,),
             (
                 (

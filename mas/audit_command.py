@@ -1,24 +1,35 @@
 """``mas audit tail | verify | export``: the audit trail from the command line.
 
 The trail read is the JSONL file: the FILE argument, else ``gateway.audit.file_path``
-of the config. The file is an exact copy of the store's hash chain (see
-``mas.server.audit_log``), keyed with the HMAC key named by
-``gateway.audit.hmac_key_env`` when one is configured.
+of the config; with ``--store``, or when the config sets no file, it is the
+authoritative chain in the store the config names (the SQLite file, opened
+read-only so that it can be read while the server runs, or Redis). The file is
+an exact copy of the store's hash chain (see ``mas.server.audit_log``).
+
+The chain's key is found as the server finds it (``mas.audit.keys``): the
+variable ``gateway.audit.hmac_key_env`` names, else the key file next to the
+store; never created here. For a FILE without ``--config``, the mas.yaml is
+looked for above the FILE, then above the working directory. Without a config
+(none found), or without a key file, the trail is verified unkeyed.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from .audit.chain import key_from_env
+import msgspec
+
 from .audit.cli import export_file, tail_file, verify_file
 from .audit.export import parse_time
 from .audit.record import DECISIONS
-from .config import load_config
+from .audit.store_cli import export_store, tail_store, verify_store
+from .audit.store_trail import RedisTrail, SqliteTrail, StoreTrail, TrailError
+from .config import LoadedConfig, find_config_file, load_config, redact_url
 from .errors import ConfigError
+from .runtime import audit_key
+from .store.sqlite import DEFAULT_FILENAME
 
 
 def add_parser(
@@ -30,7 +41,12 @@ def add_parser(
     actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False, parents=[options])
     common.add_argument("file", nargs="?", help="audit JSONL file (default: from mas.yaml)")
-    common.add_argument("--config", help="mas.yaml to read the file path and HMAC key from")
+    common.add_argument("--config", help="mas.yaml to read the file path, store and key from")
+    common.add_argument(
+        "--store",
+        action="store_true",
+        help="read the chain in the store (SQLite file or Redis) instead of the JSONL file",
+    )
     verify = actions.add_parser(
         "verify", parents=[common], help="check the hash chain; name the first broken record"
     )
@@ -63,24 +79,60 @@ def _decision(text: str) -> str:
     )
 
 
-def _resolve(args: argparse.Namespace) -> tuple[Path, bytes | None]:
-    """The file to read and the chain's key."""
-    key_env = None
-    file = Path(args.file) if args.file else None
-    if file is None or args.config:
-        loaded = load_config(args.config) if (args.config or file is None) else None
-        if loaded is not None:
-            audit = loaded.config.gateway.audit
-            key_env = audit.hmac_key_env
-            if file is None:
-                if audit.file_path is None:
-                    raise ConfigError(
-                        f"{loaded.path} sets no gateway.audit.file_path: name the audit file "
-                        "as an argument, or configure the file sink"
-                    )
-                file = Path(audit.file_path)
-    assert file is not None
-    return file, key_from_env(key_env, os.environ)
+class _Source(msgspec.Struct, frozen=True):
+    """What to read: the JSONL file, or the store's chain; and the chain's key."""
+
+    file: Path | None
+    loaded: LoadedConfig | None
+    key: bytes | None
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig | None:
+    """The config: ``--config``; else for a FILE the mas.yaml above it or above the
+    working directory, if there is one; else the one found from the working directory."""
+    if args.config or not args.file:
+        return load_config(args.config)
+    for start in (Path(args.file).absolute().parent, None):
+        try:
+            found = find_config_file(None, cwd=start)
+        except ConfigError:
+            continue
+        return load_config(found)
+    return None  # a FILE and no mas.yaml anywhere: verified without a key
+
+
+def _resolve(args: argparse.Namespace) -> _Source:
+    """The trail to read and the chain's key (see the module docstring)."""
+    loaded = _load(args)
+    key = None if loaded is None else audit_key(loaded.config, loaded.base_dir, create=False)
+    if args.store:
+        if args.file:
+            raise ConfigError("name an audit FILE or pass --store, not both")
+        return _Source(None, loaded, key)
+    if args.file:
+        return _Source(Path(args.file), loaded, key)
+    assert loaded is not None
+    path = loaded.config.gateway.audit.file_path
+    return _Source(None if path is None else Path(path), loaded, key)
+
+
+def _trail(loaded: LoadedConfig | None) -> StoreTrail:
+    """The store's chain, read-only."""
+    if loaded is None:
+        raise ConfigError("--store needs the mas.yaml that names the store: pass --config")
+    config = loaded.config
+    if config.store.backend == "memory":
+        raise ConfigError(
+            "the memory store keeps its audit chain only inside its server process; set"
+            " gateway.audit.file_path to keep a copy, or use the sqlite or redis store"
+        )
+    try:
+        if config.store.backend == "sqlite":
+            return SqliteTrail(Path(config.store.path or loaded.base_dir / DEFAULT_FILENAME))
+        url = config.store.url or config.gateway.redis.url
+        return RedisTrail(url, "mas", redact_url(url))
+    except TrailError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,26 +148,47 @@ def _report(status: int, message: str, *, stream_ok: bool = False) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    file, key = _resolve(args)
-    status, message = verify_file(file, key)
+    source = _resolve(args)
+    if source.file is not None:
+        status, message = verify_file(source.file, source.key)
+    else:
+        trail = _trail(source.loaded)
+        try:
+            status, message = verify_store(trail, source.key)
+        finally:
+            trail.close()
     return _report(status, message, stream_ok=True)
 
 
 def _tail(args: argparse.Namespace) -> int:
-    file, _ = _resolve(args)
-    status, message = tail_file(
-        file,
-        follow=args.follow,
-        as_json=args.json,
-        decision=args.decision,
-        agent=args.agent,
-        out=sys.stdout,
-        last=args.last,
-    )
+    source = _resolve(args)
+    options = {
+        "follow": args.follow,
+        "as_json": args.json,
+        "decision": args.decision,
+        "agent": args.agent,
+        "out": sys.stdout,
+        "last": args.last,
+    }
+    if source.file is not None:
+        status, message = tail_file(source.file, **options)
+    else:
+        trail = _trail(source.loaded)
+        try:
+            status, message = tail_store(trail, **options)
+        finally:
+            trail.close()
     return _report(status, message)
 
 
 def _export(args: argparse.Namespace) -> int:
-    file, _ = _resolve(args)
-    status, message = export_file(file, args.format, args.since, args.until, sys.stdout)
+    source = _resolve(args)
+    if source.file is not None:
+        status, message = export_file(source.file, args.format, args.since, args.until, sys.stdout)
+    else:
+        trail = _trail(source.loaded)
+        try:
+            status, message = export_store(trail, args.format, args.since, args.until, sys.stdout)
+        finally:
+            trail.close()
     return _report(status, message)

@@ -32,6 +32,7 @@ import trio
 
 from .agent import TLSFiles
 from .audit.chain import key_from_env
+from .audit.keys import chain_key, default_key_path
 from .config import AgentSpec, LoadedConfig, MasConfig, load_config, redact_url
 from .errors import ConfigError, MasError
 from .hosting import AgentHost, watch_signals
@@ -114,9 +115,43 @@ def store_limits(config: MasConfig) -> StoreLimits:
 
 
 def build_store(config: MasConfig) -> Store:
-    """An in-memory store with the configuration's bounds (tests, throwaway runs)."""
-    audit_key = key_from_env(config.gateway.audit.hmac_key_env, os.environ)
-    return MemoryStore(store_limits(config), audit_key=audit_key)
+    """An in-memory store with the configuration's bounds (tests, throwaway runs).
+
+    Its chain is keyed only by ``gateway.audit.hmac_key_env`` or an explicit
+    ``gateway.audit.key_path``: a throwaway store makes no key file of its own.
+    """
+    audit = config.gateway.audit
+    if audit.hmac_key_env is None and audit.key_path is not None:
+        return MemoryStore(store_limits(config), audit_key=audit_key(config, Path.cwd()))
+    key = key_from_env(audit.hmac_key_env, os.environ)
+    return MemoryStore(store_limits(config), audit_key=key)
+
+
+def store_dir(config: MasConfig, base_dir: Path) -> Path:
+    """The directory the store's files live in (mas.yaml's for Redis and memory)."""
+    if config.store.backend == "sqlite":
+        from .store.sqlite import DEFAULT_FILENAME
+
+        return Path(config.store.path or base_dir / DEFAULT_FILENAME).parent
+    return base_dir
+
+
+def audit_key_path(config: MasConfig, base_dir: Path) -> Path:
+    """The audit key file: ``gateway.audit.key_path``, else next to the store."""
+    configured = config.gateway.audit.key_path
+    return Path(configured) if configured else default_key_path(store_dir(config, base_dir))
+
+
+def audit_key(config: MasConfig, base_dir: Path, *, create: bool = True) -> bytes | None:
+    """The audit chain's HMAC key (see ``mas.audit.keys``); made at first start if ``create``."""
+    audit = config.gateway.audit
+    return chain_key(
+        hmac_key_env=audit.hmac_key_env,
+        key_path=audit_key_path(config, base_dir),
+        audit_file=audit.file_path,
+        env=os.environ,
+        create=create,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -126,11 +161,11 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
     The store is the outermost resource of a runtime: it outlives the server and
     the audit writer, and finishes their queued work when it closes.
     """
-    audit_key = key_from_env(config.gateway.audit.hmac_key_env, os.environ)
+    key = await trio.to_thread.run_sync(audit_key, config, base_dir)
     limits = store_limits(config)
     backend = config.store.backend
     if backend == "memory":
-        yield MemoryStore(limits, audit_key=audit_key)
+        yield MemoryStore(limits, audit_key=key)
     elif backend == "sqlite":
         from .store.sqlite import DEFAULT_FILENAME, open_sqlite_store
 
@@ -139,7 +174,7 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
         async with open_sqlite_store(
             path,
             limits,
-            audit_key=audit_key,
+            audit_key=key,
             release_max_attempts=config.limits.max_attempts,
             sync=sync,
         ) as store:
@@ -158,7 +193,7 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
         async with open_redis_store(
             url,
             limits,
-            audit_key=audit_key,
+            audit_key=key,
             release_max_attempts=config.limits.max_attempts,
             socket_timeout=redis.socket_timeout or 5.0,
             require_durable=bool(config.store.require_durable),

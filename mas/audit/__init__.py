@@ -1,8 +1,9 @@
 """The tamper-evident audit trail: records, the hash chain, a JSONL file sink, exports.
 
-``record``, ``chain``, ``diagnosis`` and ``export`` are pure; ``reader``,
-``sink`` and ``cli`` read and write files (blocking: call them from a worker
-thread). The chain's encoding and the classes of tampering are described in
+``record``, ``chain``, ``diagnosis``, ``retention`` and ``export`` are pure;
+``reader``, ``sink``, ``keys`` (the key file), ``cli``, ``store_trail`` and
+``store_cli`` (the chain in a store, read-only) do blocking I/O: call them from
+a worker thread. The chain's encoding and the classes of tampering are described in
 :mod:`mas.audit.chain` and :mod:`mas.audit.diagnosis`.
 """
 

@@ -30,8 +30,11 @@ from mas.audit.diagnosis import (
     bad_hash_problem,
     head_problem,
     link_problem,
+    removed_mismatch_problem,
+    removed_problem,
     same_digest,
     start_problem,
+    unkeyed_problem,
     unreadable_problem,
 )
 from mas.audit.record import GENESIS, AuditDraft, AuditRecord
@@ -42,6 +45,7 @@ __all__ = [
     "MIN_KEY_BYTES",
     "canonical",
     "key_from_env",
+    "key_id",
     "link",
     "link_many",
     "record_hash",
@@ -68,14 +72,19 @@ def record_hash(record: AuditDraft, key: bytes | None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def link(prev: AuditRecord | None, draft: AuditDraft, key: bytes | None) -> AuditRecord:
+def link(
+    prev: AuditRecord | None, draft: AuditDraft, key: bytes | None, server_id: str = ""
+) -> AuditRecord:
     """The record that places ``draft`` right after ``prev`` (or first, after ``GENESIS``).
 
+    ``server_id`` names the server that decided, when the draft names none.
     Raises ValueError when ``time`` or ``latency_ms`` is not finite (JSON cannot hold it).
     """
     if not (math.isfinite(draft.time) and math.isfinite(draft.latency_ms)):
         raise ValueError("audit time and latency_ms must be finite numbers")
     fields = {name: getattr(draft, name) for name in AuditDraft.__struct_fields__}
+    if not draft.server_id:
+        fields["server_id"] = server_id
     unsigned = AuditRecord(
         **fields,
         seq=1 if prev is None else prev.seq + 1,
@@ -86,14 +95,21 @@ def link(prev: AuditRecord | None, draft: AuditDraft, key: bytes | None) -> Audi
 
 
 def link_many(
-    prev: AuditRecord | None, drafts: Iterable[AuditDraft], key: bytes | None
+    prev: AuditRecord | None, drafts: Iterable[AuditDraft], key: bytes | None, server_id: str = ""
 ) -> list[AuditRecord]:
-    """Link ``drafts`` in order after ``prev``; returns the new records."""
+    """Link ``drafts`` in order after ``prev`` (see :func:`link`); returns the new records."""
     records: list[AuditRecord] = []
     for draft in drafts:
-        prev = link(prev, draft, key)
+        prev = link(prev, draft, key, server_id)
         records.append(prev)
     return records
+
+
+def key_id(key: bytes | None) -> str:
+    """A short public name of ``key`` ("none" for no key) that does not reveal it."""
+    if key is None:
+        return "none"
+    return hmac.new(key, b"mas audit key id", hashlib.sha256).hexdigest()[:16]
 
 
 def key_from_env(name: str | None, env: Mapping[str, str]) -> bytes | None:
@@ -111,7 +127,7 @@ def key_from_env(name: str | None, env: Mapping[str, str]) -> bytes | None:
         raise ConfigError(
             f"the audit HMAC key variable ${name} is {'empty' if value == '' else 'not set'};"
             f" set it to a secret of at least {MIN_KEY_BYTES} characters, or remove"
-            " gateway.audit.hmac_key_env to use an unkeyed SHA-256 chain"
+            " gateway.audit.hmac_key_env to use the key file kept next to the store"
         )
     key = value.encode("utf-8")
     if len(key) < MIN_KEY_BYTES:
@@ -128,35 +144,57 @@ def verify(
     *,
     expected_head: tuple[int, str] | None = None,
     allow_later_start: bool = False,
+    removed: tuple[int, str] | None = None,
 ) -> VerifyReport:
     """Check that ``records`` form one unbroken chain, and report the first problem.
 
     ``expected_head`` is the (seq, hash) of the last record as recorded
     elsewhere (a store's head, a sink's ``.head`` file); a chain that ends
-    before it is truncated. ``allow_later_start`` accepts a chain whose first
-    record is not seq 1 (older records rotated away). The input is read once,
-    in order, in constant memory; see the module docstring for the classes.
+    before it is truncated. ``removed`` is the (seq, hash) of the last record
+    rotated away or trimmed, as recorded elsewhere (the anchor): the chain must
+    start right after it (or before it, holding it), and a chain that starts
+    later had records deleted. Without an anchor a chain must start at seq 1,
+    unless ``allow_later_start``. The input is read once, in order, in constant
+    memory; see the module docstring for the classes.
+
+    With a ``key``, records whose plain SHA-256 matches are accepted only as the
+    chain's first records (written before the chain was keyed; counted in
+    ``VerifyReport.unkeyed``): an unkeyed record after a keyed one had its hash
+    recomputed by someone without the key.
     """
     rest = iter(records)
     anchor: AuditRecord | None = None
     first_seq: int | None = None
     hash_at_head: str | None = None
+    hash_at_removed: str | None = None
     checked = 0
+    unkeyed = 0
 
     def report(problem: Problem | None) -> VerifyReport:
         sound = checked if problem is None else min(checked, problem.index)
         head = None if anchor is None else (anchor.seq, anchor.hash)
         return VerifyReport(
-            ok=problem is None, checked=sound, problem=problem, first_seq=first_seq, head=head
+            ok=problem is None,
+            checked=sound,
+            problem=problem,
+            first_seq=first_seq,
+            head=head,
+            unkeyed=min(unkeyed, sound),
         )
 
     for index, entry in enumerate(rest):
         if isinstance(entry, Unreadable):
             return report(unreadable_problem(entry, anchor, index, rest))
         if not same_digest(entry.hash, record_hash(entry, key)):
-            return report(bad_hash_problem(entry, anchor, index, key, rest))
+            if key is None or not same_digest(entry.hash, record_hash(entry, None)):
+                return report(bad_hash_problem(entry, anchor, index, key, rest))
+            if unkeyed < checked:  # a keyed record came before it
+                return report(unkeyed_problem(entry, index))
+            unkeyed += 1
         if anchor is None:
-            problem = start_problem(entry, index, allow_later_start)
+            problem = start_problem(entry, index, allow_later_start or removed is not None)
+            if problem is None and removed is not None:
+                problem = removed_problem(entry, index, removed)
         elif entry.seq == anchor.seq + 1 and entry.prev_hash == anchor.hash:
             problem = None
         else:
@@ -168,6 +206,14 @@ def verify(
         checked += 1
         if expected_head is not None and entry.seq == expected_head[0]:
             hash_at_head = entry.hash
+        if removed is not None and entry.seq == removed[0]:
+            hash_at_removed = entry.hash
+    if (
+        removed is not None
+        and hash_at_removed is not None
+        and not same_digest(hash_at_removed, removed[1])
+    ):
+        return report(removed_mismatch_problem(removed[0], checked))
     return report(
         None
         if expected_head is None

@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import BinaryIO, Final, Literal, TextIO
 
 from mas.audit.chain import verify
-from mas.audit.diagnosis import Problem, Unreadable, VerifyReport
+from mas.audit.diagnosis import Problem, Unreadable, VerifyReport, same_digest
 from mas.audit.export import export, format_json_line, format_tail_line
-from mas.audit.reader import decode_line, iter_entries, read_head, rotated_files
+from mas.audit.reader import (
+    Head,
+    decode_line,
+    head_mac,
+    head_path,
+    iter_entries,
+    read_head_file,
+    rotated_files,
+)
 from mas.audit.record import AuditRecord
 
 _READ_CHUNK: Final = 65_536  # bytes read at a time while following a file
@@ -49,20 +57,55 @@ def _locate(problem: Problem, starts: list[tuple[int, Path]]) -> str:
     return f" ({file} line {problem.index - first + 1})"
 
 
-def _ok_message(report: VerifyReport, files: int, head: tuple[int, str] | None, key: bool) -> str:
-    mode = "HMAC-SHA256 keyed" if key else "unkeyed SHA-256"
-    if report.head is None or report.first_seq is None:
-        text = f"audit trail OK: no records ({mode})"
-    else:
-        text = (
-            f"audit trail OK: {report.checked} records, seq {report.first_seq} to"
-            f" {report.head[0]}, in {files} file(s) ({mode})"
+def _mode(report: VerifyReport, key: bool) -> str:
+    if not key:
+        return "unkeyed SHA-256: this proves only that nothing was corrupted by accident"
+    if report.unkeyed:
+        return (
+            f"HMAC-SHA256 keyed; the first {report.unkeyed} record(s) are unkeyed, written"
+            " before keys were default"
         )
-        if report.first_seq > 1:
-            text += f"; it starts at seq {report.first_seq} (earlier records rotated away)"
-    if head is None:
-        text += "; there is no head file, so records cut from the end would go unnoticed"
+    return "HMAC-SHA256 keyed"
+
+
+def ok_message(report: VerifyReport, where: str, key: bool) -> str:
+    """The verdict on a sound chain: its records, where it starts and what the key proves."""
+    if report.head is None or report.first_seq is None:
+        return f"audit trail OK: no records ({_mode(report, key)})"
+    text = (
+        f"audit trail OK: {report.checked} records, seq {report.first_seq} to"
+        f" {report.head[0]}, {where} ({_mode(report, key)})"
+    )
+    if report.first_seq > 1:
+        text += (
+            f"; it starts at seq {report.first_seq}: records 1 to {report.first_seq - 1}"
+            " were rotated away or trimmed, as its anchor records"
+        )
     return text
+
+
+def unkeyed_verdict(report: VerifyReport) -> str | None:
+    """The failure to report when a key was given but no record of the chain is keyed."""
+    if report.ok and report.checked and report.unkeyed == report.checked:
+        return (
+            f"audit trail NOT PROVEN: none of its {report.checked} record(s) is HMAC-keyed:"
+            " it was written before keys were default, or rewritten by someone without the"
+            " key; it proves only that nothing was corrupted by accident"
+        )
+    return None
+
+
+def _head_check(head: Head | None, key: bytes | None, base: Path) -> tuple[int, str] | None:
+    """A failure of the head file itself (a bad seal), or None."""
+    if head is None or key is None or not head.mac:
+        return None
+    if not same_digest(head.mac, head_mac(head, key)):
+        return 1, (
+            f"audit trail TAMPERED (edited): {head_path(base)} does not carry the chain's"
+            " HMAC seal: the head or its anchor was rewritten without the key"
+            " (or this is not the key the trail was written with)"
+        )
+    return None
 
 
 def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, str]:
@@ -72,7 +115,7 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
     if not files:
         return _missing(base)
     try:
-        head = read_head(base)
+        head = read_head_file(base)
     except ValueError as exc:
         return 1, f"audit trail TAMPERED: {exc}"
     except OSError as exc:
@@ -86,15 +129,49 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
             yield entry
 
     try:
-        report = verify(entries(), key, expected_head=head, allow_later_start=True)
+        report = verify(
+            entries(),
+            key,
+            expected_head=None if head is None else (head.seq, head.hash),
+            removed=None if head is None else head.anchor,
+        )
     except OSError as exc:
         return 2, f"cannot read audit file {base}: {exc}"
     problem = report.problem
+    sealed = _head_check(head, key, base)  # after the records: a wrong key shows there first
+    if problem is None and sealed is not None:
+        return sealed
     if problem is None:
-        return 0, _ok_message(report, len(files), head, key is not None)
+        verdict = unkeyed_verdict(report) if key is not None else None
+        if verdict is not None:
+            return 1, verdict
+        if key is not None and report.checked > report.unkeyed and (head is None or not head.mac):
+            # The sink seals the head of a keyed trail after every batch: without a sealed
+            # head, records could have been cut from the end and the head rewritten.
+            state = "there is no head file" if head is None else "its head file is not sealed"
+            return 1, (
+                f"audit trail NOT PROVEN: its {report.checked} record(s) are sound, but {state}"
+                " with the key, so records cut from the end would go unnoticed (a head written"
+                " by mas before heads were sealed is sealed by the server's next write)"
+            )
+        text = ok_message(report, f"in {len(files)} file(s)", key is not None)
+        if head is None:
+            text += "; there is no head file, so records cut from the end would go unnoticed"
+        return 0, text
+    note = ""
+    if problem.kind == "deleted" and problem.seq == 1 and (head is None or head.anchor is None):
+        note = (
+            " (no head file records an anchor for the records before it: a trail rotated"
+            " by mas before anchors were kept shows this too)"
+        )
+    if key is None and problem.kind == "edited" and report.checked == 0:
+        note += (
+            "; if the trail is keyed (the default), verify it with its key:"
+            " `mas audit verify --config mas.yaml`"
+        )
     return 1, (
         f"audit trail TAMPERED ({problem.kind}) at seq {problem.seq}{_locate(problem, starts)}:"
-        f" {problem.detail}. The {report.checked} record(s) before it are sound."
+        f" {problem.detail}{note}. The {report.checked} record(s) before it are sound."
     )
 
 

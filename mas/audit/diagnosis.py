@@ -17,10 +17,17 @@ Classification (the first problem, in input order, is reported)
                  linked to the one before the gap), and the record out of place
                  is linked to or from later records
     deleted      the seq jumps ahead and the skipped seq never comes; or the
-                 input starts after seq 1 where it must start at 1
+                 input starts after seq 1 with no anchor, or later than right
+                 after its anchor (the last record rotated away or trimmed)
     truncated    the input ends before the seq of ``expected_head``
     bad_genesis  the first record is seq 1 without the ``GENESIS`` prev_hash,
                  has a seq below 1, or is later but claims ``GENESIS``
+
+With a key, a record whose hash is plain SHA-256 after a keyed record is
+edited (recomputed by someone without the key); at the start of the chain it
+is accepted and counted (written before keys were default). A first record
+that does not link to its anchor, or an anchor's record with another hash,
+is edited too.
 
 Records after the expected head are accepted: a writer records its head after
 the records themselves, so a crash in between leaves the head behind.
@@ -67,6 +74,8 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     ``checked`` counts the records found sound before the first problem (all
     of them when ``ok``); ``first_seq`` and ``head`` (seq, hash) are the first
     and last records accepted before it, None when there are none.
+    ``unkeyed`` counts the first records hashed with plain SHA-256 although
+    verification had a key (written before the chain was keyed).
     """
 
     ok: bool
@@ -74,6 +83,7 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     problem: Problem | None = None
     first_seq: int | None = None
     head: tuple[int, str] | None = None
+    unkeyed: int = 0  # leading records hashed without the key though a key was given
 
 
 Entry = AuditRecord | Unreadable
@@ -176,6 +186,61 @@ def start_problem(record: AuditRecord, index: int, allow_later_start: bool) -> P
             "deleted", 1, index, f"the trail starts at record {record.seq}: {missing} missing"
         )
     return None
+
+
+def removed_problem(record: AuditRecord, index: int, removed: tuple[int, str]) -> Problem | None:
+    """The first record against the anchor: the (seq, hash) of the last record removed."""
+    removed_seq, removed_hash = removed
+    if record.seq > removed_seq + 1:
+        first = removed_seq + 1
+        missing = (
+            f"record {first} is"
+            if record.seq == first + 1
+            else f"records {first} to {record.seq - 1} are"
+        )
+        gone = (
+            "no record was rotated away or trimmed"
+            if removed_seq <= 0
+            else f"records up to {removed_seq} were rotated away or trimmed"
+        )
+        return _problem(
+            "deleted",
+            first,
+            index,
+            f"the trail starts at record {record.seq}, but its anchor records that {gone}:"
+            f" {missing} missing (deleted, not rotated)",
+        )
+    if record.seq == removed_seq + 1 and not same_digest(record.prev_hash, removed_hash):
+        return _problem(
+            "edited",
+            record.seq,
+            index,
+            f"record {record.seq} does not link to record {removed_seq} as its anchor records"
+            " it: the first records were replaced",
+        )
+    return None
+
+
+def removed_mismatch_problem(seq: int, count: int) -> Problem:
+    """The record at the anchor's seq is still there, with another hash than the anchor's."""
+    return _problem(
+        "edited",
+        seq,
+        count,
+        f"record {seq} is not the record the anchor recorded as rotated away (its hash"
+        " differs): it was replaced",
+    )
+
+
+def unkeyed_problem(record: AuditRecord, index: int) -> Problem:
+    """A record hashed without the key after keyed records: rewritten by someone keyless."""
+    return _problem(
+        "edited",
+        record.seq,
+        index,
+        f"record {record.seq}'s hash is plain SHA-256, but the records before it are"
+        " HMAC-keyed: it was altered and its hash recomputed without the key",
+    )
 
 
 def link_problem(

@@ -8,6 +8,7 @@ names its file and line (verification reports it as edited). OS errors
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -24,11 +25,31 @@ HEAD_SUFFIX: Final = ".head"  # sidecar holding the last (seq, hash) written
 _DECODER: Final = msgspec.json.Decoder(AuditRecord)
 
 
-class Head(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The sidecar's content: seq and hash of the last record written."""
+class Head(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The sidecar's content: seq and hash of the last record written, and the anchor.
+
+    ``anchor`` is the (seq, hash) of the last record rotated away or trimmed
+    before the trail's first record (``[0, GENESIS]`` when none was): a trail
+    that starts later than right after it had records deleted. None in a head
+    written before anchors were kept, or when the writer could not know it.
+    ``mac`` is :func:`head_mac` with the chain's HMAC key ("" for an unkeyed
+    chain), so that neither the head nor the anchor can be rewritten without
+    the key.
+    """
 
     seq: int
     hash: str
+    anchor: tuple[int, str] | None = None
+    mac: str = ""
+
+
+_HEAD_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
+def head_mac(head: Head, key: bytes) -> str:
+    """HMAC-SHA256 of the head's fields other than ``mac`` (sorted compact JSON), in hex."""
+    fields = msgspec.to_builtins(msgspec.structs.replace(head, mac=""))
+    return hmac.new(key, b"mas audit head\n" + _HEAD_ENCODER.encode(fields), "sha256").hexdigest()
 
 
 def head_path(path: str | os.PathLike[str]) -> Path:
@@ -41,15 +62,23 @@ def read_head(path: str | os.PathLike[str]) -> tuple[int, str] | None:
 
     Raises ValueError when the sidecar does not decode, OSError when unreadable.
     """
+    head = read_head_file(path)
+    return None if head is None else (head.seq, head.hash)
+
+
+def read_head_file(path: str | os.PathLike[str]) -> Head | None:
+    """The sidecar of ``path`` as a :class:`Head`; None when there is none.
+
+    Raises ValueError when the sidecar does not decode, OSError when unreadable.
+    """
     try:
         data = head_path(path).read_bytes()
     except FileNotFoundError:
         return None
     try:
-        head = msgspec.json.decode(data, type=Head)
+        return msgspec.json.decode(data, type=Head)
     except msgspec.DecodeError as exc:
         raise ValueError(f"{head_path(path)} is not a valid head file: {exc}") from None
-    return head.seq, head.hash
 
 
 def rotated_files(path: str | os.PathLike[str]) -> list[Path]:

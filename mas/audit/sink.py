@@ -10,13 +10,18 @@ Files
     rotation off (as in :mod:`logging.handlers`): an audit trail is never
     discarded by default.
 
-    ``<path>.head`` holds ``{"seq": ..., "hash": ...}`` of the last record
-    written; it is replaced atomically (temporary file + ``os.replace``) after
-    each batch is on disk, so a tail cut from the files shows as truncated.
-    It does not stop someone who rewrites the head as well: anchor the head
-    elsewhere (the store) for that.
+    ``<path>.head`` (:class:`~mas.audit.reader.Head`) holds the seq and hash
+    of the last record written, so a tail cut from the files shows as
+    truncated, and the anchor: the seq and hash of the last record dropped by
+    rotation (``[0, GENESIS]`` while none was; a new trail of a trimmed store
+    chain starts from that chain's first record), so records deleted from the
+    start show as deleted, not rotated. With the chain's key, the head carries
+    an HMAC of both, so it cannot be rewritten without the key. It is replaced
+    atomically (temporary file, fsync, ``os.replace``, directory fsync) after
+    each batch is on disk, and before rotation drops a file.
 
-Files the sink creates get mode 0o640 (owner writes, the group reads).
+Files the sink creates get mode 0o640 (owner writes, the group reads); creating
+the file is followed by a directory fsync, so its name survives a power loss.
 
 Use
     Methods block: call them from a worker thread (``trio.to_thread.run_sync``),
@@ -43,7 +48,14 @@ from typing import BinaryIO, Final
 import msgspec
 
 from mas.audit.diagnosis import Unreadable
-from mas.audit.reader import Head, decode_line, head_path, rotated_files
+from mas.audit.reader import (
+    Head,
+    decode_line,
+    head_mac,
+    head_path,
+    read_head_file,
+    rotated_files,
+)
 from mas.audit.reader import read_records as read_records
 from mas.audit.record import AuditRecord
 from mas.errors import MasError
@@ -99,15 +111,25 @@ def _create(path: Path, flags: int) -> int:
 class JsonlSink:
     """Appends audit records to a JSONL file, rotated by size; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int, backup_count: int) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int,
+        backup_count: int,
+        key: bytes | None = None,
+    ) -> None:
         if max_bytes <= 0 or backup_count < 0:
             raise ValueError("max_bytes must be > 0 and backup_count >= 0")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backup_count = backup_count
+        self._key = key  # seals the head (and its anchor) with the chain's HMAC key
         self._file: BinaryIO | None = None
         self._size = 0
         self._last: tuple[int, str] | None = None
+        # (seq, hash) of the last record rotated away or trimmed before the first one
+        # in the files; None while unknown (a trail from before anchors, or none yet).
+        self._anchor: tuple[int, str] | None = None
 
     def __enter__(self) -> JsonlSink:
         return self
@@ -140,6 +162,9 @@ class JsonlSink:
             self._open()
             records = self._unwritten(records)
             self._check_continuity(records)
+            if records and self._last is None and self._anchor is None:
+                # A new trail starts where the store's chain does (after what it trimmed).
+                self._anchor = (records[0].seq - 1, records[0].prev_hash)
             pending: list[bytes] = []
             size = self._size
             for record in records:
@@ -151,11 +176,11 @@ class JsonlSink:
                     size = 0
                 pending.append(line)
                 size += len(line)
+                self._last = (record.seq, record.hash)
             self._flush(pending)
             if not records:
                 return
             last = records[-1]
-            self._last = (last.seq, last.hash)
             self._write_head(last.seq, last.hash)
         except OSError as exc:
             self._discard()  # the next write starts again from what is on disk
@@ -181,12 +206,42 @@ class JsonlSink:
         self._repair_tail()
         last = self.last_record()
         self._last = None if last is None else (last.seq, last.hash)
+        self._anchor = self._find_anchor()
         self._open_current()
 
+    def _find_anchor(self) -> tuple[int, str] | None:
+        """The anchor of the trail on disk: from its head, else from a first record at seq 1."""
+        try:
+            head = read_head_file(self.path)
+        except ValueError as exc:
+            _log.warning("audit: %s", exc)
+            head = None
+        if head is not None and head.anchor is not None:
+            return head.anchor
+        for file in rotated_files(self.path):
+            with file.open("rb") as f:
+                line = f.readline()
+            if not line:
+                continue
+            first = decode_line(line, f"{file} line 1")
+            if isinstance(first, AuditRecord) and first.seq == 1:
+                return (0, first.prev_hash)
+            _log.warning(
+                "audit: %s does not start at record 1 and its head records no anchor (written"
+                " before anchors were kept): `mas audit verify` will report the records before"
+                " it as deleted",
+                file,
+            )
+            return None
+        return None
+
     def _open_current(self) -> None:
+        created = not self.path.exists()
         fd = _create(self.path, os.O_WRONLY | os.O_APPEND)
         self._file = os.fdopen(fd, "ab")
         self._size = os.fstat(fd).st_size
+        if created:
+            _fsync_dir(self.path.parent)  # the new file's name is durable too
 
     def _repair_tail(self) -> None:
         """Cut an incomplete last line: a write that a crash interrupted, never acknowledged."""
@@ -238,10 +293,20 @@ class JsonlSink:
     def _rotate(self) -> None:
         self.close()
         name = self.path.name
-        for old in rotated_files(self.path):  # drop what lies beyond backup_count
-            suffix = old.name[len(name) + 1 :]
-            if suffix.isdigit() and int(suffix) >= self.backup_count:
-                old.unlink()
+        dropped = [  # what lies beyond backup_count, oldest first
+            old
+            for old in rotated_files(self.path)
+            if old.name[len(name) + 1 :].isdigit()
+            and int(old.name[len(name) + 1 :]) >= self.backup_count
+        ]
+        if dropped:
+            # The anchor is on disk before any record leaves: a crash in between shows
+            # as a trail that still holds its anchor record, never as a deletion.
+            self._anchor = self._last_of(dropped[-1])
+            assert self._last is not None
+            self._write_head(*self._last)
+        for old in dropped:
+            old.unlink()
         for index in range(self.backup_count - 1, 0, -1):
             src = self.path.with_name(f"{name}.{index}")
             if src.exists():
@@ -250,14 +315,26 @@ class JsonlSink:
         self._open_current()
         _fsync_dir(self.path.parent)
 
+    def _last_of(self, file: Path) -> tuple[int, str] | None:
+        line, _ = _tail(file)
+        entry = None if line is None else decode_line(line, f"{file} last line")
+        if isinstance(entry, AuditRecord):
+            return (entry.seq, entry.hash)
+        _log.warning("audit: cannot read the last record of %s before dropping it", file)
+        return None
+
     def _write_head(self, seq: int, hash_: str) -> None:
         target = head_path(self.path)
         tmp = target.with_name(target.name + ".tmp")
         with contextlib.suppress(FileNotFoundError):  # a stale one (or a planted symlink)
             tmp.unlink()
+        head = Head(seq=seq, hash=hash_, anchor=self._anchor)
+        if self._key is not None:
+            head = msgspec.structs.replace(head, mac=head_mac(head, self._key))
         fd = _create(tmp, os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(Head(seq=seq, hash=hash_)) + b"\n")
+            f.write(msgspec.json.encode(head) + b"\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+        _fsync_dir(target.parent)  # the rename is durable before the next batch

@@ -45,6 +45,7 @@ from ._base import PosInt as PosInt
 from ._base import redact_url as redact_url
 from ._base import split_host_port as split_host_port
 from .gateway import AuditConfig as AuditConfig
+from .gateway import AuditRetentionConfig as AuditRetentionConfig
 from .gateway import CircuitBreakerConfig as CircuitBreakerConfig
 from .gateway import DlpConfig as DlpConfig
 from .gateway import DlpRule as DlpRule
@@ -87,6 +88,7 @@ __all__ = [
     "AllowRule",
     "AllowWildcardRule",
     "AuditConfig",
+    "AuditRetentionConfig",
     "CircuitBreakerConfig",
     "DenyRule",
     "DlpConfig",

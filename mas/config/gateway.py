@@ -99,13 +99,35 @@ class DlpConfig(_Base, frozen=True):
     rules: list[DlpRule] = []
 
 
+class AuditRetentionConfig(_Base, frozen=True):
+    """How much of the audit chain the store keeps; nothing is trimmed by default.
+
+    The oldest records go once there are more than ``max_records`` or once they
+    are older than ``max_age`` seconds (whichever trims more), checked every
+    ``interval`` seconds. The store keeps the seq and hash of the last record
+    trimmed (the anchor), so that ``mas audit verify --store`` still tells a
+    trim from a deletion. The newest record is always kept.
+    """
+
+    max_records: PosInt | None = None
+    max_age: PosFloat | None = None  # seconds
+    interval: PosFloat = 60.0  # seconds between trims
+
+
 class AuditConfig(_Base, frozen=True):
-    """Optional JSONL audit file sink, rotated by size."""
+    """The audit chain's key, and an optional JSONL audit file sink, rotated by size.
+
+    The chain is HMAC-keyed: by the variable ``hmac_key_env`` names, else by the
+    key file ``key_path`` (default ``.mas-keys/audit.key`` next to the store,
+    made at first start; see ``mas.audit.keys``).
+    """
 
     file_path: str | None = None
     max_bytes: PosInt = 10_000_000
     backup_count: NonNegInt = 5
     hmac_key_env: str | None = None  # environment variable holding the chain's HMAC key
+    key_path: str | None = None  # the key file when hmac_key_env is not set
+    retention: AuditRetentionConfig = AuditRetentionConfig()
 
 
 class TelemetryConfig(_Base, frozen=True):

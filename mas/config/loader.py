@@ -138,7 +138,11 @@ def _resolve_paths(config: MasConfig, base_dir: Path) -> MasConfig:
         for a in config.agents
     ]
     gateway = config.gateway
-    audit = msgspec.structs.replace(gateway.audit, file_path=res(gateway.audit.file_path))
+    audit = msgspec.structs.replace(
+        gateway.audit,
+        file_path=res(gateway.audit.file_path),
+        key_path=res(gateway.audit.key_path),
+    )
     store = msgspec.structs.replace(config.store, path=res(config.store.path))
     return msgspec.structs.replace(
         config,

@@ -5,8 +5,10 @@
     AuditLog.run
     ├── writer     bounded channel of drafts (denials, delivery outcomes) -> store.append_audit
     │              in batches (routed messages write their record with the enqueue instead)
-    └── follower   copies the store's chain, in seq order, into the JSONL sink (if configured),
-                   at most every FILE_INTERVAL seconds, so the file trails the store by that much
+    ├── follower   copies the store's chain, in seq order, into the JSONL sink (if configured),
+    │              at most every FILE_INTERVAL seconds, so the file trails the store by that much
+    └── retention  trims the oldest records of the store's chain (``gateway.audit.retention``),
+                   never ones the file has not copied yet
 
 The file is an exact copy of the store's chain, so ``mas audit verify FILE``
 checks the same hashes as the store (and with several servers sharing a store,
@@ -42,6 +44,7 @@ import trio
 
 from ..audit.record import AuditDraft, AuditRecord
 from ..audit.refusals import RefusalCoalescer, bound_fields
+from ..audit.retention import Retention
 from ..audit.sink import JsonlSink
 from ..config import AuditConfig
 from ..store import Store
@@ -156,6 +159,9 @@ class AuditLog:
                 nursery.start_soon(self._write_drafts)
                 if sink is not None:
                     nursery.start_soon(self._follow, sink)
+                retention = self._config.retention
+                if retention.max_records is not None or retention.max_age is not None:
+                    nursery.start_soon(self._retain)
                 task_status.started()
         finally:
             if sink is not None:
@@ -231,7 +237,9 @@ class AuditLog:
         path = self._config.file_path
         if path is None:
             return None
-        return JsonlSink(path, self._config.max_bytes, self._config.backup_count)
+        return JsonlSink(
+            path, self._config.max_bytes, self._config.backup_count, key=self._store.audit_key
+        )
 
     async def _follow(self, sink: JsonlSink) -> None:
         self._following = True
@@ -273,6 +281,22 @@ class AuditLog:
         )
         await trio.to_thread.run_sync(_move_aside, Path(sink.path), aside)
         return 0
+
+    async def _retain(self) -> None:
+        """Trim the store's chain as ``gateway.audit.retention`` says, every ``interval``."""
+        config = self._config.retention
+        outage = Outage("audit retention (store)", log)
+        while True:
+            rule = Retention(
+                keep=config.max_records,
+                before=None if config.max_age is None else time.time() - config.max_age,
+                # Records the file has not copied yet stay in the store until it has.
+                up_to_seq=self.file_seq if self._following else None,
+            )
+            trim = functools.partial(self._store.trim_audit, rule)
+            while await persist(outage, trim) >= rule.limit:
+                pass  # a long backlog goes in bounded steps, each its own transaction
+            await trio.sleep(config.interval)
 
 
 def _move_aside(path: Path, aside: Path) -> None:

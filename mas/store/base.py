@@ -25,7 +25,9 @@ Correlations
 Audit
     One hash chain per store (``mas.audit.chain.link`` with the store's key):
     records are linked in commit order, so several servers sharing a store keep
-    one consistent chain.
+    one consistent chain. Retention trims the oldest records and keeps an
+    anchor, the seq and hash of the last one trimmed. Each record names the server that linked it
+    (``server_id``: the host name, or the Redis server id).
 
 State
     One JSON object per agent id, stored key by key as JSON text so partial
@@ -47,12 +49,14 @@ Wake-ups
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
 
 from ..audit.record import AuditDraft, AuditRecord
+from ..audit.retention import Retention
 
 
 class StoreLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,10 +147,17 @@ Enqueued = AuditRecord | None | CorrelationRefused
 """What ``enqueue_many`` made of one item: its record, None (queue full), or a refusal."""
 
 
+def default_server_id() -> str:
+    """The name a server's audit records carry when none is configured: its host name."""
+    return socket.gethostname() or "mas"
+
+
 class Store(Protocol):
     """What the router and servicer need from a backend."""
 
     limits: StoreLimits
+    audit_key: bytes | None  # the HMAC key the audit chain is linked with (None: SHA-256)
+    server_id: str  # stamped on every audit record this store links (``server_id``)
 
     async def enqueue(
         self, message: QueuedMessage, audit: AuditDraft | None = None
@@ -183,6 +194,16 @@ class Store(Protocol):
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         """Stored audit records with ``seq > after_seq``, oldest first, at most ``limit``."""
+
+    async def trim_audit(self, rule: Retention) -> int:
+        """Remove the oldest audit records ``rule`` allows (``mas.audit.retention``).
+
+        The anchor (seq and hash of the last record removed) is written in the
+        same step; the newest record always stays. Returns how many went.
+        """
+
+    async def audit_anchor(self) -> tuple[int, str]:
+        """(seq, hash) of the last audit record trimmed; (0, GENESIS) when none was."""
 
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float

@@ -21,7 +21,8 @@ import trio
 from trio.lowlevel import checkpoint
 
 from ..audit.chain import link
-from ..audit.record import AuditDraft, AuditRecord
+from ..audit.record import GENESIS, AuditDraft, AuditRecord
+from ..audit.retention import Retention, trim_cut
 from ..envelope import new_delivery_id
 from .base import (
     CORRELATION_EXPIRED,
@@ -40,6 +41,7 @@ from .base import (
     StateTooLargeError,
     StateVersionConflict,
     StoreLimits,
+    default_server_id,
 )
 
 _QueueKey = tuple[str, str | None]  # (agent id, instance id or None for the shared queue)
@@ -55,11 +57,18 @@ class MemoryStore:
     """A ``Store`` held in memory."""
 
     def __init__(
-        self, limits: StoreLimits | None = None, *, audit_key: bytes | None = None
+        self,
+        limits: StoreLimits | None = None,
+        *,
+        audit_key: bytes | None = None,
+        server_id: str | None = None,
     ) -> None:
         self.limits = limits or StoreLimits()
         self._audit_key = audit_key
+        self.audit_key = audit_key
+        self.server_id = server_id or default_server_id()
         self._audit: list[AuditRecord] = []
+        self._audit_anchor = (0, GENESIS)  # the last record trimmed (retention)
         self._queues: dict[_QueueKey, deque[QueuedMessage]] = {}
         self._delayed = _Delayed()
         self._in_flight: dict[str, InFlight] = {}
@@ -89,7 +98,11 @@ class MemoryStore:
         key = (message.target_id, message.instance_id)
         if self._waiting(key) >= self.limits.max_queue_length:
             raise QueueFullError(message.target_id)
-        record = None if audit is None else link(self._last_record(), audit, self._audit_key)
+        record = (
+            None
+            if audit is None
+            else link(self._last_record(), audit, self._audit_key, self.server_id)
+        )
         self._queue(key).append(message)
         if record is not None:
             self._audit.append(record)
@@ -116,7 +129,7 @@ class MemoryStore:
             room[key] = left - 1
             if item.answers:
                 answered.add(item.answers)
-            prev = link(prev, item.audit, self._audit_key)
+            prev = link(prev, item.audit, self._audit_key, self.server_id)
             records.append(prev)
         for item, record in zip(items, records, strict=True):
             if isinstance(record, AuditRecord):
@@ -145,7 +158,7 @@ class MemoryStore:
         return self._audit[-1] if self._audit else None
 
     def _link(self, draft: AuditDraft) -> AuditRecord:
-        record = link(self._last_record(), draft, self._audit_key)
+        record = link(self._last_record(), draft, self._audit_key, self.server_id)
         self._audit.append(record)
         return record
 
@@ -155,8 +168,27 @@ class MemoryStore:
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         await checkpoint()
-        # seq n is at index n - 1: the chain has no gaps.
-        return self._audit[max(after_seq, 0) : max(after_seq, 0) + limit]
+        # seq n is at index n - 1 - (the anchor's seq): the chain has no gaps.
+        start = max(after_seq - self._audit_anchor[0], 0)
+        return self._audit[start : start + max(limit, 0)]
+
+    async def trim_audit(self, rule: Retention) -> int:
+        await checkpoint()
+        if not self._audit:
+            return 0
+        first = self._audit[0].seq
+        cut = trim_cut(first, self._audit[-1].seq, ((r.seq, r.time) for r in self._audit), rule)
+        count = cut - first + 1
+        if count <= 0:
+            return 0
+        last = self._audit[count - 1]
+        self._audit_anchor = (last.seq, last.hash)
+        del self._audit[:count]
+        return count
+
+    async def audit_anchor(self) -> tuple[int, str]:
+        await checkpoint()
+        return self._audit_anchor
 
     def _promote_due(self, now: float) -> None:
         heap = self._delayed.heap

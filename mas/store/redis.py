@@ -20,6 +20,8 @@ shared queue, ``<agent>/<instance>`` for an instance's reply queue)::
     ns:audit             list: the audit chain, record seq n at index n - 1 (JSON)
     ns:audit-head        "<last hash> <server>" (compare-and-set by every append)
     ns:audit-turn        the server that lost a race for the chain and writes next
+    ns:audit-anchor      "<seq> <hash>" of the last audit record trimmed (retention)
+    ns:audit-key-id      the id (mas.audit.chain.key_id) of the key every server links with
     ns:state:<agent>     hash: key -> JSON text;  ns:state-bytes  hash agent -> size
     ns:state-versions    hash agent -> state version (kept on reset)
     ns:servers           set of server ids;  ns:lease:<server>  key with a PX lease
@@ -98,10 +100,12 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ..errors import ConfigError
 from . import redis_batch as batch
 from . import redis_records as records
 from . import redis_scripts as lua
 from .base import StoreLimits
+from .redis_audit import AUDIT_SCRIPTS
 from .redis_durability import check_persistence
 from .redis_keys import check_id
 from .redis_link import RedisLink, StoreUnavailableError
@@ -132,7 +136,8 @@ async def open_redis_store(
     same ``server_id`` left in flight) and renews it in a background task.
     ``socket_timeout`` bounds every connect and read; operations wait up to
     ``reconnect_timeout`` for Redis to accept connections again. ``audit_key``
-    is the HMAC key of the audit chain (None: plain SHA-256). Deliveries handed
+    is the HMAC key of the audit chain (None: plain SHA-256); a key that is not
+    the one other servers link the chain with is refused (ConfigError). Deliveries handed
     back from ended servers count an attempt; pass the router's ``max_attempts``
     as ``release_max_attempts`` to dead-letter those past it (``session_lost``;
     None: requeue all), as ``release_session`` does.
@@ -145,7 +150,7 @@ async def open_redis_store(
     check_id("namespace", namespace, " ")
     link = RedisLink(
         url,
-        scripts=(*lua.SCRIPTS, *records.SCRIPTS, *batch.SCRIPTS),
+        scripts=(*lua.SCRIPTS, *records.SCRIPTS, *batch.SCRIPTS, *AUDIT_SCRIPTS),
         socket_timeout=socket_timeout,
         reconnect_timeout=reconnect_timeout,
         client_name=f"mas-{server_id}",
@@ -169,7 +174,9 @@ async def open_redis_store(
                 await check_persistence(link, link.safe_url, require_durable=require_durable)
                 held = await store._lease.renew("join")
                 await store._audit.load()
-            except StoreUnavailableError as exc:
+                if audit_key is not None:  # a keyless opener (a reader, a test) links unkeyed
+                    await store._audit.check_key(store._keys.audit_key_id)
+            except (StoreUnavailableError, ConfigError) as exc:
                 failure = exc
                 nursery.cancel_scope.cancel()
             else:

@@ -17,8 +17,10 @@ moved on gets the chain's actual last record back and the *turn*
 audited writes wait, so its next batch cannot lose again. Without turns the
 server that won a race is the first to send again and would keep winning.
 
-The chain is the list ``ns:audit`` (record ``seq`` n at index n - 1, JSON); it
-only grows.
+The chain is the list ``ns:audit`` (record ``seq`` n at index n - 1 - a, JSON,
+where a is the seq of the anchor ``ns:audit-anchor``, "<seq> <hash>" of the
+last record retention trimmed; 0 before any trim). Reads and trims are scripts
+that read the anchor with the list, so neither sees the other half done.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import msgspec
 import trio
 from redis.exceptions import ResponseError
 
-from ..audit.chain import link_many
+from ..audit.chain import key_id, link_many
 from ..audit.record import GENESIS, AuditDraft, AuditRecord
+from ..audit.retention import Retention, parse_anchor
+from ..errors import ConfigError
 from . import redis_scripts as lua
 from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
 
@@ -41,15 +45,66 @@ RECORD_SIZE: Final = 1024  # bytes, an estimate of one record for batch sizing
 
 _decoder: Final = msgspec.json.Decoder(AuditRecord)
 
+# KEYS: the chain, its anchor. ARGV: first seq, last seq. Returns {anchor or nil, records}.
+_READ_AUDIT: Final = """
+local anchor = redis.call('GET', KEYS[2])
+local offset = 0
+if anchor then offset = tonumber(string.match(anchor, '^(%d+)')) end
+local first = math.max(tonumber(ARGV[1]) - offset - 1, 0)
+local last = tonumber(ARGV[2]) - offset - 1
+if last < first then return {anchor, {}} end
+return {anchor, redis.call('LRANGE', KEYS[1], first, last)}
+"""
+
+# KEYS: the chain, its anchor. ARGV: keep (-1: no bound), before ('': no bound),
+# up to seq (-1: no bound), limit. Trims as mas.audit.retention.trim_cut; returns the count.
+_TRIM_AUDIT: Final = """
+local anchor = redis.call('GET', KEYS[2])
+local offset = 0
+if anchor then offset = tonumber(string.match(anchor, '^(%d+)')) end
+local n = redis.call('LLEN', KEYS[1])
+local limit = tonumber(ARGV[4])
+local drop = 0
+local keep = tonumber(ARGV[1])
+if keep >= 0 then drop = n - keep end
+if ARGV[2] ~= '' then
+  local before = tonumber(ARGV[2])
+  local items = redis.call('LRANGE', KEYS[1], 0, limit - 1)
+  for i = 1, #items do
+    if cjson.decode(items[i]).time >= before then break end
+    if i > drop then drop = i end
+  end
+end
+local up_to = tonumber(ARGV[3])
+if up_to >= 0 then drop = math.min(drop, up_to - offset) end
+drop = math.min(drop, n - 1, limit)
+if drop <= 0 then return 0 end
+local last = cjson.decode(redis.call('LINDEX', KEYS[1], drop - 1))
+redis.call('LTRIM', KEYS[1], drop, -1)
+redis.call('SET', KEYS[2], string.format('%d %s', last.seq, last.hash))
+return drop
+"""
+
+READ_AUDIT: Final = lua.make_script("read_audit", _READ_AUDIT, prelude=False)
+TRIM_AUDIT: Final = lua.make_script("trim_audit", _TRIM_AUDIT, prelude=False)
+AUDIT_SCRIPTS: Final = (READ_AUDIT, TRIM_AUDIT)
+
 
 class AuditChain:
     """This server's end of the shared chain (linking, writing, reading)."""
 
     def __init__(
-        self, link: RedisLink, keys: list[str], server_id: str, hmac_key: bytes | None
+        self,
+        link: RedisLink,
+        keys: list[str],
+        server_id: str,
+        hmac_key: bytes | None,
+        *,
+        anchor_key: str,
     ) -> None:
         self._link = link
         self.keys = keys  # the chain, its head, its turn
+        self._anchor_key = anchor_key
         self._server_id = server_id
         self._hmac_key = hmac_key
         self._last: AuditRecord | None = None  # the chain's last record, as far as we know
@@ -66,7 +121,7 @@ class AuditChain:
         ValueError (changing nothing) when a draft cannot be linked.
         """
         after = self._last.hash if self._last is not None else GENESIS
-        records = link_many(self._last, drafts, self._hmac_key)
+        records = link_many(self._last, drafts, self._hmac_key, self._server_id)
         if records:
             self._last = records[-1]
         return after, records
@@ -75,6 +130,24 @@ class AuditChain:
         """Take the chain's last record as the place to link after."""
         [head] = await self._link.call("audit", ("LINDEX", self.keys[0], -1))
         self.moved_on(head)
+
+    async def check_key(self, key_id_key: str) -> None:
+        """Make sure every server links with one key: the first one's id is kept in Redis.
+
+        Raises ConfigError when this server's key is not the one the chain is
+        keyed with (records linked with two keys would verify with neither).
+        """
+        ours = key_id(self._hmac_key)
+        [_, theirs] = await self._link.call(
+            "audit", ("SET", key_id_key, ours, "NX"), ("GET", key_id_key)
+        )
+        if theirs is not None and theirs.decode() != ours:
+            raise ConfigError(
+                "this server's audit HMAC key is not the one the audit chain in Redis is"
+                f" keyed with (key id {theirs.decode()}, ours {ours}): give every server"
+                " sharing the store the same key (copy the key file the first server made,"
+                " or set gateway.audit.hmac_key_env on all of them)"
+            )
 
     async def write(
         self,
@@ -123,12 +196,28 @@ class AuditChain:
 
     async def records(self, after_seq: int, limit: int) -> list[AuditRecord]:
         """Records with ``seq > after_seq``, oldest first, at most ``limit``."""
-        start = max(after_seq, 0)
         if limit <= 0:
             return []
-        end = start + limit - 1
-        [found] = await self._link.call("audit", ("LRANGE", self.keys[0], start, end))
+        first = max(after_seq, 0) + 1
+        keys = [self.keys[0], self._anchor_key]
+        _, found = await self._link.evalsha("audit", READ_AUDIT, keys, [first, first + limit - 1])
         return [_decoder.decode(raw) for raw in found]
+
+    async def trim(self, rule: Retention) -> int:
+        """Trim the oldest records as ``rule`` allows; keeps the anchor (see the docstring)."""
+        args: list[Arg] = [
+            -1 if rule.keep is None else rule.keep,
+            "" if rule.before is None else repr(rule.before),
+            -1 if rule.up_to_seq is None else rule.up_to_seq,
+            rule.limit,
+        ]
+        keys = [self.keys[0], self._anchor_key]
+        return int(await self._link.evalsha("audit_trim", TRIM_AUDIT, keys, args))
+
+    async def anchor(self) -> tuple[int, str]:
+        """(seq, hash) of the last record trimmed; (0, GENESIS) when none was."""
+        [raw] = await self._link.call("audit", ("GET", self._anchor_key))
+        return parse_anchor(raw)
 
 
 class _Linking:

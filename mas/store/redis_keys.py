@@ -73,6 +73,14 @@ class Keys:
         return f"{self.ns}:audit-turn"
 
     @property
+    def audit_anchor(self) -> str:
+        return f"{self.ns}:audit-anchor"
+
+    @property
+    def audit_key_id(self) -> str:
+        return f"{self.ns}:audit-key-id"
+
+    @property
     def wake_channel(self) -> str:
         return f"{self.ns}:wake"
 

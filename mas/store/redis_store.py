@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple
 import trio
 
 from ..audit.record import AuditDraft, AuditRecord
+from ..audit.retention import Retention
 from ..envelope import new_delivery_id
 from . import redis_scripts as lua
 from .base import (
@@ -125,10 +126,13 @@ class RedisStore:
     ) -> None:
         self.limits = limits
         self.server_id = server_id
+        self.audit_key = audit_key
         self._link = link
         self._keys = Keys(namespace)
         chain_keys = [self._keys.audit, self._keys.audit_head, self._keys.audit_turn]
-        self._audit = AuditChain(link, chain_keys, server_id, audit_key)
+        self._audit = AuditChain(
+            link, chain_keys, server_id, audit_key, anchor_key=self._keys.audit_anchor
+        )
         self._lease = Lease(link, self._keys, server_id, lease_seconds, release_max_attempts)
         self._records = Records(link, self._keys, limits.max_state_bytes)
         self._full: dict[str, None] = {}  # queues that refused an enqueue lately (insertion order)
@@ -211,6 +215,12 @@ class RedisStore:
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         return await self._audit.records(after_seq, limit)
+
+    async def trim_audit(self, rule: Retention) -> int:
+        return await self._audit.trim(rule)
+
+    async def audit_anchor(self) -> tuple[int, str]:
+        return await self._audit.anchor()
 
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float

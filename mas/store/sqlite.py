@@ -45,9 +45,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import trio
 
 from ..audit.record import AuditDraft, AuditRecord
+from ..audit.retention import Retention
 from . import sqlite_ops as ops
 from .base import (
     Correlation,
@@ -59,6 +61,7 @@ from .base import (
     QueuedMessage,
     StateSnapshot,
     StoreLimits,
+    default_server_id,
 )
 from .sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from .sqlite_schema import StoreError as StoreError
@@ -83,11 +86,24 @@ class SqliteStore:
     """A ``Store`` in one SQLite file; get one from ``open_sqlite_store``."""
 
     def __init__(
-        self, writer: Writer, limits: StoreLimits, *, audit_key: bytes | None = None
+        self,
+        writer: Writer,
+        limits: StoreLimits,
+        *,
+        audit_key: bytes | None = None,
+        server_id: str | None = None,
     ) -> None:
         self.limits = limits
         self._writer = writer
         self._audit_key = audit_key
+        self.audit_key = audit_key
+        self.server_id = server_id or default_server_id()
+
+    def _stamp(self, draft: AuditDraft) -> AuditDraft:
+        """``draft`` naming this server (a record is linked in the writer thread)."""
+        if draft.server_id:
+            return draft
+        return msgspec.structs.replace(draft, server_id=self.server_id)
 
     def statistics(self) -> SqliteStoreStatistics:
         """Operations, transactions and durable commits since opening."""
@@ -100,6 +116,8 @@ class SqliteStore:
     ) -> AuditRecord | None:
         if message.instance_id == "":
             raise ValueError("an instance id is never empty (None names the shared queue)")
+        if audit is not None:
+            audit = self._stamp(audit)
         return await self._writer.call(
             ops.enqueue, message, self.limits.max_queue_length, audit, self._audit_key, durable=True
         )
@@ -110,9 +128,10 @@ class SqliteStore:
         if any(item.message.instance_id == "" for item in items):
             raise ValueError("an instance id is never empty (None names the shared queue)")
         # One transaction for the batch; its flush is shared with concurrent callers.
+        stamped = tuple(msgspec.structs.replace(i, audit=self._stamp(i.audit)) for i in items)
         written = await self._writer.call(
             ops.enqueue_many,
-            tuple(items),
+            stamped,
             self.limits.max_queue_length,
             self._audit_key,
             durable=True,
@@ -124,12 +143,19 @@ class SqliteStore:
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
         # Not durable: no client waits for these records (a message's own record is
         # written with its enqueue), and the JSONL file copies only flushed records.
-        return await self._writer.call(ops.append_audit, tuple(drafts), self._audit_key)
+        stamped = tuple(self._stamp(draft) for draft in drafts)
+        return await self._writer.call(ops.append_audit, stamped, self._audit_key)
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
         # Durable: the JSONL file copies what this returns, so it must never hold a
         # record that a power loss could take back from the store.
         return await self._writer.call(ops.audit_records, after_seq, limit, durable=True)
+
+    async def trim_audit(self, rule: Retention) -> int:
+        return await self._writer.call(ops.trim_audit, rule)
+
+    async def audit_anchor(self) -> tuple[int, str]:
+        return await self._writer.call(ops.audit_anchor)
 
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float

@@ -10,7 +10,7 @@ position below the queue's head (``_to_front``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import groupby
 from typing import Any, Final
 
@@ -18,6 +18,7 @@ import msgspec
 
 from ..audit.chain import link
 from ..audit.record import AuditDraft, AuditRecord
+from ..audit.retention import ANCHOR_KEY, Retention, format_anchor, parse_anchor, trim_cut
 from ..envelope import new_delivery_id
 from .base import (
     CORRELATION_EXPIRED,
@@ -214,6 +215,37 @@ def audit_records(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[
         "SELECT record FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
     )
     return [_AUDIT_DECODER.decode(row[0]) for row in rows]
+
+
+def trim_audit(conn: sqlite3.Connection, rule: Retention) -> int:
+    lo, hi = conn.execute("SELECT min(seq), max(seq) FROM audit").fetchone()
+    if lo is None:
+        return 0
+
+    def times() -> Iterator[tuple[int, float]]:
+        rows = conn.execute(
+            "SELECT seq, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?", (lo, rule.limit)
+        )
+        for seq, raw in rows:
+            yield seq, _AUDIT_DECODER.decode(raw).time
+
+    cut = trim_cut(lo, hi, times() if rule.before is not None else (), rule)
+    if cut < lo:
+        return 0
+    [raw] = conn.execute("SELECT record FROM audit WHERE seq = ?", (cut,)).fetchone()
+    last = _AUDIT_DECODER.decode(raw)
+    conn.execute("DELETE FROM audit WHERE seq <= ?", (cut,))
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (ANCHOR_KEY, format_anchor(last.seq, last.hash)),
+    )
+    return int(cut - lo + 1)
+
+
+def audit_anchor(conn: sqlite3.Connection) -> tuple[int, str]:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (ANCHOR_KEY,)).fetchone()
+    return parse_anchor(None if row is None else row[0])
 
 
 def claim(

@@ -47,7 +47,8 @@ class StoreUnusableError(StoreError, ConfigError):
 # id; a row put back in front gets a position below the queue's current head.
 # ``queues`` counts waiting rows per queue (kept by triggers; '' is the shared
 # queue) so the length bound and ``pending_agents`` never scan a queue.
-# ``audit`` holds the one hash chain: record ``seq`` (from 1, no gaps) as JSON.
+# ``audit`` holds the one hash chain: record ``seq`` (from 1, or from after the
+# anchor that retention keeps in ``meta`` as 'audit_anchor'; no gaps) as JSON.
 _V1: Final = (
     """CREATE TABLE messages (
         id INTEGER PRIMARY KEY,

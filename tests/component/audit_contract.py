@@ -7,7 +7,8 @@ import pytest
 from store_contract import LIMITS, NOW, _item, _message
 
 from mas.audit.chain import verify
-from mas.audit.record import AuditDraft
+from mas.audit.record import GENESIS, AuditDraft, AuditRecord
+from mas.audit.retention import Retention
 from mas.store import EnqueueItem, QueueFullError, Store
 
 
@@ -76,3 +77,57 @@ async def test_an_invalid_item_fails_its_whole_batch(store: Store) -> None:
         await store.enqueue_many([_item(1), bad])
     assert await store.queue_depth("b") == 0
     assert await store.audit_records() == []
+
+
+# --- server_id and retention -------------------------------------------------------------
+
+
+async def test_every_record_names_the_server_that_linked_it(store: Store) -> None:
+    record = await store.enqueue(_message(1), _draft(1))
+    [denied] = await store.append_audit([_draft(2, "AUTHZ_DENIED")])
+    [batched] = await store.enqueue_many([_item(3)])
+    assert isinstance(batched, AuditRecord) and record is not None
+    assert store.server_id
+    assert {record.server_id, denied.server_id, batched.server_id} == {store.server_id}
+    # A record that already names a server keeps that name (it is part of the hash).
+    [named] = await store.append_audit([msgspec.structs.replace(_draft(4), server_id="other")])
+    assert named.server_id == "other"
+
+
+async def test_retention_trims_the_oldest_records_and_keeps_an_anchor(store: Store) -> None:
+    written = await store.append_audit([_draft(n) for n in range(1, 11)])
+    assert await store.audit_anchor() == (0, GENESIS)
+    assert await store.trim_audit(Retention(keep=4)) == 6
+    assert await store.audit_anchor() == (6, written[5].hash)
+    kept = await store.audit_records()
+    assert [r.seq for r in kept] == [7, 8, 9, 10]
+    assert [r.seq for r in await store.audit_records(after_seq=8, limit=1)] == [9]
+    assert verify(kept, None, removed=await store.audit_anchor()).ok
+    # New records link after the kept ones; nothing trimmed twice.
+    [more] = await store.append_audit([_draft(11)])
+    assert (more.seq, more.prev_hash) == (11, written[-1].hash)
+    assert await store.trim_audit(Retention(keep=5)) == 0
+    # What is kept still shows a deletion: record 7 gone, the anchor says 6.
+    report = verify((await store.audit_records())[1:], None, removed=await store.audit_anchor())
+    assert not report.ok and report.problem is not None
+    assert report.problem.kind == "deleted" and report.problem.seq == 7
+
+
+async def test_retention_by_age_stops_at_the_first_young_record_and_keeps_the_newest(
+    store: Store,
+) -> None:
+    await store.append_audit([_draft(n) for n in range(1, 6)])  # times NOW + 1 ... NOW + 5
+    assert await store.trim_audit(Retention(before=NOW + 3.5)) == 3
+    assert [r.seq for r in await store.audit_records()] == [4, 5]
+    assert await store.trim_audit(Retention(before=NOW + 100)) == 1  # the newest stays
+    assert [r.seq for r in await store.audit_records()] == [5]
+    assert await store.trim_audit(Retention(keep=0, up_to_seq=3)) == 0  # bounded by the file
+
+
+async def test_a_trim_goes_in_bounded_steps(store: Store) -> None:
+    await store.append_audit([_draft(n) for n in range(1, 9)])
+    assert await store.trim_audit(Retention(keep=1, limit=3)) == 3
+    assert await store.trim_audit(Retention(keep=1, limit=3)) == 3
+    assert await store.trim_audit(Retention(keep=1, limit=3)) == 1
+    assert [r.seq for r in await store.audit_records()] == [8]
+    assert verify(await store.audit_records(), None, removed=await store.audit_anchor()).ok

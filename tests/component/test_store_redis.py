@@ -23,7 +23,8 @@ from store_contract import *  # noqa: F403
 from store_contract import LIMITS, NOW, _correlation, _item, _message
 
 from mas.audit.chain import verify
-from mas.audit.record import AuditDraft
+from mas.audit.record import AuditDraft, AuditRecord
+from mas.errors import ConfigError
 from mas.store import EnqueueItem, QueuedMessage, Store
 from mas.store.base import CorrelationRefused
 from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
@@ -717,3 +718,31 @@ async def test_an_operation_abandoned_while_redis_is_away_never_runs(
             await trio.to_thread.run_sync(server.start)
             await a.enqueue(_message(2))  # Redis is back: the link has reconnected
             assert [d.message.message_id for d in await a.claim("b", "i", "s", 5, NOW)] == ["m2"]
+
+
+async def test_servers_sharing_a_chain_must_share_its_key(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    first_key, other_key = b"k" * 32, b"o" * 32
+    async with open_redis_store(
+        redis_server.url, LIMITS, namespace=namespace, audit_key=first_key
+    ) as first:
+        await first.append_audit([AuditDraft(time=NOW, decision="ALLOWED")])
+        async with open_redis_store(
+            redis_server.url, LIMITS, namespace=namespace, audit_key=first_key
+        ) as same:
+            [record] = await same.append_audit([AuditDraft(time=NOW, decision="ALLOWED")])
+        with pytest.raises(ConfigError, match="not the one the audit chain in Redis is keyed"):
+            async with open_redis_store(
+                redis_server.url, LIMITS, namespace=namespace, audit_key=other_key
+            ):
+                pass
+    assert verify(await _all_records(redis_server, namespace), first_key).ok
+    assert record.seq == 2
+
+
+async def _all_records(redis_server: RedisServer, namespace: str) -> list[AuditRecord]:
+    async with open_redis_store(
+        redis_server.url, LIMITS, namespace=namespace, audit_key=b"k" * 32
+    ) as store:
+        return await store.audit_records()

@@ -47,7 +47,9 @@ def test_agents_on_two_servers_and_a_killed_server(tmp_path: Path) -> None:
                 f"tls_ca_path: ../certs/ca.pem\ntls_server_cert_path: ../certs/server.pem\n"
                 "tls_server_key_path: ../certs/server.key\n"
                 f"store: {{backend: redis, url: '{redis.url}'}}\n"
-                "gateway: {rate_limit: {per_minute: 100000, per_hour: 1000000}}\n"
+                "gateway: {rate_limit: {per_minute: 100000, per_hour: 1000000},"
+                # Servers sharing a chain share its key (made by the first to start).
+                " audit: {key_path: ../audit.key}}\n"
                 "permissions: [{type: allow, sender: sender, targets: [recorder]}]\n"
                 "agents:\n"
                 f"  - {{agent_id: sender, class_path: 'crash_agents:Sender',"

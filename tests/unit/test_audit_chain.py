@@ -383,3 +383,33 @@ def test_one_record_cut_from_the_end_and_an_empty_head() -> None:
     problem = problem_of(records[:2], expected_head=(3, records[2].hash))
     assert "record 3 was cut from the end" in problem.detail
     assert verify([], None, expected_head=(0, GENESIS)).ok
+
+
+# --- keyed chains: a record rewritten without the key ----------------------------------------
+
+
+def test_a_record_edited_and_rehashed_without_the_key_is_caught() -> None:
+    key = b"an audit key of 32 bytes, really"
+    records = link_many(None, [AuditDraft(time=1.0 + i, decision="ALLOWED") for i in range(6)], key)
+    forged = msgspec.structs.replace(records[2], decision="AUTHZ_DENIED")
+    rewritten = records[:2] + link_many(records[1], [forged, *records[3:]], None)
+    report = verify(rewritten, key)
+    assert not report.ok and report.problem is not None
+    assert report.problem.kind == "edited" and report.problem.seq == 3
+    assert "recomputed without the key" in report.problem.detail
+
+
+def test_an_unkeyed_prefix_is_counted_and_a_wholly_unkeyed_chain_is_not_proven() -> None:
+    from mas.audit.cli import unkeyed_verdict
+
+    key = b"an audit key of 32 bytes, really"
+    drafts = [AuditDraft(time=1.0 + i, decision="ALLOWED") for i in range(6)]
+    old = link_many(None, drafts[:3], None)
+    mixed = old + link_many(old[-1], drafts[3:], key)
+    report = verify(mixed, key)
+    assert report.ok and report.unkeyed == 3 and unkeyed_verdict(report) is None
+    everything_rehashed = link_many(None, drafts, None)
+    report = verify(everything_rehashed, key)
+    assert report.ok and report.unkeyed == 6
+    verdict = unkeyed_verdict(report)
+    assert verdict is not None and "NOT PROVEN" in verdict

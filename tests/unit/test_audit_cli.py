@@ -42,7 +42,7 @@ def drafts(n: int, start: int = 0) -> list[AuditDraft]:
 
 def write_trail(path: Path, n: int = 12, key: bytes | None = None) -> list[AuditRecord]:
     records = link_many(None, drafts(n), key)
-    with JsonlSink(path, max_bytes=1_000_000, backup_count=2) as sink:
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=2, key=key) as sink:
         sink.write(records)
     return records
 
@@ -116,7 +116,8 @@ def test_verify_empty_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     assert verify_file(path, None) == (
         0,
-        "audit trail OK: no records (unkeyed SHA-256); there is no head file, so records"
+        "audit trail OK: no records (unkeyed SHA-256: this proves only that nothing was"
+        " corrupted by accident); there is no head file, so records"
         " cut from the end would go unnoticed",
     )
 

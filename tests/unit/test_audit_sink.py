@@ -97,7 +97,7 @@ def test_rotated_away_records_are_a_start_offset_not_tampering(tmp_path: Path) -
     assert isinstance(first, AuditRecord) and first.seq > 1
     status, message = verify_file(path, None)
     assert status == 0, message
-    assert f"starts at seq {first.seq} (earlier records rotated away)" in message
+    assert f"starts at seq {first.seq}: records 1 to {first.seq - 1} were rotated away" in message
 
 
 def test_backup_count_zero_never_rotates(tmp_path: Path) -> None:
@@ -254,3 +254,160 @@ def test_rotation_leaves_files_that_only_share_the_name_prefix(tmp_path: Path) -
     assert (tmp_path / "audit.jsonl.9").is_dir()
     assert (tmp_path / "audit.jsonl.logs").is_dir()
     assert [p.name for p in rotated_files(path)] == ["audit.jsonl.1", "audit.jsonl"]
+
+
+# --- anchors: rotation is told from deletion -------------------------------------------------
+
+
+KEY = b"an audit key of 32 bytes, really"
+
+
+def test_deleting_the_first_records_with_rotation_off_is_a_deletion(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=10, backup_count=0) as sink:
+        sink.write(chain(6))
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[2:]))
+    status, message = verify_file(path, None)
+    assert status == 1, message
+    assert "TAMPERED (deleted)" in message
+    assert "records 1 to 2 are missing (deleted, not rotated)" in message
+
+
+def _rotated_trail(path: Path, n: int = 20, key: bytes | None = None) -> list[AuditRecord]:
+    records = link_many(None, chain(n), key) if key else chain(n)
+    with JsonlSink(
+        path, max_bytes=2 * max(map(line_bytes, records)), backup_count=2, key=key
+    ) as sink:
+        sink.write(records)
+    return records
+
+
+def test_deleting_the_oldest_records_after_rotation_is_a_deletion(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _rotated_trail(path)
+    oldest = rotated_files(path)[0]
+    first = next(iter(read_records(path)))
+    assert isinstance(first, AuditRecord)
+    oldest.write_bytes(b"".join(oldest.read_bytes().splitlines(keepends=True)[1:]))
+    status, message = verify_file(path, None)
+    assert status == 1, message
+    assert f"TAMPERED (deleted) at seq {first.seq}" in message
+    assert f"records up to {first.seq - 1} were rotated away" in message
+    assert f"record {first.seq} is missing (deleted, not rotated)" in message
+
+
+def test_deleting_the_oldest_rotated_file_is_a_deletion(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _rotated_trail(path)
+    rotated_files(path)[0].unlink()
+    status, message = verify_file(path, None)
+    assert status == 1, message
+    assert "TAMPERED (deleted)" in message and "(deleted, not rotated)" in message
+
+
+def test_the_anchor_is_written_before_a_rotated_file_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash right after the head names the new anchor, before the file goes: the trail
+    # still holds the anchor's record, which is sound, not tampering.
+    path = tmp_path / "audit.jsonl"
+    records = chain(20)
+    sink = JsonlSink(path, max_bytes=2 * max(map(line_bytes, records)), backup_count=2)
+    sink.write(records[:6])
+
+    def crash(self: Path) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    with pytest.raises(AuditSinkError):
+        sink.write(records[6:])
+    monkeypatch.undo()
+    status, message = verify_file(path, None)
+    assert status == 0, message
+
+
+def test_a_sealed_head_cannot_be_rewritten_without_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _rotated_trail(path, key=KEY)
+    assert verify_file(path, KEY)[0] == 0
+    oldest = rotated_files(path)[0]
+    lines = oldest.read_bytes().splitlines(keepends=True)
+    oldest.write_bytes(b"".join(lines[1:]))
+    second = msgspec.json.decode(lines[1], type=AuditRecord)
+    head = msgspec.json.decode(head_path(path).read_bytes())
+    head["anchor"] = [second.seq - 1, second.prev_hash]  # hide the deletion
+    head_path(path).write_bytes(msgspec.json.encode(head))
+    status, message = verify_file(path, KEY)
+    assert status == 1, message
+    assert "does not carry the chain's HMAC seal" in message
+
+
+def test_a_head_from_before_anchors_still_verifies_a_trail_from_seq_1(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(5)
+    path.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in records))
+    head_path(path).write_text(f'{{"seq":5,"hash":"{records[-1].hash}"}}\n')
+    assert verify_file(path, None)[0] == 0
+    path.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in records[2:]))
+    status, message = verify_file(path, None)
+    assert status == 1 and "TAMPERED (deleted)" in message
+    assert "before anchors were kept" in message
+
+
+def test_a_sink_continuing_an_old_trail_keeps_its_seq_1_anchor(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(5)
+    path.write_bytes(b"".join(msgspec.json.encode(r) + b"\n" for r in records[:3]))
+    head_path(path).write_text(f'{{"seq":3,"hash":"{records[2].hash}"}}\n')
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=2) as sink:
+        sink.write(records[3:])
+    assert msgspec.json.decode(head_path(path).read_bytes())["anchor"] == [0, "0" * 64]
+    assert verify_file(path, None)[0] == 0
+
+
+def test_a_new_trail_of_a_trimmed_chain_starts_at_its_anchor(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = chain(8)
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=2) as sink:
+        sink.write(records[3:])  # the store trimmed records 1 to 3
+    status, message = verify_file(path, None)
+    assert status == 0, message
+    assert "records 1 to 3 were rotated away or trimmed" in message
+
+
+def test_creating_the_file_and_renaming_the_head_sync_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from mas.audit import sink as sink_module
+
+    events: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(sink_module, "_fsync_dir", lambda d: events.append(f"fsync {d}"))
+    monkeypatch.setattr(
+        sink_module.os,
+        "replace",
+        lambda a, b: (events.append(f"replace {Path(b).name}"), real_replace(a, b))[1],
+    )
+    path = tmp_path / "audit.jsonl"
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=2) as sink:
+        sink.write(chain(2))
+    assert events == [f"fsync {tmp_path}", "replace audit.jsonl.head", f"fsync {tmp_path}"]
+
+
+def test_a_keyed_trail_cut_short_with_its_head_replaced_unsealed_is_not_proven(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = link_many(None, chain(6), KEY)
+    with JsonlSink(path, max_bytes=1_000_000, backup_count=0, key=KEY) as sink:
+        sink.write(records)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:4]))
+    head_path(path).write_text(f'{{"seq":4,"hash":"{records[3].hash}","anchor":[0,"{"0" * 64}"]}}')
+    status, message = verify_file(path, KEY)
+    assert status == 1 and "NOT PROVEN" in message and "not sealed" in message
+    head_path(path).unlink()
+    status, message = verify_file(path, KEY)
+    assert status == 1 and "there is no head file" in message
