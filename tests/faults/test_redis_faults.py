@@ -102,6 +102,8 @@ def _projects(tmp_path: Path, url: str, servers: int, sending: dict[str, object]
             port=free_port(),
             store=f"{{backend: redis, url: '{url}'}}",
             certs="../certs",
+            # Servers sharing one Redis share one audit key (the first one makes it).
+            gateway={"audit": {"key_path": "../audit.key"}},
             agents=[
                 AgentSpec("sender", "Sender", {"targets": ["recorder"], **sending}),
                 AgentSpec("recorder", "Recorder"),
