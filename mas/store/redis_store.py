@@ -140,6 +140,7 @@ class RedisStore:
         self._acks: dict[str, _AckBatch] = {}  # stream -> acks waiting to be sent
         self._sessions: dict[str, _Session] = {}
         self._unreleased: dict[str, _Release] = {}  # ended sessions Redis did not release yet
+        self._wake: Callable[[str, str | None], None] | None = None  # set by ``watch``
         self._counts = {"sent": 0, "delivered": 0, "wakeups": 0}
 
     # -- queues -------------------------------------------------------------------------
@@ -411,6 +412,10 @@ class RedisStore:
                     break  # still away: the next round tries again
                 self._unreleased.pop(session_id, None)
                 log.info("handed back the deliveries of session %s after an outage", session_id)
+                # This server's own notifications are not read back: ring its sessions.
+                if self._wake is not None:
+                    self._wake(release.session.agent_id, None)
+                    self._wake(release.session.agent_id, release.session.instance_id)
 
     async def _release(self, session_id: str, release: _Release, now: float) -> int:
         session, keys = release.session, self._keys
@@ -446,6 +451,7 @@ class RedisStore:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Wake local sessions for queues other servers filled: one subscriber per server."""
+        self._wake = wake  # also for what this server hands back by itself
         await watch_queues(
             self._link,
             self._keys,

@@ -638,21 +638,29 @@ async def test_a_session_released_during_an_outage_is_handed_back_once_redis_ret
 ) -> None:
     server = persistent_redis
     with trio.fail_after(20):
-        async with open_redis_store(
-            server.url, LIMITS, lease_seconds=SHORT_LEASE, reconnect_timeout=0.3
-        ) as a:
+        async with (
+            open_redis_store(
+                server.url, LIMITS, lease_seconds=SHORT_LEASE, reconnect_timeout=0.3
+            ) as a,
+            trio.open_nursery() as nursery,
+        ):
             await a.enqueue(_message(1))
             [held] = await a.claim("b", "i1", "s1", 5, NOW)
+            on_a = _Wakes()
+            await nursery.start(a.watch, on_a)
             await trio.to_thread.run_sync(lambda: server.stop(kill=True))
             with pytest.raises(StoreUnavailableError):  # the session ends while Redis is away
                 await a.release_session("s1", 5, NOW)
             await trio.to_thread.run_sync(server.start)
+            # Its own sessions are rung: its own notifications never come back to it.
+            await on_a.wait_for(("b", None))
             with trio.fail_after(10):
                 # Polls Redis, the shared thing under test: no local event to wait on.
                 while not (again := await a.claim("b", "i2", "s2", 5, NOW)):  # noqa: ASYNC110
                     await trio.sleep(0.05)
             assert [(d.message.message_id, d.message.attempt) for d in again] == [("m1", 2)]
             assert again[0].message.envelope_json == held.message.envelope_json
+            nursery.cancel_scope.cancel()
 
 
 async def test_after_a_redis_outage_longer_than_a_lease_live_servers_keep_their_deliveries(
