@@ -34,6 +34,20 @@ from mas.audit.record import AuditRecord
 _READ_CHUNK: Final = 65_536  # bytes read at a time while following a file
 
 
+def selected_by(record: AuditRecord, decision: str | None, agent: str | None) -> bool:
+    """Whether ``audit tail`` shows ``record`` for its ``--decision`` and ``--agent``."""
+    return (decision is None or record.decision == decision) and (
+        agent is None or agent in (record.sender_id, record.target_id)
+    )
+
+
+def write_records(out: TextIO, records: Iterable[AuditRecord], *, as_json: bool) -> None:
+    """Write ``records`` as ``audit tail`` shows them (one line each), then flush."""
+    for record in records:
+        out.write((format_json_line(record) if as_json else format_tail_line(record)) + "\n")
+    out.flush()
+
+
 def _missing(path: Path) -> tuple[int, str]:
     return 2, f"audit file {path} does not exist"
 
@@ -243,15 +257,11 @@ def tail_file(
         for entry in entries:
             if isinstance(entry, Unreadable):
                 skipped.append(entry)
-            elif (wanted is None or entry.decision == wanted) and (
-                agent is None or agent in (entry.sender_id, entry.target_id)
-            ):
+            elif selected_by(entry, wanted, agent):
                 yield entry
 
     def show(records: Iterable[AuditRecord]) -> None:
-        for record in records:
-            out.write((format_json_line(record) if as_json else format_tail_line(record)) + "\n")
-        out.flush()
+        write_records(out, records, as_json=as_json)
 
     try:
         current = _Follower(files[-1], base)

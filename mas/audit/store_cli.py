@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator
 from typing import Literal, TextIO
 
 from mas.audit.chain import verify
-from mas.audit.cli import ok_message, unkeyed_verdict
+from mas.audit.cli import ok_message, selected_by, unkeyed_verdict, write_records
 from mas.audit.diagnosis import Unreadable
-from mas.audit.export import export, format_json_line, format_tail_line
+from mas.audit.export import export
 from mas.audit.record import AuditRecord
 from mas.audit.store_trail import StoreTrail, TrailError, iter_trail
 
@@ -72,15 +72,11 @@ def tail_store(
                 skipped.append(entry)
                 continue
             seen = entry.seq
-            if (wanted is None or entry.decision == wanted) and (
-                agent is None or agent in (entry.sender_id, entry.target_id)
-            ):
+            if selected_by(entry, wanted, agent):
                 yield entry
 
     def show(records: Iterable[AuditRecord]) -> None:
-        for record in records:
-            out.write((format_json_line(record) if as_json else format_tail_line(record)) + "\n")
-        out.flush()
+        write_records(out, records, as_json=as_json)
 
     try:
         selected = keep(iter_trail(trail))
