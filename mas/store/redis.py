@@ -79,8 +79,11 @@ Cost (measured by ``tests/component/test_store_redis.py``)
 Durability and limits
     With ``appendonly yes`` and ``appendfsync always`` an accepted message
     survives a Redis crash; with ``everysec`` the last second may be lost on a
-    crash (not on a restart). Needs Redis 6.2 or newer, on one node (scripts
-    derive some queue keys at run time, so not Redis Cluster). A retry falls due
+    crash (not on a restart). An ``AcceptWait`` (``redis_accept``) makes every
+    pipeline with enqueues end with ``WAIT``/``WAITAOF``, and refuses its
+    enqueues (``store_not_durable``) when too few acknowledged them. Needs
+    Redis 6.2 or newer, on one node (scripts derive some queue keys at run
+    time, so not Redis Cluster). A retry falls due
     by the clock of the caller of ``claim``/``pending_agents``: if the server
     that scheduled it dies first, the next claim on any server promotes it.
 
@@ -88,7 +91,8 @@ Modules: ``redis_store`` (the store), ``redis_link`` (pool, batching, errors),
 ``redis_scripts`` (queue and audit Lua), ``redis_batch`` (``enqueue_many``,
 ``ack_many``), ``redis_lease`` (servers), ``redis_watch`` (the subscriber),
 ``redis_audit`` (the chain), ``redis_dlq``, ``redis_records`` (correlations,
-state), ``redis_keys`` (key names, decoding).
+state), ``redis_keys`` (key names, decoding), ``redis_durability`` (start-up
+checks), ``redis_accept`` (the wait before an accept).
 """
 
 from __future__ import annotations
@@ -105,8 +109,9 @@ from . import redis_batch as batch
 from . import redis_records as records
 from . import redis_scripts as lua
 from .base import StoreLimits
+from .redis_accept import NO_WAIT, AcceptWait
 from .redis_audit import AUDIT_SCRIPTS
-from .redis_durability import check_persistence
+from .redis_durability import check_accept_wait, check_persistence
 from .redis_keys import check_id
 from .redis_link import RedisLink, StoreUnavailableError
 from .redis_store import RedisStore
@@ -129,6 +134,7 @@ async def open_redis_store(
     audit_key: bytes | None = None,
     release_max_attempts: int | None = None,
     require_durable: bool = False,
+    accept: AcceptWait = NO_WAIT,
 ) -> AsyncIterator[RedisStore]:
     """Connect to Redis at ``url`` as one server of the ``namespace``; close on exit.
 
@@ -140,7 +146,9 @@ async def open_redis_store(
     the one other servers link the chain with is refused (ConfigError). Deliveries handed
     back from ended servers count an attempt; pass the router's ``max_attempts``
     as ``release_max_attempts`` to dead-letter those past it (``session_lost``;
-    None: requeue all), as ``release_session`` does.
+    None: requeue all), as ``release_session`` does. ``accept`` says what an
+    enqueue waits for before it is answered (``mas.store.redis_accept``); one
+    Redis cannot do is refused at start (ConfigError).
 
     Error handling: raises ``StoreUnavailableError`` if Redis cannot be reached
     at start. Cancellation: on exit the hand-back and lease release are
@@ -154,6 +162,7 @@ async def open_redis_store(
         socket_timeout=socket_timeout,
         reconnect_timeout=reconnect_timeout,
         client_name=f"mas-{server_id}",
+        accept_wait=accept,
     )
     store = RedisStore(
         link,
@@ -172,6 +181,7 @@ async def open_redis_store(
             try:
                 await link.load_scripts()
                 await check_persistence(link, link.safe_url, require_durable=require_durable)
+                await check_accept_wait(link, link.safe_url, accept)
                 held = await store._lease.renew("join")
                 await store._audit.load()
                 if audit_key is not None:  # a keyless opener (a reader, a test) links unkeyed

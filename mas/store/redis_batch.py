@@ -43,6 +43,7 @@ from redis.exceptions import ResponseError
 from ..audit.record import AuditRecord
 from .base import (
     CORRELATION_EXPIRED,
+    STORE_NOT_DURABLE,
     UNKNOWN_CORRELATION,
     CorrelationRefused,
     Enqueued,
@@ -50,7 +51,7 @@ from .base import (
 )
 from .redis_audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain
 from .redis_keys import Keys, queue_name
-from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
+from .redis_link import Arg, Command, RedisLink, StoreNotDurableError, StoreUnavailableError
 from .redis_records import CORRELATION_GRACE_MS
 from .redis_scripts import make_script
 
@@ -212,22 +213,34 @@ class EnqueueBatch:
         """Write the batch; ``full[i]``: item i's queue refused lately (the prediction).
 
         Result i is item i's record, None when its queue was full, or the
-        ``CorrelationRefused`` of a reply whose correlation is no longer open.
-        Raises ``StoreUnavailableError`` when the chain gives no turn within
-        ``AUDIT_TIMEOUT``, ValueError when a draft cannot be linked.
+        ``CorrelationRefused`` of a reply whose correlation is no longer open, or
+        (``store_not_durable``) of an item written but not acknowledged as the link's
+        ``AcceptWait`` asks. Raises ``StoreUnavailableError`` when the chain gives
+        no turn within ``AUDIT_TIMEOUT``, ValueError when a draft cannot be linked.
         """
         flags = [b"0" if f else b"1" for f in full]
         refusals: dict[int, CorrelationRefused] = {}
         with trio.move_on_after(AUDIT_TIMEOUT):
             while True:
                 attempt = _Attempt(self, flags)
-                [outcome] = await self._link.call_prepared("enqueue", attempt, self._size)
+                not_durable = False
+                try:
+                    [outcome] = await self._link.call_prepared("enqueue", attempt, self._size)
+                except StoreNotDurableError as exc:
+                    [outcome], not_durable = exc.replies, True
+                    if isinstance(outcome, ResponseError):
+                        raise StoreUnavailableError(f"enqueue refused: {outcome}") from exc
                 code, mask = outcome[0], outcome[1]
                 for i, why in enumerate(mask):
                     if why in _REFUSALS:
                         refusals[i] = CorrelationRefused(_REFUSALS[why])
                 if code == 1:
                     results = attempt.results()
+                    if not_durable:  # written (and linked in the chain), not acknowledged
+                        refused = CorrelationRefused(STORE_NOT_DURABLE)
+                        return [
+                            refusals.get(i) if r is None else refused for i, r in enumerate(results)
+                        ]
                     return [refusals.get(i, r) if r is None else r for i, r in enumerate(results)]
                 # What the script found: refused items stay refused from now on.
                 flags = [b"1" if fits == ord("1") else b"2" for fits in mask]
