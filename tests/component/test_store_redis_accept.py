@@ -26,6 +26,9 @@ from mas.store.redis_accept import AcceptWait
 
 TIMEOUT = 0.5  # seconds an accept waits for its acknowledgements in these tests
 ROOMY = msgspec.structs.replace(LIMITS, max_queue_length=100)
+# An envelope big enough that a few seconds of them overflow the socket buffers between
+# a stopped replica and its primary (the rest waits in the primary's memory).
+BULK = b'{"pad": "' + b"x" * 256_000 + b'"}'
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +192,54 @@ async def test_accept_fsync_without_appendonly_is_refused_at_start() -> None:
         with trio.fail_after(10), pytest.raises(ConfigError, match="appendonly"):
             async with open_redis_store(server.url, LIMITS, accept=AcceptWait(fsync=True)):
                 raise AssertionError("started with accept_fsync and no append-only file")
+
+
+async def test_every_accepted_message_survives_a_failover_to_the_replica(
+    namespace: str,
+) -> None:
+    """kill -9 of the primary under load, then the replica promoted: nothing accepted lost.
+
+    The replica is stopped for a while before the kill, so that it lags behind: without
+    the wait, what the primary accepted meanwhile would be lost with it.
+    """
+    limits = msgspec.structs.replace(LIMITS, max_queue_length=100_000)
+    accept = AcceptWait(replicas=1, timeout=TIMEOUT)
+    accepted: list[str] = []
+    with running_redis() as doomed, running_replica(doomed) as survivor:
+        with trio.fail_after(30):
+            async with open_redis_store(
+                doomed.url, limits, namespace=namespace, accept=accept, reconnect_timeout=0.2
+            ) as store:
+
+                async def send(lane: int) -> None:
+                    for n in range(lane * 10_000, lane * 10_000 + 2_000):
+                        item = _item(n)  # large, so that a stopped replica falls behind
+                        message = msgspec.structs.replace(item.message, envelope_json=BULK)
+                        try:
+                            [record] = await store.enqueue_many(
+                                [msgspec.structs.replace(item, message=message)]
+                            )
+                        except Exception:  # noqa: BLE001 (the primary died: stop sending)
+                            return
+                        if record is not None and not isinstance(record, Exception):
+                            accepted.append(f"m{n}")
+
+                async with trio.open_nursery() as nursery:
+                    for lane in range(4):
+                        nursery.start_soon(send, lane)
+                    while len(accepted) < 300:
+                        await trio.sleep(0.005)
+                    survivor.pause()
+                    await trio.sleep(3 * TIMEOUT)  # sends go on meanwhile
+                    await trio.to_thread.run_sync(lambda: doomed.stop(kill=True))
+                    survivor.resume()
+                assert store.statistics()["accept_refusals"] > 0
+        client = redis.Redis(port=survivor.port, socket_timeout=5)
+        try:
+            client.execute_command("REPLICAOF", "NO", "ONE")  # the failover
+            entries = client.xrange(f"{namespace}:queue:b")
+        finally:
+            client.close()
+    kept = {fields[b"m"].decode() for _, fields in entries}
+    assert len(accepted) >= 300
+    assert set(accepted) <= kept, f"lost {len(set(accepted) - kept)} of {len(accepted)}"
