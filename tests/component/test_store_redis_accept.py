@@ -205,6 +205,7 @@ async def test_every_accepted_message_survives_a_failover_to_the_replica(
     limits = msgspec.structs.replace(LIMITS, max_queue_length=100_000)
     accept = AcceptWait(replicas=1, timeout=TIMEOUT)
     accepted: list[str] = []
+    enough = trio.Event()  # 300 accepted: time to stop the replica
     with running_redis() as doomed, running_replica(doomed) as survivor:
         with trio.fail_after(30):
             async with open_redis_store(
@@ -223,12 +224,13 @@ async def test_every_accepted_message_survives_a_failover_to_the_replica(
                             return
                         if record is not None and not isinstance(record, Exception):
                             accepted.append(f"m{n}")
+                            if len(accepted) >= 300:
+                                enough.set()
 
                 async with trio.open_nursery() as nursery:
                     for lane in range(4):
                         nursery.start_soon(send, lane)
-                    while len(accepted) < 300:
-                        await trio.sleep(0.005)
+                    await enough.wait()
                     survivor.pause()
                     await trio.sleep(3 * TIMEOUT)  # sends go on meanwhile
                     await trio.to_thread.run_sync(lambda: doomed.stop(kill=True))
