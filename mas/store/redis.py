@@ -31,8 +31,10 @@ shared queue, ``<agent>/<instance>`` for an instance's reply queue)::
 In flight
     A delivery is a pending entry of the session's consumer
     (``<server id>:<session id>``); its delivery count is its attempt. Ack
-    deletes the entry (``XACK`` + ``XDEL``; empty streams are deleted), so memory
-    holds only messages that may still be delivered. Retry parks the entry in the
+    deletes the entry (``XACK`` + ``XDEL``), so memory holds only messages that
+    may still be delivered; a stream emptied by acks is kept (the next enqueue
+    appends to it in one command) until the release of a session of its queue,
+    or a reclaim, deletes it. Retry parks the entry in the
     delayed set; release and reclaim put it back at the front of its queue.
 
 Servers and leases
@@ -63,18 +65,25 @@ Order
 Cost (measured by ``tests/component/test_store_redis.py``)
     Client side: enqueue, claim and ack are one ``EVALSHA`` and one round trip
     each, concurrent calls share the round trip, and acks of one queue that
-    come together share one ``EVALSHA``. Redis side, scripts included: 6
-    commands per enqueue (10 with its audit record), 9 per claim batch, 4 per
-    ack batch.
+    come together share one ``EVALSHA``. Redis side, scripts included: 5
+    commands per enqueue (8 with its audit record), 7 per claim batch that
+    takes messages (3 when neither queue has any waiting: the ``waiting``
+    counts are read first), 3 per ack batch plus an ``XPENDING`` per entry.
 
     ``enqueue_many`` is one ``EVALSHA`` for the whole batch (messages, their
     correlations and audit records), one round trip unless a queue filled or
     drained unexpectedly or another server won the race for the audit chain
     (``mas.store.redis_batch``). Redis side: per message one ``XADD`` (plus
-    ``HSET`` and ``PEXPIREAT`` with a correlation), per queue 3 commands (up
-    to 5 when it was empty), per batch 5 (the script, the chain's four): 41
-    for 32 messages to one queue. ``ack_many`` is one ``EVALSHA`` whatever its
-    streams, and 3 commands per stream.
+    ``HSET`` and ``PEXPIREAT`` with a correlation), per queue 2 commands
+    (plus ``SCARD``, and ``PUBLISH`` with other servers, when it was empty; plus
+    ``XGROUP CREATE`` and one more ``XADD`` when its stream is new), per batch
+    4 (the script, the chain's three). ``ack_many`` is one ``EVALSHA`` whatever its streams, and 2
+    commands per stream plus an ``XPENDING`` per entry.
+
+    End to end (``tests/e2e/test_redis_commands.py``, every command of the
+    server counted): 58 commands per request/reply and 26 per one-way message
+    one at a time (the seed system: 59 and 28), about 16 and 8 with 32 in
+    flight.
 
 Durability and limits
     With ``appendonly yes`` and ``appendfsync always`` an accepted message

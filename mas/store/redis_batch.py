@@ -113,9 +113,6 @@ for i = 1, n do
   if string.sub(mask, i, i) == '1' then
     local stream = KEYS[5 + i]
     if before[q] then  -- the queue's first message of the batch
-      if redis.call('EXISTS', stream) == 0 then
-        redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
-      end
       -- As ENQUEUE: only a queue that was empty is announced, and only to other servers.
       if before[q] == 0 then
         if others == nil then others = redis.call('SCARD', KEYS[5]) > 1 end
@@ -124,7 +121,7 @@ for i = 1, n do
       add_waiting(KEYS[1], q, count[q] - before[q])
       before[q] = nil
     end
-    redis.call('XADD', stream, '*', 'm', ARGV[a + 3], 't', ARGV[a + 4], 'e', ARGV[a + 5])
+    append_entry(stream, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
     if has_correlation then  -- as PUT_CORRELATION (redis_records)
       if not now_ms then
         local t = redis.call('TIME')
@@ -146,14 +143,14 @@ return {1, mask}
 """
 
 # KEYS: streams. ARGV: per stream, the number of its entries, then (entry id, consumer)
-# pairs. As ACK: only entries still pending for their consumer are acked.
+# pairs. As ACK: only entries still pending for their consumer are acked, and emptied
+# streams are kept until the session's release.
 _ACK_MANY: Final = """
 local a = 1
 for _, stream in ipairs(KEYS) do
   local last = a + 2 * tonumber(ARGV[a])
   local owned = owned_entries(stream, ARGV, a + 1, last)
   for i = 1, #owned, 1000 do forget(stream, {unpack(owned, i, math.min(i + 999, #owned))}) end
-  drop_if_empty(stream)
   a = last + 1
 end
 return 1

@@ -185,7 +185,7 @@ async def test_a_live_servers_slow_delivery_is_not_taken(
             assert await a.ack(slow.delivery_id) == slow
 
 
-async def test_acknowledged_messages_are_deleted_from_the_stream(
+async def test_acknowledged_messages_are_deleted_and_the_stream_with_its_session(
     redis_server: RedisServer, namespace: str
 ) -> None:
     stream = f"{namespace}:queue:b"
@@ -199,7 +199,14 @@ async def test_acknowledged_messages_are_deleted_from_the_stream(
             await store.ack(deliveries[1].delivery_id)
             assert await _redis(redis_server.url, "XLEN", stream) == 1
             await store.ack(deliveries[2].delivery_id)
-            assert await _redis(redis_server.url, "EXISTS", stream) == 0  # empty: deleted
+            # Empty, kept while the session lasts: the next enqueue appends in one command.
+            assert await _redis(redis_server.url, "XLEN", stream) == 0
+            await store.enqueue(_message(3, instance="i1"))  # its reply queue, too
+            [reply] = await store.claim("b", "i1", "s1", 5, NOW)
+            await store.ack(reply.delivery_id)
+            assert await store.release_session("s1", 3, NOW) == 0
+            for q in ("b", "b/i1"):  # the session ended: its emptied streams are deleted
+                assert await _redis(redis_server.url, "EXISTS", f"{namespace}:queue:{q}") == 0
 
 
 async def test_a_correlation_is_taken_once_across_servers(
@@ -455,14 +462,16 @@ async def test_redis_commands_per_one_way_message(
             start = await calls()
             await store.enqueue(_message(2), AuditDraft(time=NOW, decision="ALLOWED"))
             audited = await calls() - start - 1
-    # enqueue: EVALSHA + HGET, EXISTS, XADD, HINCRBY, SCARD (PUBLISH with other servers)
-    assert sent == 6
-    # claim (per batch): EVALSHA + ZRANGEBYSCORE, EXISTS x2, LPOP, XREADGROUP, HINCRBY,
-    # HDEL, SADD; ack (per stream and batch): EVALSHA + EXISTS, XACK, XDEL, XLEN, and an
-    # XPENDING per entry (still this consumer's? a reclaimed entry is not acked)
-    assert delivered == 9 + 6
-    # with its audit record: + GET (turn), GET (head), RPUSH, SET (head)
-    assert audited == 6 + 4
+    # enqueue: EVALSHA + HGET, XADD (NOMKSTREAM: the stream exists), HINCRBY, SCARD
+    # (PUBLISH with other servers)
+    assert sent == 5
+    # claim (per batch): EVALSHA + ZRANGEBYSCORE, HMGET (both queues' counts: the empty
+    # reply queue is not looked at), LPOP, XREADGROUP, HDEL, SADD; ack (per stream and
+    # batch): EVALSHA + XACK, XDEL, and an XPENDING per entry (still this consumer's? a
+    # reclaimed entry is not acked)
+    assert delivered == 7 + 4
+    # with its audit record: + MGET (turn, head), RPUSH, SET (head)
+    assert audited == 5 + 3
 
 
 async def test_scripts_are_reloaded_after_a_script_flush(
@@ -487,7 +496,7 @@ async def test_batch_scripts_are_reloaded_after_a_script_flush(
             [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
             await _redis(redis_server.url, "SCRIPT", "FLUSH")
             assert await store.ack_many([delivery.delivery_id]) == [delivery]
-            assert await _redis(redis_server.url, "EXISTS", f"{namespace}:queue:b") == 0
+            assert await _redis(redis_server.url, "XLEN", f"{namespace}:queue:b") == 0
             assert store.statistics()["script_reloads"] == 2
 
 
@@ -552,7 +561,8 @@ async def test_a_batch_is_one_script_call_in_one_round_trip(
             assert all(r is not None for r in records)
             assert _spent(stats, stats_after) == (1, 1, 1)
             ran = {name: calls_after[name] - calls[name] for name in names}
-            assert ran == {"evalsha": 1, "xadd": 32, "hset": 16, "rpush": 1, "xack": 0, "xdel": 0}
+            # 32 + 2: on each of the two new streams, the first XADD (NOMKSTREAM) finds none
+            assert ran == {"evalsha": 1, "xadd": 34, "hset": 16, "rpush": 1, "xack": 0, "xdel": 0}
             pttl = await _redis(url, "PTTL", f"{namespace}:corr:c0")
             assert isinstance(pttl, int) and 0 < pttl <= CORRELATION_GRACE_MS
 
@@ -563,8 +573,8 @@ async def test_a_batch_is_one_script_call_in_one_round_trip(
             assert _spent(stats, stats_after) == (1, 1, 1)
             ran = {name: calls_after[name] - calls[name] for name in names}
             assert ran == {"evalsha": 1, "xadd": 0, "hset": 0, "rpush": 0, "xack": 2, "xdel": 2}
-            for q in ("b", "b/i1"):  # emptied streams are deleted, as by ack
-                assert await _redis(url, "EXISTS", f"{namespace}:queue:{q}") == 0
+            for q in ("b", "b/i1"):  # emptied, kept until the session ends, as by ack
+                assert await _redis(url, "XLEN", f"{namespace}:queue:{q}") == 0
 
 
 async def test_a_queue_that_refused_lately_is_predicted_full(
