@@ -17,6 +17,10 @@ sends again may cause a duplicate: at-least-once, never a loss that was promised
 away. A reply's retry is refused as ``unknown_correlation_id`` (its correlation
 was used), so replies are not duplicated.
 
+The wait runs on the lane's connection (``WAIT`` counts that connection's writes),
+so the operations of the batches behind it wait too: up to ``timeout`` per batch
+while replicas are missing.
+
 Pure: the value, its command, and the verdict on Redis's answer.
 """
 
