@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -25,7 +26,7 @@ from store_contract import LIMITS, NOW, _correlation, _item, _message
 from mas.audit.chain import verify
 from mas.audit.record import AuditDraft, AuditRecord
 from mas.errors import ConfigError
-from mas.store import EnqueueItem, QueuedMessage, Store
+from mas.store import EnqueueItem, QueuedMessage, Store, StoreLimits
 from mas.store.base import CorrelationRefused
 from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
 from mas.store.redis_durability import persistence_verdict
@@ -49,6 +50,31 @@ def namespace() -> str:
 async def store(redis_server: RedisServer, namespace: str) -> AsyncIterator[Store]:
     async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as opened:
         yield opened
+
+
+TwoServers = Callable[..., AbstractAsyncContextManager[tuple[RedisStore, RedisStore]]]
+
+
+@pytest.fixture
+def two_servers(redis_server: RedisServer, namespace: str) -> TwoServers:
+    """Opens two stores (two servers) on one Redis and the test's namespace.
+
+    ``async with two_servers(**options) as (a, b)``: ``url`` (default: the module's
+    Redis), ``limits`` (default ``LIMITS``), and ``open_redis_store``'s options.
+    """
+
+    @asynccontextmanager
+    async def open_two(
+        url: str | None = None, limits: StoreLimits = LIMITS, **options: Any
+    ) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+        target = url or redis_server.url
+        async with (
+            open_redis_store(target, limits, namespace=namespace, **options) as a,
+            open_redis_store(target, limits, namespace=namespace, **options) as b,
+        ):
+            yield a, b
+
+    return open_two
 
 
 async def _redis(url: str, *command: str | bytes | int) -> object:
@@ -79,13 +105,10 @@ class _Wakes:
             await self._changed.wait()
 
 
-async def test_an_enqueue_on_one_server_wakes_watch_on_the_other(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_an_enqueue_on_one_server_wakes_watch_on_the_other(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+            two_servers() as (a, b),
             trio.open_nursery() as nursery,
         ):
             on_a, on_b = _Wakes(), _Wakes()
@@ -102,17 +125,10 @@ async def test_an_enqueue_on_one_server_wakes_watch_on_the_other(
             nursery.cancel_scope.cancel()
 
 
-async def test_a_dead_servers_deliveries_are_reclaimed_by_another(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_a_dead_servers_deliveries_are_reclaimed_by_another(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as a,
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as b,
+            two_servers(lease_seconds=SHORT_LEASE) as (a, b),
             trio.open_nursery() as nursery,
         ):
             await a.enqueue(_message(1))
@@ -129,18 +145,13 @@ async def test_a_dead_servers_deliveries_are_reclaimed_by_another(
 
 
 async def test_after_a_reclaim_the_old_owner_can_neither_ack_nor_dead_letter_it(
-    redis_server: RedisServer, namespace: str
+    redis_server: RedisServer, namespace: str, two_servers: TwoServers
 ) -> None:
     # A server whose lease expired (paused, not dead) comes back and answers for
     # deliveries another server reclaimed and is delivering now: nothing happens.
     with trio.fail_after(5):
         async with (
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as a,
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as b,
+            two_servers(lease_seconds=SHORT_LEASE) as (a, b),
             trio.open_nursery() as nursery,
         ):
             await a.enqueue(_message(1))
@@ -165,17 +176,10 @@ async def test_after_a_reclaim_the_old_owner_can_neither_ack_nor_dead_letter_it(
             nursery.cancel_scope.cancel()
 
 
-async def test_a_live_servers_slow_delivery_is_not_taken(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_a_live_servers_slow_delivery_is_not_taken(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as a,
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as b,
+            two_servers(lease_seconds=SHORT_LEASE) as (a, b),
         ):
             await a.enqueue(_message(1))
             [slow] = await a.claim("b", "i1", "s1", 5, NOW)
@@ -209,13 +213,10 @@ async def test_acknowledged_messages_are_deleted_and_the_stream_with_its_session
                 assert await _redis(redis_server.url, "EXISTS", f"{namespace}:queue:{q}") == 0
 
 
-async def test_a_correlation_is_taken_once_across_servers(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_a_correlation_is_taken_once_across_servers(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+            two_servers() as (a, b),
         ):
             await a.put_correlation(_correlation())
             outcomes: list[str] = []
@@ -233,13 +234,10 @@ async def test_a_correlation_is_taken_once_across_servers(
             assert sorted(outcomes) == ["taken"] + ["unknown_correlation_id"] * 3
 
 
-async def test_two_servers_replying_to_one_request_store_one_reply(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_two_servers_replying_to_one_request_store_one_reply(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+            two_servers() as (a, b),
         ):
             await a.put_correlation(_correlation())
             outcomes: list[str] = []
@@ -274,12 +272,13 @@ def persistent_redis() -> Iterator[RedisServer]:
         yield server
 
 
-async def test_a_redis_crash_loses_no_acknowledged_message(persistent_redis: RedisServer) -> None:
+async def test_a_redis_crash_loses_no_acknowledged_message(
+    persistent_redis: RedisServer, two_servers: TwoServers
+) -> None:
     server = persistent_redis
     with trio.fail_after(20):
         async with (
-            open_redis_store(server.url, LIMITS, lease_seconds=2.0) as a,
-            open_redis_store(server.url, LIMITS, lease_seconds=2.0) as b,
+            two_servers(url=server.url, lease_seconds=2.0) as (a, b),
             trio.open_nursery() as nursery,
         ):
             on_b = _Wakes()
@@ -364,15 +363,12 @@ async def test_the_store_works_over_tls_and_reconnects_after_a_restart(
             assert delivery.message.message_id == "m9"
 
 
-async def test_servers_sharing_a_store_keep_one_audit_chain(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_servers_sharing_a_store_keep_one_audit_chain(two_servers: TwoServers) -> None:
     key = b"k" * 32
     limits = msgspec.structs.replace(LIMITS, max_queue_length=100)
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as a,
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as b,
+            two_servers(limits=limits, audit_key=key) as (a, b),
         ):
 
             async def send(store: RedisStore, n: int) -> None:
@@ -607,15 +603,14 @@ async def test_a_queue_that_refused_lately_is_predicted_full(
 
 
 async def test_servers_writing_batches_together_keep_one_audit_chain(
-    redis_server: RedisServer, namespace: str
+    two_servers: TwoServers,
 ) -> None:
     key = b"k" * 32
     limits = msgspec.structs.replace(LIMITS, max_queue_length=40)
     accepted: list[str] = []
     with trio.fail_after(10):
         async with (
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as a,
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as b,
+            two_servers(limits=limits, audit_key=key) as (a, b),
         ):
 
             async def send(store: RedisStore, k: int) -> None:
@@ -674,13 +669,12 @@ async def test_a_session_released_during_an_outage_is_handed_back_once_redis_ret
 
 
 async def test_after_a_redis_outage_longer_than_a_lease_live_servers_keep_their_deliveries(
-    persistent_redis: RedisServer,
+    persistent_redis: RedisServer, two_servers: TwoServers
 ) -> None:
     server = persistent_redis
     with trio.fail_after(20):
         async with (
-            open_redis_store(server.url, LIMITS, lease_seconds=SHORT_LEASE) as a,
-            open_redis_store(server.url, LIMITS, lease_seconds=SHORT_LEASE) as b,
+            two_servers(url=server.url, lease_seconds=SHORT_LEASE) as (a, b),
         ):
             await a.enqueue(_message(1))
             await a.enqueue(_message(2, target="c"))
