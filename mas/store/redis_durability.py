@@ -118,12 +118,7 @@ async def check_accept_wait(link: RedisLink, safe_url: str, wait: AcceptWait) ->
     """
     if not wait.active:
         return
-    server, replication, appendonly = await link.call(
-        "start",
-        ("INFO", "server"),
-        ("INFO", "replication"),
-        ("CONFIG", "GET", "appendonly"),
-    )
+    server, replication = await link.call("start", ("INFO", "server"), ("INFO", "replication"))
     version_text = _info(server).get("redis_version", "")
     version = parse_version(version_text)
     if wait.fsync:
@@ -134,6 +129,7 @@ async def check_accept_wait(link: RedisLink, safe_url: str, wait: AcceptWait) ->
                 f"{'.'.join(map(str, WAITAOF_VERSION))} or newer; upgrade Redis, or unset "
                 "accept_fsync (appendfsync always gives the same guarantee for one node)"
             )
+        [appendonly] = await link.call("start", ("CONFIG", "GET", "appendonly"))
         if _pairs(appendonly).get("appendonly", "").lower() != "yes":
             raise ConfigError(
                 f"Redis at {safe_url} has appendonly off, so it has no append-only file to "

@@ -376,7 +376,7 @@ class RedisLink:
                     shortfall,
                 )
         elif not self._durable:
-            log.warning("Redis at %s: accepts are acknowledged again", self.safe_url)
+            log.info("Redis at %s: accepts are acknowledged again", self.safe_url)
         self._durable = shortfall is None
         return shortfall
 
@@ -397,8 +397,9 @@ class RedisLink:
             # A bound per exchange, as the socket timeout was for each read. It is Trio
             # time: under an autojumping MockClock it fires at once, so tests that mock
             # the clock use the memory or SQLite store.
-            # The accept wait may take its own timeout before Redis answers it.
-            bound = self._socket_timeout + (self.accept_wait.timeout if waits else 0.0)
+            # The accept wait may take its own timeout before Redis answers it (twice
+            # when commands are sent again after NOSCRIPT).
+            bound = self._socket_timeout + (2 * self.accept_wait.timeout if waits else 0.0)
             with trio.fail_after(bound):
                 replies = await wire.round_trip_packed(pipeline, len(commands))
                 self._count_round_trip(len(commands))

@@ -245,3 +245,35 @@ async def test_every_accepted_message_survives_a_failover_to_the_replica(
     kept = {fields[b"m"].decode() for _, fields in entries}
     assert len(accepted) >= 300
     assert set(accepted) <= kept, f"lost {len(set(accepted) - kept)} of {len(accepted)}"
+
+
+async def test_the_wait_follows_enqueues_sent_again_after_a_script_flush(
+    primary: RedisServer, replica: RedisServer, namespace: str
+) -> None:
+    """After NOSCRIPT the enqueues are sent again, and still refused while unacknowledged.
+
+    (On Redis 7.0 the first pipeline's WAIT would refuse too: a client's WAIT covers
+    the replication offset at its last command, whoever wrote it.)
+    """
+    accept = AcceptWait(replicas=1, timeout=TIMEOUT)
+    async with open_redis_store(
+        primary.url, ROOMY, namespace=namespace, accept=accept, lease_seconds=60
+    ) as store:
+        with trio.fail_after(10):  # every write of the store's connection acknowledged
+            [record] = await store.enqueue_many([_item(0)])
+        assert not isinstance(record, CorrelationRefused)
+        client = redis.Redis(port=primary.port, socket_timeout=5)
+        try:
+            client.script_flush()
+        finally:
+            client.close()
+        replica.pause()  # the enqueues sent again cannot be acknowledged
+        try:
+            with trio.fail_after(TIMEOUT * 2 + 3):
+                [record] = await store.enqueue_many([_item(1)])
+        finally:
+            replica.resume()
+        assert isinstance(record, CorrelationRefused), record
+        assert record.reason == STORE_NOT_DURABLE
+        stats = store.statistics()
+        assert (stats["script_reloads"], stats["accept_refusals"]) == (1, 1)

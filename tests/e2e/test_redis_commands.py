@@ -22,8 +22,8 @@ COUNT = 100  # messages counted
 BOUNDS = {  # (kind, in flight) -> most commands per message
     ("request", 1): 58.5,  # the seed system: 59
     ("send", 1): 26.5,  # the seed system: 28
-    ("request", 32): 20.0,
-    ("send", 32): 9.0,
+    ("request", 32): 26.0,  # batching varies with timing: a guard against gross regressions
+    ("send", 32): 12.0,
 }
 
 
