@@ -173,6 +173,9 @@ class UnavailableError(RejectedError):
 
     Its store is down or its disk full; nothing was accepted. Send it again later
     (the server stays up and takes messages again once its store is back).
+    ``reason == "store_not_durable"``: Redis took the message but its replicas (or
+    its fsync) did not acknowledge it in time (``store.accept_replicas``,
+    ``accept_fsync``); it may still be delivered, so sending again may duplicate it.
     """
 
 

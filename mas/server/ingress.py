@@ -21,6 +21,7 @@ from ..store import Correlation, EnqueueItem
 from ..store.base import (
     CORRELATION_EXPIRED,
     NOT_THE_TARGET,
+    STORE_NOT_DURABLE,
     STORE_UNAVAILABLE,
     UNKNOWN_CORRELATION,
     CorrelationRefused,
@@ -123,6 +124,7 @@ _CORRELATION_CODES: Final = {
     CORRELATION_EXPIRED: "FAILED_PRECONDITION",
     NOT_THE_TARGET: "PERMISSION_DENIED",
     STORE_UNAVAILABLE: "UNAVAILABLE",  # not the correlation's fault: the store's
+    STORE_NOT_DURABLE: "UNAVAILABLE",  # stored, not acknowledged as durable: may be delivered
 }
 
 

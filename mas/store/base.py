@@ -129,6 +129,9 @@ CORRELATION_EXPIRED: Final = "correlation_id_expired"  # its request's deadline 
 NOT_THE_TARGET: Final = "not_authorized"  # only the request's target may answer it
 CORRELATION_GRACE: Final = 300.0  # seconds an expired correlation is kept, to say so
 STORE_UNAVAILABLE: Final = "store_unavailable"  # the store could not be reached or written
+# Written, but not acknowledged as the store's accept setting asks (Redis WAIT/WAITAOF):
+# it may still be delivered, so a retry may duplicate it.
+STORE_NOT_DURABLE: Final = "store_not_durable"
 
 
 class CorrelationRefused(Exception):

@@ -31,8 +31,10 @@ shared queue, ``<agent>/<instance>`` for an instance's reply queue)::
 In flight
     A delivery is a pending entry of the session's consumer
     (``<server id>:<session id>``); its delivery count is its attempt. Ack
-    deletes the entry (``XACK`` + ``XDEL``; empty streams are deleted), so memory
-    holds only messages that may still be delivered. Retry parks the entry in the
+    deletes the entry (``XACK`` + ``XDEL``), so memory holds only messages that
+    may still be delivered; a stream emptied by acks is kept (the next enqueue
+    appends to it in one command) until the release of a session of its queue,
+    or a reclaim, deletes it. Retry parks the entry in the
     delayed set; release and reclaim put it back at the front of its queue.
 
 Servers and leases
@@ -63,24 +65,34 @@ Order
 Cost (measured by ``tests/component/test_store_redis.py``)
     Client side: enqueue, claim and ack are one ``EVALSHA`` and one round trip
     each, concurrent calls share the round trip, and acks of one queue that
-    come together share one ``EVALSHA``. Redis side, scripts included: 6
-    commands per enqueue (10 with its audit record), 9 per claim batch, 4 per
-    ack batch.
+    come together share one ``EVALSHA``. Redis side, scripts included: 5
+    commands per enqueue (8 with its audit record), 7 per claim batch that
+    takes messages (3 when neither queue has any waiting: the ``waiting``
+    counts are read first), 3 per ack batch plus an ``XPENDING`` per entry.
 
     ``enqueue_many`` is one ``EVALSHA`` for the whole batch (messages, their
     correlations and audit records), one round trip unless a queue filled or
     drained unexpectedly or another server won the race for the audit chain
     (``mas.store.redis_batch``). Redis side: per message one ``XADD`` (plus
-    ``HSET`` and ``PEXPIREAT`` with a correlation), per queue 3 commands (up
-    to 5 when it was empty), per batch 5 (the script, the chain's four): 41
-    for 32 messages to one queue. ``ack_many`` is one ``EVALSHA`` whatever its
-    streams, and 3 commands per stream.
+    ``HSET`` and ``PEXPIREAT`` with a correlation), per queue 2 commands
+    (plus ``SCARD``, and ``PUBLISH`` with other servers, when it was empty; plus
+    ``XGROUP CREATE`` and one more ``XADD`` when its stream is new), per batch
+    4 (the script, the chain's three). ``ack_many`` is one ``EVALSHA`` whatever its streams, and 2
+    commands per stream plus an ``XPENDING`` per entry.
+
+    End to end (``tests/e2e/test_redis_commands.py``, every command of the
+    server counted): 58 commands per request/reply and 26 per one-way message
+    one at a time (the seed system: 59 and 28), about 16 and 8 with 32 in
+    flight.
 
 Durability and limits
     With ``appendonly yes`` and ``appendfsync always`` an accepted message
     survives a Redis crash; with ``everysec`` the last second may be lost on a
-    crash (not on a restart). Needs Redis 6.2 or newer, on one node (scripts
-    derive some queue keys at run time, so not Redis Cluster). A retry falls due
+    crash (not on a restart). An ``AcceptWait`` (``redis_accept``) makes every
+    pipeline with enqueues end with ``WAIT``/``WAITAOF``, and refuses its
+    enqueues (``store_not_durable``) when too few acknowledged them. Needs
+    Redis 6.2 or newer, on one node (scripts derive some queue keys at run
+    time, so not Redis Cluster). A retry falls due
     by the clock of the caller of ``claim``/``pending_agents``: if the server
     that scheduled it dies first, the next claim on any server promotes it.
 
@@ -88,7 +100,8 @@ Modules: ``redis_store`` (the store), ``redis_link`` (pool, batching, errors),
 ``redis_scripts`` (queue and audit Lua), ``redis_batch`` (``enqueue_many``,
 ``ack_many``), ``redis_lease`` (servers), ``redis_watch`` (the subscriber),
 ``redis_audit`` (the chain), ``redis_dlq``, ``redis_records`` (correlations,
-state), ``redis_keys`` (key names, decoding).
+state), ``redis_keys`` (key names, decoding), ``redis_durability`` (start-up
+checks), ``redis_accept`` (the wait before an accept).
 """
 
 from __future__ import annotations
@@ -105,8 +118,9 @@ from . import redis_batch as batch
 from . import redis_records as records
 from . import redis_scripts as lua
 from .base import StoreLimits
+from .redis_accept import NO_WAIT, AcceptWait
 from .redis_audit import AUDIT_SCRIPTS
-from .redis_durability import check_persistence
+from .redis_durability import check_accept_wait, check_persistence
 from .redis_keys import check_id
 from .redis_link import RedisLink, StoreUnavailableError
 from .redis_store import RedisStore
@@ -129,6 +143,7 @@ async def open_redis_store(
     audit_key: bytes | None = None,
     release_max_attempts: int | None = None,
     require_durable: bool = False,
+    accept: AcceptWait = NO_WAIT,
 ) -> AsyncIterator[RedisStore]:
     """Connect to Redis at ``url`` as one server of the ``namespace``; close on exit.
 
@@ -140,7 +155,9 @@ async def open_redis_store(
     the one other servers link the chain with is refused (ConfigError). Deliveries handed
     back from ended servers count an attempt; pass the router's ``max_attempts``
     as ``release_max_attempts`` to dead-letter those past it (``session_lost``;
-    None: requeue all), as ``release_session`` does.
+    None: requeue all), as ``release_session`` does. ``accept`` says what an
+    enqueue waits for before it is answered (``mas.store.redis_accept``); one
+    Redis cannot do is refused at start (ConfigError).
 
     Error handling: raises ``StoreUnavailableError`` if Redis cannot be reached
     at start. Cancellation: on exit the hand-back and lease release are
@@ -154,6 +171,7 @@ async def open_redis_store(
         socket_timeout=socket_timeout,
         reconnect_timeout=reconnect_timeout,
         client_name=f"mas-{server_id}",
+        accept_wait=accept,
     )
     store = RedisStore(
         link,
@@ -172,6 +190,7 @@ async def open_redis_store(
             try:
                 await link.load_scripts()
                 await check_persistence(link, link.safe_url, require_durable=require_durable)
+                await check_accept_wait(link, link.safe_url, accept)
                 held = await store._lease.renew("join")
                 await store._audit.load()
                 if audit_key is not None:  # a keyless opener (a reader, a test) links unkeyed

@@ -43,6 +43,7 @@ from redis.exceptions import ResponseError
 from ..audit.record import AuditRecord
 from .base import (
     CORRELATION_EXPIRED,
+    STORE_NOT_DURABLE,
     UNKNOWN_CORRELATION,
     CorrelationRefused,
     Enqueued,
@@ -50,7 +51,7 @@ from .base import (
 )
 from .redis_audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain
 from .redis_keys import Keys, queue_name
-from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
+from .redis_link import Arg, Command, RedisLink, StoreNotDurableError, StoreUnavailableError
 from .redis_records import CORRELATION_GRACE_MS
 from .redis_scripts import make_script
 
@@ -112,9 +113,6 @@ for i = 1, n do
   if string.sub(mask, i, i) == '1' then
     local stream = KEYS[5 + i]
     if before[q] then  -- the queue's first message of the batch
-      if redis.call('EXISTS', stream) == 0 then
-        redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
-      end
       -- As ENQUEUE: only a queue that was empty is announced, and only to other servers.
       if before[q] == 0 then
         if others == nil then others = redis.call('SCARD', KEYS[5]) > 1 end
@@ -123,7 +121,7 @@ for i = 1, n do
       add_waiting(KEYS[1], q, count[q] - before[q])
       before[q] = nil
     end
-    redis.call('XADD', stream, '*', 'm', ARGV[a + 3], 't', ARGV[a + 4], 'e', ARGV[a + 5])
+    append_entry(stream, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
     if has_correlation then  -- as PUT_CORRELATION (redis_records)
       if not now_ms then
         local t = redis.call('TIME')
@@ -145,14 +143,14 @@ return {1, mask}
 """
 
 # KEYS: streams. ARGV: per stream, the number of its entries, then (entry id, consumer)
-# pairs. As ACK: only entries still pending for their consumer are acked.
+# pairs. As ACK: only entries still pending for their consumer are acked, and emptied
+# streams are kept until the session's release.
 _ACK_MANY: Final = """
 local a = 1
 for _, stream in ipairs(KEYS) do
   local last = a + 2 * tonumber(ARGV[a])
   local owned = owned_entries(stream, ARGV, a + 1, last)
   for i = 1, #owned, 1000 do forget(stream, {unpack(owned, i, math.min(i + 999, #owned))}) end
-  drop_if_empty(stream)
   a = last + 1
 end
 return 1
@@ -212,22 +210,34 @@ class EnqueueBatch:
         """Write the batch; ``full[i]``: item i's queue refused lately (the prediction).
 
         Result i is item i's record, None when its queue was full, or the
-        ``CorrelationRefused`` of a reply whose correlation is no longer open.
-        Raises ``StoreUnavailableError`` when the chain gives no turn within
-        ``AUDIT_TIMEOUT``, ValueError when a draft cannot be linked.
+        ``CorrelationRefused`` of a reply whose correlation is no longer open, or
+        (``store_not_durable``) of an item written but not acknowledged as the link's
+        ``AcceptWait`` asks. Raises ``StoreUnavailableError`` when the chain gives
+        no turn within ``AUDIT_TIMEOUT``, ValueError when a draft cannot be linked.
         """
         flags = [b"0" if f else b"1" for f in full]
         refusals: dict[int, CorrelationRefused] = {}
         with trio.move_on_after(AUDIT_TIMEOUT):
             while True:
                 attempt = _Attempt(self, flags)
-                [outcome] = await self._link.call_prepared("enqueue", attempt, self._size)
+                not_durable = False
+                try:
+                    [outcome] = await self._link.call_prepared("enqueue", attempt, self._size)
+                except StoreNotDurableError as exc:
+                    [outcome], not_durable = exc.replies, True
+                    if isinstance(outcome, ResponseError):
+                        raise StoreUnavailableError(f"enqueue refused: {outcome}") from exc
                 code, mask = outcome[0], outcome[1]
                 for i, why in enumerate(mask):
                     if why in _REFUSALS:
                         refusals[i] = CorrelationRefused(_REFUSALS[why])
                 if code == 1:
                     results = attempt.results()
+                    if not_durable:  # written (and linked in the chain), not acknowledged
+                        refused = CorrelationRefused(STORE_NOT_DURABLE)
+                        return [
+                            refusals.get(i) if r is None else refused for i, r in enumerate(results)
+                        ]
                     return [refusals.get(i, r) if r is None else r for i, r in enumerate(results)]
                 # What the script found: refused items stay refused from now on.
                 flags = [b"1" if fits == ord("1") else b"2" for fits in mask]

@@ -18,6 +18,10 @@ survives a Redis crash depends on Redis, not on ``mas``:
 A failover to an asynchronous replica can lose what the replica had not received yet,
 whatever these settings. ``check_persistence`` reads them at start and says which row
 applies: a warning for the last two rows, or (``require_durable``) a refusal to start.
+
+An ``AcceptWait`` (``mas.store.redis_accept``: ``store.accept_replicas``,
+``store.accept_fsync``) makes an accept wait for replicas or for the fsync itself;
+``check_accept_wait`` refuses to start on a Redis that cannot do what it asks.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
+from ..errors import ConfigError
+from .redis_accept import WAITAOF_VERSION, AcceptWait, parse_version
 from .redis_link import RedisLink, StoreUnavailableError
 
 log = logging.getLogger("mas.store.redis")
@@ -94,3 +100,54 @@ async def check_persistence(link: RedisLink, safe_url: str, *, require_durable: 
         safe_url,
         meaning,
     )
+
+
+def _info(reply: Any) -> dict[str, str]:
+    """``INFO`` text (bytes) as field -> value."""
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
+    fields = (line.partition(":") for line in text.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, _, value in fields}
+
+
+async def check_accept_wait(link: RedisLink, safe_url: str, wait: AcceptWait) -> None:
+    """Refuse to start (``ConfigError``) when this Redis cannot wait as ``wait`` asks.
+
+    ``fsync`` needs ``WAITAOF`` (Redis 7.2 or newer) and ``appendonly yes``. Fewer
+    connected replicas than ``replicas`` is only warned about: a replica may be
+    starting, and until it is there every accept is refused (``store_not_durable``).
+    """
+    if not wait.active:
+        return
+    server, replication = await link.call("start", ("INFO", "server"), ("INFO", "replication"))
+    version_text = _info(server).get("redis_version", "")
+    version = parse_version(version_text)
+    if wait.fsync:
+        if version < WAITAOF_VERSION:
+            raise ConfigError(
+                f"Redis at {safe_url} is version {version_text or 'unknown'}, which has no "
+                f"WAITAOF: store.accept_fsync needs Redis "
+                f"{'.'.join(map(str, WAITAOF_VERSION))} or newer; upgrade Redis, or unset "
+                "accept_fsync (appendfsync always gives the same guarantee for one node)"
+            )
+        [appendonly] = await link.call("start", ("CONFIG", "GET", "appendonly"))
+        if _pairs(appendonly).get("appendonly", "").lower() != "yes":
+            raise ConfigError(
+                f"Redis at {safe_url} has appendonly off, so it has no append-only file to "
+                "fsync: store.accept_fsync needs appendonly yes; set it, or unset accept_fsync"
+            )
+    role = _info(replication)
+    if role.get("role") not in (None, "master"):
+        raise ConfigError(
+            f"Redis at {safe_url} is a replica (role {role.get('role')}): it takes no writes; "
+            "point store.url at the primary"
+        )
+    connected = int(role.get("connected_slaves", "0") or 0)
+    if connected < wait.replicas:
+        log.warning(
+            "Redis at %s has %d connected replica(s) and store.accept_replicas is %d: until "
+            "enough are connected every message is refused (UNAVAILABLE store_not_durable)",
+            safe_url,
+            connected,
+            wait.replicas,
+        )
+    log.info("Redis at %s: a message is accepted %s", safe_url, wait.describe())

@@ -26,6 +26,13 @@ Error handling
     sent fails at once, since it may or may not have run. Scripts missing after a
     Redis restart (``NOSCRIPT``) are loaded again and the failed commands re-sent.
 
+Accepts
+    With an ``AcceptWait`` (``mas.store.redis_accept``), a pipeline that carries
+    enqueues (operations of kind ``enqueue``) ends with its ``WAIT`` or
+    ``WAITAOF``, so one wait serves the whole batch; the enqueues are answered
+    only after it, and fail with ``StoreNotDurableError`` when it acknowledged
+    fewer than asked (their writes are in Redis's memory all the same).
+
 Cancellation
     A cancelled caller abandons its operation if it has not been sent yet;
     otherwise the operation still runs. Closing the link fails what is queued.
@@ -48,6 +55,7 @@ from redis.retry import Retry
 
 from ..config import redact_url
 from ..errors import StoreError
+from .redis_accept import NO_WAIT, AcceptWait
 from .redis_scripts import Script
 from .redis_wire import ProtocolError, WireSocket, pack
 
@@ -62,6 +70,7 @@ MAX_BATCH_BYTES: Final = 4 << 20  # argument bytes per pipeline (envelopes are u
 BACKOFF_MIN: Final = 0.02  # seconds, first wait before reconnecting
 BACKOFF_MAX: Final = 1.0  # seconds, longest wait between reconnection attempts
 POOL_CONNECTIONS: Final = 3  # the lane, the subscriber, one spare
+WAITING_KINDS: Final = frozenset({"enqueue"})  # operations an AcceptWait holds back
 
 
 class Connection(Protocol):
@@ -85,6 +94,18 @@ class _Pool(Protocol):
 
 class StoreUnavailableError(StoreError):
     """The Redis store could not be reached, or Redis refused an operation."""
+
+
+class StoreNotDurableError(StoreUnavailableError):
+    """Written to Redis's memory, but not acknowledged as the ``AcceptWait`` asks.
+
+    ``replies`` are the operation's replies (what the writes answered): the writes
+    happened and may still be delivered, so this is not "nothing was stored".
+    """
+
+    def __init__(self, message: str, replies: list[Any]) -> None:
+        super().__init__(message)
+        self.replies = replies
 
 
 class _NotSentError(Exception):
@@ -131,6 +152,8 @@ class LinkStatistics:
     op_round_trips: dict[str, float] = field(default_factory=dict)  # shared by the batch
     reconnect_waits: int = 0
     script_reloads: int = 0
+    accept_waits: int = 0  # WAIT / WAITAOF sent (one per pipeline with enqueues)
+    accept_refusals: int = 0  # of which acknowledged fewer than asked
 
 
 class RedisLink:
@@ -144,8 +167,11 @@ class RedisLink:
         socket_timeout: float,
         reconnect_timeout: float,
         client_name: str,
+        accept_wait: AcceptWait = NO_WAIT,
     ) -> None:
         self.safe_url = redact_url(url)
+        self.accept_wait = accept_wait
+        self._durable = True  # the last accept wait succeeded (logged once per change)
         self._scripts = scripts
         self._reconnect_timeout = reconnect_timeout
         try:
@@ -271,8 +297,19 @@ class RedisLink:
             return False
         return True
 
-    async def _execute(self, batch: list[_Op]) -> None:
+    def _pipeline(self, batch: list[_Op]) -> tuple[list[Command], bytes, bool]:
+        """The batch's commands and their RESP, and whether an accept wait ends them."""
         commands = [command for op in batch for command in op.commands]
+        packed = b"".join(op.packed for op in batch)
+        waits = self.accept_wait.active and any(op.kind in WAITING_KINDS for op in batch)
+        if waits:
+            wait = self.accept_wait.command()
+            commands.append(wait)
+            packed += pack([wait])
+        return commands, packed, waits
+
+    async def _execute(self, batch: list[_Op]) -> None:
+        commands, packed, waits = self._pipeline(batch)
         # No operation waits for a connection longer than reconnect_timeout in all.
         deadline = min(op.submitted for op in batch) + self._reconnect_timeout
         delay = BACKOFF_MIN
@@ -280,7 +317,7 @@ class RedisLink:
         replies: list[Any] = []
         while True:
             try:
-                replies = await self._exchange(commands, b"".join(op.packed for op in batch))
+                replies = await self._exchange(commands, packed, waits)
             except _NotSentError as exc:
                 if trio.current_time() + delay > deadline:
                     error = self._unavailable(exc.__cause__ or exc)
@@ -300,12 +337,13 @@ class RedisLink:
                     batch = live
                     if not batch:
                         return
-                    commands = [command for op in batch for command in op.commands]
+                    commands, packed, waits = self._pipeline(batch)
                 continue
             except (redis.RedisError, OSError, ProtocolError) as exc:
                 error = self._unavailable(exc)
             break
         self.stats.batches += 1
+        shortfall = self._accept_verdict(replies.pop()) if waits and error is None else None
         stats, share, start = self.stats, 1 / len(batch), 0
         for op in batch:
             stats.ops[op.kind] = stats.ops.get(op.kind, 0) + 1
@@ -315,13 +353,39 @@ class RedisLink:
                 op.replies = replies[start : start + len(op.commands)]
                 start += len(op.commands)
                 if op.prepared is not None:
-                    op.prepared.completed(op.replies)
+                    op.prepared.completed(op.replies)  # the writes did happen
+                if shortfall is not None and op.kind in WAITING_KINDS:
+                    op.error = StoreNotDurableError(
+                        f"Redis at {self.safe_url} holds the message in memory only: {shortfall}",
+                        op.replies,
+                    )
                 op.done.set()
             else:
                 _finish(op, error)
 
-    async def _exchange(self, commands: list[Command], pipeline: bytes) -> list[Any]:
-        """Send ``commands`` (``pipeline``: packed) on the lane's connection; every reply."""
+    def _accept_verdict(self, reply: Any) -> str | None:
+        """Count and judge an accept wait's reply; log once per change of state."""
+        self.stats.accept_waits += 1
+        shortfall = self.accept_wait.shortfall(reply)
+        if shortfall is not None:
+            self.stats.accept_refusals += 1
+            if self._durable:
+                log.warning(
+                    "Redis at %s: accepts are refused (UNAVAILABLE store_not_durable): %s",
+                    self.safe_url,
+                    shortfall,
+                )
+        elif not self._durable:
+            log.info("Redis at %s: accepts are acknowledged again", self.safe_url)
+        self._durable = shortfall is None
+        return shortfall
+
+    async def _exchange(self, commands: list[Command], pipeline: bytes, waits: bool) -> list[Any]:
+        """Send ``commands`` (``pipeline``: packed) on the lane's connection; every reply.
+
+        ``waits``: the last command is the accept wait, which must follow every write
+        (so it is sent again after commands re-sent for ``NOSCRIPT``).
+        """
         wire = self._wire
         if wire is not None and wire.stale():
             log.info("the Redis connection at %s was closed; reconnecting", self.safe_url)
@@ -333,16 +397,22 @@ class RedisLink:
             # A bound per exchange, as the socket timeout was for each read. It is Trio
             # time: under an autojumping MockClock it fires at once, so tests that mock
             # the clock use the memory or SQLite store.
-            with trio.fail_after(self._socket_timeout):
+            # The accept wait may take its own timeout before Redis answers it (twice
+            # when commands are sent again after NOSCRIPT).
+            bound = self._socket_timeout + (2 * self.accept_wait.timeout if waits else 0.0)
+            with trio.fail_after(bound):
                 replies = await wire.round_trip_packed(pipeline, len(commands))
                 self._count_round_trip(len(commands))
                 missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
                 if missing:
                     self.stats.script_reloads += 1
                     loads: list[Command] = [("SCRIPT", "LOAD", s.source) for s in self._scripts]
-                    again = await self._round_trip(wire, loads + [commands[i] for i in missing])
-                    for i, reply in zip(missing, again[len(loads) :], strict=True):
+                    resend = [commands[i] for i in missing] + ([commands[-1]] if waits else [])
+                    again = await self._round_trip(wire, loads + resend)
+                    for i, reply in zip(missing, again[len(loads) :], strict=False):
                         replies[i] = reply
+                    if waits:
+                        replies[-1] = again[-1]
             return replies
         except BaseException as exc:
             self._drop_lane()  # its state is unknown: a half-read reply, or none

@@ -60,6 +60,15 @@ local function dead_letter(dlq, agents, cap, agent, instance, m, t, attempt, nb,
   redis.call('SADD', agents, agent)
 end
 
+-- Append an entry to a queue stream; a missing stream is made, with its group (one
+-- command when the stream exists, as it does while any of its entries is in flight).
+local function append_entry(stream, m, t, e)
+  if not redis.call('XADD', stream, 'NOMKSTREAM', '*', 'm', m, 't', t, 'e', e) then
+    redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
+    redis.call('XADD', stream, '*', 'm', m, 't', t, 'e', e)
+  end
+end
+
 -- Acknowledge and delete entries: the stream keeps only what may be delivered again.
 local function forget(stream, ids)
   redis.call('XACK', stream, GROUP, unpack(ids))
@@ -67,14 +76,14 @@ local function forget(stream, ids)
 end
 
 -- The entry ids of the (id, consumer) pairs in args[first..last] that are still
--- pending for that consumer (not reclaimed by another server meanwhile).
+-- pending for that consumer (not reclaimed by another server meanwhile). A missing
+-- stream (or group) makes XPENDING fail: then nothing is owned.
 local function owned_entries(stream, args, first, last)
   local owned = {{}}
-  if redis.call('EXISTS', stream) == 0 then return owned end
   for i = first, last, 2 do
-    if redis.call('XPENDING', stream, GROUP, args[i], args[i], 1, args[i + 1])[1] then
-      owned[#owned + 1] = args[i]
-    end
+    local p = redis.pcall('XPENDING', stream, GROUP, args[i], args[i], 1, args[i + 1])
+    if p.err then return owned end
+    if p[1] then owned[#owned + 1] = args[i] end
   end
   return owned
 end
@@ -84,9 +93,9 @@ end
 -- has it). -2: no, another server has the turn: it lost a race, so it writes first.
 -- The head key holds "<last record's hash> <server that wrote it>".
 local function chain_ready(head, turn, me, expected)
-  local holder = redis.call('GET', turn)
+  local both = redis.call('MGET', turn, head)
+  local holder, current = both[1], both[2]
   if holder and holder ~= me then return -2 end
-  local current = redis.call('GET', head)
   if (current and string.sub(current, 1, 64) or string.rep('0', 64)) ~= expected then
     if not holder and current and string.sub(current, 66) ~= me then
       redis.call('SET', turn, me, 'PX', {AUDIT_TURN_MS})
@@ -210,10 +219,7 @@ local waiting = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if waiting >= tonumber(ARGV[2]) then
   return {0, audited and redis.call('LINDEX', KEYS[3], -1)}
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[1], GROUP, '0', 'MKSTREAM')
-end
-redis.call('XADD', KEYS[1], '*', 'm', ARGV[3], 't', ARGV[4], 'e', ARGV[5])
+append_entry(KEYS[1], ARGV[3], ARGV[4], ARGV[5])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 -- Sessions that saw the queue non-empty keep claiming until it is empty: only the first
 -- message after that needs announcing, and only to other servers.
@@ -267,48 +273,55 @@ local function keep(stream, which, id, attempt, nb, flat, instance)
   return false
 end
 
-local function take(stream, front, q, which, instance)
-  if taken >= limit or redis.call('EXISTS', stream) == 0 then return end
-  local before, popped, expired = taken, 0, false
-  while taken < limit do
-    local item = redis.call('LPOP', front)
-    if not item then break end
-    popped = popped + 1
+-- `waiting` (the queue's count in the waiting hash) is what its front list and its
+-- undelivered entries hold together: a queue with none is not looked at.
+local function take(stream, front, q, which, instance, waiting)
+  waiting = tonumber(waiting or '0')
+  if taken >= limit or waiting <= 0 then return end
+  local before, removed, expired = taken, 0, false
+  local items = redis.call('LPOP', front, limit - taken)  -- false: the front is empty
+  for _, item in ipairs(items or {}) do
+    removed = removed + 1
     local id, attempt, nb = split3(item)
-    local entry = redis.call('XCLAIM', stream, GROUP, consumer, 0, id, 'RETRYCOUNT', attempt)[1]
-    if entry and entry[2] then
-      expired = keep(stream, which, id, tonumber(attempt), nb, entry[2], instance) or expired
+    -- pcall: a stream deleted under us (by hand) claims nothing, rather than failing.
+    local entry = redis.pcall('XCLAIM', stream, GROUP, consumer, 0, id, 'RETRYCOUNT', attempt)
+    if not entry.err and entry[1] and entry[1][2] then
+      expired = keep(stream, which, id, tonumber(attempt), nb, entry[1][2], instance) or expired
     end
   end
-  add_waiting(KEYS[5], q, -popped)
-  while taken < limit do
+  -- New entries, unless the front held every waiting message.
+  while taken < limit and removed < waiting do
     local want = limit - taken
-    local got = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', want,
+    local got = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', want,
       'STREAMS', stream, '>')
-    if not got then break end
+    if not got or got.err then break end  -- none, or no stream
     local entries = got[1][2]
-    add_waiting(KEYS[5], q, -#entries)
+    removed = removed + #entries
     for _, entry in ipairs(entries) do
       expired = keep(stream, which, entry[1], 1, '0', entry[2], instance) or expired
     end
     if #entries < want then break end
   end
+  -- As add_waiting, in one command: the count is known.
+  if removed >= waiting then redis.call('HDEL', KEYS[5], q)
+  elseif removed > 0 then redis.call('HINCRBY', KEYS[5], q, -removed) end
   if taken > before then redis.call('SADD', KEYS[9], q) end  -- for reclaims
   if expired then drop_if_empty(stream) end
 end
 
-take(KEYS[1], KEYS[2], ARGV[5], 1, ARGV[8])
-take(KEYS[3], KEYS[4], ARGV[6], 2, '')
+local waiting = redis.call('HMGET', KEYS[5], ARGV[5], ARGV[6])
+take(KEYS[1], KEYS[2], ARGV[5], 1, ARGV[8], waiting[1])
+take(KEYS[3], KEYS[4], ARGV[6], 2, '', waiting[2])
 return out
 """
 
 # KEYS: stream. ARGV: (entry id, consumer) pairs.
 # Only entries still pending for that consumer are acked: after a reclaim, the entry
-# belongs to another server, which is delivering it now.
+# belongs to another server, which is delivering it now. An emptied stream is kept (the
+# next enqueue appends to it in one command); the release of the session deletes it.
 _ACK: Final = """
 local owned = owned_entries(KEYS[1], ARGV, 1, #ARGV)
 for i = 1, #owned, 1000 do forget(KEYS[1], {unpack(owned, i, math.min(i + 999, #owned))}) end
-drop_if_empty(KEYS[1])
 return #owned
 """
 
@@ -399,11 +412,7 @@ for i = 5, #ARGV do
     for j = 1, #entry[2], 2 do f[entry[2][j]] = entry[2][j + 1] end
     local q = f['a']
     if f['i'] ~= '' then q = q .. '/' .. f['i'] end
-    local stream = queue_key(ARGV[1], q)
-    if redis.call('EXISTS', stream) == 0 then
-      redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
-    end
-    redis.call('XADD', stream, '*', 'm', f['m'], 't', ARGV[2], 'e', f['e'])
+    append_entry(queue_key(ARGV[1], q), f['m'], ARGV[2], f['e'])
     add_waiting(KEYS[1], q, 1)
     redis.call('PUBLISH', ARGV[3], ' ' .. q)
     redis.call('XDEL', KEYS[2], ARGV[i])

@@ -552,6 +552,8 @@ class RedisStore:
             "op_commands": dict(cmds),
             "op_round_trips": dict(rt),
             "reconnect_waits": stats.reconnect_waits,
+            "accept_waits": stats.accept_waits,
+            "accept_refusals": stats.accept_refusals,
             "script_reloads": stats.script_reloads,
             **self._counts,
             "handed_back": self._lease.handed_back,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -25,7 +26,7 @@ from store_contract import LIMITS, NOW, _correlation, _item, _message
 from mas.audit.chain import verify
 from mas.audit.record import AuditDraft, AuditRecord
 from mas.errors import ConfigError
-from mas.store import EnqueueItem, QueuedMessage, Store
+from mas.store import EnqueueItem, QueuedMessage, Store, StoreLimits
 from mas.store.base import CorrelationRefused
 from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
 from mas.store.redis_durability import persistence_verdict
@@ -49,6 +50,31 @@ def namespace() -> str:
 async def store(redis_server: RedisServer, namespace: str) -> AsyncIterator[Store]:
     async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as opened:
         yield opened
+
+
+TwoServers = Callable[..., AbstractAsyncContextManager[tuple[RedisStore, RedisStore]]]
+
+
+@pytest.fixture
+def two_servers(redis_server: RedisServer, namespace: str) -> TwoServers:
+    """Opens two stores (two servers) on one Redis and the test's namespace.
+
+    ``async with two_servers(**options) as (a, b)``: ``url`` (default: the module's
+    Redis), ``limits`` (default ``LIMITS``), and ``open_redis_store``'s options.
+    """
+
+    @asynccontextmanager
+    async def open_two(
+        url: str | None = None, limits: StoreLimits = LIMITS, **options: Any
+    ) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+        target = url or redis_server.url
+        async with (
+            open_redis_store(target, limits, namespace=namespace, **options) as a,
+            open_redis_store(target, limits, namespace=namespace, **options) as b,
+        ):
+            yield a, b
+
+    return open_two
 
 
 async def _redis(url: str, *command: str | bytes | int) -> object:
@@ -79,13 +105,10 @@ class _Wakes:
             await self._changed.wait()
 
 
-async def test_an_enqueue_on_one_server_wakes_watch_on_the_other(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_an_enqueue_on_one_server_wakes_watch_on_the_other(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+            two_servers() as (a, b),
             trio.open_nursery() as nursery,
         ):
             on_a, on_b = _Wakes(), _Wakes()
@@ -102,17 +125,10 @@ async def test_an_enqueue_on_one_server_wakes_watch_on_the_other(
             nursery.cancel_scope.cancel()
 
 
-async def test_a_dead_servers_deliveries_are_reclaimed_by_another(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_a_dead_servers_deliveries_are_reclaimed_by_another(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as a,
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as b,
+            two_servers(lease_seconds=SHORT_LEASE) as (a, b),
             trio.open_nursery() as nursery,
         ):
             await a.enqueue(_message(1))
@@ -129,18 +145,13 @@ async def test_a_dead_servers_deliveries_are_reclaimed_by_another(
 
 
 async def test_after_a_reclaim_the_old_owner_can_neither_ack_nor_dead_letter_it(
-    redis_server: RedisServer, namespace: str
+    redis_server: RedisServer, namespace: str, two_servers: TwoServers
 ) -> None:
     # A server whose lease expired (paused, not dead) comes back and answers for
     # deliveries another server reclaimed and is delivering now: nothing happens.
     with trio.fail_after(5):
         async with (
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as a,
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as b,
+            two_servers(lease_seconds=SHORT_LEASE) as (a, b),
             trio.open_nursery() as nursery,
         ):
             await a.enqueue(_message(1))
@@ -165,17 +176,10 @@ async def test_after_a_reclaim_the_old_owner_can_neither_ack_nor_dead_letter_it(
             nursery.cancel_scope.cancel()
 
 
-async def test_a_live_servers_slow_delivery_is_not_taken(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_a_live_servers_slow_delivery_is_not_taken(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as a,
-            open_redis_store(
-                redis_server.url, LIMITS, namespace=namespace, lease_seconds=SHORT_LEASE
-            ) as b,
+            two_servers(lease_seconds=SHORT_LEASE) as (a, b),
         ):
             await a.enqueue(_message(1))
             [slow] = await a.claim("b", "i1", "s1", 5, NOW)
@@ -185,7 +189,7 @@ async def test_a_live_servers_slow_delivery_is_not_taken(
             assert await a.ack(slow.delivery_id) == slow
 
 
-async def test_acknowledged_messages_are_deleted_from_the_stream(
+async def test_acknowledged_messages_are_deleted_and_the_stream_with_its_session(
     redis_server: RedisServer, namespace: str
 ) -> None:
     stream = f"{namespace}:queue:b"
@@ -199,16 +203,20 @@ async def test_acknowledged_messages_are_deleted_from_the_stream(
             await store.ack(deliveries[1].delivery_id)
             assert await _redis(redis_server.url, "XLEN", stream) == 1
             await store.ack(deliveries[2].delivery_id)
-            assert await _redis(redis_server.url, "EXISTS", stream) == 0  # empty: deleted
+            # Empty, kept while the session lasts: the next enqueue appends in one command.
+            assert await _redis(redis_server.url, "XLEN", stream) == 0
+            await store.enqueue(_message(3, instance="i1"))  # its reply queue, too
+            [reply] = await store.claim("b", "i1", "s1", 5, NOW)
+            await store.ack(reply.delivery_id)
+            assert await store.release_session("s1", 3, NOW) == 0
+            for q in ("b", "b/i1"):  # the session ended: its emptied streams are deleted
+                assert await _redis(redis_server.url, "EXISTS", f"{namespace}:queue:{q}") == 0
 
 
-async def test_a_correlation_is_taken_once_across_servers(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_a_correlation_is_taken_once_across_servers(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+            two_servers() as (a, b),
         ):
             await a.put_correlation(_correlation())
             outcomes: list[str] = []
@@ -226,13 +234,10 @@ async def test_a_correlation_is_taken_once_across_servers(
             assert sorted(outcomes) == ["taken"] + ["unknown_correlation_id"] * 3
 
 
-async def test_two_servers_replying_to_one_request_store_one_reply(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_two_servers_replying_to_one_request_store_one_reply(two_servers: TwoServers) -> None:
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as a,
-            open_redis_store(redis_server.url, LIMITS, namespace=namespace) as b,
+            two_servers() as (a, b),
         ):
             await a.put_correlation(_correlation())
             outcomes: list[str] = []
@@ -267,12 +272,13 @@ def persistent_redis() -> Iterator[RedisServer]:
         yield server
 
 
-async def test_a_redis_crash_loses_no_acknowledged_message(persistent_redis: RedisServer) -> None:
+async def test_a_redis_crash_loses_no_acknowledged_message(
+    persistent_redis: RedisServer, two_servers: TwoServers
+) -> None:
     server = persistent_redis
     with trio.fail_after(20):
         async with (
-            open_redis_store(server.url, LIMITS, lease_seconds=2.0) as a,
-            open_redis_store(server.url, LIMITS, lease_seconds=2.0) as b,
+            two_servers(url=server.url, lease_seconds=2.0) as (a, b),
             trio.open_nursery() as nursery,
         ):
             on_b = _Wakes()
@@ -357,15 +363,12 @@ async def test_the_store_works_over_tls_and_reconnects_after_a_restart(
             assert delivery.message.message_id == "m9"
 
 
-async def test_servers_sharing_a_store_keep_one_audit_chain(
-    redis_server: RedisServer, namespace: str
-) -> None:
+async def test_servers_sharing_a_store_keep_one_audit_chain(two_servers: TwoServers) -> None:
     key = b"k" * 32
     limits = msgspec.structs.replace(LIMITS, max_queue_length=100)
     with trio.fail_after(5):
         async with (
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as a,
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as b,
+            two_servers(limits=limits, audit_key=key) as (a, b),
         ):
 
             async def send(store: RedisStore, n: int) -> None:
@@ -455,14 +458,16 @@ async def test_redis_commands_per_one_way_message(
             start = await calls()
             await store.enqueue(_message(2), AuditDraft(time=NOW, decision="ALLOWED"))
             audited = await calls() - start - 1
-    # enqueue: EVALSHA + HGET, EXISTS, XADD, HINCRBY, SCARD (PUBLISH with other servers)
-    assert sent == 6
-    # claim (per batch): EVALSHA + ZRANGEBYSCORE, EXISTS x2, LPOP, XREADGROUP, HINCRBY,
-    # HDEL, SADD; ack (per stream and batch): EVALSHA + EXISTS, XACK, XDEL, XLEN, and an
-    # XPENDING per entry (still this consumer's? a reclaimed entry is not acked)
-    assert delivered == 9 + 6
-    # with its audit record: + GET (turn), GET (head), RPUSH, SET (head)
-    assert audited == 6 + 4
+    # enqueue: EVALSHA + HGET, XADD (NOMKSTREAM: the stream exists), HINCRBY, SCARD
+    # (PUBLISH with other servers)
+    assert sent == 5
+    # claim (per batch): EVALSHA + ZRANGEBYSCORE, HMGET (both queues' counts: the empty
+    # reply queue is not looked at), LPOP, XREADGROUP, HDEL, SADD; ack (per stream and
+    # batch): EVALSHA + XACK, XDEL, and an XPENDING per entry (still this consumer's? a
+    # reclaimed entry is not acked)
+    assert delivered == 7 + 4
+    # with its audit record: + MGET (turn, head), RPUSH, SET (head)
+    assert audited == 5 + 3
 
 
 async def test_scripts_are_reloaded_after_a_script_flush(
@@ -487,7 +492,7 @@ async def test_batch_scripts_are_reloaded_after_a_script_flush(
             [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
             await _redis(redis_server.url, "SCRIPT", "FLUSH")
             assert await store.ack_many([delivery.delivery_id]) == [delivery]
-            assert await _redis(redis_server.url, "EXISTS", f"{namespace}:queue:b") == 0
+            assert await _redis(redis_server.url, "XLEN", f"{namespace}:queue:b") == 0
             assert store.statistics()["script_reloads"] == 2
 
 
@@ -552,7 +557,8 @@ async def test_a_batch_is_one_script_call_in_one_round_trip(
             assert all(r is not None for r in records)
             assert _spent(stats, stats_after) == (1, 1, 1)
             ran = {name: calls_after[name] - calls[name] for name in names}
-            assert ran == {"evalsha": 1, "xadd": 32, "hset": 16, "rpush": 1, "xack": 0, "xdel": 0}
+            # 32 + 2: on each of the two new streams, the first XADD (NOMKSTREAM) finds none
+            assert ran == {"evalsha": 1, "xadd": 34, "hset": 16, "rpush": 1, "xack": 0, "xdel": 0}
             pttl = await _redis(url, "PTTL", f"{namespace}:corr:c0")
             assert isinstance(pttl, int) and 0 < pttl <= CORRELATION_GRACE_MS
 
@@ -563,8 +569,8 @@ async def test_a_batch_is_one_script_call_in_one_round_trip(
             assert _spent(stats, stats_after) == (1, 1, 1)
             ran = {name: calls_after[name] - calls[name] for name in names}
             assert ran == {"evalsha": 1, "xadd": 0, "hset": 0, "rpush": 0, "xack": 2, "xdel": 2}
-            for q in ("b", "b/i1"):  # emptied streams are deleted, as by ack
-                assert await _redis(url, "EXISTS", f"{namespace}:queue:{q}") == 0
+            for q in ("b", "b/i1"):  # emptied, kept until the session ends, as by ack
+                assert await _redis(url, "XLEN", f"{namespace}:queue:{q}") == 0
 
 
 async def test_a_queue_that_refused_lately_is_predicted_full(
@@ -597,15 +603,14 @@ async def test_a_queue_that_refused_lately_is_predicted_full(
 
 
 async def test_servers_writing_batches_together_keep_one_audit_chain(
-    redis_server: RedisServer, namespace: str
+    two_servers: TwoServers,
 ) -> None:
     key = b"k" * 32
     limits = msgspec.structs.replace(LIMITS, max_queue_length=40)
     accepted: list[str] = []
     with trio.fail_after(10):
         async with (
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as a,
-            open_redis_store(redis_server.url, limits, namespace=namespace, audit_key=key) as b,
+            two_servers(limits=limits, audit_key=key) as (a, b),
         ):
 
             async def send(store: RedisStore, k: int) -> None:
@@ -664,13 +669,12 @@ async def test_a_session_released_during_an_outage_is_handed_back_once_redis_ret
 
 
 async def test_after_a_redis_outage_longer_than_a_lease_live_servers_keep_their_deliveries(
-    persistent_redis: RedisServer,
+    persistent_redis: RedisServer, two_servers: TwoServers
 ) -> None:
     server = persistent_redis
     with trio.fail_after(20):
         async with (
-            open_redis_store(server.url, LIMITS, lease_seconds=SHORT_LEASE) as a,
-            open_redis_store(server.url, LIMITS, lease_seconds=SHORT_LEASE) as b,
+            two_servers(url=server.url, lease_seconds=SHORT_LEASE) as (a, b),
         ):
             await a.enqueue(_message(1))
             await a.enqueue(_message(2, target="c"))

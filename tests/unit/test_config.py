@@ -645,3 +645,16 @@ def test_bad_dlp_rule_is_a_config_error_with_its_path() -> None:
     message = parse_error("gateway: {dlp: {disable_defaults: [no_such_rule]}}")
     assert "$.gateway.dlp" in message
     assert "no_such_rule" in message
+
+
+def test_accept_settings_are_read_for_redis_and_refused_elsewhere() -> None:
+    store = "store: {backend: redis, accept_replicas: 2, accept_fsync: true, accept_timeout: 0.25}"
+    cfg = parse(f"{store}\nagents: [{{agent_id: a}}]\n")
+    assert (cfg.store.accept_replicas, cfg.store.accept_fsync) == (2, True)
+    assert cfg.store.accept_timeout == 0.25
+    for setting in ("accept_replicas: 1", "accept_fsync: true", "accept_timeout: 1.0"):
+        message = parse_error(f"store: {{backend: sqlite, {setting}}}\nagents: [{{agent_id: a}}]\n")
+        assert "setting of the redis backend" in message, message
+    assert "accept_replicas" in parse_error(
+        "store: {backend: redis, accept_replicas: -1}\nagents: [{agent_id: a}]\n"
+    )
