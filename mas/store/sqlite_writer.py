@@ -34,6 +34,7 @@ Why not a worker thread
     in a worker thread after every ``checkpoint_every`` commits, never on the
     event loop (``wal_autocheckpoint`` is off); calls wait meanwhile, a few ms.
 
+
 Error handling
     An operation that raises is rolled back and its caller gets the exception
     (``sqlite3.Error`` becomes ``StoreError``). A failed COMMIT raises
@@ -256,6 +257,20 @@ class Writer:
         if self._flushed < flush_to:
             raise self._broken_error()
         return result
+
+    @property
+    def commits(self) -> int:
+        """How many transactions changed the file since opening (the last commit's number)."""
+        return self._committed
+
+    @property
+    def durable_commits(self) -> int:
+        """The number of the last commit a power loss cannot undo (as ``sync`` promises).
+
+        With ``sync="full"`` the last one flushed; with ``"normal"`` every commit counts
+        (that mode promises only to survive a killed process).
+        """
+        return self._flushed if self._sync == "full" else self._committed
 
     def statistics(self) -> SqliteStoreStatistics:
         """Counters since opening."""
