@@ -94,8 +94,12 @@ class SqliteStore:
         audit_key: bytes | None = None,
         server_id: str | None = None,
         durable_seq: int = 0,
+        next_due: float | None = None,
     ) -> None:
         self.limits = limits
+        # The earliest retry this store scheduled (or found at open): a claim at or after
+        # it promotes retries. One server per file, so no other process schedules any.
+        self._next_due = next_due
         self._writer = writer
         self._audit_key = audit_key
         self.audit_key = audit_key
@@ -184,10 +188,11 @@ class SqliteStore:
         # Read only what a flush already covers, waiting for none of its own; later
         # records appear once a flush (an accepted message's, or the background one
         # within a second) covers them. Seqs have no gaps, so the count bounds the read.
+        # Old records may be cold pages: read in a worker thread (``Writer.read``).
         up_to = self.durable_audit_seq()
         if up_to <= after_seq:
             return []
-        return await self._writer.call(ops.audit_records, after_seq, min(limit, up_to - after_seq))
+        return await self._writer.read(ops.audit_records, after_seq, min(limit, up_to - after_seq))
 
     async def trim_audit(self, rule: Retention) -> int:
         return await self._writer.call(ops.trim_audit, rule)
@@ -198,9 +203,18 @@ class SqliteStore:
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
     ) -> list[InFlight]:
-        return await self._writer.call(
-            ops.claim, agent_id, instance_id, session_id, limit, now, self.limits.max_message_age
+        max_age = self.limits.max_message_age
+        if self._next_due is None or now < self._next_due:
+            return await self._writer.call(
+                ops.claim, agent_id, instance_id, session_id, limit, now, max_age
+            )
+        # Retries fall due: promoting them reads rows no recent call touched. Read them in
+        # a worker thread first, so that the claim on the event loop finds them cached.
+        await self._writer.read(ops.warm_promotion, now)
+        taken, self._next_due = await self._writer.call(
+            ops.claim_promoting, agent_id, instance_id, session_id, limit, now, max_age
         )
+        return taken
 
     async def ack(self, delivery_id: str) -> InFlight | None:
         return await self._writer.call(ops.ack, delivery_id)
@@ -225,7 +239,11 @@ class SqliteStore:
         return acked, records
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
-        return await self._writer.call(ops.retry, delivery_id, not_before)
+        retried = await self._writer.call(ops.retry, delivery_id, not_before)
+        if retried is not None:
+            due = self._next_due
+            self._next_due = not_before if due is None else min(due, not_before)
+        return retried
 
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
         return await self._writer.call(ops.dead_letter, delivery_id, reason, now, durable=True)
@@ -332,7 +350,11 @@ async def open_sqlite_store(
     """
     async with open_writer(path, sync=sync, shutdown_timeout=shutdown_timeout) as writer:
         # The only clock reading of the store: no caller can pass `now` to a restart.
+        # What a previous process left in flight may be anywhere in a large file: read
+        # it in a worker thread first, so that the release on the event loop finds it cached.
+        await writer.read(ops.in_flight_rows)
         await writer.call(ops.release, None, release_max_attempts, time.time())
         # Durable: the records a previous process left are copied to the JSONL file.
         newest = await writer.call(ops.audit_newest_seq, durable=True)
-        yield SqliteStore(writer, limits, audit_key=audit_key, durable_seq=newest)
+        due = await writer.call(ops.next_due)
+        yield SqliteStore(writer, limits, audit_key=audit_key, durable_seq=newest, next_due=due)

@@ -288,6 +288,45 @@ def claim(
     return taken
 
 
+def claim_promoting(
+    conn: sqlite3.Connection,
+    agent_id: str,
+    instance_id: str,
+    session_id: str,
+    limit: int,
+    now: float,
+    max_age: float,
+) -> tuple[list[InFlight], float | None]:
+    """``claim``, and the earliest retry still scheduled after it (None: none is)."""
+    taken = claim(conn, agent_id, instance_id, session_id, limit, now, max_age)
+    return taken, next_due(conn)
+
+
+def warm_promotion(conn: sqlite3.Connection, now: float) -> int:
+    """Read what promoting the retries due at ``now`` reads (on a reader, to cache it)."""
+    rows = conn.execute(
+        "SELECT id, target_id, instance_id, envelope FROM messages "
+        "WHERE state = 1 AND not_before <= ? ORDER BY not_before, id",
+        (now,),
+    ).fetchall()
+    for (target_id, instance_id), _ in _by_queue(rows):
+        conn.execute(
+            "SELECT position FROM messages WHERE target_id = ? AND instance_id IS ? "
+            "AND state = 0 ORDER BY position, id LIMIT 1",
+            (target_id, instance_id),
+        ).fetchone()
+    return len(rows)
+
+
+def in_flight_rows(conn: sqlite3.Connection) -> int:
+    """Read every in-flight row, as ``release`` of every session does (to cache them)."""
+    rows = conn.execute(
+        "SELECT id, target_id, instance_id, attempt, envelope FROM messages "
+        "WHERE state = 2 ORDER BY position, id"
+    ).fetchall()
+    return len(rows)
+
+
 def _to_dead_letters(conn: sqlite3.Connection, row_id: int, reason: str, now: float) -> None:
     conn.execute(_TO_DEAD_LETTERS, (reason, now, row_id))
     conn.execute("DELETE FROM messages WHERE id = ?", (row_id,))
