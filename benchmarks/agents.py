@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from . import dlp, workloads
+from . import dlp, floor, workloads
 
 ASYNC_WORKLOADS = {
     "one_way": workloads.one_way,
@@ -40,6 +40,9 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     name, params = spec["workload"], spec["params"]
     if name == "dlp_scan":
         return dlp.dlp_scan(Path(spec["config_path"]), params)
+    if name == "floor":  # its own echo server; the directory is where a store would live
+        directory = Path(spec["result_path"]).parent
+        return trio.run(floor.floor, Path(spec["pki_dir"]), directory, params)
     setup = workloads.Setup(
         server_addr=spec["server_addr"],
         server_pid=spec["server_pid"],

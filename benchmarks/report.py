@@ -136,3 +136,44 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def _median_of(records: Sequence[dict[str, Any]], job: str, store: str, key: str) -> float | None:
+    values = [
+        r["result"][key]
+        for r in records
+        if r["job"] == job
+        and r["store"] == store
+        and "error" not in r
+        and key in r.get("result", {})
+    ]
+    return statistics.median(values) if values else None
+
+
+def ceiling_rows(
+    stores: Sequence[str], records: Sequence[dict[str, Any]], sqlite_sync: str
+) -> list[Row]:
+    """(a) on each store against the ceiling the floor of the same run implies.
+
+    A one-at-a-time request/reply is two round trips on open streams (requester -> server
+    -> echo, echo -> server -> requester), so its ceiling is 1 / (2 x echo round trip),
+    plus two durable commits (2 x fdatasync) on the SQLite store with ``sync: full``: the
+    request's and the reply's accept each wait for one. No rows without a floor (scenario
+    0) in the run.
+    """
+    rtt = _median_of(records, "floor", NO_STORE, "echo_rtt")
+    fsync = _median_of(records, "floor", NO_STORE, "fsync")
+    if rtt is None or fsync is None:
+        return []
+    rows: list[Row] = []
+    for store in stores:
+        achieved = _median_of(records, "request-reply", store, "throughput")
+        if achieved is None:
+            continue
+        durable = store == "sqlite" and sqlite_sync == "full"
+        ceiling = 1.0 / (2 * rtt + (2 * fsync if durable else 0.0))
+        how = "2 RTT + 2 fsync" if durable else "2 RTT"
+        rows.append((f"a ceiling ({how})", store, _fmt(ceiling), "", "", "req/s", "", ""))
+        share = 100.0 * achieved / ceiling
+        rows.append(("a share of its ceiling", store, f"{share:.0f}", "", "", "%", "", ""))
+    return rows

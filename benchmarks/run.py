@@ -42,9 +42,14 @@ INFLIGHT = 32  # sends awaiting the server's accept, in total over the senders o
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition (CI)")
-    parser.add_argument("--scenarios", default=ALL_KEYS, help="e.g. a,c,f (default: a-h)")
+    parser.add_argument(
+        "--scenarios", default=ALL_KEYS, help="e.g. 0,a,c (default: 0 (the floor) and a-h)"
+    )
     parser.add_argument("--stores", default=",".join(STORES), help="default: memory,sqlite,redis")
     parser.add_argument("--repeat", type=int, help="repetitions (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply the measured counts of 0 and a-d"
+    )
     parser.add_argument("--inflight", type=int, default=INFLIGHT, help="sends in flight, c and d")
     parser.add_argument(
         "--idle-window",
@@ -137,7 +142,17 @@ def main(argv: list[str] | None = None) -> int:
             _usage_error(f"--agents takes counts like 1000,10000, not {args.agents!r}")
         if any(k < 1 for k in counts):
             _usage_error("--agents counts must be >= 1")
-    catalogue = build(quick=args.quick, idle_window=args.idle_window, agent_counts=counts)
+    if args.scale <= 0:
+        _usage_error("--scale must be > 0")
+    if args.inflight < 1:
+        _usage_error("--inflight must be >= 1")
+    catalogue = build(
+        quick=args.quick,
+        idle_window=args.idle_window,
+        agent_counts=counts,
+        inflight=args.inflight,
+        scale=args.scale,
+    )
     scenarios = [catalogue[k] for k in sorted(_keys(args.scenarios, ALL_KEYS, "scenario"))]
     stores = _keys(args.stores, STORES, "store")
     disabled = tuple(_keys(args.disable, DISABLEABLE, "step")) if args.disable else ()
@@ -158,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         pki_dir = work / "pki"
         write_dev_pki(pki_dir, sorted(ids))
         availability = store_availability(stores, work, pki_dir)
-        plan = [(s, j) for s in stores if availability[s] is None for j in _jobs(scenarios, s)]
-        plan += [(report.NO_STORE, j) for j in _jobs(scenarios, None)]
+        # The floor first (it bounds the scenarios: measure it before the machine warms up
+        # to the run), then every store's jobs, then the other store-independent ones.
+        loose = _jobs(scenarios, None)
+        plan = [(report.NO_STORE, j) for j in loose if j.workload == "floor"]
+        plan += [(s, j) for s in stores if availability[s] is None for j in _jobs(scenarios, s)]
+        plan += [(report.NO_STORE, j) for j in loose if j.workload != "floor"]
         for store, reason in availability.items():
             if reason is not None:
                 print(f"store {store}: not available in this build ({reason})", file=sys.stderr)
@@ -182,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 if record.get("store_unused"):
                     availability[store] = record["error"]
     rows = report.table_rows(scenarios, stores, availability, records)
+    rows += report.ceiling_rows(stores, records, args.sqlite_sync or "full")
     table = report.render(rows)
     print(table)
     print(f"pipeline: {', '.join(f'{k} {v}' for k, v in steps.items())}")
@@ -195,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "repeat": repeat,
         "inflight": args.inflight,
+        "scale": args.scale,
         "idle_window": args.idle_window,
         "agents": args.agents,
         "disabled": list(disabled),

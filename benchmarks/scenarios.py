@@ -67,41 +67,62 @@ def build(
     quick: bool,
     idle_window: float | None = None,
     agent_counts: tuple[int, ...] | None = None,
+    inflight: int = 32,
+    scale: float = 1.0,
 ) -> dict[str, Scenario]:
     """Every scenario, keyed by its letter; ``quick`` shrinks counts and windows for CI.
 
-    ``idle_window`` (seconds) and ``agent_counts`` replace (f)'s defaults.
+    ``idle_window`` (seconds) and ``agent_counts`` replace (f)'s defaults; ``inflight`` is
+    the number of sends in flight, in all, of the second run of (c) and (d) (the first has
+    one per sender, as the reference sends); ``scale`` multiplies the measured counts of
+    the floor and of (a)-(d) (for quicker A/B runs).
     """
     q = quick
+
+    def k(count: int) -> int:
+        return max(10, round(count * scale))
+
     settle = 0.2 if q else 1.0  # seconds for acks to settle after a warm-up or connect phase
     rr = Job(
         "request-reply",
         "request_reply",
-        {"n": 50 if q else 2000, "warmup": 20 if q else 200, "concurrency": 1, "settle": settle},
+        {"n": k(50 if q else 2000), "warmup": 20 if q else 200, "concurrency": 1, "settle": settle},
         deadline=30 if q else 180,
     )
     rr32 = Job(
         "request-reply-32",
         "request_reply",
-        {"n": 200 if q else 5000, "warmup": 64 if q else 640, "concurrency": 32, "settle": settle},
-        deadline=30 if q else 180,
-    )
-    oneway = Job(
-        "oneway",
-        "one_way",
         {
-            "senders": 1,
-            "per_sender": 300 if q else 10_000,
-            "warmup": 30 if q else 500,
+            "n": k(200 if q else 5000),
+            "warmup": 64 if q else 640,
+            "concurrency": 32,
             "settle": settle,
         },
-        deadline=30 if q else 240,
+        deadline=30 if q else 180,
     )
-    fanin = Job(
-        "fan-in",
-        "one_way",
-        {"senders": 8, "per_sender": 40 if q else 2000, "warmup": 5 if q else 50, "settle": settle},
-        deadline=30 if q else 240,
+
+    def one_way_jobs(name: str, senders: int, per_sender: int, warmup: int) -> tuple[Job, Job]:
+        """The job at one send in flight per sender, and at ``inflight`` in all."""
+        params = {"senders": senders, "per_sender": per_sender, "warmup": warmup}
+        params["settle"] = settle
+        one = Job(f"{name}-1", "one_way", {**params, "inflight_per_sender": 1}, 60 if q else 300)
+        many = Job(f"{name}-{inflight}", "one_way", params, deadline=30 if q else 240)
+        return one, many
+
+    oneway1, oneway = one_way_jobs("oneway", 1, k(300 if q else 10_000), 30 if q else 500)
+    fanin1, fanin = one_way_jobs("fan-in", 8, k(40 if q else 2000), 5 if q else 50)
+    floor = Job(
+        "floor",
+        "floor",
+        {
+            "warmup": 20 if q else 200,
+            "rtt_n": k(100 if q else 2000),
+            "pipelined_n": k(500 if q else 20_000),
+            "pipeline_window": 32,
+            "fsync_n": 20 if q else 200,
+        },
+        deadline=60 if q else 180,
+        needs_server=False,
     )
     counts = agent_counts or ((100,) if q else (1000, 5000, 10_000))
     if idle_window is None:
@@ -171,6 +192,21 @@ def build(
         ]
     scenarios = [
         Scenario(
+            "0",
+            "the floor: purerpc echo over mTLS between two processes, and fsync",
+            (floor,),
+            (
+                (floor.name, Metric("echo_rtt", "0 floor: echo round trip", "us", None, 1e6)),
+                (
+                    floor.name,
+                    Metric("echo_rtt_p99", "0 floor: echo round trip p99", "us", None, 1e6),
+                ),
+                (floor.name, Metric("echo_pipelined", "0 floor: echo pipelined (32)", "frames/s")),
+                (floor.name, Metric("fsync", "0 floor: fdatasync 4 KiB", "us", None, 1e6)),
+            ),
+            stores=(),
+        ),
+        Scenario(
             "a",
             "request/reply, one requester awaiting each reply",
             (rr,),
@@ -201,10 +237,19 @@ def build(
         ),
         Scenario(
             "c",
-            "one-way send 1 -> 1, first send to last receive",
-            (oneway,),
+            "one-way send 1 -> 1, first send to last receive, 1 and N sends in flight",
+            (oneway1, oneway),
             (
-                (oneway.name, Metric("throughput", "c one-way 1 -> 1", "msg/s", 355.0)),
+                (oneway1.name, Metric("throughput", "c one-way, 1 in flight", "msg/s", 355.0)),
+                (
+                    oneway1.name,
+                    Metric("server_cpu_per_msg", "c server CPU/msg, 1 in flight", "ms", None, 1e3),
+                ),
+                # The reference gains about 1.4x at 32 in flight (PERFORMANCE.md).
+                (
+                    oneway.name,
+                    Metric("throughput", f"c one-way, {inflight} in flight", "msg/s", 497.0),
+                ),
                 (oneway.name, Metric("agents_cpu_per_msg", "c agents CPU/msg", "ms", scale=1000.0)),
                 (
                     oneway.name,
@@ -221,10 +266,17 @@ def build(
         ),
         Scenario(
             "d",
-            "fan-in, 8 senders -> 1 receiver",
-            (fanin,),
+            "fan-in, 8 senders -> 1 receiver, 1 in flight per sender and N in all",
+            (fanin1, fanin),
             (
-                (fanin.name, Metric("throughput", "d fan-in 8 -> 1", "msg/s", 581.0)),
+                (
+                    fanin1.name,
+                    Metric("throughput", "d fan-in 8 -> 1, 1 in flight each", "msg/s", 581.0),
+                ),
+                (
+                    fanin.name,
+                    Metric("throughput", f"d fan-in 8 -> 1, {inflight} in flight", "msg/s"),
+                ),
                 (fanin.name, Metric("server_cpu_per_msg", "d server CPU/msg", "ms", scale=1000.0)),
                 (fanin.name, Metric("agents_cpu_per_msg", "d agents CPU/msg", "ms", scale=1000.0)),
                 *_rss(fanin.name, "d"),
@@ -262,4 +314,4 @@ def build(
     return {s.key: s for s in scenarios}
 
 
-ALL_KEYS: Final = "abcdefgh"
+ALL_KEYS: Final = "0abcdefgh"

@@ -48,6 +48,8 @@ def roster(workload: str, params: dict[str, Any]) -> tuple[list[str], list[dict[
         return ["echo", "requester"], [
             {"type": "allow", "sender": "requester", "targets": ["echo"]}
         ]
+    if workload == "floor":  # the echo client's certificate; it talks to no mas server
+        return ["floor"], []
     if workload == "idle":
         return [f"idle{k:05d}" for k in range(params["agents"])], []
     return [], []
@@ -173,7 +175,8 @@ async def pump(sender: Agent[Any], target: str, ids: Iterator[int], concurrency:
 async def one_way(setup: Setup, params: dict[str, Any]) -> dict[str, Any]:
     """(c), (d), (e), (h): ``senders`` agents each send ``per_sender`` messages to one sink."""
     senders, per_sender, warmup = params["senders"], params["per_sender"], params["warmup"]
-    inflight = max(1, params["inflight"] // senders)  # the same total in flight for c and d
+    # One per sender (as the reference sends), or the same total in flight for c and d.
+    inflight = params.get("inflight_per_sender") or max(1, params["inflight"] // senders)
     n, warm_total = senders * per_sender, senders * warmup
     tally = Tally(warm_total + n)
     probe = RedisProbe(setup.redis_url)

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import trio
 
-from ..audit.record import AuditDraft, Decision, payload_digest
+from ..audit.record import AuditDraft, AuditRecord, Decision, payload_digest
 from ..clock import TrioWallClock
 from ..config import LimitsConfig
 from ..envelope import (
@@ -39,6 +39,7 @@ from ..errors import StoreError
 from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
 from ..store.base import CORRELATION_GRACE, STORE_UNAVAILABLE, CorrelationRefused, Enqueued
 from .audit_log import AuditLog
+from .correlations import Recent
 from .delivery import RetryPolicy, past_deadline
 from .gateway import Admitted, Denied, Gateway
 from .ingress import (
@@ -82,6 +83,7 @@ class Router:
         self._current_limits = limits  # read at each use: a reload applies at once
         self._clock = clock
         self._retry_scheduled = trio.Event()
+        self._recent = Recent()  # correlations of the requests routed here
         self.delivered = 0
         self.dead_lettered = 0
         self.expired = 0  # requests and replies not delivered: their deadline had passed
@@ -157,14 +159,23 @@ class Router:
         results: list[Accepted | Rejection | None] = [None] * len(batch)
         refusals: list[AuditDraft] = []
         prepared: list[Prepared] = []
-        # The replies' correlations, all looked up in one store call.
-        replies = [(o.correlation_id, sender_id) for o in batch if o.kind == "reply"]
-        found: Iterator[Correlation | CorrelationRefused | None] = iter(())
-        if replies:
+        # The replies' correlations: those of requests routed here are known; the others
+        # are looked up in one store call.
+        known = [
+            self._recent.match(o.correlation_id, sender_id, now) if o.kind == "reply" else None
+            for o in batch
+        ]
+        unknown = [
+            (o.correlation_id, sender_id)
+            for o, hit in zip(batch, known, strict=True)
+            if o.kind == "reply" and hit is None
+        ]
+        looked_up: Iterator[Correlation | CorrelationRefused] = iter(())
+        if unknown:
             try:
-                found = iter(await self.store.find_correlations(replies, now))
+                looked_up = iter(await self.store.find_correlations(unknown, now))
             except StoreError:  # the replies are refused below; sends still go on
-                found = iter([CorrelationRefused(STORE_UNAVAILABLE)] * len(replies))
+                looked_up = iter([CorrelationRefused(STORE_UNAVAILABLE)] * len(unknown))
         for index, outbound in enumerate(batch):
             ingress = Ingress(
                 outbound.kind,
@@ -177,7 +188,9 @@ class Router:
                 gateway.shown,
             )
             try:
-                correlation = next(found) if outbound.kind == "reply" else None
+                correlation: Correlation | CorrelationRefused | None = None
+                if outbound.kind == "reply":
+                    correlation = known[index] or next(looked_up)
                 try:
                     prepared.append(
                         await self._prepare(gateway, index, ingress, outbound, correlation)
@@ -301,6 +314,8 @@ class Router:
     ) -> Accepted | Rejection:
         """What became of one message given to the store: stored, or refused there."""
         ingress, message = entry.ingress, entry.item.message
+        if entry.item.answers:
+            self._recent.forget(entry.item.answers)  # consumed, or refused by the store
         if isinstance(record, CorrelationRefused):  # another reply took it, or it expired
             if entry.taken is None:  # a send or request the store could not take
                 gateway.breakers.release(message.target_id, ingress.now)
@@ -324,7 +339,10 @@ class Router:
                 gateway.delivery_failed(ingress.sender_id, ingress.now)
             return Accepted(message.message_id)
         correlation = entry.item.correlation
-        return Accepted(message.message_id, correlation.correlation_id if correlation else "")
+        if correlation is None:
+            return Accepted(message.message_id)
+        self._recent.remember(correlation)
+        return Accepted(message.message_id, correlation.correlation_id)
 
     # -- delivery ----------------------------------------------------------------------
 
@@ -338,7 +356,13 @@ class Router:
         session.ring()
         while True:
             await session.wait_for_doorbell()
-            while (room := session.window.room()) > 0:
+            session.starved = False
+            while True:
+                room = session.window.room()
+                if room <= 0:
+                    # More may wait in the store: the next ack that frees a slot rings.
+                    session.starved = True
+                    break
                 now = self._clock.now()
                 deliveries = await self.store.claim(
                     session.agent_id, session.instance_id, session.session_id, room, now
@@ -409,10 +433,16 @@ class Router:
             return
         # Untracked above, so finish: a cancel here (the client closed right after
         # acking) would leave them in flight until release, redelivered for nothing.
-        acked: list[InFlight | None] = []
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + APPLY_TIMEOUT):
-            acked = await self.store.ack_many(ids)
         now = self._clock.now()
+        acked: list[InFlight | None] = []
+        records: list[AuditRecord] | None = None
+
+        def delivered(delivery: InFlight) -> AuditDraft:
+            return _delivery_draft("DELIVERED", session, delivery, now)
+
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + APPLY_TIMEOUT):
+            # One store call: the acks and their DELIVERED records (where the store can).
+            acked, records = await self.store.ack_recorded(ids, delivered)
         gateway = self._gateway()
         drafts = []
         for delivery in acked:
@@ -420,8 +450,13 @@ class Router:
                 continue
             if delivery.delivery_id not in requests:  # a request's outcome is its reply
                 gateway.delivery_succeeded(session.agent_id, now)
-            drafts.append(_delivery_draft("DELIVERED", session, delivery, now))
-        await self._audit.record_many(drafts)
+            if records is None:
+                drafts.append(delivered(delivery))
+        if records is None:
+            await self._audit.record_many(drafts)
+        else:
+            for record in records:
+                self._audit.committed(record)
 
     async def nack(
         self, session: Session, delivery_id: str, reason: str, *, retryable: bool

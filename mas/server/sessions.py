@@ -62,6 +62,10 @@ class Session:
         self.end_status: tuple[str, str] | None = None  # set when the server ends it
         self._doorbell = trio.Event()
         self._acks_changed = trio.Event()
+        # Set by the pump when it stopped claiming because the window was full (more may
+        # wait in the store): only then does an ack's free slot ring the doorbell. Otherwise
+        # the store held nothing more when it last looked, and a new message rings anyway.
+        self.starved = False
 
     def ring(self) -> None:
         """Tell the pump there may be work (new message, free slot, due retry)."""
@@ -84,8 +88,8 @@ class Session:
     def untrack(self, delivery_id: str) -> Tracked | None:
         """Forget a delivery; what was tracked, or None if it was not this session's."""
         tracked = self.window.settle(delivery_id)
-        if tracked is not None:
-            self.ring()  # a slot in the window is free
+        if tracked is not None and self.starved:
+            self.ring()  # a slot in the window is free, and messages may be waiting
         return tracked
 
     def end(self, code: str, reason: str) -> None:

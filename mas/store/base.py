@@ -195,8 +195,16 @@ class Store(Protocol):
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
         """Link records into the store's one audit chain and write them, in order."""
 
-    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        """Stored audit records with ``seq > after_seq``, oldest first, at most ``limit``."""
+    async def audit_records(
+        self, after_seq: int = 0, limit: int = 1000, *, flushed_only: bool = False
+    ) -> list[AuditRecord]:
+        """Stored audit records with ``seq > after_seq``, oldest first, at most ``limit``.
+
+        Never a record a power loss could take back (SQLite ``sync: full`` flushes first).
+        ``flushed_only``: do not flush for this read; return only records already durable
+        (on SQLite, those a flush covered; fewer or none while one is due), for a reader
+        that polls, such as the JSONL follower.
+        """
 
     async def trim_audit(self, rule: Retention) -> int:
         """Remove the oldest audit records ``rule`` allows (``mas.audit.retention``).
@@ -221,6 +229,18 @@ class Store(Protocol):
 
         Result i is what ``ack(delivery_ids[i])`` would give, the ids taken in
         order: an id given twice is forgotten by its first occurrence (None after).
+        """
+
+    async def ack_recorded(
+        self, delivery_ids: Sequence[str], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[InFlight | None], list[AuditRecord] | None]:
+        """``ack_many``, with the audit record ``draft`` makes of each delivery it acked.
+
+        Where the store can (SQLite, memory), the records are linked into the chain and
+        written in the acks' transaction: a delivery is forgotten together with its
+        record, in one store call. Then the second value is those records, in the order
+        of the acked deliveries. A store that cannot (Redis) acks alone and returns None:
+        the caller writes the drafts itself (``append_audit``).
         """
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:

@@ -166,7 +166,9 @@ class MemoryStore:
         await checkpoint()
         return [self._link(draft) for draft in drafts]
 
-    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+    async def audit_records(
+        self, after_seq: int = 0, limit: int = 1000, *, flushed_only: bool = False
+    ) -> list[AuditRecord]:
         await checkpoint()
         # seq n is at index n - 1 - (the anchor's seq): the chain has no gaps.
         start = max(after_seq - self._audit_anchor[0], 0)
@@ -237,6 +239,13 @@ class MemoryStore:
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
         await checkpoint()
         return [self._forget(delivery_id) for delivery_id in delivery_ids]
+
+    async def ack_recorded(
+        self, delivery_ids: Sequence[str], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[InFlight | None], list[AuditRecord] | None]:
+        await checkpoint()
+        acked = [self._forget(delivery_id) for delivery_id in delivery_ids]
+        return acked, [self._link(draft(d)) for d in acked if d is not None]
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         await checkpoint()

@@ -214,7 +214,9 @@ class RedisStore:
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
         return await self._audit.append(drafts)
 
-    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
+    async def audit_records(
+        self, after_seq: int = 0, limit: int = 1000, *, flushed_only: bool = False
+    ) -> list[AuditRecord]:
         return await self._audit.records(after_seq, limit)
 
     async def trim_audit(self, rule: Retention) -> int:
@@ -321,6 +323,12 @@ class RedisStore:
             # Forgotten here already: the acks go out even if this caller is cancelled.
             await self._link.call("ack", ack_command(entries), abandonable=False)
         return [None if tracked is None else tracked.delivery for tracked in acked]
+
+    async def ack_recorded(
+        self, delivery_ids: Sequence[str], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[InFlight | None], list[AuditRecord] | None]:
+        # The ack script does not link audit records: the caller writes the drafts.
+        return await self.ack_many(delivery_ids), None
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         tracked = self._forget(delivery_id)

@@ -40,6 +40,7 @@ raised ``Cancelled`` and changed nothing, or completed.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -92,12 +93,21 @@ class SqliteStore:
         *,
         audit_key: bytes | None = None,
         server_id: str | None = None,
+        durable_seq: int = 0,
+        next_due: float | None = None,
     ) -> None:
         self.limits = limits
+        # The earliest retry this store scheduled (or found at open): a claim at or after
+        # it promotes retries. One server per file, so no other process schedules any.
+        self._next_due = next_due
         self._writer = writer
         self._audit_key = audit_key
         self.audit_key = audit_key
         self.server_id = server_id or default_server_id()
+        # The audit records not yet flushed: (commit number, highest seq it wrote), in
+        # commit order. ``audit_records`` reads up to ``_durable_seq`` only.
+        self._unflushed: deque[tuple[int, int]] = deque()
+        self._durable_seq = durable_seq
 
     def _stamp(self, draft: AuditDraft) -> AuditDraft:
         """``draft`` naming this server (a record is linked in the writer thread)."""
@@ -109,6 +119,23 @@ class SqliteStore:
         """Operations, transactions and durable commits since opening."""
         return self._writer.statistics()
 
+    def _wrote_audit(self, records: Sequence[AuditRecord | str | None]) -> None:
+        """Note the audit records a call just committed (they become readable once flushed).
+
+        The commit number read now may be a later call's (others may have committed
+        since): that only makes the records wait for a later flush, never an earlier one.
+        """
+        seqs = [r.seq for r in records if isinstance(r, AuditRecord)]
+        if seqs:
+            self._unflushed.append((self._writer.commits, max(seqs)))
+
+    def durable_audit_seq(self) -> int:
+        """The highest audit seq a power loss cannot take back (as ``sync`` promises)."""
+        durable = self._writer.durable_commits
+        while self._unflushed and self._unflushed[0][0] <= durable:
+            self._durable_seq = max(self._durable_seq, self._unflushed.popleft()[1])
+        return self._durable_seq
+
     # -- queues ------------------------------------------------------------------------
 
     async def enqueue(
@@ -118,9 +145,11 @@ class SqliteStore:
             raise ValueError("an instance id is never empty (None names the shared queue)")
         if audit is not None:
             audit = self._stamp(audit)
-        return await self._writer.call(
+        record = await self._writer.call(
             ops.enqueue, message, self.limits.max_queue_length, audit, self._audit_key, durable=True
         )
+        self._wrote_audit([record])
+        return record
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
         if not items:
@@ -136,6 +165,7 @@ class SqliteStore:
             self._audit_key,
             durable=True,
         )
+        self._wrote_audit(written)
         return [CorrelationRefused(w) if isinstance(w, str) else w for w in written]
 
     # -- audit -----------------------------------------------------------------------------
@@ -144,12 +174,25 @@ class SqliteStore:
         # Not durable: no client waits for these records (a message's own record is
         # written with its enqueue), and the JSONL file copies only flushed records.
         stamped = tuple(self._stamp(draft) for draft in drafts)
-        return await self._writer.call(ops.append_audit, stamped, self._audit_key)
+        records = await self._writer.call(ops.append_audit, stamped, self._audit_key)
+        self._wrote_audit(records)
+        return records
 
-    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        # Durable: the JSONL file copies what this returns, so it must never hold a
-        # record that a power loss could take back from the store.
-        return await self._writer.call(ops.audit_records, after_seq, limit, durable=True)
+    async def audit_records(
+        self, after_seq: int = 0, limit: int = 1000, *, flushed_only: bool = False
+    ) -> list[AuditRecord]:
+        # Durable either way: what this returns may be copied (the JSONL file), so it
+        # must never be a record that a power loss could take back from the store.
+        if not flushed_only:  # flush what was committed so far, then read it
+            return await self._writer.call(ops.audit_records, after_seq, limit, durable=True)
+        # Read only what a flush already covers, waiting for none of its own; later
+        # records appear once a flush (an accepted message's, or the background one
+        # within a second) covers them. Seqs have no gaps, so the count bounds the read.
+        # Old records may be cold pages: read in a worker thread (``Writer.read``).
+        up_to = self.durable_audit_seq()
+        if up_to <= after_seq:
+            return []
+        return await self._writer.read(ops.audit_records, after_seq, min(limit, up_to - after_seq))
 
     async def trim_audit(self, rule: Retention) -> int:
         return await self._writer.call(ops.trim_audit, rule)
@@ -160,9 +203,18 @@ class SqliteStore:
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
     ) -> list[InFlight]:
-        return await self._writer.call(
-            ops.claim, agent_id, instance_id, session_id, limit, now, self.limits.max_message_age
+        max_age = self.limits.max_message_age
+        if self._next_due is None or now < self._next_due:
+            return await self._writer.call(
+                ops.claim, agent_id, instance_id, session_id, limit, now, max_age
+            )
+        # Retries fall due: promoting them reads rows no recent call touched. Read them in
+        # a worker thread first, so that the claim on the event loop finds them cached.
+        await self._writer.read(ops.warm_promotion, now)
+        taken, self._next_due = await self._writer.call(
+            ops.claim_promoting, agent_id, instance_id, session_id, limit, now, max_age
         )
+        return taken
 
     async def ack(self, delivery_id: str) -> InFlight | None:
         return await self._writer.call(ops.ack, delivery_id)
@@ -172,8 +224,26 @@ class SqliteStore:
             return []
         return await self._writer.call(ops.ack_many, tuple(delivery_ids))
 
+    async def ack_recorded(
+        self, delivery_ids: Sequence[str], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[InFlight | None], list[AuditRecord] | None]:
+        # Not durable, like an ack and a delivery's record: a power loss that undoes
+        # them redelivers the message, which is then recorded again.
+        def stamped(delivery: InFlight) -> AuditDraft:
+            return self._stamp(draft(delivery))
+
+        acked, records = await self._writer.call(
+            ops.ack_recorded, tuple(delivery_ids), stamped, self._audit_key
+        )
+        self._wrote_audit(records)
+        return acked, records
+
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
-        return await self._writer.call(ops.retry, delivery_id, not_before)
+        retried = await self._writer.call(ops.retry, delivery_id, not_before)
+        if retried is not None:
+            due = self._next_due
+            self._next_due = not_before if due is None else min(due, not_before)
+        return retried
 
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
         return await self._writer.call(ops.dead_letter, delivery_id, reason, now, durable=True)
@@ -280,5 +350,11 @@ async def open_sqlite_store(
     """
     async with open_writer(path, sync=sync, shutdown_timeout=shutdown_timeout) as writer:
         # The only clock reading of the store: no caller can pass `now` to a restart.
+        # What a previous process left in flight may be anywhere in a large file: read
+        # it in a worker thread first, so that the release on the event loop finds it cached.
+        await writer.read(ops.in_flight_rows)
         await writer.call(ops.release, None, release_max_attempts, time.time())
-        yield SqliteStore(writer, limits, audit_key=audit_key)
+        # Durable: the records a previous process left are copied to the JSONL file.
+        newest = await writer.call(ops.audit_newest_seq, durable=True)
+        due = await writer.call(ops.next_due)
+        yield SqliteStore(writer, limits, audit_key=audit_key, durable_seq=newest, next_due=due)

@@ -10,7 +10,7 @@ position below the queue's head (``_to_front``).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import groupby
 from typing import Any, Final
 
@@ -217,6 +217,12 @@ def audit_records(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[
     return [_AUDIT_DECODER.decode(row[0]) for row in rows]
 
 
+def audit_newest_seq(conn: sqlite3.Connection) -> int:
+    """The seq of the newest audit record kept (0 when none is, or all were trimmed)."""
+    row = conn.execute("SELECT MAX(seq) FROM audit").fetchone()
+    return int(row[0] or 0)
+
+
 def trim_audit(conn: sqlite3.Connection, rule: Retention) -> int:
     lo, hi = conn.execute("SELECT min(seq), max(seq) FROM audit").fetchone()
     if lo is None:
@@ -280,6 +286,45 @@ def claim(
             if len(rows) < wanted:
                 break  # this queue is empty
     return taken
+
+
+def claim_promoting(
+    conn: sqlite3.Connection,
+    agent_id: str,
+    instance_id: str,
+    session_id: str,
+    limit: int,
+    now: float,
+    max_age: float,
+) -> tuple[list[InFlight], float | None]:
+    """``claim``, and the earliest retry still scheduled after it (None: none is)."""
+    taken = claim(conn, agent_id, instance_id, session_id, limit, now, max_age)
+    return taken, next_due(conn)
+
+
+def warm_promotion(conn: sqlite3.Connection, now: float) -> int:
+    """Read what promoting the retries due at ``now`` reads (on a reader, to cache it)."""
+    rows = conn.execute(
+        "SELECT id, target_id, instance_id, envelope FROM messages "
+        "WHERE state = 1 AND not_before <= ? ORDER BY not_before, id",
+        (now,),
+    ).fetchall()
+    for (target_id, instance_id), _ in _by_queue(rows):
+        conn.execute(
+            "SELECT position FROM messages WHERE target_id = ? AND instance_id IS ? "
+            "AND state = 0 ORDER BY position, id LIMIT 1",
+            (target_id, instance_id),
+        ).fetchone()
+    return len(rows)
+
+
+def in_flight_rows(conn: sqlite3.Connection) -> int:
+    """Read every in-flight row, as ``release`` of every session does (to cache them)."""
+    rows = conn.execute(
+        "SELECT id, target_id, instance_id, attempt, envelope FROM messages "
+        "WHERE state = 2 ORDER BY position, id"
+    ).fetchall()
+    return len(rows)
 
 
 def _to_dead_letters(conn: sqlite3.Connection, row_id: int, reason: str, now: float) -> None:
@@ -361,6 +406,18 @@ def ack_many(conn: sqlite3.Connection, delivery_ids: Sequence[str]) -> list[InFl
         row_delivery = found.pop(delivery_id, None)
         acked.append(None if row_delivery is None else row_delivery[1])
     return acked
+
+
+def ack_recorded(
+    conn: sqlite3.Connection,
+    delivery_ids: Sequence[str],
+    draft: Callable[[InFlight], AuditDraft],
+    audit_key: bytes | None,
+) -> tuple[list[InFlight | None], list[AuditRecord]]:
+    """``ack_many`` and the acked deliveries' audit records, in one transaction."""
+    acked = ack_many(conn, delivery_ids)
+    drafts = [draft(d) for d in acked if d is not None]
+    return acked, append_audit(conn, drafts, audit_key) if drafts else []
 
 
 def retry(conn: sqlite3.Connection, delivery_id: str, not_before: float) -> InFlight | None:

@@ -34,6 +34,16 @@ Why not a worker thread
     in a worker thread after every ``checkpoint_every`` commits, never on the
     event loop (``wal_autocheckpoint`` is off); calls wait meanwhile, a few ms.
 
+Reads that may touch cold pages
+    A transaction on the event loop that misses the page cache waits for the disk
+    with every connection and timer stopped. Reads that may touch pages no recent
+    call did (the audit follower's reads of old records, the rows a claim promotes
+    from the retry schedule, the in-flight rows released at start) go to ``read``:
+    a second, read-only connection used by one worker thread at a time (a
+    ``trio.CapacityLimiter`` of one), which sees every committed write (WAL). A
+    write that follows such a read then finds its pages in the operating system's
+    cache.
+
 Error handling
     An operation that raises is rolled back and its caller gets the exception
     (``sqlite3.Error`` becomes ``StoreError``). A failed COMMIT raises
@@ -184,6 +194,8 @@ class Writer:
         self._checkpoint_every = checkpoint_every
         self._shutdown_timeout = shutdown_timeout
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # read-only, used in a worker thread
+        self._read_limiter = trio.CapacityLimiter(1)  # one thread at a time on the reader
         self._lock: int | None = None
         self._wal_fd: int | None = None
         self._closing = False
@@ -256,6 +268,53 @@ class Writer:
         if self._flushed < flush_to:
             raise self._broken_error()
         return result
+
+    async def read(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
+        """Run ``fn(reader, *args)`` in a worker thread, in a read transaction of its own.
+
+        ``reader`` is a read-only connection to the same file: ``fn`` sees every commit
+        made before it began, and may take as long as the disk does without stopping
+        the event loop. Reads are serialised (one reader connection). ``sqlite3.Error``
+        becomes ``StoreError``. Not abandoned on cancellation: the thread is bounded by
+        the disk, and the connection is not given to another until it is done.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        async with self._read_limiter:
+            reader = self._reader
+            if reader is None or self._closing:
+                raise StoreError(f"the SQLite store {self._path} is closed")
+            if self._broken is not None:
+                raise self._broken_error()
+            return await trio.to_thread.run_sync(self._read_transaction, reader, fn, args)
+
+    def _read_transaction(
+        self, reader: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]
+    ) -> T:
+        try:
+            reader.execute("BEGIN")
+            try:
+                return fn(reader, *args)
+            finally:
+                reader.execute("COMMIT")  # ends the snapshot, so checkpoints can finish
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if reader.in_transaction:
+                    reader.execute("ROLLBACK")
+            raise StoreError(f"SQLite store read failed: {exc}") from exc
+
+    @property
+    def commits(self) -> int:
+        """How many transactions changed the file since opening (the last commit's number)."""
+        return self._committed
+
+    @property
+    def durable_commits(self) -> int:
+        """The number of the last commit a power loss cannot undo (as ``sync`` promises).
+
+        With ``sync="full"`` the last one flushed; with ``"normal"`` every commit counts
+        (that mode promises only to survive a killed process).
+        """
+        return self._flushed if self._sync == "full" else self._committed
 
     def statistics(self) -> SqliteStoreStatistics:
         """Counters since opening."""
@@ -445,6 +504,32 @@ class Writer:
             raise opening.error
         assert opening.opened is not None
         self._conn, self._lock, self._wal_fd = opening.opened
+        try:
+            self._reader = await trio.to_thread.run_sync(self._open_reader)
+        except BaseException:
+            self._closing = True
+            conn, self._conn = self._conn, None
+            _close_opened((conn, self._lock, self._wal_fd))
+            self._wal_fd = None
+            raise
+
+    def _open_reader(self) -> sqlite3.Connection:
+        """The read-only connection ``read`` uses (the file exists and is migrated now)."""
+        try:
+            reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            try:
+                # In its worker thread a lock wait stops nothing else: wait as long as a
+                # writer's transaction on the loop may take.
+                reader.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT * 1000)}")
+                reader.execute("PRAGMA query_only = 1")
+            except BaseException:
+                reader.close()
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot open a reader on the SQLite store {self._path}: {exc}"
+            ) from exc
+        return reader
 
     def _open_file(self) -> tuple[sqlite3.Connection, int | None, int]:
         lock = lock_store(self._path)
@@ -486,6 +571,10 @@ class Writer:
                 else:
                     self._drained = trio.Event()
                     await self._drained.wait()
+            async with self._read_limiter:  # a read under way finishes first
+                reader, self._reader = self._reader, None
+                if reader is not None:
+                    reader.close()
             await trio.to_thread.run_sync(self._close_file, conn)
 
     def _close_file(self, conn: sqlite3.Connection) -> None:

@@ -9,7 +9,7 @@ from store_contract import LIMITS, NOW, _item, _message
 from mas.audit.chain import verify
 from mas.audit.record import GENESIS, AuditDraft, AuditRecord
 from mas.audit.retention import Retention
-from mas.store import EnqueueItem, QueueFullError, Store
+from mas.store import EnqueueItem, InFlight, QueueFullError, Store
 
 
 def _draft(n: int, decision: str = "ALLOWED") -> AuditDraft:
@@ -131,3 +131,30 @@ async def test_a_trim_goes_in_bounded_steps(store: Store) -> None:
     assert await store.trim_audit(Retention(keep=1, limit=3)) == 1
     assert [r.seq for r in await store.audit_records()] == [8]
     assert verify(await store.audit_records(), None, removed=await store.audit_anchor()).ok
+
+
+async def test_ack_recorded_acks_as_ack_many_does_with_each_acked_deliverys_record(
+    store: Store,
+) -> None:
+    await store.enqueue_many([_item(n) for n in range(3)])
+    first, second, third = await store.claim("b", "i1", "s1", 3, NOW)
+
+    def delivered(delivery: InFlight) -> AuditDraft:
+        return AuditDraft(
+            time=NOW + 1, decision="DELIVERED", message_id=delivery.message.message_id
+        )
+
+    ids = [third.delivery_id, "unknown", first.delivery_id, third.delivery_id]
+    acked, records = await store.ack_recorded(ids, delivered)
+    assert acked == [third, None, first, None]  # as ack_many: the second third finds nothing
+    before = [r for r in await store.audit_records() if r.decision == "DELIVERED"]
+    if records is None:  # the caller writes the drafts (Redis): nothing was linked
+        assert before == []
+    else:  # one record per acked delivery, in order, linked into the one chain
+        assert [r.message_id for r in records] == ["m2", "m0"]
+        assert before == records
+        assert verify(await store.audit_records(), store.audit_key).ok
+    assert await store.ack_recorded(ids, delivered) == ([None] * 4, None if records is None else [])
+    assert await store.release_session("s1", 5, NOW) == 1  # only the second is left
+    [again] = await store.claim("b", "i1", "s2", 5, NOW)
+    assert again.message.message_id == second.message.message_id
