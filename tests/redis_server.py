@@ -228,6 +228,29 @@ def running_redis(
 REPLICA_SYNC_TIMEOUT = 10.0  # seconds for a new replica to finish its first sync
 
 
+def _acknowledges(primary: RedisServer, replica: RedisServer) -> bool:
+    """Whether ``replica`` is synced and acknowledges ``primary``'s writes (fsynced when AOF).
+
+    A link reported "up" is not enough: right after its first sync a replica with an
+    append-only file may take a while (its AOF rewrite) before it acknowledges fsyncs, and
+    a test's first accept would then be refused.
+    """
+    if replica.info("replication").get("master_link_status") != "up":
+        return False
+    client = redis.Redis(port=primary.port, socket_timeout=5)
+    try:
+        if replica.appendonly and primary.appendonly:
+            try:
+                _local, replicas = client.execute_command("WAITAOF", 0, 1, 100)
+            except redis.ResponseError:  # Redis before 7.2: no WAITAOF
+                replicas = client.execute_command("WAIT", 1, 100)
+        else:
+            replicas = client.execute_command("WAIT", 1, 100)
+        return int(replicas) >= 1
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def running_replica(
     primary: RedisServer, *, appendonly: bool | None = None
@@ -246,7 +269,7 @@ def running_replica(
         server.start()
         try:
             deadline = time.monotonic() + REPLICA_SYNC_TIMEOUT
-            while server.info("replication").get("master_link_status") != "up":
+            while not _acknowledges(primary, server):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"replica on port {server.port} did not sync")
                 time.sleep(0.02)
