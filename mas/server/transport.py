@@ -100,7 +100,11 @@ class RpcStream:
             if event is not None:
                 self._held = None
             else:
-                event = await self._stream._incoming_events[1].receive()
+                incoming = self._stream._incoming_events[1]
+                try:  # what is queued already is taken without a scheduler pass
+                    event = incoming.receive_nowait()
+                except anyio.WouldBlock:
+                    event = await incoming.receive()
             if type(event) is MessageReceived:
                 self._acknowledge(event)
                 await self._stream._socket.flush()
