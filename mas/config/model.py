@@ -95,6 +95,9 @@ class LimitsConfig(_Base, frozen=True):
     max_settings_per_second: PosInt = 100  # HTTP/2 SETTINGS frames per connection
     max_output_bytes: PosInt = 1_048_576  # a connection's unsent output above which reading stops
     max_buffered_bytes: PosInt = 8_388_608  # unfinished messages one connection may hold
+    unfinished_message_timeout: PosFloat = 30.0  # a begun message must be complete within this
+    max_header_bytes: PosInt = 16_384  # one header block, as sent and decoded (RFC 9113 6.5.2)
+    max_headers: PosInt = 100  # header fields in one header block
     control_rpcs_per_minute: PosInt = 1_200  # GetState/UpdateState/ResetState/Discover per agent
     refusal_audit_interval: PosFloat = 60.0  # repeated refusals: one audit record per this
 

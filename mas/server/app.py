@@ -194,5 +194,8 @@ def server_limits(config: MasConfig) -> ServerLimits:
             pings_per_second=limits.max_pings_per_second,
             settings_per_second=limits.max_settings_per_second,
             max_buffered_bytes=limits.max_buffered_bytes,
+            max_header_bytes=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            unfinished_message_timeout=limits.unfinished_message_timeout,
         ),
     )

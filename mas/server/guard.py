@@ -6,26 +6,43 @@ reset" attack) costs the server that task for nothing. ``ConnectionGuard`` count
 per connection in token buckets (a burst of one second's allowance, refilled
 continuously) and says when the client went past a limit, as a reason string; the
 transport then sends GOAWAY (``ENHANCE_YOUR_CALM``) and closes the connection, with one
-log line. No Trio here: ``now`` is any monotonic float, passed in.
+log line. Header blocks are bounded in size and count (``check_headers``, and the
+transport's frame buffer for the raw block), the same way.
+
+A message whose first bytes arrived must be finished within ``unfinished_message_timeout``
+(``UnfinishedMessages``): past it, that stream's message is refused and its buffer freed,
+so a client cannot hold server memory for ever by never finishing what it began (the
+byte budget, ``max_buffered_bytes``, bounds how much; this bounds for how long).
+No Trio here: ``now`` is any monotonic float, passed in.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Final, NamedTuple
 
 TOO_MANY_STREAMS: Final = "too_many_streams"
 TOO_MANY_PINGS: Final = "too_many_pings"
 TOO_MANY_SETTINGS: Final = "too_many_settings"
 TOO_MUCH_BUFFERED: Final = "unfinished_messages_too_large"
+HEADERS_TOO_LARGE: Final = "headers_too_large"
+TOO_MANY_HEADERS: Final = "too_many_headers"
+UNFINISHED_MESSAGE: Final = "unfinished_message"  # a stream's status reason, not a GOAWAY's
 
 
 class GuardLimits(NamedTuple):
-    """Per-connection allowances, per second (each also the largest burst)."""
+    """Per-connection allowances: rates per second (each also the largest burst), sizes."""
 
     streams_per_second: int
     pings_per_second: int
     settings_per_second: int
     max_buffered_bytes: int
+    # One header block (HEADERS + CONTINUATION, or trailers): its size, both as sent (the
+    # HPACK-compressed frames, 9 bytes counted per frame) and decoded (RFC 9113 6.5.2:
+    # name + value + 32 per field), and its number of fields.
+    max_header_bytes: int = 16_384
+    max_headers: int = 100
+    unfinished_message_timeout: float = 30.0  # seconds a begun message may stay unfinished
 
 
 class TokenBucket:
@@ -80,3 +97,53 @@ class ConnectionGuard:
         if buffered_bytes > self._limits.max_buffered_bytes:
             return TOO_MUCH_BUFFERED
         return None
+
+
+def check_headers(count: int, limits: GuardLimits) -> str | None:
+    """None, or the reason a decoded header block of ``count`` fields is refused.
+
+    (Its decoded size is bounded while it is decoded: HPACK stops at ``max_header_bytes``.)
+    """
+    return TOO_MANY_HEADERS if count > limits.max_headers else None
+
+
+class UnfinishedMessages:
+    """When the unfinished message of each stream began; which ones are overdue.
+
+    The transport reports each stream after each read of its data (``update``): whether
+    bytes of a message not yet complete are held, and whether a message was completed
+    by that read (then what is held is the start of the next message, and its clock
+    starts now). ``next_deadline`` is when the oldest is overdue; ``overdue`` takes them.
+    """
+
+    __slots__ = ("_began", "_timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._began: dict[int, float] = {}  # stream id -> when its unfinished message began
+
+    def update(self, stream_id: int, held: bool, completed: bool, now: float) -> None:
+        """After a read of ``stream_id``'s data: ``held`` bytes of an unfinished message?"""
+        if not held:
+            if self._began:
+                self._began.pop(stream_id, None)
+        elif completed or stream_id not in self._began:
+            self._began[stream_id] = now
+
+    def forget(self, stream_id: int) -> None:
+        """The stream's buffer is gone (ended, reset, refused)."""
+        if self._began:
+            self._began.pop(stream_id, None)
+
+    def next_deadline(self) -> float:
+        """When the oldest unfinished message is overdue (``inf`` when there is none)."""
+        if not self._began:
+            return math.inf
+        return min(self._began.values()) + self._timeout
+
+    def overdue(self, now: float) -> list[int]:
+        """The streams whose message is unfinished ``timeout`` after it began (forgotten)."""
+        late = [s for s, began in self._began.items() if began + self._timeout <= now]
+        for stream_id in late:
+            del self._began[stream_id]
+        return late

@@ -6,10 +6,12 @@ a stream cap, flow-control windows sized to the largest accepted message, a mess
 size limit refused on its own stream, gzip/deflate messages inflated only up to that limit,
 and a read loop that hands events to streams without a scheduler pass each. The read loop
 also enforces what a client may make the server do (``guard.ConnectionGuard``: streams,
-PINGs, SETTINGS per second, bytes of unfinished messages; GOAWAY past them), stops reading
-while the connection's unsent output is over ``max_output_bytes``, closes a connection idle
-for too long, and forgets what the client still sends on a finished RPC (a reset, and its
-buffer dropped). ``mas.server.grpc`` builds the listener and the dispatcher on them.
+PINGs, SETTINGS per second, bytes of unfinished messages, the size and count of a header
+block; GOAWAY past them), refuses a message left unfinished for too long on its own stream
+(``DEADLINE_EXCEEDED unfinished_message``, its buffer dropped), stops reading while the
+connection's unsent output is over ``max_output_bytes``, closes a connection idle for too
+long, and forgets what the client still sends on a finished RPC (a reset, and its buffer
+dropped). ``mas.server.grpc`` builds the listener and the dispatcher on them.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import math
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, NoReturn
 
 import anyio
 import anyio.abc
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.frame_buffer
 import h2.settings
 import trio
 from google.protobuf.message import DecodeError, Message
+from hyperframe.frame import ContinuationFrame, HeadersFrame  # type: ignore[import-untyped]
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import GRPCStreamState
 from purerpc.grpclib.buffers import MessageReadBuffer
@@ -43,11 +47,20 @@ from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageE
 from purerpc.grpclib.status import Status, StatusCode
 
 from .._purerpc import CoalescingWriter, Malformed, take_ready, write_messages
-from .guard import ConnectionGuard, GuardLimits
+from .guard import (
+    HEADERS_TOO_LARGE,
+    UNFINISHED_MESSAGE,
+    ConnectionGuard,
+    GuardLimits,
+    UnfinishedMessages,
+    check_headers,
+)
 
 _FRAME_OVERHEAD: Final = 64 * 1024  # bytes of protobuf framing allowed beyond the payload limit
 _RECEIVE_CHUNK: Final = 64 * 1024  # bytes read from the TLS stream at a time
 _GOAWAY_TIMEOUT: Final = 1.0  # seconds allowed for a GOAWAY to leave before the socket closes
+_FRAME_HEADER: Final = 9  # bytes of an HTTP/2 frame header, counted against a header block
+DEFAULT_GUARD: Final = GuardLimits(500, 100, 100, 8_388_608)  # the config's defaults
 
 
 class RpcError(Exception):
@@ -87,7 +100,11 @@ class RpcStream:
             if event is not None:
                 self._held = None
             else:
-                event = await self._stream._incoming_events[1].receive()
+                incoming = self._stream._incoming_events[1]
+                try:  # what is queued already is taken without a scheduler pass
+                    event = incoming.receive_nowait()
+                except anyio.WouldBlock:
+                    event = await incoming.receive()
             if type(event) is MessageReceived:
                 self._acknowledge(event)
                 await self._stream._socket.flush()
@@ -186,11 +203,23 @@ class ServerLimits(NamedTuple):
     max_connections_per_identity: int = 256
     max_connections_per_address: int = 4_096
     max_output_bytes: int = 1_048_576  # unsent output above which the connection stops reading
-    guard: GuardLimits = GuardLimits(500, 100, 100, 8_388_608)
+    guard: GuardLimits = DEFAULT_GUARD
 
 
 class ConnectionClosing(Exception):
     """The server closes this connection (``reason`` says why; GOAWAY already queued)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class HeaderLimitExceeded(Exception):
+    """A header block over ``max_header_bytes`` or ``max_headers``: the connection ends.
+
+    (A header block the server does not decode in full leaves the connection's HPACK
+    state unknown, so this cannot be refused on its stream alone.)
+    """
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -248,12 +277,55 @@ class _BoundedReadBuffer(MessageReadBuffer):  # type: ignore[misc]
         """Bytes received of messages not yet complete."""
         return len(self._buffer)
 
+    @property
+    def unfinished(self) -> bool:
+        """True while part of a message (its prefix at least) has come and the rest not."""
+        return bool(self._buffer) or self._message_length is not None
+
+
+class _HeaderBlockTooLarge(Exception):
+    """Raised inside h2's frame parsing (not an h2 error: the GOAWAY is ours to send)."""
+
+
+class _BoundedFrameBuffer(h2.frame_buffer.FrameBuffer):  # type: ignore[misc]
+    """h2's frame parser, with the raw bytes of one header block bounded.
+
+    h2 gathers a HEADERS frame and its CONTINUATION frames until END_HEADERS before it
+    decodes any of them, up to 64 frames of the frame size (4 MiB here). This stops at
+    ``max_bytes`` of frames (headers counted), so a CONTINUATION flood, empty frames
+    included, costs the server no more than one header block's worth of memory.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(server=True)
+        self._max_bytes = max_bytes
+        self._block_bytes = 0  # of the header block being gathered
+
+    def _update_header_buffer(self, f: Any) -> Any:
+        if isinstance(f, (HeadersFrame, ContinuationFrame)):
+            if not self._headers_buffer:
+                self._block_bytes = 0
+            self._block_bytes += _FRAME_HEADER + f.body_len
+            if self._block_bytes > self._max_bytes or (
+                len(self._headers_buffer) >= h2.frame_buffer.CONTINUATION_BACKLOG
+            ):
+                raise _HeaderBlockTooLarge(HEADERS_TOO_LARGE)
+        return super()._update_header_buffer(f)
+
 
 class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
     """purerpc's HTTP/2 state machine with a stream cap and per-stream size errors."""
 
-    def __init__(self, config: GRPCConfiguration, max_concurrent_streams: int) -> None:
+    def __init__(
+        self,
+        config: GRPCConfiguration,
+        max_concurrent_streams: int,
+        guard: GuardLimits = DEFAULT_GUARD,
+    ) -> None:
         self._max_concurrent_streams = max_concurrent_streams
+        self._guard_limits = guard
+        self.unfinished = UnfinishedMessages(guard.unfinished_message_timeout)
+        self._now = 0.0  # of the read being handled (for ``unfinished``)
         super().__init__(config)
 
     def _set_h2_connection_local_settings(self) -> None:
@@ -265,10 +337,16 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
                 # One whole message may be in flight per stream, no more.
                 codes.INITIAL_WINDOW_SIZE: self.config.max_message_length + _FRAME_OVERHEAD,
                 codes.MAX_FRAME_SIZE: 2**14 * 4,
-                codes.MAX_HEADER_LIST_SIZE: self.MAX_HEADER_LIST_SIZE,
+                codes.MAX_HEADER_LIST_SIZE: self._guard_limits.max_header_bytes,
             },
         )
         self.h2_connection.max_inbound_frame_size = 2**14 * 4
+        # From the first byte, not only once the client has acknowledged our SETTINGS
+        # (until then h2 would decode header lists of up to 64 KiB).
+        self.h2_connection.decoder.max_header_list_size = self._guard_limits.max_header_bytes
+        self.h2_connection.incoming_buffer = _BoundedFrameBuffer(
+            self._guard_limits.max_header_bytes
+        )
 
     def _give_back_window(self, stream_id: int, length: int) -> None:
         if length <= 0:
@@ -276,16 +354,30 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.h2_connection.acknowledge_received_data(length, stream_id)
 
-    def receive_data(self, data: bytes) -> list[Any]:
-        """The gRPC events of ``data``, counting what the guard budgets in ``self.counts``."""
+    def receive_data(self, data: bytes, now: float = 0.0) -> list[Any]:
+        """The gRPC events of ``data``, counting what the guard budgets in ``self.counts``.
+
+        Raises ``HeaderLimitExceeded`` for a header block past the limits (GOAWAY queued).
+        """
         streams = pings = settings = 0
         events: list[Any] = []
-        for event in self.h2_connection.receive_data(data):
+        self._now = now
+        try:
+            h2_events = self.h2_connection.receive_data(data)
+        except _HeaderBlockTooLarge as exc:  # our frame buffer's bound
+            self.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, HEADERS_TOO_LARGE)
+            raise HeaderLimitExceeded(HEADERS_TOO_LARGE) from exc
+        except h2.exceptions.DenialOfServiceError as exc:
+            # HPACK's bound on the decoded size (an "HPACK bomb"): h2 has queued its
+            # GOAWAY (ENHANCE_YOUR_CALM, without a reason) already.
+            raise HeaderLimitExceeded(HEADERS_TOO_LARGE) from exc
+        for event in h2_events:
             kind = type(event)
             if kind is h2.events.DataReceived:
                 events.extend(self._data_received(event))
             elif kind is h2.events.RequestReceived:
                 streams += 1
+                self._check_headers(event.headers)
                 events.extend(self._request_received(event))
             elif kind is h2.events.StreamEnded:
                 events.extend(self._stream_ended(event))
@@ -298,11 +390,19 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
                 events.extend(self._remote_settings_changed(event))
             elif kind is h2.events.PingReceived:
                 pings += 1
+            elif kind is h2.events.TrailersReceived:
+                self._check_headers(event.headers)
             # Everything else (acks, priority, unknown frames) needs nothing from us.
         self.counts = (streams, pings, settings)
         return events
 
     counts: tuple[int, int, int] = (0, 0, 0)
+
+    def _check_headers(self, headers: Sequence[Any]) -> None:
+        reason = check_headers(len(headers), self._guard_limits)
+        if reason is not None:
+            self.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, reason)
+            raise HeaderLimitExceeded(reason)
 
     def _request_received(self, event: Any) -> list[Any]:
         events: list[Any] = super()._request_received(event)
@@ -318,9 +418,7 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
 
     def forget_stream(self, stream_id: int) -> None:
         """A finished RPC: drop what its client still sends; reset the stream if still open."""
-        buffer = self.message_read_buffers.pop(stream_id, None)
-        if buffer is not None:
-            self._give_back_window(stream_id, buffer._buffer.flow_controlled_length)
+        self._drop_buffer(stream_id)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             stream = self.h2_connection.streams.get(stream_id)
             if stream is not None and not stream.closed:
@@ -329,42 +427,81 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
                 # CANCELLED instead of the status it was sent.
                 self.h2_connection.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
 
+    def _drop_buffer(self, stream_id: int) -> None:
+        """Forget ``stream_id``'s unfinished message, giving its bytes back to the window."""
+        self.unfinished.forget(stream_id)
+        buffer = self.message_read_buffers.pop(stream_id, None)
+        if buffer is not None:
+            self._give_back_window(stream_id, buffer._buffer.flow_controlled_length)
+
+    def refuse_overdue(self, now: float) -> list[Any]:
+        """Drop the messages unfinished past ``unfinished_message_timeout``; their refusals.
+
+        Each stream gets ``DEADLINE_EXCEEDED unfinished_message`` (its RPC ends with it),
+        and what its client still sends is dropped as it comes.
+        """
+        refusals = []
+        for stream_id in self.unfinished.overdue(now):
+            if stream_id in self.message_read_buffers:
+                self._drop_buffer(stream_id)
+                refusals.append(
+                    _UndecodableMessage(stream_id, "DEADLINE_EXCEEDED", UNFINISHED_MESSAGE)
+                )
+        return refusals
+
     def _data_received(self, event: Any) -> list[Any]:
-        buffer = self.message_read_buffers.get(event.stream_id)
+        stream_id = event.stream_id
+        buffer = self.message_read_buffers.get(stream_id)
         if buffer is None:
-            # The stream was refused (oversize); drop the rest of it, keep the window open.
-            self._give_back_window(event.stream_id, event.flow_controlled_length)
+            # The stream was refused (oversize, overdue); drop the rest of it, keep the
+            # window open.
+            self._give_back_window(stream_id, event.flow_controlled_length)
             return []
         try:
             buffer.data_received(event.data, event.flow_controlled_length)
         except MessageTooLargeError:
-            del self.message_read_buffers[event.stream_id]
-            self._give_back_window(event.stream_id, event.flow_controlled_length)
-            return [_OversizeMessage(event.stream_id)]
+            self._refused(stream_id, event)
+            return [_OversizeMessage(stream_id)]
         except UnsupportedMessageEncodingError:
-            del self.message_read_buffers[event.stream_id]
-            self._give_back_window(event.stream_id, event.flow_controlled_length)
-            return [_UndecodableMessage(event.stream_id, "UNIMPLEMENTED", "unsupported_encoding")]
+            self._refused(stream_id, event)
+            return [_UndecodableMessage(stream_id, "UNIMPLEMENTED", "unsupported_encoding")]
         except zlib.error:
-            del self.message_read_buffers[event.stream_id]
-            self._give_back_window(event.stream_id, event.flow_controlled_length)
-            return [_UndecodableMessage(event.stream_id, "INVALID_ARGUMENT", "malformed_frame")]
-        return [
-            MessageReceived(event.stream_id, message, length)
+            self._refused(stream_id, event)
+            return [_UndecodableMessage(stream_id, "INVALID_ARGUMENT", "malformed_frame")]
+        events = [
+            MessageReceived(stream_id, message, length)
             for message, length in buffer.read_all_complete_messages_flowcontrol()
         ]
+        self.unfinished.update(stream_id, buffer.unfinished, bool(events), self._now)
+        return events
+
+    def _refused(self, stream_id: int, event: Any) -> None:
+        del self.message_read_buffers[stream_id]
+        self.unfinished.forget(stream_id)
+        self._give_back_window(stream_id, event.flow_controlled_length)
 
     def _stream_ended(self, event: Any) -> list[Any]:
         self.message_read_buffers.pop(event.stream_id, None)
+        self.unfinished.forget(event.stream_id)
         return [RequestEnded(event.stream_id)]
 
     def _stream_reset(self, event: Any) -> list[Any]:
         self.message_read_buffers.pop(event.stream_id, None)
+        self.unfinished.forget(event.stream_id)
         return [_StreamReset(event.stream_id)]
 
-    def go_away(self, code: h2.errors.ErrorCodes) -> None:
+    @property
+    def closed(self) -> bool:
+        """True once a GOAWAY was queued (by us or by h2 for a protocol error)."""
+        state: Any = self.h2_connection.state_machine.state
+        return bool(state == h2.connection.ConnectionState.CLOSED)
+
+    def go_away(self, code: h2.errors.ErrorCodes, reason: str = "") -> None:
+        """Queue a GOAWAY; ``reason`` goes in its debug data (grpcio reads "too_many_pings")."""
+        if self.closed:
+            return
         with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2_connection.close_connection(code)
+            self.h2_connection.close_connection(code, additional_data=reason.encode() or None)
 
 
 class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
@@ -384,7 +521,9 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         # limit is refused by the router with a reason and the stream carries on.
         frame_limit = 2 * limits.max_message_bytes + _FRAME_OVERHEAD
         config = GRPCConfiguration(client_side=False, max_message_length=frame_limit)
-        self._grpc_connection = _LimitedConnection(config, limits.max_concurrent_streams)
+        self._grpc_connection = _LimitedConnection(
+            config, limits.max_concurrent_streams, limits.guard
+        )
         self._socket = CoalescingWriter(self._grpc_connection, stream, limits.write_timeout)
         self._receive_buffer_size = _RECEIVE_CHUNK
         self._streams: dict[int, GRPCProtoStream] = {}
@@ -401,9 +540,9 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         self._grpc_connection.forget_stream(stream.stream_id)
         self._socket.wake()
 
-    async def close_with(self, reason: str) -> None:
-        """Send GOAWAY (``ENHANCE_YOUR_CALM``) and raise ``ConnectionClosing(reason)``."""
-        self._grpc_connection.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+    async def close_with(self, reason: str) -> NoReturn:
+        """Send GOAWAY (``ENHANCE_YOUR_CALM``, with ``reason``) and raise ``ConnectionClosing``."""
+        self._grpc_connection.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, reason)
         self._socket.wake()
         with trio.move_on_after(_GOAWAY_TIMEOUT):
             await self._socket.wait_output_below(1)
@@ -451,9 +590,17 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
                 data = await self._receive_while_busy(connection)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
-            events = connection.receive_data(data)
+            now = trio.current_time()
+            if data is None:
+                # A message left unfinished too long: its RPC gets the refusal.
+                events = connection.refuse_overdue(now)
+            else:
+                try:
+                    events = connection.receive_data(data, now)
+                except HeaderLimitExceeded as exc:
+                    await self.close_with(exc.reason)
             writer.wake()
-            reason = guard.on_frames(*connection.counts, trio.current_time())
+            reason = guard.on_frames(*connection.counts, now) if data is not None else None
             if reason is None and connection.message_read_buffers:
                 reason = guard.on_buffered(connection.buffered())
             if reason is not None:
@@ -485,20 +632,24 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
                 elif isinstance(event, RequestEnded):
                     stream._close_remote()
 
-    async def _receive_while_busy(self, connection: _LimitedConnection) -> bytes:
-        """The next bytes; a connection without an open RPC for too long gets a GOAWAY.
+    async def _receive_while_busy(self, connection: _LimitedConnection) -> bytes | None:
+        """The next bytes, or None when an unfinished message is overdue.
 
-        The idle clock runs from the connection's start (with the first message's
-        deadline: nothing was asked of the server yet) or from the end of its last RPC
-        (``idle_timeout``); frames that open no RPC (PINGs, SETTINGS) do not reset it.
+        A connection without an open RPC for too long gets a GOAWAY. The idle clock runs
+        from the connection's start (with the first message's deadline: nothing was asked
+        of the server yet) or from the end of its last RPC (``idle_timeout``); frames that
+        open no RPC (PINGs, SETTINGS) do not reset it.
         """
-        with trio.CancelScope(deadline=self._idle_deadline) as scope:
+        deadline = min(self._idle_deadline, connection.unfinished.next_deadline())
+        with trio.CancelScope(deadline=deadline) as scope:
             self._idle_scope = scope
             try:
                 data: bytes = await self._socket.recv(self._receive_buffer_size)
                 return data
             finally:
                 self._idle_scope = None
+        if trio.current_time() < self._idle_deadline:
+            return None
         connection.go_away(h2.errors.ErrorCodes.NO_ERROR)
         self._socket.wake()
         with trio.move_on_after(_GOAWAY_TIMEOUT):
@@ -519,4 +670,5 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
     def _set_idle_deadline(self, deadline: float) -> None:
         self._idle_deadline = deadline
         if self._idle_scope is not None:
-            self._idle_scope.deadline = deadline
+            unfinished = self._grpc_connection.unfinished.next_deadline()
+            self._idle_scope.deadline = min(deadline, unfinished)

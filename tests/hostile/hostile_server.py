@@ -36,6 +36,9 @@ _NEW_LIMITS = frozenset(
         "max_settings_per_second",
         "max_output_bytes",
         "max_buffered_bytes",
+        "unfinished_message_timeout",
+        "max_header_bytes",
+        "max_headers",
         "control_rpcs_per_minute",
         "refusal_audit_interval",
     }

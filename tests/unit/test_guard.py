@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from mas.server.guard import (
+    TOO_MANY_HEADERS,
     TOO_MANY_PINGS,
     TOO_MANY_SETTINGS,
     TOO_MANY_STREAMS,
@@ -10,6 +13,8 @@ from mas.server.guard import (
     ConnectionGuard,
     GuardLimits,
     TokenBucket,
+    UnfinishedMessages,
+    check_headers,
 )
 
 LIMITS = GuardLimits(
@@ -51,3 +56,39 @@ def test_guard_bounds_unfinished_messages() -> None:
     guard = ConnectionGuard(LIMITS, now=0.0)
     assert guard.on_buffered(1000) is None
     assert guard.on_buffered(1001) == TOO_MUCH_BUFFERED
+
+
+def test_header_count_past_the_limit_is_refused() -> None:
+    limits = LIMITS._replace(max_headers=10)
+    assert check_headers(10, limits) is None
+    assert check_headers(11, limits) == TOO_MANY_HEADERS
+
+
+def test_unfinished_message_is_overdue_a_timeout_after_its_first_bytes() -> None:
+    unfinished = UnfinishedMessages(timeout=5.0)
+    assert unfinished.next_deadline() == math.inf
+    unfinished.update(1, held=True, completed=False, now=10.0)
+    unfinished.update(1, held=True, completed=False, now=12.0)  # more of the same message
+    assert unfinished.next_deadline() == 15.0
+    assert unfinished.overdue(14.9) == []
+    assert unfinished.overdue(15.0) == [1]
+    assert unfinished.next_deadline() == math.inf  # taken once
+
+
+def test_a_completed_message_stops_its_clock_and_the_next_starts_its_own() -> None:
+    unfinished = UnfinishedMessages(timeout=5.0)
+    unfinished.update(1, held=True, completed=False, now=0.0)
+    unfinished.update(1, held=True, completed=True, now=4.0)  # done, and the next begun
+    assert unfinished.next_deadline() == 9.0
+    unfinished.update(1, held=False, completed=True, now=6.0)  # that one done too
+    assert unfinished.next_deadline() == math.inf
+
+
+def test_the_oldest_unfinished_message_sets_the_deadline() -> None:
+    unfinished = UnfinishedMessages(timeout=5.0)
+    unfinished.update(3, held=True, completed=False, now=2.0)
+    unfinished.update(1, held=True, completed=False, now=1.0)
+    assert unfinished.next_deadline() == 6.0
+    unfinished.forget(1)  # its stream ended or was reset
+    assert unfinished.next_deadline() == 7.0
+    assert unfinished.overdue(100.0) == [3]
