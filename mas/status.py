@@ -64,10 +64,10 @@ def ago(when: float | None, now: float) -> str:
 
 
 def instances(row: AgentRow) -> str:
-    """``connected/configured``; ``-`` for an agent run elsewhere; ``!`` if not configured."""
+    """``connected/configured``; ``!`` for an agent mas.yaml no longer lists."""
     if not row.configured:
         return f"{row.connected}/! (not configured)"
-    return f"{row.connected}/{row.instances or '-'}"
+    return f"{row.connected}/{row.instances}"
 
 
 def unknown(value: int | None) -> str:

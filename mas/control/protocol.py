@@ -92,7 +92,7 @@ class AgentRow(_Wire, frozen=True):
 
     agent_id: str
     configured: bool
-    instances: int  # configured instances (0: runs elsewhere, or not configured)
+    instances: int  # instances mas.yaml configures (0: not configured)
     connected: int  # instances connected now
     queue_depth: int | None  # waiting in its queue; None: the store did not answer
     in_flight: int

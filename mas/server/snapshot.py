@@ -107,7 +107,7 @@ class StatusReader:
                 AgentRow(
                     agent_id=agent_id,
                     configured=spec is not None,
-                    instances=spec.instances if spec is not None and spec.class_path else 0,
+                    instances=spec.instances if spec is not None else 0,
                     connected=connected[agent_id],
                     queue_depth=depths.get(agent_id),
                     in_flight=in_flight[agent_id],
