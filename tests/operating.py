@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-AGENTS = '''
+AGENTS = """
 import trio
 from mas import Agent, AgentMessage
 from mas.errors import RejectedError
@@ -55,7 +55,7 @@ class Sink(Agent[dict]):
         if self.flaky and not FAILED:
             FAILED.append(message.message_id)
             raise RuntimeError("the first tick fails")
-'''
+"""
 
 
 def write_load_project(
@@ -78,9 +78,9 @@ def write_load_project(
     """
     (directory / "load_agents.py").write_text(AGENTS)
     store_line = f"store: {{backend: {store}" + (f", url: '{redis_url}'" if redis_url else "") + "}"
-    telemetry = (
-        f"  telemetry: {{prometheus: {{port: {metrics_port}}}}}\n" if metrics_port is not None else ""
-    )
+    telemetry = ""
+    if metrics_port is not None:
+        telemetry = f"  telemetry: {{prometheus: {{port: {metrics_port}}}}}\n"
     config = directory / "mas.yaml"
     tls = (
         "tls_ca_path: certs/ca.pem\ntls_server_cert_path: certs/server.pem\n"

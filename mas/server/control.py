@@ -186,8 +186,11 @@ class ControlServer:
         audit: Callable[[AuditDraft], Awaitable[None]],
         *,
         now: Callable[[], float] = time.time,
+        uid: int | None = None,
     ) -> None:
+        """``uid``: the user allowed to connect (default: the one the server runs as)."""
         self.path = path
+        self._uid = os.geteuid() if uid is None else uid
         self._actions = actions
         self._audit = audit
         self._now = now
@@ -261,18 +264,20 @@ class ControlServer:
 
     async def _converse(self, stream: trio.SocketStream) -> None:
         peer = peer_of(stream.socket)
-        if peer.uid is not None and peer.uid != os.geteuid():
+        if peer.uid is not None and peer.uid != self._uid:
             self.refused += 1
             await self._record(f"refused {peer}: not the user the server runs as")
-            message = f"the server runs as uid {os.geteuid()}, you are uid {peer.uid}"
+            message = f"the server runs as uid {self._uid}, you are uid {peer.uid}"
             await self._answer(stream, ErrorReply(code="not_allowed", message=message))
             return
         reader = _Reader(stream)
         status_audited = False
         while True:
+            began = False
             with trio.move_on_after(IDLE_TIMEOUT):
-                if not await reader.first_byte():
-                    return
+                began = await reader.first_byte()
+            if not began:  # closed, or idle too long
+                return
             with trio.fail_after(READ_TIMEOUT):
                 try:
                     length = frame_length(await reader.exactly(HEADER.size), MAX_REQUEST_BYTES)

@@ -76,9 +76,7 @@ def test_status_of_mas_run_shows_agents_traffic_and_the_store(
 def test_status_of_mas_serve_counts_agents_of_other_processes(
     tmp_path: Path, store: str, redis_url: str | None
 ) -> None:
-    write_load_project(
-        tmp_path, store=store, redis_url=redis_url, port=free_port(), certs=True
-    )
+    write_load_project(tmp_path, store=store, redis_url=redis_url, port=free_port(), certs=True)
     log = tmp_path / "serve.log"
     with mas_process("serve", str(tmp_path), cwd=tmp_path, log=log, path=(tmp_path,)):
         wait_for(lambda: "listening on" in read(log), 60, "the server")
