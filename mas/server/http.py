@@ -28,6 +28,11 @@ MAX_CONNECTIONS: Final = 32  # HTTP connections at once; scrapers and probes nee
 MAX_HEAD_BYTES: Final = 8_192  # request line and headers
 READ_TIMEOUT: Final = 5.0  # seconds for the whole request head
 WRITE_TIMEOUT: Final = 10.0  # seconds for the client to take the answer
+# After refusing a request it has not read to the end, the server reads (and drops) up to
+# LINGER_BYTES more for up to LINGER_TIMEOUT seconds before closing: closing with unread
+# input makes the kernel reset the connection, and the client would lose the answer.
+LINGER_TIMEOUT: Final = 1.0
+LINGER_BYTES: Final = 65_536
 
 _REASONS: Final = {
     200: "OK",
@@ -168,6 +173,8 @@ class HttpServer:
                 response, head_only = await self._respond(stream)
                 with trio.fail_after(WRITE_TIMEOUT):
                     await stream.send_all(render_response(response, head_only=head_only))
+                if response.status >= 400:
+                    await _linger(stream)
         except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             log.debug("metrics client gone or too slow", exc_info=True)
         finally:
@@ -196,3 +203,12 @@ class HttpServer:
         if response is None:
             response = Response(404, b"not found: try /metrics, /healthz or /readyz\n")
         return response, request.method == "HEAD"
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Say we are done sending, then drop what the client still sends (bounded)."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        await stream.send_eof()
+        dropped = 0
+        while dropped < LINGER_BYTES and (data := await stream.receive_some(LINGER_BYTES)):
+            dropped += len(data)
