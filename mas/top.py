@@ -89,8 +89,9 @@ def render_top(
     ]
     old_refusals = {(r.decision, r.reason): r.count for r in previous.refusals} if previous else {}
     refusals = [
-        f"{r.decision} {r.reason or '-'} {r.count - old_refusals.get((r.decision, r.reason), 0)}"
-        f"/s ({r.count})"
+        f"{r.decision} {r.reason or '-'} "
+        f"{_rate(r.count, old_refusals.get((r.decision, r.reason), r.count), seconds):,.1f}/s"
+        f" ({r.count} in all)"
         for r in current.refusals
     ]
     lines.append("refused " + ("; ".join(refusals) if refusals else "none"))

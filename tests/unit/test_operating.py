@@ -287,5 +287,8 @@ def test_top_computes_rates_over_the_last_interval_and_sorts_on_request() -> Non
     assert "sorted by depth" in "\n".join(by_depth)
     narrow = render_top(after, before, "rate", width=20, height=5)
     assert len(narrow) == 5 and all(len(line) <= 20 for line in narrow)
+    refused = [RefusalCount(decision="RATE_LIMITED", reason="rate_limited", count=11)]
+    later = msgspec.structs.replace(after, refusals=refused)
+    assert "RATE_LIMITED rate_limited 5.0/s (11 in all)" in render_top(later, before, "rate")[3]
     # The first screen has nothing to compare with: rates are zero, not made up.
     assert "in 0.0 msg/s" in render_top(after, None, "rate")[2]
