@@ -18,6 +18,7 @@ from ..errors import ControlError
 from .protocol import (
     HEADER,
     MAX_REPLY_BYTES,
+    MAX_SOCKET_PATH,
     ErrorReply,
     FrameError,
     Reply,
@@ -28,7 +29,6 @@ from .protocol import (
 )
 
 DEFAULT_TIMEOUT: Final = 10.0  # seconds for the server to answer one request
-MAX_SOCKET_PATH: Final = 107  # bytes of a Unix socket path (sun_path less its NUL, Linux)
 
 
 class ServerNotRunningError(ControlError):

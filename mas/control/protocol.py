@@ -35,6 +35,7 @@ PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct(">I")  # the frame length prefix
 MAX_REQUEST_BYTES: Final = 65_536  # a request frame's body, bytes
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024  # a reply frame's body (a status of many agents)
+MAX_SOCKET_PATH: Final = 107  # bytes of a Unix socket path (sun_path less its NUL, Linux)
 MAX_REPLAY_IDS: Final = 1_000  # message ids one dlq_replay names (more: several requests)
 
 ErrorCode = Literal["bad_request", "busy", "not_allowed", "failed"]

@@ -40,10 +40,10 @@ from typing import Final, NamedTuple, Protocol
 import trio
 
 from ..audit.record import AuditDraft
-from ..control.client import MAX_SOCKET_PATH
 from ..control.protocol import (
     HEADER,
     MAX_REQUEST_BYTES,
+    MAX_SOCKET_PATH,
     PROTOCOL_VERSION,
     DlqReplayRequest,
     ErrorReply,
