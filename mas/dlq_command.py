@@ -115,9 +115,9 @@ async def _store(loaded: LoadedConfig) -> AsyncIterator[Store]:
     config = loaded.config
     if config.store.backend == "memory":
         raise ConfigError(
-            "the memory store keeps dead letters only inside its server process, and no "
-            f"server is running for {loaded.path}; use the sqlite or redis store to keep "
-            "them from one run to the next"
+            "the memory store keeps dead letters only inside its server process: while it "
+            "runs, `mas status` counts them per agent and `mas dlq replay` replays them; "
+            "use the sqlite or redis store to list them or keep them from one run to the next"
         )
     async with open_store(config, loaded.base_dir) as store:
         yield store

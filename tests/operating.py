@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+STORES = ["memory", "sqlite", "redis"]  # with the `redis_url` fixture of tests/e2e/conftest.py
+
+
 AGENTS = """
 import trio
 from mas import Agent, AgentMessage

@@ -2,8 +2,10 @@
 
 ``StatusReader.snapshot`` is what ``mas status``, ``mas top`` and ``/metrics`` read.
 The store is asked, under a deadline, for each listed agent's queue depth and for
-the dead letters; a store that does not answer in time makes a snapshot that says
-so (``store.reachable`` false, depths unknown) instead of a reader that hangs. One
+the dead letters (re-read only when this server dead-lettered or replayed one, or
+every ``DEAD_LETTER_INTERVAL`` seconds: the store hands them out whole); a store
+that does not answer in time makes a snapshot that says so (``store.reachable``
+false, depths unknown) instead of a reader that hangs. One
 snapshot serves every reader for ``MIN_INTERVAL`` seconds, so readers polling fast
 cannot turn into store load.
 """
@@ -37,6 +39,9 @@ log = logging.getLogger("mas.server.snapshot")
 MIN_INTERVAL: Final = 0.5  # seconds one snapshot is served to every reader
 STORE_TIMEOUT: Final = 3.0  # seconds the store has to answer a snapshot's questions
 SAMPLE_INTERVAL: Final = 1.0  # seconds between samples of the "last minute" window
+# Seconds the dead-letter counts are reused while this server dead-lettered and replayed
+# nothing: the store hands dead letters out whole, so counting them reads every one.
+DEAD_LETTER_INTERVAL: Final = 10.0
 
 
 class StatusReader:
@@ -52,6 +57,9 @@ class StatusReader:
         self._lock = trio.Lock()
         self._last: StatusSnapshot | None = None
         self._last_at = -float("inf")
+        self._dead: Counter[str] | None = None
+        self._dead_key: tuple[int, int] = (-1, -1)
+        self._dead_at = -float("inf")
 
     async def snapshot(self) -> StatusSnapshot:
         """A snapshot at most ``MIN_INTERVAL`` seconds old."""
@@ -71,6 +79,21 @@ class StatusReader:
         except MasError as exc:
             return str(exc) or type(exc).__name__
         return ""
+
+    async def _dead_letters(self) -> Counter[str]:
+        """Dead letters per agent, re-read when this server changed them or they are old."""
+        decisions = self._server.metrics.decisions
+        key = (decisions["DLQ"], decisions["DLQ_REPLAYED"])
+        now = trio.current_time()
+        if (
+            self._dead is None
+            or key != self._dead_key
+            or now - self._dead_at >= (DEAD_LETTER_INTERVAL)
+        ):
+            letters = await self._server.store.dead_letters(None)
+            self._dead = Counter(d.message.target_id for d in letters)
+            self._dead_key, self._dead_at = key, now
+        return self._dead
 
     async def _build(self) -> StatusSnapshot:
         server = self._server
@@ -94,7 +117,7 @@ class StatusReader:
             with trio.fail_after(STORE_TIMEOUT):
                 for agent_id in ids:
                     depths[agent_id] = await store.queue_depth(agent_id)
-                dead = Counter(d.message.target_id for d in await store.dead_letters(None))
+                dead = await self._dead_letters()
         except trio.TooSlowError:
             error = f"no answer within {STORE_TIMEOUT:g} s"
         except MasError as exc:

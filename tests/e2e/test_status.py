@@ -1,29 +1,21 @@
 """``mas status`` (and ``--json``) against real ``mas run`` and ``mas serve`` processes,
-on every store; ``mas dlq replay`` through a running SQLite server."""
+on every store; ``mas dlq replay`` through the running server, on every store."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.operating import agent_row, mas_command, status_json, write_load_project
+from tests.operating import (
+    STORES,
+    agent_row,
+    mas_command,
+    status_json,
+    write_load_project,
+)
 from tests.processes import free_port, mas_process, read, wait_for
-from tests.redis_server import require_redis_server, running_redis
-
-STORES = ["memory", "sqlite", "redis"]
-
-
-@pytest.fixture
-def redis_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.node.callspec.params.get("store") != "redis":
-        yield None
-        return
-    require_redis_server()
-    with running_redis() as server:
-        yield server.url
 
 
 @pytest.mark.slow
@@ -101,8 +93,12 @@ def test_status_of_mas_serve_counts_agents_of_other_processes(
 
 
 @pytest.mark.slow
-def test_dlq_replay_goes_through_a_running_sqlite_server(tmp_path: Path) -> None:
-    write_load_project(tmp_path, store="sqlite", count=3, pause=0.2, flaky=True)
+@pytest.mark.parametrize("store", STORES)
+def test_dlq_replay_goes_through_the_running_server(
+    tmp_path: Path, store: str, redis_url: str | None
+) -> None:
+    # SQLite: the running server holds the file; memory: only it has the dead letters.
+    write_load_project(tmp_path, store=store, redis_url=redis_url, count=3, pause=0.2, flaky=True)
     log = tmp_path / "run.log"
     with mas_process("run", str(tmp_path), cwd=tmp_path, log=log, path=(tmp_path,)):
         wait_for(lambda: "listening on" in read(log), 60, "the server")
@@ -125,6 +121,8 @@ def test_dlq_replay_goes_through_a_running_sqlite_server(tmp_path: Path) -> None
             30,
             "every tick delivered",
         )
+    if store == "memory":
+        return  # its trail went with the process
     audit = mas_command("audit", "tail", "--json", "--config", str(tmp_path), cwd=tmp_path)
     assert audit.returncode == 0, audit.stderr
     records = [json.loads(line) for line in audit.stdout.splitlines()]

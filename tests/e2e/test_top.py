@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.operating import write_load_project
+from tests.operating import STORES, write_load_project
 from tests.processes import mas_process, read, wait_for
 
 SCREEN_TIMEOUT = 30.0  # seconds for the screen to show what a step waits for
@@ -108,17 +108,18 @@ def _script(directory: Path, name: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("store", STORES)
 def test_top_shows_the_live_server_sorts_on_keys_and_restores_the_terminal(
-    tmp_path: Path, tmux: Tmux
+    tmp_path: Path, tmux: Tmux, store: str, redis_url: str | None
 ) -> None:
-    write_load_project(tmp_path, store="sqlite", pause=0.005)
+    write_load_project(tmp_path, store=store, redis_url=redis_url, pause=0.005)
     log = tmp_path / "run.log"
     with mas_process("run", str(tmp_path), cwd=tmp_path, log=log, path=(tmp_path,)):
         wait_for(lambda: "listening on" in read(log), 60, "the server")
         tmux.start(_script(tmp_path, "q"))
         screen = tmux.wait_screen(_moving, "both agents moving")
         assert "mas top" in screen
-        assert "store sqlite" in screen and "reachable" in screen
+        assert f"store {store}" in screen and "reachable" in screen
         assert "in " in screen and "msg/s" in screen and "routing p50" in screen
         assert "sorted by rate" in screen
         header = next(line for line in screen.splitlines() if line.startswith("AGENT"))
