@@ -6,7 +6,10 @@ Commands::
     mas serve [CONFIG]   the server alone; allowlisted agents connect from elsewhere
     mas agent ID [CONFIG] [--server HOST:PORT]
                          the instances of one agent, in their own process
-    mas reload [CONFIG]  make the running server re-read mas.yaml (SIGHUP)
+    mas reload [CONFIG]  make the running server re-read mas.yaml (its control socket)
+    mas status [CONFIG] [--json]
+                         the running server: agents, queues, decisions, breakers
+    mas top [CONFIG]     the same, live, every second (r/d sort, q quits)
     mas certs [CONFIG]   write a development PKI to the paths mas.yaml names
     mas audit verify|tail|export [FILE]
                          check, read or export the audit trail
@@ -16,7 +19,9 @@ Commands::
 
 Exit status: 0 on success (including a graceful stop on SIGINT/SIGTERM, and a
 reader that closed our stdout early, as ``| head`` does), 1 when an agent
-crash-looped or the runtime failed, 2 for an invalid configuration,
+crash-looped or the runtime failed, or when no server is running for the config
+(``status``, ``top``, ``reload``: "no server is running for ...: start it with ..."),
+2 for an invalid configuration,
 certificate, listen address or agent class: a one-paragraph message on stderr
 naming the file, key or address, never a traceback; 130 for Ctrl-C outside a
 graceful stop, or a second stop signal that cut one short (one line,
@@ -38,14 +43,17 @@ from pathlib import Path
 
 import trio
 
-from . import __version__, audit_command, dlq_command, scaffold
+from . import __version__, audit_command, dlq_command, scaffold, status, top
 from .agent_process import AgentProcess
 from .config import LoadedConfig, load_config
+from .control import socket_path
+from .control.client import ControlClient
+from .control.protocol import ReloadReply, ReloadRequest
 from .errors import CertificateError, ConfigError, MasError, leaves
 from .logs import configure_logging
 from .pki import write_dev_pki
 from .preflight import preflight
-from .runtime import Runtime, locked_pid
+from .runtime import Runtime
 
 log = logging.getLogger("mas.cli")
 
@@ -90,7 +98,15 @@ def _parser() -> argparse.ArgumentParser:
         "reload", help="make a running server re-read mas.yaml", parents=[common]
     )
     reload.add_argument("config", nargs="?", help=config_help)
-    reload.add_argument("--pid", type=int, help="the server's process id (default: mas.yaml.pid)")
+    status = commands.add_parser(
+        "status", help="the running server: agents, queues, decisions", parents=[common]
+    )
+    status.add_argument("config", nargs="?", help=config_help)
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    top = commands.add_parser(
+        "top", help="the running server, live (r/d: sort by rate/depth, q: quit)", parents=[common]
+    )
+    top.add_argument("config", nargs="?", help=config_help)
     audit_command.add_parser(commands, common)
     dlq_command.add_parser(commands, common)
     certs = commands.add_parser(
@@ -147,7 +163,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if runtime.stopped_at_once:
             return _interrupted()
     elif args.command == "reload":
-        return _reload(loaded, args.pid)
+        return _reload(loaded)
+    elif args.command == "status":
+        return status.run(loaded, as_json=args.json)
+    elif args.command == "top":
+        return top.run(loaded)
     elif args.command == "agent":
         process = AgentProcess(loaded, args.agent_id, server=args.server)
         trio.run(process.run)
@@ -277,17 +297,18 @@ def write_dev_pki_to(loaded: LoadedConfig) -> str:
     return config.tls_ca_path
 
 
-def _reload(loaded: LoadedConfig, pid: int | None) -> int:
-    """Send SIGHUP to the server started from this config (policy, allowlist, revocations)."""
-    if pid is None:
-        pid = locked_pid(loaded.path)
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError as exc:
-        raise ConfigError(f"no process {pid}: the server is not running (stale pid file?)") from exc
-    except PermissionError as exc:
-        raise ConfigError(f"not allowed to signal process {pid}: {exc}") from exc
-    print(f"asked server {pid} to reload {loaded.path}")
+def _reload(loaded: LoadedConfig) -> int:
+    """Ask the server started from this config, over its control socket, to re-read it.
+
+    The file is validated here first (``load_config``): an invalid one is reported
+    with status 2 and never sent. Operators may still send SIGHUP by hand.
+    """
+    with ControlClient(socket_path(loaded), config_path=loaded.path) as client:
+        reply = client.request(ReloadRequest())
+    assert isinstance(reply, ReloadReply)
+    print(f"the server reloaded {reply.config_path}")
+    if reply.needs_restart:
+        print(f"these settings apply only after a restart: {', '.join(reply.needs_restart)}")
     return EXIT_OK
 
 

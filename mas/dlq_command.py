@@ -2,10 +2,13 @@
 
 Reads and writes the store named by mas.yaml. A listing gets a ``DLQ_LISTED``
 audit record and every replayed message a ``DLQ_REPLAYED`` one, naming the
-operator. The SQLite store belongs to one process at a time: stop the server
-before ``replay``; ``list`` then reads the file alongside the running server
-(and says that this listing could not be audited). The memory store keeps nothing outside its
-server process, so there is nothing to list.
+operator. While a server runs for the config, ``replay`` asks it over its
+control socket (``mas.control``) to do the replay, on every store: the SQLite
+store belongs to that process, and the server wakes the agents whose messages
+came back. With no server running, ``replay`` opens the store itself. ``list``
+reads a SQLite file alongside the running server (and says that this listing
+could not be audited). The memory store keeps nothing outside its server
+process: there is nothing to list, and only its running server can replay.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import trio
 
 from .audit.record import AuditDraft
 from .config import LoadedConfig, load_config
+from .control import socket_path
+from .control.client import ControlClient, ServerNotRunningError
+from .control.protocol import MAX_REPLAY_IDS, DlqReplayRequest, ReplayedMessage, ReplayReply
 from .envelope import decode_envelope
 from .errors import ConfigError
 from .runtime import open_store
@@ -63,15 +69,45 @@ def run(args: argparse.Namespace) -> int:
     if not args.all and not args.message_ids:
         raise ConfigError("name the message ids to replay, or pass --all")
     loaded = load_config(args.config)
-    replayed = trio.run(_replay, loaded, None if args.all else args.message_ids)
+    ids = None if args.all else list(args.message_ids)
+    replayed = _replay_by_server(loaded, ids)
+    if replayed is None:
+        replayed = [
+            ReplayedMessage(message_id=d.message.message_id, target_id=d.message.target_id)
+            for d in trio.run(_replay, loaded, ids)
+        ]
     print(f"replayed {len(replayed)} message(s)")
-    for dead in replayed:
-        print(f"  {dead.message.message_id} -> {dead.message.target_id}")
-    missing = set(args.message_ids) - {d.message.message_id for d in replayed}
+    for message in replayed:
+        print(f"  {message.message_id} -> {message.target_id}")
+    missing = set(args.message_ids) - {m.message_id for m in replayed}
     if missing:
         print(f"not in the dead-letter queue: {', '.join(sorted(missing))}", file=sys.stderr)
         return 1
     return 0
+
+
+def _replay_by_server(
+    loaded: LoadedConfig, message_ids: list[str] | None
+) -> list[ReplayedMessage] | None:
+    """Have the running server replay (None: no server runs for this config)."""
+    client = ControlClient(socket_path(loaded), config_path=loaded.path)
+    try:
+        client.connect()
+    except ServerNotRunningError:
+        return None  # no server: the store is ours to open
+    replayed: list[ReplayedMessage] = []
+    with client:
+        # Requests are bounded: a long list of ids goes in several.
+        batches = [None] if message_ids is None else _chunks(message_ids, MAX_REPLAY_IDS)
+        for batch in batches:
+            reply = client.request(DlqReplayRequest(message_ids=batch, operator=_operator()))
+            assert isinstance(reply, ReplayReply)
+            replayed += reply.replayed
+    return replayed
+
+
+def _chunks(items: list[str], size: int) -> list[list[str] | None]:
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
 @contextlib.asynccontextmanager
@@ -79,8 +115,9 @@ async def _store(loaded: LoadedConfig) -> AsyncIterator[Store]:
     config = loaded.config
     if config.store.backend == "memory":
         raise ConfigError(
-            "the memory store keeps dead letters only inside its server process; "
-            "use the sqlite or redis store to inspect them from the command line"
+            "the memory store keeps dead letters only inside its server process: while it "
+            "runs, `mas status` counts them per agent and `mas dlq replay` replays them; "
+            "use the sqlite or redis store to list them or keep them from one run to the next"
         )
     async with open_store(config, loaded.base_dir) as store:
         yield store

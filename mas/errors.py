@@ -14,6 +14,7 @@ them, and chained with ``raise ... from exc``::
     ├── StateError                stored state does not fit the agent's model
     ├── ReplyValidationError      a reply does not fit the model the requester asked for
     ├── StoreError                the store failed (I/O, unreachable Redis) or is closed
+    ├── ControlError              no server answers on the control socket, or it refused
     ├── RejectedError             the server refused a message (gRPC status + reason)
     │   ├── UnauthenticatedError  UNAUTHENTICATED: identity refused
     │   ├── PermissionDeniedError PERMISSION_DENIED: not_authorized, dlp_blocked
@@ -116,6 +117,15 @@ class ReplyValidationError(MasError, ValueError):
 
 class StoreError(MasError):
     """The store failed or is unreachable; the server answers ``UNAVAILABLE``."""
+
+
+class ControlError(MasError):
+    """A command could not use the running server's control socket (``mas.control``).
+
+    No server is running for the config, the socket belongs to another user, the
+    server refused the request, or it did not answer in time; the message says
+    which, and what to do.
+    """
 
 
 class RejectedError(MasError):

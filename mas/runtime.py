@@ -3,8 +3,10 @@
 ::
 
     Runtime.run
-    ├── server            MasServer.serve (listener, sessions, router timers)
     ├── signals           SIGINT/SIGTERM: graceful stop, twice: stop now; SIGHUP: reload
+    ├── control           ControlServer.serve: mas.yaml.sock (status, top, reload, dlq replay)
+    ├── http              /metrics, /healthz, /readyz (when gateway.telemetry.prometheus.port)
+    ├── server            MasServer.serve (listener, sessions, router timers)
     └── agents            AgentHost.run -> AgentSupervisor (one task per instance, restarts)
 
 A graceful stop (first signal, or an agent calling ``stop_runtime()``) asks
@@ -19,12 +21,11 @@ in a private temporary directory (allowed only on a loopback listen address).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,11 +35,18 @@ from .agent import TLSFiles
 from .audit.chain import key_from_env
 from .audit.keys import chain_key, default_key_path
 from .config import AgentSpec, LoadedConfig, MasConfig, load_config, redact_url
+from .control import socket_path
+from .control.protocol import ReloadReply, ReplayedMessage, StatusSnapshot
 from .errors import ConfigError, MasError
 from .hosting import AgentHost, watch_signals
 from .pki import server_ssl_context, write_dev_pki
 from .preflight import dev_pki_refusal, missing_agent_tls, preflight
 from .server import BoundAddress, MasServer
+from .server.app import restart_only_changes
+from .server.control import ControlServer
+from .server.http import HttpServer
+from .server.prometheus import Endpoints
+from .server.snapshot import StatusReader
 from .store import MemoryStore, Store, StoreLimits
 
 log = logging.getLogger("mas.runtime")
@@ -209,86 +217,6 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             yield redis_store
 
 
-PID_FILE_SUFFIX: Final = ".pid"  # `mas.yaml.pid`: the running server, for `mas reload`
-
-
-def pid_file_for(config_path: Path) -> Path:
-    """Where a server started from ``config_path`` records its process id."""
-    return config_path.with_name(config_path.name + PID_FILE_SUFFIX)
-
-
-@contextlib.contextmanager
-def _pid_file(config_path: Path) -> Iterator[None]:
-    """Record this process's id next to the config while it serves (for ``mas reload``).
-
-    The file is held under an exclusive ``flock`` for as long as the server runs:
-    ``mas reload`` signals only a process whose file is locked, so a file left by a
-    crash never makes it signal whatever process now has that id. A second
-    server from the same config leaves the first one's file alone.
-    """
-    path = pid_file_for(config_path)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        log.warning("cannot write %s (`mas reload` will need --pid): %s", path, exc)
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log.warning(
-                "%s is held by another running server; `mas reload` reaches that one "
-                "(use --pid %d for this one)",
-                path,
-                os.getpid(),
-            )
-            yield
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                path.unlink()  # still under our lock: no reload can read a half-gone file
-    finally:
-        os.close(fd)
-
-
-def locked_pid(config_path: Path) -> int:
-    """The id of the server serving ``config_path``, as its locked PID file says.
-
-    Raises ``ConfigError`` when there is no PID file, or when no process holds
-    its lock (the server that wrote it is gone, and the id may now be anyone's).
-    """
-    path = pid_file_for(config_path)
-    hint = "start it with `mas serve` or `mas run`, or pass --pid"
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        raise ConfigError(
-            f"no running server found for {config_path} ({path}: {exc.strerror}); {hint}"
-        ) from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass  # held: a server is running
-        else:
-            raise ConfigError(
-                f"{path} is stale: no running server holds it (the one that wrote it is "
-                f"gone), so nothing was signalled; {hint}"
-            )
-        text = os.read(fd, 64).decode(errors="replace").strip()
-    finally:
-        os.close(fd)
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise ConfigError(f"{path} holds {text!r}, not a process id; {hint}") from exc
-
-
 _REFUSALS: Final = frozenset(
     {"AUTHN_DENIED", "AUTHZ_DENIED", "RATE_LIMITED", "CIRCUIT_OPEN", "DLP_BLOCKED", "INVALID"}
 )  # decisions that refused a message, for the shutdown summary
@@ -367,7 +295,7 @@ class Runtime:
                             reload=self.reload,
                         )
                     )
-                stack.enter_context(_pid_file(self.loaded.path))
+                await self._start_operations(root, server)
                 address = self.address = await root.start(server.serve)
                 agent_addr = format_addr(connect_host(address.host), address.port)
                 async with trio.open_nursery() as agents:
@@ -379,15 +307,87 @@ class Runtime:
                 log.debug("server statistics: %s", stats)
                 root.cancel_scope.cancel()
 
+    async def _start_operations(self, root: trio.Nursery, server: MasServer) -> None:
+        """The control socket, and the HTTP endpoint if configured (before the listener:
+        a `mas reload` sent once the server says it listens finds the socket)."""
+        config = self.loaded.config
+        reader = StatusReader(
+            server,
+            config_path=str(self.loaded.path),
+            store_where=store_where(config, self.loaded.base_dir),
+        )
+        controls = RuntimeControls(self, server, reader)
+        await root.start(
+            ControlServer(socket_path(self.loaded), controls, server.audit.record).serve
+        )
+        prometheus = config.gateway.telemetry.prometheus
+        if prometheus.port is not None:
+            endpoints = Endpoints(reader, server.metrics, lambda: server.address is not None)
+            host, port = await root.start(
+                HttpServer(endpoints).serve, prometheus.host, prometheus.port
+            )
+            reader.metrics_address = format_addr(host, port)
+            log.info("metrics on http://%s/metrics (/healthz, /readyz)", reader.metrics_address)
+
     def reload(self) -> None:
-        """Re-read the config file and apply its policy; on error keep the running one."""
+        """Re-read the config file and apply its policy; on error keep the running one (SIGHUP)."""
+        with contextlib.suppress(MasError):  # apply_reload logged why
+            self.apply_reload()
+
+    def apply_reload(self) -> list[str]:
+        """Re-read the config file and apply it; the settings that wait for a restart.
+
+        Raises ``ConfigError`` (and keeps the running configuration) when the file is
+        not valid now.
+        """
         if self.server is None:
-            return
+            raise ConfigError("the server is still starting: try again in a moment")
         try:
             loaded = load_config(self.loaded.path)
         except MasError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-            return
+            raise ConfigError(
+                f"reload failed, the server keeps its running configuration: {exc}"
+            ) from exc
+        needs_restart = restart_only_changes(self.server.config, loaded.config)
         self.loaded = loaded
         self.server.reload(loaded.config)
         log.info("configuration reloaded from %s", loaded.path)
+        return needs_restart
+
+
+class RuntimeControls:
+    """What the control socket may do to a runtime (``mas.server.control.ControlActions``)."""
+
+    def __init__(self, runtime: Runtime, server: MasServer, reader: StatusReader) -> None:
+        self._runtime = runtime
+        self._server = server
+        self._reader = reader
+
+    async def status(self) -> StatusSnapshot:
+        return await self._reader.snapshot()
+
+    async def reload(self) -> ReloadReply:
+        needs_restart = self._runtime.apply_reload()
+        return ReloadReply(config_path=str(self._runtime.loaded.path), needs_restart=needs_restart)
+
+    async def dlq_replay(
+        self, message_ids: list[str] | None, operator: str
+    ) -> list[ReplayedMessage]:
+        replayed = await self._server.replay_dead_letters(message_ids, operator)
+        return [
+            ReplayedMessage(message_id=d.message.message_id, target_id=d.message.target_id)
+            for d in replayed
+        ]
+
+
+def store_where(config: MasConfig, base_dir: Path) -> str:
+    """Where the store is, for people: the SQLite file, the Redis URL (password hidden)."""
+    backend = config.store.backend
+    if backend == "sqlite":
+        from .store.sqlite import DEFAULT_FILENAME
+
+        return str(Path(config.store.path or base_dir / DEFAULT_FILENAME))
+    if backend == "redis":
+        return redact_url(config.store.url or config.gateway.redis.url)
+    return "in this process's memory"

@@ -33,6 +33,7 @@ Decision = Literal[
     "EXPIRED",
     "DLQ_REPLAYED",
     "DLQ_LISTED",
+    "CONTROL",
 ]
 
 GENESIS: Final = "0" * 64  # prev_hash of record 1: the chain starts from nothing

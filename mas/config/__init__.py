@@ -51,6 +51,7 @@ from .gateway import DlpConfig as DlpConfig
 from .gateway import DlpRule as DlpRule
 from .gateway import FeaturesConfig as FeaturesConfig
 from .gateway import GatewayConfig as GatewayConfig
+from .gateway import PrometheusConfig as PrometheusConfig
 from .gateway import RateLimitConfig as RateLimitConfig
 from .gateway import RateLimitOverride as RateLimitOverride
 from .gateway import RedisConfig as RedisConfig
@@ -103,6 +104,7 @@ __all__ = [
     "Permission",
     "PosFloat",
     "PosInt",
+    "PrometheusConfig",
     "RateLimitConfig",
     "RateLimitOverride",
     "RedisConfig",

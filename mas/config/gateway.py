@@ -130,8 +130,19 @@ class AuditConfig(_Base, frozen=True):
     retention: AuditRetentionConfig = AuditRetentionConfig()
 
 
+class PrometheusConfig(_Base, frozen=True):
+    """The HTTP endpoint with ``/metrics``, ``/healthz`` and ``/readyz`` (off unless ``port``).
+
+    ``host`` is loopback by default: the metrics name every agent and its traffic.
+    ``port: 0`` binds any free port (the log says which).
+    """
+
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+
+
 class TelemetryConfig(_Base, frozen=True):
-    """OpenTelemetry export settings."""
+    """OpenTelemetry export settings, and the Prometheus endpoint (``prometheus``)."""
 
     enabled: bool = False
     service_name: str = "mas"
@@ -142,6 +153,7 @@ class TelemetryConfig(_Base, frozen=True):
     export_metrics: bool = True
     metrics_export_interval_ms: PosInt = 60000
     headers: dict[str, str] = {}
+    prometheus: PrometheusConfig = PrometheusConfig()
 
 
 class CircuitBreakerConfig(_Base, frozen=True):

@@ -279,6 +279,9 @@ class MasConfig(_Base, frozen=True):
     roles: dict[Name, RoleConfig] = {}
     revoked: RevokedConfig = RevokedConfig()
     gateway: GatewayConfig = GatewayConfig()
+    # The server's control socket (`mas status`, `mas top`, `mas reload`, `mas dlq replay`);
+    # relative paths resolve against mas.yaml's directory. Default: mas.yaml.sock next to it.
+    control_socket: Annotated[str, msgspec.Meta(min_length=1)] | None = None
 
     def __post_init__(self) -> None:
         try:

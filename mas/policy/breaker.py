@@ -263,6 +263,10 @@ class BreakerBook:
     def __len__(self) -> int:
         return len(self._states)
 
+    def items(self) -> list[tuple[str, BreakerState]]:
+        """Every stored (target, state): the targets whose breaker is not fresh."""
+        return list(self._states.items())
+
     def state(self, target: str) -> BreakerState:
         """The stored state of ``target`` (a fresh closed breaker if none)."""
         return self._states.get(target, _FRESH)

@@ -6,6 +6,7 @@
     ├── audit         AuditLog.run: drafts -> store chain; chain -> JSONL file
     ├── store.watch   wakes sessions for messages other servers enqueued (shared stores)
     ├── router.run    wakes sessions when delayed retries fall due
+    ├── sampler       samples the decision counters every second (``mas status``)
     └── GrpcServer    TLS listener -> connections -> RPCs (sessions live here)
 
 ``serve`` reports the bound address through ``task_status`` once the listener
@@ -19,22 +20,27 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import trio
 
 from .. import telemetry
+from ..audit.record import AuditDraft
 from ..clock import TrioWallClock
 from ..config import MasConfig
-from ..store import Store
+from ..store import DeadLetter, Store
 from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import BoundAddress, GrpcServer
 from .guard import GuardLimits
+from .metrics import ServerMetrics
 from .router import Router
 from .servicer import RuntimeServicer
 from .sessions import SessionRegistry
+from .snapshot import sample_decisions
+from .store_timing import timed_store
 from .transport import ServerLimits
 
 log = logging.getLogger("mas.server")
@@ -46,13 +52,18 @@ class MasServer:
     def __init__(self, config: MasConfig, store: Store, ssl_context: ssl.SSLContext) -> None:
         self._config = config
         self._gateway = Gateway(config)
-        self.store = store
         self.registry = SessionRegistry()
+        self._wall_clock: TrioWallClock | None = None  # made in serve (it reads Trio's clock)
+        self.metrics = ServerMetrics(config.agent_ids, time.time())
+        if config.gateway.telemetry.prometheus.port is not None:
+            store = timed_store(store, self.metrics)  # mas_store_operation_seconds
+        self.store = store
         self.audit = AuditLog(
             store,
             config.gateway.audit,
             telemetry.from_config(config.gateway.telemetry),
             refusal_interval=config.limits.refusal_audit_interval,
+            metrics=self.metrics,
         )
         self._ssl_context = ssl_context
         self._router: Router | None = None
@@ -72,6 +83,7 @@ class MasServer:
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the server until cancelled; reports the bound address when it accepts."""
+        self._wall_clock = TrioWallClock()
         router = self._router = Router(
             self.store,
             self.registry,
@@ -93,6 +105,7 @@ class MasServer:
             await nursery.start(self.audit.run)
             await nursery.start(self.store.watch, self.registry.ring)
             await nursery.start(router.run)
+            nursery.start_soon(sample_decisions, self)
             self.address = await nursery.start(
                 self._grpc.serve, self._config.listen_host, self._config.listen_port
             )
@@ -116,6 +129,7 @@ class MasServer:
             )
         self._gateway = self._gateway.reconfigured(config)
         self._config = config
+        self.metrics.configure(config.agent_ids)
         if self._grpc is not None:
             self._grpc.reconfigure(server_limits(config))
         for session in self.registry.all():
@@ -143,6 +157,32 @@ class MasServer:
             await self.registry.wait_empty()
         await self.audit.flush()
 
+    def wall_clock(self) -> float:
+        """The wall time now (Trio's clock mapped to wall time: MockClock in tests)."""
+        return time.time() if self._wall_clock is None else self._wall_clock.now()
+
+    async def replay_dead_letters(
+        self, message_ids: Sequence[str] | None, operator: str
+    ) -> list[DeadLetter]:
+        """Put dead letters back in their queues, audited ``DLQ_REPLAYED``; wake their agents."""
+        now = self.wall_clock()
+        replayed = await self.store.replay_dead_letters(message_ids, now)
+        await self.audit.record_many(
+            [
+                AuditDraft(
+                    time=now,
+                    decision="DLQ_REPLAYED",
+                    reason=f"replayed by {operator or 'an operator'} (was: {dead.reason})",
+                    message_id=dead.message.message_id,
+                    target_id=dead.message.target_id,
+                )
+                for dead in replayed
+            ]
+        )
+        for agent_id in {dead.message.target_id for dead in replayed}:
+            self.registry.ring(agent_id)
+        return replayed
+
     def statistics(self) -> dict[str, Any]:
         """Counters for logs and tests, including decisions and their latency histograms."""
         return {
@@ -167,6 +207,7 @@ _RESTART_ONLY: Final[tuple[tuple[str, Callable[[MasConfig], object]], ...]] = (
     ("gateway.redis", lambda c: c.gateway.redis),
     ("gateway.audit", lambda c: c.gateway.audit),
     ("gateway.telemetry", lambda c: c.gateway.telemetry),
+    ("control_socket", lambda c: c.control_socket),
 )
 
 

@@ -24,6 +24,7 @@ client-chosen strings are bounded before it is queued, and repeated refusals of 
 (identity, decision, reason) within ``refusal_interval`` seconds become one record with
 their count; the writer writes those summaries when their window ends.
 
+Every decision is also counted in ``metrics`` (``mas.server.metrics``), when given.
 ``AuditLog`` also keeps per-decision counters (every refusal counted, coalesced or not)
 and latency histograms for ``statistics()``.
 """
@@ -49,6 +50,7 @@ from ..audit.sink import JsonlSink
 from ..config import AuditConfig
 from ..store import Store
 from ..telemetry import Telemetry
+from .metrics import ServerMetrics
 from .resilience import Outage, persist
 
 log = logging.getLogger("mas.audit")
@@ -72,8 +74,10 @@ class AuditLog:
         telemetry: Telemetry | None = None,
         *,
         refusal_interval: float = 60.0,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._coalescer = RefusalCoalescer(refusal_interval)
         self._waiting: trio.CancelScope | None = None  # the writer's wait for drafts
         self._appending = trio.Lock()  # held while a batch is written (writer or flush)
@@ -122,10 +126,14 @@ class AuditLog:
     def committed(self, record: AuditRecord) -> None:
         """A record the store wrote together with a routed message."""
         self._observe(record)
+        if self._metrics is not None:
+            self._metrics.audit_records += 1
         self._head = max(self._head, record.seq)
         self._committed.set()
 
     def _observe(self, draft: AuditDraft) -> None:
+        if self._metrics is not None:
+            self._metrics.observe(draft)
         if self._telemetry is not None:
             self._telemetry.record(draft)
         self.counts[draft.decision] += 1
@@ -201,6 +209,8 @@ class AuditLog:
 
     async def _append(self, batch: list[AuditDraft]) -> None:
         records = await self._store.append_audit(batch)
+        if self._metrics is not None:
+            self._metrics.audit_records += len(records)
         if records:
             self._head = max(self._head, records[-1].seq)
         self._committed.set()

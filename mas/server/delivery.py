@@ -58,6 +58,10 @@ class DeliveryWindow:
     def __getitem__(self, delivery_id: str) -> Tracked:
         return self._rows[delivery_id]
 
+    def retrying(self) -> int:
+        """How many of the deliveries in flight are a second or later attempt."""
+        return sum(1 for tracked in self._rows.values() if tracked.attempt > 1)
+
     def room(self) -> int:
         """How many more deliveries may be claimed now."""
         return max(self.prefetch - len(self._rows), 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -246,41 +248,63 @@ def test_audit_verify_and_export_from_the_command_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_reload_command_signals_the_running_server(tmp_path: Path) -> None:
+def test_reload_command_reaches_the_running_server_over_its_control_socket(
+    tmp_path: Path,
+) -> None:
     config = tmp_path / "mas.yaml"
     config.write_text(
         "server_listen_addr: 127.0.0.1:0\nstore: {backend: memory}\nagents: [{agent_id: a}]\n"
     )
-    _assert_clean_error(_mas("reload", str(tmp_path)), 2, "no running server")
+    _assert_clean_error(_mas("reload", str(tmp_path)), 1, "no server is running", "mas serve")
     server = _start("serve", str(tmp_path), cwd=tmp_path)
+    socket_file = tmp_path / "mas.yaml.sock"
     try:
         assert server.stderr is not None
         for line in server.stderr:
             if "listening on" in line:
                 break
-        assert (tmp_path / "mas.yaml.pid").exists()
+        assert stat.S_ISSOCK(socket_file.stat().st_mode)
+        assert stat.S_IMODE(socket_file.stat().st_mode) == 0o600
         config.write_text(
             "server_listen_addr: 127.0.0.1:0\nstore: {backend: memory}\nagents: [{agent_id: b}]\n"
         )
         reloaded = _mas("reload", str(tmp_path))
         assert reloaded.returncode == 0, reloaded.stderr
+        assert "reloaded" in reloaded.stdout
+        for line in server.stderr:
+            if "configuration reloaded" in line:
+                break
+        # A file that does not validate is refused here and never sent: the server keeps
+        # the configuration it runs.
+        config.write_text("agentz: []\n")
+        _assert_clean_error(_mas("reload", str(tmp_path)), 2, "agentz")
+        # SIGHUP by hand still works for operators who send it.
+        config.write_text(
+            "server_listen_addr: 127.0.0.1:0\nstore: {backend: memory}\nagents: [{agent_id: c}]\n"
+        )
+        server.send_signal(signal.SIGHUP)
         for line in server.stderr:
             if "configuration reloaded" in line:
                 break
     finally:
         assert _stop(server) == 0
+    assert not socket_file.exists()
     assert not (tmp_path / "mas.yaml.pid").exists()
 
 
-def test_reload_never_signals_the_process_a_stale_pid_file_names(tmp_path: Path) -> None:
+def test_reload_never_signals_a_process_a_leftover_file_names(tmp_path: Path) -> None:
     (tmp_path / "mas.yaml").write_text("store: {backend: memory}\nagents: [{agent_id: a}]\n")
     bystander = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(60)"]  # SIGHUP would end it
     )
     try:
-        # A server crashed and left its pid file; the id now belongs to someone else.
+        # A server crashed and left a pid file (older mas) and its control socket; the
+        # id now belongs to someone else.
         (tmp_path / "mas.yaml.pid").write_text(f"{bystander.pid}\n")
-        _assert_clean_error(_mas("reload", str(tmp_path)), 2, "stale", "mas.yaml.pid")
+        leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        leftover.bind(str(tmp_path / "mas.yaml.sock"))
+        leftover.close()
+        _assert_clean_error(_mas("reload", str(tmp_path)), 1, "no server is running")
         assert bystander.poll() is None  # SIGHUP would have ended it
     finally:
         bystander.kill()
