@@ -14,8 +14,9 @@ Subclass it, declare handlers with ``@Agent.on("type", model=Struct)``, and run 
 Cancellation
     Cancelling ``run`` cancels the handlers, then calls ``on_stop`` shielded and bounded by
     ``shutdown_grace``, and cuts the connection within a bounded time. ``stop()`` instead drains
-    gracefully: deliveries not yet started are nacked (retryable), running handlers get
-    ``shutdown_grace`` to finish, ``on_stop`` runs, and the stream is closed.
+    gracefully: deliveries not yet started are nacked (retryable), running handlers (and an
+    ``on_start`` still running, such as a producer loop) get ``shutdown_grace`` to finish
+    before they are cancelled, ``on_stop`` runs, and the stream is closed.
 
 Error handling
     ``run`` raises ``ConnectionClosedError`` when the first connection fails for
@@ -594,8 +595,8 @@ class Agent(Generic[StateT]):
             await self._load_state()
             async with trio.open_nursery() as handler_nursery:
                 handler_nursery.start_soon(runner.dispatch, handler_nursery)
-                await self.on_start()
-                started = True
+                await self._start_within_grace()
+                started = True  # on_start returned, or a stop cut it short: on_stop runs
                 log.debug("%s: started", self._label)
                 task_status.started()
                 await self._stop_requested.wait()
@@ -612,6 +613,29 @@ class Agent(Generic[StateT]):
                 await runner.nack_queued()
                 await link.aclose(CLOSE_TIMEOUT)
             log.debug("%s: stopped", self._label)
+
+    async def _start_within_grace(self) -> None:
+        """Run ``on_start``; a stop meanwhile gives it ``shutdown_grace``, then cancels it.
+
+        ``on_start`` may loop (a producer sending until stopped): like a running handler,
+        it gets the grace to finish, so a stop is never left waiting on it for ever.
+        """
+        async with trio.open_nursery() as watch:
+            with trio.CancelScope() as scope:
+
+                async def bound_by_stop() -> None:
+                    await self._stop_requested.wait()
+                    scope.deadline = trio.current_time() + self._shutdown_grace
+
+                watch.start_soon(bound_by_stop)
+                await self.on_start()
+            watch.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            log.warning(
+                "%s: on_start was still running %g s after the stop: cancelled",
+                self._label,
+                self._shutdown_grace,
+            )
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Self]:

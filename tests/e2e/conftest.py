@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from tests.redis_server import require_redis_server, running_redis
+from redis_server import require_redis_server, running_redis
 
 
 @pytest.fixture

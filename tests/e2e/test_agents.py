@@ -352,6 +352,52 @@ async def test_graceful_stop_finishes_in_flight_handlers(
                 assert again.finished == []
 
 
+class Looper(Agent[dict[str, Any]]):
+    """An ``on_start`` that loops until it is cancelled, as a producer agent does."""
+
+    def __init__(self, agent_id: str, **kwargs: Any) -> None:
+        super().__init__(agent_id, **kwargs)
+        self.looping = trio.Event()
+        self.ticks = 0
+        self.stopped = False
+
+    async def on_start(self) -> None:
+        self.looping.set()
+        while True:  # a producer: work, pause, until cancelled
+            self.ticks += 1
+            await trio.sleep(0.01)
+
+    async def on_stop(self) -> None:
+        self.stopped = True
+
+
+async def test_a_stop_during_on_start_cuts_it_after_the_grace(
+    pki: TestPKI, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``stop()`` bounds ``on_start`` by ``shutdown_grace``, as it bounds handlers.
+
+    Before, the stop waited for ``on_start`` to return: an agent whose ``on_start``
+    produces in a loop never stopped (under ``mas run``, SIGTERM spun for ever).
+    """
+    async with open_test_server(_config(["looper"], []), pki) as server:
+        assert server.address is not None
+        looper = Looper(
+            "looper",
+            server_addr=f"127.0.0.1:{server.address.port}",
+            tls=pki.client_ssl_context("looper"),
+            shutdown_grace=5,
+        )
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(looper.run)
+                await looper.looping.wait()
+                stop_asked = trio.current_time()
+                looper.stop()  # the nursery is left once run() returned
+        stopped_after = trio.current_time() - stop_asked
+        assert 5 <= stopped_after < 5 + 2 * 5  # the grace, then the bounded close
+        assert looper.stopped  # on_start had begun: on_stop cleans up after it
+
+
 async def test_agents_reconnect_after_the_server_restarts(
     pki: TestPKI, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -10,10 +10,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from tests.operating import write_load_project
-from tests.processes import free_port, mas_process, read, wait_for
-from tests.redis_server import require_redis_server, running_redis
+from operating import write_load_project
+from processes import free_port, mas_process, read, wait_for
+from redis_server import require_redis_server, running_redis
 
 _SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$")
 

@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from tests.operating import (
+from operating import (
     STORES,
     agent_row,
     mas_command,
     status_json,
     write_load_project,
 )
-from tests.processes import free_port, mas_process, read, wait_for
+from processes import free_port, mas_process, read, wait_for
 
 
 @pytest.mark.slow

@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.operating import STORES, write_load_project
-from tests.processes import mas_process, read, wait_for
+from operating import STORES, write_load_project
+from processes import mas_process, read, wait_for
 
 SCREEN_TIMEOUT = 30.0  # seconds for the screen to show what a step waits for
 
