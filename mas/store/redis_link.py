@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -423,7 +424,7 @@ class RedisLink:
     async def _connect_lane(self) -> WireSocket:
         """A connection from the pool (made in a worker thread), driven from Trio."""
         try:
-            conn = await trio.to_thread.run_sync(self._pool.get_connection)
+            conn = await _abandonable_connect(self._pool)
         except (redis.RedisError, OSError) as exc:
             raise _NotSentError(str(exc)) from exc
         sock = getattr(conn, "_sock", None)
@@ -526,3 +527,36 @@ def _finish(op: _Op, error: Exception) -> None:
     if op.prepared is not None:
         op.prepared.failed(error)
     op.done.set()
+
+
+async def _abandonable_connect(pool: _Pool) -> Any:
+    """A connection from ``pool``, made in a worker thread that a cancel abandons.
+
+    A connect to a Redis that accepts and never answers blocks its thread for the
+    socket timeout; the caller (a stop, a Ctrl-C) must not wait that long. A
+    connection the abandoned thread still makes is handed back to the pool.
+    """
+    lock = threading.Lock()
+    made: list[Any] = []
+    abandoned = False
+
+    def connect() -> Any:
+        conn: Any = pool.get_connection()
+        with lock:
+            if not abandoned:
+                made.append(conn)
+                return conn
+        conn.disconnect()
+        pool.release(conn)
+        return None
+
+    try:
+        return await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
+    except BaseException:
+        with lock:
+            abandoned = True
+            late = made.pop() if made else None  # made, but its result was discarded
+        if late is not None:
+            late.disconnect()
+            pool.release(late)
+        raise

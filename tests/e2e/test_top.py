@@ -35,7 +35,11 @@ class Tmux:
     """A private tmux server (its own socket) with one session running a command."""
 
     def __init__(self, tmux: str) -> None:
-        self._base = [tmux, "-L", f"mas-test-{uuid.uuid4().hex[:8]}", "-f", os.devnull]
+        self._tmux = tmux
+        self._base = self._new_server()
+
+    def _new_server(self) -> list[str]:
+        return [self._tmux, "-L", f"mas-test-{uuid.uuid4().hex[:8]}", "-f", os.devnull]
 
     def run(self, *args: str) -> str:
         result = subprocess.run(
@@ -64,7 +68,13 @@ class Tmux:
         raise AssertionError(f"timed out waiting for {what}; the screen:\n{screen}")
 
     def kill(self) -> None:
+        """Stop this tmux server; a later ``start`` gets a new one.
+
+        A new session on the socket of a server that is still exiting fails with
+        "server exited unexpectedly", so the next one never reuses the socket.
+        """
         subprocess.run([*self._base, "kill-server"], capture_output=True, timeout=10, check=False)
+        self._base = self._new_server()
 
 
 @pytest.fixture
