@@ -232,9 +232,7 @@ class Router:
             await self._audit.record_many(refusals)
         return [result for result in results if result is not None]
 
-    async def _enqueue_acking(
-        self, session: Session, items: list[EnqueueItem]
-    ) -> list[Enqueued]:
+    async def _enqueue_acking(self, session: Session, items: list[EnqueueItem]) -> list[Enqueued]:
         """``enqueue_many``, the written replies also acking their requests' deliveries."""
         now = self._clock.now()
 
