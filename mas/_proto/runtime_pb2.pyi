@@ -41,28 +41,32 @@ class ServerEvent(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., error: _Optional[_Union[ServerError, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., deliveries: _Optional[_Union[DeliveryBatch, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("instance_id", "batching", "prefetch")
+    __slots__ = ("instance_id", "batching", "prefetch", "reply_acks")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    REPLY_ACKS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     batching: bool
     prefetch: int
-    def __init__(self, instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ...) -> None: ...
+    reply_acks: bool
+    def __init__(self, instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., reply_acks: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("agent_id", "instance_id", "batching", "prefetch", "stream_messages")
+    __slots__ = ("agent_id", "instance_id", "batching", "prefetch", "stream_messages", "reply_acks")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     STREAM_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    REPLY_ACKS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     instance_id: str
     batching: bool
     prefetch: int
     stream_messages: bool
-    def __init__(self, agent_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., stream_messages: _Optional[bool] = ...) -> None: ...
+    reply_acks: bool
+    def __init__(self, agent_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., stream_messages: _Optional[bool] = ..., reply_acks: _Optional[bool] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("delivery_id", "envelope_json")
@@ -265,16 +269,18 @@ class StreamRequest(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., target_id: _Optional[str] = ..., message_type: _Optional[str] = ..., data_json: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class StreamReply(_message.Message):
-    __slots__ = ("seq", "correlation_id", "message_type", "data_json")
+    __slots__ = ("seq", "correlation_id", "message_type", "data_json", "delivery_id")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
     seq: int
     correlation_id: str
     message_type: str
     data_json: str
-    def __init__(self, seq: _Optional[int] = ..., correlation_id: _Optional[str] = ..., message_type: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+    delivery_id: str
+    def __init__(self, seq: _Optional[int] = ..., correlation_id: _Optional[str] = ..., message_type: _Optional[str] = ..., data_json: _Optional[str] = ..., delivery_id: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("seq", "message_id", "correlation_id", "error", "retry_after_seconds")

@@ -293,9 +293,6 @@ class Agent(Generic[StateT]):
         )
         return [DiscoveredAgent.from_record(record) for record in response.agents]
 
-    async def _reply(self, correlation_id: str, message_type: str, data: Any) -> str:
-        return await self._outbox().reply(correlation_id, message_type, encode_object(data))
-
     # -- state ----------------------------------------------------------------------------
     #
     # ``_acknowledged`` is the server's map as this instance last saw it, exact at

@@ -181,6 +181,22 @@ class Outbox:
 
     async def reply(self, correlation_id: str, message_type: str, data_json: str) -> str:
         """Reply to a request; returns the reply's message id once the server accepted it."""
+        message_id, _ = await self.reply_acking(correlation_id, message_type, data_json, None)
+        return message_id
+
+    async def reply_acking(
+        self,
+        correlation_id: str,
+        message_type: str,
+        data_json: str,
+        answering: tuple[int, str] | None,
+    ) -> tuple[str, bool]:
+        """``reply``, also acking ``answering`` (the request's generation and delivery id).
+
+        The second value is True when the accepted reply acked that delivery too: the
+        server's Welcome took ``reply_acks`` and the delivery is of this connection. Then
+        no Ack is due for it; otherwise (and whenever the reply raises) the caller acks.
+        """
         deadline = trio.current_time() + self.rpc_timeout
         what = f"reply {message_type!r}"
         live = await self.wait_live(deadline, what)
@@ -192,12 +208,20 @@ class Outbox:
                 instance_id=live.welcome.instance_id,
             )
             replied = await self._unary_on(live, "Reply", request, pb.ReplyResponse, deadline)
-            return str(replied.message_id)
+            return str(replied.message_id), False
+        delivery_id = ""
+        if answering is not None and live.welcome.reply_acks and answering[0] == live.generation:
+            delivery_id = answering[1]
         frame = pb.StreamReply(
-            correlation_id=correlation_id, message_type=message_type, data_json=data_json
+            correlation_id=correlation_id,
+            message_type=message_type,
+            data_json=data_json,
+            delivery_id=delivery_id,
         )
         result, _ = await self._frame("reply", lambda seq: _with_seq(frame, seq), deadline, what)
-        return result.message_id
+        # On another connection than ``live`` (a reconnect in between) the server acks
+        # nothing: that delivery is redelivered anyway, and an Ack for it is a no-op.
+        return result.message_id, bool(delivery_id)
 
     async def request(
         self, target_id: str, message_type: str, data_json: str, deadline: float

@@ -361,7 +361,12 @@ async def open_transport(
     ``ConnectionClosedError`` if the server went away or gave no Welcome within ``hello_timeout``.
     """
     hello = pb.ClientEvent(
-        hello=pb.Hello(instance_id=instance_id, batching=True, prefetch=max(0, prefetch))
+        hello=pb.Hello(
+            instance_id=instance_id,
+            batching=True,
+            prefetch=max(0, prefetch),
+            reply_acks=True,  # a reply also acks the request it answers (if the server says so)
+        )
     )
     try:
         with trio.fail_after(hello_timeout):

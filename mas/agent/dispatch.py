@@ -24,7 +24,7 @@ from ..errors import MasError
 from .calls import Outbox
 from .handlers import Failure, convert_payload, decide, describe_exception
 from .link import Delivered, Link
-from .message import AgentMessage
+from .message import AgentMessage, encode_object
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -137,15 +137,28 @@ class Dispatcher:
     # -- one delivery ---------------------------------------------------------------------
 
     async def _handle(self, item: Delivered) -> None:
+        acked = False  # an accepted reply acked the delivery (``reply_acks``): no Ack due
+
+        async def replier(correlation_id: str, message_type: str, data: Any) -> str:
+            nonlocal acked
+            message_id, acked_too = await self._outbox().reply_acking(
+                correlation_id,
+                message_type,
+                encode_object(data),
+                (item.generation, item.delivery_id),
+            )
+            acked = acked or acked_too
+            return message_id
+
         try:
-            message = AgentMessage(item.envelope, replier=self._agent._reply)
+            message = AgentMessage(item.envelope, replier=replier)
             failure, text = await self._invoke(message)
             outcome = decide(
                 expects_reply=message.expects_reply, failure=failure, replied=message.replied
             )
             if outcome.error_reply_kind is not None:
-                await self._error_reply(message, outcome.error_reply_kind, text)
-            if outcome.ack:
+                acked = await self._error_reply(message, outcome.error_reply_kind, text, item)
+            if outcome.ack and not acked:
                 await self._ack(item)
             else:
                 await self._nack(item, text, retryable=outcome.retryable)
@@ -225,13 +238,19 @@ class Dispatcher:
             f"{self._handler_timeout:g}s"
         )
 
-    async def _error_reply(self, message: AgentMessage, kind: str, text: str) -> None:
+    async def _error_reply(
+        self, message: AgentMessage, kind: str, text: str, item: Delivered
+    ) -> bool:
+        """Send the error reply; True if it also acked ``item`` (``reply_acks``)."""
         cid = message.correlation_id
         if not cid:
-            return
+            return False
         data = msgspec.json.encode({"kind": kind, "message": text})
         try:
-            await self._outbox().reply(cid, ERROR_REPLY_TYPE, data.decode())
+            _, acked = await self._outbox().reply_acking(
+                cid, ERROR_REPLY_TYPE, data.decode(), (item.generation, item.delivery_id)
+            )
+            return acked
         except MasError as exc:
             log.warning(
                 "%s: could not send the error reply to %r for %r: %s",
@@ -240,6 +259,7 @@ class Dispatcher:
                 message.message_type,
                 exc,
             )
+            return False
 
     async def _ack(self, item: Delivered) -> None:
         try:

@@ -60,6 +60,7 @@ class Outbound(NamedTuple):
     data_json: str
     timeout_ms: int = 0  # a request's reply deadline; 0: the default
     correlation_id: str = ""  # the request a reply answers
+    acks: str = ""  # a reply's: the delivery of its request, acked with it (``reply_acks``)
 
 
 class Refused(Exception):

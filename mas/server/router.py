@@ -135,7 +135,12 @@ class Router:
         return result
 
     async def route_many(
-        self, sender_id: str, sender_instance_id: str, batch: Sequence[Outbound]
+        self,
+        sender_id: str,
+        sender_instance_id: str,
+        batch: Sequence[Outbound],
+        *,
+        session: Session | None = None,
     ) -> list[Accepted | Rejection]:
         """Route one sender's messages, in order; each is accepted or refused on its own.
 
@@ -147,6 +152,11 @@ class Router:
         correlation in the transaction that stores it, so a reply that is cancelled,
         refused or lost to a store error before that leaves the correlation open for
         its retry, and two replies to one request cannot both be stored.
+
+        A reply whose ``acks`` names a delivery of ``session`` (the sender's, which
+        negotiated ``reply_acks``) acks it in the same store call when it is written
+        (``enqueue_acking``: one transaction on SQLite and memory); a refused reply acks
+        nothing, and its request stays in flight (redelivered after ``ack_timeout``).
 
         Cancellation: a cancel before ``enqueue_many`` returns stores nothing, or (if
         the transaction committed) leaves the messages stored and their correlations
@@ -204,8 +214,12 @@ class Router:
                 results[index] = refused.rejection
                 refusals.append(refused.draft)
         if prepared:
+            items = [p.item for p in prepared]
             try:
-                records = await self.store.enqueue_many([p.item for p in prepared])
+                if session is not None and any(item.acks for item in items):
+                    records = await self._enqueue_acking(session, items)
+                else:
+                    records = await self.store.enqueue_many(items)
             except StoreError as exc:
                 # Down or full: nothing of the batch is stored (SQLite rolled it back; on
                 # Redis it may have been, so a sender's retry can make a duplicate, never
@@ -217,6 +231,23 @@ class Router:
         if refusals:
             await self._audit.record_many(refusals)
         return [result for result in results if result is not None]
+
+    async def _enqueue_acking(self, session: Session, items: list[EnqueueItem]) -> list[Enqueued]:
+        """``enqueue_many``, the written replies also acking their requests' deliveries."""
+        now = self._clock.now()
+
+        def delivered(delivery: InFlight) -> AuditDraft:
+            return _delivery_draft("DELIVERED", session, delivery, now)
+
+        records, acked, written = await self.store.enqueue_acking(items, delivered)
+        for delivery in acked:  # a request's outcome is its reply: no breaker change
+            session.untrack(delivery.delivery_id)
+        if written is None:
+            await self._audit.record_many([delivered(delivery) for delivery in acked])
+        else:
+            for record in written:
+                self._audit.committed(record)
+        return records
 
     async def _prepare(
         self,
@@ -302,6 +333,7 @@ class Router:
             ),
             correlation=correlation,
             answers=taken.correlation_id if taken is not None else "",
+            acks=outbound.acks if taken is not None else "",
         )
         return Prepared(index, ingress, item, taken, error)
 

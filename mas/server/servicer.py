@@ -254,6 +254,7 @@ class RuntimeServicer:
             batching=hello.batching,
             prefetch=prefetch,
             ack_timeout=limits.ack_timeout,
+            reply_acks=hello.reply_acks,
         )
         previous = self._registry.add(session)
         if previous is not None:
@@ -271,6 +272,7 @@ class RuntimeServicer:
                             batching=hello.batching,
                             prefetch=prefetch,
                             stream_messages=True,  # the SDK's fast path (else unary RPCs)
+                            reply_acks=hello.reply_acks,  # only if asked: else base acks
                         )
                     )
                 )
@@ -344,10 +346,15 @@ class RuntimeServicer:
             else:
                 p = frame.reply
                 seqs.append(p.seq)
+                # Only a request in flight on this session; any other id acks nothing.
+                answering = session.reply_acks and session.answerable(p.delivery_id)
+                acks = p.delivery_id if answering else ""
                 batch.append(
-                    Outbound("reply", "", p.message_type, p.data_json, 0, p.correlation_id)
+                    Outbound("reply", "", p.message_type, p.data_json, 0, p.correlation_id, acks)
                 )
-        outcomes = await self._router.route_many(session.agent_id, session.instance_id, batch)
+        outcomes = await self._router.route_many(
+            session.agent_id, session.instance_id, batch, session=session
+        )
         results: list[pb.ServerEvent] = []
         for seq, outcome in zip(seqs, outcomes, strict=True):
             if isinstance(outcome, Rejection):

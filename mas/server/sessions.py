@@ -48,6 +48,7 @@ class Session:
         batching: bool,
         prefetch: int,
         ack_timeout: float,
+        reply_acks: bool = False,
     ) -> None:
         self.session_id = session_id
         self.agent_id = agent_id
@@ -57,6 +58,8 @@ class Session:
         self.connection_id = connection_id
         self.rpc = rpc
         self.batching = batching
+        # Negotiated (Hello and Welcome): an accepted reply acks the delivery it names.
+        self.reply_acks = reply_acks
         self.window = DeliveryWindow(prefetch, ack_timeout)
         self.cancel_scope = trio.CancelScope()
         self.end_status: tuple[str, str] | None = None  # set when the server ends it
@@ -91,6 +94,10 @@ class Session:
         if tracked is not None and self.starved:
             self.ring()  # a slot in the window is free, and messages may be waiting
         return tracked
+
+    def answerable(self, delivery_id: str) -> bool:
+        """True for a request delivered on this session and still in flight."""
+        return delivery_id in self.window and self.window[delivery_id].is_request
 
     def end(self, code: str, reason: str) -> None:
         """Stop this session from the server side with a status."""

@@ -112,12 +112,16 @@ class EnqueueItem(msgspec.Struct, frozen=True, kw_only=True):
     ``answers`` (a reply's) names the correlation the message consumes: the item is
     written only if that correlation is still open, and the correlation is deleted in
     the same transaction.
+
+    ``acks`` (a reply's, with ``enqueue_acking``) names the delivery of the request the
+    reply answers: when the item is written, that delivery is acked with it.
     """
 
     message: QueuedMessage
     audit: AuditDraft
     correlation: Correlation | None = None
     answers: str = ""
+    acks: str = ""
 
 
 class QueueFullError(Exception):
@@ -190,6 +194,19 @@ class Store(Protocol):
 
         Raises ``ValueError`` (writing nothing) when an item is invalid, e.g. an
         empty instance id or an audit time that is not finite.
+        """
+
+    async def enqueue_acking(
+        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
+        """``enqueue_many``, also acking the delivery each written item ``acks``.
+
+        An item that is not written (queue full, correlation refused) acks nothing: its
+        delivery stays in flight. Returns the items' results, the deliveries acked (those
+        still in flight), and, where the store can (SQLite, memory: all of it in the one
+        transaction), the records ``draft`` makes of them, linked after the items'. A
+        store that cannot (Redis) acks in a second call and returns None: the caller
+        writes the drafts itself, as after ``ack_recorded``.
         """
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:

@@ -142,6 +142,19 @@ class MemoryStore:
                 self._audit.append(record)
         return records
 
+    async def enqueue_acking(
+        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
+        # No checkpoint after enqueue_many's: the acks go with the items, as one change.
+        records = await self.enqueue_many(items)
+        acked: list[InFlight] = []
+        for item, record in zip(items, records, strict=True):
+            if item.acks and isinstance(record, AuditRecord):
+                delivery = self._forget(item.acks)
+                if delivery is not None:
+                    acked.append(delivery)
+        return records, acked, [self._link(draft(d)) for d in acked]
+
     def _unanswerable(
         self, correlation_id: str, answered: set[str], now: float
     ) -> CorrelationRefused | None:

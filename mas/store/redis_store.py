@@ -324,6 +324,21 @@ class RedisStore:
             await self._link.call("ack", ack_command(entries), abandonable=False)
         return [None if tracked is None else tracked.delivery for tracked in acked]
 
+    async def enqueue_acking(
+        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
+        # Two calls, as an enqueue and its ack were: the enqueue script does not ack.
+        records = await self.enqueue_many(items)
+        ids = [
+            item.acks
+            for item, record in zip(items, records, strict=True)
+            if item.acks and isinstance(record, AuditRecord)
+        ]
+        if not ids:
+            return records, [], None
+        acked = await self.ack_many(ids)
+        return records, [d for d in acked if d is not None], None
+
     async def ack_recorded(
         self, delivery_ids: Sequence[str], draft: Callable[[InFlight], AuditDraft]
     ) -> tuple[list[InFlight | None], list[AuditRecord] | None]:

@@ -168,6 +168,30 @@ class SqliteStore:
         self._wrote_audit(written)
         return [CorrelationRefused(w) if isinstance(w, str) else w for w in written]
 
+    async def enqueue_acking(
+        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
+    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
+        if any(item.message.instance_id == "" for item in items):
+            raise ValueError("an instance id is never empty (None names the shared queue)")
+
+        def stamped_draft(delivery: InFlight) -> AuditDraft:
+            return self._stamp(draft(delivery))
+
+        # One transaction and one flush: the replies, and the acks of what they answer.
+        stamped = tuple(msgspec.structs.replace(i, audit=self._stamp(i.audit)) for i in items)
+        written, acked, records = await self._writer.call(
+            ops.enqueue_acking,
+            stamped,
+            self.limits.max_queue_length,
+            self._audit_key,
+            stamped_draft,
+            durable=True,
+        )
+        self._wrote_audit(written)
+        self._wrote_audit(records)
+        results = [CorrelationRefused(w) if isinstance(w, str) else w for w in written]
+        return results, acked, records
+
     # -- audit -----------------------------------------------------------------------------
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:

@@ -182,6 +182,26 @@ def enqueue_many(
     ]
 
 
+def enqueue_acking(
+    conn: sqlite3.Connection,
+    items: Sequence[EnqueueItem],
+    max_length: int,
+    audit_key: bytes | None,
+    draft: Callable[[InFlight], AuditDraft],
+) -> tuple[list[AuditRecord | str | None], list[InFlight], list[AuditRecord]]:
+    """``enqueue_many``, then the acks of the written items and their records, in one go."""
+    written = enqueue_many(conn, items, max_length, audit_key)
+    ids = [
+        item.acks
+        for item, record in zip(items, written, strict=True)
+        if item.acks and isinstance(record, AuditRecord)
+    ]
+    if not ids:
+        return written, [], []
+    acked, records = ack_recorded(conn, ids, draft, audit_key)
+    return written, [d for d in acked if d is not None], records
+
+
 def _unanswerable(
     conn: sqlite3.Connection, correlation_id: str, answered: list[str], now: float
 ) -> str:

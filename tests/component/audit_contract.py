@@ -10,6 +10,7 @@ from mas.audit.chain import verify
 from mas.audit.record import GENESIS, AuditDraft, AuditRecord
 from mas.audit.retention import Retention
 from mas.store import EnqueueItem, InFlight, QueueFullError, Store
+from mas.store.base import CorrelationRefused
 
 
 def _draft(n: int, decision: str = "ALLOWED") -> AuditDraft:
@@ -156,5 +157,40 @@ async def test_ack_recorded_acks_as_ack_many_does_with_each_acked_deliverys_reco
         assert verify(await store.audit_records(), store.audit_key).ok
     assert await store.ack_recorded(ids, delivered) == ([None] * 4, None if records is None else [])
     assert await store.release_session("s1", 5, NOW) == 1  # only the second is left
+    [again] = await store.claim("b", "i1", "s2", 5, NOW)
+    assert again.message.message_id == second.message.message_id
+
+
+async def test_enqueue_acking_acks_what_a_written_reply_answers_and_nothing_for_a_refused_one(
+    store: Store,
+) -> None:
+    await store.enqueue_many([_item(1, request=True), _item(2, request=True)])
+    first, second = await store.claim("b", "i1", "s1", 2, NOW)
+
+    def delivered(delivery: InFlight) -> AuditDraft:
+        return AuditDraft(
+            time=NOW + 5, decision="DELIVERED", message_id=delivery.message.message_id
+        )
+
+    def reply(n: int, answers: str, acks: str) -> EnqueueItem:
+        item = _item(n, target="a", instance="a1")
+        return msgspec.structs.replace(item, answers=answers, acks=acks)
+
+    # The first reply is written and acks its request; the second names a correlation
+    # that is not open: refused, so the delivery it names stays in flight.
+    records, acked, linked = await store.enqueue_acking(
+        [reply(10, "c1", first.delivery_id), reply(11, "made-up", second.delivery_id)],
+        delivered,
+    )
+    assert isinstance(records[0], AuditRecord) and records[0].message_id == "m10"
+    assert isinstance(records[1], CorrelationRefused)
+    assert acked == [first]
+    if linked is not None:  # in the enqueue's transaction, after the reply's record
+        assert [(r.decision, r.message_id) for r in linked] == [("DELIVERED", "m1")]
+        assert linked[0].seq == records[0].seq + 1
+        assert verify(await store.audit_records(), store.audit_key).ok
+    # Only the unanswered request is left to the session: released, it comes back.
+    assert await store.ack_many([first.delivery_id]) == [None]
+    assert await store.release_session("s1", 5, NOW) == 1
     [again] = await store.claim("b", "i1", "s2", 5, NOW)
     assert again.message.message_id == second.message.message_id

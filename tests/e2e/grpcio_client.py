@@ -40,6 +40,7 @@ def main() -> None:
         outgoing.put(pb.ClientEvent(hello=pb.Hello(instance_id="legacy-1")))
         welcome = next(events)
         seen["welcome"] = [welcome.welcome.agent_id, welcome.welcome.instance_id]
+        seen["reply_acks"] = welcome.welcome.reply_acks  # never asked for: base acks
 
         sent = stub.Send(
             pb.SendRequest(

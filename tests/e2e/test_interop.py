@@ -65,6 +65,7 @@ async def test_stock_grpcio_client_uses_transport_and_unary_rpcs(
     assert result.returncode == 0, result.stderr.decode()
     seen = json.loads(result.stdout)
     assert seen["welcome"] == ["legacy", "legacy-1"]
+    assert seen["reply_acks"] is False  # it announced nothing: every delivery needs its Ack
     assert seen["send_message_id"] is True
     assert seen["delivered"] == ["note", {"n": 1}, "legacy"]
     assert seen["request_correlation_matches"] is True
