@@ -151,6 +151,15 @@ def silent_redis() -> Iterator[socket.socket]:
         yield listener
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as in a terminal, even when the suite itself ignores SIGINT.
+
+    A command a non-interactive shell starts in the background (``.ci/run &``)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_while_waiting(args: list[str], silent_redis: socket.socket) -> tuple[int, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "mas", *args],
@@ -159,6 +168,7 @@ def _interrupt_while_waiting(args: list[str], silent_redis: socket.socket) -> tu
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
     try:
         connection, _ = silent_redis.accept()  # the command is now waiting on the store
