@@ -24,6 +24,21 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
+
+
+def unavailable(reason: str, what: str) -> NoReturn:
+    """Skip a test whose tool or privilege is missing here; under ``CI=true`` fail it.
+
+    ``.ci/run`` sets ``CI=true`` and installs what the tests need, so there a
+    missing tool is a broken CI set-up, never a silently skipped test.
+    """
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true requires {what} to run", pytrace=False)
+    pytest.skip(reason)
+
 
 REAP_TIMEOUT = 30.0  # seconds for a killed process to be reaped
 READY_TIMEOUT = 60.0  # seconds for a server to say it is listening (a restart replays a WAL)

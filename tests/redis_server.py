@@ -33,9 +33,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-import pytest
 import redis
 import trustme
+from processes import unavailable
 
 START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
 STOP_TIMEOUT = 10.0  # seconds for redis-server to exit after SIGTERM
@@ -45,10 +45,9 @@ def require_redis_server() -> str:
     """The path of ``redis-server``; skip (or fail under ``CI=true``) when it is missing."""
     path = shutil.which("redis-server")
     if path is None:
-        reason = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true requires the Redis tests to run", pytrace=False)
-        pytest.skip(reason)
+        unavailable(
+            "redis-server is not installed (apt-get install redis-server)", "the Redis tests"
+        )
     return path
 
 

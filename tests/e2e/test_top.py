@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from operating import STORES, write_load_project
-from processes import mas_process, read, wait_for
+from processes import mas_process, read, unavailable, wait_for
 
 SCREEN_TIMEOUT = 30.0  # seconds for the screen to show what a step waits for
 
@@ -24,10 +24,7 @@ def require_tmux() -> str:
     """The path of ``tmux``; skip (or fail under ``CI=true``) when it is missing."""
     path = shutil.which("tmux")
     if path is None:
-        reason = "tmux is not installed (apt-get install tmux)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI=true requires the top test to run", pytrace=False)
-        pytest.skip(reason)
+        unavailable("tmux is not installed (apt-get install tmux)", "the top test")
     return path
 
 
