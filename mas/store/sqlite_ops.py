@@ -324,17 +324,11 @@ def claim_promoting(
 
 def warm_promotion(conn: sqlite3.Connection, now: float) -> int:
     """Read what promoting the retries due at ``now`` reads (on a reader, to cache it)."""
-    rows = conn.execute(
-        "SELECT id, target_id, instance_id, envelope FROM messages "
-        "WHERE state = 1 AND not_before <= ? ORDER BY not_before, id",
-        (now,),
-    ).fetchall()
-    for (target_id, instance_id), _ in _by_queue(rows):
-        conn.execute(
-            "SELECT position FROM messages WHERE target_id = ? AND instance_id IS ? "
-            "AND state = 0 ORDER BY position, id LIMIT 1",
-            (target_id, instance_id),
-        ).fetchone()
+    # The same statements as _promote_due and _to_front, so the same pages; plus the
+    # envelopes, which the claim that follows reads.
+    rows = conn.execute(_DUE_RETRIES.format(extra=", envelope"), (now,)).fetchall()
+    for queue, _ in _by_queue(rows):
+        conn.execute(_QUEUE_HEAD, queue).fetchone()
     return len(rows)
 
 
@@ -345,6 +339,17 @@ def in_flight_rows(conn: sqlite3.Connection) -> int:
         "WHERE state = 2 ORDER BY position, id"
     ).fetchall()
     return len(rows)
+
+
+# Retries due at ? (oldest first), and the position at the head of one queue.
+_DUE_RETRIES: Final = (
+    "SELECT id, target_id, instance_id{extra} FROM messages "
+    "WHERE state = 1 AND not_before <= ? ORDER BY not_before, id"
+)
+_QUEUE_HEAD: Final = (
+    "SELECT position FROM messages WHERE target_id = ? AND instance_id IS ? AND state = 0 "
+    "ORDER BY position, id LIMIT 1"
+)
 
 
 def _to_dead_letters(conn: sqlite3.Connection, row_id: int, reason: str, now: float) -> None:
@@ -364,11 +369,7 @@ def _to_front(
 
     ``released``: they were in flight; the release counts as an attempt.
     """
-    head = conn.execute(
-        "SELECT position FROM messages WHERE target_id = ? AND instance_id IS ? AND state = 0 "
-        "ORDER BY position, id LIMIT 1",
-        (target_id, instance_id),
-    ).fetchone()
+    head = conn.execute(_QUEUE_HEAD, (target_id, instance_id)).fetchone()
     first = min(head[0] if head is not None else 0, 0) - len(row_ids)
     conn.executemany(
         _RELEASE_TO if released else "UPDATE messages SET state = 0, position = ? WHERE id = ?",
@@ -385,11 +386,7 @@ def _by_queue(rows: list[_Row]) -> Iterable[tuple[tuple[str, str | None], list[_
 
 def _promote_due(conn: sqlite3.Connection, now: float) -> None:
     """Retried messages whose time has come go to the front of their queues."""
-    rows = conn.execute(
-        "SELECT id, target_id, instance_id FROM messages WHERE state = 1 AND not_before <= ? "
-        "ORDER BY not_before, id",
-        (now,),
-    ).fetchall()
+    rows = conn.execute(_DUE_RETRIES.format(extra=""), (now,)).fetchall()
     for (target_id, instance_id), group in _by_queue(rows):
         _to_front(conn, target_id, instance_id, [row[0] for row in group])
 
