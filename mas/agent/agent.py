@@ -527,6 +527,7 @@ class Agent(Generic[StateT]):
         window = self._prefetch or DEFAULT_WINDOW
         runner = Dispatcher(
             self,
+            type(self)._handlers,
             max_concurrency=self._max_concurrency,
             handler_timeout=self._handler_timeout,
             inbox_size=2 * window,

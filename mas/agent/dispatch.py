@@ -15,19 +15,17 @@ server turns it into a reply envelope with ``meta.error`` set.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
 import msgspec
 import trio
 
 from ..errors import MasError
 from .calls import Outbox
-from .handlers import Failure, convert_payload, decide, describe_exception
+from .handlers import Failure, HandlerSpec, convert_payload, decide, describe_exception
 from .link import Delivered, Link
 from .message import AgentMessage, encode_object
-
-if TYPE_CHECKING:
-    from .agent import Agent
 
 log = logging.getLogger("mas.agent")
 
@@ -36,12 +34,29 @@ STOPPING_REASON: Final = "agent_stopping"  # nack reason for deliveries refused 
 INBOX_FULL_REASON: Final = "agent_inbox_full"  # nack reason past the inbox's bound
 
 
+class HandlerOwner(Protocol):
+    """What the dispatcher needs of the agent whose handlers it runs (:class:`mas.Agent`):
+    its name, its fallback and stop hooks; its handlers are ``handlers`` (its class's
+    table), looked up on it by attribute name."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def instance_id(self) -> str: ...
+
+    async def on_message(self, message: AgentMessage) -> None: ...
+
+    async def on_stop(self) -> None: ...
+
+
 class Dispatcher:
     """Runs one agent's handlers (see the module docstring)."""
 
     def __init__(
         self,
-        agent: Agent[Any],
+        agent: HandlerOwner,
+        handlers: Mapping[str, HandlerSpec],
         *,
         max_concurrency: int,
         handler_timeout: float,
@@ -49,6 +64,7 @@ class Dispatcher:
         default_fallback: bool,
     ) -> None:
         self._agent = agent
+        self._handlers = handlers
         self._inbox, self._queued = trio.open_memory_channel[Delivered](inbox_size)
         self._default_fallback = default_fallback  # on_message is not overridden
         self._slots = trio.Semaphore(max_concurrency)
@@ -179,7 +195,7 @@ class Dispatcher:
     async def _invoke(self, message: AgentMessage) -> tuple[Failure | None, str]:
         """Run the handler; returns how it failed (None if it did not) and an error text."""
         agent = self._agent
-        spec = type(agent)._handlers.get(message.message_type)
+        spec = self._handlers.get(message.message_type)
         if spec is None and self._default_fallback:
             # The default fallback is a handler like the others (timeout, error handling);
             # a request it cannot answer gets an error reply instead of a timeout.

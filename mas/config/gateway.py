@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 import re2
@@ -70,6 +71,42 @@ def compile_pattern(pattern: str, *, case_insensitive: bool = False) -> Any:
         ) from None
 
 
+def compile_rule_pattern(rule_id: str, pattern: str, *, case_insensitive: bool = False) -> Any:
+    """The pattern of custom DLP rule ``rule_id``, compiled (:func:`compile_pattern`);
+    ``ValueError`` naming the rule if RE2 cannot run it or it matches the empty string."""
+    try:
+        compiled = compile_pattern(pattern, case_insensitive=case_insensitive)
+    except ValueError as exc:
+        raise ValueError(f"DLP rule {rule_id!r}: {exc}") from None
+    for probe in ("", "a", "0", " ", "a b-1@x.y\n"):
+        if any(m.end() == m.start() for m in compiled.finditer(probe)):
+            raise ValueError(f"DLP rule {rule_id!r}: pattern matches the empty string")
+    return compiled
+
+
+# The built-in DLP rules, id -> type: what ``disable_defaults`` and ``policy_overrides`` may
+# name besides the custom rules. :mod:`mas.policy.dlp.defaults` builds these rules; a test
+# (tests/unit/test_dlp.py) holds the two equal.
+DLP_DEFAULT_RULES: Final[Mapping[str, str]] = {
+    "secret_field": "password",
+    "ssn": "ssn",
+    "email": "email",
+    "phone": "phone",
+    "credit_card": "credit_card",
+    "cvv": "cvv",
+    "aws_access_key": "aws_access_key",
+    "aws_secret_key": "aws_secret_key",
+    "private_key": "private_key",
+    "jwt": "jwt",
+    "api_key": "api_key",
+    "password": "password",
+    "medical_record_number": "medical_record_number",
+    "health_insurance_id": "health_insurance_id",
+    "icd10": "icd10",
+}
+DLP_RESERVED_IDS: Final = ("scan_budget", "scan_depth", "scan_unsupported")  # the bounds' ids
+
+
 class DlpRule(_Base, frozen=True):
     """A custom DLP rule; ``pattern`` is a regular expression in RE2's syntax (see
     :func:`compile_pattern`), matched in linear time."""
@@ -84,10 +121,7 @@ class DlpRule(_Base, frozen=True):
     case_insensitive: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            compile_pattern(self.pattern, case_insensitive=self.case_insensitive)
-        except ValueError as exc:
-            raise ValueError(f"DLP rule {self.id!r}: {exc}") from None
+        compile_rule_pattern(self.id, self.pattern, case_insensitive=self.case_insensitive)
 
 
 class DlpConfig(_Base, frozen=True):
@@ -97,6 +131,24 @@ class DlpConfig(_Base, frozen=True):
     disable_defaults: list[str] = []  # built-in rule types to switch off
     policy_overrides: dict[str, Action] = {}  # rule type -> action
     rules: list[DlpRule] = []
+
+    def __post_init__(self) -> None:
+        """Every name must resolve, so a mistake is an error with its path at load time."""
+        default_names = set(DLP_DEFAULT_RULES) | set(DLP_DEFAULT_RULES.values())
+        for name in self.disable_defaults:
+            if name not in default_names:
+                raise ValueError(f"DLP disable_defaults: no default rule {name!r}")
+        custom_ids: set[str] = set()
+        for spec in self.rules:
+            if spec.id in custom_ids:
+                raise ValueError(f"DLP rule {spec.id!r}: duplicate id")
+            if spec.id in DLP_RESERVED_IDS:
+                raise ValueError(f"DLP rule {spec.id!r}: reserved id")
+            custom_ids.add(spec.id)
+        known = default_names | custom_ids | {spec.type for spec in self.rules}
+        for name in self.policy_overrides:
+            if name not in known:
+                raise ValueError(f"DLP policy_overrides: no rule or type {name!r}")
 
 
 class AuditRetentionConfig(_Base, frozen=True):

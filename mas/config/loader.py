@@ -65,7 +65,6 @@ def check_config(config: MasConfig, *, source: str = "<config>") -> None:
                 problems.append(
                     f"$.agents[{i}].roles[{j}]: unknown role {role!r}; define it under `roles:`"
                 )
-    problems.extend(_dlp_problems(config))
     given = [f for f in _TLS_FIELDS if getattr(config, f) is not None]
     if given and len(given) < len(_TLS_FIELDS):
         missing = ", ".join(f"$.{f}" for f in _TLS_FIELDS if f not in given)
@@ -76,17 +75,6 @@ def check_config(config: MasConfig, *, source: str = "<config>") -> None:
         )
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
-
-
-def _dlp_problems(config: MasConfig) -> list[str]:
-    """Compile the DLP rules now, so a bad rule is a config error with its path."""
-    from ..policy.dlp import DlpScanner  # the policy layer imports config, not the reverse
-
-    try:
-        DlpScanner.from_config(config.gateway.dlp)
-    except ValueError as exc:
-        return [f"$.gateway.dlp: {exc}"]
-    return []
 
 
 # --- parsing -----------------------------------------------------------------------------

@@ -1,12 +1,14 @@
-"""The policy pipeline run on every send, request and reply, before routing.
+"""The gateway: the policy pipeline run on every send, request and reply, before routing.
 
 Order (DESIGN section 6): AuthN (done by the servicer, per connection) ->
 AuthZ (ACL + RBAC; replies are authorized by the request they answer) ->
 rate limit per sender (GCRA, per-minute and per-hour) -> circuit breaker per
 target -> DLP on the structured payload -> route -> audit. Each step is a pure
-function from ``mas.policy``; this module only holds their state and turns a
-denial into a ``Denied`` carrying the gRPC status, the reason token and the
-audit decision.
+filter from :mod:`mas.policy.pipeline` returning a decision value; this module
+only holds their state, lists them in that order, runs them, and turns a
+``Deny`` into a ``Denied`` carrying the gRPC status, the reason token and the
+audit decision. A new filter is a class in :mod:`mas.policy.pipeline` and a
+line in :meth:`Gateway._pipeline`.
 
 State: rate-limit TATs and breaker states are kept in this server's memory.
 With several servers sharing a Redis store each server enforces its own
@@ -18,18 +20,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final
 
 from ..audit.record import Decision, Violation
 from ..config import MasConfig
 from ..policy.authz import AccessPolicy
 from ..policy.breaker import BreakerBook, BreakerSettings
 from ..policy.dlp import DlpScanner
+from ..policy.pipeline import Admitted as Admitted
+from ..policy.pipeline import Authorize, Breaker, Deny, Dlp, Filter, Message, RateLimit, run
+from ..policy.pipeline import Kind as Kind
 from ..policy.ratelimit import MemoryRateLimiter, Window, windows_for
 
 log = logging.getLogger("mas.gateway")
-
-Kind = Literal["send", "request", "reply"]
 
 RATE_LIMIT_HINT: Final = (
     "raise gateway.rate_limit.per_minute / per_hour in mas.yaml (defaults 100 and 1000), "
@@ -57,14 +60,6 @@ class Denied(Exception):
         self.retry_after = retry_after
         self.violations = violations
         super().__init__(f"{code} {reason}")
-
-
-class Admitted(NamedTuple):
-    """A message the pipeline let through, with the payload to deliver."""
-
-    data: dict[str, Any]
-    decision: Decision  # ALLOWED, ALERT or DLP_REDACTED
-    violations: tuple[Violation, ...]
 
 
 class Gateway:
@@ -103,6 +98,7 @@ class Gateway:
             if gateway.features.dlp
             else None
         )
+        self._filters = self._pipeline()
 
     def shown(self, text: str) -> str:
         """A client-chosen field (target id, message type, correlation id) as records show
@@ -115,6 +111,21 @@ class Gateway:
             config, rates=self._rates, breakers=self.breakers, rate_warned=self._rate_warned
         )
 
+    def _windows_of(self, sender_id: str) -> tuple[Window, ...]:
+        return self._windows.get(sender_id, self._default_windows)
+
+    def _pipeline(self) -> tuple[Filter, ...]:
+        """The pipeline, in its order (see the module docstring)."""
+        filters: list[Filter] = [
+            Authorize(self.access, self.agent_ids),
+            RateLimit(self._rates, self._windows_of),
+        ]
+        if self.breakers_enabled:
+            filters.append(Breaker(self.breakers))
+        if self._dlp is not None:
+            filters.append(Dlp(self._dlp))
+        return tuple(filters)
+
     def admit(
         self,
         kind: Kind,
@@ -125,56 +136,33 @@ class Gateway:
         now: float,
     ) -> Admitted:
         """Run AuthZ, rate limit, breaker and DLP; raise ``Denied`` on the first refusal."""
-        if kind != "reply":
-            if not self.access.allows(sender_id, target_id):
-                raise Denied("PERMISSION_DENIED", "not_authorized", "AUTHZ_DENIED")
-            if target_id not in self.agent_ids:
-                raise Denied("NOT_FOUND", "unknown_target", "INVALID")
-        elif target_id not in self.agent_ids:  # the requester was removed since it asked
-            raise Denied("PERMISSION_DENIED", "not_authorized", "AUTHZ_DENIED")
-        windows = self._windows.get(sender_id, self._default_windows)
-        rate = self._rates.take(sender_id, windows, now)
-        if not rate.allowed:
-            if sender_id not in self._rate_warned:
-                self._rate_warned.add(sender_id)
-                minute, hour = (window.limit for window in windows)
-                log.warning(
-                    "agent %r is over its rate limit (%d per minute, %d per hour): its "
-                    "messages are refused with RESOURCE_EXHAUSTED rate_limited; if this "
-                    "traffic is expected, %s (logged once per agent)",
-                    sender_id,
-                    minute,
-                    hour,
-                    RATE_LIMIT_HINT,
-                )
+        outcome = run(self._filters, Message(kind, sender_id, target_id, message_type, data), now)
+        if isinstance(outcome, Deny):
+            if outcome.decision == "RATE_LIMITED":
+                self._warn_rate_limited(sender_id)
             raise Denied(
-                "RESOURCE_EXHAUSTED", "rate_limited", "RATE_LIMITED", retry_after=rate.retry_after
+                outcome.code,
+                outcome.reason,
+                outcome.decision,
+                retry_after=outcome.retry_after,
+                violations=outcome.violations,
             )
-        # A reply answers a request the target already accepted: it is never held back
-        # by the requester's breaker (that would only turn a failure into a timeout).
-        if self.breakers_enabled and kind != "reply":
-            admission = self.breakers.admit(target_id, now)
-            if not admission.allowed:
-                raise Denied(
-                    "FAILED_PRECONDITION",
-                    "circuit_open",
-                    "CIRCUIT_OPEN",
-                    retry_after=admission.retry_after,
-                )
-        if self._dlp is None:
-            return Admitted(data, "ALLOWED", ())
-        scan = self._dlp.scan(data, message_type=message_type)
-        violations = tuple(
-            Violation(
-                rule_id=v.rule_id, type=v.type, action=v.action, severity=v.severity, path=v.path
-            )
-            for v in scan.violations
+        return outcome
+
+    def _warn_rate_limited(self, sender_id: str) -> None:
+        if sender_id in self._rate_warned:
+            return
+        self._rate_warned.add(sender_id)
+        minute, hour = (window.limit for window in self._windows_of(sender_id))
+        log.warning(
+            "agent %r is over its rate limit (%d per minute, %d per hour): its "
+            "messages are refused with RESOURCE_EXHAUSTED rate_limited; if this "
+            "traffic is expected, %s (logged once per agent)",
+            sender_id,
+            minute,
+            hour,
+            RATE_LIMIT_HINT,
         )
-        if scan.decision == "DLP_BLOCKED":
-            if self.breakers_enabled and kind != "reply":
-                self.breakers.release(target_id, now)  # the admitted trial never went out
-            raise Denied("PERMISSION_DENIED", "dlp_blocked", "DLP_BLOCKED", violations=violations)
-        return Admitted(scan.data, scan.decision, violations)
 
     def delivery_succeeded(self, target_id: str, now: float) -> None:
         """A delivery to ``target_id`` was acked."""

@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mas.policy.dlp as dlp
-import mas.policy.dlp_bounds as dlp_bounds
+import mas.policy.dlp.bounds as dlp_bounds
+import mas.policy.dlp.scanner as dlp_scanner
 from mas.config import DlpConfig, DlpRule
+from mas.config.gateway import DLP_DEFAULT_RULES
 from mas.policy.dlp import CLOCK_EVERY, MAX_DEPTH, SCAN_WINDOW_CHARS, DlpScanner, ScanResult
-from mas.policy.dlp_rules import DEFAULT_RULES, brand_ok, card_ok, luhn_ok
+from mas.policy.dlp.defaults import DEFAULT_RULES, brand_ok, card_ok, luhn_ok
 
 DEFAULT = DlpScanner.from_config(DlpConfig())
 ALL_IDS = [rule.id for rule in DEFAULT_RULES]
@@ -143,6 +145,11 @@ def test_every_default_rule_has_positive_and_negative_cases() -> None:
     covered = {rule for rule, _ in POSITIVE_TEXT} | key_cases
     assert covered == set(ALL_IDS)
     assert {rule for rule, _ in NEGATIVE_TEXT} | {"secret_field", "cvv"} == set(ALL_IDS)
+
+
+def test_the_config_names_exactly_the_default_rules() -> None:
+    """``disable_defaults`` and ``policy_overrides`` are checked against the config's list."""
+    assert {rule.id: rule.type for rule in DEFAULT_RULES} == dict(DLP_DEFAULT_RULES)
 
 
 def test_module_docstring_lists_every_default_rule_and_its_action() -> None:
@@ -809,16 +816,16 @@ def test_joined_scanning_agrees_with_scanning_each_string(texts: list[str]) -> N
 
 def test_key_classes_are_cached_within_bounds() -> None:
     scanner = DlpScanner.from_config(DlpConfig())
-    for i in range(dlp._KEY_CACHE_SIZE + 10):
+    for i in range(dlp_scanner._KEY_CACHE_SIZE + 10):
         scanner.scan({f"key{i}": 1})
-    assert len(scanner._key_cache) <= dlp._KEY_CACHE_SIZE
+    assert len(scanner._key_cache) <= dlp_scanner._KEY_CACHE_SIZE
 
 
 # --- normalisation, look-alike keys, adjacent matches, fields (issue 14) ----------------------
 
 
 def test_a_normalised_match_maps_back_to_the_original_characters() -> None:
-    from mas.policy.dlp_text import Normalised, normalise
+    from mas.policy.dlp.text import Normalised, normalise
 
     original = "x\u200b\uff11\uff12\u00ady"  # x, zero-width space, fullwidth 1 2, soft hyphen, y
     text = Normalised(original)
@@ -834,7 +841,7 @@ def test_a_normalised_match_maps_back_to_the_original_characters() -> None:
      "API\u00adKEY", "\u0391pi_key", "t\u03bfken", "\U0001d429\U0001d41a\U0001d42c\U0001d42c"],
 )  # fmt: skip
 def test_look_alike_spellings_of_secret_keys_are_secret_keys(key: str) -> None:
-    from mas.policy.dlp_keys import SECRET, classify_key
+    from mas.policy.dlp.keys import SECRET, classify_key
 
     assert classify_key(key) & SECRET
 

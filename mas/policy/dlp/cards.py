@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from mas.policy.dlp_rule import (
+from mas.policy.dlp.rule import (
     Detector,
     Span,
     Views,

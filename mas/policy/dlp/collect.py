@@ -1,12 +1,12 @@
 """Phase 1 of a DLP scan: collect every key and string, run the detectors on joined chunks.
 
 Pure, no I/O. :meth:`Collector.collect` walks the payload without paths, collects every key
-and string normalised (:mod:`mas.policy.dlp_text`) and the digits of every integer (and of a
+and string normalised (:mod:`mas.policy.dlp.text`) and the digits of every integer (and of a
 float with no fraction), tries the key-aware rules and records which slice of the collected
 texts lies under each container;
 :meth:`Collector.fire` joins the strings with NUL into chunks of about one window and runs
 each detector once per chunk, behind its gate, then each custom rule on each string alone.
-A clean payload ends here; otherwise phase 2 (:mod:`mas.policy.dlp_walk`) revisits only the
+A clean payload ends here; otherwise phase 2 (:mod:`mas.policy.dlp.walk`) revisits only the
 strings in which a rule fired.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any, Final
 
-from mas.policy.dlp_bounds import (
+from mas.policy.dlp.bounds import (
     CONTAINER_UNITS,
     ITEM_UNITS,
     MAX_DEPTH,
@@ -28,9 +28,9 @@ from mas.policy.dlp_bounds import (
     find,
     windows,
 )
-from mas.policy.dlp_keys import KeyRules
-from mas.policy.dlp_rule import Rule, Views
-from mas.policy.dlp_text import changes, normalise
+from mas.policy.dlp.keys import KeyRules
+from mas.policy.dlp.rule import Rule, Views
+from mas.policy.dlp.text import changes, normalise
 
 Ranges = dict[int, tuple[int, int, bool]]  # id(container) -> (first, end, key-aware match)
 NORMALISE_UNITS: Final = 4  # what normalising a changed character costs, in units of work
@@ -47,7 +47,7 @@ def number_text(value: object) -> str | None:
 
 
 def normalised(text: str, budget: Budget) -> str:
-    """:func:`mas.policy.dlp_text.normalise`, charged to ``budget``, a window at a time."""
+    """:func:`mas.policy.dlp.text.normalise`, charged to ``budget``, a window at a time."""
     if not changes(text):
         return text
     if len(text) <= SCAN_WINDOW_CHARS:

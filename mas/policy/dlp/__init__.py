@@ -17,13 +17,13 @@ What is scanned
     datetimes, objects) are not JSON and fail closed (``scan_unsupported``). Keywords and
     key names are compared case-insensitively.
 
-    Text is normalised before any rule sees it (:mod:`mas.policy.dlp_text`), character by
+    Text is normalised before any rule sees it (:mod:`mas.policy.dlp.text`), character by
     character: format characters (Unicode Cf: zero-width space, word joiner, soft hyphen,
     bidi marks) are dropped, any script's decimal digits become ASCII digits, everything
     else becomes its NFKC form (fullwidth letters and digits, no-break spaces). Key names
     are also folded for the key classes: Cyrillic and Greek letters that look Latin become
     Latin. Matches are mapped back to the original characters, which are what redaction
-    masks; a changed text longer than :data:`mas.policy.dlp_text.MAP_LIMIT` characters whose
+    masks; a changed text longer than :data:`mas.policy.dlp.text.MAP_LIMIT` characters whose
     redact match cannot be placed is masked whole (``[REDACTED]``).
 
     A match in the message type is reported at the path ``message_type``; a redact rule
@@ -122,7 +122,10 @@ Configuration (:class:`mas.config.DlpConfig`)
     compile_pattern`). ``ValueError``, naming the rule or name: an unknown name in
     ``disable_defaults`` or ``policy_overrides``, a duplicate or reserved (``scan_*``) custom
     id, a pattern RE2 does not compile (backreferences, lookaround, possessive repetition,
-    counts over 1000: the config loader refuses it too) or that matches the empty string.
+    counts over 1000) or that matches the empty string. The config refuses each of these
+    itself (:class:`mas.config.DlpConfig` and :class:`mas.config.DlpRule` check them when
+    built, so loading ``mas.yaml`` reports them with their path); the scanner compiles the
+    patterns again.
 
 Bounds (fail closed)
     Every expression, built-in and custom, runs on RE2, in time linear in the text: no
@@ -152,47 +155,35 @@ Bounds (fail closed)
     60,000 keys is charged once, before its keys are visited).
 
 How it stays fast
-    Phase 1 (:mod:`mas.policy.dlp_collect`) collects every key and string, tries the
+    Phase 1 (:mod:`mas.policy.dlp.collect`) collects every key and string, tries the
     key-aware rules (key classes are cached per key), joins the strings with NUL into chunks
     of one window and runs each detector once per chunk, behind its gate. A clean payload
-    ends there: ``ALLOWED``. Otherwise phase 2 (:mod:`mas.policy.dlp_walk`) walks again with
+    ends there: ``ALLOWED``. Otherwise phase 2 (:mod:`mas.policy.dlp.walk`) walks again with
     paths, runs the rules that fired on the strings they fired in, reports and redacts.
     ``benchmarks/dlp_micro.py`` measures it.
 
 Modules
-    This module is the facade: :class:`DlpScanner` and the names it re-exports. The rule
-    model is in :mod:`mas.policy.dlp_rule`, the default rules in :mod:`mas.policy.dlp_rules`
-    (their detectors in :mod:`mas.policy.dlp_detectors` and :mod:`mas.policy.dlp_cards`, key
-    classes in :mod:`mas.policy.dlp_keys`, text normalisation in :mod:`mas.policy.dlp_text`),
-    config merging in :mod:`mas.policy.dlp_compile`,
-    limits and the budget in :mod:`mas.policy.dlp_bounds`, results in
-    :mod:`mas.policy.dlp_result`.
+    This package's face is its ``__init__``: :class:`DlpScanner`, :class:`ScanResult`,
+    :class:`Violation` and the bounds' constants. The scanner and its result are in
+    :mod:`mas.policy.dlp.scanner`, the rule model in :mod:`mas.policy.dlp.rule`, the default
+    rules in :mod:`mas.policy.dlp.defaults` (their detectors in :mod:`mas.policy.dlp.detectors`
+    and :mod:`mas.policy.dlp.cards`, key classes in :mod:`mas.policy.dlp.keys`, text
+    normalisation in :mod:`mas.policy.dlp.text`), config merging in
+    :mod:`mas.policy.dlp.compile`, limits and the budget in :mod:`mas.policy.dlp.bounds`, the
+    two phases of a scan in :mod:`mas.policy.dlp.collect` and :mod:`mas.policy.dlp.walk`
+    (which reports each :class:`Violation`).
 """
 
-from __future__ import annotations
-
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, Final, cast
-
-from mas.config import DlpConfig
-from mas.policy.dlp_bounds import (
+from mas.policy.dlp.bounds import (
     CLOCK_EVERY,
     DEFAULT_BUDGET,
     MAX_DEPTH,
     SCAN_WINDOW_CHARS,
     WINDOW_OVERLAP_CHARS,
-    Budget,
-    ScanStop,
 )
-from mas.policy.dlp_collect import Collector, Ranges, normalised
-from mas.policy.dlp_compile import effective_rules
-from mas.policy.dlp_keys import KeyRules
-from mas.policy.dlp_result import Decision as Decision
-from mas.policy.dlp_result import ScanResult, Violation
-from mas.policy.dlp_rule import Action as Action
-from mas.policy.dlp_rule import Rule
-from mas.policy.dlp_walk import Walk
+from mas.policy.dlp.rule import Action, Rule
+from mas.policy.dlp.scanner import Decision, DlpScanner, ScanResult
+from mas.policy.dlp.walk import Violation
 
 __all__ = [
     "CLOCK_EVERY",
@@ -200,145 +191,10 @@ __all__ = [
     "MAX_DEPTH",
     "SCAN_WINDOW_CHARS",
     "WINDOW_OVERLAP_CHARS",
+    "Action",
+    "Decision",
     "DlpScanner",
     "Rule",
     "ScanResult",
     "Violation",
 ]
-
-_KEY_CACHE_SIZE: Final = 8_192  # distinct keys whose classes a scanner remembers
-_SHOWN_CACHE_SIZE: Final = 4_096  # distinct client-chosen fields whose masked form it remembers
-_NONE: Final[tuple[Violation, ...]] = ()
-
-
-class DlpScanner:
-    """An immutable set of compiled DLP rules. Build it with :meth:`from_config`.
-
-    The only state that changes is a bounded cache of key classes; a scanner is meant for
-    one thread (the server's Trio thread), like every pure policy object in ``mas``.
-    """
-
-    __slots__ = (
-        "_budget",
-        "_clock",
-        "_collector",
-        "_key_cache",
-        "_keys",
-        "_redact",
-        "_rules",
-        "_shown",
-    )
-
-    def __init__(
-        self,
-        rules: Sequence[Rule],
-        *,
-        budget: float = DEFAULT_BUDGET,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self._rules = tuple(rules)
-        self._budget = budget
-        self._clock = clock
-        self._keys = KeyRules(self._rules, cache_size=_KEY_CACHE_SIZE)
-        self._key_cache = self._keys.cache  # the same dict, at most _KEY_CACHE_SIZE keys
-        self._collector = Collector(self._rules, self._keys)
-        self._redact = tuple(r for r in self._collector.text_rules if r.action == "redact")
-        self._shown: dict[str, str] = {}  # shown() answers, at most _SHOWN_CACHE_SIZE
-
-    @classmethod
-    def from_config(
-        cls,
-        config: DlpConfig,
-        *,
-        budget: float = DEFAULT_BUDGET,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> DlpScanner:
-        """Merge the default rules with ``config`` and compile the custom patterns once.
-
-        Raises ``ValueError`` naming the rule or name at fault (see the module docstring).
-        """
-        return cls(effective_rules(config), budget=budget, clock=clock)
-
-    @property
-    def rules(self) -> tuple[Rule, ...]:
-        """The effective rules, in the order they are applied."""
-        return self._rules
-
-    def scan(
-        self,
-        data: dict[str, Any],
-        *,
-        message_type: str | None = None,
-        budget: float | None = None,
-    ) -> ScanResult:
-        """Scan ``data`` (and ``message_type``, when given) and decide; never raises for a
-        JSON-shaped payload.
-
-        A match in ``message_type`` is reported at the path ``message_type`` (no ``$``), and
-        a redact match there blocks: the type is delivered as it is or not at all.
-        ``budget`` (seconds) replaces the scanner's time budget for this call; the module
-        docstring says when a spent budget is noticed.
-        """
-        meter = Budget(self._clock, self._budget if budget is None else budget)
-        collector = self._collector
-        walk: Walk | None = None
-        delivered: object = data
-        try:
-            texts: list[str] = []
-            if message_type:
-                texts.append(message_type)
-            ranges: Ranges = {}
-            key_hit = collector.collect(data, 1, texts, ranges, meter)
-            fired, hot, hot_at = collector.fire(texts, meter)
-            if key_hit or fired:
-                walk = Walk(self._keys, fired, self._redact, hot, hot_at, ranges, meter)
-                if message_type:
-                    walk.field(message_type, "message_type")
-                delivered = walk.visit(data, None, 0)
-            if collector.value_rules and texts and meter.over():
-                raise ScanStop("scan_budget", "$")  # a custom pattern may have run long
-        except ScanStop as stop:
-            found = walk.violations if walk is not None else []
-            found.append(Violation(stop.rule_id, stop.rule_id, "block", "critical", stop.path))
-            return ScanResult("DLP_BLOCKED", tuple(found), data)
-        if walk is None:
-            return ScanResult("ALLOWED", _NONE, data)
-        violations = tuple(walk.violations)
-        actions = {v.action for v in violations}
-        if "block" in actions:
-            return ScanResult("DLP_BLOCKED", violations, data)
-        if "redact" in actions:
-            return ScanResult("DLP_REDACTED", violations, cast("dict[str, Any]", delivered))
-        return ScanResult("ALERT" if actions else "ALLOWED", violations, data)
-
-    def shown(self, text: str) -> str:
-        """``text`` with every match of a text rule masked (any action): a client-chosen
-        field (message type, target id, correlation id) as the audit trail may record it.
-
-        Remembers the last :data:`_SHOWN_CACHE_SIZE` distinct answers. A text of more than
-        :data:`SCAN_WINDOW_CHARS` characters, or one whose scan runs out of budget, is
-        shown as ``[REDACTED]``.
-        """
-        cached = self._shown.get(text)
-        if cached is not None:
-            return cached
-        if len(text) > SCAN_WINDOW_CHARS:
-            return "[REDACTED]"
-        meter = Budget(self._clock, self._budget)
-        try:
-            texts = [normalised(text, meter)]
-            fired, hot, hot_at = self._collector.fire(texts, meter)
-            out = text
-            if fired:
-                walk = Walk(self._keys, fired, self._redact, hot, hot_at, {}, meter)
-                out = walk.field(text, "field")
-        except ScanStop:
-            out = "[REDACTED]"
-        if len(self._shown) >= _SHOWN_CACHE_SIZE:
-            self._shown.clear()
-        self._shown[text] = out
-        return out
-
-    def key_flags(self, key: str) -> int:
-        """The classes of ``key`` that an active key-aware rule cares about (cached)."""
-        return self._keys.flags(key)

@@ -2,13 +2,13 @@
 
 One section per rule: its expressions, its ``find_*`` detector over text and its ``check_*``
 for the value under a key of its class, and, at the end, the ``*_DETECTORS`` tuples (each
-detector with its gate) that :mod:`mas.policy.dlp_rules` puts in the table of default rules.
-Payment cards and security codes are in :mod:`mas.policy.dlp_cards`. :mod:`mas.policy.dlp`
+detector with its gate) that :mod:`mas.policy.dlp.defaults` puts in the table of default rules.
+Payment cards and security codes are in :mod:`mas.policy.dlp.cards`. :mod:`mas.policy.dlp`
 documents what each rule matches and which mistakes remain.
 
 Every expression runs on RE2 over the ASCII bytes of the normalised text (``Views.raw`` or
 ``lowb``), in time linear in the text; a character an edge condition looks at is consumed
-outside group 1, the span reported (see :mod:`mas.policy.dlp_rule`). Keywords are found with
+outside group 1, the span reported (see :mod:`mas.policy.dlp.rule`). Keywords are found with
 ``str.find`` on ``low``, and each keyword's tail is anchored and bounded, so a text full of
 keywords costs a bounded amount per keyword.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from mas.policy.dlp_rule import (
+from mas.policy.dlp.rule import (
     Detector,
     Edged,
     Span,
@@ -32,7 +32,7 @@ from mas.policy.dlp_rule import (
     marker,
     regex_finder,
 )
-from mas.policy.dlp_text import normalise
+from mas.policy.dlp.text import normalise
 
 _WS: Final = r"\t\n\v\f\r "  # ASCII white space, as Python's \s with re.ASCII
 

@@ -1,7 +1,7 @@
 """DLP key classes: which dict keys a key-aware rule looks under (pure, no I/O).
 
 :func:`classify_key` maps a key to its classes (bit flags such as :data:`SECRET`) after
-folding it (:func:`mas.policy.dlp_text.fold_key`: normalised, format characters dropped,
+folding it (:func:`mas.policy.dlp.text.fold_key`: normalised, format characters dropped,
 Cyrillic and Greek look-alikes made Latin, lower-cased) and removing the separators ``-``,
 ``_``, ``.`` and space: ``p\\u0430ssword`` (a Cyrillic a), fullwidth ``\\uff50\\uff41...``
 and ``pass\\u200bword`` are all ``password``. :class:`KeyRules` holds a
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from mas.policy.dlp_rule import Rule, ValueCheck
-from mas.policy.dlp_text import fold_key
+from mas.policy.dlp.rule import Rule, ValueCheck
+from mas.policy.dlp.text import fold_key
 
 # Key classes (bit flags) computed once per distinct key by classify_key().
 SECRET: Final = 1

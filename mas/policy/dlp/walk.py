@@ -1,10 +1,10 @@
 """Phase 2 of a DLP scan: walk with paths, report violations, build the redacted copy.
 
-Pure, no I/O. Runs only when phase 1 (:mod:`mas.policy.dlp_collect`) found something: it
+Pure, no I/O. Runs only when phase 1 (:mod:`mas.policy.dlp.collect`) found something: it
 skips the containers in which nothing fired, runs the rules that fired on the strings they
 fired in, reports each (rule, JSON path) once and masks what the redact rules matched. The
 rules match the normalised text; their spans are mapped back to the original characters
-(:class:`mas.policy.dlp_text.Normalised`), which are what is masked.
+(:class:`mas.policy.dlp.text.Normalised`), which are what is masked.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any, Final
 
-from mas.policy.dlp_bounds import (
+import msgspec
+
+from mas.policy.dlp.bounds import (
     CONTAINER_UNITS,
     ITEM_UNITS,
     MAX_DEPTH,
@@ -21,11 +23,10 @@ from mas.policy.dlp_bounds import (
     ScanStop,
     find,
 )
-from mas.policy.dlp_collect import Ranges, number_text
-from mas.policy.dlp_keys import KeyRules
-from mas.policy.dlp_result import Violation
-from mas.policy.dlp_rule import Rule, Span, Views, compile_text
-from mas.policy.dlp_text import Normalised, normalise
+from mas.policy.dlp.collect import Ranges, number_text
+from mas.policy.dlp.keys import KeyRules
+from mas.policy.dlp.rule import Action, Rule, Span, Views, compile_text
+from mas.policy.dlp.text import Normalised, normalise
 
 REDACT_ROUNDS: Final = 3  # re-mask a redacted string at most this often, then mask it whole
 WHOLE: Final = "[REDACTED]"  # the mask of a text whose match could not be placed
@@ -33,6 +34,19 @@ _IDENT: Final = compile_text(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Path = tuple[Any, str | int] | None  # (parent, key or index), rendered only when reported
 Found = list[tuple[Rule, list[Span]]]  # the rules that match a text, and where
+
+
+class Violation(msgspec.Struct, frozen=True):
+    """One rule that matched at one place. Never holds the matched text.
+
+    A plain frozen msgspec Struct, so it encodes as JSON for the audit log as it is.
+    """
+
+    rule_id: str
+    type: str
+    action: Action
+    severity: str
+    path: str  # JSON path: $.user.cards[2], $['odd key']; a key match has the key's own path
 
 
 def segment(key: object) -> str:

@@ -1,6 +1,6 @@
 """The bounds of one DLP scan: its limits, its time budget, and the windows over long text.
 
-Pure, no I/O. Both phases of a scan (:mod:`mas.policy.dlp_collect`, :mod:`mas.policy.dlp_walk`)
+Pure, no I/O. Both phases of a scan (:mod:`mas.policy.dlp.collect`, :mod:`mas.policy.dlp.walk`)
 stop by raising :class:`ScanStop`, which the scanner turns into a ``DLP_BLOCKED`` result.
 
 :class:`Budget` keeps the cost of the time budget proportional to the work. The scanner's
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from mas.policy.dlp_rule import Rule, Span, Views
+from mas.policy.dlp.rule import Rule, Span, Views
 
 DEFAULT_BUDGET: Final = 0.050  # seconds of scanning per message before failing closed
 MAX_DEPTH: Final = 64  # nested containers; deeper payloads fail closed (and bound recursion)

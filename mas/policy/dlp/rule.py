@@ -3,7 +3,7 @@
 Pure, no I/O. A rule has up to two parts:
 
 - *Detectors* over text (string values, dict keys, the message type, an integer's digits,
-  all normalised by :mod:`mas.policy.dlp_text`): ``find(views)`` returns
+  all normalised by :mod:`mas.policy.dlp.text`): ``find(views)`` returns
   ``[(start, end, mask), ...]`` for the text of ``views`` (a :class:`Views`: the text, its
   ASCII lower-case ``low``, and byte forms of the same length for the expressions).
   A detector may have a *gate*: a necessary condition that costs a C-level substring test
@@ -16,11 +16,11 @@ lookaround, so the built-in expressions consume the character around a match tha
 condition needs and report the span of a group; their detectors search again from the end
 of that group, never from the end of the match, so two matches one separator apart are both
 found.
-- A *key-aware* part: a class of dict keys (``key_flag``, see :mod:`mas.policy.dlp_keys`) and a
+- A *key-aware* part: a class of dict keys (``key_flag``, see :mod:`mas.policy.dlp.keys`) and a
   ``check(value) -> mask | None`` for the value stored under such a key.
 
 The helpers at the end (:func:`regex_finder`, :func:`keyword_finder`...) are what the built-in
-detectors (:mod:`mas.policy.dlp_detectors`, :mod:`mas.policy.dlp_cards`) are made of.
+detectors (:mod:`mas.policy.dlp.detectors`, :mod:`mas.policy.dlp.cards`) are made of.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, Final, Literal
 
 import re2
 
-from mas.policy.dlp_text import normalise
+from mas.policy.dlp.text import normalise
 
 Action = Literal["block", "redact", "alert"]
 Severity = Literal["low", "medium", "high", "critical"]

@@ -4,17 +4,17 @@
 live in their own modules, and this module re-exports their public names (it used to hold
 them all):
 
-- :mod:`mas.policy.dlp_rule`: the rule model (``Rule``, spans, detectors, gates' ``Views``),
-- :mod:`mas.policy.dlp_detectors`: the detectors and value checks of each rule,
-- :mod:`mas.policy.dlp_cards`: card numbers (``luhn_ok``, ``brand_ok``, ``card_ok``) and CVVs,
-- :mod:`mas.policy.dlp_keys`: the key classes (``classify_key``) of the key-aware rules.
+- :mod:`mas.policy.dlp.rule`: the rule model (``Rule``, spans, detectors, gates' ``Views``),
+- :mod:`mas.policy.dlp.detectors`: the detectors and value checks of each rule,
+- :mod:`mas.policy.dlp.cards`: card numbers (``luhn_ok``, ``brand_ok``, ``card_ok``) and CVVs,
+- :mod:`mas.policy.dlp.keys`: the key classes (``classify_key``) of the key-aware rules.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from mas.policy.dlp_cards import (
+from mas.policy.dlp.cards import (
     CARD_DETECTORS,
     MAX_CARD_CHECKS,
     brand_ok,
@@ -23,7 +23,7 @@ from mas.policy.dlp_cards import (
     find_cards,
     luhn_ok,
 )
-from mas.policy.dlp_detectors import (
+from mas.policy.dlp.detectors import (
     API_KEY_DETECTORS,
     AWS_ACCESS_DETECTORS,
     AWS_SECRET_DETECTORS,
@@ -48,7 +48,7 @@ from mas.policy.dlp_detectors import (
     find_private_keys,
     find_ssn,
 )
-from mas.policy.dlp_keys import (
+from mas.policy.dlp.keys import (
     AWS_SECRET_KEY,
     CVV_KEY,
     ICD_KEY,
@@ -61,7 +61,7 @@ from mas.policy.dlp_keys import (
     SSN_KEY,
     classify_key,
 )
-from mas.policy.dlp_rule import (
+from mas.policy.dlp.rule import (
     Action,
     Detector,
     Finder,
