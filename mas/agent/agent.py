@@ -4,12 +4,12 @@ Subclass it, declare handlers with ``@Agent.on("type", model=Struct)``, and run 
 ``await agent.run(task_status=...)`` under a nursery (or ``async with agent:``)::
 
     run()
-    ├── link task         connect, Hello/Welcome, read frames, reconnect   (link.py)
+    ├── connector task         connect, Hello/Welcome, read frames, reconnect   (connector.py)
     ├── load state        GetState, before on_start
     └── handler nursery
         ├── dispatcher    inbox -> at most max_concurrency handler tasks
         ├── handlers      each under handler_timeout; outcome -> ack/nack/error reply
-        └── on_start()    may send requests and await replies (the link already reads)
+        └── on_start()    may send requests and await replies (the connector already reads)
 
 Cancellation
     Cancelling ``run`` cancels the handlers, then calls ``on_stop`` shielded and bounded by
@@ -59,10 +59,10 @@ from . import handlers as _handlers
 from .backoff import Backoff
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
+from .connector import Connector, unwrap_groups
 from .dispatch import ERROR_REPLY_TYPE, Dispatcher
 from .edits import Edit, apply_edits
 from .handlers import HandlerSpec, collect_handlers, convert_payload
-from .link import Link, unwrap_groups
 from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object
 from .state import StateModel, check_state_model, model_from_generic_bases
 
@@ -150,7 +150,7 @@ class Agent(Generic[StateT]):
         self._shutdown_grace = _seconds("shutdown_grace", shutdown_grace)
         self._heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
         self._runtime_stop = runtime_stop
-        self._link: Link | None = None
+        self._connector: Connector | None = None
         self._fatal: Exception | None = None  # what ended the connection task for good
         self._stop_requested = trio.Event()
         self._state_lock = trio.Lock()
@@ -184,7 +184,7 @@ class Agent(Generic[StateT]):
         """Called once connected and with ``self.state`` loaded; may send and request."""
 
     async def on_stop(self) -> None:
-        """Called while stopping, after the handlers finished and before the link closes."""
+        """Called while stopping, after the handlers finished and before the connector closes."""
 
     async def on_message(self, message: AgentMessage) -> None:
         """Fallback for message types without a handler: logs a warning; the message is acked.
@@ -202,9 +202,9 @@ class Agent(Generic[StateT]):
     # -- messaging ------------------------------------------------------------------------
 
     def _outbox(self) -> Outbox:
-        if self._link is None:
+        if self._connector is None:
             raise ConnectionClosedError(f"{self._label} is not running (call run() first)")
-        return self._link.outbox
+        return self._connector.outbox
 
     async def send(
         self, target_id: str, message_type: str, data: Mapping[str, Any] | msgspec.Struct
@@ -521,7 +521,7 @@ class Agent(Generic[StateT]):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, load state, call ``on_start``, report ready, and serve until stopped."""
-        if self._link is not None:
+        if self._connector is not None:
             raise RuntimeError(f"{self._label} is already running")
         ssl_context = self._ssl_context()
         window = self._prefetch or DEFAULT_WINDOW
@@ -533,7 +533,7 @@ class Agent(Generic[StateT]):
             inbox_size=2 * window,
             default_fallback=type(self).on_message is Agent.on_message,
         )
-        link = Link(
+        connector = Connector(
             label=self._label,
             address=self._address,
             ssl_context=ssl_context,
@@ -544,47 +544,47 @@ class Agent(Generic[StateT]):
             connect_timeout=self._connect_timeout,
             heartbeat_interval=self._heartbeat_interval,
         )
-        runner.link = link
-        self._link, self._fatal = link, None
+        runner.connector = connector
+        self._connector, self._fatal = connector, None
         try:
             with unwrap_groups(), trio.CancelScope() as abort:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self._run_link, link, abort)
-                    await self._serve(link, runner, task_status)
+                    await nursery.start(self._run_connector, connector, abort)
+                    await self._serve(connector, runner, task_status)
         except Exception:
             if self._fatal is None:
                 raise
             # What failed with the connection (a call it was serving) is not the news.
         finally:
-            self._link = None
+            self._connector = None
             self._stop_requested = trio.Event()
         if self._fatal is not None:
             raise self._fatal
 
-    async def _run_link(
+    async def _run_connector(
         self,
-        link: Link,
+        connector: Connector,
         abort: trio.CancelScope,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            await link.run(task_status=task_status)
+            await connector.run(task_status=task_status)
         except MasError as exc:
-            if link.generation == 0:
+            if connector.generation == 0:
                 raise  # never connected: nursery.start() raises it to run()
             log.error("%s: connection lost for good: %s", self._label, exc)
             self._fatal = exc
             abort.cancel()
         except Exception as exc:  # a bug in the connection task: the agent crashes with it
-            if link.generation == 0:
+            if connector.generation == 0:
                 raise
             self._fatal = exc
             abort.cancel()
 
     async def _serve(
         self,
-        link: Link,
+        connector: Connector,
         runner: Dispatcher,
         task_status: trio.TaskStatus[None],
     ) -> None:
@@ -609,7 +609,7 @@ class Agent(Generic[StateT]):
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + 2 * CLOSE_TIMEOUT
                 await runner.nack_queued()
-                await link.aclose(CLOSE_TIMEOUT)
+                await connector.aclose(CLOSE_TIMEOUT)
             log.debug("%s: stopped", self._label)
 
     async def _start_within_grace(self) -> None:

@@ -2,10 +2,10 @@
 
 ``Outbox`` holds the current connection (``Live``) while there is one, and every wait on it:
 a frame's ``Result`` (by sequence number, per connection) and a request's reply (by
-correlation id, across connections). The connection task (``Link``) attaches and detaches
+correlation id, across connections). The connection task (``Connector``) attaches and detaches
 connections and feeds ``settle`` and ``reply_arrived`` from the server's frames; everything
 else calls ``send``, ``request``, ``reply``, ``ack``, ``nack`` and ``unary``, which wait for a
-connection within their own deadline while the link reconnects.
+connection within their own deadline while the connector reconnects.
 
 ``send``, ``request`` and ``reply`` go as frames on the Transport stream when the server's
 ``Welcome`` announces ``stream_messages`` (a mas server); toward a server that does not (one
@@ -31,7 +31,7 @@ from .._proto import runtime_pb2 as pb
 from ..envelope import Envelope
 from ..errors import ConnectionClosedError, MasError, RequestTimeoutError, rejected_error
 from .client import Channel, Transport, call_unary
-from .session import FrameKind, FrameResult, ReplyArrived, SessionCore
+from .stream import FrameKind, FrameResult, ReplyArrived, StreamState
 
 MAX_TIMEOUT_MS: Final = 2**31 - 1  # StreamRequest.timeout_ms is an int32
 MAX_NACK_REASON: Final = 200  # characters of a nack reason the server keeps
@@ -74,7 +74,7 @@ class Outbox:
         self.label = label
         self.address = address
         self.rpc_timeout = rpc_timeout
-        self.core = SessionCore()
+        self.core = StreamState()
         self.live: Live | None = None
         self.generation = 0  # increases with every connection
         self.drops = 0
@@ -83,7 +83,7 @@ class Outbox:
         self._changed = trio.Event()
         self._replies: dict[str, Slot] = {}
 
-    # -- the link tells us ----------------------------------------------------------------
+    # -- the connector tells us ----------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
@@ -279,7 +279,7 @@ class Outbox:
         """Send a request through the unary ``Request`` RPC; its correlation id and reply slot.
 
         For a server that does not announce the stream fast path. The reply still comes as
-        a delivery on the stream, possibly before the RPC's answer (``SessionCore`` keeps it).
+        a delivery on the stream, possibly before the RPC's answer (``StreamState`` keeps it).
         """
         self.core.begin_unary_request()
         cid = ""

@@ -1,6 +1,6 @@
 """Running handlers: inbox -> bounded concurrency -> outcome -> ack, nack or error reply.
 
-The link's receive loop hands each delivery to ``Dispatcher.deliver``, which only queues it
+The connector's receive loop hands each delivery to ``Dispatcher.deliver``, which only queues it
 (so the loop keeps reading the ``Result`` frames and replies that running handlers may be
 waiting for). ``dispatch`` starts a handler task per delivery once one of ``max_concurrency``
 slots is free; with the server's prefetch window this is the agent's backpressure: the server
@@ -23,8 +23,8 @@ import trio
 
 from ..errors import MasError
 from .calls import Outbox
+from .connector import Connector, Delivered
 from .handlers import Failure, HandlerSpec, convert_payload, decide, describe_exception
-from .link import Delivered, Link
 from .message import AgentMessage, encode_object
 
 log = logging.getLogger("mas.agent")
@@ -75,25 +75,25 @@ class Dispatcher:
         self._idle.set()
         self._in_hand: Delivered | None = None
         self._dispatch_scope = trio.CancelScope()
-        self.link: Link | None = None
+        self.connector: Connector | None = None
 
     @property
     def _label(self) -> str:
         return f"agent {self._agent.agent_id}/{self._agent.instance_id}"
 
-    def _require_link(self) -> Link:
-        assert self.link is not None, "Dispatcher.link is set before the link runs"
-        return self.link
+    def _require_connector(self) -> Connector:
+        assert self.connector is not None, "Dispatcher.connector is set before the connector runs"
+        return self.connector
 
     def _outbox(self) -> Outbox:
-        return self._require_link().outbox
+        return self._require_connector().outbox
 
     # -- intake ---------------------------------------------------------------------------
 
     async def deliver(self, item: Delivered) -> None:
-        """Called by the link for each delivery: queue it, or refuse it while stopping.
+        """Called by the connector for each delivery: queue it, or refuse it while stopping.
 
-        Never waits for room: the link's one read loop calls this, and it also reads the
+        Never waits for room: the connector's one read loop calls this, and it also reads the
         results and replies that running handlers wait for. The inbox holds two of the
         windows the agent asks the server for, so a server that keeps its window never
         fills it; a delivery past that is given back (a retryable nack), not waited on.
@@ -113,7 +113,7 @@ class Dispatcher:
             async for item in self._queued:
                 # (A scheduler pass per item, here, keeps handlers starting in delivery order:
                 # Trio runs the tasks of one pass in no fixed order.)
-                if item.generation != self._require_link().generation:
+                if item.generation != self._require_connector().generation:
                     continue  # its connection is gone: the server has requeued it
                 self._in_hand = item
                 await self._slots.acquire()

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from mas import Agent, AgentMessage, RemoteHandlerError, ReplyValidationError
-from mas.agent.link import Link
+from mas.agent.connector import Connector
 from mas.testing import TestPKI, make_config, open_test_server
 
 BOTH_WAYS = [{"type": "allow_bidirectional", "agents": ["ping", "pong"]}]
@@ -44,10 +44,10 @@ def _agent(cls: type[Agent[Any]], agent_id: str, port: int, pki: TestPKI, **kw: 
 async def test_a_bug_in_the_connection_task_ends_the_agent_with_its_traceback(
     pki: TestPKI, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def buggy_heartbeat(self: Link, live: Any) -> None:
+    async def buggy_heartbeat(self: Connector, live: Any) -> None:
         raise AttributeError("'NoneType' object has no attribute 'last_write'")
 
-    monkeypatch.setattr(Link, "_heartbeat", buggy_heartbeat)
+    monkeypatch.setattr(Connector, "_heartbeat", buggy_heartbeat)
     with trio.fail_after(20):
         async with open_test_server(make_config(["ping"]), pki) as server:
             assert server.address is not None

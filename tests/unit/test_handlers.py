@@ -1,5 +1,5 @@
 """Handlers and delivery dispatch (pure): the registry, payload validation, outcomes, and
-what each server frame means for the agent (``SessionCore``), without a socket."""
+what each server frame means for the agent (``StreamState``), without a socket."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from mas.agent.handlers import (
     describe_exception,
 )
 from mas.agent.message import encode_object
-from mas.agent.session import (
+from mas.agent.stream import (
     Discarded,
     FrameResult,
     Incoming,
@@ -28,7 +28,7 @@ from mas.agent.session import (
     SendAcks,
     SendNack,
     ServerRefused,
-    SessionCore,
+    StreamState,
     Welcomed,
 )
 from mas.envelope import Envelope, ErrorInfo, Meta, encode_envelope
@@ -277,7 +277,7 @@ async def test_a_request_gets_exactly_one_reply() -> None:
     assert sent == [("c1", "answer", {"ok": True})]
 
 
-# -- server frames -> actions (SessionCore) --------------------------------------------------
+# -- server frames -> actions (StreamState) --------------------------------------------------
 
 
 def envelope(
@@ -317,7 +317,7 @@ def accepted(seq: int, cid: str = "") -> pb.ServerEvent:
 
 
 def test_welcome_and_server_errors_are_reported() -> None:
-    core = SessionCore()
+    core = StreamState()
     welcome = pb.Welcome(agent_id="ping", instance_id="i1", batching=True, prefetch=8)
     assert core.handle(pb.ServerEvent(welcome=welcome)) == [Welcomed("ping", "i1", True, 8)]
     error = pb.ServerError(code="UNAUTHENTICATED", message="not_allowlisted")
@@ -328,7 +328,7 @@ def test_welcome_and_server_errors_are_reported() -> None:
 
 
 def test_frames_are_numbered_per_connection_and_settled_by_their_result() -> None:
-    core = SessionCore()
+    core = StreamState()
     assert [core.open_frame("send"), core.open_frame("reply")] == [1, 2]
     assert core.handle(accepted(2)) == [FrameResult(2, "reply", "mid2", "", None)]
     assert core.handle(accepted(1)) == [FrameResult(1, "send", "mid1", "", None)]
@@ -337,7 +337,7 @@ def test_frames_are_numbered_per_connection_and_settled_by_their_result() -> Non
 
 
 def test_a_rejection_carries_the_typed_error_and_retry_after() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.open_frame("send")
     core.open_frame("send")
     limited = pb.Result(
@@ -355,13 +355,13 @@ def test_a_rejection_carries_the_typed_error_and_retry_after() -> None:
 
 
 def test_a_message_is_handed_to_the_handlers_unacked() -> None:
-    core = SessionCore()
+    core = StreamState()
     env = envelope("note")
     assert core.handle(deliver(delivery("d1", env))) == [Incoming("d1", env)]
 
 
 def test_a_reply_after_its_result_goes_to_the_requester_and_is_acked() -> None:
-    core = SessionCore()
+    core = StreamState()
     seq = core.open_frame("request")
     assert core.handle(accepted(seq, "c1")) == [FrameResult(seq, "request", "mid1", "c1", None)]
     assert core.awaiting == {"c1"}
@@ -374,7 +374,7 @@ def test_a_reply_after_its_result_goes_to_the_requester_and_is_acked() -> None:
 
 
 def test_a_reply_before_its_result_is_stashed_then_handed_over() -> None:
-    core = SessionCore()
+    core = StreamState()
     seq = core.open_frame("request")
     reply = envelope("answer", reply_to="c1")
     assert core.handle(deliver(delivery("d1", reply))) == [SendAcks(("d1",))]
@@ -389,7 +389,7 @@ def test_a_reply_before_its_result_is_stashed_then_handed_over() -> None:
 def test_a_unary_request_stashes_a_reply_that_comes_before_its_answer() -> None:
     # Toward a server without the fast path, a request is a unary RPC; the reply may come on
     # the stream before the RPC's answer names the correlation id.
-    core = SessionCore()
+    core = StreamState()
     core.begin_unary_request()
     reply = envelope("answer", reply_to="c1")
     assert core.handle(deliver(delivery("d1", reply))) == [SendAcks(("d1",))]
@@ -398,7 +398,7 @@ def test_a_unary_request_stashes_a_reply_that_comes_before_its_answer() -> None:
 
 
 def test_a_unary_request_answered_first_awaits_its_reply() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.begin_unary_request()
     assert core.end_unary_request("c1") is None
     assert core.awaiting == {"c1"}
@@ -407,7 +407,7 @@ def test_a_unary_request_answered_first_awaits_its_reply() -> None:
 
 
 def test_a_failed_unary_request_leaves_nothing_stashed() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.begin_unary_request()
     core.handle(deliver(delivery("d1", envelope("answer", reply_to="c9"))))
     assert core.end_unary_request(None) is None
@@ -415,7 +415,7 @@ def test_a_failed_unary_request_leaves_nothing_stashed() -> None:
 
 
 def test_an_error_reply_is_handed_over_like_any_reply() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.handle(accepted(core.open_frame("request"), "c1"))
     reply = envelope("mas.error", reply_to="c1", error=ErrorInfo(kind="handler_error", message="x"))
     [arrived, _] = core.handle(deliver(delivery("d1", reply)))
@@ -424,7 +424,7 @@ def test_an_error_reply_is_handed_over_like_any_reply() -> None:
 
 
 def test_a_reply_nobody_waits_for_is_acked_and_dropped() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.handle(accepted(core.open_frame("request"), "c1"))
     core.stop_awaiting("c1")  # the requester timed out
     [dropped, ack] = core.handle(deliver(delivery("d1", envelope("late", reply_to="c1"))))
@@ -434,7 +434,7 @@ def test_a_reply_nobody_waits_for_is_acked_and_dropped() -> None:
 
 
 def test_a_duplicate_reply_is_dropped_correlation_ids_are_single_use() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.handle(accepted(core.open_frame("request"), "c1"))
     reply = envelope("answer", reply_to="c1")
     assert isinstance(core.handle(deliver(delivery("d1", reply)))[0], ReplyArrived)
@@ -442,7 +442,7 @@ def test_a_duplicate_reply_is_dropped_correlation_ids_are_single_use() -> None:
 
 
 def test_the_stash_is_bounded_oldest_first() -> None:
-    core = SessionCore(stash_limit=2)
+    core = StreamState(stash_limit=2)
     core.open_frame("request")
     core.handle(deliver(delivery("d1", envelope("a", reply_to="c1"))))
     core.handle(deliver(delivery("d2", envelope("b", reply_to="c2"))))
@@ -455,7 +455,7 @@ def test_the_stash_is_bounded_oldest_first() -> None:
 
 
 def test_the_stash_empties_when_no_request_awaits_its_result() -> None:
-    core = SessionCore()
+    core = StreamState()
     first, second = core.open_frame("request"), core.open_frame("request")
     core.handle(deliver(delivery("d1", envelope("a", reply_to="stray"))))
     core.handle(accepted(first, "c1"))
@@ -465,7 +465,7 @@ def test_the_stash_empties_when_no_request_awaits_its_result() -> None:
 
 
 def test_a_rejected_request_waits_for_no_reply() -> None:
-    core = SessionCore()
+    core = StreamState()
     seq = core.open_frame("request")
     refused = pb.Result(seq=seq, error=pb.ServerError(code="NOT_FOUND", message="unknown_target"))
     [result] = core.handle(pb.ServerEvent(result=refused))
@@ -474,14 +474,14 @@ def test_a_rejected_request_waits_for_no_reply() -> None:
 
 
 def test_an_accepted_request_without_correlation_id_is_an_error() -> None:
-    core = SessionCore()
+    core = StreamState()
     [result] = core.handle(accepted(core.open_frame("request")))
     assert isinstance(result, FrameResult) and isinstance(result.error, RejectedError)
     assert result.error.reason == "missing_correlation_id"
 
 
 def test_an_abandoned_frame_ignores_its_late_result() -> None:
-    core = SessionCore()
+    core = StreamState()
     seq = core.open_frame("request")
     core.handle(deliver(delivery("d1", envelope("a", reply_to="c1"))))
     core.abandon_frame(seq)
@@ -490,7 +490,7 @@ def test_an_abandoned_frame_ignores_its_late_result() -> None:
 
 
 def test_a_lost_connection_returns_the_unsettled_frames_and_restarts_numbering() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.open_frame("send")
     core.handle(accepted(core.open_frame("request"), "c1"))
     core.open_frame("reply")
@@ -501,7 +501,7 @@ def test_a_lost_connection_returns_the_unsettled_frames_and_restarts_numbering()
 
 
 def test_a_batch_is_split_into_replies_acks_and_messages() -> None:
-    core = SessionCore()
+    core = StreamState()
     core.handle(accepted(core.open_frame("request"), "c1"))
     note, reply = envelope("note"), envelope("answer", reply_to="c1")
     actions = core.handle(deliver(delivery("d1", note), delivery("d2", reply)))
@@ -509,7 +509,7 @@ def test_a_batch_is_split_into_replies_acks_and_messages() -> None:
 
 
 def test_an_undecodable_envelope_is_nacked_for_good() -> None:
-    core = SessionCore()
+    core = StreamState()
     bad = pb.Delivery(delivery_id="d1", envelope_json='{"message_id": 1}')
     [nack, dropped] = core.handle(pb.ServerEvent(delivery=bad))
     assert nack == SendNack("d1", "invalid_envelope", False)

@@ -1,8 +1,8 @@
 """The connection task: connect, say Hello, read the Transport stream, reconnect.
 
-``Link.run`` owns the agent's connection for the agent's whole life. It connects (retrying with
+``Connector.run`` owns the agent's connection for the agent's whole life. It connects (retrying with
 jittered backoff up to ``connect_timeout`` the first time), says Hello with the agent's fixed
-instance id, turns each server frame into actions through ``SessionCore`` and carries them out,
+instance id, turns each server frame into actions through ``StreamState`` and carries them out,
 sends a heartbeat while idle, and after a drop reconnects with backoff (without limit: a server
 restart is survived). Other tasks reach the connection through ``Outbox`` (calls.py).
 
@@ -34,7 +34,7 @@ from ..errors import ConnectionClosedError, MasError, RejectedError, leaves, rej
 from .backoff import Backoff
 from .calls import Live, Outbox
 from .client import TRANSPORT_ERRORS, ServerAddress, open_channel, open_transport
-from .session import (
+from .stream import (
     Action,
     Discarded,
     FrameResult,
@@ -60,7 +60,7 @@ class Delivered(msgspec.Struct, frozen=True):
     envelope: Envelope
 
 
-class Link:
+class Connector:
     """The connection task of one agent instance (see the module docstring)."""
 
     def __init__(

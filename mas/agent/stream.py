@@ -1,6 +1,6 @@
 """What each server frame means for the agent: ``ServerEvent`` -> actions (pure, sans-I/O).
 
-``SessionCore`` holds the bookkeeping of the Transport session that needs no Trio: the client
+``StreamState`` holds the bookkeeping of the Transport session that needs no Trio: the client
 sequence numbers of outbound frames still waiting for their ``Result``, the correlation ids of
 accepted requests still waiting for their reply, and a small stash of replies that arrived
 before their request's ``Result`` (a fast target can answer before the server's ``Result``
@@ -108,7 +108,7 @@ Action: TypeAlias = (
 )
 
 
-class SessionCore:
+class StreamState:
     """Sequence numbers, reply correlation and the early-reply stash of one agent instance.
 
     Frames belong to one connection (``connection_lost`` forgets them); correlation ids of
