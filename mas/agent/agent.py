@@ -4,7 +4,7 @@ Subclass it, declare handlers with ``@Agent.on("type", model=Struct)``, and run 
 ``await agent.run(task_status=...)`` under a nursery (or ``async with agent:``)::
 
     run()
-    ├── connector task         connect, Hello/Welcome, read frames, reconnect   (connector.py)
+    ├── connector     connect, Hello/Welcome, read frames, reconnect   (connector.py)
     ├── load state        GetState, before on_start
     └── handler nursery
         ├── dispatcher    inbox -> at most max_concurrency handler tasks

@@ -83,7 +83,7 @@ class Outbox:
         self._changed = trio.Event()
         self._replies: dict[str, Slot] = {}
 
-    # -- the connector tells us ----------------------------------------------------------------
+    # -- the connector tells us ------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
