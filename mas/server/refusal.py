@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from ..audit.record import AuditDraft
 from ..errors import Reason
-
-if TYPE_CHECKING:
-    from ..audit.record import AuditDraft
 
 R = Reason
 
