@@ -40,7 +40,7 @@ LAYERS: Final = (
         "routing, sessions, delivery",
         (
             "mas/server/router.py",
-            "mas/server/ingress.py",
+            "mas/server/refusal.py",
             "mas/server/sessions.py",
             "mas/server/servicer.py",
             "mas/server/app.py",

@@ -27,7 +27,10 @@ from typing import Any, Final
 
 import msgspec
 
+from .errors import REMOTE_HANDLER_ERROR, REMOTE_VALIDATION_ERROR
+
 PROTOCOL_VERSION: Final = 1
+ERROR_REPLY_TYPE: Final = "mas.error"  # a reply of this type is an error reply
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,10 +91,27 @@ _encoder: Final = msgspec.json.Encoder()
 _envelope_decoder: Final = msgspec.json.Decoder(Envelope)
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 _routing_decoder: Final = msgspec.json.Decoder(Routing)
+_ERROR_KINDS: Final = frozenset({REMOTE_HANDLER_ERROR, REMOTE_VALIDATION_ERROR})
 
 
 class PayloadError(ValueError):
     """A payload is not a JSON object (the message says why)."""
+
+
+def error_info(message_type: str, data: dict[str, Any]) -> ErrorInfo | None:
+    """An error reply's ErrorInfo, if ``message_type`` marks one (``ERROR_REPLY_TYPE``).
+
+    Raises ``PayloadError`` when the data is not ``{"kind", "message"}`` of a known kind.
+    """
+    if message_type != ERROR_REPLY_TYPE:
+        return None
+    try:
+        info = msgspec.convert(data, ErrorInfo)
+    except msgspec.ValidationError as exc:
+        raise PayloadError(f"an error reply's data must be {{kind, message}}: {exc}") from exc
+    if info.kind not in _ERROR_KINDS:
+        raise PayloadError(f"unknown error reply kind {info.kind!r}")
+    return info
 
 
 def new_message_id() -> str:

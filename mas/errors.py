@@ -35,13 +35,96 @@ them, and chained with ``raise ... from exc``::
 
 ``RejectedError`` carries the wire ``code`` and ``reason``; ``rejected_error``
 turns a (code, reason) pair from the server back into the right subclass.
+``Reason`` is the one enumeration of the reason tokens a ``mas`` server sends
+(a ``StrEnum``: each member *is* its wire string, spelt as the seed's system
+spells it where it has the same refusal); the server's side of a refusal,
+with its one reason-to-status table, is ``mas.server.refusal``.
 ``leaves`` is the one exception-group unwrapper: the exceptions inside a nest
 of (strict nursery) groups, in order.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
+
+
+class Reason(StrEnum):
+    """Every reason token a ``mas`` server puts on the wire or in an audit record.
+
+    The values are the compatibility contract (docs/compatibility.md): where the seed's
+    system has the same refusal, its own spelling, character for character. A member
+    compares equal to its string, so ``exc.reason == Reason.RATE_LIMITED`` holds for a
+    ``RejectedError`` built from the wire.
+    """
+
+    # Identity (UNAUTHENTICATED); the first three are the seed's (mas.identity makes them).
+    MISSING_SPIFFE_SAN = "missing_spiffe_san"
+    INVALID_SPIFFE_SAN = "invalid_spiffe_san"
+    INVALID_SPIFFE_FORMAT = "invalid_spiffe_format"
+    CA_CERTIFICATE = "ca_certificate"
+    UNPARSABLE_CERTIFICATE = "unparsable_certificate"
+    NO_CLIENT_CERTIFICATE = "no_client_certificate"
+    NOT_ALLOWLISTED = "not_allowlisted"
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    # Connections and the Transport stream.
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    HELLO_REQUIRED = "hello_required"
+    INVALID_INSTANCE_ID = "invalid_instance_id"
+    DUPLICATE_HELLO = "duplicate_hello"
+    HELLO_TIMEOUT = "hello_timeout"
+    TOO_MANY_SESSIONS = "too_many_sessions"
+    REPLACED_BY_NEW_SESSION = "replaced_by_new_session"
+    MALFORMED_FRAME = "malformed_frame"
+    UNSUPPORTED_ENCODING = "unsupported_encoding"
+    SLOW_CONSUMER = "slow_consumer"
+    UNFINISHED_MESSAGE = "unfinished_message"
+    SERVER_SHUTTING_DOWN = "server_shutting_down"
+    # Unary RPCs in general.
+    UNKNOWN_METHOD = "unknown method"  # followed on the wire by " /<service>/<method>"
+    REQUEST_TIMEOUT = "request_timeout"
+    MISSING_REQUEST = "missing_request"
+    MORE_THAN_ONE_REQUEST = "more_than_one_request"
+    SESSION_REQUIRED = "session_required"
+    INSTANCE_NOT_BOUND = "instance_not_bound"
+    STORE_UNAVAILABLE = "store_unavailable"  # the store could not be reached or written
+    # Redis took it, but its replicas / fsync did not acknowledge it in time: it may
+    # still be delivered (a retry may duplicate it).
+    STORE_NOT_DURABLE = "store_not_durable"
+    INTERNAL_ERROR = "internal_error"
+    EXPECTED_HEADERS = "expected_headers"
+    # Send, Request and Reply (the policy pipeline's are the seed's).
+    NOT_AUTHORIZED = "not_authorized"
+    UNKNOWN_TARGET = "unknown_target"
+    RATE_LIMITED = "rate_limited"
+    CIRCUIT_OPEN = "circuit_open"
+    DLP_BLOCKED = "dlp_blocked"
+    UNKNOWN_CORRELATION = "unknown_correlation_id"  # never issued, used, or long gone
+    CORRELATION_EXPIRED = "correlation_id_expired"  # its request's deadline has passed
+    INVALID_MESSAGE_TYPE = "invalid_message_type"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    INVALID_PAYLOAD = "invalid_payload"
+    INVALID_TIMEOUT = "invalid_timeout"
+    QUEUE_FULL = "queue_full"
+    INVALID_ERROR_REPLY = "invalid_error_reply"
+    # State.
+    INVALID_STATE_KEY = "invalid_state_key"
+    INVALID_STATE_VALUE = "invalid_state_value"
+    STATE_TOO_LARGE = "state_too_large"
+    STATE_CONFLICT = "state_conflict"
+    # A connection's GOAWAY debug data (no RPC status: the connection ends).
+    TOO_MANY_STREAMS = "too_many_streams"
+    TOO_MANY_PINGS = "too_many_pings"
+    TOO_MANY_SETTINGS = "too_many_settings"
+    TOO_MUCH_BUFFERED = "unfinished_messages_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    TOO_MANY_HEADERS = "too_many_headers"
+    IDLE_TIMEOUT = "idle_timeout"
+    SLOW_READER = "slow_reader"
+    # Delivery events in the audit trail (no refusal).
+    ACK_TIMEOUT = "ack_timeout"  # a delivery not acked in time: redelivered
+    NACKED = "nacked"  # a nack without a reason of its own
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # claimed after its requester gave up
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
@@ -251,10 +334,10 @@ _BY_CODE: Final[dict[str, type[RejectedError]]] = {
 }
 
 _BY_REASON: Final[dict[str, type[RejectedError]]] = {
-    "rate_limited": RateLimitedError,
-    "circuit_open": CircuitOpenError,
-    "correlation_id_expired": ReplyTooLateError,
-    "state_conflict": StateConflictError,
+    Reason.RATE_LIMITED: RateLimitedError,
+    Reason.CIRCUIT_OPEN: CircuitOpenError,
+    Reason.CORRELATION_EXPIRED: ReplyTooLateError,
+    Reason.STATE_CONFLICT: StateConflictError,
 }
 
 

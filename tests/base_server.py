@@ -28,9 +28,11 @@ from typing import Any
 import trio
 
 from mas._proto import runtime_pb2 as pb
+from mas.errors import Reason
 from mas.identity import identity_from_certificate
 from mas.server.grpc import GrpcServer, Method, PeerConnection
-from mas.server.transport import RpcError, RpcStream, ServerLimits
+from mas.server.refusal import Refusal
+from mas.server.transport import RpcStream, ServerLimits
 from mas.testing import TestPKI
 
 QUEUE_BOUND = 1000  # messages waiting per agent or instance; tests stay far below
@@ -62,18 +64,18 @@ class BaseServer:
             "ResetState": Method(pb.ResetStateRequest, unary=self.reset_state),
         }
 
-    async def admit(self, peer: PeerConnection) -> str | RpcError:
+    async def admit(self, peer: PeerConnection) -> str | Refusal:
         """The door check our adapter asks for: the agent id, or its refusal."""
         try:
             return self._agent(peer)
-        except RpcError as exc:
+        except Refusal as exc:
             return exc
 
     def _agent(self, peer: PeerConnection) -> str:
         assert peer.certificate_der is not None
         agent_id = identity_from_certificate(peer.certificate_der).agent_id
         if agent_id not in self.capabilities:
-            raise RpcError("UNAUTHENTICATED", "not_allowlisted")
+            raise Refusal(Reason.NOT_ALLOWLISTED)
         return agent_id
 
     def _private_channel(self, agent_id: str, instance_id: str) -> Any:
@@ -102,7 +104,7 @@ class BaseServer:
         agent_id = self._agent(peer)
         first = await rpc.receive()
         if first is None or first.WhichOneof("event") != "hello":
-            raise RpcError("INVALID_ARGUMENT", "hello_required")
+            raise Refusal(Reason.HELLO_REQUIRED)
         instance_id = first.hello.instance_id or secrets.token_hex(4)
         peer.state.setdefault("instances", set()).add(instance_id)
         await rpc.send(
@@ -138,7 +140,7 @@ class BaseServer:
 
     def _target(self, target_id: str) -> Any:
         if target_id not in self._shared:
-            raise RpcError("NOT_FOUND", "unknown_target")
+            raise Refusal(Reason.UNKNOWN_TARGET)
         return self._shared[target_id][0]
 
     async def send(self, peer: PeerConnection, request: pb.SendRequest) -> pb.SendResponse:
@@ -158,7 +160,7 @@ class BaseServer:
         self.unary_calls["Request"] += 1
         sender = self._agent(peer)
         if request.instance_id not in peer.state.get("instances", ()):
-            raise RpcError("FAILED_PRECONDITION", "instance_not_bound")
+            raise Refusal(Reason.INSTANCE_NOT_BOUND)
         cid = secrets.token_urlsafe(12)
         envelope = self._envelope(
             sender,
@@ -178,7 +180,7 @@ class BaseServer:
         sender = self._agent(peer)
         pending = self._pending.get(request.correlation_id)
         if pending is None or pending[2] != sender:
-            raise RpcError("INVALID_ARGUMENT", "unknown_correlation_id")
+            raise Refusal(Reason.UNKNOWN_CORRELATION)
         del self._pending[request.correlation_id]
         requester, instance_id, _ = pending
         envelope = self._envelope(

@@ -30,12 +30,14 @@ from .. import telemetry
 from ..audit.record import AuditDraft
 from ..clock import TrioWallClock
 from ..config import MasConfig
+from ..errors import Reason
 from ..store import DeadLetter, Store
 from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import BoundAddress, GrpcServer
 from .guard import GuardLimits
 from .metrics import ServerMetrics
+from .refusal import Refusal
 from .router import Router
 from .servicer import RuntimeServicer
 from .sessions import SessionRegistry
@@ -138,21 +140,21 @@ class MasServer:
         revoked_fingerprints = config.revoked.sha256_fingerprints()
         for session in self.registry.all():
             if session.agent_id not in config.agent_ids:
-                reason = "not_allowlisted"
+                reason = Reason.NOT_ALLOWLISTED
             elif (
                 session.serial_number in revoked_serials
                 or session.fingerprint in revoked_fingerprints
             ):
-                reason = "certificate_revoked"
+                reason = Reason.CERTIFICATE_REVOKED
             else:
                 continue
             log.warning("ending session %s/%s: %s", session.agent_id, session.instance_id, reason)
-            session.end("UNAUTHENTICATED", reason)
+            session.end(Refusal(reason))
 
     async def drain(self, grace_period: float) -> None:
         """End every session (clients may reconnect elsewhere); wait up to ``grace_period``."""
         for session in self.registry.all():
-            session.end("UNAVAILABLE", "server_shutting_down")
+            session.end(Refusal(Reason.SERVER_SHUTTING_DOWN))
         with trio.move_on_after(grace_period):
             await self.registry.wait_empty()
         await self.audit.flush()

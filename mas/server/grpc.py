@@ -18,7 +18,8 @@ machine and stream objects) and owns everything around them:
   its own stream with ``RESOURCE_EXHAUSTED message_too_large`` (the connection carries
   on), per-connection budgets for streams, PINGs, SETTINGS and unfinished messages
   (GOAWAY past them), output backpressure and idle timeouts;
-* a dispatcher that maps ``RpcError`` to a gRPC status and never swallows
+* a dispatcher that ends an RPC with a ``refusal.Refusal``'s status (its reason's
+  row of ``refusal.STATUS``), never swallows
   ``trio.Cancelled``; a stream the client reset or a connection that is closing
   ends its RPC quietly, and a connection ends with one log line.
 
@@ -32,7 +33,7 @@ import logging
 import math
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple, Protocol
 
 import anyio
@@ -50,8 +51,9 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 
 from .._purerpc import release_stream
-from ..errors import ConfigError, StoreError, leaves
-from .transport import ConnectionClosing, RpcError, RpcStream, ServerLimits, ServerSocket
+from ..errors import ConfigError, Reason, StoreError, leaves
+from .refusal import Refusal
+from .transport import ConnectionClosing, RpcStream, ServerLimits, ServerSocket
 
 log = logging.getLogger("mas.server.grpc")
 
@@ -92,7 +94,7 @@ class Service(Protocol):
     @property
     def methods(self) -> Mapping[str, Method]: ...
 
-    async def admit(self, peer: PeerConnection) -> str | RpcError:
+    async def admit(self, peer: PeerConnection) -> str | Refusal:
         """At the door: the connection's agent id, or the refusal it gets (audited once)."""
         ...
 
@@ -110,9 +112,9 @@ class BoundAddress(NamedTuple):
 async def _single_request(rpc: RpcStream) -> Any:
     request = await rpc.receive()
     if request is None:
-        raise RpcError("INVALID_ARGUMENT", "missing_request")
+        raise Refusal(Reason.MISSING_REQUEST)
     if await rpc.receive() is not None:
-        raise RpcError("INVALID_ARGUMENT", "more_than_one_request")
+        raise Refusal(Reason.MORE_THAN_ONE_REQUEST)
     return request
 
 
@@ -133,22 +135,20 @@ def _sole_leaf(exc: BaseException) -> BaseException:
     return found[0] if len(found) == 1 else exc
 
 
-def _telling_leaf(exc: BaseException) -> BaseException:
-    """The exception that says why a connection ended.
+def _telling(errors: Sequence[BaseException]) -> BaseException | None:
+    """Of the errors (``leaves``) a connection ended with, the one that says why, if any.
 
-    A ``ConnectionClosing`` (the server's own decision) wins; otherwise, when every leaf is
-    the peer going away or breaking the protocol, the first of them; otherwise the group.
+    A ``ConnectionClosing`` (the server's own decision) wins; otherwise, when every one is
+    the peer going away or breaking the protocol, the first of them; otherwise the only
+    one, and None for several (a failure, logged with them all).
     """
-    if not isinstance(exc, BaseExceptionGroup):
-        return exc
-    found = leaves(exc)
-    for leaf in found:
+    for leaf in errors:
         if isinstance(leaf, ConnectionClosing):
             return leaf
     expected = (*_CONNECTION_GONE, h2.exceptions.ProtocolError, OSError, trio.TooSlowError)
-    if found and all(isinstance(leaf, expected) for leaf in found):
-        return found[0]
-    return _sole_leaf(exc)
+    if all(isinstance(leaf, expected) for leaf in errors) or len(errors) == 1:
+        return errors[0]
+    return None
 
 
 async def _dispatch(
@@ -166,13 +166,13 @@ async def _dispatch(
 
 
 async def _refuse(
-    stream: GRPCProtoStream, refusal: RpcError, limits: ServerLimits, socket: ServerSocket
+    stream: GRPCProtoStream, refusal: Refusal, limits: ServerLimits, socket: ServerSocket
 ) -> None:
     """Answer an RPC of a connection refused at the door, then close the connection."""
     rpc = RpcStream(stream, limits.write_timeout, limits.max_output_bytes)
     try:
         await stream.start_response()
-        await _close_quietly(rpc, refusal.code, refusal.reason)
+        await _close_quietly(rpc, refusal)
     except _CONNECTION_GONE:
         pass
     finally:
@@ -190,17 +190,17 @@ async def _dispatch_one(
         await _run_method(stream, rpc, peer, service, limits)
     except BaseException as exc:  # re-raised below unless it is ours to answer
         leaf = _sole_leaf(exc)
-        if isinstance(leaf, RpcError):
-            await _close_quietly(rpc, leaf.code, leaf.reason)
+        if isinstance(leaf, Refusal):
+            await _close_quietly(rpc, leaf)
         elif isinstance(leaf, (*_CONNECTION_GONE, h2.exceptions.ProtocolError)):
             # The connection went away, or is closing (GOAWAY sent): nothing to answer.
             return
         elif isinstance(leaf, StoreError):
             log.error("store failure during an RPC (connection %d): %s", peer.connection_id, leaf)
-            await _close_quietly(rpc, "UNAVAILABLE", "store_unavailable")
+            await _close_quietly(rpc, Refusal(Reason.STORE_UNAVAILABLE))
         elif isinstance(exc, Exception):
             log.exception("RPC handler failed (connection %d)", peer.connection_id)
-            await _close_quietly(rpc, "INTERNAL", "internal_error")
+            await _close_quietly(rpc, Refusal(Reason.INTERNAL_ERROR))
         else:
             raise  # Cancelled, KeyboardInterrupt: never swallowed
     finally:
@@ -217,10 +217,11 @@ async def _run_method(
     await stream.start_response()
     event = await stream.receive_event()
     if not isinstance(event, RequestReceived):
-        raise RpcError("INTERNAL", "expected_headers")
+        raise Refusal(Reason.EXPECTED_HEADERS)
     method = service.methods.get(event.method_name) if event.service_name == SERVICE_NAME else None
     if method is None:
-        raise RpcError("UNIMPLEMENTED", f"unknown method /{event.service_name}/{event.method_name}")
+        detail = f"/{event.service_name}/{event.method_name}"
+        raise Refusal(Reason.UNKNOWN_METHOD, detail=detail)
     stream.expect_message_type(method.request_type)
     if method.stream is not None:
         await method.stream(peer, rpc)
@@ -230,15 +231,15 @@ async def _run_method(
         with trio.move_on_after(limits.first_message_timeout):
             request = await _single_request(rpc)
         if request is None:
-            raise RpcError("DEADLINE_EXCEEDED", "request_timeout")
+            raise Refusal(Reason.REQUEST_TIMEOUT)
         response = await method.unary(peer, request)
         await rpc.send(response)
     await rpc.close()
 
 
-async def _close_quietly(rpc: RpcStream, code: str, reason: str) -> None:
+async def _close_quietly(rpc: RpcStream, refusal: Refusal) -> None:
     try:
-        await rpc.close(code, reason)
+        await rpc.close(refusal)
     except (*_CONNECTION_GONE, h2.exceptions.ProtocolError):
         pass
 
@@ -367,23 +368,24 @@ class GrpcServer:
                 connection_id, address, tls.extra(TLSAttribute.peer_certificate_binary, None)
             )
             admitted = await self._service.admit(peer)
-            refused_at_door = isinstance(admitted, RpcError)
+            refused_at_door = isinstance(admitted, Refusal)
             if isinstance(admitted, str):
                 if self._per_identity[admitted] >= self._limits.max_connections_per_identity:
                     self._warn(admitted, "refusing connections of %s: too many open", admitted)
-                    admitted = RpcError("RESOURCE_EXHAUSTED", "too_many_connections")
+                    admitted = Refusal(Reason.TOO_MANY_CONNECTIONS)
                 else:
                     agent_id = admitted
                     self._per_identity[agent_id] += 1
             await self._serve_connection(tls, peer, admitted)
         except BaseException as exc:  # a client must never take the server down
-            errors, rest = _split_errors(exc)
-            if errors is not None:
-                leaf = _telling_leaf(errors)
+            found = leaves(exc)
+            errors = [leaf for leaf in found if isinstance(leaf, Exception)]
+            if errors:
+                leaf = _telling(errors)
                 if isinstance(leaf, ConnectionClosing):
                     # Idle connections closing is routine, and a refusal at the door was
                     # logged by the servicer; a client past a limit is news.
-                    routine = leaf.reason == "idle_timeout" or refused_at_door
+                    routine = leaf.reason == Reason.IDLE_TIMEOUT or refused_at_door
                     level = logging.DEBUG if routine else logging.WARNING
                     log.log(level, "connection %d from %s closed: %s", connection_id, address, leaf)
                 elif isinstance(leaf, trio.TooSlowError):
@@ -395,12 +397,14 @@ class GrpcServer:
                         "connection %d from %s failed; closing it",
                         connection_id,
                         address,
-                        exc_info=errors,
+                        exc_info=exc,
                     )
-            if rest is exc:
-                raise  # Cancelled, KeyboardInterrupt: never swallowed
-            if rest is not None:
-                raise rest from None  # the non-Exception part of a group propagates
+            if len(errors) < len(found):  # Cancelled, KeyboardInterrupt: never swallowed
+                if not isinstance(exc, BaseExceptionGroup):
+                    raise
+                _, rest = exc.split(Exception)
+                assert rest is not None
+                raise rest from None  # only the non-Exception part of a group propagates
         finally:
             self.active_connections -= 1
             _decrement(self._per_address, host)
@@ -409,13 +413,13 @@ class GrpcServer:
             await _aclose(tls if tls is not None else tcp)
 
     async def _serve_connection(
-        self, tls: TLSStream, peer: PeerConnection, admitted: str | RpcError
+        self, tls: TLSStream, peer: PeerConnection, admitted: str | Refusal
     ) -> None:
         socket = ServerSocket(tls, self._limits)
         limits = self._limits
         service = self._service
         async with socket, trio.open_nursery() as rpcs:
-            if isinstance(admitted, RpcError):
+            if isinstance(admitted, Refusal):
                 # Refused at the door: each RPC gets the refusal, then the connection ends.
 
                 def spawn(stream: GRPCProtoStream) -> None:
@@ -475,17 +479,6 @@ def _decrement(counts: Counter[str], key: str) -> None:
     counts[key] -= 1
     if counts[key] <= 0:
         del counts[key]
-
-
-def _split_errors(
-    exc: BaseException,
-) -> tuple[BaseException | None, BaseException | None]:
-    """(the ``Exception`` part, the rest) of an exception or exception group."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(Exception)
-    if isinstance(exc, Exception):
-        return exc, None
-    return None, exc
 
 
 async def _aclose(stream: anyio.abc.AsyncResource) -> None:

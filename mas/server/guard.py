@@ -4,7 +4,7 @@ A client can make the server work without sending any RPC: every PING and SETTIN
 gets an answer, every new stream a task, and a stream reset at once (the 2023 "rapid
 reset" attack) costs the server that task for nothing. ``ConnectionGuard`` counts these
 per connection in token buckets (a burst of one second's allowance, refilled
-continuously) and says when the client went past a limit, as a reason string; the
+continuously) and says when the client went past a limit, as a ``Reason``; the
 transport then sends GOAWAY (``ENHANCE_YOUR_CALM``) and closes the connection, with one
 log line. Header blocks are bounded in size and count (``check_headers``, and the
 transport's frame buffer for the raw block), the same way.
@@ -19,15 +19,9 @@ No Trio here: ``now`` is any monotonic float, passed in.
 from __future__ import annotations
 
 import math
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
-TOO_MANY_STREAMS: Final = "too_many_streams"
-TOO_MANY_PINGS: Final = "too_many_pings"
-TOO_MANY_SETTINGS: Final = "too_many_settings"
-TOO_MUCH_BUFFERED: Final = "unfinished_messages_too_large"
-HEADERS_TOO_LARGE: Final = "headers_too_large"
-TOO_MANY_HEADERS: Final = "too_many_headers"
-UNFINISHED_MESSAGE: Final = "unfinished_message"  # a stream's status reason, not a GOAWAY's
+from ..errors import Reason
 
 
 class GuardLimits(NamedTuple):
@@ -82,29 +76,29 @@ class ConnectionGuard:
         self._pings = TokenBucket(limits.pings_per_second, now)
         self._settings = TokenBucket(limits.settings_per_second, now)
 
-    def on_frames(self, streams: int, pings: int, settings: int, now: float) -> str | None:
+    def on_frames(self, streams: int, pings: int, settings: int, now: float) -> Reason | None:
         """Streams opened, PINGs and SETTINGS received by one read of the socket."""
         if streams and not self._streams.take(streams, now):
-            return TOO_MANY_STREAMS
+            return Reason.TOO_MANY_STREAMS
         if pings and not self._pings.take(pings, now):
-            return TOO_MANY_PINGS
+            return Reason.TOO_MANY_PINGS
         if settings and not self._settings.take(settings, now):
-            return TOO_MANY_SETTINGS
+            return Reason.TOO_MANY_SETTINGS
         return None
 
-    def on_buffered(self, buffered_bytes: int) -> str | None:
+    def on_buffered(self, buffered_bytes: int) -> Reason | None:
         """The bytes of messages the connection's streams have begun and not finished."""
         if buffered_bytes > self._limits.max_buffered_bytes:
-            return TOO_MUCH_BUFFERED
+            return Reason.TOO_MUCH_BUFFERED
         return None
 
 
-def check_headers(count: int, limits: GuardLimits) -> str | None:
+def check_headers(count: int, limits: GuardLimits) -> Reason | None:
     """None, or the reason a decoded header block of ``count`` fields is refused.
 
     (Its decoded size is bounded while it is decoded: HPACK stops at ``max_header_bytes``.)
     """
-    return TOO_MANY_HEADERS if count > limits.max_headers else None
+    return Reason.TOO_MANY_HEADERS if count > limits.max_headers else None
 
 
 class UnfinishedMessages:

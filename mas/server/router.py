@@ -5,18 +5,23 @@
 (size, payload), runs the gateway pipeline on it (authorization, rate limit,
 circuit breaker, DLP) and stores the admitted ones with one ``enqueue_many``,
 each with its audit record; a refusal is audited and returned (``route`` raises
-it) as ``Rejection(code, reason)``, which the servicer turns into a gRPC status
-or a ``Result`` frame. The session side (``serve_session``, ``ack``,
-``nack``) moves messages from the store to connected agents with at-least-once
-delivery, feeds the circuit breakers, and audits ``DELIVERED``, ``NACKED`` and
-``DLQ``. Only the ``Store`` interface is used, so every backend behaves alike.
+it) as a ``refusal.Refusal``, which the servicer turns into a gRPC status or a
+``Result`` frame. ``Arrival`` is one message as it arrived (sender, target, times)
+and makes its audit drafts; ``Prepared`` is an admitted message ready for the store;
+``Accepted`` and ``Refusal`` are the two outcomes.
+
+The session side (``serve_session``, ``ack``, ``nack``) drives the delivery core
+(``delivery.DeliveryWindow``, ``delivery.RetryPolicy``): it moves messages from the
+store to connected agents with at-least-once delivery, feeds the circuit breakers,
+and audits ``DELIVERED``, ``NACKED`` and ``DLQ``. Only the ``Store`` interface is
+used, so every backend behaves alike.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import trio
 
@@ -31,30 +36,19 @@ from ..envelope import (
     decode_data,
     encode_data,
     encode_envelope,
+    error_info,
     new_correlation_id,
     new_message_id,
     routing_of,
 )
-from ..errors import StoreError
+from ..errors import Reason, StoreError
 from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
 from ..store.base import CORRELATION_GRACE, STORE_UNAVAILABLE, CorrelationRefused, Enqueued
 from .audit_log import AuditLog
-from .correlations import Recent
+from .correlations import RecentCorrelations, refused
 from .delivery import RetryPolicy, past_deadline
-from .gateway import Admitted, Denied, Gateway
-from .ingress import (
-    DEFAULT_REQUEST_TIMEOUT,
-    MAX_MESSAGE_TYPE_LENGTH,
-    Accepted,
-    Ingress,
-    Outbound,
-    Prepared,
-    Refused,
-    Rejection,
-    correlation_refusal,
-    error_info,
-    taken_correlation,
-)
+from .gateway import Admitted, Denied, Gateway, Kind
+from .refusal import Refusal
 from .resilience import Outage, persist
 from .sessions import Session, SessionRegistry, delivery_frames
 
@@ -62,6 +56,83 @@ log = logging.getLogger("mas.server.router")
 
 SWEEP_INTERVAL: Final = 60.0  # seconds between sweeps of expired correlations and replies
 APPLY_TIMEOUT: Final = 10.0  # seconds an ack read from a client may take to apply, shielded
+DEFAULT_REQUEST_TIMEOUT: Final = 60.0  # seconds, when a request names none
+MAX_MESSAGE_TYPE_LENGTH: Final = 256  # characters
+
+
+class Outbound(NamedTuple):
+    """One message a client asked the server to route."""
+
+    kind: Kind
+    target_id: str  # the target agent (send, request); "" for a reply
+    message_type: str
+    data_json: str
+    timeout_ms: int = 0  # a request's reply deadline; 0: the default
+    correlation_id: str = ""  # the request a reply answers
+    acks: str = ""  # a reply's: the delivery of its request, acked with it (``reply_acks``)
+
+
+class Accepted(NamedTuple):
+    """A routed message: its id, and the correlation id for a request."""
+
+    message_id: str
+    correlation_id: str = ""
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
+class Arrival(NamedTuple):
+    """One message as it arrived, for routing and for its audit record."""
+
+    kind: Kind
+    sender_id: str
+    sender_instance_id: str
+    target_id: str
+    message_type: str
+    started: float  # Trio time of arrival, for the decision latency
+    now: float  # wall-clock time of arrival
+    # How a client-chosen field appears in the record: the gateway's DLP masks what its
+    # rules match there (Gateway.shown), so no record holds a secret a client put in one.
+    shown: Callable[[str], str] = _as_is
+
+    def draft(self, decision: Decision, **fields: Any) -> AuditDraft:
+        latency_ms = (trio.current_time() - self.started) * 1000.0
+        shown = self.shown
+        if fields.get("correlation_id") and "message_id" not in fields:
+            # A refused message's correlation id is whatever the client sent; a routed one's
+            # was made by this server.
+            fields["correlation_id"] = shown(fields["correlation_id"])
+        return AuditDraft(
+            time=self.now,
+            decision=decision,
+            sender_id=self.sender_id,
+            sender_instance_id=self.sender_instance_id,
+            target_id=shown(self.target_id),
+            message_type=shown(self.message_type),
+            latency_ms=latency_ms,
+            **fields,
+        )
+
+    def refusal(self, reason: Reason, decision: Decision = "INVALID", **fields: Any) -> Refusal:
+        """The refusal of this message, with its audit draft."""
+        return Refusal(reason, draft=self.draft(decision, reason=reason.value, **fields))
+
+    def store_refusal(self, correlation_id: str, reason: str) -> Refusal:
+        """The refusal of this message by the store (``correlations.refused``)."""
+        known, decision = refused(reason)
+        return self.refusal(known, decision, correlation_id=correlation_id)
+
+
+class Prepared(NamedTuple):
+    """An admitted message, ready for the store."""
+
+    position: int  # its place in the batch
+    arrival: Arrival
+    item: EnqueueItem
+    taken: Correlation | None  # a reply's correlation, given back if it is not routed
+    error: ErrorInfo | None  # set for an error reply
 
 
 class Router:
@@ -83,7 +154,7 @@ class Router:
         self._current_limits = limits  # read at each use: a reload applies at once
         self._clock = clock
         self._retry_scheduled = trio.Event()
-        self._recent = Recent()  # correlations of the requests routed here
+        self._recent = RecentCorrelations()  # correlations of the requests routed here
         self.delivered = 0
         self.dead_lettered = 0
         self.expired = 0  # requests and replies not delivered: their deadline had passed
@@ -96,41 +167,42 @@ class Router:
     # -- ingress -------------------------------------------------------------------
 
     def _check_message(self, message_type: str, data_json: str) -> dict[str, Any]:
+        """The payload of a well-formed message; raises a ``Refusal`` (without its draft)."""
         if not message_type or len(message_type) > MAX_MESSAGE_TYPE_LENGTH:
-            raise Rejection("INVALID_ARGUMENT", "invalid_message_type")
+            raise Refusal(Reason.INVALID_MESSAGE_TYPE)
         limit = self._limits.max_message_bytes
         if len(data_json) > limit or (
             len(data_json) * 4 > limit and len(data_json.encode()) > limit
         ):
-            raise Rejection("RESOURCE_EXHAUSTED", "message_too_large")
+            raise Refusal(Reason.MESSAGE_TOO_LARGE)
         try:
             return decode_data(data_json)
         except PayloadError as exc:
-            raise Rejection("INVALID_ARGUMENT", "invalid_payload") from exc
+            raise Refusal(Reason.INVALID_PAYLOAD) from exc
 
-    def _admit(self, gateway: Gateway, ingress: Ingress, outbound: Outbound) -> Admitted:
-        """Validate the message and run the gateway; raise ``Refused`` if refused."""
+    def _admit(self, gateway: Gateway, arrival: Arrival, outbound: Outbound) -> Admitted:
+        """Validate the message and run the gateway; raise a ``Refusal`` if refused."""
         try:
             data = self._check_message(outbound.message_type, outbound.data_json)
             return gateway.admit(
-                ingress.kind,
-                ingress.sender_id,
-                ingress.target_id,
+                arrival.kind,
+                arrival.sender_id,
+                arrival.target_id,
                 outbound.message_type,
                 data,
-                ingress.now,
+                arrival.now,
             )
-        except Rejection as exc:
-            raise Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
-        except Denied as exc:
-            draft = ingress.draft(exc.decision, reason=exc.reason, violations=exc.violations)
-            rejection = Rejection(exc.code, exc.reason, retry_after=exc.retry_after)
-            raise Refused(rejection, draft) from exc
+        except Denied as exc:  # the gateway's refusal, with its decision and violations
+            draft = arrival.draft(exc.decision, reason=exc.reason, violations=exc.violations)
+            reason = Reason(exc.reason)
+            raise Refusal(reason, retry_after=exc.retry_after, draft=draft) from exc
+        except Refusal as exc:  # the message's own checks
+            raise arrival.refusal(exc.reason) from exc
 
     async def route(self, sender_id: str, sender_instance_id: str, outbound: Outbound) -> Accepted:
-        """Route one message; raise ``Rejection`` if it is refused."""
+        """Route one message; raise its ``Refusal`` if it is refused."""
         [result] = await self.route_many(sender_id, sender_instance_id, (outbound,))
-        if isinstance(result, Rejection):
+        if isinstance(result, Refusal):
             raise result
         return result
 
@@ -141,7 +213,7 @@ class Router:
         batch: Sequence[Outbound],
         *,
         session: Session | None = None,
-    ) -> list[Accepted | Rejection]:
+    ) -> list[Accepted | Refusal]:
         """Route one sender's messages, in order; each is accepted or refused on its own.
 
         Every message passes the gateway, then all admitted ones go to the store in one
@@ -166,7 +238,7 @@ class Router:
         started = trio.current_time()
         now = self._clock.now()
         gateway = self._gateway()
-        results: list[Accepted | Rejection | None] = [None] * len(batch)
+        results: list[Accepted | Refusal | None] = [None] * len(batch)
         refusals: list[AuditDraft] = []
         prepared: list[Prepared] = []
         # The replies' correlations: those of requests routed here are known; the others
@@ -187,7 +259,7 @@ class Router:
             except StoreError:  # the replies are refused below; sends still go on
                 looked_up = iter([CorrelationRefused(STORE_UNAVAILABLE)] * len(unknown))
         for index, outbound in enumerate(batch):
-            ingress = Ingress(
+            arrival = Arrival(
                 outbound.kind,
                 sender_id,
                 sender_instance_id,
@@ -203,16 +275,12 @@ class Router:
                     correlation = known[index] or next(looked_up)
                 try:
                     prepared.append(
-                        await self._prepare(gateway, index, ingress, outbound, correlation)
+                        await self._prepare(gateway, index, arrival, outbound, correlation)
                     )
                 except RecursionError as exc:  # a payload too deep to scan or encode
-                    rejection = Rejection("INVALID_ARGUMENT", "invalid_payload")
-                    raise Refused(
-                        rejection, ingress.draft("INVALID", reason=rejection.reason)
-                    ) from exc
-            except Refused as refused:
-                results[index] = refused.rejection
-                refusals.append(refused.draft)
+                    raise arrival.refusal(Reason.INVALID_PAYLOAD) from exc
+            except Refusal as refusal:
+                results[index] = _refused(refusal, refusals)
         if prepared:
             items = [p.item for p in prepared]
             try:
@@ -253,26 +321,29 @@ class Router:
         self,
         gateway: Gateway,
         index: int,
-        ingress: Ingress,
+        arrival: Arrival,
         outbound: Outbound,
         answered: Correlation | CorrelationRefused | None,
     ) -> Prepared:
-        """The message as it will be stored, once admitted; raises ``Refused``.
+        """The message as it will be stored, once admitted; raises a ``Refusal``.
 
         ``answered`` is a reply's correlation as the store found it (open, or refused).
         """
-        sender_id, instance_id = ingress.sender_id, ingress.sender_instance_id
+        sender_id, instance_id = arrival.sender_id, arrival.sender_instance_id
         taken: Correlation | None = None
         correlation: Correlation | None = None
         error: ErrorInfo | None = None
-        if ingress.kind == "reply":
-            taken = taken_correlation(ingress, outbound.correlation_id, answered)
-            ingress = ingress._replace(target_id=taken.requester_id)
-            admitted = self._admit(gateway, ingress, outbound)
+        if arrival.kind == "reply":
+            if not isinstance(answered, Correlation):  # the store would not give it
+                why = answered.reason if answered is not None else Reason.UNKNOWN_CORRELATION
+                raise arrival.store_refusal(outbound.correlation_id, why)
+            taken = answered
+            arrival = arrival._replace(target_id=taken.requester_id)
+            admitted = self._admit(gateway, arrival, outbound)
             try:
                 error = error_info(outbound.message_type, admitted.data)
-            except Rejection as exc:
-                raise Refused(exc, ingress.draft("INVALID", reason=exc.reason)) from exc
+            except PayloadError as exc:
+                raise arrival.refusal(Reason.INVALID_ERROR_REPLY) from exc
             meta = Meta(
                 correlation_id=outbound.correlation_id,
                 is_reply=True,
@@ -281,13 +352,12 @@ class Router:
                 error=error,
                 deadline=taken.expires_at,
             )
-        elif ingress.kind == "request":
+        elif arrival.kind == "request":
             if outbound.timeout_ms < 0:
-                rejection = Rejection("INVALID_ARGUMENT", "invalid_timeout")
-                raise Refused(rejection, ingress.draft("INVALID", reason="invalid_timeout"))
-            admitted = self._admit(gateway, ingress, outbound)
+                raise arrival.refusal(Reason.INVALID_TIMEOUT)
+            admitted = self._admit(gateway, arrival, outbound)
             timeout = outbound.timeout_ms / 1000 if outbound.timeout_ms else DEFAULT_REQUEST_TIMEOUT
-            expires_at = ingress.now + min(timeout, self._limits.max_request_timeout)
+            expires_at = arrival.now + min(timeout, self._limits.max_request_timeout)
             meta = Meta(
                 correlation_id=new_correlation_id(),
                 expects_reply=True,
@@ -295,23 +365,23 @@ class Router:
                 deadline=expires_at,
             )
         else:
-            admitted = self._admit(gateway, ingress, outbound)
+            admitted = self._admit(gateway, arrival, outbound)
             meta = Meta(sender_instance_id=instance_id or None)
         envelope = Envelope(
             message_id=new_message_id(),
             sender_id=sender_id,
-            target_id=ingress.target_id,
+            target_id=arrival.target_id,
             message_type=outbound.message_type,
             data=admitted.data,
             meta=meta,
-            timestamp=ingress.now,
+            timestamp=arrival.now,
         )
-        if ingress.kind == "request":
+        if arrival.kind == "request":
             correlation = Correlation(
                 correlation_id=meta.correlation_id or "",
                 requester_id=sender_id,
                 requester_instance_id=instance_id,
-                target_id=ingress.target_id,
+                target_id=arrival.target_id,
                 request_message_id=envelope.message_id,
                 expires_at=expires_at,
             )
@@ -324,7 +394,7 @@ class Router:
                 envelope_json=encode_envelope(envelope),
                 enqueued_at=envelope.timestamp,
             ),
-            audit=ingress.draft(
+            audit=arrival.draft(
                 admitted.decision,
                 message_id=envelope.message_id,
                 correlation_id=meta.correlation_id or "",
@@ -335,7 +405,7 @@ class Router:
             answers=taken.correlation_id if taken is not None else "",
             acks=outbound.acks if taken is not None else "",
         )
-        return Prepared(index, ingress, item, taken, error)
+        return Prepared(index, arrival, item, taken, error)
 
     async def _settle(
         self,
@@ -343,32 +413,28 @@ class Router:
         entry: Prepared,
         record: Enqueued,
         refusals: list[AuditDraft],
-    ) -> Accepted | Rejection:
+    ) -> Accepted | Refusal:
         """What became of one message given to the store: stored, or refused there."""
-        ingress, message = entry.ingress, entry.item.message
+        arrival, message = entry.arrival, entry.item.message
         if entry.item.answers:
             self._recent.forget(entry.item.answers)  # consumed, or refused by the store
         if isinstance(record, CorrelationRefused):  # another reply took it, or it expired
             if entry.taken is None:  # a send or request the store could not take
-                gateway.breakers.release(message.target_id, ingress.now)
-            rejection, draft = correlation_refusal(ingress, entry.item.answers, record.reason)
-            refusals.append(draft)
-            return rejection
+                gateway.breakers.release(message.target_id, arrival.now)
+            return _refused(arrival.store_refusal(entry.item.answers, record.reason), refusals)
         if record is None:
             if entry.taken is None:
-                gateway.breakers.release(message.target_id, ingress.now)
-            refusals.append(
-                ingress.draft("INVALID", reason="queue_full", message_id=message.message_id)
-            )
-            return Rejection("RESOURCE_EXHAUSTED", "queue_full")
+                gateway.breakers.release(message.target_id, arrival.now)
+            refusal = arrival.refusal(Reason.QUEUE_FULL, message_id=message.message_id)
+            return _refused(refusal, refusals)
         self._audit.committed(record)
         self.registry.ring(message.target_id, message.instance_id)
         if entry.taken is not None:
             # The request's outcome decides the replier's breaker (its ack does not).
             if entry.error is None:
-                gateway.delivery_succeeded(ingress.sender_id, ingress.now)
+                gateway.delivery_succeeded(arrival.sender_id, arrival.now)
             else:
-                gateway.delivery_failed(ingress.sender_id, ingress.now)
+                gateway.delivery_failed(arrival.sender_id, arrival.now)
             return Accepted(message.message_id)
         correlation = entry.item.correlation
         if correlation is None:
@@ -426,7 +492,7 @@ class Router:
         """Forget claimed messages whose deadline passed, audited ``EXPIRED``, counted."""
         dropped = await self.store.ack_many([d.delivery_id for d in late])
         drafts = [
-            _delivery_draft("EXPIRED", session, d, now, reason="deadline_exceeded")
+            _delivery_draft("EXPIRED", session, d, now, reason=Reason.DEADLINE_EXCEEDED)
             for d in dropped
             if d is not None
         ]
@@ -445,7 +511,7 @@ class Router:
                     session.instance_id,
                     self._limits.ack_timeout,
                 )
-                await self.nack(session, delivery_id, "ack_timeout", retryable=True)
+                await self.nack(session, delivery_id, Reason.ACK_TIMEOUT, retryable=True)
 
     async def ack(self, session: Session, delivery_id: str) -> None:
         """The session's agent handled a delivery."""
@@ -510,10 +576,10 @@ class Router:
             self._retry_scheduled.set()
             if retried is not None:
                 await self._audit.record(
-                    _delivery_draft("NACKED", session, retried, now, reason=reason or "nacked")
+                    _delivery_draft("NACKED", session, retried, now, reason=reason or Reason.NACKED)
                 )
             return
-        dead = await self.store.dead_letter(delivery_id, reason or "nacked", now)
+        dead = await self.store.dead_letter(delivery_id, reason or Reason.NACKED, now)
         if dead is not None:
             self.dead_lettered += 1
             log.warning(
@@ -524,7 +590,7 @@ class Router:
                 reason,
             )
             await self._audit.record(
-                _delivery_draft("DLQ", session, dead, now, reason=reason or "nacked")
+                _delivery_draft("DLQ", session, dead, now, reason=reason or Reason.NACKED)
             )
 
     async def release(self, session: Session) -> None:
@@ -569,6 +635,13 @@ class Router:
                 self.registry.ring(agent_id)
 
 
+def _refused(refusal: Refusal, refusals: list[AuditDraft]) -> Refusal:
+    """``refusal``, its audit draft added to ``refusals``."""
+    if refusal.draft is not None:
+        refusals.append(refusal.draft)
+    return refusal
+
+
 def _delivery_draft(
     decision: Decision, session: Session, delivery: InFlight, now: float, *, reason: str = ""
 ) -> AuditDraft:
@@ -576,7 +649,7 @@ def _delivery_draft(
     return AuditDraft(
         time=now,
         decision=decision,
-        reason=reason,
+        reason=str(reason),  # a plain str in the record, a Reason member or a client's text
         message_id=message.message_id,
         target_id=session.agent_id,
         sender_instance_id=session.instance_id,

@@ -7,8 +7,9 @@ state and discovery RPCs, which route nothing, have a rate limit of their own
 (``limits.control_rpcs_per_minute`` per agent id). ``Transport`` binds one agent
 instance to the connection that said ``Hello``; the unary ``Send``, ``Request``
 and ``Reply`` RPCs may name only an instance bound on their own connection, so no
-connection can act for another agent or another instance. ``Rejection``s from the
-router become a gRPC status (unary) or a ``Result`` frame (stream fast path).
+connection can act for another agent or another instance. Every refusal is a
+``refusal.Refusal``: raised, the dispatcher ends the RPC with its status (the one
+table, ``refusal.STATUS``); one of a stream's routed frames becomes a ``Result`` frame.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -26,7 +27,7 @@ import trio
 from .._proto import runtime_pb2 as pb
 from ..audit.record import AuditDraft
 from ..config import MasConfig
-from ..errors import IdentityError
+from ..errors import IdentityError, Reason
 from ..identity import PeerIdentity, identity_from_certificate
 from ..store import Store
 from ..store.base import StateTooLargeError, StateVersionConflict
@@ -34,11 +35,11 @@ from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import Method, PeerConnection
 from .guard import TokenBucket
-from .ingress import Accepted, Outbound, Rejection
-from .router import Router
+from .refusal import Refusal
+from .router import Outbound, Router
 from .sessions import Session, SessionRegistry
 from .state_wire import stored_from_text, texts_from_stored
-from .transport import RpcError, RpcStream
+from .transport import RpcStream
 
 log = logging.getLogger("mas.server")
 
@@ -92,7 +93,7 @@ class RuntimeServicer:
 
     # -- identity ----------------------------------------------------------------------
 
-    async def admit(self, peer: PeerConnection) -> str | RpcError:
+    async def admit(self, peer: PeerConnection) -> str | Refusal:
         """At the door, right after the TLS handshake: the agent id, or the refusal.
 
         A refused connection is audited here, once; its RPCs get the refusal without
@@ -100,7 +101,7 @@ class RuntimeServicer:
         """
         try:
             return self._check_identity(peer).agent_id
-        except RpcError as exc:
+        except Refusal as exc:
             await self._audit_refusal(peer, exc)
             return exc
 
@@ -108,17 +109,17 @@ class RuntimeServicer:
         """The caller's verified, allowlisted, unrevoked identity; refusals are audited."""
         try:
             return self._check_identity(peer)
-        except RpcError as exc:
+        except Refusal as exc:
             await self._audit_refusal(peer, exc)
             raise
 
-    async def _audit_refusal(self, peer: PeerConnection, refusal: RpcError) -> None:
+    async def _audit_refusal(self, peer: PeerConnection, refusal: Refusal) -> None:
         identity: PeerIdentity | None = peer.state.get("identity")
         await self._audit.record(
             AuditDraft(
                 time=time.time(),
                 decision="AUTHN_DENIED",
-                reason=refusal.reason,
+                reason=refusal.reason.value,
                 sender_id=identity.agent_id if identity else "",
                 message_type=peer.address,
             )
@@ -145,29 +146,29 @@ class RuntimeServicer:
                 else:
                     peer.state["refusal"] = refusal
             if refusal is not None:
-                raise RpcError("UNAUTHENTICATED", refusal)
+                raise Refusal(refusal)
         assert identity is not None
         if identity.agent_id not in config.agent_ids:
             self.refused_identities += 1
             log.warning("refused %s from %s: not_allowlisted", identity.spiffe_id, peer.address)
-            raise RpcError("UNAUTHENTICATED", "not_allowlisted")
+            raise Refusal(Reason.NOT_ALLOWLISTED)
         serials, fingerprints = self._revocations(config)
         if identity.serial_number in serials or identity.fingerprint_sha256 in fingerprints:
             self.refused_identities += 1
             log.warning("refused %s from %s: certificate_revoked", identity.spiffe_id, peer.address)
-            raise RpcError("UNAUTHENTICATED", "certificate_revoked")
+            raise Refusal(Reason.CERTIFICATE_REVOKED)
         return identity
 
-    def _verify(self, peer: PeerConnection, trust_domain: str) -> PeerIdentity | str:
+    def _verify(self, peer: PeerConnection, trust_domain: str) -> PeerIdentity | Reason:
         self.refused_identities += 1
         if peer.certificate_der is None:
             log.warning("refused connection from %s: no client certificate", peer.address)
-            return "no_client_certificate"
+            return Reason.NO_CLIENT_CERTIFICATE
         try:
             identity = identity_from_certificate(peer.certificate_der, trust_domain)
         except IdentityError as exc:
             log.warning("refused connection from %s: %s", peer.address, exc)
-            return exc.reason
+            return Reason(exc.reason)  # mas.identity.REASONS are all members
         self.refused_identities -= 1
         return identity
 
@@ -189,11 +190,11 @@ class RuntimeServicer:
                 AuditDraft(
                     time=time.time(),
                     decision="RATE_LIMITED",
-                    reason="rate_limited",
+                    reason=Reason.RATE_LIMITED.value,
                     sender_id=identity.agent_id,
                 )
             )
-            raise RpcError("RESOURCE_EXHAUSTED", "rate_limited", retry_after=budget.retry_after())
+            raise Refusal(Reason.RATE_LIMITED, retry_after=budget.retry_after())
         return identity
 
     def _bound_instance(
@@ -202,13 +203,13 @@ class RuntimeServicer:
         """The sender instance of a unary call, which must be bound on this connection."""
         if not instance_id:
             if required:
-                raise RpcError("FAILED_PRECONDITION", "session_required")
+                raise Refusal(Reason.SESSION_REQUIRED)
             return ""
         # Bound means: its live session is on this very connection (another connection
         # that said Hello for the same instance took it over).
         session = self._registry.instance(identity.agent_id, instance_id)
         if session is None or session.connection_id != peer.connection_id:
-            raise RpcError("FAILED_PRECONDITION", "instance_not_bound")
+            raise Refusal(Reason.INSTANCE_NOT_BOUND)
         return instance_id
 
     # -- Transport ---------------------------------------------------------------------
@@ -221,7 +222,7 @@ class RuntimeServicer:
         with trio.move_on_after(limits.hello_timeout) as waited:
             first = await rpc.receive()
         if waited.cancelled_caught:
-            raise RpcError("DEADLINE_EXCEEDED", "hello_timeout")
+            raise Refusal(Reason.HELLO_TIMEOUT)
         await self._run_session(peer, rpc, identity, first)
 
     async def _run_session(
@@ -232,16 +233,16 @@ class RuntimeServicer:
         first: pb.ClientEvent | None,
     ) -> None:
         if first is None or first.WhichOneof("event") != "hello":
-            raise RpcError("INVALID_ARGUMENT", "hello_required")
+            raise Refusal(Reason.HELLO_REQUIRED)
         limits = self._config().limits
         hello = first.hello
         instance_id = hello.instance_id or secrets.token_hex(8)
         if not INSTANCE_ID_RE.match(instance_id):
-            raise RpcError("INVALID_ARGUMENT", "invalid_instance_id")
+            raise Refusal(Reason.INVALID_INSTANCE_ID)
         agent_id = identity.agent_id
         replacing = self._registry.instance(agent_id, instance_id)
         if replacing is None and self._registry.count(agent_id) >= limits.max_sessions_per_agent:
-            raise RpcError("RESOURCE_EXHAUSTED", "too_many_sessions")
+            raise Refusal(Reason.TOO_MANY_SESSIONS)
         prefetch = min(hello.prefetch, limits.prefetch) if hello.prefetch else limits.prefetch
         session = Session(
             session_id=secrets.token_hex(8),
@@ -260,7 +261,7 @@ class RuntimeServicer:
         if previous is not None:
             # The same agent reconnected before its old connection was seen to die.
             log.debug("session %s/%s replaced by a new connection", agent_id, instance_id)
-            previous.end("ABORTED", "replaced_by_new_session")
+            previous.end(Refusal(Reason.REPLACED_BY_NEW_SESSION))
         log.debug("session opened: %s/%s from %s", agent_id, instance_id, peer.address)
         try:
             with session.cancel_scope:
@@ -286,8 +287,8 @@ class RuntimeServicer:
                 scope.deadline = trio.current_time() + _RELEASE_TIMEOUT
                 await self._router.release(session)
             log.debug("session closed: %s/%s", agent_id, instance_id)
-        if session.end_status is not None:
-            raise RpcError(*session.end_status)
+        if session.ended is not None:
+            raise session.ended
 
     async def _read_frames(self, session: Session, rpc: RpcStream) -> None:
         """Handle the session's frames, a batch at a time, until the client half-closes.
@@ -299,7 +300,7 @@ class RuntimeServicer:
             acks: list[str] = []
             nacks: list[pb.Nack] = []
             routed: list[pb.ClientEvent] = []
-            refusal: RpcError | None = None
+            refusal: Refusal | None = None
             for frame in frames:
                 kind = frame.WhichOneof("event")
                 if kind in _ROUTED:
@@ -311,7 +312,7 @@ class RuntimeServicer:
                 elif kind == "nack":
                     nacks.append(frame.nack)
                 elif kind == "hello":
-                    refusal = RpcError("INVALID_ARGUMENT", "duplicate_hello")
+                    refusal = Refusal(Reason.DUPLICATE_HELLO)
                     break
                 # Heartbeats, and frames of a newer protocol revision, need no answer.
             if routed:  # first, so their results go out before the store work of acks
@@ -357,10 +358,10 @@ class RuntimeServicer:
         )
         results: list[pb.ServerEvent] = []
         for seq, outcome in zip(seqs, outcomes, strict=True):
-            if isinstance(outcome, Rejection):
+            if isinstance(outcome, Refusal):
                 result = pb.Result(
                     seq=seq,
-                    error=pb.ServerError(code=outcome.code, message=outcome.reason),
+                    error=pb.ServerError(code=outcome.code, message=outcome.message),
                     retry_after_seconds=outcome.retry_after or 0.0,
                 )
             else:
@@ -376,7 +377,7 @@ class RuntimeServicer:
         identity = await self._identity(peer)
         instance_id = self._bound_instance(peer, identity, request.instance_id, required=False)
         outbound = Outbound("send", request.target_id, request.message_type, request.data_json)
-        accepted = await _routed(self._router.route(identity.agent_id, instance_id, outbound))
+        accepted = await self._router.route(identity.agent_id, instance_id, outbound)
         return pb.SendResponse(message_id=accepted.message_id)
 
     async def request(self, peer: PeerConnection, request: pb.RequestRequest) -> pb.RequestResponse:
@@ -389,7 +390,7 @@ class RuntimeServicer:
             request.data_json,
             request.timeout_ms,
         )
-        accepted = await _routed(self._router.route(identity.agent_id, instance_id, outbound))
+        accepted = await self._router.route(identity.agent_id, instance_id, outbound)
         return pb.RequestResponse(
             message_id=accepted.message_id, correlation_id=accepted.correlation_id
         )
@@ -400,7 +401,7 @@ class RuntimeServicer:
         outbound = Outbound(
             "reply", "", request.message_type, request.data_json, 0, request.correlation_id
         )
-        accepted = await _routed(self._router.route(identity.agent_id, instance_id, outbound))
+        accepted = await self._router.route(identity.agent_id, instance_id, outbound)
         return pb.ReplyResponse(message_id=accepted.message_id)
 
     # -- discovery and state -------------------------------------------------------------
@@ -452,12 +453,12 @@ class RuntimeServicer:
         updates = dict(request.updates)
         for key, value in updates.items():
             if not key or len(key) > MAX_STATE_KEY_LENGTH:
-                raise RpcError("INVALID_ARGUMENT", "invalid_state_key")
+                raise Refusal(Reason.INVALID_STATE_KEY)
             if request.json_values:
                 try:
                     _json_decoder.decode(value)
                 except msgspec.DecodeError as exc:
-                    raise RpcError("INVALID_ARGUMENT", "invalid_state_value") from exc
+                    raise Refusal(Reason.INVALID_STATE_VALUE) from exc
             else:
                 updates[key] = stored_from_text(value)
         expected = request.expected_version if request.HasField("expected_version") else None
@@ -466,9 +467,9 @@ class RuntimeServicer:
                 identity.agent_id, updates, expected_version=expected
             )
         except StateTooLargeError as exc:
-            raise RpcError("RESOURCE_EXHAUSTED", "state_too_large") from exc
+            raise Refusal(Reason.STATE_TOO_LARGE) from exc
         except StateVersionConflict as exc:
-            raise RpcError("ABORTED", "state_conflict") from exc
+            raise Refusal(Reason.STATE_CONFLICT) from exc
         return pb.UpdateStateResponse(version=version)
 
     async def reset_state(
@@ -477,11 +478,3 @@ class RuntimeServicer:
         identity = await self._control_call(peer)
         version = await self._store.reset_state(identity.agent_id)
         return pb.ResetStateResponse(version=version)
-
-
-async def _routed(routing: Awaitable[Accepted]) -> Accepted:
-    """Await a router call, turning a ``Rejection`` into the RPC's status."""
-    try:
-        return await routing
-    except Rejection as exc:
-        raise RpcError(exc.code, exc.reason, retry_after=exc.retry_after) from exc

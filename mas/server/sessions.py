@@ -25,6 +25,7 @@ from ..store import InFlight
 from .delivery import DeliveryWindow, Tracked
 
 if TYPE_CHECKING:
+    from .refusal import Refusal
     from .transport import RpcStream
 
 log = logging.getLogger("mas.server.sessions")
@@ -62,7 +63,7 @@ class Session:
         self.reply_acks = reply_acks
         self.window = DeliveryWindow(prefetch, ack_timeout)
         self.cancel_scope = trio.CancelScope()
-        self.end_status: tuple[str, str] | None = None  # set when the server ends it
+        self.ended: Refusal | None = None  # set when the server ends it
         self._doorbell = trio.Event()
         self._acks_changed = trio.Event()
         # Set by the pump when it stopped claiming because the window was full (more may
@@ -99,10 +100,10 @@ class Session:
         """True for a request delivered on this session and still in flight."""
         return delivery_id in self.window and self.window[delivery_id].is_request
 
-    def end(self, code: str, reason: str) -> None:
-        """Stop this session from the server side with a status."""
-        if self.end_status is None:
-            self.end_status = (code, reason)
+    def end(self, refusal: Refusal) -> None:
+        """Stop this session from the server side; its stream ends with ``refusal``."""
+        if self.ended is None:
+            self.ended = refusal
         self.cancel_scope.cancel()
 
     def expired(self, now: float) -> Iterator[str]:

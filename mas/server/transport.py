@@ -1,17 +1,18 @@
 """One RPC's stream and one connection's HTTP/2 state, with the server's limits.
 
-``RpcStream`` is a purerpc stream seen as typed messages in and out (a batch at a time),
-with errors as ``RpcError``. ``ServerSocket`` is purerpc's server-side HTTP/2 connection with
-a stream cap, flow-control windows sized to the largest accepted message, a message over the
-size limit refused on its own stream, gzip/deflate messages inflated only up to that limit,
-and a read loop that hands events to streams without a scheduler pass each. The read loop
-also enforces what a client may make the server do (``guard.ConnectionGuard``: streams,
-PINGs, SETTINGS per second, bytes of unfinished messages, the size and count of a header
-block; GOAWAY past them), refuses a message left unfinished for too long on its own stream
-(``DEADLINE_EXCEEDED unfinished_message``, its buffer dropped), stops reading while the
-connection's unsent output is over ``max_output_bytes``, closes a connection idle for too
-long, and forgets what the client still sends on a finished RPC (a reset, and its buffer
-dropped). ``mas.server.grpc`` builds the listener and the dispatcher on them.
+``RpcStream`` is a purerpc stream seen as typed messages in and out (a batch at a time), its
+refusals raised as ``refusal.Refusal``. ``ServerSocket`` is purerpc's server-side HTTP/2
+connection with a stream cap, flow-control windows sized to the largest accepted message, a
+message over the size limit refused on its own stream, gzip/deflate messages inflated only
+up to that limit, and a read loop that hands events to streams without a scheduler pass
+each. The read loop also enforces what a client may make the server do
+(``guard.ConnectionGuard``: streams, PINGs, SETTINGS per second, bytes of unfinished
+messages, the size and count of a header block; GOAWAY past them), refuses a message left
+unfinished for too long on its own stream (``DEADLINE_EXCEEDED unfinished_message``, its
+buffer dropped), stops reading while the connection's unsent output is over
+``max_output_bytes``, closes a connection idle for too long, and forgets what the client
+still sends on a finished RPC (a reset, and its buffer dropped). ``mas.server.grpc`` builds
+the listener and the dispatcher on them.
 """
 
 from __future__ import annotations
@@ -47,14 +48,9 @@ from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageE
 from purerpc.grpclib.status import Status, StatusCode
 
 from .._purerpc import CoalescingWriter, Malformed, take_ready, write_messages
-from .guard import (
-    HEADERS_TOO_LARGE,
-    UNFINISHED_MESSAGE,
-    ConnectionGuard,
-    GuardLimits,
-    UnfinishedMessages,
-    check_headers,
-)
+from ..errors import Reason
+from .guard import ConnectionGuard, GuardLimits, UnfinishedMessages, check_headers
+from .refusal import Refusal
 
 _FRAME_OVERHEAD: Final = 64 * 1024  # bytes of protobuf framing allowed beyond the payload limit
 _RECEIVE_CHUNK: Final = 64 * 1024  # bytes read from the TLS stream at a time
@@ -63,18 +59,8 @@ _FRAME_HEADER: Final = 9  # bytes of an HTTP/2 frame header, counted against a h
 DEFAULT_GUARD: Final = GuardLimits(500, 100, 100, 8_388_608)  # the config's defaults
 
 
-class RpcError(Exception):
-    """End the current RPC with a gRPC status (``code`` is a StatusCode name)."""
-
-    def __init__(self, code: str, reason: str, *, retry_after: float | None = None) -> None:
-        self.code = code
-        self.reason = reason
-        self.retry_after = retry_after
-        super().__init__(f"{code} {reason}")
-
-
 class RpcStream:
-    """A purerpc stream seen as typed messages in and out, errors as ``RpcError``.
+    """A purerpc stream seen as typed messages in and out, its refusals as ``Refusal``.
 
     ``receive_batch`` and ``send_many`` move every frame that is ready at once: the frames
     read from one socket read are handled together, and the answers to them go out as one
@@ -110,11 +96,9 @@ class RpcStream:
                 await self._stream._socket.flush()
                 return self._decode(event.data)
             if isinstance(event, Malformed):
-                raise RpcError("INVALID_ARGUMENT", "malformed_frame")
-            if isinstance(event, _OversizeMessage):
-                raise RpcError("RESOURCE_EXHAUSTED", "message_too_large")
-            if isinstance(event, _UndecodableMessage):
-                raise RpcError(event.code, event.reason)
+                raise Refusal(Reason.MALFORMED_FRAME)
+            if isinstance(event, _RefusedMessage):
+                raise Refusal(event.reason)
             if isinstance(event, RequestEnded):
                 self._stream._end_stream_event = event
                 return None
@@ -144,7 +128,7 @@ class RpcStream:
         try:
             message.ParseFromString(data)
         except DecodeError as exc:
-            raise RpcError("INVALID_ARGUMENT", "malformed_frame") from exc
+            raise Refusal(Reason.MALFORMED_FRAME) from exc
         return message
 
     async def send(self, message: Message) -> None:
@@ -169,17 +153,21 @@ class RpcStream:
         finally:
             self._lock.release()
         if waited.cancelled_caught:
-            raise RpcError("DEADLINE_EXCEEDED", "slow_consumer")
+            raise Refusal(Reason.SLOW_CONSUMER)
 
     @property
     def open_for_sending(self) -> bool:
         return self._stream.state in (GRPCStreamState.OPEN, GRPCStreamState.HALF_CLOSED_REMOTE)
 
-    async def close(self, code: str = "OK", reason: str = "") -> None:
-        """Finish the RPC with a status, unless it is finished already."""
+    async def close(self, refusal: Refusal | None = None) -> None:
+        """Finish the RPC with ``OK``, or with ``refusal``'s status, unless it is finished."""
+        if refusal is None:
+            status = Status(StatusCode.OK, status_message="")
+        else:
+            status = Status(StatusCode[refusal.code], status_message=refusal.message)
         async with self._lock:
             if self.open_for_sending:
-                await self._stream.close(Status(StatusCode[code], status_message=reason))
+                await self._stream.close(status)
 
 
 async def _acquire(lock: trio.Lock) -> None:
@@ -209,7 +197,7 @@ class ServerLimits(NamedTuple):
 class ConnectionClosing(Exception):
     """The server closes this connection (``reason`` says why; GOAWAY already queued)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Reason) -> None:
         self.reason = reason
         super().__init__(reason)
 
@@ -221,7 +209,7 @@ class HeaderLimitExceeded(Exception):
     state unknown, so this cannot be refused on its stream alone.)
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Reason) -> None:
         self.reason = reason
         super().__init__(reason)
 
@@ -229,19 +217,12 @@ class HeaderLimitExceeded(Exception):
 # -- HTTP/2 with our limits -------------------------------------------------------
 
 
-class _OversizeMessage(MessageReceived):  # type: ignore[misc]
-    """Stands in the stream's event queue for a message that exceeded the limit."""
+class _RefusedMessage(MessageReceived):  # type: ignore[misc]
+    """Stands in the stream's event queue for a message refused before it was read whole:
+    over the size limit, not decompressible, or left unfinished too long (``reason``)."""
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, reason: Reason) -> None:
         super().__init__(stream_id, b"", 0)
-
-
-class _UndecodableMessage(MessageReceived):  # type: ignore[misc]
-    """Stands in the stream's event queue for a message that could not be decompressed."""
-
-    def __init__(self, stream_id: int, code: str, reason: str) -> None:
-        super().__init__(stream_id, b"", 0)
-        self.code = code
         self.reason = reason
 
 
@@ -309,7 +290,7 @@ class _BoundedFrameBuffer(h2.frame_buffer.FrameBuffer):  # type: ignore[misc]
             if self._block_bytes > self._max_bytes or (
                 len(self._headers_buffer) >= h2.frame_buffer.CONTINUATION_BACKLOG
             ):
-                raise _HeaderBlockTooLarge(HEADERS_TOO_LARGE)
+                raise _HeaderBlockTooLarge(Reason.HEADERS_TOO_LARGE)
         return super()._update_header_buffer(f)
 
 
@@ -365,12 +346,12 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
         try:
             h2_events = self.h2_connection.receive_data(data)
         except _HeaderBlockTooLarge as exc:  # our frame buffer's bound
-            self.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, HEADERS_TOO_LARGE)
-            raise HeaderLimitExceeded(HEADERS_TOO_LARGE) from exc
+            self.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, Reason.HEADERS_TOO_LARGE)
+            raise HeaderLimitExceeded(Reason.HEADERS_TOO_LARGE) from exc
         except h2.exceptions.DenialOfServiceError as exc:
             # HPACK's bound on the decoded size (an "HPACK bomb"): h2 has queued its
             # GOAWAY (ENHANCE_YOUR_CALM, without a reason) already.
-            raise HeaderLimitExceeded(HEADERS_TOO_LARGE) from exc
+            raise HeaderLimitExceeded(Reason.HEADERS_TOO_LARGE) from exc
         for event in h2_events:
             kind = type(event)
             if kind is h2.events.DataReceived:
@@ -444,9 +425,7 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
         for stream_id in self.unfinished.overdue(now):
             if stream_id in self.message_read_buffers:
                 self._drop_buffer(stream_id)
-                refusals.append(
-                    _UndecodableMessage(stream_id, "DEADLINE_EXCEEDED", UNFINISHED_MESSAGE)
-                )
+                refusals.append(_RefusedMessage(stream_id, Reason.UNFINISHED_MESSAGE))
         return refusals
 
     def _data_received(self, event: Any) -> list[Any]:
@@ -461,13 +440,13 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
             buffer.data_received(event.data, event.flow_controlled_length)
         except MessageTooLargeError:
             self._refused(stream_id, event)
-            return [_OversizeMessage(stream_id)]
+            return [_RefusedMessage(stream_id, Reason.MESSAGE_TOO_LARGE)]
         except UnsupportedMessageEncodingError:
             self._refused(stream_id, event)
-            return [_UndecodableMessage(stream_id, "UNIMPLEMENTED", "unsupported_encoding")]
+            return [_RefusedMessage(stream_id, Reason.UNSUPPORTED_ENCODING)]
         except zlib.error:
             self._refused(stream_id, event)
-            return [_UndecodableMessage(stream_id, "INVALID_ARGUMENT", "malformed_frame")]
+            return [_RefusedMessage(stream_id, Reason.MALFORMED_FRAME)]
         events = [
             MessageReceived(stream_id, message, length)
             for message, length in buffer.read_all_complete_messages_flowcontrol()
@@ -532,7 +511,7 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         self._idle_deadline = trio.current_time() + limits.first_message_timeout
         self._idle_scope: trio.CancelScope | None = None
         self._serve_scope = trio.CancelScope()
-        self._closing: str | None = None  # why an RPC asked to close the connection
+        self._closing: Reason | None = None  # why an RPC asked to close the connection
 
     def finish_stream(self, stream: GRPCProtoStream) -> None:
         """The RPC on ``stream`` is over: forget it, and anything its client still sends."""
@@ -540,7 +519,7 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         self._grpc_connection.forget_stream(stream.stream_id)
         self._socket.wake()
 
-    async def close_with(self, reason: str) -> NoReturn:
+    async def close_with(self, reason: Reason) -> NoReturn:
         """Send GOAWAY (``ENHANCE_YOUR_CALM``, with ``reason``) and raise ``ConnectionClosing``."""
         self._grpc_connection.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, reason)
         self._socket.wake()
@@ -548,7 +527,7 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
             await self._socket.wait_output_below(1)
         raise ConnectionClosing(reason)
 
-    def request_close(self, reason: str) -> None:
+    def request_close(self, reason: Reason) -> None:
         """From an RPC's task: have ``serve`` stop reading, send GOAWAY and raise."""
         if self._closing is None:
             self._closing = reason
@@ -585,7 +564,7 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
                 with trio.move_on_after(limits.write_timeout) as waited:
                     await writer.wait_output_below(limits.max_output_bytes)
                 if waited.cancelled_caught:
-                    raise ConnectionClosing("slow_reader")
+                    raise ConnectionClosing(Reason.SLOW_READER)
             try:
                 data = await self._receive_while_busy(connection)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -654,7 +633,7 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         self._socket.wake()
         with trio.move_on_after(_GOAWAY_TIMEOUT):
             await self._socket.wait_output_below(1)
-        raise ConnectionClosing("idle_timeout")
+        raise ConnectionClosing(Reason.IDLE_TIMEOUT)
 
     def rpc_started(self) -> None:
         """A handler starts: the connection is busy (no idle deadline)."""

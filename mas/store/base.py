@@ -57,6 +57,7 @@ import msgspec
 
 from ..audit.record import AuditDraft, AuditRecord
 from ..audit.retention import Retention
+from ..errors import Reason
 
 
 class StoreLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,14 +129,14 @@ class QueueFullError(Exception):
     """The target queue holds ``max_queue_length`` messages already."""
 
 
-UNKNOWN_CORRELATION: Final = "unknown_correlation_id"  # never issued, used, or long gone
-CORRELATION_EXPIRED: Final = "correlation_id_expired"  # its request's deadline has passed
-NOT_THE_TARGET: Final = "not_authorized"  # only the request's target may answer it
+UNKNOWN_CORRELATION: Final = Reason.UNKNOWN_CORRELATION  # never issued, used, or long gone
+CORRELATION_EXPIRED: Final = Reason.CORRELATION_EXPIRED  # its request's deadline has passed
+NOT_THE_TARGET: Final = Reason.NOT_AUTHORIZED  # only the request's target may answer it
 CORRELATION_GRACE: Final = 300.0  # seconds an expired correlation is kept, to say so
-STORE_UNAVAILABLE: Final = "store_unavailable"  # the store could not be reached or written
+STORE_UNAVAILABLE: Final = Reason.STORE_UNAVAILABLE  # the store could not be reached or written
 # Written, but not acknowledged as the store's accept setting asks (Redis WAIT/WAITAOF):
 # it may still be delivered, so a retry may duplicate it.
-STORE_NOT_DURABLE: Final = "store_not_durable"
+STORE_NOT_DURABLE: Final = Reason.STORE_NOT_DURABLE
 
 
 class CorrelationRefused(Exception):

@@ -20,7 +20,8 @@ from rawclient import H2Attacker, grpc_message
 from mas._proto import runtime_pb2 as pb
 from mas._purerpc import release_stream
 from mas.server.guard import GuardLimits
-from mas.server.transport import RpcError, RpcStream, ServerLimits, ServerSocket
+from mas.server.refusal import Refusal
+from mas.server.transport import RpcStream, ServerLimits, ServerSocket
 
 TIMEOUT = 30.0  # unfinished_message_timeout of these tests, seconds
 HELLO = pb.ClientEvent(hello=pb.Hello(instance_id="i1"))
@@ -111,7 +112,7 @@ async def test_message_left_unfinished_is_refused_at_the_timeout_and_its_buffer_
     # 60 KB of a 1 MB message, then nothing more.
     partial = grpc_message(b"\0" * 60_000, length=1 << 20)
     await attacker.send(attacker.data(stream.stream_id, partial))
-    with pytest.raises(RpcError) as refused, trio.fail_after(2 * TIMEOUT):
+    with pytest.raises(Refusal) as refused, trio.fail_after(2 * TIMEOUT):
         await rpc.receive()
     assert (refused.value.code, refused.value.reason) == ("DEADLINE_EXCEEDED", "unfinished_message")
     assert trio.current_time() - began == pytest.approx(TIMEOUT, abs=0.1)
@@ -141,7 +142,7 @@ async def test_a_message_finished_in_time_is_delivered_and_the_next_gets_its_own
             assert (await rpc.receive()) == HELLO
     # The fourth is never finished: refused 30 s after it began.
     began = trio.current_time()
-    with pytest.raises(RpcError) as refused, trio.fail_after(2 * TIMEOUT):
+    with pytest.raises(Refusal) as refused, trio.fail_after(2 * TIMEOUT):
         await rpc.receive()
     assert refused.value.reason == "unfinished_message"
     assert trio.current_time() - began == pytest.approx(TIMEOUT, abs=0.1)

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from mas.envelope import (
+    ERROR_REPLY_TYPE,
     Envelope,
     ErrorInfo,
     Meta,
@@ -13,6 +14,7 @@ from mas.envelope import (
     decode_data,
     decode_envelope,
     encode_envelope,
+    error_info,
     new_correlation_id,
     new_delivery_id,
     new_message_id,
@@ -142,3 +144,12 @@ def test_server_rejections_map_to_typed_errors(
 def test_error_replies_map_to_remote_errors() -> None:
     assert isinstance(remote_error("validation_error", "bad"), RemoteValidationError)
     assert isinstance(remote_error("handler_error", "boom"), RemoteHandlerError)
+
+
+def test_an_error_reply_must_carry_a_known_kind_and_a_message() -> None:
+    assert error_info("reply", {"kind": "handler_error"}) is None  # not an error reply
+    info = error_info(ERROR_REPLY_TYPE, {"kind": "handler_error", "message": "boom"})
+    assert info == ErrorInfo(kind="handler_error", message="boom")
+    for data in ({}, {"kind": "handler_error"}, {"kind": "other", "message": "x"}):
+        with pytest.raises(PayloadError):
+            error_info(ERROR_REPLY_TYPE, data)

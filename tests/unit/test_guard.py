@@ -5,11 +5,6 @@ from __future__ import annotations
 import math
 
 from mas.server.guard import (
-    TOO_MANY_HEADERS,
-    TOO_MANY_PINGS,
-    TOO_MANY_SETTINGS,
-    TOO_MANY_STREAMS,
-    TOO_MUCH_BUFFERED,
     ConnectionGuard,
     GuardLimits,
     TokenBucket,
@@ -46,22 +41,22 @@ def test_bucket_never_holds_more_than_its_burst() -> None:
 def test_guard_names_the_budget_that_ran_out() -> None:
     guard = ConnectionGuard(LIMITS, now=0.0)
     assert guard.on_frames(100, 10, 5, 0.0) is None
-    assert guard.on_frames(1, 0, 0, 0.0) == TOO_MANY_STREAMS
-    assert guard.on_frames(0, 1, 0, 0.0) == TOO_MANY_PINGS
-    assert guard.on_frames(0, 0, 1, 0.0) == TOO_MANY_SETTINGS
+    assert guard.on_frames(1, 0, 0, 0.0) == "too_many_streams"
+    assert guard.on_frames(0, 1, 0, 0.0) == "too_many_pings"
+    assert guard.on_frames(0, 0, 1, 0.0) == "too_many_settings"
     assert guard.on_frames(50, 5, 2, 0.5) is None  # refilled at the rate
 
 
 def test_guard_bounds_unfinished_messages() -> None:
     guard = ConnectionGuard(LIMITS, now=0.0)
     assert guard.on_buffered(1000) is None
-    assert guard.on_buffered(1001) == TOO_MUCH_BUFFERED
+    assert guard.on_buffered(1001) == "unfinished_messages_too_large"
 
 
 def test_header_count_past_the_limit_is_refused() -> None:
     limits = LIMITS._replace(max_headers=10)
     assert check_headers(10, limits) is None
-    assert check_headers(11, limits) == TOO_MANY_HEADERS
+    assert check_headers(11, limits) == "too_many_headers"
 
 
 def test_unfinished_message_is_overdue_a_timeout_after_its_first_bytes() -> None:

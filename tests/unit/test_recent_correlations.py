@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mas.server.correlations import Recent
+from mas.server.correlations import RecentCorrelations
 from mas.store import Correlation
 
 
@@ -20,7 +20,7 @@ def _correlation(n: int, *, target: str = "echo", expires_at: float = 100.0) -> 
 
 
 def test_a_remembered_correlation_matches_only_its_target_before_it_expires() -> None:
-    recent = Recent()
+    recent = RecentCorrelations()
     recent.remember(_correlation(1))
     assert recent.match("c1", "echo", 99.0) == _correlation(1)
     assert recent.match("c1", "intruder", 99.0) is None  # the store refuses it, with a reason
@@ -32,7 +32,7 @@ def test_a_remembered_correlation_matches_only_its_target_before_it_expires() ->
 
 
 def test_it_is_bounded_and_forgets_the_oldest_first() -> None:
-    recent = Recent(limit=3)
+    recent = RecentCorrelations(limit=3)
     for n in range(5):
         recent.remember(_correlation(n))
     assert len(recent) == 3
@@ -44,4 +44,4 @@ def test_it_is_bounded_and_forgets_the_oldest_first() -> None:
         True,
     ]
     with pytest.raises(ValueError, match="positive"):
-        Recent(limit=0)
+        RecentCorrelations(limit=0)
