@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 from ..audit.record import Decision, Violation
+from ..errors import Reason
 from .authz import AccessPolicy
 from .breaker import BreakerBook
 from .dlp import DlpScanner
@@ -52,10 +53,10 @@ class Redact(NamedTuple):
 
 
 class Deny(NamedTuple):
-    """Refuse the message: the gRPC status name, the reason token and the audit decision."""
+    """Refuse the message: the reason (its gRPC status comes from the server's one table,
+    ``mas.server.refusal.STATUS``) and the audit decision."""
 
-    code: str
-    reason: str
+    reason: Reason
     decision: Decision
     retry_after: float | None = None
     violations: tuple[Violation, ...] = ()
@@ -117,11 +118,11 @@ class Authorize(Filter):
     def check(self, message: Message, now: float) -> Verdict:
         if message.kind != "reply":
             if not self.access.allows(message.sender_id, message.target_id):
-                return Deny("PERMISSION_DENIED", "not_authorized", "AUTHZ_DENIED")
+                return Deny(Reason.NOT_AUTHORIZED, "AUTHZ_DENIED")
             if message.target_id not in self.agent_ids:
-                return Deny("NOT_FOUND", "unknown_target", "INVALID")
+                return Deny(Reason.UNKNOWN_TARGET, "INVALID")
         elif message.target_id not in self.agent_ids:
-            return Deny("PERMISSION_DENIED", "not_authorized", "AUTHZ_DENIED")
+            return Deny(Reason.NOT_AUTHORIZED, "AUTHZ_DENIED")
         return Allow()
 
 
@@ -139,9 +140,7 @@ class RateLimit(Filter):
     def check(self, message: Message, now: float) -> Verdict:
         rate = self.rates.take(message.sender_id, self.windows(message.sender_id), now)
         if not rate.allowed:
-            return Deny(
-                "RESOURCE_EXHAUSTED", "rate_limited", "RATE_LIMITED", retry_after=rate.retry_after
-            )
+            return Deny(Reason.RATE_LIMITED, "RATE_LIMITED", retry_after=rate.retry_after)
         return Allow()
 
 
@@ -158,12 +157,7 @@ class Breaker(Filter):
             return Allow()
         admission = self.breakers.admit(message.target_id, now)
         if not admission.allowed:
-            return Deny(
-                "FAILED_PRECONDITION",
-                "circuit_open",
-                "CIRCUIT_OPEN",
-                retry_after=admission.retry_after,
-            )
+            return Deny(Reason.CIRCUIT_OPEN, "CIRCUIT_OPEN", retry_after=admission.retry_after)
         return Allow()
 
     def release(self, message: Message, now: float) -> None:
@@ -186,7 +180,7 @@ class Dlp(Filter):
             for v in scan.violations
         )
         if scan.decision == "DLP_BLOCKED":
-            return Deny("PERMISSION_DENIED", "dlp_blocked", "DLP_BLOCKED", violations=violations)
+            return Deny(Reason.DLP_BLOCKED, "DLP_BLOCKED", violations=violations)
         if scan.decision == "DLP_REDACTED":
             return Redact(scan.data, violations)
         return Allow(scan.decision, violations)

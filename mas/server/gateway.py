@@ -5,9 +5,10 @@ AuthZ (ACL + RBAC; replies are authorized by the request they answer) ->
 rate limit per sender (GCRA, per-minute and per-hour) -> circuit breaker per
 target -> DLP on the structured payload -> route -> audit. Each step is a pure
 filter from :mod:`mas.policy.pipeline` returning a decision value; this module
-only holds their state, lists them in that order, runs them, and turns a
-``Deny`` into a ``Denied`` carrying the gRPC status, the reason token and the
-audit decision. A new filter is a class in :mod:`mas.policy.pipeline` and a
+only holds their state, lists them in that order and runs them: ``admit``
+returns the pipeline's ``Admitted`` or its ``Deny`` (reason, audit decision,
+``retry_after``, violations), a value the router turns into the one
+``Refusal``. A new filter is a class in :mod:`mas.policy.pipeline` and a
 line in :meth:`Gateway._pipeline`.
 
 State: rate-limit TATs and breaker states are kept in this server's memory.
@@ -22,13 +23,13 @@ import logging
 import time
 from typing import Any, Final
 
-from ..audit.record import Decision, Violation
 from ..config import MasConfig
 from ..policy.authz import AccessPolicy
 from ..policy.breaker import BreakerBook, BreakerSettings
 from ..policy.dlp import DlpScanner
 from ..policy.pipeline import Admitted as Admitted
-from ..policy.pipeline import Authorize, Breaker, Deny, Dlp, Filter, Message, RateLimit, run
+from ..policy.pipeline import Authorize, Breaker, Dlp, Filter, Message, RateLimit, run
+from ..policy.pipeline import Deny as Deny
 from ..policy.pipeline import Kind as Kind
 from ..policy.ratelimit import MemoryRateLimiter, Window, windows_for
 
@@ -40,26 +41,6 @@ RATE_LIMIT_HINT: Final = (
 )
 
 DLP_BUDGET: Final = 0.2  # seconds of thread CPU time one payload's DLP scan may take
-
-
-class Denied(Exception):
-    """The pipeline refused a message."""
-
-    def __init__(
-        self,
-        code: str,
-        reason: str,
-        decision: Decision,
-        *,
-        retry_after: float | None = None,
-        violations: tuple[Violation, ...] = (),
-    ) -> None:
-        self.code = code
-        self.reason = reason
-        self.decision = decision
-        self.retry_after = retry_after
-        self.violations = violations
-        super().__init__(f"{code} {reason}")
 
 
 class Gateway:
@@ -134,19 +115,11 @@ class Gateway:
         message_type: str,
         data: dict[str, Any],
         now: float,
-    ) -> Admitted:
-        """Run AuthZ, rate limit, breaker and DLP; raise ``Denied`` on the first refusal."""
+    ) -> Admitted | Deny:
+        """Run AuthZ, rate limit, breaker and DLP: the admitted message, or the first ``Deny``."""
         outcome = run(self._filters, Message(kind, sender_id, target_id, message_type, data), now)
-        if isinstance(outcome, Deny):
-            if outcome.decision == "RATE_LIMITED":
-                self._warn_rate_limited(sender_id)
-            raise Denied(
-                outcome.code,
-                outcome.reason,
-                outcome.decision,
-                retry_after=outcome.retry_after,
-                violations=outcome.violations,
-            )
+        if isinstance(outcome, Deny) and outcome.decision == "RATE_LIMITED":
+            self._warn_rate_limited(sender_id)
         return outcome
 
     def _warn_rate_limited(self, sender_id: str) -> None:

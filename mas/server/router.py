@@ -47,7 +47,7 @@ from ..store.base import CORRELATION_GRACE, STORE_UNAVAILABLE, CorrelationRefuse
 from .audit_log import AuditLog
 from .correlations import RecentCorrelations, refused
 from .delivery import RetryPolicy, past_deadline
-from .gateway import Admitted, Denied, Gateway, Kind
+from .gateway import Admitted, Deny, Gateway, Kind
 from .refusal import Refusal
 from .resilience import Outage, persist
 from .sessions import Session, SessionRegistry, delivery_frames
@@ -184,20 +184,22 @@ class Router:
         """Validate the message and run the gateway; raise a ``Refusal`` if refused."""
         try:
             data = self._check_message(outbound.message_type, outbound.data_json)
-            return gateway.admit(
-                arrival.kind,
-                arrival.sender_id,
-                arrival.target_id,
-                outbound.message_type,
-                data,
-                arrival.now,
-            )
-        except Denied as exc:  # the gateway's refusal, with its decision and violations
-            draft = arrival.draft(exc.decision, reason=exc.reason, violations=exc.violations)
-            reason = Reason(exc.reason)
-            raise Refusal(reason, retry_after=exc.retry_after, draft=draft) from exc
         except Refusal as exc:  # the message's own checks
             raise arrival.refusal(exc.reason) from exc
+        verdict = gateway.admit(
+            arrival.kind,
+            arrival.sender_id,
+            arrival.target_id,
+            outbound.message_type,
+            data,
+            arrival.now,
+        )
+        if isinstance(verdict, Deny):  # the gateway's decision, with its violations
+            draft = arrival.draft(
+                verdict.decision, reason=verdict.reason, violations=verdict.violations
+            )
+            raise Refusal(verdict.reason, retry_after=verdict.retry_after, draft=draft)
+        return verdict
 
     async def route(self, sender_id: str, sender_instance_id: str, outbound: Outbound) -> Accepted:
         """Route one message; raise its ``Refusal`` if it is refused."""

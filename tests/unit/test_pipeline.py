@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mas.config import DlpConfig
+from mas.errors import Reason
 from mas.policy.breaker import BreakerBook, BreakerSettings
 from mas.policy.dlp import DlpScanner
 from mas.policy.pipeline import (
@@ -47,7 +48,7 @@ class Fixed(Filter):
 
 def test_the_first_deny_stops_the_run_and_releases_the_earlier_filters_latest_first() -> None:
     log: list[str] = []
-    deny = Deny("PERMISSION_DENIED", "dlp_blocked", "DLP_BLOCKED")
+    deny = Deny(Reason.DLP_BLOCKED, "DLP_BLOCKED")
     filters = [
         Fixed(Allow(), log, "1"),
         Fixed(Allow(), log, "2"),
