@@ -28,7 +28,7 @@ import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .errors import IdentityError
+from .errors import IdentityError, Reason
 
 AGENT_ID_RE: Final[re.Pattern[str]] = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 """An agent id: 1 to 64 ASCII letters, digits, ``_`` or ``-`` (safe in URIs and file names)."""
@@ -41,11 +41,13 @@ DEFAULT_TRUST_DOMAIN: Final = "mas"
 SPIFFE_SCHEME: Final = "spiffe://"
 AGENT_PATH_SEGMENT: Final = "agent"
 
-MISSING_SPIFFE_SAN: Final = "missing_spiffe_san"  # the certificate has no subjectAltName
-INVALID_SPIFFE_SAN: Final = "invalid_spiffe_san"  # not exactly one URI, or not a spiffe:// one
-INVALID_SPIFFE_FORMAT: Final = "invalid_spiffe_format"  # not spiffe://<trust_domain>/agent/<id>
-CA_CERTIFICATE: Final = "ca_certificate"  # a CA certificate used as a leaf (mas only)
-UNPARSABLE_CERTIFICATE: Final = "unparsable_certificate"  # not DER X.509 (mas only)
+MISSING_SPIFFE_SAN: Final = Reason.MISSING_SPIFFE_SAN  # the certificate has no subjectAltName
+INVALID_SPIFFE_SAN: Final = Reason.INVALID_SPIFFE_SAN  # not exactly one URI, or not a spiffe:// one
+INVALID_SPIFFE_FORMAT: Final = (
+    Reason.INVALID_SPIFFE_FORMAT
+)  # not spiffe://<trust_domain>/agent/<id>
+CA_CERTIFICATE: Final = Reason.CA_CERTIFICATE  # a CA certificate used as a leaf (mas only)
+UNPARSABLE_CERTIFICATE: Final = Reason.UNPARSABLE_CERTIFICATE  # not DER X.509 (mas only)
 REASONS: Final = frozenset(
     {
         MISSING_SPIFFE_SAN,

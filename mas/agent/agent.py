@@ -44,7 +44,7 @@ import msgspec
 import trio
 
 from .._proto import runtime_pb2 as pb
-from ..envelope import Envelope
+from ..envelope import ERROR_REPLY_TYPE, Envelope
 from ..errors import (
     ConnectionClosedError,
     MasError,
@@ -60,7 +60,7 @@ from .backoff import Backoff
 from .calls import Outbox
 from .client import CLOSE_TIMEOUT, ServerAddress, parse_server_addr
 from .connector import Connector, unwrap_groups
-from .dispatch import ERROR_REPLY_TYPE, Dispatcher
+from .dispatch import Dispatcher
 from .edits import Edit, apply_edits
 from .handlers import HandlerSpec, collect_handlers, convert_payload
 from .message import AgentMessage, DiscoveredAgent, TLSFiles, encode_object

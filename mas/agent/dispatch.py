@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 import msgspec
 import trio
 
+from ..envelope import ERROR_REPLY_TYPE
 from ..errors import MasError
 from .calls import Outbox
 from .connector import Connector, Delivered
@@ -29,7 +30,6 @@ from .message import AgentMessage, encode_object
 
 log = logging.getLogger("mas.agent")
 
-ERROR_REPLY_TYPE: Final = "mas.error"  # a reply of this type is turned into an error reply
 STOPPING_REASON: Final = "agent_stopping"  # nack reason for deliveries refused while stopping
 INBOX_FULL_REASON: Final = "agent_inbox_full"  # nack reason past the inbox's bound
 
