@@ -4,11 +4,12 @@ Queues
     Each agent id has one shared queue (its instances compete for it) and each
     instance a private reply queue. ``claim`` hands a session up to ``limit``
     messages, reply queue first, and records them as in flight for that
-    session; ``ack`` forgets a delivery, ``retry`` puts it back after a delay,
-    ``dead_letter`` moves it to the dead-letter queue with its full envelope,
-    and ``release_session`` returns every in-flight delivery of an ended session
-    to the front of its queue at once. ``enqueue_many`` and ``ack_many`` do
-    the same for a batch in one transaction (one round trip on Redis).
+    session; ``ack_many`` forgets deliveries, ``retry`` puts one back after a
+    delay, ``dead_letter`` moves one to the dead-letter queue with its full
+    envelope, and ``release_session`` returns every in-flight delivery of an
+    ended session to the front of its queue at once. ``enqueue_many`` routes
+    messages and ``ack_many`` acks deliveries a batch at a time, in one
+    transaction (one round trip on Redis).
 
 Correlations
     A request's correlation id maps to the requesting (agent, instance) and the

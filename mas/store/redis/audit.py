@@ -1,10 +1,10 @@
 """The audit chain in Redis: one chain for every server sharing the store.
 
-Records are linked in Python (Redis scripts have no SHA-256) and written by a
-script that first checks the chain's head is still the record they were
-linked after: a compare-and-set on ``ns:audit-head``, the last record's hash,
-in the same script that writes the message, so neither exists without the
-other.
+Records are linked in Python (Redis scripts have no SHA-256), by
+``mas.audit.chain.link_many`` as in every store, and written by a script that
+first checks the chain's head is still the record they were linked after: a
+compare-and-set on ``ns:audit-head``, the last record's hash, in the same script
+that writes the message, so neither exists without the other.
 
 Linking happens in the lane's dispatcher, right before the batch is sent, after
 the last record this server knows of; the replies update that view before the

@@ -6,7 +6,7 @@ leases and wake-ups. Every method is one operation on the client's lane
 pipeline with whatever else is queued at the time.
 
 This server's deliveries are tracked in memory too (delivery id -> stream entry
-and message), so ``ack``, ``retry`` and ``dead_letter`` need not read the entry
+and message), so ``ack_many``, ``retry`` and ``dead_letter`` need not read the entry
 back, and a session's deliveries are known when it is released; the pending
 entries in Redis remain the truth that ``release_session`` and reclaims act on.
 """

@@ -400,7 +400,7 @@ def _take_delivery(conn: sqlite3.Connection, delivery_id: str) -> tuple[int, InF
 
 
 def _ack_many(conn: sqlite3.Connection, delivery_ids: Sequence[str]) -> list[InFlight | None]:
-    """What ``ack`` of each id in turn would give, in two statements per 500 ids."""
+    """Each id's delivery (None: not in flight), acked in turn, in two statements per 500 ids."""
     unique = list(dict.fromkeys(delivery_ids))
     found: dict[str, tuple[int, InFlight]] = {}
     for start in range(0, len(unique), _MAX_PARAMETERS):
