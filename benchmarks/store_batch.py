@@ -1,10 +1,10 @@
 """Store batches against single calls: ``python -m benchmarks.store_batch [options]``.
 
 Per backend (memory, sqlite, redis), times routing ``--messages`` messages with
-their audit drafts one ``enqueue`` at a time (sequentially) against
-``enqueue_many`` in batches of ``--batch``; the same for requests (``put_correlation``
-then ``enqueue``, against ``enqueue_many`` items with their correlation); and
-acking as many deliveries one ``ack`` at a time against ``ack_many``. Messages
+their audit drafts one ``enqueue_many`` call per message (sequentially) against
+``enqueue_many`` in batches of ``--batch``; the same for requests (items with their
+correlation); and acking as many deliveries one ``ack_many`` call per delivery
+against ``ack_many`` in batches. Messages
 and drafts are built as the router builds them. Each figure is the median of
 ``--runs`` runs, each on a fresh store (a new SQLite file in a temporary
 directory; a new namespace on a ``redis-server`` started for the purpose).
@@ -112,9 +112,7 @@ async def one_run(store: Store, messages: int, batch: int, request: bool) -> dic
 
     async def enqueue_single() -> None:
         for item in single:
-            if item.correlation is not None:
-                await store.put_correlation(item.correlation)
-            await store.enqueue(item.message, item.audit)
+            await store.enqueue_many([item])
 
     async def enqueue_batched() -> None:
         for part in chunks(batched, batch):
@@ -132,7 +130,7 @@ async def one_run(store: Store, messages: int, batch: int, request: bool) -> dic
 
     async def ack_single() -> None:
         for delivery in first:
-            await store.ack(delivery.delivery_id)
+            await store.ack_many([delivery.delivery_id])
 
     async def ack_batched() -> None:
         for part in chunks(second, batch):
@@ -183,11 +181,11 @@ async def measure(args: argparse.Namespace, directory: Path, url: str) -> None:
             rows = [("enqueue", "enqueue_many")] + ([] if request else [("ack", "ack_many")])
             for single, batched in rows:
                 what = {
-                    "enqueue": "send: enqueue vs enqueue_many",
-                    "ack": "ack vs ack_many",
+                    "enqueue": "send: enqueue_many of 1 vs of --batch",
+                    "ack": "ack_many of 1 vs of --batch",
                 }[single]
                 if request:
-                    what = "request: put_correlation+enqueue vs enqueue_many"
+                    what = "request: enqueue_many of 1 vs of --batch"
                 print(
                     f"{backend:8} {what:50} {rate[single]:10,.0f} {rate[batched]:10,.0f} "
                     f"{rate[batched] / rate[single]:6.1f}x"

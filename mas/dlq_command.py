@@ -35,7 +35,7 @@ from .envelope import decode_envelope
 from .errors import ConfigError
 from .runtime import open_store
 from .store import DeadLetter, Store
-from .store.sqlite_schema import StoreUnusableError
+from .store.sqlite.schema import StoreUnusableError
 
 
 def add_parser(
@@ -177,7 +177,7 @@ async def _replay(loaded: LoadedConfig, message_ids: list[str] | None) -> list[D
 def _read_sqlite_dead_letters(loaded: LoadedConfig, agent: str | None) -> list[DeadLetter]:
     """Read dead letters from the SQLite file without taking it from a running server."""
     from .store.sqlite import DEFAULT_FILENAME
-    from .store.sqlite_ops import dead_letters
+    from .store.sqlite.store import dead_letters
 
     path = Path(loaded.config.store.path or loaded.base_dir / DEFAULT_FILENAME)
     if not path.exists():

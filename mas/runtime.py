@@ -195,7 +195,7 @@ async def open_store(config: MasConfig, base_dir: Path) -> AsyncIterator[Store]:
             yield store
     else:
         from .store.redis import open_redis_store
-        from .store.redis_accept import DEFAULT_TIMEOUT, AcceptWait
+        from .store.redis.accept import DEFAULT_TIMEOUT, AcceptWait
 
         url = config.store.url or config.gateway.redis.url
         redis = config.gateway.redis

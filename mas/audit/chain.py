@@ -97,7 +97,11 @@ def link(
 def link_many(
     prev: AuditRecord | None, drafts: Iterable[AuditDraft], key: bytes | None, server_id: str = ""
 ) -> list[AuditRecord]:
-    """Link ``drafts`` in order after ``prev`` (see :func:`link`); returns the new records."""
+    """Link ``drafts`` in order after ``prev`` (see :func:`link`); returns the new records.
+
+    The one place a store links its chain (memory, SQLite and Redis call it with the
+    chain's last record): the last record returned is the chain's new head.
+    """
     records: list[AuditRecord] = []
     for draft in drafts:
         prev = link(prev, draft, key, server_id)

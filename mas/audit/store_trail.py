@@ -117,7 +117,7 @@ class RedisTrail:
     def __init__(self, url: str, namespace: str, shown_url: str, timeout: float = 5.0) -> None:
         import redis
 
-        from mas.store.redis_audit import READ_AUDIT
+        from mas.store.redis.audit import READ_AUDIT
 
         self.where = f"the Redis store {shown_url}"
         self._keys = [f"{namespace}:audit", f"{namespace}:audit-anchor"]

@@ -28,7 +28,7 @@ import trio
 
 from ..audit.sink import AuditSinkError
 from ..errors import StoreError
-from ..store.sqlite_schema import StoreUnusableError
+from ..store.sqlite.schema import StoreUnusableError
 
 T = TypeVar("T")
 

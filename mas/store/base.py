@@ -4,11 +4,12 @@ Queues
     Each agent id has one shared queue (its instances compete for it) and each
     instance a private reply queue. ``claim`` hands a session up to ``limit``
     messages, reply queue first, and records them as in flight for that
-    session; ``ack`` forgets a delivery, ``retry`` puts it back after a delay,
-    ``dead_letter`` moves it to the dead-letter queue with its full envelope,
-    and ``release_session`` returns every in-flight delivery of an ended session
-    to the front of its queue at once. ``enqueue_many`` and ``ack_many`` do
-    the same for a batch in one transaction (one round trip on Redis).
+    session; ``ack_many`` forgets deliveries, ``retry`` puts one back after a
+    delay, ``dead_letter`` moves one to the dead-letter queue with its full
+    envelope, and ``release_session`` returns every in-flight delivery of an
+    ended session to the front of its queue at once. ``enqueue_many`` routes
+    messages and ``ack_many`` acks deliveries a batch at a time, in one
+    transaction (one round trip on Redis).
 
 Correlations
     A request's correlation id maps to the requesting (agent, instance) and the
@@ -17,17 +18,21 @@ Correlations
     same transaction that stores the reply (``EnqueueItem.answers``), so a reply
     can neither be replayed nor come from a third agent, and a reply that is not
     stored (cancelled, refused, a store error) leaves its correlation intact.
-    ``take_correlation`` consumes one outside an enqueue. An expired correlation
-    is kept for ``CORRELATION_GRACE`` seconds, so that a late reply is told
-    ``correlation_id_expired`` rather than ``unknown_correlation_id``; then
-    ``sweep`` removes it.
+    A correlation is recorded with its request (``EnqueueItem.correlation``). An
+    expired correlation is kept for ``CORRELATION_GRACE`` seconds, so that a late
+    reply is told ``correlation_id_expired`` rather than ``unknown_correlation_id``;
+    then ``sweep`` removes it.
 
 Audit
-    One hash chain per store (``mas.audit.chain.link`` with the store's key):
-    records are linked in commit order, so several servers sharing a store keep
-    one consistent chain. Retention trims the oldest records and keeps an
-    anchor, the seq and hash of the last one trimmed. Each record names the server that linked it
-    (``server_id``: the host name, or the Redis server id).
+    One hash chain per store, linked by one function every backend calls:
+    ``mas.audit.chain.link_many(head, drafts, audit_key, server_id)`` gives the
+    records that follow the chain's last record ``head`` (the last of them is the
+    new head); the backend only reads its head and writes the records in the
+    transaction that needs them. Records are linked in commit order, so several
+    servers sharing a store keep one consistent chain. Retention trims the oldest
+    records and keeps an anchor, the seq and hash of the last one trimmed. Each
+    record names the server that linked it (``server_id``: the host name, or the
+    Redis server id).
 
 State
     One JSON object per agent id, stored key by key as JSON text so partial
@@ -167,16 +172,6 @@ class Store(Protocol):
     audit_key: bytes | None  # the HMAC key the audit chain is linked with (None: SHA-256)
     server_id: str  # stamped on every audit record this store links (``server_id``)
 
-    async def enqueue(
-        self, message: QueuedMessage, audit: AuditDraft | None = None
-    ) -> AuditRecord | None:
-        """Append to the target's queue; raise ``QueueFullError`` when it is full.
-
-        With ``audit``, the record is linked into the audit chain and written in the
-        same transaction as the message (neither exists without the other); it is
-        returned as stored.
-        """
-
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
         """Append several messages in order, in one transaction.
 
@@ -239,14 +234,12 @@ class Store(Protocol):
     ) -> list[InFlight]:
         """Take up to ``limit`` due messages for one session (reply queue first)."""
 
-    async def ack(self, delivery_id: str) -> InFlight | None:
-        """Forget a delivery; return it, or None if it was not in flight."""
-
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
         """Forget several deliveries at once (one transaction / round trip).
 
-        Result i is what ``ack(delivery_ids[i])`` would give, the ids taken in
-        order: an id given twice is forgotten by its first occurrence (None after).
+        Result i is the delivery ``delivery_ids[i]`` named, or None if it was not in
+        flight; the ids are taken in order: an id given twice is forgotten by its
+        first occurrence (None after).
         """
 
     async def ack_recorded(
@@ -304,27 +297,16 @@ class Store(Protocol):
     async def queue_depth(self, agent_id: str) -> int:
         """Messages waiting in an agent's shared queue (not counting in flight)."""
 
-    async def put_correlation(self, correlation: Correlation) -> None:
-        """Record an open request."""
-
-    async def take_correlation(
-        self, correlation_id: str, replier_id: str, now: float
-    ) -> Correlation:
-        """Consume an open request for a reply from ``replier_id``.
-
-        Raises ``CorrelationRefused`` with ``UNKNOWN_CORRELATION`` when the id is
-        unknown or used, ``CORRELATION_EXPIRED`` when its request expired (within
-        ``CORRELATION_GRACE``; later it is unknown), and ``NOT_THE_TARGET`` when
-        ``replier_id`` is not the request's target (the record stays).
-        """
-
     async def find_correlations(
         self, finds: Sequence[tuple[str, str]], now: float
     ) -> list[Correlation | CorrelationRefused]:
         """Look up several ``(correlation_id, replier_id)`` without consuming them.
 
         One transaction (SQLite) or one round trip (Redis); result i is the open
-        correlation, or the refusal ``take_correlation`` would raise.
+        correlation, or a ``CorrelationRefused``: ``UNKNOWN_CORRELATION`` when the id
+        is unknown or used, ``CORRELATION_EXPIRED`` when its request expired (within
+        ``CORRELATION_GRACE``; later it is unknown), ``NOT_THE_TARGET`` when the
+        replier is not the request's target.
         """
 
     async def sweep(self, now: float, reply_max_age: float) -> int:
@@ -336,9 +318,6 @@ class Store(Protocol):
         instance that never comes back would keep them for ever). Redis expires its
         correlations itself; replies there are bounded by the queue's length and age.
         """
-
-    async def get_state(self, agent_id: str) -> dict[str, str]:
-        """The agent's state as key -> JSON text."""
 
     async def read_state(self, agent_id: str) -> StateSnapshot:
         """The agent's state and its version, read together (0: never written)."""

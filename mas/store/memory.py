@@ -20,7 +20,7 @@ import msgspec
 import trio
 from trio.lowlevel import checkpoint
 
-from ..audit.chain import link
+from ..audit.chain import link_many
 from ..audit.record import GENESIS, AuditDraft, AuditRecord
 from ..audit.retention import Retention, trim_cut
 from ..envelope import new_delivery_id
@@ -36,7 +36,6 @@ from .base import (
     EnqueueItem,
     InFlight,
     QueuedMessage,
-    QueueFullError,
     StateSnapshot,
     StateTooLargeError,
     StateVersionConflict,
@@ -91,46 +90,32 @@ class MemoryStore:
         queue = self._queues.get(key)
         return len(queue) if queue else 0
 
-    async def enqueue(
-        self, message: QueuedMessage, audit: AuditDraft | None = None
-    ) -> AuditRecord | None:
-        await checkpoint()
-        key = (message.target_id, message.instance_id)
-        if self._waiting(key) >= self.limits.max_queue_length:
-            raise QueueFullError(message.target_id)
-        record = (
-            None
-            if audit is None
-            else link(self._last_record(), audit, self._audit_key, self.server_id)
-        )
-        self._queue(key).append(message)
-        if record is not None:
-            self._audit.append(record)
-        return record
-
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
         await checkpoint()
         # Link every accepted item first: should one raise, nothing is written.
         room: dict[_QueueKey, int] = {}
         answered: set[str] = set()
-        prev = self._last_record()
-        records: list[Enqueued] = []
+        verdicts: list[CorrelationRefused | bool] = []  # True: accepted, False: queue full
         for item in items:
             if item.answers:
                 refused = self._unanswerable(item.answers, answered, item.message.enqueued_at)
                 if refused is not None:
-                    records.append(refused)
+                    verdicts.append(refused)
                     continue
             key = (item.message.target_id, item.message.instance_id)
             left = room.get(key, self.limits.max_queue_length - self._waiting(key))
             if left <= 0:
-                records.append(None)
+                verdicts.append(False)
                 continue
             room[key] = left - 1
             if item.answers:
                 answered.add(item.answers)
-            prev = link(prev, item.audit, self._audit_key, self.server_id)
-            records.append(prev)
+            verdicts.append(True)
+        drafts = [item.audit for item, v in zip(items, verdicts, strict=True) if v is True]
+        linked = iter(link_many(self._last_record(), drafts, self._audit_key, self.server_id))
+        records: list[Enqueued] = [
+            next(linked) if v is True else (None if v is False else v) for v in verdicts
+        ]
         for item, record in zip(items, records, strict=True):
             if isinstance(record, AuditRecord):
                 message = item.message
@@ -153,7 +138,7 @@ class MemoryStore:
                 delivery = self._forget(item.acks)
                 if delivery is not None:
                     acked.append(delivery)
-        return records, acked, [self._link(draft(d)) for d in acked]
+        return records, acked, self._append([draft(d) for d in acked])
 
     def _unanswerable(
         self, correlation_id: str, answered: set[str], now: float
@@ -170,14 +155,14 @@ class MemoryStore:
     def _last_record(self) -> AuditRecord | None:
         return self._audit[-1] if self._audit else None
 
-    def _link(self, draft: AuditDraft) -> AuditRecord:
-        record = link(self._last_record(), draft, self._audit_key, self.server_id)
-        self._audit.append(record)
-        return record
+    def _append(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
+        records = link_many(self._last_record(), drafts, self._audit_key, self.server_id)
+        self._audit.extend(records)
+        return records
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
         await checkpoint()
-        return [self._link(draft) for draft in drafts]
+        return self._append(drafts)
 
     async def audit_records(
         self, after_seq: int = 0, limit: int = 1000, *, flushed_only: bool = False
@@ -245,10 +230,6 @@ class MemoryStore:
                     del self._by_session[delivery.session_id]
         return delivery
 
-    async def ack(self, delivery_id: str) -> InFlight | None:
-        await checkpoint()
-        return self._forget(delivery_id)
-
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
         await checkpoint()
         return [self._forget(delivery_id) for delivery_id in delivery_ids]
@@ -258,7 +239,7 @@ class MemoryStore:
     ) -> tuple[list[InFlight | None], list[AuditRecord] | None]:
         await checkpoint()
         acked = [self._forget(delivery_id) for delivery_id in delivery_ids]
-        return acked, [self._link(draft(d)) for d in acked if d is not None]
+        return acked, self._append([draft(d) for d in acked if d is not None])
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         await checkpoint()
@@ -354,23 +335,11 @@ class MemoryStore:
             heapq.heapify(self._correlation_expiry)
         return swept
 
-    async def put_correlation(self, correlation: Correlation) -> None:
-        await checkpoint()
-        self._put_correlation(correlation)
-
     def _put_correlation(self, correlation: Correlation) -> None:
         self._correlations[correlation.correlation_id] = correlation
         heapq.heappush(
             self._correlation_expiry, (correlation.expires_at, correlation.correlation_id)
         )
-
-    async def take_correlation(
-        self, correlation_id: str, replier_id: str, now: float
-    ) -> Correlation:
-        await checkpoint()
-        record = self._find_correlation(correlation_id, replier_id, now)
-        del self._correlations[correlation_id]
-        return record
 
     def _find_correlation(self, correlation_id: str, replier_id: str, now: float) -> Correlation:
         self._expire_correlations(now)
@@ -382,8 +351,6 @@ class MemoryStore:
         if record.expires_at <= now:
             raise CorrelationRefused(CORRELATION_EXPIRED)
         return record
-
-    # -- state ----------------------------------------------------------------
 
     async def find_correlations(
         self, finds: Sequence[tuple[str, str]], now: float
@@ -410,10 +377,6 @@ class MemoryStore:
             else:
                 del self._queues[key]
         return swept
-
-    async def get_state(self, agent_id: str) -> dict[str, str]:
-        await checkpoint()
-        return dict(self._state.get(agent_id, {}))
 
     async def read_state(self, agent_id: str) -> StateSnapshot:
         await checkpoint()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from store_contract import LIMITS, NOW, _item, _message
+from store_contract import LIMITS, NOW, _item, _message, enqueue_one
 
 from mas.audit.chain import verify
 from mas.audit.record import GENESIS, AuditDraft, AuditRecord
@@ -18,13 +18,12 @@ def _draft(n: int, decision: str = "ALLOWED") -> AuditDraft:
 
 
 async def test_enqueue_writes_its_audit_record_into_one_chain(store: Store) -> None:
-    first = await store.enqueue(_message(1), _draft(1))
+    first = await enqueue_one(store, _message(1), _draft(1))
     [denied] = await store.append_audit([_draft(2, "AUTHZ_DENIED")])
-    third = await store.enqueue(_message(3), _draft(3))
+    third = await enqueue_one(store, _message(3), _draft(3))
     assert first is not None and third is not None
     assert [first.seq, denied.seq, third.seq] == [1, 2, 3]
     assert third.prev_hash == denied.hash and denied.prev_hash == first.hash
-    assert await store.enqueue(_message(4)) is None  # no draft, no record
     records = await store.audit_records()
     assert [r.message_id for r in records] == ["m1", "m2", "m3"]
     assert verify(records, None).ok
@@ -33,10 +32,11 @@ async def test_enqueue_writes_its_audit_record_into_one_chain(store: Store) -> N
 
 async def test_a_refused_enqueue_writes_no_audit_record(store: Store) -> None:
     for n in range(LIMITS.max_queue_length):
-        await store.enqueue(_message(n))
+        await enqueue_one(store, _message(n))
+    before = await store.audit_records()
     with pytest.raises(QueueFullError):
-        await store.enqueue(_message(99), _draft(99))
-    assert await store.audit_records() == []
+        await enqueue_one(store, _message(99), _draft(99))
+    assert await store.audit_records() == before
 
 
 async def test_a_batch_links_its_records_in_item_order_between_other_writes(
@@ -44,7 +44,7 @@ async def test_a_batch_links_its_records_in_item_order_between_other_writes(
 ) -> None:
     [first] = await store.append_audit([_draft(1, "AUTHZ_DENIED")])
     batch = await store.enqueue_many([_item(2), _item(3, target="c", request=True), _item(4)])
-    single = await store.enqueue(_message(5), _draft(5))
+    single = await enqueue_one(store, _message(5), _draft(5))
     [denied] = await store.append_audit([_draft(6, "RATE_LIMITED")])
     last = await store.enqueue_many([_item(7, instance="i1")])
     written = [first, *batch, single, denied, *last]
@@ -58,13 +58,14 @@ async def test_a_batch_links_its_records_in_item_order_between_other_writes(
 
 async def test_refused_items_of_a_batch_leave_no_gap_in_the_chain(store: Store) -> None:
     for n in range(LIMITS.max_queue_length - 1):
-        await store.enqueue(_message(n))
+        await enqueue_one(store, _message(n))
+    filled = await store.audit_records()
     items = [_item(10), _item(11), _item(12, target="c"), _item(13), _item(14, target="c")]
     records = await store.enqueue_many(items)
     assert [r.message_id if r else None for r in records] == ["m10", None, "m12", None, "m14"]
     stored = await store.audit_records()
-    assert stored == [r for r in records if r is not None]
-    assert [r.seq for r in stored] == [1, 2, 3]
+    assert stored == filled + [r for r in records if r is not None]
+    assert [r.seq for r in stored] == list(range(1, len(filled) + 4))
     assert verify(stored, None).ok
     [after] = await store.append_audit([_draft(15)])
     assert after.prev_hash == stored[-1].hash
@@ -84,7 +85,7 @@ async def test_an_invalid_item_fails_its_whole_batch(store: Store) -> None:
 
 
 async def test_every_record_names_the_server_that_linked_it(store: Store) -> None:
-    record = await store.enqueue(_message(1), _draft(1))
+    record = await enqueue_one(store, _message(1), _draft(1))
     [denied] = await store.append_audit([_draft(2, "AUTHZ_DENIED")])
     [batched] = await store.enqueue_many([_item(3)])
     assert isinstance(batched, AuditRecord) and record is not None

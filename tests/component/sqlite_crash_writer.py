@@ -2,7 +2,7 @@
 
 Usage: ``python sqlite_crash_writer.py STORE_PATH``. Several producers enqueue
 messages whose ids are 0, 1, 2, ... to agent ``sink``; each number is printed,
-one per line, only after its ``enqueue`` returned, that is once the message is
+one per line, only after its ``enqueue_many`` returned, that is once the message is
 acknowledged as durable. The test kills this process with SIGKILL part-way and
 checks that every printed number is in the store.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import trio
 
-from mas.store import QueuedMessage, StoreLimits
+from mas.audit.record import AuditDraft
+from mas.store import EnqueueItem, QueuedMessage, StoreLimits
 from mas.store.sqlite import SqliteStore, open_sqlite_store
 
 PRODUCERS = 8  # concurrent enqueuers, so commits hold several messages
@@ -24,15 +25,17 @@ LIMITS = StoreLimits(max_queue_length=10_000_000)
 
 async def _produce(store: SqliteStore, numbers: itertools.count[int]) -> None:
     for n in numbers:
-        await store.enqueue(
-            QueuedMessage(
-                message_id=str(n),
-                target_id="sink",
-                instance_id=None,
-                envelope_json=b'{"n": %d}' % n,
-                enqueued_at=1_000.0,
-            )
+        message = QueuedMessage(
+            message_id=str(n),
+            target_id="sink",
+            instance_id=None,
+            envelope_json=b'{"n": %d}' % n,
+            enqueued_at=1_000.0,
         )
+        [written] = await store.enqueue_many(
+            [EnqueueItem(message=message, audit=AuditDraft(time=1_000.0, decision="ALLOWED"))]
+        )
+        assert written is not None
         sys.stdout.write(f"{n}\n")
         sys.stdout.flush()
 

@@ -9,6 +9,11 @@ module, so that each backend passes exactly the same suite::
     @pytest.fixture
     async def store() -> AsyncIterator[Store]:
         ...
+
+The ``Store`` interface holds only what the server calls; ``enqueue_one``,
+``ack_one``, ``put_correlation`` and ``take_correlation`` below do through it what
+single calls did before (``mas`` routes and acks in batches, and records and consumes
+correlations with the messages that carry them).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from mas.audit.record import AuditDraft, AuditRecord
 from mas.store import (
     Correlation,
     EnqueueItem,
+    InFlight,
     QueuedMessage,
     QueueFullError,
     Store,
@@ -29,6 +35,71 @@ from mas.store.base import CORRELATION_GRACE, CorrelationRefused, StateTooLargeE
 
 LIMITS = StoreLimits(max_queue_length=5, max_message_age=100.0, max_state_bytes=200)
 NOW = 1_000.0
+CARRIER = "carrier"  # the queue of the messages that carry correlations for the helpers
+
+
+async def enqueue_one(
+    store: Store, message: QueuedMessage, audit: AuditDraft | None = None
+) -> AuditRecord:
+    """Route one message (``enqueue_many`` of one item); ``QueueFullError`` when it is full.
+
+    Without ``audit``, the message's record is a plain ``ALLOWED`` draft at its time.
+    """
+    draft = audit or AuditDraft(time=message.enqueued_at, decision="ALLOWED")
+    [written] = await store.enqueue_many([EnqueueItem(message=message, audit=draft)])
+    if written is None:
+        raise QueueFullError(message.target_id)
+    assert isinstance(written, AuditRecord), written
+    return written
+
+
+async def ack_one(store: Store, delivery_id: str) -> InFlight | None:
+    """Forget one delivery (``ack_many`` of one id): it, or None if it was not in flight."""
+    [acked] = await store.ack_many([delivery_id])
+    return acked
+
+
+def _carrier(correlation_id: str, at: float) -> QueuedMessage:
+    return QueuedMessage(
+        message_id=f"carrier-{correlation_id}-{at}",
+        target_id=CARRIER,
+        instance_id=None,
+        envelope_json=b"{}",
+        enqueued_at=at,
+    )
+
+
+async def put_correlation(store: Store, correlation: Correlation) -> None:
+    """Record an open request as the router does: with a message (to ``CARRIER``)."""
+    item = EnqueueItem(
+        message=_carrier(correlation.correlation_id, NOW),
+        audit=AuditDraft(time=NOW, decision="ALLOWED"),
+        correlation=correlation,
+    )
+    [written] = await store.enqueue_many([item])
+    assert isinstance(written, AuditRecord), written
+
+
+async def take_correlation(
+    store: Store, correlation_id: str, replier_id: str, now: float
+) -> Correlation:
+    """Consume an open request as a reply does: found, then answered by a stored message.
+
+    Raises the ``CorrelationRefused`` the look-up or the answering enqueue gives.
+    """
+    [found] = await store.find_correlations([(correlation_id, replier_id)], now)
+    if isinstance(found, CorrelationRefused):
+        raise found
+    item = EnqueueItem(
+        message=_carrier(correlation_id, now),
+        audit=AuditDraft(time=now, decision="ALLOWED"),
+        answers=correlation_id,
+    )
+    [written] = await store.enqueue_many([item])
+    if isinstance(written, CorrelationRefused):
+        raise written
+    assert isinstance(written, AuditRecord), written
+    return found
 
 
 def _message(
@@ -51,22 +122,22 @@ async def _ids(
 
 async def test_claim_takes_in_order_reply_queue_first(store: Store) -> None:
     for n in range(3):
-        await store.enqueue(_message(n))
-    await store.enqueue(_message(9, instance="i1"))
+        await enqueue_one(store, _message(n))
+    await enqueue_one(store, _message(9, instance="i1"))
     assert await _ids(store, limit=2) == ["m9", "m0"]
     assert await _ids(store) == ["m1", "m2"]
     assert await _ids(store) == []
 
 
 async def test_reply_queue_is_private_to_its_instance(store: Store) -> None:
-    await store.enqueue(_message(1, instance="i1"))
+    await enqueue_one(store, _message(1, instance="i1"))
     assert await _ids(store, session="s2", instance="i2") == []
     assert await _ids(store, session="s1", instance="i1") == ["m1"]
 
 
 async def test_competing_sessions_never_get_the_same_message(store: Store) -> None:
     for n in range(4):
-        await store.enqueue(_message(n))
+        await enqueue_one(store, _message(n))
     first = await _ids(store, session="s1", limit=2)
     second = await _ids(store, session="s2", limit=5, instance="i2")
     assert sorted(first + second) == ["m0", "m1", "m2", "m3"]
@@ -74,15 +145,15 @@ async def test_competing_sessions_never_get_the_same_message(store: Store) -> No
 
 
 async def test_ack_forgets_and_unknown_ack_is_harmless(store: Store) -> None:
-    await store.enqueue(_message(1))
+    await enqueue_one(store, _message(1))
     [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
-    assert (await store.ack(delivery.delivery_id)) == delivery
-    assert await store.ack(delivery.delivery_id) is None
+    assert (await ack_one(store, delivery.delivery_id)) == delivery
+    assert await ack_one(store, delivery.delivery_id) is None
     assert await store.release_session("s1", 5, NOW) == 0
 
 
 async def test_retry_waits_for_not_before_and_counts_the_attempt(store: Store) -> None:
-    await store.enqueue(_message(1))
+    await enqueue_one(store, _message(1))
     [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
     await store.retry(delivery.delivery_id, NOW + 10)
     assert await store.next_due() == NOW + 10
@@ -94,7 +165,7 @@ async def test_retry_waits_for_not_before_and_counts_the_attempt(store: Store) -
 
 
 async def test_dead_letter_keeps_the_whole_message(store: Store) -> None:
-    await store.enqueue(_message(1))
+    await enqueue_one(store, _message(1))
     [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
     await store.dead_letter(delivery.delivery_id, "invalid", NOW + 1)
     [dead] = await store.dead_letters("b")
@@ -108,7 +179,7 @@ async def test_dead_letter_keeps_the_whole_message(store: Store) -> None:
 
 async def test_release_session_requeues_in_order_at_the_front(store: Store) -> None:
     for n in range(3):
-        await store.enqueue(_message(n, at=NOW + n))
+        await enqueue_one(store, _message(n, at=NOW + n))
     await store.claim("b", "i1", "s1", 2, NOW + 5)  # m0, m1 in flight
     assert await store.release_session("s1", 5, NOW + 5) == 2
     claimed = await store.claim("b", "i2", "s2", 5, NOW + 5)
@@ -120,7 +191,7 @@ async def test_release_session_requeues_in_order_at_the_front(store: Store) -> N
 
 
 async def test_release_session_dead_letters_past_max_attempts(store: Store) -> None:
-    await store.enqueue(_message(1))
+    await enqueue_one(store, _message(1))
     await store.claim("b", "i1", "s1", 1, NOW)
     assert await store.release_session("s1", 1, NOW) == 0
     assert [d.reason for d in await store.dead_letters("b")] == ["session_lost"]
@@ -128,17 +199,17 @@ async def test_release_session_dead_letters_past_max_attempts(store: Store) -> N
 
 async def test_queue_length_is_bounded(store: Store) -> None:
     for n in range(LIMITS.max_queue_length):
-        await store.enqueue(_message(n))
+        await enqueue_one(store, _message(n))
     with pytest.raises(QueueFullError):
-        await store.enqueue(_message(99))
+        await enqueue_one(store, _message(99))
     assert await store.queue_depth("b") == LIMITS.max_queue_length
     # Another agent's queue is unaffected.
-    await store.enqueue(_message(100, target="c"))
+    await enqueue_one(store, _message(100, target="c"))
 
 
 async def test_messages_older_than_max_age_are_dead_lettered_not_delivered(store: Store) -> None:
-    await store.enqueue(_message(1, at=NOW))
-    await store.enqueue(_message(2, at=NOW + 50))
+    await enqueue_one(store, _message(1, at=NOW))
+    await enqueue_one(store, _message(2, at=NOW + 50))
     assert await _ids(store, now=NOW + 120) == ["m2"]
     assert [(d.message.message_id, d.reason) for d in await store.dead_letters("b")] == [
         ("m1", "expired")
@@ -157,13 +228,13 @@ def _correlation(expires_at: float = NOW + 60) -> Correlation:
 
 
 async def test_correlation_is_single_use_and_only_for_the_target(store: Store) -> None:
-    await store.put_correlation(_correlation())
+    await put_correlation(store, _correlation())
     with pytest.raises(CorrelationRefused) as refused:
-        await store.take_correlation("c1", "mallory", NOW)
+        await take_correlation(store, "c1", "mallory", NOW)
     assert refused.value.reason == "not_authorized"
-    assert (await store.take_correlation("c1", "b", NOW)) == _correlation()
+    assert (await take_correlation(store, "c1", "b", NOW)) == _correlation()
     with pytest.raises(CorrelationRefused) as refused:
-        await store.take_correlation("c1", "b", NOW)
+        await take_correlation(store, "c1", "b", NOW)
     assert refused.value.reason == "unknown_correlation_id"
 
 
@@ -171,7 +242,7 @@ async def test_correlations_are_found_in_one_call_without_being_consumed(store: 
     live = _correlation()
     short = msgspec.structs.replace(_correlation(expires_at=NOW + 1), correlation_id="c2")
     for correlation in (live, short):
-        await store.put_correlation(correlation)
+        await put_correlation(store, correlation)
     found = await store.find_correlations(
         [("c1", "b"), ("c1", "b"), ("c2", "b"), ("c1", "mallory"), ("nope", "b")], NOW + 2
     )
@@ -189,9 +260,9 @@ async def test_correlations_are_found_in_one_call_without_being_consumed(store: 
 
 
 async def test_expired_correlation_is_refused_as_expired_then_forgotten(store: Store) -> None:
-    await store.put_correlation(_correlation(expires_at=NOW + 1))
+    await put_correlation(store, _correlation(expires_at=NOW + 1))
     with pytest.raises(CorrelationRefused) as refused:
-        await store.take_correlation("c1", "b", NOW + 2)
+        await take_correlation(store, "c1", "b", NOW + 2)
     assert refused.value.reason == "correlation_id_expired"
     later = NOW + 2 + CORRELATION_GRACE
     await store.sweep(later, reply_max_age=3600)
@@ -240,7 +311,7 @@ async def test_a_reply_refused_for_a_full_queue_leaves_its_correlation_open(
 ) -> None:
     await store.enqueue_many([_item(1, request=True)])
     for n in range(LIMITS.max_queue_length):
-        await store.enqueue(_message(100 + n, target="a", instance="a1"))
+        await enqueue_one(store, _message(100 + n, target="a", instance="a1"))
     assert await store.enqueue_many([_reply(10, "c1")]) == [None]
     assert await _take(store, "c1", "b") == "taken"
 
@@ -248,9 +319,9 @@ async def test_a_reply_refused_for_a_full_queue_leaves_its_correlation_open(
 async def test_sweep_deletes_stale_replies_but_not_fresh_ones_or_queued_work(
     store: Store,
 ) -> None:
-    await store.enqueue(_message(1, target="a", instance="gone", at=NOW))
-    await store.enqueue(_message(2, target="a", instance="gone", at=NOW + 80))
-    await store.enqueue(_message(3, target="a", at=NOW))  # the shared queue is never swept
+    await enqueue_one(store, _message(1, target="a", instance="gone", at=NOW))
+    await enqueue_one(store, _message(2, target="a", instance="gone", at=NOW + 80))
+    await enqueue_one(store, _message(3, target="a", at=NOW))  # the shared queue is never swept
     swept = await store.sweep(NOW + 90, reply_max_age=50)
     claimed = [d.message.message_id for d in await store.claim("a", "gone", "s", 10, NOW + 90)]
     if swept:  # Redis bounds reply streams by length and age instead (see RedisStore.sweep)
@@ -260,25 +331,25 @@ async def test_sweep_deletes_stale_replies_but_not_fresh_ones_or_queued_work(
 
 
 async def test_state_partial_updates_and_reset(store: Store) -> None:
-    assert await store.get_state("b") == {}
+    assert (await store.read_state("b")).values == {}
     await store.update_state("b", {"x": "1", "y": "[null, true]"})
     await store.update_state("b", {"x": '{"n": {"m": []}}'})
-    assert await store.get_state("b") == {"x": '{"n": {"m": []}}', "y": "[null, true]"}
-    assert await store.get_state("a") == {}
+    assert (await store.read_state("b")).values == {"x": '{"n": {"m": []}}', "y": "[null, true]"}
+    assert (await store.read_state("a")).values == {}
     await store.reset_state("b")
-    assert await store.get_state("b") == {}
+    assert (await store.read_state("b")).values == {}
 
 
 async def test_state_size_is_bounded_and_a_refused_update_changes_nothing(store: Store) -> None:
     await store.update_state("b", {"x": "1"})
     with pytest.raises(StateTooLargeError):
         await store.update_state("b", {"y": '"' + "z" * 300 + '"'})
-    assert await store.get_state("b") == {"x": "1"}
+    assert (await store.read_state("b")).values == {"x": "1"}
 
 
 async def test_dead_letters_can_be_replayed(store: Store) -> None:
     for n in (1, 2):
-        await store.enqueue(_message(n))
+        await enqueue_one(store, _message(n))
     for delivery in await store.claim("b", "i1", "s1", 2, NOW):
         await store.dead_letter(delivery.delivery_id, "bad", NOW)
     [replayed] = await store.replay_dead_letters(["m2"], NOW + 500)
@@ -317,14 +388,14 @@ def _item(
 async def _take(store: Store, correlation_id: str, replier: str) -> str:
     """ "taken", or the reason the correlation was refused."""
     try:
-        await store.take_correlation(correlation_id, replier, NOW)
+        await take_correlation(store, correlation_id, replier, NOW)
     except CorrelationRefused as exc:
         return exc.reason
     return "taken"
 
 
 async def test_enqueue_many_keeps_the_order_of_its_items(store: Store) -> None:
-    await store.enqueue(_message(0))
+    await enqueue_one(store, _message(0))
     items = [_item(1), _item(2, instance="i1"), _item(3), _item(4, instance="i1"), _item(5)]
     records = await store.enqueue_many(items)
     assert [r.message_id if r else None for r in records] == ["m1", "m2", "m3", "m4", "m5"]
@@ -342,7 +413,7 @@ async def test_a_full_queue_refuses_only_its_own_items_and_none_of_their_parts(
     store: Store,
 ) -> None:
     for n in range(LIMITS.max_queue_length - 1):
-        await store.enqueue(_message(n))
+        await enqueue_one(store, _message(n))
     items = [
         _item(10, request=True),  # takes b's last place
         _item(11, target="c", request=True),
@@ -384,7 +455,7 @@ async def test_later_items_of_a_batch_see_the_queue_as_earlier_ones_left_it(
 
 async def test_a_batch_whose_queues_are_all_full_writes_nothing(store: Store) -> None:
     for n in range(LIMITS.max_queue_length):
-        await store.enqueue(_message(n))
+        await enqueue_one(store, _message(n))
     assert await store.enqueue_many([_item(10, request=True), _item(11)]) == [None, None]
     assert await store.queue_depth("b") == LIMITS.max_queue_length
     assert await _take(store, "c10", "b") == "unknown_correlation_id"
@@ -411,7 +482,7 @@ async def test_ack_many_answers_each_id_as_ack_would(store: Store) -> None:
     acked = await store.ack_many([m0, "unknown", m3, m0, m1])
     assert acked == [by_id["m0"], None, by_id["m3"], None, by_id["m1"]]
     assert await store.ack_many([m1, m0]) == [None, None]
-    assert await store.ack(m2) == by_id["m2"]
+    assert await ack_one(store, m2) == by_id["m2"]
     assert await store.release_session("s1", 5, NOW) == 0  # nothing left in flight
     assert await _ids(store, session="s2") == []
 

@@ -17,6 +17,7 @@ import trio
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from store_contract import ack_one, enqueue_one
 
 from mas.server.delivery import DeliveryWindow, RetryPolicy, past_deadline
 from mas.store import MemoryStore, QueuedMessage, StoreLimits
@@ -104,7 +105,7 @@ class DeliveryLifecycle(RuleBasedStateMachine):
             envelope_json=b"{}",
             enqueued_at=self.now,
         )
-        _run(lambda: self.store.enqueue(message))
+        _run(lambda: enqueue_one(self.store, message))
         self.accepted.add(message_id)
 
     @rule(session=st.sampled_from(SESSIONS))
@@ -128,7 +129,7 @@ class DeliveryLifecycle(RuleBasedStateMachine):
             return
         delivery_id = ids[pick % len(ids)]
         assert self.windows[session].settle(delivery_id) is not None
-        acked = _run(lambda: self.store.ack(delivery_id))
+        acked = _run(lambda: ack_one(self.store, delivery_id))
         assert acked is not None
         self.acked.append(acked.message.message_id)
 
@@ -186,7 +187,7 @@ class DeliveryLifecycle(RuleBasedStateMachine):
             for session, window in self.windows.items():
                 for delivery_id in list(window.overdue(float("inf"))):
                     window.settle(delivery_id)
-                    acked = _run(lambda d=delivery_id: self.store.ack(d))  # type: ignore[misc]
+                    acked = _run(lambda d=delivery_id: ack_one(self.store, d))  # type: ignore[misc]
                     assert acked is not None
                     self.acked.append(acked.message.message_id)
                 self.claim(session)

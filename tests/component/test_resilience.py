@@ -16,7 +16,7 @@ from mas.errors import StoreError
 from mas.server.audit_log import AuditLog
 from mas.server.resilience import Outage, persist
 from mas.store import MemoryStore
-from mas.store.sqlite_schema import StoreUnusableError
+from mas.store.sqlite.schema import StoreUnusableError
 
 
 class FailingFor:

@@ -3,7 +3,7 @@
 A page-cache miss on the event loop stops every connection and timer of the server.
 The audit follower's reads, the rows a claim promotes from the retry schedule and the
 in-flight rows released at start are read on a second, read-only connection in a
-worker thread (``Writer.read``). A slow disk is played by a progress handler that
+worker thread (``SqliteWriter.read``). A slow disk is played by a progress handler that
 sleeps on that connection: the event loop must keep ticking meanwhile. The follower
 must only read what a power loss cannot take back (with ``sync: full``, flushed).
 """
@@ -17,8 +17,9 @@ import pytest
 import trio
 
 from mas.audit.record import AuditDraft
-from mas.store import EnqueueItem, QueuedMessage, StoreLimits, sqlite_writer
+from mas.store import EnqueueItem, QueuedMessage, StoreLimits
 from mas.store.sqlite import SqliteStore, open_sqlite_store
+from mas.store.sqlite import writer as sqlite_writer
 
 NOW = 1_000.0
 
@@ -127,17 +128,17 @@ async def test_the_release_at_start_reads_in_flight_rows_on_the_reader(tmp_path:
         await store.enqueue_many([_item(n) for n in range(3)])
         await store.claim("b", "i1", "s1", 2, NOW)
     seen: list[str] = []
-    original = sqlite_writer.Writer.read
+    original = sqlite_writer.SqliteWriter.read
 
-    async def spy(self: sqlite_writer.Writer, fn: object, *args: object) -> object:
+    async def spy(self: sqlite_writer.SqliteWriter, fn: object, *args: object) -> object:
         seen.append(fn.__name__)  # type: ignore[attr-defined]
         return await original(self, fn, *args)  # type: ignore[arg-type]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sqlite_writer.Writer, "read", spy)
+        patch.setattr(sqlite_writer.SqliteWriter, "read", spy)
         async with open_sqlite_store(path, StoreLimits()) as store:
             claimed = await store.claim("b", "i1", "s2", 5, NOW)
-    assert seen[0] == "in_flight_rows"
+    assert seen[0] == "_in_flight_rows"
     assert [(d.message.message_id, d.message.attempt) for d in claimed] == [
         ("m0", 2),
         ("m1", 2),

@@ -17,12 +17,12 @@ import pytest
 import redis
 import trio
 from redis_server import RedisServer, running_redis, running_replica, waitaof_server
-from store_contract import LIMITS, NOW, _item
+from store_contract import LIMITS, NOW, _item, ack_one
 
 from mas.errors import ConfigError
 from mas.store.base import STORE_NOT_DURABLE, CorrelationRefused
 from mas.store.redis import open_redis_store
-from mas.store.redis_accept import AcceptWait
+from mas.store.redis.accept import AcceptWait
 
 TIMEOUT = 0.5  # seconds an accept waits for its acknowledgements in these tests
 FSYNC_REPLICA_TIMEOUT = 2.5  # the same for WAITAOF with replicas (see its test)
@@ -88,7 +88,7 @@ async def test_one_wait_serves_every_enqueue_of_a_pipeline(
             assert store.statistics()["accept_waits"] - before == 1
             # Claims and acks do not wait.
             [delivery] = await store.claim("t0", "i1", "s1", 5, NOW)
-            await store.ack(delivery.delivery_id)
+            await ack_one(store, delivery.delivery_id)
             assert store.statistics()["accept_waits"] - before == 1
 
 

@@ -22,11 +22,21 @@ from audit_contract import *  # noqa: F403
 from audit_contract import _draft
 from state_contract import *  # noqa: F403
 from store_contract import *  # noqa: F403
-from store_contract import LIMITS, NOW, _correlation, _item, _message
+from store_contract import (
+    LIMITS,
+    NOW,
+    _correlation,
+    _item,
+    _message,
+    ack_one,
+    enqueue_one,
+    put_correlation,
+    take_correlation,
+)
 
 from mas.audit.chain import verify
 from mas.errors import ConfigError, MasError
-from mas.store import QueueFullError, Store, StoreLimits, sqlite_schema
+from mas.store import QueuedMessage, QueueFullError, Store, StoreLimits
 from mas.store.base import CorrelationRefused, StateTooLargeError
 from mas.store.sqlite import (
     SCHEMA_VERSION,
@@ -35,7 +45,8 @@ from mas.store.sqlite import (
     StoreUnusableError,
     open_sqlite_store,
 )
-from mas.store.sqlite_writer import FLUSH_INTERVAL, open_writer
+from mas.store.sqlite import schema as sqlite_schema
+from mas.store.sqlite.writer import FLUSH_INTERVAL, open_writer
 
 CRASH_WRITER = Path(__file__).with_name("sqlite_crash_writer.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,17 +75,17 @@ async def test_everything_survives_close_and_reopen(path: Path) -> None:
     with trio.fail_after(10):
         async with open_sqlite_store(path, LIMITS) as store:
             for n in range(3):
-                await store.enqueue(_message(n))
-            await store.enqueue(_message(9, instance="i1"))
+                await enqueue_one(store, _message(n))
+            await enqueue_one(store, _message(9, instance="i1"))
             [doomed] = await store.claim("b", "i9", "s9", 1, NOW)  # m0 from the shared queue
             await store.dead_letter(doomed.delivery_id, "invalid", NOW + 1)
             await store.update_state("b", {"x": "1", "y": "[null, true]"})
-            await store.put_correlation(_correlation())
+            await put_correlation(store, _correlation())
         async with open_sqlite_store(path, LIMITS) as store:
             assert await store.queue_depth("b") == 2
             assert await _claimed(store) == [("m9", 1), ("m1", 1), ("m2", 1)]
-            assert await store.get_state("b") == {"x": "1", "y": "[null, true]"}
-            assert await store.take_correlation("c1", "b", NOW) == _correlation()
+            assert (await store.read_state("b")).values == {"x": "1", "y": "[null, true]"}
+            assert await take_correlation(store, "c1", "b", NOW) == _correlation()
             [dead] = await store.dead_letters("b")
             assert (dead.message, dead.reason) == (doomed.message, "invalid")
 
@@ -83,7 +94,7 @@ async def test_in_flight_messages_of_a_previous_process_are_redelivered(path: Pa
     with trio.fail_after(10):
         async with open_sqlite_store(path, LIMITS) as store:
             for n in range(3):
-                await store.enqueue(_message(n))
+                await enqueue_one(store, _message(n))
             assert await _claimed(store, limit=2) == [("m0", 1), ("m1", 1)]
         # The process "died" with m0 and m1 in flight; they come back first, once more.
         async with open_sqlite_store(path, LIMITS) as store:
@@ -101,26 +112,26 @@ async def test_in_flight_messages_of_a_previous_process_are_redelivered(path: Pa
 async def test_retries_and_correlations_keep_their_times_across_restarts(path: Path) -> None:
     with trio.fail_after(10):
         async with open_sqlite_store(path, LIMITS) as store:
-            await store.enqueue(_message(1))
+            await enqueue_one(store, _message(1))
             [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
             await store.retry(delivery.delivery_id, NOW + 10)
-            await store.put_correlation(_correlation(expires_at=NOW + 5))
+            await put_correlation(store, _correlation(expires_at=NOW + 5))
         async with open_sqlite_store(path, LIMITS) as store:
             assert await store.next_due() == NOW + 10
             assert await _claimed(store, now=NOW + 9) == []
             assert await _claimed(store, now=NOW + 10) == [("m1", 2)]
             with pytest.raises(CorrelationRefused):
-                await store.take_correlation("c1", "b", NOW + 5)
+                await take_correlation(store, "c1", "b", NOW + 5)
 
 
 async def test_the_audit_chain_survives_restarts_and_continues(path: Path) -> None:
     key = b"k" * 32
     with trio.fail_after(10):
         async with open_sqlite_store(path, LIMITS, audit_key=key) as store:
-            await store.enqueue(_message(1), _draft(1))
+            await enqueue_one(store, _message(1), _draft(1))
             await store.append_audit([_draft(2, "AUTHZ_DENIED")])
         async with open_sqlite_store(path, LIMITS, audit_key=key) as store:
-            third = await store.enqueue(_message(3), _draft(3))
+            third = await enqueue_one(store, _message(3), _draft(3))
             records = await store.audit_records()
             assert await store.queue_depth("b") == 2
     assert third is not None and third.seq == 3
@@ -132,7 +143,7 @@ async def test_the_audit_chain_survives_restarts_and_continues(path: Path) -> No
 async def test_a_retry_falling_due_goes_before_waiting_messages(store: Store) -> None:
     with trio.fail_after(10):
         for n in range(3):
-            await store.enqueue(_message(n))
+            await enqueue_one(store, _message(n))
         [first] = await store.claim("b", "i1", "s1", 1, NOW)
         await store.retry(first.delivery_id, NOW + 1)
         assert await _claimed(store, limit=1, now=NOW + 1) == [("m0", 2)]
@@ -154,7 +165,7 @@ async def test_schema_version_is_set_and_a_migrated_file_reopens(path: Path) -> 
         assert _pragma(path, "user_version") == SCHEMA_VERSION
         assert _pragma(path, "journal_mode") == "wal"
         async with open_sqlite_store(path, LIMITS) as store:
-            assert await store.get_state("b") == {"x": "1"}
+            assert (await store.read_state("b")).values == {"x": "1"}
         assert _pragma(path, "user_version") == SCHEMA_VERSION
 
 
@@ -169,7 +180,7 @@ async def test_an_older_file_is_migrated_step_by_step(
         monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, step))
         monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
         async with open_sqlite_store(path, LIMITS) as store:
-            assert await store.get_state("b") == {"x": "1"}
+            assert (await store.read_state("b")).values == {"x": "1"}
     assert _pragma(path, "user_version") == SCHEMA_VERSION + 1
     with closing(sqlite3.connect(path)) as conn:
         assert "note" in [row[1] for row in conn.execute("PRAGMA table_info(meta)")]
@@ -214,27 +225,27 @@ async def test_a_second_opener_of_the_same_file_is_refused(path: Path) -> None:
 async def test_an_opening_that_hangs_is_given_up_and_cleaned_up_later(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mas.store import sqlite_writer
+    from mas.store.sqlite import writer as sqlite_writer
 
     release = threading.Event()
-    real_open = sqlite_writer.Writer._open_file
+    real_open = sqlite_writer.SqliteWriter._open_file
 
-    def slow_open(self: sqlite_writer.Writer) -> Any:
+    def slow_open(self: sqlite_writer.SqliteWriter) -> Any:
         opened = real_open(self)  # takes the lock, opens the file...
         release.wait(10)  # ...and then the disk "hangs"
         return opened
 
-    monkeypatch.setattr(sqlite_writer.Writer, "_open_file", slow_open)
+    monkeypatch.setattr(sqlite_writer.SqliteWriter, "_open_file", slow_open)
     with trio.fail_after(20):
         with pytest.raises(StoreError, match=r"took over 0\.2 s"):
             async with open_writer(path, shutdown_timeout=0.2):
                 pass
-        monkeypatch.setattr(sqlite_writer.Writer, "_open_file", real_open)
+        monkeypatch.setattr(sqlite_writer.SqliteWriter, "_open_file", real_open)
         release.set()  # the abandoned thread finishes, then closes and unlocks the file
         for _ in range(200):
             try:
                 async with open_sqlite_store(path, LIMITS) as store:
-                    await store.enqueue(_message(1))
+                    await enqueue_one(store, _message(1))
                 break
             except StoreUnusableError:  # still locked by the abandoned opener
                 await trio.to_thread.run_sync(time.sleep, 0.05)
@@ -247,7 +258,7 @@ async def test_a_closed_store_refuses_operations(path: Path) -> None:
         async with open_sqlite_store(path, LIMITS) as store:
             pass
         with pytest.raises(StoreError, match="closed"):
-            await store.enqueue(_message(1))
+            await enqueue_one(store, _message(1))
 
 
 # -- group commit ---------------------------------------------------------------------
@@ -259,7 +270,7 @@ async def test_concurrent_enqueues_share_flushes(path: Path) -> None:
             before = store.statistics()
             async with trio.open_nursery() as nursery:
                 for n in range(500):
-                    nursery.start_soon(store.enqueue, _message(n))
+                    nursery.start_soon(enqueue_one, store, _message(n))
             after = store.statistics()
             assert await store.queue_depth("b") == 500
     assert after.operations - before.operations == 500
@@ -319,11 +330,16 @@ async def test_concurrent_batches_see_the_queue_as_the_earlier_ones_left_it(path
 async def test_reads_do_not_commit(store: SqliteStore) -> None:
     with trio.fail_after(10):
         before = store.statistics()
-        await store.get_state("b")
+        await store.dead_letters("b")
         await store.queue_depth("b")
         after = store.statistics()
     assert (after.operations - before.operations, after.commits - before.commits) == (2, 0)
     assert after.flushes == before.flushes
+
+
+async def _enqueued(store: Store, message: QueuedMessage) -> None:
+    """Enqueue ``message``, keeping only the outcome (returns None once it is written)."""
+    await enqueue_one(store, message)
 
 
 async def _outcome(results: dict[str, object], name: str, call: Callable[[], Any]) -> None:
@@ -340,10 +356,10 @@ async def test_a_failing_operation_does_not_undo_the_rest_of_its_batch(path: Pat
         async with open_writer(path, shutdown_timeout=10) as writer:
             store = SqliteStore(writer, limits)
             for n in range(2):
-                await store.enqueue(_message(n, target="full"))
+                await enqueue_one(store, _message(n, target="full"))
             calls: dict[str, Callable[[], Any]] = {
-                "enqueue": lambda: store.enqueue(_message(1)),
-                "overflow": lambda: store.enqueue(_message(3, target="full")),
+                "enqueue": lambda: _enqueued(store, _message(1)),
+                "overflow": lambda: _enqueued(store, _message(3, target="full")),
                 "state": lambda: store.update_state("b", {"k": "1"}),
                 "too_large": lambda: store.update_state("b", {"big": "x" * 100}),
                 "other_state": lambda: store.update_state("c", {"k": "2"}),
@@ -360,8 +376,8 @@ async def test_a_failing_operation_does_not_undo_the_rest_of_its_batch(path: Pat
             }
             assert await store.queue_depth("b") == 1
             assert await store.queue_depth("full") == 2
-            assert await store.get_state("b") == {"k": "1"}
-            assert await store.get_state("c") == {"k": "2"}
+            assert (await store.read_state("b")).values == {"k": "1"}
+            assert (await store.read_state("c")).values == {"k": "2"}
 
 
 async def test_an_error_that_ends_the_transaction_is_contained(path: Path) -> None:
@@ -380,12 +396,14 @@ async def test_an_error_that_ends_the_transaction_is_contained(path: Path) -> No
         async with open_writer(path, shutdown_timeout=10) as writer:
             store = SqliteStore(writer, LIMITS)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_outcome, results, "enqueue", lambda: store.enqueue(_message(1)))
+                nursery.start_soon(
+                    _outcome, results, "enqueue", lambda: _enqueued(store, _message(1))
+                )
                 nursery.start_soon(_outcome, results, "lost", lambda: writer.call(lose_all))
             assert results == {"enqueue": None, "lost": StoreError}
             assert await store.queue_depth("b") == 1
             assert await writer.call(lost_rows) == []
-            await store.enqueue(_message(2))  # the next transaction works
+            await enqueue_one(store, _message(2))  # the next transaction works
             assert await store.queue_depth("b") == 2
 
 
@@ -394,7 +412,7 @@ async def test_a_caller_cancelled_before_its_operation_ran_changes_nothing(path:
         async with open_sqlite_store(path, LIMITS) as store:
             with trio.CancelScope() as scope:
                 scope.cancel()
-                await store.enqueue(_message(1))
+                await enqueue_one(store, _message(1))
             assert scope.cancelled_caught
             assert await store.queue_depth("b") == 0
 
@@ -433,11 +451,11 @@ async def test_full_sync_flushes_once_for_concurrent_commits(
         limits = StoreLimits(max_queue_length=1_000)
         async with open_sqlite_store(path, limits, sync=sync) as store:  # type: ignore[arg-type]
             before = store.statistics()
-            await store.enqueue(_message(0))
+            await enqueue_one(store, _message(0))
             single = store.statistics()
             async with trio.open_nursery() as nursery:
                 for n in range(1, 40):
-                    nursery.start_soon(store.enqueue, _message(n))
+                    nursery.start_soon(enqueue_one, store, _message(n))
             after = store.statistics()
             assert await store.queue_depth("b") == 40
     if sync == "normal":
@@ -461,7 +479,7 @@ async def test_normal_sync_flushes_within_a_second_of_a_commit(
     path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
     async with open_sqlite_store(path, LIMITS, sync="normal") as store:
-        await store.enqueue(_message(1))
+        await enqueue_one(store, _message(1))
         await trio.testing.wait_all_tasks_blocked()
         assert store.statistics().flushes == 0
         mock_clock.jump(FLUSH_INTERVAL)
@@ -469,7 +487,7 @@ async def test_normal_sync_flushes_within_a_second_of_a_commit(
         mock_clock.jump(FLUSH_INTERVAL * 10)  # nothing new was written: no flush
         await trio.testing.wait_all_tasks_blocked()
         assert store.statistics().flushes == 1
-        await store.enqueue(_message(2))
+        await enqueue_one(store, _message(2))
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(FLUSH_INTERVAL)
         await _until(lambda: store.statistics().flushes == 2)
@@ -479,7 +497,7 @@ async def test_full_sync_flushes_claims_acks_and_records_later_and_before_a_dura
     path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
     async with open_sqlite_store(path, LIMITS) as store:
-        await store.enqueue(_message(1))
+        await enqueue_one(store, _message(1))
         assert store.statistics().flushes == 1
         [delivery] = await store.claim("b", "i1", "s1", 10, NOW)
         await store.append_audit([_draft(2)])  # a delivery's record: told to no one
@@ -487,7 +505,7 @@ async def test_full_sync_flushes_claims_acks_and_records_later_and_before_a_dura
         # The audit file copies what audit_records returns: it waits for every commit before.
         await store.audit_records()
         assert store.statistics().flushes == 2
-        await store.ack(delivery.delivery_id)
+        await ack_one(store, delivery.delivery_id)
         await trio.testing.wait_all_tasks_blocked()
         assert store.statistics().flushes == 2
         mock_clock.jump(FLUSH_INTERVAL)  # the background flush covers the ack
@@ -498,7 +516,7 @@ async def test_a_failed_flush_breaks_the_store_until_it_is_reopened(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a failed fsync no later fsync can vouch for the lost pages: refuse everything."""
-    from mas.store import sqlite_writer
+    from mas.store.sqlite import writer as sqlite_writer
 
     real = sqlite_writer._fdatasync
     failing = True
@@ -515,17 +533,17 @@ async def test_a_failed_flush_breaks_the_store_until_it_is_reopened(
             async with trio.open_nursery() as nursery:  # two callers waiting on one flush
                 for n in (1, 2):
                     nursery.start_soon(
-                        _outcome, results, f"m{n}", partial(store.enqueue, _message(n))
+                        _outcome, results, f"m{n}", partial(enqueue_one, store, _message(n))
                     )
             assert results == {"m1": StoreError, "m2": StoreError}
             failing = False  # the disk "recovered": a flush would succeed now, proving nothing
             with pytest.raises(StoreError, match="restart the server"):
-                await store.enqueue(_message(3))
+                await enqueue_one(store, _message(3))
             with pytest.raises(StoreError, match="restart the server"):
                 await store.queue_depth("b")
             assert store.statistics().flushes == 0
         async with open_sqlite_store(path, LIMITS) as store:  # a restart: usable again
-            await store.enqueue(_message(4))
+            await enqueue_one(store, _message(4))
 
 
 async def test_the_wal_stays_small_under_constant_writes(path: Path) -> None:
@@ -537,7 +555,7 @@ async def test_the_wal_stays_small_under_constant_writes(path: Path) -> None:
             for n in range(400):
                 await store.enqueue_many([_item(4 * n + k) for k in range(4)])
                 [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
-                await store.ack(delivery.delivery_id)
+                await ack_one(store, delivery.delivery_id)
             assert writer.statistics().checkpoints >= 100
             # 1,200 commits of several pages each would make a WAL of about 25 MB.
             assert wal.stat().st_size < 2_000_000
@@ -549,7 +567,7 @@ async def test_checkpoints_run_in_a_worker_thread_after_enough_commits(path: Pat
         async with open_writer(path, checkpoint_every=4, shutdown_timeout=10) as writer:
             store = SqliteStore(writer, StoreLimits(max_queue_length=100))
             for n in range(8):
-                await store.enqueue(_message(n))
+                await enqueue_one(store, _message(n))
             await _until(lambda: writer.statistics().checkpoints >= 1)  # a worker thread
             assert await store.queue_depth("b") == 8
             assert wal.exists()
@@ -618,15 +636,15 @@ async def test_a_lock_held_by_another_process_delays_calls_without_freezing_the_
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(ticker)
                     nursery.start_soon(release_later)
-                    await store.enqueue(_message(1))
+                    await enqueue_one(store, _message(1))
                     stored.set()
             assert ticks >= 10, f"the event loop ran {ticks} times in 0.5 s of waiting"
             assert await _claimed(store) == [("m1", 1)]
             # Held for longer than the store waits: a clear error, the store still usable.
             other.execute("BEGIN IMMEDIATE")
             with trio.fail_after(20), pytest.raises(StoreError, match="locked by another"):
-                await store.enqueue(_message(2))
+                await enqueue_one(store, _message(2))
             other.execute("COMMIT")
-            await store.enqueue(_message(3))
+            await enqueue_one(store, _message(3))
         finally:
             other.close()

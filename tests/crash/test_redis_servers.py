@@ -29,7 +29,7 @@ def _recorded(url: str) -> set[int]:
 
     async def read() -> dict[str, str]:
         async with open_redis_store(url, StoreLimits()) as store:
-            return await store.get_state("recorder")
+            return (await store.read_state("recorder")).values
 
     return {int(key[1:]) for key in trio.run(read)}
 

@@ -19,7 +19,7 @@ from redis_server import RedisServer, running_redis, running_replica
 from mas import Agent, UnavailableError
 from mas.runtime import store_limits
 from mas.store.redis import open_redis_store
-from mas.store.redis_accept import AcceptWait
+from mas.store.redis.accept import AcceptWait
 from mas.testing import TestPKI, make_config, open_test_server
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -384,4 +384,4 @@ async def test_a_renamed_field_names_the_stored_key_it_no_longer_loads(
     warnings = [r.getMessage() for r in caplog.records if "'n'" in r.getMessage()]
     assert len(warnings) == 1
     assert "Renamed" in warnings[0] and "stays on the server" in warnings[0]
-    assert await servers[0].store.get_state("tally") == {"n": "41"}
+    assert (await servers[0].store.read_state("tally")).values == {"n": "41"}

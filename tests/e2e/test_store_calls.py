@@ -18,8 +18,9 @@ import pytest
 import trio
 
 from mas import Agent, AgentMessage
-from mas.store import Store, StoreLimits, sqlite_writer
+from mas.store import Store, StoreLimits
 from mas.store.sqlite import SqliteStore, open_sqlite_store
+from mas.store.sqlite import writer as sqlite_writer
 from mas.testing import TestPKI, make_config, open_test_server
 
 WARMUP = 5

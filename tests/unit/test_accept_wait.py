@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.exceptions import ResponseError
 
-from mas.store.redis_accept import AcceptWait, parse_version
+from mas.store.redis.accept import AcceptWait, parse_version
 
 
 def test_wait_and_waitaof_commands() -> None:

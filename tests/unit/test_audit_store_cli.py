@@ -13,8 +13,8 @@ from mas.audit import AuditDraft, AuditRecord
 from mas.audit.retention import Retention
 from mas.audit.store_cli import export_store, tail_store, verify_store
 from mas.audit.store_trail import SqliteTrail
-from mas.store import sqlite_ops as ops
-from mas.store.sqlite_schema import connect
+from mas.store.sqlite import store as ops
+from mas.store.sqlite.schema import connect
 
 KEY = b"an audit key of 32 bytes, really"
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 from redis.exceptions import NoScriptError, ResponseError
 
-from mas.store.redis_wire import ProtocolError, WireSocket, _ReplyEnd, pack
+from mas.store.redis.wire import ProtocolError, WireSocket, _ReplyEnd, pack
 
 
 def test_pack_encodes_like_redis_py() -> None:

@@ -3,11 +3,11 @@
 Connections come from a small, bounded ``redis`` connection pool (every socket
 has a connect and a read timeout), made in Trio worker threads:
 
-* ``RedisLink.call`` queues an operation (one or more commands) on the *lane*.
+* ``RedisClient.call`` queues an operation (one or more commands) on the *lane*.
   One dispatcher task takes everything queued meanwhile and sends it as one
   pipeline, so one round trip serves many operations (group commit). Batches
   go out one at a time, so operations take effect in the order they were
-  called. The lane's socket is driven from the event loop (``redis_wire``):
+  called. The lane's socket is driven from the event loop (``wire``):
   a thread hop per round trip cost more CPU than the round trip itself.
 * ``call_prepared`` does the same for an operation whose commands are built by
   the dispatcher right before they are sent, and which sees its replies before
@@ -27,7 +27,7 @@ Error handling
     Redis restart (``NOSCRIPT``) are loaded again and the failed commands re-sent.
 
 Accepts
-    With an ``AcceptWait`` (``mas.store.redis_accept``), a pipeline that carries
+    With an ``AcceptWait`` (``mas.store.redis.accept``), a pipeline that carries
     enqueues (operations of kind ``enqueue``) ends with its ``WAIT`` or
     ``WAITAOF``, so one wait serves the whole batch; the enqueues are answered
     only after it, and fail with ``StoreNotDurableError`` when it acknowledged
@@ -35,7 +35,7 @@ Accepts
 
 Cancellation
     A cancelled caller abandons its operation if it has not been sent yet;
-    otherwise the operation still runs. Closing the link fails what is queued.
+    otherwise the operation still runs. Closing the client fails what is queued.
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-from ..config import redact_url
-from ..errors import StoreError
-from .redis_accept import NO_WAIT, AcceptWait
-from .redis_scripts import Script
-from .redis_wire import ProtocolError, WireSocket, pack
+from ...config import redact_url
+from ...errors import StoreError
+from .accept import NO_WAIT, AcceptWait
+from .scripts import Script
+from .wire import ProtocolError, WireSocket, pack
 
 log = logging.getLogger("mas.store.redis")
 
@@ -142,8 +142,8 @@ class _Op:
 
 
 @dataclass
-class LinkStatistics:
-    """Counters of one link (read by ``RedisStore.statistics``)."""
+class ClientStatistics:
+    """Counters of one client (read by ``RedisStore.statistics``)."""
 
     round_trips: int = 0  # pipelines sent and answered (including script reloads)
     commands: int = 0  # commands sent
@@ -157,7 +157,7 @@ class LinkStatistics:
     accept_refusals: int = 0  # of which acknowledged fewer than asked
 
 
-class RedisLink:
+class RedisClient:
     """A bounded pool, the pipelined lane and the subscriber connection."""
 
     def __init__(
@@ -195,7 +195,7 @@ class RedisLink:
         self._send, self._receive = trio.open_memory_channel[_Op](MAX_PENDING_OPS)
         self._current: list[_Op] = []
         self._closed = False
-        self.stats = LinkStatistics()
+        self.stats = ClientStatistics()
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(f"Redis at {self.safe_url} is unavailable: {exc}")

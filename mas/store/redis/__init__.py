@@ -2,8 +2,8 @@
 
 ``open_redis_store(url, limits)`` yields a ``RedisStore`` that keeps the ``Store``
 contract (``mas.store.base``) for every server sharing one Redis (and namespace).
-Every operation is one Lua script or plain command sent on the link's lane
-(``mas.store.redis_link``), which batches concurrent operations into one
+Every operation is one Lua script or plain command sent on the client's lane
+(``mas.store.redis.client``), which batches concurrent operations into one
 pipeline: enqueue, claim and ack each cost one round trip, shared by every
 operation in the same batch.
 
@@ -63,22 +63,22 @@ Order
     delivery count, set with ``XCLAIM ... RETRYCOUNT`` on redelivery.
 
 Cost (measured by ``tests/component/test_store_redis.py``)
-    Client side: enqueue, claim and ack are one ``EVALSHA`` and one round trip
-    each, concurrent calls share the round trip, and acks of one queue that
-    come together share one ``EVALSHA``. Redis side, scripts included: 5
-    commands per enqueue (8 with its audit record), 7 per claim batch that
-    takes messages (3 when neither queue has any waiting: the ``waiting``
-    counts are read first), 3 per ack batch plus an ``XPENDING`` per entry.
+    Client side: an enqueue batch, a claim and an ack batch are one ``EVALSHA``
+    and one round trip each, and concurrent calls share the round trip. Redis
+    side, scripts included: 8 commands for a batch of one message with its audit
+    record, 7 per claim batch that takes messages (3 when neither queue has any
+    waiting: the ``waiting`` counts are read first), 3 per ack batch of one
+    stream plus an ``XPENDING`` per entry.
 
     ``enqueue_many`` is one ``EVALSHA`` for the whole batch (messages, their
     correlations and audit records), one round trip unless a queue filled or
     drained unexpectedly or another server won the race for the audit chain
-    (``mas.store.redis_batch``). Redis side: per message one ``XADD`` (plus
+    (``mas.store.redis.batch``). Redis side: per message one ``XADD`` (plus
     ``HSET`` and ``PEXPIREAT`` with a correlation), per queue 2 commands
     (plus ``SCARD``, and ``PUBLISH`` with other servers, when it was empty; plus
     ``XGROUP CREATE`` and one more ``XADD`` when its stream is new), per batch
-    4 (the script, the chain's three). ``ack_many`` is one ``EVALSHA`` whatever its streams, and 2
-    commands per stream plus an ``XPENDING`` per entry.
+    4 (the script, the chain's three). ``ack_many`` is one ``EVALSHA`` whatever
+    its streams, and 2 commands per stream plus an ``XPENDING`` per entry.
 
     End to end (``tests/e2e/test_redis_commands.py``, every command of the
     server counted): 58 commands per request/reply and 26 per one-way message
@@ -88,7 +88,7 @@ Cost (measured by ``tests/component/test_store_redis.py``)
 Durability and limits
     With ``appendonly yes`` and ``appendfsync always`` an accepted message
     survives a Redis crash; with ``everysec`` the last second may be lost on a
-    crash (not on a restart). An ``AcceptWait`` (``redis_accept``) makes every
+    crash (not on a restart). An ``AcceptWait`` (``accept``) makes every
     pipeline with enqueues end with ``WAIT``/``WAITAOF``, and refuses its
     enqueues (``store_not_durable``) when too few acknowledged them. Needs
     Redis 6.2 or newer, on one node (scripts derive some queue keys at run
@@ -96,12 +96,12 @@ Durability and limits
     by the clock of the caller of ``claim``/``pending_agents``: if the server
     that scheduled it dies first, the next claim on any server promotes it.
 
-Modules: ``redis_store`` (the store), ``redis_link`` (pool, batching, errors),
-``redis_scripts`` (queue and audit Lua), ``redis_batch`` (``enqueue_many``,
-``ack_many``), ``redis_lease`` (servers), ``redis_watch`` (the subscriber),
-``redis_audit`` (the chain), ``redis_dlq``, ``redis_records`` (correlations,
-state), ``redis_keys`` (key names, decoding), ``redis_durability`` (start-up
-checks), ``redis_accept`` (the wait before an accept).
+Modules: ``store`` (the store), ``client`` (pool, batching, errors),
+``scripts`` (queue and audit Lua), ``batch`` (``enqueue_many``,
+``ack_many``), ``lease`` (servers), ``watch`` (the subscriber),
+``audit`` (the chain), ``dlq``, ``records`` (correlations,
+state), ``keys`` (key names, decoding), ``durability`` (start-up
+checks), ``accept`` (the wait before an accept).
 """
 
 from __future__ import annotations
@@ -113,17 +113,17 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ..errors import ConfigError
-from . import redis_batch as batch
-from . import redis_records as records
-from . import redis_scripts as lua
-from .base import StoreLimits
-from .redis_accept import NO_WAIT, AcceptWait
-from .redis_audit import AUDIT_SCRIPTS
-from .redis_durability import check_accept_wait, check_persistence
-from .redis_keys import check_id
-from .redis_link import RedisLink, StoreUnavailableError
-from .redis_store import RedisStore
+from ...errors import ConfigError
+from ..base import StoreLimits
+from . import batch as batch
+from . import records as records
+from . import scripts as lua
+from .accept import NO_WAIT, AcceptWait
+from .audit import AUDIT_SCRIPTS
+from .client import RedisClient, StoreUnavailableError
+from .durability import check_accept_wait, check_persistence
+from .keys import check_id
+from .store import RedisStore
 
 __all__ = ["RedisStore", "StoreUnavailableError", "open_redis_store"]
 
@@ -156,7 +156,7 @@ async def open_redis_store(
     back from ended servers count an attempt; pass the router's ``max_attempts``
     as ``release_max_attempts`` to dead-letter those past it (``session_lost``;
     None: requeue all), as ``release_session`` does. ``accept`` says what an
-    enqueue waits for before it is answered (``mas.store.redis_accept``); one
+    enqueue waits for before it is answered (``mas.store.redis.accept``); one
     Redis cannot do is refused at start (ConfigError).
 
     Error handling: raises ``StoreUnavailableError`` if Redis cannot be reached
@@ -165,7 +165,7 @@ async def open_redis_store(
     """
     server_id = check_id("server id", server_id or secrets.token_hex(8), ": ")
     check_id("namespace", namespace, " ")
-    link = RedisLink(
+    client = RedisClient(
         url,
         scripts=(*lua.SCRIPTS, *records.SCRIPTS, *batch.SCRIPTS, *AUDIT_SCRIPTS),
         socket_timeout=socket_timeout,
@@ -174,7 +174,7 @@ async def open_redis_store(
         accept_wait=accept,
     )
     store = RedisStore(
-        link,
+        client,
         limits,
         server_id=server_id,
         namespace=namespace,
@@ -186,11 +186,11 @@ async def open_redis_store(
     failure: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(link.run)
+            await nursery.start(client.run)
             try:
-                await link.load_scripts()
-                await check_persistence(link, link.safe_url, require_durable=require_durable)
-                await check_accept_wait(link, link.safe_url, accept)
+                await client.load_scripts()
+                await check_persistence(client, client.safe_url, require_durable=require_durable)
+                await check_accept_wait(client, client.safe_url, accept)
                 held = await store._lease.renew("join")
                 await store._audit.load()
                 if audit_key is not None:  # a keyless opener (a reader, a test) links unkeyed
@@ -211,6 +211,6 @@ async def open_redis_store(
                     await store._lease.close(socket_timeout)
                     nursery.cancel_scope.cancel()
     finally:
-        link.close()
+        client.close()
     if failure is not None:
         raise failure

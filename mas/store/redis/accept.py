@@ -31,7 +31,7 @@ from typing import Any, Final, NamedTuple
 
 from redis.exceptions import ResponseError
 
-from .redis_wire import Command
+from .wire import Command
 
 WAITAOF_VERSION: Final = (7, 2)  # the first Redis with WAITAOF
 DEFAULT_TIMEOUT: Final = 1.0  # seconds an accept waits for its acknowledgements

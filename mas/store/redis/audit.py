@@ -1,10 +1,10 @@
 """The audit chain in Redis: one chain for every server sharing the store.
 
-Records are linked in Python (Redis scripts have no SHA-256) and written by a
-script that first checks the chain's head is still the record they were
-linked after: a compare-and-set on ``ns:audit-head``, the last record's hash,
-in the same script that writes the message, so neither exists without the
-other.
+Records are linked in Python (Redis scripts have no SHA-256), by
+``mas.audit.chain.link_many`` as in every store, and written by a script that
+first checks the chain's head is still the record they were linked after: a
+compare-and-set on ``ns:audit-head``, the last record's hash, in the same script
+that writes the message, so neither exists without the other.
 
 Linking happens in the lane's dispatcher, right before the batch is sent, after
 the last record this server knows of; the replies update that view before the
@@ -32,12 +32,12 @@ import msgspec
 import trio
 from redis.exceptions import ResponseError
 
-from ..audit.chain import key_id, link_many
-from ..audit.record import GENESIS, AuditDraft, AuditRecord
-from ..audit.retention import Retention, parse_anchor
-from ..errors import ConfigError
-from . import redis_scripts as lua
-from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
+from ...audit.chain import key_id, link_many
+from ...audit.record import GENESIS, AuditDraft, AuditRecord
+from ...audit.retention import Retention, parse_anchor
+from ...errors import ConfigError
+from . import scripts as lua
+from .client import Arg, Command, RedisClient, StoreUnavailableError
 
 AUDIT_TIMEOUT: Final = 10.0  # seconds an audited write may wait for its turn at the chain
 TURN_WAIT: Final = 0.001  # seconds between tries while another server has the turn
@@ -95,14 +95,14 @@ class AuditChain:
 
     def __init__(
         self,
-        link: RedisLink,
+        client: RedisClient,
         keys: list[str],
         server_id: str,
         hmac_key: bytes | None,
         *,
         anchor_key: str,
     ) -> None:
-        self._link = link
+        self._client = client
         self.keys = keys  # the chain, its head, its turn
         self._anchor_key = anchor_key
         self._server_id = server_id
@@ -128,7 +128,7 @@ class AuditChain:
 
     async def load(self) -> None:
         """Take the chain's last record as the place to link after."""
-        [head] = await self._link.call("audit", ("LINDEX", self.keys[0], -1))
+        [head] = await self._client.call("audit", ("LINDEX", self.keys[0], -1))
         self.moved_on(head)
 
     async def check_key(self, key_id_key: str) -> None:
@@ -138,7 +138,7 @@ class AuditChain:
         keyed with (records linked with two keys would verify with neither).
         """
         ours = key_id(self._hmac_key)
-        [_, theirs] = await self._link.call(
+        [_, theirs] = await self._client.call(
             "audit", ("SET", key_id_key, ours, "NX"), ("GET", key_id_key)
         )
         if theirs is not None and theirs.decode() != ours:
@@ -176,7 +176,7 @@ class AuditChain:
                 if before_each is not None:
                     await before_each()
                 call = _Linking(self, script, keys, args, drafts)
-                [outcome] = await self._link.call_prepared(kind, call, size)
+                [outcome] = await self._client.call_prepared(kind, call, size)
                 if outcome[0] >= 0:
                     return outcome, call.records
                 if outcome[0] == -2:
@@ -200,7 +200,7 @@ class AuditChain:
             return []
         first = max(after_seq, 0) + 1
         keys = [self.keys[0], self._anchor_key]
-        _, found = await self._link.evalsha("audit", READ_AUDIT, keys, [first, first + limit - 1])
+        _, found = await self._client.evalsha("audit", READ_AUDIT, keys, [first, first + limit - 1])
         return [_decoder.decode(raw) for raw in found]
 
     async def trim(self, rule: Retention) -> int:
@@ -212,11 +212,11 @@ class AuditChain:
             rule.limit,
         ]
         keys = [self.keys[0], self._anchor_key]
-        return int(await self._link.evalsha("audit_trim", TRIM_AUDIT, keys, args))
+        return int(await self._client.evalsha("audit_trim", TRIM_AUDIT, keys, args))
 
     async def anchor(self) -> tuple[int, str]:
         """(seq, hash) of the last record trimmed; (0, GENESIS) when none was."""
-        [raw] = await self._link.call("audit", ("GET", self._anchor_key))
+        [raw] = await self._client.call("audit", ("GET", self._anchor_key))
         return parse_anchor(raw)
 
 

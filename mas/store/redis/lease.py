@@ -19,10 +19,10 @@ import math
 
 import trio
 
-from . import redis_scripts as lua
-from .redis_keys import Keys
-from .redis_link import RedisLink, StoreUnavailableError
-from .redis_scripts import MAX_DEAD_LETTERS
+from . import scripts as lua
+from .client import RedisClient, StoreUnavailableError
+from .keys import Keys
+from .scripts import MAX_DEAD_LETTERS
 
 log = logging.getLogger("mas.store.redis")
 
@@ -32,13 +32,13 @@ class Lease:
 
     def __init__(
         self,
-        link: RedisLink,
+        client: RedisClient,
         keys: Keys,
         server_id: str,
         lease_seconds: float,
         release_max_attempts: int | None,
     ) -> None:
-        self._link = link
+        self._client = client
         self._keys = keys
         self._server_id = server_id
         self.lease_ms = max(1, round(lease_seconds * 1000))
@@ -56,7 +56,7 @@ class Lease:
         back and quits.
         """
         keys = self._keys
-        held, handed_back = await self._link.evalsha(
+        held, handed_back = await self._client.evalsha(
             "lease",
             lua.LEASE,
             [keys.lease(self._server_id), keys.servers, keys.waiting],

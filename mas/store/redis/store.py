@@ -1,12 +1,12 @@
 """``RedisStore``: the ``Store`` contract on Redis Streams, hashes and Lua.
 
 Opened by ``mas.store.redis.open_redis_store``, which documents the key layout,
-leases and wake-ups. Every method is one operation on the link's lane
-(``mas.store.redis_link``): a script or a few plain commands, sent in one
+leases and wake-ups. Every method is one operation on the client's lane
+(``mas.store.redis.client``): a script or a few plain commands, sent in one
 pipeline with whatever else is queued at the time.
 
 This server's deliveries are tracked in memory too (delivery id -> stream entry
-and message), so ``ack``, ``retry`` and ``dead_letter`` need not read the entry
+and message), so ``ack_many``, ``retry`` and ``dead_letter`` need not read the entry
 back, and a session's deliveries are known when it is released; the pending
 entries in Redis remain the truth that ``release_session`` and reclaims act on.
 """
@@ -21,11 +21,10 @@ from typing import Any, Final, NamedTuple
 
 import trio
 
-from ..audit.record import AuditDraft, AuditRecord
-from ..audit.retention import Retention
-from ..envelope import new_delivery_id
-from . import redis_scripts as lua
-from .base import (
+from ...audit.record import AuditDraft, AuditRecord
+from ...audit.retention import Retention
+from ...envelope import new_delivery_id
+from ..base import (
     Correlation,
     CorrelationRefused,
     DeadLetter,
@@ -33,22 +32,21 @@ from .base import (
     EnqueueItem,
     InFlight,
     QueuedMessage,
-    QueueFullError,
     StateSnapshot,
     StoreLimits,
 )
-from .redis_audit import AuditChain
-from .redis_batch import EnqueueBatch, ack_command
-from .redis_dlq import dead_letter_entries, replay
-from .redis_keys import Keys, queue_name, split_queue_name
-from .redis_lease import Lease
-from .redis_link import Arg, Command, RedisLink, StoreUnavailableError
-from .redis_records import Records
-from .redis_scripts import MAX_DEAD_LETTERS
-from .redis_watch import watch_queues
+from . import scripts as lua
+from .audit import AuditChain
+from .batch import EnqueueBatch, ack_command
+from .client import RedisClient, StoreUnavailableError
+from .dlq import dead_letter_entries, replay
+from .keys import Keys, queue_name, split_queue_name
+from .lease import Lease
+from .records import Records
+from .scripts import MAX_DEAD_LETTERS
+from .watch import watch_queues
 
 MAX_FULL_QUEUES_KNOWN: Final = 1024  # queues remembered as full (checked before linking)
-ACK_SIZE: Final = 64  # bytes, an estimate of one ack for batch sizing
 
 log = logging.getLogger("mas.store.redis")
 
@@ -75,47 +73,12 @@ class _Release(NamedTuple):
     not_before: tuple[str | bytes, ...]
 
 
-class _AckBatch:
-    """Acks of one stream that wait for the same batch: one script call (``Prepared``)."""
-
-    def __init__(
-        self, pending: dict[str, _AckBatch], stream: str, entry: tuple[bytes, str]
-    ) -> None:
-        self._pending = pending
-        self._stream = stream
-        self.entries = [entry]  # (entry id, consumer)
-        self._done = trio.Event()
-        self._error: Exception | None = None
-
-    def commands(self) -> list[Command]:
-        if self._pending.get(self._stream) is self:
-            del self._pending[self._stream]  # later acks make a new batch
-        pairs = [arg for entry in self.entries for arg in entry]
-        return [("EVALSHA", lua.ACK.sha, 1, self._stream, *pairs)]
-
-    def completed(self, replies: list[Any]) -> None:
-        if isinstance(replies[0], Exception):
-            self._error = StoreUnavailableError(f"ack refused: {replies[0]}")
-        self._done.set()
-
-    def failed(self, error: Exception) -> None:
-        if self._pending.get(self._stream) is self:
-            del self._pending[self._stream]
-        self._error = error
-        self._done.set()
-
-    async def wait(self) -> None:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-
-
 class RedisStore:
     """A ``Store`` in Redis, shared by every server opened on the same URL and namespace."""
 
     def __init__(
         self,
-        link: RedisLink,
+        client: RedisClient,
         limits: StoreLimits,
         *,
         server_id: str,
@@ -127,59 +90,22 @@ class RedisStore:
         self.limits = limits
         self.server_id = server_id
         self.audit_key = audit_key
-        self._link = link
+        self._client = client
         self._keys = Keys(namespace)
         chain_keys = [self._keys.audit, self._keys.audit_head, self._keys.audit_turn]
         self._audit = AuditChain(
-            link, chain_keys, server_id, audit_key, anchor_key=self._keys.audit_anchor
+            client, chain_keys, server_id, audit_key, anchor_key=self._keys.audit_anchor
         )
-        self._lease = Lease(link, self._keys, server_id, lease_seconds, release_max_attempts)
-        self._records = Records(link, self._keys, limits.max_state_bytes)
+        self._lease = Lease(client, self._keys, server_id, lease_seconds, release_max_attempts)
+        self._records = Records(client, self._keys, limits.max_state_bytes)
         self._full: dict[str, None] = {}  # queues that refused an enqueue lately (insertion order)
         self._deliveries: dict[str, _Tracked] = {}
-        self._acks: dict[str, _AckBatch] = {}  # stream -> acks waiting to be sent
         self._sessions: dict[str, _Session] = {}
         self._unreleased: dict[str, _Release] = {}  # ended sessions Redis did not release yet
         self._wake: Callable[[str, str | None], None] | None = None  # set by ``watch``
         self._counts = {"sent": 0, "delivered": 0, "wakeups": 0}
 
     # -- queues -------------------------------------------------------------------------
-
-    async def enqueue(
-        self, message: QueuedMessage, audit: AuditDraft | None = None
-    ) -> AuditRecord | None:
-        q = queue_name(message.target_id, message.instance_id)
-        keys = [self._keys.queue(q), self._keys.waiting, *self._audit.keys, self._keys.servers]
-        args: list[Arg] = [
-            q,
-            self.limits.max_queue_length,
-            message.message_id,
-            repr(message.enqueued_at),
-            message.envelope_json,
-            self._keys.wake_channel,
-            self.server_id,
-        ]
-        record: AuditRecord | None = None
-        if audit is None:
-            outcome = await self._link.evalsha("enqueue", lua.ENQUEUE, keys, args)
-        else:
-
-            async def unless_known_full() -> None:
-                # A refused audited enqueue costs the records linked after it in its batch
-                # a retry: so a queue that refused lately is looked at before linking.
-                if q in self._full:
-                    if await self._queue_length(q) >= self.limits.max_queue_length:
-                        raise QueueFullError(message.target_id)
-                    self._full.pop(q, None)
-
-            outcome, [record] = await self._audit.write(
-                "enqueue", lua.ENQUEUE, keys, args, [audit], before_each=unless_known_full
-            )
-        if outcome[0] != 1:
-            self._refused(q)
-            raise QueueFullError(message.target_id)
-        self._counts["sent"] += 1
-        return record
 
     def _refused(self, q: str) -> None:
         self._full[q] = None
@@ -190,14 +116,14 @@ class RedisStore:
         if not items:
             return []
         batch = EnqueueBatch(
-            self._link,
+            self._client,
             self._keys,
             self._audit,
             self.server_id,
             self.limits.max_queue_length,
             items,
         )
-        # Queues that refused lately are predicted to refuse again (see redis_batch).
+        # Queues that refused lately are predicted to refuse again (see batch).
         records = await batch.write([q in self._full for q in batch.queues])
         for q, record in zip(batch.queues, records, strict=True):
             if record is None:
@@ -208,7 +134,7 @@ class RedisStore:
         return records
 
     async def _queue_length(self, q: str) -> int:
-        [length] = await self._link.call("queue_depth", ("HGET", self._keys.waiting, q))
+        [length] = await self._client.call("queue_depth", ("HGET", self._keys.waiting, q))
         return int(length or 0)
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
@@ -235,7 +161,7 @@ class RedisStore:
             session = self._sessions[session_id] = _Session(agent_id, instance_id)
         keys, ns = self._keys, self._keys.ns
         reply_q, shared_q = queue_name(agent_id, instance_id), queue_name(agent_id, None)
-        entries = await self._link.evalsha(
+        entries = await self._client.evalsha(
             "claim",
             lua.CLAIM,
             [
@@ -295,21 +221,6 @@ class RedisStore:
                 session.deliveries.discard(delivery_id)
         return tracked
 
-    async def ack(self, delivery_id: str) -> InFlight | None:
-        tracked = self._forget(delivery_id)
-        if tracked is None:
-            return None
-        stream = self._keys.queue(tracked.q)
-        entry = (tracked.entry_id, self._consumer(tracked.delivery.session_id))
-        batch = self._acks.get(stream)
-        if batch is not None:  # an ack of this stream waits to be sent: go with it
-            batch.entries.append(entry)
-            await batch.wait()
-        else:
-            batch = self._acks[stream] = _AckBatch(self._acks, stream, entry)
-            await self._link.call_prepared("ack", batch, ACK_SIZE, abandonable=False)
-        return tracked.delivery
-
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
         acked = [self._forget(delivery_id) for delivery_id in delivery_ids]
         entries: dict[str, list[tuple[bytes, str]]] = {}
@@ -321,7 +232,7 @@ class RedisStore:
                 )
         if entries:
             # Forgotten here already: the acks go out even if this caller is cancelled.
-            await self._link.call("ack", ack_command(entries), abandonable=False)
+            await self._client.call("ack", ack_command(entries), abandonable=False)
         return [None if tracked is None else tracked.delivery for tracked in acked]
 
     async def enqueue_acking(
@@ -350,7 +261,7 @@ class RedisStore:
         if tracked is None:
             return None
         delivery = tracked.delivery
-        await self._link.evalsha(
+        await self._client.evalsha(
             "retry",
             lua.RETRY,
             [self._keys.queue(tracked.q), self._keys.delayed],
@@ -369,7 +280,7 @@ class RedisStore:
         if tracked is None:
             return None
         message = tracked.delivery.message
-        written = await self._link.evalsha(
+        written = await self._client.evalsha(
             "dead_letter",
             lua.DEAD_LETTER,
             [
@@ -442,7 +353,7 @@ class RedisStore:
 
     async def _release(self, session_id: str, release: _Release, now: float) -> int:
         session, keys = release.session, self._keys
-        handed_back: int = await self._link.evalsha(
+        handed_back: int = await self._client.evalsha(
             "release",
             lua.RELEASE,
             [
@@ -476,7 +387,7 @@ class RedisStore:
         """Wake local sessions for queues other servers filled: one subscriber per server."""
         self._wake = wake  # also for what this server hands back by itself
         await watch_queues(
-            self._link,
+            self._client,
             self._keys,
             self.server_id,
             wake,
@@ -488,14 +399,14 @@ class RedisStore:
         self._counts["wakeups"] += n
 
     async def next_due(self) -> float | None:
-        [first] = await self._link.call(
+        [first] = await self._client.call(
             "next_due", ("ZRANGE", self._keys.delayed, 0, 0, "WITHSCORES")
         )
         return float(first[1]) if first else None
 
     async def pending_agents(self, now: float) -> set[str]:
         keys, ns = self._keys, self._keys.ns
-        queues = await self._link.evalsha(
+        queues = await self._client.evalsha(
             "pending",
             lua.PENDING,
             [keys.delayed, keys.waiting],
@@ -504,25 +415,19 @@ class RedisStore:
         return {split_queue_name(q)[0] for q in queues}
 
     async def dead_letters(self, agent_id: str | None = None) -> list[DeadLetter]:
-        return [dead for _, _, dead in await dead_letter_entries(self._link, self._keys, agent_id)]
+        return [
+            dead for _, _, dead in await dead_letter_entries(self._client, self._keys, agent_id)
+        ]
 
     async def replay_dead_letters(
         self, message_ids: Sequence[str] | None, now: float
     ) -> list[DeadLetter]:
-        return await replay(self._link, self._keys, message_ids, now)
+        return await replay(self._client, self._keys, message_ids, now)
 
     async def queue_depth(self, agent_id: str) -> int:
         return await self._queue_length(queue_name(agent_id, None))
 
-    # -- correlations and state (redis_records) ---------------------------------------
-
-    async def put_correlation(self, correlation: Correlation) -> None:
-        await self._records.put_correlation(correlation)
-
-    async def take_correlation(
-        self, correlation_id: str, replier_id: str, now: float
-    ) -> Correlation:
-        return await self._records.take_correlation(correlation_id, replier_id, now)
+    # -- correlations and state (records) ---------------------------------------
 
     async def find_correlations(
         self, finds: Sequence[tuple[str, str]], now: float
@@ -534,9 +439,6 @@ class RedisStore:
         # them. Reply streams are bounded by max_queue_length and dead-lettered past
         # max_message_age when claimed.
         return 0
-
-    async def get_state(self, agent_id: str) -> dict[str, str]:
-        return await self._records.get_state(agent_id)
 
     async def read_state(self, agent_id: str) -> StateSnapshot:
         return await self._records.read_state(agent_id)
@@ -563,7 +465,7 @@ class RedisStore:
         per message delivered (a round trip shared by a batch is split among its
         operations).
         """
-        stats = self._link.stats
+        stats = self._client.stats
         sent, delivered = self._counts["sent"], self._counts["delivered"]
         rt, cmds = stats.op_round_trips, stats.op_commands
         return {

@@ -17,8 +17,8 @@ from typing import Final
 
 import trio
 
-from .redis_keys import Keys, split_queue_name
-from .redis_link import BACKOFF_MAX, BACKOFF_MIN, Connection, RedisLink, StoreUnavailableError
+from .client import BACKOFF_MAX, BACKOFF_MIN, Connection, RedisClient, StoreUnavailableError
+from .keys import Keys, split_queue_name
 
 log = logging.getLogger("mas.store.redis")
 
@@ -30,7 +30,7 @@ Wake = Callable[[str, str | None], None]
 
 
 async def watch_queues(
-    link: RedisLink,
+    client: RedisClient,
     keys: Keys,
     server_id: str,
     wake: Wake,
@@ -51,7 +51,7 @@ async def watch_queues(
     started, delay = False, BACKOFF_MIN
     while True:
         try:
-            conn = await link.subscribe([keys.wake_channel, stop_channel])
+            conn = await client.subscribe([keys.wake_channel, stop_channel])
         except StoreUnavailableError as exc:
             log.warning("watch: %s; retrying in %.2f s", exc, delay)
             await trio.sleep(delay)
@@ -59,22 +59,22 @@ async def watch_queues(
             continue
         try:
             if started:
-                [queues] = await link.call("watch", ("HKEYS", keys.waiting))
+                [queues] = await client.call("watch", ("HKEYS", keys.waiting))
                 for q in queues:
                     wake(*split_queue_name(q))
             else:
                 task_status.started()
                 started = True
             delay = BACKOFF_MIN
-            await _listen(link, conn, keys, server_id, stop_channel, wake, on_wakes)
+            await _listen(client, conn, keys, server_id, stop_channel, wake, on_wakes)
         except StoreUnavailableError as exc:
             log.warning("watch: %s; subscribing again", exc)
         finally:
-            link.unsubscribe(conn)
+            client.unsubscribe(conn)
 
 
 async def _listen(
-    link: RedisLink,
+    client: RedisClient,
     conn: Connection,
     keys: Keys,
     server_id: str,
@@ -95,7 +95,7 @@ async def _listen(
                     trio.move_on_after(STOP_TIMEOUT),
                     contextlib.suppress(StoreUnavailableError),
                 ):
-                    await link.call("watch", ("PUBLISH", stop_channel, b""))
+                    await client.call("watch", ("PUBLISH", stop_channel, b""))
 
     channel, mine = keys.wake_channel.encode(), server_id.encode() + b" "
 
@@ -107,7 +107,7 @@ async def _listen(
         try:
             while True:
                 reading = True
-                messages = await link.read_messages(conn, WATCH_WAIT, WATCH_BATCH, keep)
+                messages = await client.read_messages(conn, WATCH_WAIT, WATCH_BATCH, keep)
                 reading = False
                 queues = {
                     payload.partition(b" ")[2] for source, payload in messages if source == channel

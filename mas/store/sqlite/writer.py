@@ -89,7 +89,7 @@ from typing import Any, Final, Literal, TypeVar, TypeVarTuple
 
 import trio
 
-from .sqlite_schema import StoreError, connect, lock_store, release_store
+from .schema import StoreError, connect, lock_store, release_store
 
 log = logging.getLogger("mas.store.sqlite")
 
@@ -113,7 +113,7 @@ _LOCKED_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 class _LockedError(Exception):
-    """Another process holds the database lock: try again shortly (see ``Writer.call``)."""
+    """Another process holds the database lock: try again shortly (see ``SqliteWriter.call``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +174,7 @@ def _close_opened(opened: tuple[sqlite3.Connection, int | None, int]) -> None:
     release_store(lock)
 
 
-class Writer:
+class SqliteWriter:
     """Owns a store's connection on the event loop; see the module docstring."""
 
     def __init__(
@@ -599,9 +599,9 @@ async def open_writer(
     sync: Sync = "full",
     checkpoint_every: int = CHECKPOINT_EVERY,
     shutdown_timeout: float,
-) -> AsyncIterator[Writer]:
+) -> AsyncIterator[SqliteWriter]:
     """Open ``path`` for the body, with its background tasks; close it (bounded) on exit."""
-    writer = Writer(
+    writer = SqliteWriter(
         path, sync=sync, checkpoint_every=checkpoint_every, shutdown_timeout=shutdown_timeout
     )
     await writer.start()

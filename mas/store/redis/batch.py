@@ -16,7 +16,7 @@ Enqueue
 
     The script computes the outcome and writes only if it matches the
     prediction (and the chain's head is the record linked after: the
-    compare-and-set of ``redis_audit``). Otherwise it writes nothing and
+    compare-and-set of ``audit``). Otherwise it writes nothing and
     answers the outcome it found, with the chain's last record; the batch is
     linked again on that, refused items now flagged ``2``, and sent again. A
     retry only ever adds refusals, so it ends within one try per item; in
@@ -40,8 +40,8 @@ import msgspec
 import trio
 from redis.exceptions import ResponseError
 
-from ..audit.record import AuditRecord
-from .base import (
+from ...audit.record import AuditRecord
+from ..base import (
     CORRELATION_EXPIRED,
     STORE_NOT_DURABLE,
     UNKNOWN_CORRELATION,
@@ -49,11 +49,11 @@ from .base import (
     Enqueued,
     EnqueueItem,
 )
-from .redis_audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain
-from .redis_keys import Keys, queue_name
-from .redis_link import Arg, Command, RedisLink, StoreNotDurableError, StoreUnavailableError
-from .redis_records import CORRELATION_GRACE_MS
-from .redis_scripts import make_script
+from .audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain
+from .client import Arg, Command, RedisClient, StoreNotDurableError, StoreUnavailableError
+from .keys import Keys, queue_name
+from .records import CORRELATION_GRACE_MS
+from .scripts import make_script
 
 # KEYS: waiting, audit chain, audit head, audit turn, servers, then each item's stream,
 #       then the correlation key of each item that has one (in item order), then the key
@@ -113,7 +113,8 @@ for i = 1, n do
   if string.sub(mask, i, i) == '1' then
     local stream = KEYS[5 + i]
     if before[q] then  -- the queue's first message of the batch
-      -- As ENQUEUE: only a queue that was empty is announced, and only to other servers.
+      -- Sessions that saw the queue non-empty keep claiming until it is empty: only a
+      -- queue that was empty is announced, and only to other servers.
       if before[q] == 0 then
         if others == nil then others = redis.call('SCARD', KEYS[5]) > 1 end
         if others then redis.call('PUBLISH', ARGV[3], me .. ' ' .. q) end
@@ -122,7 +123,7 @@ for i = 1, n do
       before[q] = nil
     end
     append_entry(stream, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
-    if has_correlation then  -- as PUT_CORRELATION (redis_records)
+    if has_correlation then  -- the hash records.find_correlations reads
       if not now_ms then
         local t = redis.call('TIME')
         now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -143,8 +144,9 @@ return {1, mask}
 """
 
 # KEYS: streams. ARGV: per stream, the number of its entries, then (entry id, consumer)
-# pairs. As ACK: only entries still pending for their consumer are acked, and emptied
-# streams are kept until the session's release.
+# pairs. Only entries still pending for their consumer are acked: after a reclaim, the
+# entry belongs to another server, which is delivering it now. An emptied stream is kept
+# (the next enqueue appends to it in one command); the release of the session deletes it.
 _ACK_MANY: Final = """
 local a = 1
 for _, stream in ipairs(KEYS) do
@@ -169,14 +171,14 @@ class EnqueueBatch:
 
     def __init__(
         self,
-        link: RedisLink,
+        client: RedisClient,
         keys: Keys,
         chain: AuditChain,
         server_id: str,
         max_length: int,
         items: Sequence[EnqueueItem],
     ) -> None:
-        self._link = link
+        self._client = client
         self._chain = chain
         self._items = items
         self.queues = [queue_name(i.message.target_id, i.message.instance_id) for i in items]
@@ -211,7 +213,7 @@ class EnqueueBatch:
 
         Result i is item i's record, None when its queue was full, or the
         ``CorrelationRefused`` of a reply whose correlation is no longer open, or
-        (``store_not_durable``) of an item written but not acknowledged as the link's
+        (``store_not_durable``) of an item written but not acknowledged as the client's
         ``AcceptWait`` asks. Raises ``StoreUnavailableError`` when the chain gives
         no turn within ``AUDIT_TIMEOUT``, ValueError when a draft cannot be linked.
         """
@@ -222,7 +224,7 @@ class EnqueueBatch:
                 attempt = _Attempt(self, flags)
                 not_durable = False
                 try:
-                    [outcome] = await self._link.call_prepared("enqueue", attempt, self._size)
+                    [outcome] = await self._client.call_prepared("enqueue", attempt, self._size)
                 except StoreNotDurableError as exc:
                     [outcome], not_durable = exc.replies, True
                     if isinstance(outcome, ResponseError):

@@ -19,7 +19,7 @@ A failover to an asynchronous replica can lose what the replica had not received
 whatever these settings. ``check_persistence`` reads them at start and says which row
 applies: a warning for the last two rows, or (``require_durable``) a refusal to start.
 
-An ``AcceptWait`` (``mas.store.redis_accept``: ``store.accept_replicas``,
+An ``AcceptWait`` (``mas.store.redis.accept``: ``store.accept_replicas``,
 ``store.accept_fsync``) makes an accept wait for replicas or for the fsync itself;
 ``check_accept_wait`` refuses to start on a Redis that cannot do what it asks.
 """
@@ -30,9 +30,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
-from ..errors import ConfigError
-from .redis_accept import WAITAOF_VERSION, AcceptWait, parse_version
-from .redis_link import RedisLink, StoreUnavailableError
+from ...errors import ConfigError
+from .accept import WAITAOF_VERSION, AcceptWait, parse_version
+from .client import RedisClient, StoreUnavailableError
 
 log = logging.getLogger("mas.store.redis")
 
@@ -65,7 +65,7 @@ def _pairs(reply: Sequence[Any]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-async def check_persistence(link: RedisLink, safe_url: str, *, require_durable: bool) -> None:
+async def check_persistence(client: RedisClient, safe_url: str, *, require_durable: bool) -> None:
     """Read Redis's persistence settings; warn, or refuse to start, when they lose messages.
 
     Raises ``StoreUnavailableError`` (the server does not start) when ``require_durable``
@@ -73,7 +73,7 @@ async def check_persistence(link: RedisLink, safe_url: str, *, require_durable: 
     read (``CONFIG`` disabled, as some managed services do).
     """
     try:
-        [appendonly, fsync] = await link.call(
+        [appendonly, fsync] = await client.call(
             "start", ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "appendfsync")
         )
         settings = {**_pairs(appendonly), **_pairs(fsync)}
@@ -109,7 +109,7 @@ def _info(reply: Any) -> dict[str, str]:
     return {key.strip(): value.strip() for key, _, value in fields}
 
 
-async def check_accept_wait(link: RedisLink, safe_url: str, wait: AcceptWait) -> None:
+async def check_accept_wait(client: RedisClient, safe_url: str, wait: AcceptWait) -> None:
     """Refuse to start (``ConfigError``) when this Redis cannot wait as ``wait`` asks.
 
     ``fsync`` needs ``WAITAOF`` (Redis 7.2 or newer) and ``appendonly yes``. Fewer
@@ -118,7 +118,7 @@ async def check_accept_wait(link: RedisLink, safe_url: str, wait: AcceptWait) ->
     """
     if not wait.active:
         return
-    server, replication = await link.call("start", ("INFO", "server"), ("INFO", "replication"))
+    server, replication = await client.call("start", ("INFO", "server"), ("INFO", "replication"))
     version_text = _info(server).get("redis_version", "")
     version = parse_version(version_text)
     if wait.fsync:
@@ -129,7 +129,7 @@ async def check_accept_wait(link: RedisLink, safe_url: str, wait: AcceptWait) ->
                 f"{'.'.join(map(str, WAITAOF_VERSION))} or newer; upgrade Redis, or unset "
                 "accept_fsync (appendfsync always gives the same guarantee for one node)"
             )
-        [appendonly] = await link.call("start", ("CONFIG", "GET", "appendonly"))
+        [appendonly] = await client.call("start", ("CONFIG", "GET", "appendonly"))
         if _pairs(appendonly).get("appendonly", "").lower() != "yes":
             raise ConfigError(
                 f"Redis at {safe_url} has appendonly off, so it has no append-only file to "

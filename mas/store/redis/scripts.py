@@ -204,35 +204,6 @@ local function reclaim(ns, waiting, channel, server, max_attempts, cap)
 end
 """
 
-# KEYS: stream, waiting, audit chain, audit head, audit turn, servers.
-# ARGV: q, max_length, message_id, enqueued_at, envelope, channel, origin (this server),
-#       then, with an audit record, the hash it was linked after, its hash, the record.
-# Returns {1} enqueued, {0, head} queue full, {-1 or -2, head} not written: see
-# chain_ready (head: the chain's last record, to link again after).
-_ENQUEUE: Final = """
-local audited = #ARGV > 7
-if audited then
-  local ready = chain_ready(KEYS[4], KEYS[5], ARGV[7], ARGV[8])
-  if ready < 0 then return {ready, redis.call('LINDEX', KEYS[3], -1)} end
-end
-local waiting = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if waiting >= tonumber(ARGV[2]) then
-  return {0, audited and redis.call('LINDEX', KEYS[3], -1)}
-end
-append_entry(KEYS[1], ARGV[3], ARGV[4], ARGV[5])
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
--- Sessions that saw the queue non-empty keep claiming until it is empty: only the first
--- message after that needs announcing, and only to other servers.
-if waiting == 0 and redis.call('SCARD', KEYS[6]) > 1 then
-  redis.call('PUBLISH', ARGV[6], ARGV[7] .. ' ' .. ARGV[1])
-end
-if audited then
-  redis.call('RPUSH', KEYS[3], ARGV[10])
-  redis.call('SET', KEYS[4], ARGV[9] .. ' ' .. ARGV[7])
-end
-return {1}
-"""
-
 # KEYS: audit chain, audit head, audit turn. ARGV: this server, the hash the records were
 # linked after, the last record's hash, the records (JSON). The chain is a list that only
 # grows (record seq n at index n - 1).
@@ -313,16 +284,6 @@ local waiting = redis.call('HMGET', KEYS[5], ARGV[5], ARGV[6])
 take(KEYS[1], KEYS[2], ARGV[5], 1, ARGV[8], waiting[1])
 take(KEYS[3], KEYS[4], ARGV[6], 2, '', waiting[2])
 return out
-"""
-
-# KEYS: stream. ARGV: (entry id, consumer) pairs.
-# Only entries still pending for that consumer are acked: after a reclaim, the entry
-# belongs to another server, which is delivering it now. An emptied stream is kept (the
-# next enqueue appends to it in one command); the release of the session deletes it.
-_ACK: Final = """
-local owned = owned_entries(KEYS[1], ARGV, 1, #ARGV)
-for i = 1, #owned, 1000 do forget(KEYS[1], {unpack(owned, i, math.min(i + 999, #owned))}) end
-return #owned
 """
 
 # KEYS: stream, delayed. ARGV: entry id, consumer, next attempt, not_before, q.
@@ -448,10 +409,8 @@ def make_script(name: str, body: str, *, prelude: bool = True) -> Script:
     return Script(name, source, digest)
 
 
-ENQUEUE: Final = make_script("enqueue", _ENQUEUE)
 APPEND_AUDIT: Final = make_script("append_audit", _APPEND_AUDIT)
 CLAIM: Final = make_script("claim", _CLAIM)
-ACK: Final = make_script("ack", _ACK)
 RETRY: Final = make_script("retry", _RETRY)
 DEAD_LETTER: Final = make_script("dead_letter", _DEAD_LETTER)
 RELEASE: Final = make_script("release", _RELEASE)
@@ -459,11 +418,9 @@ LEASE: Final = make_script("lease", _LEASE)
 PENDING: Final = make_script("pending", _PENDING)
 REPLAY: Final = make_script("replay", _REPLAY)
 
-SCRIPTS: Final = (  # the queue and audit scripts (see also redis_records.SCRIPTS)
-    ENQUEUE,
+SCRIPTS: Final = (  # the queue and audit scripts (see also records.SCRIPTS)
     APPEND_AUDIT,
     CLAIM,
-    ACK,
     RETRY,
     DEAD_LETTER,
     RELEASE,

@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from ..errors import ConfigError
-from ..errors import StoreError as StoreError
+from ...errors import ConfigError
+from ...errors import StoreError as StoreError
 
 APPLICATION_ID: Final = 0x6D617331  # "mas1": PRAGMA application_id of a mas store file
 BUSY_TIMEOUT_MS: Final = 5_000  # ms a statement waits for another connection's lock
@@ -228,7 +228,7 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
             "put the store on a local file system"
         )
     # FULL for any user of a bare connection; the store's writer lowers it to NORMAL
-    # and flushes the WAL itself, off the event loop (see sqlite_writer).
+    # and flushes the WAL itself, off the event loop (see writer).
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")

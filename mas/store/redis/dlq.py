@@ -10,26 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import redis_scripts as lua
-from .base import DeadLetter
-from .redis_keys import Keys, decode_dead_letter, entry_order
-from .redis_link import Command, RedisLink
+from ..base import DeadLetter
+from . import scripts as lua
+from .client import Command, RedisClient
+from .keys import Keys, decode_dead_letter, entry_order
 
 DeadLetterEntry = tuple[str, bytes, DeadLetter]  # (agent id, entry id, dead letter)
 
 
 async def dead_letter_entries(
-    link: RedisLink, keys: Keys, agent_id: str | None
+    client: RedisClient, keys: Keys, agent_id: str | None
 ) -> list[DeadLetterEntry]:
     """An agent's dead letters (or every agent's), oldest first."""
     if agent_id is not None:
         agents = [agent_id]
     else:
-        [members] = await link.call("dlq", ("SMEMBERS", keys.dlq_agents))
+        [members] = await client.call("dlq", ("SMEMBERS", keys.dlq_agents))
         agents = sorted(m.decode() for m in members)
     if not agents:
         return []
-    streams = await link.call("dlq", *(("XRANGE", keys.dlq(agent), "-", "+") for agent in agents))
+    streams = await client.call("dlq", *(("XRANGE", keys.dlq(agent), "-", "+") for agent in agents))
     found = [
         (agent, entry_id, decode_dead_letter(fields))
         for agent, entries in zip(agents, streams, strict=True)
@@ -41,7 +41,7 @@ async def dead_letter_entries(
 
 
 async def replay(
-    link: RedisLink, keys: Keys, message_ids: Sequence[str] | None, now: float
+    client: RedisClient, keys: Keys, message_ids: Sequence[str] | None, now: float
 ) -> list[DeadLetter]:
     """Put dead letters (all, or those with these message ids) back in their queues.
 
@@ -51,7 +51,7 @@ async def replay(
     wanted = None if message_ids is None else set(message_ids)
     chosen = [
         entry
-        for entry in await dead_letter_entries(link, keys, None)
+        for entry in await dead_letter_entries(client, keys, None)
         if wanted is None or entry[2].message.message_id in wanted
     ]
     by_agent: dict[str, list[bytes]] = {}
@@ -75,6 +75,6 @@ async def replay(
         )
         for agent_id, entry_ids in by_agent.items()
     ]
-    replies = await link.call("dlq", *commands)
+    replies = await client.call("dlq", *commands)
     replayed = {entry_id for reply in replies for entry_id in reply}
     return [dead for _, entry_id, dead in chosen if entry_id in replayed]

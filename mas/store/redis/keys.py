@@ -1,14 +1,14 @@
 """The Redis store's key layout and the decoding of what it reads back (pure).
 
 The layout itself is drawn in ``mas.store.redis``; the Lua scripts
-(``mas.store.redis_scripts``) derive queue keys the same way.
+(``mas.store.redis.scripts``) derive queue keys the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import DeadLetter, QueuedMessage
+from ..base import DeadLetter, QueuedMessage
 
 
 def check_id(kind: str, value: str, forbidden: str) -> str:
