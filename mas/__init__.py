@@ -9,6 +9,7 @@ The public SDK::
     from mas import Agent, AgentMessage
 """
 
+from ._version import __version__ as __version__
 from .agent import Agent as Agent
 from .agent import AgentMessage as AgentMessage
 from .agent import DiscoveredAgent as DiscoveredAgent
@@ -82,8 +83,6 @@ from .errors import (
 from .errors import (
     UnavailableError as UnavailableError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Agent",

@@ -1,10 +1,10 @@
 """The tamper-evident audit trail: records, the hash chain, a JSONL file sink, exports.
 
 ``record``, ``chain``, ``diagnosis``, ``retention`` and ``export`` are pure;
-``reader``, ``sink``, ``keys`` (the key file), ``cli``, ``store_trail`` and
-``store_cli`` (the chain in a store, read-only) do blocking I/O: call them from
-a worker thread. The chain's encoding and the classes of tampering are described in
-:mod:`mas.audit.chain` and :mod:`mas.audit.diagnosis`.
+``reader``, ``sink``, ``keys`` (the key file) and ``store_trail`` (the chain in
+a store, read-only) do blocking I/O: call them from a worker thread (``mas audit``,
+in ``mas.cli.audit``, reads them). The chain's encoding and the classes of
+tampering are described in :mod:`mas.audit.chain` and :mod:`mas.audit.diagnosis`.
 """
 
 from mas.audit.chain import GENESIS as GENESIS

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from .. import __version__
+from .._version import __version__
 from ..control.protocol import (
     AgentRow,
     BreakerRow,

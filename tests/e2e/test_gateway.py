@@ -20,8 +20,8 @@ from mas import (
     UnauthenticatedError,
 )
 from mas._proto import runtime_pb2 as pb
-from mas.audit.cli import verify_file
 from mas.audit.record import AuditRecord
+from mas.cli.audit.files import verify_file
 from mas.config import MasConfig
 from mas.server import MasServer
 from mas.testing import TestPKI, make_config, open_test_server

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mas.scaffold import FILES, TEST_AGENTS_PY
+from mas.cli.init import FILES, TEST_AGENTS_PY
 
 ROOT = Path(__file__).resolve().parents[2]
 

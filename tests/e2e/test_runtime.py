@@ -15,8 +15,7 @@ import trio
 import trio.testing
 
 from mas.config import load_config
-from mas.runtime import Runtime
-from mas.supervisor import AgentCrashLoopError
+from mas.runtime import AgentCrashLoopError, Runtime
 
 AGENTS = """
 import trio

@@ -400,7 +400,7 @@ def test_a_record_edited_and_rehashed_without_the_key_is_caught() -> None:
 
 
 def test_an_unkeyed_prefix_is_counted_and_a_wholly_unkeyed_chain_is_not_proven() -> None:
-    from mas.audit.cli import unkeyed_verdict
+    from mas.cli.audit.files import unkeyed_verdict
 
     key = b"an audit key of 32 bytes, really"
     drafts = [AuditDraft(time=1.0 + i, decision="ALLOWED") for i in range(6)]

@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from mas.audit import AuditDraft, AuditRecord, JsonlSink, Violation, link_many
-from mas.audit.cli import export_file, tail_file, verify_file
 from mas.audit.export import CSV_COLUMNS, export, format_tail_line, iso_time, parse_time
 from mas.audit.reader import head_path
+from mas.cli.audit.files import export_file, tail_file, verify_file
 
 KEY = b"an audit key of 32 bytes, really"
 T0 = 1_795_510_800.123  # 2026-11-24T09:00:00.123Z
@@ -214,7 +214,7 @@ def test_tail_follow_prints_new_records_across_rotation(
         assert seconds == 0.25
         sink.write(next(batches))
 
-    monkeypatch.setattr("mas.audit.cli.time.sleep", sleep)
+    monkeypatch.setattr("mas.cli.audit.files.time.sleep", sleep)
     status, _, lines = tail(path, follow=True, as_json=True, poll_interval=0.25, max_polls=3)
     sink.close()
     assert status == 0
@@ -234,7 +234,7 @@ def test_tail_follow_waits_for_a_line_to_be_complete(
         with path.open("ab") as f:
             f.write(next(rest))
 
-    monkeypatch.setattr("mas.audit.cli.time.sleep", sleep)
+    monkeypatch.setattr("mas.cli.audit.files.time.sleep", sleep)
     status, _, lines = tail(path, follow=True, as_json=True, max_polls=1)
     assert status == 0 and len(lines) == 2
 

@@ -18,8 +18,8 @@ from mas.audit import (
     read_records,
     verify,
 )
-from mas.audit.cli import verify_file
 from mas.audit.reader import head_path, read_head, rotated_files
+from mas.cli.audit.files import verify_file
 
 T0 = 1_795_510_800.0
 

@@ -11,8 +11,8 @@ import pytest
 
 from mas.audit import AuditDraft, AuditRecord
 from mas.audit.retention import Retention
-from mas.audit.store_cli import export_store, tail_store, verify_store
 from mas.audit.store_trail import SqliteTrail
+from mas.cli.audit.store import export_store, tail_store, verify_store
 from mas.store.sqlite import store as ops
 from mas.store.sqlite.schema import connect
 
@@ -45,7 +45,7 @@ def test_tail_follows_the_store_and_export_reads_it(
     def sleep(seconds: float) -> None:
         written.extend(_store(db, next(later), len(written)))
 
-    monkeypatch.setattr("mas.audit.store_cli.time.sleep", sleep)
+    monkeypatch.setattr("mas.cli.audit.store.time.sleep", sleep)
     out = io.StringIO()
     trail = SqliteTrail(db)
     status, _ = tail_store(

@@ -8,6 +8,8 @@ import msgspec
 import pytest
 
 from mas.audit.record import AuditDraft
+from mas.cli.status import quantile, render_status, status_json
+from mas.cli.top import render_top
 from mas.control.protocol import (
     HEADER,
     MAX_REQUEST_BYTES,
@@ -26,8 +28,6 @@ from mas.control.protocol import (
 from mas.server.http import HttpError, Response, parse_request_head, render_response
 from mas.server.metrics import MAX_REASONS, OTHER, WINDOW, ServerMetrics
 from mas.server.prometheus import render
-from mas.status import quantile, render_status, status_json
-from mas.top import render_top
 
 
 def _draft(decision: str, **fields: object) -> AuditDraft:

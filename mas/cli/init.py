@@ -12,11 +12,13 @@ Writes three files and nothing else (an existing one is never overwritten)::
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Final
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .exits import EXIT_OK
 
 AGENTS_PY: Final = '''\
 """This project's agents: Caller asks Shouter to shout each of its words."""
@@ -158,8 +160,9 @@ def scaffold(directory: Path) -> list[Path]:
     return targets
 
 
-def run(directory: Path) -> int:
+def run(args: argparse.Namespace) -> int:
     """``mas init DIR``: scaffold, then say what to do next."""
+    directory = Path(args.directory)
     target = directory.resolve()
     scaffold(target)
     shown = directory if not directory.is_absolute() else target
@@ -169,4 +172,4 @@ def run(directory: Path) -> int:
         f"test it:  python -m pytest {shown}   (needs pip install 'mas[test]')",
         file=sys.stdout,
     )
-    return 0
+    return EXIT_OK

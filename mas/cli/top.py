@@ -14,6 +14,7 @@ terminal too.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -24,11 +25,12 @@ import time
 from collections.abc import Iterator
 from typing import Final, Literal, TextIO
 
-from .config import LoadedConfig
-from .control import socket_path
-from .control.client import ControlClient
-from .control.protocol import AgentRow, StatusReply, StatusRequest, StatusSnapshot
-from .errors import ControlError
+from ..config import load_config
+from ..control import socket_path
+from ..control.client import ControlClient
+from ..control.protocol import AgentRow, StatusReply, StatusRequest, StatusSnapshot
+from ..errors import ControlError
+from .exits import EXIT_OK
 from .status import duration, instances, quantile, store_line, table, unknown
 
 REFRESH_INTERVAL: Final = 1.0  # seconds between snapshots
@@ -164,8 +166,9 @@ def _draw(out: TextIO, lines: list[str]) -> None:
     out.flush()
 
 
-def run(loaded: LoadedConfig) -> int:
-    """Show the server started from ``loaded`` until ``q`` or Ctrl-C; the exit status."""
+def run(args: argparse.Namespace) -> int:
+    """Show the server started from the config until ``q`` or Ctrl-C; the exit status."""
+    loaded = load_config(args.config)
     out = sys.stdout
     client = ControlClient(socket_path(loaded), config_path=loaded.path)
     client.connect()  # no server: say so before touching the terminal
@@ -189,7 +192,7 @@ def run(loaded: LoadedConfig) -> int:
                         break
                     pressed = os.read(keys, 32).decode(errors="replace").lower()
                     if "q" in pressed:
-                        return 0
+                        return EXIT_OK
                     if "r" in pressed or "d" in pressed:
                         sort = "depth" if pressed.rstrip()[-1:] == "d" else "rate"
                         _draw(
@@ -200,6 +203,6 @@ def run(loaded: LoadedConfig) -> int:
                         )
                 previous, current = current, _fetch(client)
     except KeyboardInterrupt:  # Ctrl-C is how people leave top: a normal exit
-        return 0
+        return EXIT_OK
     except ControlError as exc:
         raise ControlError(f"{exc} (mas top stopped)") from exc

@@ -10,16 +10,18 @@ The formatting helpers here are shared with ``mas top``.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Sequence
 
 import msgspec
 
-from .config import LoadedConfig
-from .control import socket_path
-from .control.client import ControlClient
-from .control.protocol import AgentRow, StatusReply, StatusRequest, StatusSnapshot
+from ..config import LoadedConfig, load_config
+from ..control import socket_path
+from ..control.client import ControlClient
+from ..control.protocol import AgentRow, StatusReply, StatusRequest, StatusSnapshot
+from .exits import EXIT_OK
 
 
 def fetch_status(loaded: LoadedConfig) -> StatusSnapshot:
@@ -30,11 +32,11 @@ def fetch_status(loaded: LoadedConfig) -> StatusSnapshot:
     return reply.status
 
 
-def run(loaded: LoadedConfig, *, as_json: bool) -> int:
-    """Print the status of the server started from ``loaded``; returns the exit status."""
-    snapshot = fetch_status(loaded)
-    print(status_json(snapshot) if as_json else render_status(snapshot), end="")
-    return 0
+def run(args: argparse.Namespace) -> int:
+    """Print the status of the server started from the config; returns the exit status."""
+    snapshot = fetch_status(load_config(args.config))
+    print(status_json(snapshot) if args.json else render_status(snapshot), end="")
+    return EXIT_OK
 
 
 def status_json(snapshot: StatusSnapshot) -> str:

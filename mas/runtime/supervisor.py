@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .config import AgentSpec
-from .errors import AgentLoadError, CertificateError, MasError
+from ..config import AgentSpec
+from ..errors import AgentLoadError, CertificateError, MasError
 
 if TYPE_CHECKING:
-    from .agent import Agent
+    from ..agent import Agent
 
 log = logging.getLogger("mas.supervisor")
 

@@ -14,12 +14,12 @@ import logging
 
 import trio
 
-from .agent import TLSFiles
-from .config import AgentSpec, LoadedConfig, split_host_port
-from .errors import ConfigError
+from ..agent import TLSFiles
+from ..config import AgentSpec, LoadedConfig, split_host_port
+from ..errors import ConfigError
 from .hosting import AgentHost, watch_signals
 from .preflight import preflight
-from .runtime import connect_host, format_addr
+from .tree import connect_host, format_addr
 
 log = logging.getLogger("mas.runtime")
 

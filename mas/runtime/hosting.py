@@ -21,9 +21,9 @@ from typing import Any, Final
 
 import trio
 
-from .agent import Agent, TLSFiles
-from .config import AgentSpec
-from .errors import AgentLoadError
+from ..agent import Agent, TLSFiles
+from ..config import AgentSpec
+from ..errors import AgentLoadError
 from .supervisor import AgentSupervisor
 
 log = logging.getLogger("mas.runtime")

@@ -1,6 +1,6 @@
-"""``mas audit verify | tail | export`` on the chain in the store: plain functions for the CLI.
+"""``mas audit verify | tail | export`` on the chain in the store.
 
-The same contract as :mod:`mas.audit.cli` (``(exit status, message)``, records
+The same contract as :mod:`mas.cli.audit.files` (``(exit status, message)``, records
 to ``out``, nothing raised for bad content), over a
 :class:`~mas.audit.store_trail.StoreTrail` instead of JSONL files. The store
 holds the authoritative chain; the JSONL file is a copy of it.
@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 from typing import Literal, TextIO
 
 from mas.audit.chain import verify
-from mas.audit.cli import ok_message, selected_by, unkeyed_verdict, write_records
 from mas.audit.diagnosis import Unreadable
 from mas.audit.export import export
 from mas.audit.record import AuditRecord
 from mas.audit.store_trail import StoreTrail, TrailError, iter_trail
+from mas.cli.audit.files import ok_message, selected_by, unkeyed_verdict, write_records
+from mas.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def _unreadable_note(skipped: list[Unreadable]) -> str:
@@ -35,14 +36,14 @@ def verify_store(trail: StoreTrail, key: bytes | None) -> tuple[int, str]:
         anchor = trail.anchor()
         report = verify(iter_trail(trail), key, removed=anchor)
     except TrailError as exc:
-        return 2, str(exc)
+        return EXIT_USAGE, str(exc)
     problem = report.problem
     if problem is None:
         verdict = unkeyed_verdict(report) if key is not None else None
         if verdict is not None:
-            return 1, verdict
-        return 0, ok_message(report, f"in {trail.where}", key is not None)
-    return 1, (
+            return EXIT_FAILED, verdict
+        return EXIT_OK, ok_message(report, f"in {trail.where}", key is not None)
+    return EXIT_FAILED, (
         f"audit chain TAMPERED ({problem.kind}) at seq {problem.seq} in {trail.where}:"
         f" {problem.detail}. The {report.checked} record(s) before it are sound."
     )
@@ -89,8 +90,8 @@ def tail_store(
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the command line ends quietly
     except TrailError as exc:
-        return 2, str(exc)
-    return (1, _unreadable_note(skipped)) if skipped else (0, "")
+        return EXIT_USAGE, str(exc)
+    return (EXIT_FAILED, _unreadable_note(skipped)) if skipped else (EXIT_OK, "")
 
 
 def export_store(
@@ -115,6 +116,8 @@ def export_store(
     except BrokenPipeError:
         raise
     except TrailError as exc:
-        return 2, str(exc)
+        return EXIT_USAGE, str(exc)
     message = f"exported {count} record(s) from {trail.where}"
-    return (1, f"{message}; {_unreadable_note(skipped)}") if skipped else (0, message)
+    return (
+        (EXIT_FAILED, f"{message}; {_unreadable_note(skipped)}") if skipped else (EXIT_OK, message)
+    )

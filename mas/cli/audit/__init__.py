@@ -1,5 +1,8 @@
 """``mas audit tail | verify | export``: the audit trail from the command line.
 
+``files`` reads the JSONL files, ``store`` the chain in the store; each action
+returns a verdict ``(exit status, message)`` that ``mas.cli.exits.verdict`` prints.
+
 The trail read is the JSONL file: the FILE argument, else ``gateway.audit.file_path``
 of the config; with ``--store``, or when the config sets no file, it is the
 authoritative chain in the store the config names (the SQLite file, opened
@@ -21,62 +24,13 @@ from pathlib import Path
 
 import msgspec
 
-from .audit.cli import export_file, tail_file, verify_file
-from .audit.export import parse_time
-from .audit.record import DECISIONS
-from .audit.store_cli import export_store, tail_store, verify_store
-from .audit.store_trail import RedisTrail, SqliteTrail, StoreTrail, TrailError
-from .config import LoadedConfig, find_config_file, load_config, redact_url
-from .errors import ConfigError
-from .runtime import audit_key
-from .store.sqlite import DEFAULT_FILENAME
-
-
-def add_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    options: argparse.ArgumentParser,
-) -> None:
-    """Add ``audit`` and its subcommands to the main parser (``options``: shared options)."""
-    audit = commands.add_parser("audit", help="read and verify the audit trail")
-    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False, parents=[options])
-    common.add_argument("file", nargs="?", help="audit JSONL file (default: from mas.yaml)")
-    common.add_argument("--config", help="mas.yaml to read the file path, store and key from")
-    common.add_argument(
-        "--store",
-        action="store_true",
-        help="read the chain in the store (SQLite file or Redis) instead of the JSONL file",
-    )
-    verify = actions.add_parser(
-        "verify", parents=[common], help="check the hash chain; name the first broken record"
-    )
-    verify.set_defaults(audit_action=_verify)
-    tail = actions.add_parser("tail", parents=[common], help="print records, optionally follow")
-    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
-    tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    tail.add_argument(
-        "--decision",
-        type=_decision,
-        metavar="DECISION",
-        help=f"only this decision ({', '.join(DECISIONS)})",
-    )
-    tail.add_argument("--agent", help="only records this agent sent or received")
-    tail.add_argument("-n", "--last", type=int, help="start with the last N records")
-    tail.set_defaults(audit_action=_tail)
-    export = actions.add_parser("export", parents=[common], help="export records as CSV or JSON")
-    export.add_argument("--format", choices=["csv", "json"], default="json")
-    export.add_argument("--since", type=parse_time, help="epoch seconds or ISO 8601 (inclusive)")
-    export.add_argument("--until", type=parse_time, help="epoch seconds or ISO 8601 (exclusive)")
-    export.set_defaults(audit_action=_export)
-
-
-def _decision(text: str) -> str:
-    """A decision name (any case), or an argparse error listing the valid ones."""
-    if text.upper() in DECISIONS:
-        return text.upper()
-    raise argparse.ArgumentTypeError(
-        f"unknown decision {text!r}; choose from {', '.join(DECISIONS)}"
-    )
+from ...audit.store_trail import RedisTrail, SqliteTrail, StoreTrail, TrailError
+from ...config import LoadedConfig, find_config_file, load_config, redact_url
+from ...errors import ConfigError
+from ...runtime import audit_key, redis_url, sqlite_path
+from ..exits import verdict
+from .files import export_file, tail_file, verify_file
+from .store import export_store, tail_store, verify_store
 
 
 class _Source(msgspec.Struct, frozen=True):
@@ -128,8 +82,8 @@ def _trail(loaded: LoadedConfig | None) -> StoreTrail:
         )
     try:
         if config.store.backend == "sqlite":
-            return SqliteTrail(Path(config.store.path or loaded.base_dir / DEFAULT_FILENAME))
-        url = config.store.url or config.gateway.redis.url
+            return SqliteTrail(sqlite_path(config, loaded.base_dir))
+        url = redis_url(config)
         return RedisTrail(url, "mas", redact_url(url))
     except TrailError as exc:
         raise ConfigError(str(exc)) from None
@@ -137,14 +91,8 @@ def _trail(loaded: LoadedConfig | None) -> StoreTrail:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen ``audit`` action; returns the exit status."""
-    status: int = args.audit_action(args)
-    return status
-
-
-def _report(status: int, message: str, *, stream_ok: bool = False) -> int:
-    if message:
-        print(message, file=sys.stdout if (status == 0 and stream_ok) else sys.stderr)
-    return status
+    action = {"verify": _verify, "tail": _tail, "export": _export}[args.audit_command]
+    return action(args)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -157,7 +105,7 @@ def _verify(args: argparse.Namespace) -> int:
             status, message = verify_store(trail, source.key)
         finally:
             trail.close()
-    return _report(status, message, stream_ok=True)
+    return verdict(status, message, result=True)
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -178,7 +126,7 @@ def _tail(args: argparse.Namespace) -> int:
             status, message = tail_store(trail, **options)
         finally:
             trail.close()
-    return _report(status, message)
+    return verdict(status, message)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -191,4 +139,4 @@ def _export(args: argparse.Namespace) -> int:
             status, message = export_store(trail, args.format, args.since, args.until, sys.stdout)
         finally:
             trail.close()
-    return _report(status, message)
+    return verdict(status, message)

@@ -1,9 +1,10 @@
-"""``mas audit verify | tail | export`` on JSONL sink files: plain functions for the CLI.
+"""``mas audit verify | tail | export`` on the JSONL sink files.
 
-Each function returns ``(exit status, message)``; the caller prints the message
-(to stderr, except for ``verify``, whose message is its result) and exits with
-the status: 0 success, 1 the trail is tampered or has unreadable lines, 2 the
-file is missing or cannot be read. Record output goes to the ``out`` stream.
+Each function returns a verdict ``(exit status, message)``; ``mas.cli.exits.verdict``
+prints the message (to stderr, except for ``verify``, whose message is its result)
+and the command exits with the status: ``EXIT_OK`` success, ``EXIT_FAILED`` the
+trail is tampered or has unreadable lines, ``EXIT_USAGE`` the file is missing or
+cannot be read. Record output goes to the ``out`` stream.
 Nothing here raises for bad file content.
 """
 
@@ -30,6 +31,7 @@ from mas.audit.reader import (
     rotated_files,
 )
 from mas.audit.record import AuditRecord
+from mas.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 _READ_CHUNK: Final = 65_536  # bytes read at a time while following a file
 
@@ -49,7 +51,7 @@ def write_records(out: TextIO, records: Iterable[AuditRecord], *, as_json: bool)
 
 
 def _missing(path: Path) -> tuple[int, str]:
-    return 2, f"audit file {path} does not exist"
+    return EXIT_USAGE, f"audit file {path} does not exist"
 
 
 def _unreadable_note(skipped: list[Unreadable]) -> str:
@@ -114,7 +116,7 @@ def _head_check(head: Head | None, key: bytes | None, base: Path) -> tuple[int, 
     if head is None or key is None or not head.mac:
         return None
     if not same_digest(head.mac, head_mac(head, key)):
-        return 1, (
+        return EXIT_FAILED, (
             f"audit trail TAMPERED (edited): {head_path(base)} does not carry the chain's"
             " HMAC seal: the head or its anchor was rewritten without the key"
             " (or this is not the key the trail was written with)"
@@ -131,9 +133,9 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
     try:
         head = read_head_file(base)
     except ValueError as exc:
-        return 1, f"audit trail TAMPERED: {exc}"
+        return EXIT_FAILED, f"audit trail TAMPERED: {exc}"
     except OSError as exc:
-        return 2, f"cannot read the head file of {base}: {exc}"
+        return EXIT_USAGE, f"cannot read the head file of {base}: {exc}"
     starts: list[tuple[int, Path]] = []  # (index of a file's first entry, file)
 
     def entries() -> Iterator[AuditRecord | Unreadable]:
@@ -150,7 +152,7 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
             removed=None if head is None else head.anchor,
         )
     except OSError as exc:
-        return 2, f"cannot read audit file {base}: {exc}"
+        return EXIT_USAGE, f"cannot read audit file {base}: {exc}"
     problem = report.problem
     sealed = _head_check(head, key, base)  # after the records: a wrong key shows there first
     if problem is None and sealed is not None:
@@ -158,12 +160,12 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
     if problem is None:
         verdict = unkeyed_verdict(report) if key is not None else None
         if verdict is not None:
-            return 1, verdict
+            return EXIT_FAILED, verdict
         if key is not None and report.checked > report.unkeyed and (head is None or not head.mac):
             # The sink seals the head of a keyed trail after every batch: without a sealed
             # head, records could have been cut from the end and the head rewritten.
             state = "there is no head file" if head is None else "its head file is not sealed"
-            return 1, (
+            return EXIT_FAILED, (
                 f"audit trail NOT PROVEN: its {report.checked} record(s) are sound, but {state}"
                 " with the key, so records cut from the end would go unnoticed (a head written"
                 " by mas before heads were sealed is sealed by the server's next write)"
@@ -171,7 +173,7 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
         text = ok_message(report, f"in {len(files)} file(s)", key is not None)
         if head is None:
             text += "; there is no head file, so records cut from the end would go unnoticed"
-        return 0, text
+        return EXIT_OK, text
     note = ""
     if problem.kind == "deleted" and problem.seq == 1 and (head is None or head.anchor is None):
         note = (
@@ -183,7 +185,7 @@ def verify_file(path: str | os.PathLike[str], key: bytes | None) -> tuple[int, s
             "; if the trail is keyed (the default), verify it with its key:"
             " `mas audit verify --config mas.yaml`"
         )
-    return 1, (
+    return EXIT_FAILED, (
         f"audit trail TAMPERED ({problem.kind}) at seq {problem.seq}{_locate(problem, starts)}:"
         f" {problem.detail}{note}. The {report.checked} record(s) before it are sound."
     )
@@ -266,7 +268,7 @@ def tail_file(
     try:
         current = _Follower(files[-1], base)
     except OSError as exc:
-        return 2, f"cannot read audit file {base}: {exc}"
+        return EXIT_USAGE, f"cannot read audit file {base}: {exc}"
     initial = (entry for _, _, entry in iter_entries(files[:-1]))
     try:
         # A last line still being written is not shown until it is complete.
@@ -286,10 +288,10 @@ def tail_file(
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the command line ends quietly
     except OSError as exc:
-        return 2, f"cannot read audit file {base}: {exc}"
+        return EXIT_USAGE, f"cannot read audit file {base}: {exc}"
     finally:
         current.handle.close()
-    return (1, _unreadable_note(skipped)) if skipped else (0, "")
+    return (EXIT_FAILED, _unreadable_note(skipped)) if skipped else (EXIT_OK, "")
 
 
 # --- export ------------------------------------------------------------------------------
@@ -321,6 +323,8 @@ def export_file(
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the command line ends quietly
     except OSError as exc:
-        return 2, f"cannot read audit file {base}: {exc}"
+        return EXIT_USAGE, f"cannot read audit file {base}: {exc}"
     message = f"exported {count} record(s) from {base}"
-    return (1, f"{message}; {_unreadable_note(skipped)}") if skipped else (0, message)
+    return (
+        (EXIT_FAILED, f"{message}; {_unreadable_note(skipped)}") if skipped else (EXIT_OK, message)
+    )

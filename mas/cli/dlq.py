@@ -21,42 +21,21 @@ import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 import trio
 
-from .audit.record import AuditDraft
-from .config import LoadedConfig, load_config
-from .control import socket_path
-from .control.client import ControlClient, ServerNotRunningError
-from .control.protocol import MAX_REPLAY_IDS, DlqReplayRequest, ReplayedMessage, ReplayReply
-from .envelope import decode_envelope
-from .errors import ConfigError
-from .runtime import open_store
-from .store import DeadLetter, Store
-from .store.sqlite.schema import StoreUnusableError
-
-
-def add_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-    options: argparse.ArgumentParser,
-) -> None:
-    """Add ``dlq`` and its subcommands to the main parser (``options``: shared options)."""
-    dlq = commands.add_parser("dlq", help="list or replay dead-lettered messages")
-    actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    listing = actions.add_parser(
-        "list", help="show dead letters with reason and attempts", parents=[options]
-    )
-    listing.add_argument("config", nargs="?", help="mas.yaml (default: search upward)")
-    listing.add_argument("--agent", help="only messages to this agent")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    replay = actions.add_parser(
-        "replay", help="put dead letters back in their queues", parents=[options]
-    )
-    replay.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
-    replay.add_argument("--all", action="store_true", help="replay every dead letter")
-    replay.add_argument("--config", help="mas.yaml (default: search upward)")
+from ..audit.record import AuditDraft
+from ..config import LoadedConfig, load_config
+from ..control import socket_path
+from ..control.client import ControlClient, ServerNotRunningError
+from ..control.protocol import MAX_REPLAY_IDS, DlqReplayRequest, ReplayedMessage, ReplayReply
+from ..envelope import decode_envelope
+from ..errors import ConfigError
+from ..runtime import open_store, sqlite_path
+from ..store import DeadLetter, Store
+from ..store.sqlite.schema import StoreUnusableError
+from .exits import EXIT_FAILED, EXIT_OK, verdict
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_config(args.config)
         for line in trio.run(_list, loaded, args.agent, args.json):
             print(line)
-        return 0
+        return EXIT_OK
     if not args.all and not args.message_ids:
         raise ConfigError("name the message ids to replay, or pass --all")
     loaded = load_config(args.config)
@@ -81,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {message.message_id} -> {message.target_id}")
     missing = set(args.message_ids) - {m.message_id for m in replayed}
     if missing:
-        print(f"not in the dead-letter queue: {', '.join(sorted(missing))}", file=sys.stderr)
-        return 1
-    return 0
+        return verdict(EXIT_FAILED, f"not in the dead-letter queue: {', '.join(sorted(missing))}")
+    return EXIT_OK
 
 
 def _replay_by_server(
@@ -176,10 +154,9 @@ async def _replay(loaded: LoadedConfig, message_ids: list[str] | None) -> list[D
 
 def _read_sqlite_dead_letters(loaded: LoadedConfig, agent: str | None) -> list[DeadLetter]:
     """Read dead letters from the SQLite file without taking it from a running server."""
-    from .store.sqlite import DEFAULT_FILENAME
-    from .store.sqlite.store import dead_letters
+    from ..store.sqlite.store import dead_letters
 
-    path = Path(loaded.config.store.path or loaded.base_dir / DEFAULT_FILENAME)
+    path = sqlite_path(loaded.config, loaded.base_dir)
     if not path.exists():
         raise ConfigError(f"no store at {path}: nothing has run with this config yet")
     conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)

@@ -31,13 +31,13 @@ import msgspec
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .agent import Agent
-from .config import AgentSpec, LoadedConfig, MasConfig
-from .errors import AgentLoadError, CertificateError, ConfigError, IdentityError, MasError
+from ..agent import Agent
+from ..config import AgentSpec, LoadedConfig, MasConfig
+from ..errors import AgentLoadError, CertificateError, ConfigError, IdentityError, MasError
+from ..identity import identity_from_certificate, spiffe_uri
+from ..pki import client_ssl_context, load_certificates, server_ssl_context
+from ..telemetry import require_otel
 from .hosting import load_agent_class
-from .identity import identity_from_certificate, spiffe_uri
-from .pki import client_ssl_context, load_certificates, server_ssl_context
-from .telemetry import require_otel
 
 EXPIRY_WARNING: Final = dt.timedelta(days=14)  # warn this long before a certificate expires
 
