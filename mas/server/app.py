@@ -36,12 +36,11 @@ from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import BoundAddress, GrpcServer
 from .guard import GuardLimits
-from .metrics import ServerMetrics
+from .metrics import SAMPLE_INTERVAL, ServerMetrics
 from .refusal import Refusal
 from .router import Router
 from .servicer import RuntimeServicer
 from .sessions import SessionRegistry
-from .snapshot import sample_decisions
 from .store_timing import timed_store
 from .transport import ServerLimits
 
@@ -107,7 +106,7 @@ class MasServer:
             await nursery.start(self.audit.run)
             await nursery.start(self.store.watch, self.registry.ring)
             await nursery.start(router.run)
-            nursery.start_soon(sample_decisions, self)
+            nursery.start_soon(self._sample_decisions)
             self.address = await nursery.start(
                 self._grpc.serve, self._config.listen_host, self._config.listen_port
             )
@@ -158,6 +157,12 @@ class MasServer:
         with trio.move_on_after(grace_period):
             await self.registry.wait_empty()
         await self.audit.flush()
+
+    async def _sample_decisions(self) -> None:
+        """Sample the decision counters every ``SAMPLE_INTERVAL`` (the "last minute" view)."""
+        while True:
+            self.metrics.sample(self.wall_clock())
+            await trio.sleep(SAMPLE_INTERVAL)
 
     def wall_clock(self) -> float:
         """The wall time now (Trio's clock mapped to wall time: MockClock in tests)."""

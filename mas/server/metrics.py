@@ -25,6 +25,7 @@ from ..audit.record import DECISIONS, AuditDraft
 OTHER: Final = "(other)"  # the row for ids the configuration does not list
 MAX_REASONS: Final = 64  # distinct (decision, reason) pairs counted; beyond, one "other" pair
 WINDOW: Final = 60.0  # seconds of the "last minute" view of decisions
+SAMPLE_INTERVAL: Final = 1.0  # seconds between samples of that window
 # Routing latency buckets, seconds (Prometheus convention: upper bounds, +Inf implied).
 LATENCY_BUCKETS: Final = (
     0.0001,
@@ -156,7 +157,8 @@ class ServerMetrics:
     # -- the last minute ----------------------------------------------------------------
 
     def sample(self, now: float) -> None:
-        """Remember the decision counts at ``now`` (the server calls this every second)."""
+        """Remember the decision counts at ``now`` (the server calls this every
+        ``SAMPLE_INTERVAL``)."""
         self._samples.append((now, dict(self.decisions)))
 
     def last_minute(self, now: float) -> dict[str, int]:

@@ -38,7 +38,6 @@ log = logging.getLogger("mas.server.snapshot")
 
 MIN_INTERVAL: Final = 0.5  # seconds one snapshot is served to every reader
 STORE_TIMEOUT: Final = 3.0  # seconds the store has to answer a snapshot's questions
-SAMPLE_INTERVAL: Final = 1.0  # seconds between samples of the "last minute" window
 # Seconds the dead-letter counts are reused while this server dead-lettered and replayed
 # nothing: the store hands dead letters out whole, so counting them reads every one.
 DEAD_LETTER_INTERVAL: Final = 10.0
@@ -186,13 +185,6 @@ class StatusReader:
             breakers=breakers,
             metrics_address=self.metrics_address,
         )
-
-
-async def sample_decisions(server: MasServer) -> None:
-    """Sample the decision counters every ``SAMPLE_INTERVAL`` (the "last minute" view)."""
-    while True:
-        server.metrics.sample(server.wall_clock())
-        await trio.sleep(SAMPLE_INTERVAL)
 
 
 def _format_addr(host: str, port: int) -> str:
