@@ -1,5 +1,16 @@
 """The table (median, min and max of the repetitions, against the reference) and the JSON file.
 
+Two ratios: ``ratio`` against the reference as PERFORMANCE.md gives it, and ``at floor``
+against the reference scaled by this run's floor. The reference was measured on a day when an
+echo round trip on an open purerpc mTLS stream took ``REFERENCE_FLOOR_RTT``; this machine's
+speed varies by a factor of two from day to day for both systems, so a run whose floor took
+twice as long scales the reference's rates by 1/2 and its times by 2 before dividing. Only
+rates (``/s``) and times (``ms``) are scaled; memory and counts are not. The scaling is an
+estimate, not a measurement of the reference: on 2026-12-01 the floor took 1,188 us (3.2x the
+reference day's) while the reference itself, run that day, was only about 2.2x slower, so an
+``at floor`` ratio may overstate ours by up to about 1.5x; ``ratio`` understates it on a slow
+day. Only a side-by-side run of both systems gives the true ratio.
+
 Rows come store by store, in scenario order; store-independent scenarios (g) come last with
 the store ``-``. A store that ``mas check`` refused is one row saying so, never a number.
 Text rows (``n/a ...``, ``failed: ...``) fill the value columns.
@@ -11,13 +22,42 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from .scenarios import Metric, Scenario
 
 Row = tuple[str, ...]
-HEADER: Row = ("scenario", "store", "median", "min", "max", "unit", "reference", "ratio")
+HEADER: Row = (
+    "scenario",
+    "store",
+    "median",
+    "min",
+    "max",
+    "unit",
+    "reference",
+    "ratio",
+    "at floor",
+)
 NO_STORE = "-"
+REFERENCE_FLOOR_RTT: Final = 370e-6  # seconds: the echo round trip of PERFORMANCE.md's day
+
+
+def floor_speed(records: Sequence[dict[str, Any]]) -> float | None:
+    """This run's speed against the reference's day: ``REFERENCE_FLOOR_RTT`` / the run's floor
+    round trip (below 1 on a slower day), or None without a floor (scenario 0) in the run."""
+    rtt = _median_of(records, "floor", NO_STORE, "echo_rtt")
+    return None if not rtt else REFERENCE_FLOOR_RTT / rtt
+
+
+def _at_floor(metric: Metric, median: float, speed: float | None) -> str:
+    """The ratio against the reference scaled by the run's floor ("" where it does not apply)."""
+    if speed is None or metric.reference is None:
+        return ""
+    if metric.unit.endswith("/s"):
+        return f"{median / (metric.reference * speed):.2f}"
+    if metric.unit == "ms":
+        return f"{median / (metric.reference / speed):.2f}"
+    return ""
 
 
 def _fmt(value: float) -> str:
@@ -34,7 +74,11 @@ def _fmt(value: float) -> str:
 
 
 def _metric_rows(
-    metric: Metric, store: str, reps: Sequence[dict[str, Any]], note: str
+    metric: Metric,
+    store: str,
+    reps: Sequence[dict[str, Any]],
+    note: str,
+    speed: float | None = None,
 ) -> list[Row]:
     label = metric.label
     if metric.stores is not None and store not in metric.stores:
@@ -65,6 +109,7 @@ def _metric_rows(
             metric.unit + suffix,
             reference,
             ratio,
+            _at_floor(metric, median, speed),
         )
     ]
 
@@ -76,6 +121,7 @@ def table_rows(
     repetitions: Sequence[dict[str, Any]],
 ) -> list[Row]:
     """The table's rows. ``availability[store]`` is None when usable, else why not."""
+    speed = floor_speed(repetitions)
 
     def reps(job: str, store: str) -> list[dict[str, Any]]:
         return [r for r in repetitions if r["job"] == job and r["store"] == store]
@@ -96,12 +142,12 @@ def table_rows(
                     rows.append((scenario.metrics[0][1].label, store, "n/a (redis store only)"))
                 continue
             for job, metric in scenario.metrics:
-                rows += _metric_rows(metric, store, reps(job, store), scenario.note)
+                rows += _metric_rows(metric, store, reps(job, store), scenario.note, speed)
     redis_usable = "redis" in stores and availability.get("redis") is None
     for scenario in scenarios:
         if scenario.stores == ():
             for job, metric in scenario.metrics:
-                rows += _metric_rows(metric, NO_STORE, reps(job, NO_STORE), scenario.note)
+                rows += _metric_rows(metric, NO_STORE, reps(job, NO_STORE), scenario.note, speed)
         elif scenario.note and scenario.stores is not None and not redis_usable:
             why = scenario.note if "redis" in stores else "not run (redis not in --stores)"
             rows.append((scenario.metrics[0][1].label, "redis", why))
@@ -116,7 +162,7 @@ def render(rows: Sequence[Row]) -> str:
             widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
         else:
             widths[0], widths[1] = max(widths[0], len(row[0])), max(widths[1], len(row[1]))
-    numeric = {2, 3, 4, 6, 7}
+    numeric = {2, 3, 4, 6, 7, 8}
 
     def line(row: Row) -> str:
         if len(row) != len(HEADER):
@@ -173,7 +219,7 @@ def ceiling_rows(
         durable = store == "sqlite" and sqlite_sync == "full"
         ceiling = 1.0 / (2 * rtt + (2 * fsync if durable else 0.0))
         how = "2 RTT + 2 fsync" if durable else "2 RTT"
-        rows.append((f"a ceiling ({how})", store, _fmt(ceiling), "", "", "req/s", "", ""))
+        rows.append((f"a ceiling ({how})", store, _fmt(ceiling), "", "", "req/s", "", "", ""))
         share = 100.0 * achieved / ceiling
-        rows.append(("a share of its ceiling", store, f"{share:.0f}", "", "", "%", "", ""))
+        rows.append(("a share of its ceiling", store, f"{share:.0f}", "", "", "%", "", "", ""))
     return rows
