@@ -2,13 +2,13 @@
 
 Reads and writes the store named by mas.yaml. A listing gets a ``DLQ_LISTED``
 audit record and every replayed message a ``DLQ_REPLAYED`` one, naming the
-operator. While a server runs for the config, ``replay`` asks it over its
-control socket (``mas.control``) to do the replay, on every store: the SQLite
-store belongs to that process, and the server wakes the agents whose messages
-came back. With no server running, ``replay`` opens the store itself. ``list``
-reads a SQLite file alongside the running server (and says that this listing
-could not be audited). The memory store keeps nothing outside its server
-process: there is nothing to list, and only its running server can replay.
+operator. While a server runs for the config, both ask it over its control
+socket (``mas.control``), on every store: the SQLite store belongs to that
+process, the memory store's dead letters exist only in it, and the server wakes
+the agents whose messages came back. With no server running, they open the
+store themselves. Only when a server holds the SQLite file without answering on
+a control socket (it has none: ``control_socket`` too long) does ``list`` read
+the file alongside it, and say that this listing could not be audited.
 """
 
 from __future__ import annotations
@@ -29,11 +29,19 @@ from ..audit.record import AuditDraft
 from ..config import LoadedConfig, load_config
 from ..control import socket_path
 from ..control.client import ControlClient, ServerNotRunningError
-from ..control.protocol import MAX_REPLAY_IDS, DlqReplayRequest, ReplayedMessage, ReplayReply
+from ..control.protocol import (
+    MAX_REPLAY_IDS,
+    DlqListRequest,
+    DlqReplayRequest,
+    ListedLetter,
+    ListReply,
+    ReplayedMessage,
+    ReplayReply,
+)
 from ..envelope import decode_envelope
 from ..errors import ConfigError
 from ..runtime import open_store, sqlite_path
-from ..store import DeadLetter, Store
+from ..store import DeadLetter, QueuedMessage, Store
 from ..store.sqlite.schema import StoreUnusableError
 from .exits import EXIT_FAILED, EXIT_OK, verdict
 
@@ -42,7 +50,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen ``dlq`` action; returns the exit status."""
     if args.dlq_command == "list":
         loaded = load_config(args.config)
-        for line in trio.run(_list, loaded, args.agent, args.json):
+        letters = _list_by_server(loaded, args.agent)
+        if letters is None:
+            lines = trio.run(_list, loaded, args.agent, args.json)
+        else:
+            lines = [_format(dead, args.json) for dead in letters]
+        for line in lines:
             print(line)
         return EXIT_OK
     if not args.all and not args.message_ids:
@@ -93,12 +106,46 @@ async def _store(loaded: LoadedConfig) -> AsyncIterator[Store]:
     config = loaded.config
     if config.store.backend == "memory":
         raise ConfigError(
-            "the memory store keeps dead letters only inside its server process: while it "
-            "runs, `mas status` counts them per agent and `mas dlq replay` replays them; "
-            "use the sqlite or redis store to list them or keep them from one run to the next"
+            "the memory store keeps dead letters only inside its server process, and no "
+            "server is running for this config: while one runs, `mas dlq list` and "
+            "`mas dlq replay` ask it; use the sqlite or redis store to keep dead letters "
+            "from one run to the next"
         )
     async with open_store(config, loaded.base_dir) as store:
         yield store
+
+
+def _list_by_server(loaded: LoadedConfig, agent: str | None) -> list[DeadLetter] | None:
+    """The dead letters, from the running server (None: no server runs for this config)."""
+    client = ControlClient(socket_path(loaded), config_path=loaded.path)
+    try:
+        client.connect()
+    except ServerNotRunningError:
+        return None
+    letters: list[DeadLetter] = []
+    start: int | None = 0
+    with client:
+        while start is not None:  # pages are bounded: a long queue comes in several
+            request = DlqListRequest(agent_id=agent, start=start, operator=_operator())
+            reply = client.request(request)
+            assert isinstance(reply, ListReply)
+            letters += (_dead_letter(listed) for listed in reply.letters)
+            start = reply.next_start
+    return letters
+
+
+def _dead_letter(listed: ListedLetter) -> DeadLetter:
+    message = QueuedMessage(
+        message_id=listed.message_id,
+        target_id=listed.target_id,
+        instance_id=None,
+        envelope_json=listed.envelope_json,
+        enqueued_at=0.0,
+        attempt=listed.attempt,
+    )
+    return DeadLetter(
+        message=message, reason=listed.reason, dead_lettered_at=listed.dead_lettered_at
+    )
 
 
 async def _list(loaded: LoadedConfig, agent: str | None, as_json: bool) -> list[str]:

@@ -15,6 +15,7 @@ Requests are a tagged union on ``op``::
     {"op": "status"}                          -> StatusReply (the StatusSnapshot)
     {"op": "reload"}                          -> ReloadReply (re-read mas.yaml, as SIGHUP)
     {"op": "dlq_replay", "message_ids": null} -> ReplayReply (null: every dead letter)
+    {"op": "dlq_list", "agent_id": null, "start": 0} -> ListReply (a page of dead letters)
 
 and every reply may instead be an ``ErrorReply`` (``code``, ``message``): ``bad_request``
 (the frame did not decode: the server closes the connection after saying so),
@@ -37,6 +38,8 @@ MAX_REQUEST_BYTES: Final = 65_536  # a request frame's body, bytes
 MAX_REPLY_BYTES: Final = 16 * 1024 * 1024  # a reply frame's body (a status of many agents)
 MAX_SOCKET_PATH: Final = 107  # bytes of a Unix socket path (sun_path less its NUL, Linux)
 MAX_REPLAY_IDS: Final = 1_000  # message ids one dlq_replay names (more: several requests)
+MAX_LISTED: Final = 500  # dead letters one dlq_list reply carries (more: ask from `next_start`)
+MAX_LISTED_BYTES: Final = 8 * 1024 * 1024  # envelope bytes one dlq_list reply carries
 
 ErrorCode = Literal["bad_request", "busy", "not_allowed", "failed"]
 
@@ -74,7 +77,21 @@ class DlqReplayRequest(_Wire, frozen=True, tag_field="op", tag="dlq_replay"):
     operator: Annotated[str, msgspec.Meta(max_length=256)] = ""  # user@host, for the audit
 
 
-Request = StatusRequest | ReloadRequest | DlqReplayRequest
+class DlqListRequest(_Wire, frozen=True, tag_field="op", tag="dlq_list"):
+    """A page of the dead letters (of ``agent_id``, or every agent's), from ``start`` on.
+
+    The first page (``start`` 0) is audited as one ``DLQ_LISTED`` record naming the
+    ``operator``; a listing that needs several pages reads a queue that may change between
+    them (a replay, a new dead letter), as any paged listing does.
+    """
+
+    version: int = PROTOCOL_VERSION
+    agent_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    start: Annotated[int, msgspec.Meta(ge=0)] = 0
+    operator: Annotated[str, msgspec.Meta(max_length=256)] = ""  # user@host, for the audit
+
+
+Request = StatusRequest | ReloadRequest | DlqReplayRequest | DlqListRequest
 
 # -- the status snapshot ------------------------------------------------------------------
 
@@ -186,12 +203,30 @@ class ReplayReply(_Wire, frozen=True, tag_field="kind", tag="replay"):
     replayed: list[ReplayedMessage]
 
 
+class ListedLetter(_Wire, frozen=True):
+    """One dead letter as ``mas dlq list`` shows it."""
+
+    message_id: str
+    target_id: str
+    envelope_json: bytes  # the envelope as routed
+    attempt: int  # the attempts it had
+    reason: str  # why it was dead-lettered
+    dead_lettered_at: float  # wall-clock seconds
+
+
+class ListReply(_Wire, frozen=True, tag_field="kind", tag="list"):
+    """A page of dead letters; ``next_start`` asks for the next one (None: this was the last)."""
+
+    letters: list[ListedLetter]
+    next_start: int | None = None
+
+
 class ErrorReply(_Wire, frozen=True, tag_field="kind", tag="error"):
     code: ErrorCode
     message: str
 
 
-Reply = StatusReply | ReloadReply | ReplayReply | ErrorReply
+Reply = StatusReply | ReloadReply | ReplayReply | ListReply | ErrorReply
 
 _request_decoder: Final = msgspec.msgpack.Decoder(Request)
 _reply_decoder: Final = msgspec.msgpack.Decoder(Reply)

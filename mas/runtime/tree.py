@@ -34,12 +34,18 @@ import trio
 from ..agent import TLSFiles
 from ..config import AgentSpec, LoadedConfig, MasConfig, load_config
 from ..control import socket_path
-from ..control.protocol import ReloadReply, ReplayedMessage, StatusSnapshot
+from ..control.protocol import (
+    DlqListRequest,
+    ListReply,
+    ReloadReply,
+    ReplayedMessage,
+    StatusSnapshot,
+)
 from ..errors import ConfigError, MasError
 from ..pki import server_ssl_context, write_dev_pki
 from ..server import BoundAddress, MasServer
 from ..server.app import restart_only_changes
-from ..server.control import ControlServer
+from ..server.control import ControlServer, list_page
 from ..server.http import HttpServer
 from ..server.prometheus import Endpoints
 from ..server.snapshot import StatusReader
@@ -272,3 +278,9 @@ class RuntimeControls:
             ReplayedMessage(message_id=d.message.message_id, target_id=d.message.target_id)
             for d in replayed
         ]
+
+    async def dlq_list(self, request: DlqListRequest) -> ListReply:
+        letters = await self._server.list_dead_letters(
+            request.agent_id, request.operator, audited=request.start == 0
+        )
+        return list_page(letters, request.start)

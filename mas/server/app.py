@@ -190,6 +190,23 @@ class MasServer:
             self.registry.ring(agent_id)
         return replayed
 
+    async def list_dead_letters(
+        self, agent_id: str | None, operator: str, *, audited: bool
+    ) -> list[DeadLetter]:
+        """The dead letters (of ``agent_id``, or all), oldest first; ``audited``: record the
+        listing as ``DLQ_LISTED``, naming the operator (the first page of a listing is)."""
+        letters = await self.store.dead_letters(agent_id)
+        if audited:
+            await self.audit.record(
+                AuditDraft(
+                    time=self.wall_clock(),
+                    decision="DLQ_LISTED",
+                    reason=f"listed by {operator or 'an operator'} ({len(letters)} message(s))",
+                    target_id=agent_id or "",
+                )
+            )
+        return letters
+
     def statistics(self) -> dict[str, Any]:
         """Counters for logs and tests, including decisions and their latency histograms."""
         return {

@@ -1,4 +1,4 @@
-"""The server's control socket: ``mas status``, ``mas top``, ``mas reload``, ``mas dlq replay``.
+"""The server's control socket: `mas status`, `top`, `reload`, `dlq replay` and `dlq list`.
 
 ::
 
@@ -10,7 +10,8 @@ to mas.yaml (``control_socket``); where the kernel tells the peer's credentials
 (``SO_PEERCRED``, Linux), a client whose uid is not the server's is refused as
 well, whatever the file's mode became. Every action is audited (``CONTROL``
 records name the action, the peer's uid and pid, and the outcome): reload and
-replay each time, status once per connection (``mas top`` asks every second).
+replay each time, a dead-letter listing once (not once per page), status once per
+connection (``mas top`` asks every second).
 
 A client cannot hurt the server: frames are bounded (``MAX_REQUEST_BYTES``), a
 frame must arrive within ``READ_TIMEOUT`` once begun and the next one within
@@ -33,7 +34,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, Protocol
 
@@ -42,12 +43,17 @@ import trio
 from ..audit.record import AuditDraft
 from ..control.protocol import (
     HEADER,
+    MAX_LISTED,
+    MAX_LISTED_BYTES,
     MAX_REQUEST_BYTES,
     MAX_SOCKET_PATH,
     PROTOCOL_VERSION,
+    DlqListRequest,
     DlqReplayRequest,
     ErrorReply,
     FrameError,
+    ListedLetter,
+    ListReply,
     ReloadReply,
     ReloadRequest,
     ReplayedMessage,
@@ -61,6 +67,7 @@ from ..control.protocol import (
     frame_length,
 )
 from ..errors import MasError
+from ..store import DeadLetter
 
 log = logging.getLogger("mas.server.control")
 
@@ -82,6 +89,33 @@ class ControlActions(Protocol):
     async def dlq_replay(
         self, message_ids: list[str] | None, operator: str
     ) -> list[ReplayedMessage]: ...
+
+    async def dlq_list(self, request: DlqListRequest) -> ListReply: ...
+
+
+def list_page(letters: Sequence[DeadLetter], start: int) -> ListReply:
+    """The page of ``letters`` from ``start``: at most ``MAX_LISTED`` of them and
+    ``MAX_LISTED_BYTES`` of envelopes (always at least one, so a listing moves on)."""
+    page: list[ListedLetter] = []
+    size = 0
+    index = start
+    for index in range(start, len(letters)):
+        dead = letters[index]
+        size += len(dead.message.envelope_json)
+        if page and (len(page) == MAX_LISTED or size > MAX_LISTED_BYTES):
+            return ListReply(letters=page, next_start=index)
+        message = dead.message
+        page.append(
+            ListedLetter(
+                message_id=message.message_id,
+                target_id=message.target_id,
+                envelope_json=message.envelope_json,
+                attempt=message.attempt,
+                reason=dead.reason,
+                dead_lettered_at=dead.dead_lettered_at,
+            )
+        )
+    return ListReply(letters=page)
 
 
 class Peer(NamedTuple):
@@ -306,6 +340,11 @@ class ControlServer:
                 replayed = await self._actions.dlq_replay(request.message_ids, request.operator)
                 await self._record(f"dlq replay by {peer}: {len(replayed)} message(s)")
                 return ReplayReply(replayed=replayed)
+            if isinstance(request, DlqListRequest):
+                page = await self._actions.dlq_list(request)
+                if request.start == 0:  # a listing is audited once, not once per page
+                    await self._record(f"dlq list by {peer}")
+                return page
             snapshot = await self._actions.status()
             if audit_status:
                 await self._record(f"status by {peer}")
@@ -331,4 +370,6 @@ def _op(request: Request) -> str:
         return "reload"
     if isinstance(request, DlqReplayRequest):
         return "dlq replay"
+    if isinstance(request, DlqListRequest):
+        return "dlq list"
     return "status"

@@ -20,11 +20,15 @@ import trio.testing
 from mas.audit.record import AuditDraft
 from mas.control.protocol import (
     HEADER,
+    MAX_LISTED,
+    MAX_LISTED_BYTES,
     MAX_REQUEST_BYTES,
     AgentRow,
+    DlqListRequest,
     DlqReplayRequest,
     ErrorReply,
     LatencyHistogram,
+    ListReply,
     ReloadReply,
     ReloadRequest,
     ReplayedMessage,
@@ -44,7 +48,9 @@ from mas.server.control import (
     READ_TIMEOUT,
     WRITE_TIMEOUT,
     ControlServer,
+    list_page,
 )
+from mas.store import DeadLetter, QueuedMessage
 
 
 def _snapshot(agents: int = 1) -> StatusSnapshot:
@@ -90,6 +96,7 @@ class Actions:
         self.reloads = 0
         self.agents = 1
         self.fail_with: Exception | None = None
+        self.letters: list[DeadLetter] = []
 
     async def status(self) -> StatusSnapshot:
         if self.fail_with is not None:
@@ -106,6 +113,9 @@ class Actions:
         self, message_ids: list[str] | None, operator: str
     ) -> list[ReplayedMessage]:
         return [ReplayedMessage(message_id=m, target_id="a") for m in message_ids or []]
+
+    async def dlq_list(self, request: DlqListRequest) -> ListReply:
+        return list_page(self.letters, request.start)
 
 
 @pytest.fixture
@@ -376,3 +386,50 @@ async def test_a_file_that_is_not_a_socket_is_left_alone(short_dir: Path) -> Non
         async with trio.open_nursery() as nursery:
             assert await nursery.start(harness.server.serve) is None
     assert path.read_text() == "precious"
+
+
+def _letter(index: int, envelope_bytes: int = 10) -> DeadLetter:
+    message = QueuedMessage(
+        message_id=f"m{index}",
+        target_id="a",
+        instance_id=None,
+        envelope_json=b"x" * envelope_bytes,
+        enqueued_at=0.0,
+        attempt=3,
+    )
+    return DeadLetter(message=message, reason="max_attempts", dead_lettered_at=float(index))
+
+
+def test_a_listing_comes_in_pages_bounded_by_count_and_bytes() -> None:
+    letters = [_letter(i) for i in range(MAX_LISTED + 3)]
+    first = list_page(letters, 0)
+    assert len(first.letters) == MAX_LISTED and first.next_start == MAX_LISTED
+    last = list_page(letters, MAX_LISTED)
+    assert [m.message_id for m in last.letters] == [f"m{MAX_LISTED + i}" for i in range(3)]
+    assert last.next_start is None
+    big = [_letter(i, envelope_bytes=MAX_LISTED_BYTES // 2 + 1) for i in range(3)]
+    assert [len(list_page(big, start).letters) for start in range(3)] == [1, 1, 1]
+    assert list_page(big, 0).next_start == 1
+    # One envelope over the byte bound still comes, alone: a listing always moves on.
+    huge = [_letter(0, envelope_bytes=MAX_LISTED_BYTES + 1)]
+    assert len(list_page(huge, 0).letters) == 1
+    assert list_page([], 0) == ListReply(letters=[])
+
+
+async def test_a_paged_listing_is_audited_once(short_dir: Path) -> None:
+    path = short_dir / "mas.yaml.sock"
+    actions = Actions()
+    actions.letters = [_letter(i) for i in range(MAX_LISTED + 1)]
+    with trio.fail_after(10):
+        async with serving(path, actions=actions) as harness:
+            stream = await trio.open_unix_socket(str(path))
+            async with stream:
+                start: int | None = 0
+                seen: list[str] = []
+                while start is not None:
+                    reply = await _exchange(stream, encode_frame(DlqListRequest(start=start)))
+                    assert isinstance(reply, ListReply)
+                    seen += [m.message_id for m in reply.letters]
+                    start = reply.next_start
+            assert seen == [f"m{i}" for i in range(MAX_LISTED + 1)]
+            assert harness.reasons == [f"dlq list by uid {os.geteuid()} pid {os.getpid()}"]

@@ -1,5 +1,5 @@
 """``mas status`` (and ``--json``) against real ``mas run`` and ``mas serve`` processes,
-on every store; ``mas dlq replay`` through the running server, on every store."""
+on every store; ``mas dlq list`` and ``replay`` through the running server, on every store."""
 
 from __future__ import annotations
 
@@ -106,6 +106,13 @@ def test_dlq_replay_goes_through_the_running_server(
             60,
             "the first tick dead-lettered",
         )
+        # The listing goes through the server too: audited, and on memory it is the only way.
+        listed = mas_command("dlq", "list", str(tmp_path), "--json", cwd=tmp_path)
+        assert listed.returncode == 0, listed.stderr
+        assert "not in the audit trail" not in listed.stderr
+        [entry] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert (entry["target_id"], entry["sender_id"], entry["attempts"]) == ("sink", "sender", 1)
+        assert entry["envelope"]["data"] == {"index": 0}
         replayed = mas_command("dlq", "replay", "--all", "--config", str(tmp_path), cwd=tmp_path)
         assert replayed.returncode == 0, replayed.stderr
         assert "replayed 1 message(s)" in replayed.stdout
@@ -129,4 +136,7 @@ def test_dlq_replay_goes_through_the_running_server(
     assert "replayed by" in replay["reason"]
     control = [r["reason"] for r in records if r["decision"] == "CONTROL"]
     assert any(reason.startswith("dlq replay by uid") for reason in control)
+    assert any(reason.startswith("dlq list by uid") for reason in control)
+    [listing] = [r for r in records if r["decision"] == "DLQ_LISTED"]
+    assert "listed by" in listing["reason"] and "(1 message(s))" in listing["reason"]
     assert any(reason.startswith("status by uid") for reason in control)
