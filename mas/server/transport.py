@@ -47,7 +47,7 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
 from purerpc.grpclib.status import Status, StatusCode
 
-from .._purerpc import CoalescingWriter, Malformed, take_ready, write_messages
+from .._purerpc import CoalescingWriter, Malformed, new_stream, take_ready, write_messages
 from ..errors import Reason
 from .guard import ConnectionGuard, GuardLimits, UnfinishedMessages, check_headers
 from .refusal import Refusal
@@ -512,6 +512,9 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         self._idle_scope: trio.CancelScope | None = None
         self._serve_scope = trio.CancelScope()
         self._closing: Reason | None = None  # why an RPC asked to close the connection
+
+    def _stream_ctor(self, stream_id: int) -> GRPCProtoStream:
+        return new_stream(self, stream_id)
 
     def finish_stream(self, stream: GRPCProtoStream) -> None:
         """The RPC on ``stream`` is over: forget it, and anything its client still sends."""
