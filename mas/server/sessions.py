@@ -70,6 +70,10 @@ class Session:
         # wait in the store): only then does an ack's free slot ring the doorbell. Otherwise
         # the store held nothing more when it last looked, and a new message rings anyway.
         self.starved = False
+        # Held by whoever claims and sends this session's deliveries: its pump, or the
+        # router handing a new message over from the sender's task (``Router._hand_over``).
+        self.delivering = trio.Lock()
+        self.unsent: list[pb.ServerEvent] = []  # claimed by a hand-over, left to the pump
 
     def ring(self) -> None:
         """Tell the pump there may be work (new message, free slot, due retry)."""
@@ -78,6 +82,16 @@ class Session:
     async def wait_for_doorbell(self) -> None:
         await self._doorbell.wait()
         self._doorbell = trio.Event()
+
+    def can_take_over(self) -> bool:
+        """True if its deliveries may be claimed and sent from another task now: its pump
+        is idle (not rung, not claiming), nothing is left unsent, and its window has room."""
+        return (
+            not self.delivering.locked()
+            and not self._doorbell.is_set()
+            and not self.unsent
+            and self.window.room() > 0
+        )
 
     @property
     def prefetch(self) -> int:

@@ -22,16 +22,19 @@ from mas.testing import TestPKI, make_config, open_test_server
 
 WARMUP = 5
 MESSAGES = 40
-# Upper bounds, per request/reply and per one-way message once its ack is settled
-# (measured: see the printed counts; a bound leaves room for a stray pass).
-MAX_SERVER_STEPS_PER_REQUEST = 11
-MAX_AGENT_STEPS_PER_REQUEST = 10
-MAX_SERVER_STEPS_PER_SEND = 6
-MAX_AGENT_STEPS_PER_SEND = 5
+# Upper bounds, per request/reply and per one-way message once its ack is settled; the
+# agents' side counts the calling task too (the test's). Measured on the memory store,
+# before issue 16 and after it: a request/reply 26.1 -> 11.5 server steps and 26.9 -> 11.0
+# agent steps; a send 15.3 -> 7.0 and 18.0 -> 7.5. A bound leaves room for a stray pass.
+MAX_SERVER_STEPS_PER_REQUEST = 13
+MAX_AGENT_STEPS_PER_REQUEST = 13
+MAX_SERVER_STEPS_PER_SEND = 8
+MAX_AGENT_STEPS_PER_SEND = 9
 
 
 class StepCounter(trio.abc.Instrument):
-    """Counts task steps by side (``server``, ``agents``, ``other``) and by task name."""
+    """Counts task steps by side (``server``, ``agents``, ``other``: here the test's own
+    task, the agents' caller) and by task name."""
 
     def __init__(self) -> None:
         self.sides: Counter[str] = Counter()
@@ -146,6 +149,8 @@ async def test_task_steps_per_request_reply_and_per_send(pki: TestPKI) -> None:
     for name, steps in sends[1].items():
         print(f"    {steps:5.2f}  {name}")
     assert requests[0].get("server", 0) <= MAX_SERVER_STEPS_PER_REQUEST, requests
-    assert requests[0].get("agents", 0) <= MAX_AGENT_STEPS_PER_REQUEST, requests
+    agent_steps = requests[0].get("agents", 0) + requests[0].get("other", 0)
+    assert agent_steps <= MAX_AGENT_STEPS_PER_REQUEST, requests
     assert sends[0].get("server", 0) <= MAX_SERVER_STEPS_PER_SEND, sends
-    assert sends[0].get("agents", 0) <= MAX_AGENT_STEPS_PER_SEND, sends
+    agent_steps = sends[0].get("agents", 0) + sends[0].get("other", 0)
+    assert agent_steps <= MAX_AGENT_STEPS_PER_SEND, sends
