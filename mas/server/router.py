@@ -215,6 +215,7 @@ class Router:
         batch: Sequence[Outbound],
         *,
         session: Session | None = None,
+        stored: list[QueuedMessage] | None = None,
     ) -> list[Accepted | Refusal]:
         """Route one sender's messages, in order; each is accepted or refused on its own.
 
@@ -231,6 +232,10 @@ class Router:
         negotiated ``reply_acks``) acks it in the same store call when it is written
         (``enqueue_acking``: one transaction on SQLite and memory); a refused reply acks
         nothing, and its request stays in flight (redelivered after ``ack_timeout``).
+
+        The stored messages are then handed to their targets' sessions (``hand_over``);
+        given ``stored``, they are added to it instead, for the caller to hand over once it
+        has answered the sender (so the sender's results do not wait for the claims).
 
         Cancellation: a cancel before ``enqueue_many`` returns stores nothing, or (if
         the transaction committed) leaves the messages stored and their correlations
@@ -296,14 +301,14 @@ class Router:
                 # a loss). Each message is refused on its own; the session goes on.
                 log.debug("store refused a batch of %d: %s", len(prepared), exc)
                 records = [CorrelationRefused(STORE_UNAVAILABLE)] * len(prepared)
-            stored: list[QueuedMessage] = []
+            written = stored if stored is not None else []
             for entry, record in zip(prepared, records, strict=True):
                 result = await self._settle(gateway, entry, record, refusals)
                 results[entry.position] = result
                 if isinstance(result, Accepted):
-                    stored.append(entry.item.message)
-            if stored:
-                await self._hand_over(stored)
+                    written.append(entry.item.message)
+            if stored is None and written:
+                await self.hand_over(written)
         if refusals:
             await self._audit.record_many(refusals)
         return [result for result in results if result is not None]
@@ -516,7 +521,7 @@ class Router:
             await self._drop_expired(session, late, now)
         return len(deliveries)
 
-    async def _hand_over(self, messages: list[QueuedMessage]) -> None:
+    async def hand_over(self, messages: Sequence[QueuedMessage]) -> None:
         """Deliver just-stored messages from the routing task, where that is possible now.
 
         A target with a session on this server whose pump is idle and whose window has
@@ -543,6 +548,11 @@ class Router:
                 session.ring()
             finally:
                 session.delivering.release()
+
+    def ring_targets(self, messages: Sequence[QueuedMessage]) -> None:
+        """Wake the pumps of these messages' targets (when they cannot be handed over)."""
+        for message in messages:
+            self.registry.ring(message.target_id, message.instance_id)
 
     def _idle_session(self, agent_id: str, instance_id: str | None) -> Session | None:
         """A session of the target that can take a delivery from another task now, if any."""

@@ -71,7 +71,7 @@ class Session:
         # the store held nothing more when it last looked, and a new message rings anyway.
         self.starved = False
         # Held by whoever claims and sends this session's deliveries: its pump, or the
-        # router handing a new message over from the sender's task (``Router._hand_over``).
+        # router handing a new message over from the sender's task (``Router.hand_over``).
         self.delivering = trio.Lock()
         self.unsent: list[pb.ServerEvent] = []  # claimed by a hand-over, left to the pump
 
