@@ -1,11 +1,15 @@
 """Repairs and fast paths for purerpc 0.8, shared by the server and client adapters.
 
 Speed: purerpc writes every message as its own HTTP/2 DATA frame and its own TLS
-write, woken through an anyio event per frame. ``CoalescingWriter`` writes all
-that is ready in one TLS write (waiting one scheduler pass for other writers only
-when other tasks are ready to run), and ``write_messages`` puts several messages in
-one DATA frame (gRPC allows several length-prefixed messages in one), so a busy
-stream costs one write per batch. A DATA frame on an open stream is framed here
+write, from a writer task woken through an anyio event per frame, and Trio passes
+through the scheduler once more after every socket send; anyio's memory stream, which
+carries a stream's incoming events, passes twice for every frame that finds it empty.
+Here a task that queues frames writes them itself (``CoalescingWriter.flush``) over a
+``DirectSocket``, whose send hands the bytes to the kernel at once and leaves only what
+the socket cannot take to the writer task: no wake-up and no scheduler pass per write.
+A stream's events wait on an ``EventQueue`` (one pass). ``write_messages`` puts several
+messages in one DATA frame (gRPC allows several length-prefixed messages in one), so a
+busy stream costs one write per batch. A DATA frame on an open stream is framed here
 (``send_data``): h2 would build a frame object, run two state machines and format
 log calls for each, none of which changes anything for such a frame.
 
@@ -215,11 +219,11 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
 
     ``flush`` (after a task queued frames) encrypts what the HTTP/2 connection holds and
     hands it to the kernel in that task, without waking the writer task: over a
-    ``DirectSocket`` such a send never waits. The writer task only sends what the socket
-    could not take at once (waiting for it, within ``write_timeout``) and what ``wake``
-    asks for from code that cannot wait (several frames queued meanwhile go out in one
-    write). Over any other stream every write goes through the writer task, which first
-    lets the other ready tasks run (one scheduler pass) so their frames join the write.
+    ``DirectSocket`` such a send never waits. The writer task sends what the socket
+    could not take at once (waiting for it, within ``write_timeout``), what ``wake``
+    asks for from code that cannot wait, and what is flushed while other tasks are ready
+    to run: it lets them run first (one scheduler pass), so that under load the frames
+    they queue go out in one write. Over any other stream every write goes through it.
     """
 
     def __init__(
@@ -265,7 +269,7 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
                 await direct.drain(_WRITE_CHUNK, self._write_timeout)
                 continue
             if connection.h2_connection._data_to_send:
-                if direct is None and _others_ready():
+                if _others_ready():
                     # Let them queue their frames first: one write for all.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 data = connection.data_to_send(_WRITE_CHUNK)
@@ -281,8 +285,12 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
                 return
 
     async def flush(self) -> None:
-        """Send what the connection holds: from this task over a ``DirectSocket``."""
-        if self._direct is None or self._error is not None:
+        """Send what the connection holds: from this task over a ``DirectSocket``.
+
+        When other tasks are ready to run (they may queue frames too: many senders at
+        once), the writer task sends instead, after them, all in one write.
+        """
+        if self._direct is None or self._error is not None or _others_ready():
             self.wake()
             return
         connection = self._grpc_connection

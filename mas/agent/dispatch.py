@@ -1,10 +1,12 @@
 """Running handlers: inbox -> bounded concurrency -> outcome -> ack, nack or error reply.
 
-The connector's receive loop hands each delivery to ``Dispatcher.deliver``, which only queues it
+The connector's receive loop hands each delivery to ``Dispatcher.deliver``, which never waits
 (so the loop keeps reading the ``Result`` frames and replies that running handlers may be
-waiting for). ``dispatch`` starts a handler task per delivery once one of ``max_concurrency``
-slots is free; with the server's prefetch window this is the agent's backpressure: the server
-stops pushing while ``prefetch`` deliveries are unanswered.
+waiting for): it starts the delivery's handler task itself when a slot is free and nothing
+waits before it, and otherwise queues it for ``dispatch``, which starts a handler task per
+queued delivery once one of ``max_concurrency`` slots is free. With the server's prefetch
+window this is the agent's backpressure: the server stops pushing while ``prefetch``
+deliveries are unanswered.
 
 Each handler runs under ``trio.move_on_after(handler_timeout)``. ``handlers.decide`` maps how
 it went to the answer: ack; error reply then ack (a request); nack (a plain send). An error

@@ -10,6 +10,12 @@ it) as a ``refusal.Refusal``, which the servicer turns into a gRPC status or a
 and makes its audit drafts; ``Prepared`` is an admitted message ready for the store;
 ``Accepted`` and ``Refusal`` are the two outcomes.
 
+A stored message is then handed to its target (``hand_over``): where the target has
+a session on this server whose pump is idle and whose window has room, the sender's
+task claims it and writes it to that session at once (without waiting on that
+client: what cannot be written now is left to the session's pump); other targets'
+pumps are rung.
+
 The session side (``serve_session``, ``ack``, ``nack``) drives the delivery core
 (``delivery.DeliveryWindow``, ``delivery.RetryPolicy``): it moves messages from the
 store to connected agents with at-least-once delivery, feeds the circuit breakers,

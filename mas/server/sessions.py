@@ -5,10 +5,13 @@ in-flight window (``delivery.DeliveryWindow``, pure): the pump claims at most
 ``window.room()`` messages from the store whenever its doorbell rings (new
 message for the agent, an ack freed a slot, a delayed retry fell due), and
 sends them as ``Delivery`` frames, or as one ``DeliveryBatch`` when the client
-asked for batching. A delivery not acked within ``ack_timeout`` is
-redelivered; the session's remaining deliveries go back to the queue when it
-ends. This module only drives the window: it wakes the pump and sleeps until
-the window's next deadline.
+asked for batching. A new message for a session whose pump is idle and whose
+window has room is claimed and written by the router from the sender's task
+instead (``can_take_over``, under the session's ``delivering`` lock, which the
+pump holds too), so it costs no wake-up of the pump. A delivery not acked within
+``ack_timeout`` is redelivered; the session's remaining deliveries go back to the
+queue when it ends. This module only drives the window: it wakes the pump and
+sleeps until the window's next deadline.
 """
 
 from __future__ import annotations
