@@ -1,11 +1,15 @@
 """Repairs and fast paths for purerpc 0.8, shared by the server and client adapters.
 
 Speed: purerpc writes every message as its own HTTP/2 DATA frame and its own TLS
-write, woken through an anyio event per frame. ``CoalescingWriter`` writes all
-that is ready in one TLS write (waiting one scheduler pass for other writers only
-when other tasks are ready to run), and ``write_messages`` puts several messages in
-one DATA frame (gRPC allows several length-prefixed messages in one), so a busy
-stream costs one write per batch. A DATA frame on an open stream is framed here
+write, from a writer task woken through an anyio event per frame, and Trio passes
+through the scheduler once more after every socket send; anyio's memory stream, which
+carries a stream's incoming events, passes twice for every frame that finds it empty.
+Here a task that queues frames writes them itself (``CoalescingWriter.flush``) over a
+``DirectSocket``, whose send hands the bytes to the kernel at once and leaves only what
+the socket cannot take to the writer task: no wake-up and no scheduler pass per write.
+A stream's events wait on an ``EventQueue`` (one pass). ``write_messages`` puts several
+messages in one DATA frame (gRPC allows several length-prefixed messages in one), so a
+busy stream costs one write per batch. A DATA frame on an open stream is framed here
 (``send_data``): h2 would build a frame object, run two state machines and format
 log calls for each, none of which changes anything for such a frame.
 
@@ -29,7 +33,8 @@ import logging
 import math
 import ssl
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
@@ -39,6 +44,7 @@ import h2.connection
 import h2.exceptions
 import h2.stream
 import trio
+from anyio.streams.tls import TLSStream
 from google.protobuf.message import DecodeError
 from purerpc.grpc_proto import GRPCProtoSocket
 from purerpc.grpc_socket import SocketWrapper
@@ -70,6 +76,15 @@ _CONNECTION_ERRORS: Final = (
     KeyError,  # purerpc indexes its stream table with ids a broken peer may send
 )
 
+
+# What a TLS write raises once the connection is unusable.
+_BROKEN: Final = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    ssl.SSLError,
+    OSError,
+)
 
 _PREFIX: Final = struct.Struct(">?I")  # gRPC message prefix: compressed flag, length
 # HTTP/2 frame header of a DATA frame: 24-bit length (as 16 + 8), type 0, no flags, stream.
@@ -111,13 +126,104 @@ def send_data(connection: GRPCConnection, stream_id: int, data: bytes) -> None:
     stream.outbound_flow_control_window -= size
 
 
-class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
-    """purerpc's socket writer task, writing everything that is ready in one TLS write.
+class DirectSocket(anyio.abc.ByteStream):
+    """The TCP stream under a connection's TLS: sends in turn, and, once ``direct``, at once.
 
-    purerpc's own writer wakes for every flushed frame. This one, once woken, lets the
-    other tasks that are ready run first (one scheduler pass), so the frames they queue
-    go out in the same write: under load one write carries many messages, and when idle
-    the delay is one pass of the scheduler.
+    TLS writes from two tasks: the connection's writer, and its reader whenever reading a
+    record makes OpenSSL answer (a refused renegotiation's alert, a TLS 1.3 KeyUpdate).
+    anyio refuses a second concurrent send with ``BusyResourceError``; here the second
+    waits its turn (a fair lock, so records keep their order).
+
+    Once ``direct`` is set (by ``CoalescingWriter``, after the handshake), a send never
+    waits: it goes to the kernel at once when the socket takes it all (no scheduler pass,
+    where Trio's own send makes one after every write), and what the socket does not take
+    waits in ``backlog`` for ``drain``, which the writer task runs (``on_backlog`` wakes it).
+    A later send queues behind the backlog, so the bytes keep their order.
+    """
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self._stream = stream
+        self._raw: Any = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        self._lock = trio.Lock()
+        self._backlog = bytearray()
+        self.in_flight = 0  # bytes of the backlog handed to a send still under way
+        self.direct = False
+        self.on_backlog: Callable[[], None] | None = None
+
+    @property
+    def unsent(self) -> int:
+        """Bytes given to ``send`` and not yet taken by the kernel."""
+        return len(self._backlog) + self.in_flight
+
+    async def send(self, item: bytes) -> None:
+        if self.direct:
+            self.send_nowait(item)
+        else:
+            await self._send_in_turn(item)
+
+    def send_nowait(self, item: bytes) -> None:
+        """Send what the socket takes now; queue the rest for ``drain``."""
+        if not self._backlog and not self._lock.locked() and self._raw is not None:
+            try:
+                sent = self._raw.send(item)
+            except OSError:  # would block, or broken: ``drain`` waits, or raises anyio's error
+                sent = 0
+            if sent == len(item):
+                return
+            item = item[sent:]
+        self._backlog += item
+        if self.on_backlog is not None:
+            self.on_backlog()
+
+    async def drain(self, chunk: int, patience: float) -> None:
+        """Send the backlog, waiting for the socket, at least ``chunk`` bytes per ``patience``.
+
+        Raises ``trio.TooSlowError`` past it, and what the socket raises.
+        """
+        while self._backlog:
+            data = bytes(self._backlog[:chunk])
+            del self._backlog[:chunk]
+            self.in_flight = len(data)
+            try:
+                with trio.fail_after(patience):
+                    await self._send_in_turn(data)
+            finally:
+                self.in_flight = 0
+
+    async def _send_in_turn(self, item: bytes) -> None:
+        if self._lock.locked():
+            await self._lock.acquire()
+        else:
+            self._lock.acquire_nowait()  # the usual case: no scheduler pass
+        try:
+            await self._stream.send(item)
+        finally:
+            self._lock.release()
+
+    async def receive(self, max_bytes: int = 65_536) -> bytes:
+        return await self._stream.receive(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
+
+
+class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
+    """purerpc's socket writer, writing from the task that queued the frames when it can.
+
+    ``flush`` (after a task queued frames) encrypts what the HTTP/2 connection holds and
+    hands it to the kernel in that task, without waking the writer task: over a
+    ``DirectSocket`` such a send never waits. The writer task sends what the socket
+    could not take at once (waiting for it, within ``write_timeout``), what ``wake``
+    asks for from code that cannot wait, and what is flushed while other tasks are ready
+    to run: it lets them run first (one scheduler pass), so that under load the frames
+    they queue go out in one write. Over any other stream every write goes through it.
     """
 
     def __init__(
@@ -131,35 +237,46 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
         self._write_timeout = math.inf if write_timeout is None else write_timeout
         self._in_flight = 0  # bytes taken from the connection and not yet written
         self._drained = trio.Event()
+        self._error: BaseException | None = None  # of a direct write, raised by the writer
+        below = getattr(stream, "transport_stream", None)
+        self._direct: DirectSocket | None = below if isinstance(below, DirectSocket) else None
+        if self._direct is not None:
+            self._direct.direct = True
+            self._direct.on_backlog = self._kick
 
     def output_size(self) -> int:
         """Bytes the connection has to send and has not handed to the kernel yet."""
-        return len(self._grpc_connection.h2_connection._data_to_send) + self._in_flight
+        size = len(self._grpc_connection.h2_connection._data_to_send) + self._in_flight
+        if self._direct is not None:
+            size += self._direct.unsent
+        return size
 
     async def wait_output_below(self, size: int) -> None:
         """Wait until ``output_size()`` is below ``size`` (the writer makes progress)."""
         while self.output_size() >= size:
-            self.wake()
+            self._flush_event.set()
             await self._drained.wait()
             self._drained = trio.Event()
 
     async def _writer_thread(self) -> None:
         connection = self._grpc_connection
+        direct = self._direct
         while True:
-            data = connection.data_to_send(_WRITE_CHUNK)
-            if data:
-                if len(data) < _WRITE_CHUNK and _others_ready():
+            if self._error is not None:
+                raise self._error
+            if direct is not None and direct.unsent:
+                # A peer that takes less than a chunk per write_timeout is gone, for us.
+                await direct.drain(_WRITE_CHUNK, self._write_timeout)
+                continue
+            if connection.h2_connection._data_to_send:
+                if _others_ready():
                     # Let them queue their frames first: one write for all.
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                    more = connection.data_to_send(_WRITE_CHUNK - len(data))
-                    if more:
-                        data += more
+                data = connection.data_to_send(_WRITE_CHUNK)
                 self._in_flight = len(data)
-                # A peer that takes less than a chunk per write_timeout is gone, for us.
                 with trio.fail_after(self._write_timeout):
-                    await self._stream.send(data)
+                    await self._stream.send(data)  # over a DirectSocket: without waiting
                 self._in_flight = 0
-                self._drained.set()
             elif self._running:
                 self._drained.set()
                 await self._flush_event.wait()
@@ -168,7 +285,27 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
                 return
 
     async def flush(self) -> None:
-        self.wake()
+        """Send what the connection holds: from this task over a ``DirectSocket``.
+
+        When other tasks are ready to run (they may queue frames too: many senders at
+        once), the writer task sends instead, after them, all in one write.
+        """
+        if self._direct is None or self._error is not None or _others_ready():
+            self.wake()
+            return
+        connection = self._grpc_connection
+        try:
+            while connection.h2_connection._data_to_send:
+                await self._stream.send(connection.data_to_send(_WRITE_CHUNK))
+        except _BROKEN as exc:  # the TLS stream broke: the writer ends the connection
+            self._error = exc
+            self._flush_event.set()
+            return
+        if not self._direct.unsent:
+            self._drained.set()
+
+    def _kick(self) -> None:
+        self._flush_event.set()
 
     def wake(self) -> None:
         """Have the writer send what the HTTP/2 connection holds, if it holds anything.
@@ -264,6 +401,78 @@ def take_ready(stream: Any, batch: list[Any], limit: int) -> Any:
             stream._socket.wake()  # window updates, if any are due
 
 
+class EventQueue:
+    """A stream's incoming events: purerpc's memory object stream, one scheduler pass cheaper.
+
+    anyio's ``receive`` passes through the scheduler once before it looks at its buffer, and
+    once more to wait: two task steps for every frame that finds the queue empty. This queue
+    is both ends of the stream's ``_incoming_events`` pair (one producer, the connection's read
+    loop; one consumer, the RPC's task): ``receive`` returns what is queued without a pass, or
+    waits in one. ``close`` (either end) ends it: the reader gets ``EndOfStream`` once the queue
+    is empty, a writer ``BrokenResourceError``, as with anyio's.
+    """
+
+    __slots__ = ("_closed", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._waiter: trio.lowlevel.Task | None = None
+        self._closed = False
+
+    def send_nowait(self, item: Any) -> None:
+        if self._closed:
+            raise anyio.BrokenResourceError
+        self._items.append(item)
+        self._wake()
+
+    async def send(self, item: Any) -> None:
+        self.send_nowait(item)
+
+    def receive_nowait(self) -> Any:
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def receive(self) -> Any:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._items and not self._closed:
+            if self._waiter is not None:
+                raise anyio.BusyResourceError("receiving")
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        return self.receive_nowait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(task)
+
+
+def new_stream(socket: Any, stream_id: int) -> Any:
+    """purerpc's stream object for ``stream_id``, its incoming events on an ``EventQueue``."""
+    stream = socket.StreamClass(socket._grpc_connection, stream_id, socket._socket, socket)
+    for end in stream._incoming_events:
+        end.close()
+    queue = EventQueue()
+    stream._incoming_events = (queue, queue)
+    return stream
+
+
 def release_stream(stream: Any) -> None:
     """Close a finished purerpc stream's internal event channel (both ends)."""
     for end in getattr(stream, "_incoming_events", ()):
@@ -283,6 +492,9 @@ class _ClientSocket(GRPCProtoSocket):  # type: ignore[misc]
     def __init__(self, config: GRPCConfiguration, sock: anyio.abc.ByteStream) -> None:
         super().__init__(config, sock)
         self._socket = CoalescingWriter(self._grpc_connection, sock)
+
+    def _stream_ctor(self, stream_id: int) -> Any:
+        return new_stream(self, stream_id)
 
     async def _reader_thread(self) -> None:
         try:
@@ -350,9 +562,21 @@ async def open_channel(host: str, port: int, ssl_context: ssl.SSLContext) -> Asy
 
     Connection errors (``OSError``, TLS failures) propagate from the connect.
     """
-    stream = await anyio.connect_tcp(
-        host, port, ssl_context=ssl_context, tls=True, tls_standard_compatible=False
-    )
+    tcp = await anyio.connect_tcp(host, port)
+    try:
+        stream = await TLSStream.wrap(
+            DirectSocket(tcp),
+            server_side=False,
+            hostname=host,
+            ssl_context=ssl_context,
+            standard_compatible=False,
+        )
+    except BaseException:
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + _CLOSE_TIMEOUT
+            with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await tcp.aclose()
+        raise
     grpc_socket = _ClientSocket(GRPCConfiguration(client_side=True), stream)
     try:
         async with AsyncExitStack() as stack:

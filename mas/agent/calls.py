@@ -55,16 +55,23 @@ class Live:
 
 
 class Slot:
-    """One outbound frame's wait: its Result, then, for a request, its reply."""
+    """One outbound frame's wait: its Result, then, for a request, its reply.
 
-    __slots__ = ("error", "replied", "reply", "result", "settled")
+    A request frame's task waits once, on ``replied``, for both: within the Result's
+    deadline first, which its accepted Result moves on to the reply's (``wait``), so an
+    accepted request wakes its task only when the reply is in (or on an error).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("error", "replied", "reply", "reply_deadline", "result", "settled", "wait")
+
+    def __init__(self, reply_deadline: float | None = None) -> None:
         self.settled = trio.Event()
         self.result: FrameResult | None = None
         self.error: MasError | None = None
         self.replied = trio.Event()
         self.reply: Envelope | None = None
+        self.reply_deadline = reply_deadline  # a request frame's: its reply is awaited with it
+        self.wait: trio.CancelScope | None = None  # the request's wait, while it waits
 
 
 class Outbox:
@@ -116,6 +123,7 @@ class Outbox:
                 "confirmed this message; whether it was delivered is unknown"
             )
             slot.settled.set()
+            slot.replied.set()  # a request frame's task waits on this one
         live.frames.clear()
         for scope in live.calls:
             scope.cancel()
@@ -132,6 +140,10 @@ class Outbox:
             slot.result = result
             if result.kind == "request" and result.error is None:
                 self._replies[result.correlation_id] = slot
+                if slot.wait is not None and slot.reply_deadline is not None:
+                    slot.wait.deadline = slot.reply_deadline  # now wait for the reply
+            elif slot.reply_deadline is not None:
+                slot.replied.set()  # refused: its task learns it now
             slot.settled.set()
 
     def reply_arrived(self, arrived: ReplyArrived) -> bool:
@@ -244,7 +256,9 @@ class Outbox:
         result_deadline = min(deadline, start + self.rpc_timeout)
         live = await self.wait_live(result_deadline, what)
         if live.welcome.stream_messages:
-            result, slot = await self._frame("request", frame, result_deadline, what)
+            result, slot = await self._frame(
+                "request", frame, result_deadline, what, reply_deadline=deadline
+            )
             cid = result.correlation_id
         else:
             unary = pb.RequestRequest(
@@ -255,8 +269,9 @@ class Outbox:
             )
             cid, slot = await self._unary_request(live, unary, deadline, result_deadline)
         try:
-            with trio.move_on_at(deadline):
-                await slot.replied.wait()
+            if slot.reply is None:  # (a request frame's wait may have seen it come already)
+                with trio.move_on_at(deadline):
+                    await slot.replied.wait()
         finally:
             if slot.reply is None:
                 self._replies.pop(cid, None)
@@ -307,16 +322,25 @@ class Outbox:
         build: Callable[[int], pb.ClientEvent],
         result_deadline: float,
         what: str,
+        *,
+        reply_deadline: float | None = None,
     ) -> tuple[FrameResult, Slot]:
+        """Write a frame and wait for its Result; with ``reply_deadline`` (a request), for
+        its reply too, in the same wait (see ``Slot``)."""
         waited = result_deadline - trio.current_time()
         live = await self.wait_live(result_deadline, what)
         seq = self.core.open_frame(kind)
-        slot = Slot()
+        slot = Slot(reply_deadline)
         live.frames[seq] = slot
         try:
             await _write(live, build(seq))
-            with trio.move_on_at(result_deadline):
-                await slot.settled.wait()
+            if reply_deadline is None:
+                with trio.move_on_at(result_deadline):
+                    await slot.settled.wait()
+            else:
+                with trio.move_on_at(result_deadline) as slot.wait:
+                    await slot.replied.wait()
+                slot.wait = None
         finally:
             if not slot.settled.is_set():
                 live.frames.pop(seq, None)

@@ -223,10 +223,7 @@ class Transport:
             outgoing = self._outgoing = _Outgoing()
         outgoing.frames.append(event)
         try:
-            if self._lock.locked():
-                await self._lock.acquire()
-            else:
-                self._lock.acquire_nowait()  # no scheduler pass when nobody else writes
+            await _acquire(self._lock)
         except trio.Cancelled:
             if outgoing is self._outgoing:  # not written: a cancelled send sends nothing
                 outgoing.frames[:] = [frame for frame in outgoing.frames if frame is not event]
@@ -246,8 +243,11 @@ class Transport:
     async def ack(self, *delivery_ids: str, batching: bool) -> None:
         """Ack deliveries; acks queued meanwhile by other tasks go out in the same frame."""
         self._pending_acks.extend(delivery_ids)
-        async with self._lock:
+        await _acquire(self._lock)
+        try:
             await self._write_acks(batching)
+        finally:
+            self._lock.release()
 
     def ack_soon(self, delivery_id: str) -> None:
         """Queue an ack for ``run_acker``, which writes the queued ones together."""
@@ -345,6 +345,14 @@ class Transport:
                     await self._stream.close()
                 except (*TRANSPORT_ERRORS, TypeError):
                     pass  # already closed by the peer: nothing left to say
+
+
+async def _acquire(lock: trio.Lock) -> None:
+    """Take ``lock``; without a scheduler pass when nobody else writes (the usual case)."""
+    if lock.locked():
+        await lock.acquire()
+    else:
+        lock.acquire_nowait()
 
 
 async def open_transport(

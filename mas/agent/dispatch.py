@@ -1,10 +1,12 @@
 """Running handlers: inbox -> bounded concurrency -> outcome -> ack, nack or error reply.
 
-The connector's receive loop hands each delivery to ``Dispatcher.deliver``, which only queues it
+The connector's receive loop hands each delivery to ``Dispatcher.deliver``, which never waits
 (so the loop keeps reading the ``Result`` frames and replies that running handlers may be
-waiting for). ``dispatch`` starts a handler task per delivery once one of ``max_concurrency``
-slots is free; with the server's prefetch window this is the agent's backpressure: the server
-stops pushing while ``prefetch`` deliveries are unanswered.
+waiting for): it starts the delivery's handler task itself when a slot is free and nothing
+waits before it, and otherwise queues it for ``dispatch``, which starts a handler task per
+queued delivery once one of ``max_concurrency`` slots is free. With the server's prefetch
+window this is the agent's backpressure: the server stops pushing while ``prefetch``
+deliveries are unanswered.
 
 Each handler runs under ``trio.move_on_after(handler_timeout)``. ``handlers.decide`` maps how
 it went to the answer: ack; error reply then ack (a request); nack (a plain send). An error
@@ -75,6 +77,9 @@ class Dispatcher:
         self._idle.set()
         self._in_hand: Delivered | None = None
         self._dispatch_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None  # of the handlers, while ``dispatch`` runs
+        self._waiting = 0  # deliveries queued (or in hand) and not yet started
+        self._starting = 0  # handlers started that have not run their first step yet
         self.connector: Connector | None = None
 
     @property
@@ -101,26 +106,51 @@ class Dispatcher:
         if self._draining:
             await self._nack(item, STOPPING_REASON, retryable=True)
             return
+        if self._nursery is not None and not self._waiting and not self._starting:
+            # Nothing waits before it and a slot is free: start it now, without the hop
+            # through the inbox (one at a time, so handlers still start in delivery order).
+            try:
+                self._slots.acquire_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
+                self._start(self._nursery, item)
+                return
         try:
             self._inbox.send_nowait(item)
+            self._waiting += 1
         except trio.WouldBlock:
             log.warning("%s: inbox full; delivery %s given back", self._label, item.delivery_id)
             await self._nack(item, INBOX_FULL_REASON, retryable=True)
 
     async def dispatch(self, nursery: trio.Nursery) -> None:
         """Start a handler task per queued delivery, at most ``max_concurrency`` at once."""
-        with self._dispatch_scope:
-            async for item in self._queued:
-                # (A scheduler pass per item, here, keeps handlers starting in delivery order:
-                # Trio runs the tasks of one pass in no fixed order.)
-                if item.generation != self._require_connector().generation:
-                    continue  # its connection is gone: the server has requeued it
-                self._in_hand = item
-                await self._slots.acquire()
-                self._in_hand = None
-                self._running += 1
-                self._idle = trio.Event()
-                nursery.start_soon(self._handle, item)
+        self._nursery = nursery
+        try:
+            with self._dispatch_scope:
+                async for item in self._queued:
+                    # (A scheduler pass per item, here, keeps handlers starting in delivery
+                    # order: Trio runs the tasks of one pass in no fixed order.)
+                    if item.generation != self._require_connector().generation:
+                        self._waiting -= 1
+                        continue  # its connection is gone: the server has requeued it
+                    self._in_hand = item
+                    try:
+                        self._slots.acquire_nowait()
+                    except trio.WouldBlock:
+                        await self._slots.acquire()
+                    self._in_hand = None
+                    self._waiting -= 1
+                    self._start(nursery, item)
+        finally:
+            self._nursery = None
+
+    def _start(self, nursery: trio.Nursery, item: Delivered) -> None:
+        """Run ``item``'s handler in a task of its own (a slot is taken for it)."""
+        self._running += 1
+        self._starting += 1
+        self._idle = trio.Event()
+        nursery.start_soon(self._handle, item)
 
     async def drain(self, grace: float) -> None:
         """Stop taking deliveries, nack the queued ones, give running handlers ``grace``."""
@@ -153,6 +183,7 @@ class Dispatcher:
     # -- one delivery ---------------------------------------------------------------------
 
     async def _handle(self, item: Delivered) -> None:
+        self._starting -= 1
         acked = False  # an accepted reply acked the delivery (``reply_acks``): no Ack due
 
         async def replier(correlation_id: str, message_type: str, data: Any) -> str:

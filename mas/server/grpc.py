@@ -50,7 +50,7 @@ from purerpc.grpclib.events import (
 )
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 
-from .._purerpc import release_stream
+from .._purerpc import DirectSocket, release_stream
 from ..errors import ConfigError, Reason, StoreError, leaves
 from .refusal import Refusal
 from .transport import ConnectionClosing, RpcStream, ServerLimits, ServerSocket
@@ -349,7 +349,7 @@ class GrpcServer:
             try:
                 with trio.fail_after(self._limits.handshake_timeout):
                     tls = await TLSStream.wrap(
-                        _OneSenderAtATime(tcp),
+                        DirectSocket(tcp),
                         server_side=True,
                         ssl_context=self._ssl_context,
                         standard_compatible=False,
@@ -435,44 +435,6 @@ class GrpcServer:
             await socket.serve(spawn)
             # The peer is gone: no RPC of this connection can progress any more.
             rpcs.cancel_scope.cancel()
-
-
-class _OneSenderAtATime(anyio.abc.ByteStream):
-    """A TCP stream whose sends are taken in turn (FIFO), for the TLS stream above it.
-
-    TLS writes from two tasks: the connection's writer, and its reader whenever reading a
-    record makes OpenSSL answer (a refused renegotiation's alert, a TLS 1.3 KeyUpdate).
-    anyio refuses a second concurrent send with ``BusyResourceError``, which killed the
-    connection with a traceback; here the second waits. Each sends the bytes it took from
-    the TLS object before it waits, and the lock is fair, so records keep their order.
-    """
-
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self._stream = stream
-        self._lock = trio.Lock()
-
-    async def send(self, item: bytes) -> None:
-        if self._lock.locked():
-            await self._lock.acquire()
-        else:
-            self._lock.acquire_nowait()  # the usual case: no scheduler pass
-        try:
-            await self._stream.send(item)
-        finally:
-            self._lock.release()
-
-    async def receive(self, max_bytes: int = 65_536) -> bytes:
-        return await self._stream.receive(max_bytes)
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._stream.extra_attributes
 
 
 def _decrement(counts: Counter[str], key: str) -> None:

@@ -10,6 +10,12 @@ it) as a ``refusal.Refusal``, which the servicer turns into a gRPC status or a
 and makes its audit drafts; ``Prepared`` is an admitted message ready for the store;
 ``Accepted`` and ``Refusal`` are the two outcomes.
 
+A stored message is then handed to its target (``hand_over``): where the target has
+a session on this server whose pump is idle and whose window has room, the sender's
+task claims it and writes it to that session at once (without waiting on that
+client: what cannot be written now is left to the session's pump); other targets'
+pumps are rung.
+
 The session side (``serve_session``, ``ack``, ``nack``) drives the delivery core
 (``delivery.DeliveryWindow``, ``delivery.RetryPolicy``): it moves messages from the
 store to connected agents with at-least-once delivery, feeds the circuit breakers,
@@ -215,6 +221,7 @@ class Router:
         batch: Sequence[Outbound],
         *,
         session: Session | None = None,
+        stored: list[QueuedMessage] | None = None,
     ) -> list[Accepted | Refusal]:
         """Route one sender's messages, in order; each is accepted or refused on its own.
 
@@ -231,6 +238,10 @@ class Router:
         negotiated ``reply_acks``) acks it in the same store call when it is written
         (``enqueue_acking``: one transaction on SQLite and memory); a refused reply acks
         nothing, and its request stays in flight (redelivered after ``ack_timeout``).
+
+        The stored messages are then handed to their targets' sessions (``hand_over``);
+        given ``stored``, they are added to it instead, for the caller to hand over once it
+        has answered the sender (so the sender's results do not wait for the claims).
 
         Cancellation: a cancel before ``enqueue_many`` returns stores nothing, or (if
         the transaction committed) leaves the messages stored and their correlations
@@ -296,8 +307,14 @@ class Router:
                 # a loss). Each message is refused on its own; the session goes on.
                 log.debug("store refused a batch of %d: %s", len(prepared), exc)
                 records = [CorrelationRefused(STORE_UNAVAILABLE)] * len(prepared)
+            written = stored if stored is not None else []
             for entry, record in zip(prepared, records, strict=True):
-                results[entry.position] = await self._settle(gateway, entry, record, refusals)
+                result = await self._settle(gateway, entry, record, refusals)
+                results[entry.position] = result
+                if isinstance(result, Accepted):
+                    written.append(entry.item.message)
+            if stored is None and written:
+                await self.hand_over(written)
         if refusals:
             await self._audit.record_many(refusals)
         return [result for result in results if result is not None]
@@ -430,7 +447,6 @@ class Router:
             refusal = arrival.refusal(Reason.QUEUE_FULL, message_id=message.message_id)
             return _refused(refusal, refusals)
         self._audit.committed(record)
-        self.registry.ring(message.target_id, message.instance_id)
         if entry.taken is not None:
             # The request's outcome decides the replier's breaker (its ack does not).
             if entry.error is None:
@@ -456,39 +472,103 @@ class Router:
         session.ring()
         while True:
             await session.wait_for_doorbell()
-            session.starved = False
-            while True:
-                room = session.window.room()
-                if room <= 0:
-                    # More may wait in the store: the next ack that frees a slot rings.
-                    session.starved = True
-                    break
-                now = self._clock.now()
-                deliveries = await self.store.claim(
-                    session.agent_id, session.instance_id, session.session_id, room, now
-                )
-                if not deliveries:
-                    break
-                live: list[InFlight] = []
-                late: list[InFlight] = []
-                for delivery in deliveries:
-                    routing = routing_of(delivery.message.envelope_json)
-                    if past_deadline(routing.deadline, now):
-                        late.append(delivery)  # its requester gave up: deliver nothing
-                        continue
-                    live.append(delivery)
-                    session.track(
-                        delivery.delivery_id,
-                        delivery.message.attempt,
-                        is_request=routing.expects_reply,
-                    )
-                if late:
-                    await self._drop_expired(session, late, now)
-                if live:
-                    await session.rpc.send_many(delivery_frames(session, live))
-                    self.delivered += len(live)
-                if len(deliveries) < room:
-                    break  # nothing more is due; a new message rings the doorbell again
+            await _acquire(session.delivering)
+            try:
+                session.starved = False
+                if session.unsent:  # claimed by a hand-over that could not send them
+                    frames, session.unsent = session.unsent, []
+                    await session.rpc.send_many(frames)
+                while True:
+                    room = session.window.room()
+                    if room <= 0:
+                        # More may wait in the store: the next ack that frees a slot rings.
+                        session.starved = True
+                        break
+                    if await self._deliver(session, room, direct=False) < room:
+                        break  # nothing more is due; a new message rings the doorbell again
+            finally:
+                session.delivering.release()
+
+    async def _deliver(self, session: Session, room: int, *, direct: bool) -> int:
+        """Claim up to ``room`` deliveries for ``session`` and send them; how many it claimed.
+
+        ``direct`` (from another task than the session's pump): the frames are sent only if
+        that needs no wait (``RpcStream.send_now``); otherwise they are left in
+        ``session.unsent`` and the pump, rung, sends them.
+        """
+        now = self._clock.now()
+        deliveries = await self.store.claim(
+            session.agent_id, session.instance_id, session.session_id, room, now
+        )
+        if not deliveries:
+            return 0
+        live: list[InFlight] = []
+        late: list[InFlight] = []
+        for delivery in deliveries:
+            routing = routing_of(delivery.message.envelope_json)
+            if past_deadline(routing.deadline, now):
+                late.append(delivery)  # its requester gave up: deliver nothing
+                continue
+            live.append(delivery)
+            session.track(
+                delivery.delivery_id,
+                delivery.message.attempt,
+                is_request=routing.expects_reply,
+            )
+        if live:
+            frames = delivery_frames(session, live)
+            if not direct:
+                await session.rpc.send_many(frames)
+            elif not await session.rpc.send_now(frames):
+                session.unsent.extend(frames)
+                session.ring()
+            self.delivered += len(live)
+        if late:
+            await self._drop_expired(session, late, now)
+        return len(deliveries)
+
+    async def hand_over(self, messages: Sequence[QueuedMessage]) -> None:
+        """Deliver just-stored messages from the routing task, where that is possible now.
+
+        A target with a session on this server whose pump is idle and whose window has
+        room gets its message claimed and written from here (no wake-up of its pump);
+        the other targets' sessions are rung, as before. Shielded (within
+        ``APPLY_TIMEOUT``): deliveries claimed here are tracked and sent, or left to the
+        pump, even if the sender's session ends meanwhile.
+        """
+        targets = dict.fromkeys((m.target_id, m.instance_id) for m in messages)
+        for target_id, instance_id in targets:
+            session = self._idle_session(target_id, instance_id)
+            if session is None:
+                self.registry.ring(target_id, instance_id)
+                continue
+            session.delivering.acquire_nowait()
+            try:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + APPLY_TIMEOUT):
+                    room = session.window.room()
+                    claimed = await self._deliver(session, room, direct=True)
+                if claimed >= room:  # more may wait: let the pumps go on
+                    self.registry.ring(target_id, instance_id)
+            except StoreError as exc:
+                log.debug("hand-over to %s failed (%s); its pump retries", target_id, exc)
+                session.ring()
+            finally:
+                session.delivering.release()
+
+    def ring_targets(self, messages: Sequence[QueuedMessage]) -> None:
+        """Wake the pumps of these messages' targets (when they cannot be handed over)."""
+        for message in messages:
+            self.registry.ring(message.target_id, message.instance_id)
+
+    def _idle_session(self, agent_id: str, instance_id: str | None) -> Session | None:
+        """A session of the target that can take a delivery from another task now, if any."""
+        if instance_id is not None:
+            session = self.registry.instance(agent_id, instance_id)
+            return session if session is not None and session.can_take_over() else None
+        for session in self.registry.of_agent(agent_id):
+            if session.can_take_over():
+                return session
+        return None
 
     async def _drop_expired(self, session: Session, late: list[InFlight], now: float) -> None:
         """Forget claimed messages whose deadline passed, audited ``EXPIRED``, counted."""
@@ -597,6 +677,8 @@ class Router:
 
     async def release(self, session: Session) -> None:
         """Return a closed session's unacked deliveries to their queues."""
+        # After any hand-over under way: what it claims is given back with the rest.
+        await _acquire(session.delivering)
         session.window.close()  # the store gives back every delivery of the session
         requeued = await self.store.release_session(
             session.session_id, self._limits.max_attempts, self._clock.now()
@@ -635,6 +717,14 @@ class Router:
             pending = await persist(outage, lambda: self.store.pending_agents(self._clock.now()))
             for agent_id in pending:
                 self.registry.ring(agent_id)
+
+
+async def _acquire(lock: trio.Lock) -> None:
+    """Take ``lock``; without a scheduler pass when it is free (the usual case)."""
+    if lock.locked():
+        await lock.acquire()
+    else:
+        lock.acquire_nowait()
 
 
 def _refused(refusal: Refusal, refusals: list[AuditDraft]) -> Refusal:

@@ -29,7 +29,7 @@ from ..audit.record import AuditDraft
 from ..config import MasConfig
 from ..errors import IdentityError, Reason
 from ..identity import PeerIdentity, identity_from_certificate
-from ..store import Store
+from ..store import QueuedMessage, Store
 from ..store.base import StateTooLargeError, StateVersionConflict
 from .audit_log import AuditLog
 from .gateway import Gateway
@@ -316,7 +316,14 @@ class RuntimeServicer:
                     break
                 # Heartbeats, and frames of a newer protocol revision, need no answer.
             if routed:  # first, so their results go out before the store work of acks
-                await rpc.send_many(await self._route_frames(session, routed))
+                stored: list[QueuedMessage] = []
+                try:
+                    await rpc.send_many(await self._route_frames(session, routed, stored))
+                except BaseException:
+                    self._router.ring_targets(stored)  # stored: their targets' pumps take them
+                    raise
+                if stored:  # then to their targets, from this task where they can take them
+                    await self._router.hand_over(stored)
             if acks:
                 await self._router.ack_many(session, acks)
             for nack in nacks:
@@ -327,7 +334,7 @@ class RuntimeServicer:
                 raise refusal
 
     async def _route_frames(
-        self, session: Session, frames: list[pb.ClientEvent]
+        self, session: Session, frames: list[pb.ClientEvent], stored: list[QueuedMessage]
     ) -> list[pb.ServerEvent]:
         """Route the stream's send/request/reply frames as one batch; their Result frames."""
         seqs: list[int] = []
@@ -354,7 +361,7 @@ class RuntimeServicer:
                     Outbound("reply", "", p.message_type, p.data_json, 0, p.correlation_id, acks)
                 )
         outcomes = await self._router.route_many(
-            session.agent_id, session.instance_id, batch, session=session
+            session.agent_id, session.instance_id, batch, session=session, stored=stored
         )
         results: list[pb.ServerEvent] = []
         for seq, outcome in zip(seqs, outcomes, strict=True):

@@ -5,10 +5,13 @@ in-flight window (``delivery.DeliveryWindow``, pure): the pump claims at most
 ``window.room()`` messages from the store whenever its doorbell rings (new
 message for the agent, an ack freed a slot, a delayed retry fell due), and
 sends them as ``Delivery`` frames, or as one ``DeliveryBatch`` when the client
-asked for batching. A delivery not acked within ``ack_timeout`` is
-redelivered; the session's remaining deliveries go back to the queue when it
-ends. This module only drives the window: it wakes the pump and sleeps until
-the window's next deadline.
+asked for batching. A new message for a session whose pump is idle and whose
+window has room is claimed and written by the router from the sender's task
+instead (``can_take_over``, under the session's ``delivering`` lock, which the
+pump holds too), so it costs no wake-up of the pump. A delivery not acked within
+``ack_timeout`` is redelivered; the session's remaining deliveries go back to the
+queue when it ends. This module only drives the window: it wakes the pump and
+sleeps until the window's next deadline.
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class Session:
         # wait in the store): only then does an ack's free slot ring the doorbell. Otherwise
         # the store held nothing more when it last looked, and a new message rings anyway.
         self.starved = False
+        # Held by whoever claims and sends this session's deliveries: its pump, or the
+        # router handing a new message over from the sender's task (``Router.hand_over``).
+        self.delivering = trio.Lock()
+        self.unsent: list[pb.ServerEvent] = []  # claimed by a hand-over, left to the pump
 
     def ring(self) -> None:
         """Tell the pump there may be work (new message, free slot, due retry)."""
@@ -78,6 +85,16 @@ class Session:
     async def wait_for_doorbell(self) -> None:
         await self._doorbell.wait()
         self._doorbell = trio.Event()
+
+    def can_take_over(self) -> bool:
+        """True if its deliveries may be claimed and sent from another task now: its pump
+        is idle (not rung, not claiming), nothing is left unsent, and its window has room."""
+        return (
+            not self.delivering.locked()
+            and not self._doorbell.is_set()
+            and not self.unsent
+            and self.window.room() > 0
+        )
 
     @property
     def prefetch(self) -> int:

@@ -45,9 +45,10 @@ from purerpc.grpclib.events import (
     WindowUpdated,
 )
 from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageEncodingError
+from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 from purerpc.grpclib.status import Status, StatusCode
 
-from .._purerpc import CoalescingWriter, Malformed, take_ready, write_messages
+from .._purerpc import CoalescingWriter, Malformed, new_stream, take_ready, write_messages
 from ..errors import Reason
 from .guard import ConnectionGuard, GuardLimits, UnfinishedMessages, check_headers
 from .refusal import Refusal
@@ -57,6 +58,14 @@ _RECEIVE_CHUNK: Final = 64 * 1024  # bytes read from the TLS stream at a time
 _GOAWAY_TIMEOUT: Final = 1.0  # seconds allowed for a GOAWAY to leave before the socket closes
 _FRAME_HEADER: Final = 9  # bytes of an HTTP/2 frame header, counted against a header block
 DEFAULT_GUARD: Final = GuardLimits(500, 100, 100, 8_388_608)  # the config's defaults
+_PREFIX_SIZE: Final = 5  # bytes of gRPC's prefix before each message
+# What writing on a stream raises once its client reset it or its connection is gone.
+_UNWRITABLE: Final = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    h2.exceptions.ProtocolError,
+    PurerpcStreamClosedError,
+)
 
 
 class RpcStream:
@@ -154,6 +163,32 @@ class RpcStream:
             self._lock.release()
         if waited.cancelled_caught:
             raise Refusal(Reason.SLOW_CONSUMER)
+
+    async def send_now(self, messages: Sequence[Message]) -> bool:
+        """Send ``messages`` if that needs no wait at all; False (nothing sent) otherwise.
+
+        For a task that must not wait on this stream's client (the router delivering from
+        a sender's task): it sends only when no other write is under way, the connection's
+        unsent output is below ``max_output`` and the messages fit the flow-control windows
+        (then, over the server's ``DirectSocket``, the write never waits). False also when
+        the stream can no longer be written: its own task's next write reports that.
+        """
+        stream = self._stream
+        if self._lock.locked() or not self.open_for_sending:
+            return False
+        if stream._socket.output_size() >= self._max_output:
+            return False
+        size = sum(_PREFIX_SIZE + message.ByteSize() for message in messages)
+        if size > stream._grpc_connection.flow_control_window(stream.stream_id):
+            return False
+        self._lock.acquire_nowait()
+        try:
+            await write_messages(stream, messages)
+        except _UNWRITABLE:
+            return False
+        finally:
+            self._lock.release()
+        return True
 
     @property
     def open_for_sending(self) -> bool:
@@ -512,6 +547,9 @@ class ServerSocket(GRPCProtoSocket):  # type: ignore[misc]
         self._idle_scope: trio.CancelScope | None = None
         self._serve_scope = trio.CancelScope()
         self._closing: Reason | None = None  # why an RPC asked to close the connection
+
+    def _stream_ctor(self, stream_id: int) -> GRPCProtoStream:
+        return new_stream(self, stream_id)
 
     def finish_stream(self, stream: GRPCProtoStream) -> None:
         """The RPC on ``stream`` is over: forget it, and anything its client still sends."""
