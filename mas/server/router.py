@@ -165,6 +165,7 @@ class Router:
         self.dead_lettered = 0
         self.expired = 0  # requests and replies not delivered: their deadline had passed
         self.swept = 0
+        self._turn = 0  # which of an agent's sessions a hand-over tries first
 
     @property
     def _limits(self) -> LimitsConfig:
@@ -565,7 +566,14 @@ class Router:
         if instance_id is not None:
             session = self.registry.instance(agent_id, instance_id)
             return session if session is not None and session.can_take_over() else None
-        for session in self.registry.of_agent(agent_id):
+        sessions = self.registry.of_agent(agent_id)
+        if not sessions:
+            return None
+        # Take turns among the agent's instances, so that at low load the shared queue's
+        # messages spread over them instead of all going to the first one connected.
+        self._turn += 1
+        for step in range(len(sessions)):
+            session = sessions[(self._turn + step) % len(sessions)]
             if session.can_take_over():
                 return session
         return None
