@@ -134,8 +134,10 @@ def _wait_until(deadline: float, now: float) -> float:
     if now >= deadline:
         return 0.0
     enough = deadline - now
-    while now + enough < deadline:  # rounded down: one ulp of the sum at a time
-        enough += math.ulp(now + enough)
+    while now + enough < deadline:  # rounded down: step up, by the coarser of the two ulps
+        # (the sum's ulp alone can be below ``enough``'s, near zero: adding it would change
+        # nothing, and the loop would never end)
+        enough += max(math.ulp(now + enough), math.ulp(enough))
     low, high = 0, _bits(enough)  # now + float(low) < deadline <= now + float(high)
     while high - low > 1:
         middle = (low + high) // 2

@@ -16,6 +16,7 @@ from mas.policy.ratelimit import (
     MemoryRateLimiter,
     RateDecision,
     Window,
+    _wait_until,
     check,
     windows_for,
 )
@@ -319,3 +320,16 @@ def test_an_idle_key_leaves_no_entry() -> None:
     limiter.prune(T0 + 6)
     assert len(limiter) == 0
     assert burst(limiter, MIN10, T0 + 6, 11) == 10
+
+
+@pytest.mark.parametrize(
+    ("deadline", "now"),
+    [(1e-300, -0.1), (5e-324, -1.0), (0.0, -1e-300), (1e-20, -1e6), (2e9 + 1e-6, 2e9)],
+)
+def test_the_wait_until_a_deadline_is_found_near_zero_and_far_from_it(
+    deadline: float, now: float
+) -> None:
+    # Near zero the sum's ulp is far below the wait's: stepping by it alone never ended.
+    wait = _wait_until(deadline, now)
+    assert now + wait >= deadline
+    assert wait == 0.0 or now + math.nextafter(wait, 0.0) < deadline
