@@ -70,8 +70,11 @@ async def _ticks_during(work: object) -> tuple[object, int, float]:
 async def test_the_loop_keeps_ticking_while_the_audit_followers_read_is_slow(
     tmp_path: Path,
 ) -> None:
-    async with open_sqlite_store(tmp_path / "mas.sqlite3", StoreLimits()) as store:
+    path = tmp_path / "mas.sqlite3"
+    async with open_sqlite_store(path, StoreLimits()) as store:
         await store.enqueue_many([_item(n) for n in range(200)])
+    # Reopened: the records are in the file only (a server keeps only its own recent ones).
+    async with open_sqlite_store(path, StoreLimits()) as store:
         _slow_reader(store, 0.002)
         records, ticks, seconds = await _ticks_during(
             lambda: store.audit_records(0, 1000, flushed_only=True)
@@ -79,6 +82,35 @@ async def test_the_loop_keeps_ticking_while_the_audit_followers_read_is_slow(
     assert [r.seq for r in records] == list(range(1, 201))  # type: ignore[attr-defined]
     assert seconds > 0.1  # the read was slow...
     assert ticks >= seconds / 0.005 / 4  # ...and the loop went on meanwhile
+
+
+async def test_the_follower_reads_this_servers_recent_records_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "mas.sqlite3"
+    async with open_sqlite_store(path, StoreLimits()) as store:
+        await store.enqueue_many([_item(n) for n in range(3)])  # from a previous process
+    reads: list[str] = []
+    original = sqlite_writer.SqliteWriter.read
+
+    async def spy(self: sqlite_writer.SqliteWriter, fn: object, *args: object) -> object:
+        reads.append(fn.__name__)  # type: ignore[attr-defined]
+        return await original(self, fn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_writer.SqliteWriter, "read", spy)
+    async with open_sqlite_store(path, StoreLimits()) as store:
+        reads.clear()
+        written = [r for r in await store.enqueue_many([_item(n) for n in range(3, 8)]) if r]
+        assert [r.seq for r in await store.audit_records(0, 100, flushed_only=True)] == list(
+            range(1, 9)
+        )
+        assert len(reads) == 1  # the previous process's records: from the file
+        assert await store.audit_records(3, 100, flushed_only=True) == written
+        assert await store.audit_records(5, 2, flushed_only=True) == written[2:4]
+        assert await store.audit_records(8, 100, flushed_only=True) == []
+        assert len(reads) == 1  # this server's own records: from memory
+        # As the file holds them, byte for byte.
+        assert await store.audit_records(3, 100) == written
 
 
 async def test_the_follower_reads_only_flushed_records(

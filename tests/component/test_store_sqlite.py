@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -35,8 +36,9 @@ from store_contract import (
 )
 
 from mas.audit.chain import verify
+from mas.audit.record import AuditDraft
 from mas.errors import ConfigError, MasError
-from mas.store import QueuedMessage, QueueFullError, Store, StoreLimits
+from mas.store import InFlight, QueuedMessage, QueueFullError, Store, StoreLimits
 from mas.store.base import CorrelationRefused, StateTooLargeError
 from mas.store.sqlite import (
     SCHEMA_VERSION,
@@ -648,3 +650,27 @@ async def test_a_lock_held_by_another_process_delays_calls_without_freezing_the_
             await enqueue_one(store, _message(3))
         finally:
             other.close()
+
+
+async def test_a_rolled_back_transaction_leaves_the_chain_end_kept_in_memory_whole(
+    path: Path,
+) -> None:
+    """The store links after the chain's end it keeps in memory: a rollback must not move it."""
+    async with open_sqlite_store(path, LIMITS) as store:
+        await store.enqueue_many([_item(1, request=True)])
+        [request] = await store.claim("b", "i1", "s1", 1, NOW)
+
+        def failing(delivery: InFlight) -> AuditDraft:
+            raise RuntimeError("drafting failed")  # after the reply's record was written
+
+        reply = msgspec.structs.replace(
+            _item(2, target="a", instance="a1"), answers="c1", acks=request.delivery_id
+        )
+        with pytest.raises(RuntimeError):
+            await store.enqueue_acking([reply], failing)
+        [after] = await store.append_audit([_draft(3)])
+        records = await store.audit_records()
+        assert [r.message_id for r in records] == ["m1", "m3"]
+        assert after.prev_hash == records[0].hash
+        assert verify(records, None).ok
+        assert await store.audit_records(0, 10, flushed_only=True) == records

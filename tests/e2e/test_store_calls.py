@@ -29,6 +29,11 @@ REQUESTS = 30
 # wait for one flush; claims, acks and delivery records ride on those flushes.
 MAX_FLUSHES_PER_REQUEST = 2
 MAX_STORE_CALLS_PER_REQUEST = 5  # 2 enqueues (the reply acking its request), 2 claims, 1 ack
+# SQL statements the writer's connection runs per request/reply, as SQLite's trace callback
+# counts them (BEGIN and COMMIT, and each trigger's statement, included): 45, of which 9
+# SELECTs (was 51 with 15: the audit chain's end is kept in memory, not read back per
+# append, and a claim promotes retries only when one is due); one more for a checkpoint.
+MAX_STATEMENTS_PER_REQUEST = 46
 # The JSONL follower's reads come with time (it polls every 50 ms while behind), not with
 # messages: they are not counted per message, and they may make no flush of their own.
 POLLED: frozenset[str] = frozenset({"audit_records"})
@@ -93,15 +98,24 @@ async def test_a_request_with_its_reply_costs_two_flushes_and_few_store_calls(
                         await asker.request("echo", "ping", {"i": i}, timeout=10)
                     await _settled(server, 2 * WARMUP)
                     calls0, flushes0 = counting.calls.copy(), sqlite.statistics().flushes
+                    statements: list[str] = []
+                    connection = sqlite._writer._conn
+                    assert connection is not None
+                    connection.set_trace_callback(statements.append)
                     for i in range(REQUESTS):
                         reply = await asker.request("echo", "ping", {"i": i}, timeout=10)
                         assert reply.data == {"i": i}
                     await _settled(server, 2 * (WARMUP + REQUESTS))
+                    connection.set_trace_callback(None)
                     calls = counting.calls - calls0
                     flushes = sqlite.statistics().flushes - flushes0
     per_request = {name: n / REQUESTS for name, n in sorted(calls.items())}
     total = sum(n for name, n in calls.items() if name not in POLLED) / REQUESTS
     print(f"store calls per request/reply: {total:.2f} {per_request}")
     print(f"WAL flushes per request/reply: {flushes / REQUESTS:.2f}")
+    # The JSONL follower's reads (POLLED) run on the reader connection, not this one.
+    by_kind = Counter(statement.split()[0] for statement in statements)
+    print(f"SQL statements per request/reply: {len(statements) / REQUESTS:.2f} {dict(by_kind)}")
     assert flushes <= MAX_FLUSHES_PER_REQUEST * REQUESTS, (flushes, per_request)
     assert total <= MAX_STORE_CALLS_PER_REQUEST, per_request
+    assert len(statements) <= MAX_STATEMENTS_PER_REQUEST * REQUESTS, by_kind

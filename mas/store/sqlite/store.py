@@ -32,9 +32,10 @@ Queue order
     back together keep their order. See ``schema`` for the tables.
 
 Transactions
-    Each operation is a function of a connection, run by the writer thread
-    inside its own savepoint of a group-committed transaction, so each is
-    atomic: one that raises changes nothing. A method of ``SqliteStore`` holds
+    Each operation is a function of a connection, run by the writer on the
+    event loop in a transaction of its own (its flush, if it needs one, shared
+    with concurrent callers), so each is atomic: one that raises changes
+    nothing. A method of ``SqliteStore`` holds
     its own transaction (``transaction``, defined in it) and adds what the
     transaction cannot know: the durability the call needs, the server id its
     audit records carry, which records a flush covers. The transactions that
@@ -42,6 +43,13 @@ Transactions
     functions above the class; ``dead_letters``, ``append_audit`` and
     ``trim_audit`` are also run on a bare connection by tools that read a store
     no server holds.
+
+Audit chain in memory
+    One process writes the file, so the store keeps the chain's end and its
+    last ``RECENT_AUDIT`` records (``AuditHead``, kept by the writer's commit
+    and rollback hooks): an append links after the end without reading and
+    decoding the last row, and the JSONL copy reads this server's flushed
+    records from memory, without a worker thread.
 
 One server per file: a lock file (``<path>.lock``) refuses a second process
 (``StoreUnusableError``, a ``ConfigError``). Failures of SQLite itself raise
@@ -146,6 +154,9 @@ _INSERT_CORRELATION: Final = (
 _DELETE_CORRELATION: Final = "DELETE FROM correlations WHERE correlation_id = ?"
 _CORRELATION_EXPIRY: Final = "SELECT expires_at FROM correlations WHERE correlation_id = ?"
 _MAX_PARAMETERS: Final = 500  # host parameters per statement (SQLite allows 999 or more)
+# Audit records kept in memory for the JSONL copy (AuditHead): it reads every 50 ms, so this
+# covers well over 10,000 records a second; a copy further behind reads the file.
+RECENT_AUDIT: Final = 1024
 _Row = tuple[Any, ...]
 _AUDIT_DECODER: Final = msgspec.json.Decoder(AuditRecord)
 
@@ -196,6 +207,7 @@ def _enqueue_many(
     max_length: int,
     audit_key: bytes | None,
     server_id: str,
+    head: AuditHead | None = None,
 ) -> list[AuditRecord | str | None]:
     """Enqueue the items whose queue has room (see ``Store.enqueue_many``), in one savepoint.
 
@@ -233,7 +245,7 @@ def _enqueue_many(
     if answered:
         conn.executemany(_DELETE_CORRELATION, [(cid,) for cid in answered])
     drafts = [item.audit for item in accepted]
-    records = iter(append_audit(conn, drafts, audit_key, server_id))
+    records = iter(append_audit(conn, drafts, audit_key, server_id, head))
     return [
         next(records) if fits is True else (fits if isinstance(fits, str) else None)
         for fits in taken
@@ -250,20 +262,73 @@ def _unanswerable(
     return CORRELATION_EXPIRED if row[0] <= now else ""
 
 
+class AuditHead:
+    """The audit chain's end as committed, kept by the one process that writes the file.
+
+    ``append_audit`` links after the last record instead of reading and decoding the
+    last row, and stages what it wrote; the writer's hooks make that the chain's end
+    once the transaction commits (``committed``), or forget it when it is rolled back
+    (``rolled_back``: the next append reads the file again). ``recent`` holds the
+    last ``RECENT_AUDIT`` records committed, in seq order without gaps, so that the
+    JSONL copy reads them from memory (``SqliteStore.audit_records``), not the file.
+    """
+
+    __slots__ = ("known", "recent", "staged")
+
+    def __init__(self) -> None:
+        self.known = False  # recent[-1] is the file's last record
+        self.recent: deque[AuditRecord] = deque(maxlen=RECENT_AUDIT)
+        self.staged: list[AuditRecord] = []  # written by the transaction under way
+
+    @property
+    def last(self) -> AuditRecord | None:
+        """The record to link after (the file's last one), if known."""
+        if self.staged:
+            return self.staged[-1]
+        return self.recent[-1] if self.known and self.recent else None
+
+    def committed(self) -> None:
+        if self.staged:
+            self.recent.extend(self.staged)
+            self.known, self.staged = True, []
+
+    def rolled_back(self) -> None:
+        self.known, self.staged = False, []
+        self.recent.clear()  # the next append reads the file again, and starts it over
+
+    def records(self, after_seq: int, limit: int) -> list[AuditRecord] | None:
+        """Up to ``limit`` records after ``after_seq`` from ``recent`` (None: not all held)."""
+        recent = self.recent
+        if not recent or not recent[0].seq <= after_seq + 1 <= recent[-1].seq + 1:
+            return None
+        start = after_seq + 1 - recent[0].seq
+        # Indexing a deque walks from its nearer end: the follower reads near the newest.
+        return [recent[i] for i in range(start, min(start + limit, len(recent)))]
+
+
 def append_audit(
     conn: sqlite3.Connection,
     drafts: Sequence[AuditDraft],
     audit_key: bytes | None,
     server_id: str = "",
+    head: AuditHead | None = None,
 ) -> list[AuditRecord]:
-    """Link ``drafts`` after the chain's last record (``link_many``) and write them."""
-    row = conn.execute("SELECT record FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    head = None if row is None else _AUDIT_DECODER.decode(row[0])
-    records = link_many(head, drafts, audit_key, server_id)
+    """Link ``drafts`` after the chain's last record (``link_many``) and write them.
+
+    ``head``: the last record as the writing process knows it (read from the file
+    when it does not).
+    """
+    last = None if head is None else head.last
+    if last is None:
+        row = conn.execute("SELECT record FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        last = None if row is None else _AUDIT_DECODER.decode(row[0])
+    records = link_many(last, drafts, audit_key, server_id)
     conn.executemany(
         "INSERT INTO audit (seq, record) VALUES (?, ?)",
         [(record.seq, msgspec.json.encode(record)) for record in records],
     )
+    if head is not None:
+        head.staged.extend(records)
     return records
 
 
@@ -307,8 +372,15 @@ def _claim(
     limit: int,
     now: float,
     max_age: float,
+    promote: bool = True,
 ) -> list[InFlight]:
-    _promote_due(conn, now)
+    """Take up to ``limit`` ready messages, the reply queue's first.
+
+    ``promote``: first move the retries due at ``now`` to the front of their queues
+    (False when the caller knows none is due: one statement less).
+    """
+    if promote:
+        _promote_due(conn, now)
     taken: list[InFlight] = []
     for queue_instance in (instance_id, None):  # the reply queue first
         while (wanted := limit - len(taken)) > 0:
@@ -324,10 +396,11 @@ def _claim(
                 )
                 updates.append((session_id, delivery.delivery_id, row[0]))
                 taken.append(delivery)
-            conn.executemany(
-                "UPDATE messages SET state = 2, session_id = ?, delivery_id = ? WHERE id = ?",
-                updates,
-            )
+            if updates:
+                conn.executemany(
+                    "UPDATE messages SET state = 2, session_id = ?, delivery_id = ? WHERE id = ?",
+                    updates,
+                )
             if len(rows) < wanted:
                 break  # this queue is empty
     return taken
@@ -424,11 +497,12 @@ def _ack_recorded(
     draft: Callable[[InFlight], AuditDraft],
     audit_key: bytes | None,
     server_id: str,
+    head: AuditHead | None = None,
 ) -> tuple[list[InFlight | None], list[AuditRecord]]:
     """``ack_many`` and the acked deliveries' audit records, in one transaction."""
     acked = _ack_many(conn, delivery_ids)
     drafts = [draft(d) for d in acked if d is not None]
-    return acked, append_audit(conn, drafts, audit_key, server_id) if drafts else []
+    return acked, append_audit(conn, drafts, audit_key, server_id, head) if drafts else []
 
 
 def _release(
@@ -536,6 +610,10 @@ class SqliteStore:
         # it promotes retries. One server per file, so no other process schedules any.
         self._next_due = next_due
         self._writer = writer
+        if writer.on_commit is not None:
+            raise ValueError("a writer serves one store (it keeps the audit chain's end)")
+        self._head = AuditHead()  # the chain's end: one process writes the file
+        writer.on_commit, writer.on_rollback = self._head.committed, self._head.rolled_back
         self._audit_key = audit_key
         self.audit_key = audit_key
         self.server_id = server_id or default_server_id()
@@ -579,6 +657,7 @@ class SqliteStore:
             self.limits.max_queue_length,
             self._audit_key,
             self.server_id,
+            self._head,
             durable=True,
         )
         self._wrote_audit(written)
@@ -594,9 +673,10 @@ class SqliteStore:
             audit_key: bytes | None,
             server_id: str,
             draft: Callable[[InFlight], AuditDraft],
+            head: AuditHead,
         ) -> tuple[list[AuditRecord | str | None], list[InFlight], list[AuditRecord]]:
             """``enqueue_many``, then the acks of the written items and their records, in one go."""
-            written = _enqueue_many(conn, items, max_length, audit_key, server_id)
+            written = _enqueue_many(conn, items, max_length, audit_key, server_id, head)
             ids = [
                 item.acks
                 for item, record in zip(items, written, strict=True)
@@ -604,7 +684,7 @@ class SqliteStore:
             ]
             if not ids:
                 return written, [], []
-            acked, records = _ack_recorded(conn, ids, draft, audit_key, server_id)
+            acked, records = _ack_recorded(conn, ids, draft, audit_key, server_id, head)
             return written, [d for d in acked if d is not None], records
 
         if any(item.message.instance_id == "" for item in items):
@@ -617,6 +697,7 @@ class SqliteStore:
             self._audit_key,
             self.server_id,
             draft,
+            self._head,
             durable=True,
         )
         self._wrote_audit(written)
@@ -630,7 +711,7 @@ class SqliteStore:
         # Not durable: no client waits for these records (a message's own record is
         # written with its enqueue), and the JSONL file copies only flushed records.
         records = await self._writer.call(
-            append_audit, tuple(drafts), self._audit_key, self.server_id
+            append_audit, tuple(drafts), self._audit_key, self.server_id, self._head
         )
         self._wrote_audit(records)
         return records
@@ -653,11 +734,17 @@ class SqliteStore:
         # Read only what a flush already covers, waiting for none of its own; later
         # records appear once a flush (an accepted message's, or the background one
         # within a second) covers them. Seqs have no gaps, so the count bounds the read.
-        # Old records may be cold pages: read in a worker thread (``SqliteWriter.read``).
+        # This server's recent records are in memory (``AuditHead``); older ones may be
+        # cold pages: read in a worker thread (``SqliteWriter.read``).
         up_to = self.durable_audit_seq()
         if up_to <= after_seq:
             return []
-        return await self._writer.read(transaction, after_seq, min(limit, up_to - after_seq))
+        limit = min(limit, up_to - after_seq)
+        held = self._head.records(after_seq, limit)
+        if held is not None and (len(held) == limit or limit <= 0):
+            await trio.lowlevel.checkpoint()
+            return held
+        return await self._writer.read(transaction, after_seq, limit)
 
     async def trim_audit(self, rule: Retention) -> int:
         return await self._writer.call(trim_audit, rule)
@@ -695,9 +782,9 @@ class SqliteStore:
             return taken, _next_due(conn)
 
         max_age = self.limits.max_message_age
-        if self._next_due is None or now < self._next_due:
+        if self._next_due is None or now < self._next_due:  # no retry is due: none to promote
             return await self._writer.call(
-                _claim, agent_id, instance_id, session_id, limit, now, max_age
+                _claim, agent_id, instance_id, session_id, limit, now, max_age, False
             )
         # Retries fall due: promoting them reads rows no recent call touched. Read them in
         # a worker thread first, so that the claim on the event loop finds them cached.
@@ -718,7 +805,7 @@ class SqliteStore:
         # Not durable, like an ack and a delivery's record: a power loss that undoes
         # them redelivers the message, which is then recorded again.
         acked, records = await self._writer.call(
-            _ack_recorded, tuple(delivery_ids), draft, self._audit_key, self.server_id
+            _ack_recorded, tuple(delivery_ids), draft, self._audit_key, self.server_id, self._head
         )
         self._wrote_audit(records)
         return acked, records

@@ -1,0 +1,127 @@
+"""The store's own CPU per message: ``python -m benchmarks.store_cycle [options]``.
+
+Runs the store calls one message makes through a server, in process and without a
+network: a one-way message (``enqueue_many`` of one item, durable; the receiver's
+``claim``; its ``ack_recorded`` with the DELIVERED record), and a request/reply (the
+request's enqueue with its correlation, its claim, the reply's ``enqueue_acking`` that
+acks the request, the reply's claim and ack): five store calls, as on a server.
+Prints the process CPU time (user + system, every thread: the WAL flushes too) and
+the wall time per message, median of ``--runs`` runs, each on a fresh store (a new
+SQLite file in a temporary directory). Compare two checkouts by running each in turn
+(``cd`` there first, so that it imports its own code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Final
+
+import msgspec
+import trio
+
+from mas.audit.record import AuditDraft
+from mas.store import InFlight, Store, StoreLimits
+
+from .store_batch import routed
+
+LIMITS: Final = StoreLimits(max_queue_length=1_000_000)
+WARMUP: Final = 200
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _delivered(delivery: InFlight) -> AuditDraft:
+    message = delivery.message
+    return AuditDraft(
+        time=time.time(),
+        decision="DELIVERED",
+        message_id=message.message_id,
+        target_id=message.target_id,
+        sender_instance_id="receiver-1",
+        latency_ms=0.1,
+    )
+
+
+async def one_way(store: Store, n: int) -> None:
+    item = routed(n, request=False)
+    await store.enqueue_many([item])
+    target = item.message.target_id
+    taken = await store.claim(target, "receiver-1", f"s-{target}", 8, time.time())
+    await store.ack_recorded([d.delivery_id for d in taken], _delivered)
+
+
+async def request_reply(store: Store, n: int) -> None:
+    request = routed(n, request=True)
+    await store.enqueue_many([request])
+    target = request.message.target_id
+    [delivery] = await store.claim(target, "replier-1", f"s-{target}", 8, time.time())
+    assert request.correlation is not None
+    reply = routed(n, request=False)
+    message = msgspec.structs.replace(reply.message, target_id="sender", instance_id="sender-1")
+    reply = msgspec.structs.replace(
+        reply,
+        message=message,
+        answers=request.correlation.correlation_id,
+        acks=delivery.delivery_id,
+    )
+    await store.enqueue_acking([reply], _delivered)
+    taken = await store.claim("sender", "sender-1", "s-sender", 8, time.time())
+    await store.ack_recorded([d.delivery_id for d in taken], _delivered)
+
+
+@asynccontextmanager
+async def _store(backend: str, directory: Path) -> AsyncIterator[Store]:
+    if backend == "memory":
+        from mas.store.memory import MemoryStore
+
+        yield MemoryStore(LIMITS)
+        return
+    from mas.store.sqlite import open_sqlite_store
+
+    sync = "normal" if backend == "sqlite-normal" else "full"
+    async with open_sqlite_store(directory / "mas.sqlite3", LIMITS, sync=sync) as store:
+        yield store
+
+
+async def _run(
+    backend: str, cycle: Callable[[Store, int], Awaitable[None]], messages: int
+) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) per message."""
+    with tempfile.TemporaryDirectory() as directory:
+        async with _store(backend, Path(directory)) as store:
+            for n in range(WARMUP):
+                await cycle(store, n)
+            cpu, wall = _cpu(), time.perf_counter()
+            for n in range(messages):
+                await cycle(store, WARMUP + n)
+            return (_cpu() - cpu) / messages, (time.perf_counter() - wall) / messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--backends", default="memory,sqlite,sqlite-normal")
+    args = parser.parse_args()
+    cycles = {"one-way": one_way, "request/reply": request_reply}
+    print(f"{'cycle':14} {'backend':14} {'CPU us/msg':>10} {'wall us/msg':>11}")
+    for name, cycle in cycles.items():
+        for backend in args.backends.split(","):
+            runs = [trio.run(_run, backend, cycle, args.messages) for _ in range(args.runs)]
+            cpu = statistics.median(r[0] for r in runs) * 1e6
+            wall = statistics.median(r[1] for r in runs) * 1e6
+            print(f"{name:14} {backend:14} {cpu:10.0f} {wall:11.0f}")
+
+
+if __name__ == "__main__":
+    main()
