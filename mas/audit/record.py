@@ -87,3 +87,26 @@ class AuditRecord(AuditDraft, frozen=True, kw_only=True):
 def payload_digest(data_json: bytes) -> str:
     """The SHA-256 of the delivered payload bytes, as 64 lowercase hex digits."""
     return hashlib.sha256(data_json).hexdigest()
+
+
+def dlq_listed(now: float, operator: str, count: int, agent_id: str | None) -> AuditDraft:
+    """The record of a dead-letter listing (``mas dlq list``), by the server or the CLI."""
+    return AuditDraft(
+        time=now,
+        decision="DLQ_LISTED",
+        reason=f"listed by {operator or 'an operator'} ({count} message(s))",
+        target_id=agent_id or "",
+    )
+
+
+def dlq_replayed(
+    now: float, operator: str, message_id: str, target_id: str, was: str
+) -> AuditDraft:
+    """The record of one replayed dead letter (``was``: why it had been dead-lettered)."""
+    return AuditDraft(
+        time=now,
+        decision="DLQ_REPLAYED",
+        reason=f"replayed by {operator or 'an operator'} (was: {was})",
+        message_id=message_id,
+        target_id=target_id,
+    )

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import trio
 
-from ..audit.record import AuditDraft
+from ..audit.record import dlq_listed, dlq_replayed
 from ..config import LoadedConfig, load_config
 from ..control import socket_path
 from ..control.client import ControlClient, ServerNotRunningError
@@ -81,10 +81,8 @@ def _replay_by_server(
     loaded: LoadedConfig, message_ids: list[str] | None
 ) -> list[ReplayedMessage] | None:
     """Have the running server replay (None: no server runs for this config)."""
-    client = ControlClient(socket_path(loaded), config_path=loaded.path)
-    try:
-        client.connect()
-    except ServerNotRunningError:
+    client = _running_server(loaded)
+    if client is None:
         return None  # no server: the store is ours to open
     replayed: list[ReplayedMessage] = []
     with client:
@@ -95,6 +93,16 @@ def _replay_by_server(
             assert isinstance(reply, ReplayReply)
             replayed += reply.replayed
     return replayed
+
+
+def _running_server(loaded: LoadedConfig) -> ControlClient | None:
+    """A connection to the server running for this config (None: none runs)."""
+    client = ControlClient(socket_path(loaded), config_path=loaded.path)
+    try:
+        client.connect()
+    except ServerNotRunningError:
+        return None
+    return client
 
 
 def _chunks(items: list[str], size: int) -> list[list[str] | None]:
@@ -117,10 +125,8 @@ async def _store(loaded: LoadedConfig) -> AsyncIterator[Store]:
 
 def _list_by_server(loaded: LoadedConfig, agent: str | None) -> list[DeadLetter] | None:
     """The dead letters, from the running server (None: no server runs for this config)."""
-    client = ControlClient(socket_path(loaded), config_path=loaded.path)
-    try:
-        client.connect()
-    except ServerNotRunningError:
+    client = _running_server(loaded)
+    if client is None:
         return None
     letters: list[DeadLetter] = []
     start: int | None = 0
@@ -153,16 +159,7 @@ async def _list(loaded: LoadedConfig, agent: str | None, as_json: bool) -> list[
     try:
         async with _store(loaded) as store:
             letters = await store.dead_letters(agent)
-            await store.append_audit(
-                [
-                    AuditDraft(
-                        time=time.time(),
-                        decision="DLQ_LISTED",
-                        reason=f"listed by {_operator()} ({len(letters)} message(s))",
-                        target_id=agent or "",
-                    )
-                ]
-            )
+            await store.append_audit([dlq_listed(time.time(), _operator(), len(letters), agent)])
     except StoreUnusableError:
         if config.store.backend != "sqlite":
             raise
@@ -186,12 +183,8 @@ async def _replay(loaded: LoadedConfig, message_ids: list[str] | None) -> list[D
         operator = _operator()
         await store.append_audit(
             [
-                AuditDraft(
-                    time=now,
-                    decision="DLQ_REPLAYED",
-                    reason=f"replayed by {operator} (was: {dead.reason})",
-                    message_id=dead.message.message_id,
-                    target_id=dead.message.target_id,
+                dlq_replayed(
+                    now, operator, dead.message.message_id, dead.message.target_id, dead.reason
                 )
                 for dead in replayed
             ]

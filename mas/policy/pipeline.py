@@ -15,6 +15,7 @@ unknown target is ``NOT_FOUND`` after authorization), :class:`RateLimit` (per se
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -73,15 +74,18 @@ class Admitted(NamedTuple):
     violations: tuple[Violation, ...]
 
 
-class Filter:
+class Filter(abc.ABC):
     """One step of the pipeline. Subclasses implement :meth:`check`; one that reserves
     something when it allows also implements :meth:`release`."""
 
+    @abc.abstractmethod
     def check(self, message: Message, now: float) -> Verdict:
-        raise NotImplementedError
+        """This filter's decision on ``message`` at ``now``."""
 
-    def release(self, message: Message, now: float) -> None:
-        """Give back what :meth:`check` reserved for ``message``: a later filter denied it."""
+    def release(self, message: Message, now: float) -> None:  # noqa: B027 - most reserve nothing
+        """Give back what :meth:`check` reserved for ``message``: a later filter denied it.
+
+        A filter that reserves nothing keeps this default, which gives back nothing."""
 
 
 def run(filters: Sequence[Filter], message: Message, now: float) -> Admitted | Deny:

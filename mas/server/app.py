@@ -27,7 +27,7 @@ from typing import Any, Final
 import trio
 
 from .. import telemetry
-from ..audit.record import AuditDraft
+from ..audit.record import dlq_listed, dlq_replayed
 from ..clock import TrioWallClock
 from ..config import MasConfig
 from ..errors import Reason
@@ -176,12 +176,8 @@ class MasServer:
         replayed = await self.store.replay_dead_letters(message_ids, now)
         await self.audit.record_many(
             [
-                AuditDraft(
-                    time=now,
-                    decision="DLQ_REPLAYED",
-                    reason=f"replayed by {operator or 'an operator'} (was: {dead.reason})",
-                    message_id=dead.message.message_id,
-                    target_id=dead.message.target_id,
+                dlq_replayed(
+                    now, operator, dead.message.message_id, dead.message.target_id, dead.reason
                 )
                 for dead in replayed
             ]
@@ -197,14 +193,7 @@ class MasServer:
         listing as ``DLQ_LISTED``, naming the operator (the first page of a listing is)."""
         letters = await self.store.dead_letters(agent_id)
         if audited:
-            await self.audit.record(
-                AuditDraft(
-                    time=self.wall_clock(),
-                    decision="DLQ_LISTED",
-                    reason=f"listed by {operator or 'an operator'} ({len(letters)} message(s))",
-                    target_id=agent_id or "",
-                )
-            )
+            await self.audit.record(dlq_listed(self.wall_clock(), operator, len(letters), agent_id))
         return letters
 
     def statistics(self) -> dict[str, Any]:

@@ -187,24 +187,33 @@ async def test_messages_for_an_offline_agent_wait_and_are_bounded(
                 assert received == [0, 1, 2]
 
 
+@asynccontextmanager
+async def _sender_and_two_instances(
+    pki: TestPKI, serve: Serve, prefetch: int
+) -> AsyncIterator[tuple[RawSession, RawSession, RawSession]]:
+    """Sender ``a`` and two instances of ``b`` (``b-1``, ``b-2``), each with its session."""
+    config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": prefetch})
+    async with serve(config) as server:
+        port = server.address.port
+        async with (
+            raw_client(port, pki.client_ssl_context("a")) as ca,
+            raw_client(port, pki.client_ssl_context("b")) as cb1,
+            raw_client(port, pki.client_ssl_context("b")) as cb2,
+        ):
+            a, b1, b2 = await ca.transport(), await cb1.transport(), await cb2.transport()
+            await a.hello("a1")
+            await b1.hello("b-1")
+            await b2.hello("b-2")
+            yield a, b1, b2
+
+
 async def test_shared_queue_spreads_over_instances(pki: TestPKI, serve: Serve) -> None:
-    config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": 1})
     with trio.fail_after(10):
-        async with serve(config) as server:
-            port = server.address.port
-            async with (
-                raw_client(port, pki.client_ssl_context("a")) as ca,
-                raw_client(port, pki.client_ssl_context("b")) as cb1,
-                raw_client(port, pki.client_ssl_context("b")) as cb2,
-            ):
-                a, b1, b2 = await ca.transport(), await cb1.transport(), await cb2.transport()
-                await a.hello("a1")
-                await b1.hello("b-1")
-                await b2.hello("b-2")
-                await _send_numbers(a, 2)
-                # With a window of one, each instance holds one message.
-                got = sorted([_n(await b1.next_delivery())[0], _n(await b2.next_delivery())[0]])
-                assert got == [0, 1]
+        async with _sender_and_two_instances(pki, serve, prefetch=1) as (a, b1, b2):
+            await _send_numbers(a, 2)
+            # With a window of one, each instance holds one message.
+            got = sorted([_n(await b1.next_delivery())[0], _n(await b2.next_delivery())[0]])
+            assert got == [0, 1]
 
 
 async def test_messages_sent_one_at_a_time_spread_over_idle_instances(
@@ -212,36 +221,25 @@ async def test_messages_sent_one_at_a_time_spread_over_idle_instances(
 ) -> None:
     # Each message is handed to an idle instance by the sender's task (or rung to the pumps,
     # when a hand-over cannot be done): the instances take turns, so neither gets them all.
-    config = make_config(["a", "b"], ONE_WAY, limits={"prefetch": 8})
     with trio.fail_after(10):
-        async with serve(config) as server:
-            port = server.address.port
-            async with (
-                raw_client(port, pki.client_ssl_context("a")) as ca,
-                raw_client(port, pki.client_ssl_context("b")) as cb1,
-                raw_client(port, pki.client_ssl_context("b")) as cb2,
-            ):
-                a, b1, b2 = await ca.transport(), await cb1.transport(), await cb2.transport()
-                await a.hello("a1")
-                await b1.hello("b-1")
-                await b2.hello("b-2")
-                await _send_numbers(a, 8)
-                got: dict[str, list[int]] = {"b-1": [], "b-2": []}
-                done = trio.Event()
+        async with _sender_and_two_instances(pki, serve, prefetch=8) as (a, b1, b2):
+            await _send_numbers(a, 8)
+            got: dict[str, list[int]] = {"b-1": [], "b-2": []}
+            done = trio.Event()
 
-                async def collect(name: str, session: RawSession) -> None:
-                    while True:
-                        got[name].append(_n(await session.next_delivery())[0])
-                        if sum(len(numbers) for numbers in got.values()) == 8:
-                            done.set()
+            async def collect(name: str, session: RawSession) -> None:
+                while True:
+                    got[name].append(_n(await session.next_delivery())[0])
+                    if sum(len(numbers) for numbers in got.values()) == 8:
+                        done.set()
 
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(collect, "b-1", b1)
-                    nursery.start_soon(collect, "b-2", b2)
-                    await done.wait()
-                    nursery.cancel_scope.cancel()
-                assert sorted(got["b-1"] + got["b-2"]) == list(range(8))
-                assert len(got["b-1"]) >= 2 and len(got["b-2"]) >= 2, got
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, "b-1", b1)
+                nursery.start_soon(collect, "b-2", b2)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+            assert sorted(got["b-1"] + got["b-2"]) == list(range(8))
+            assert len(got["b-1"]) >= 2 and len(got["b-2"]) >= 2, got
 
 
 async def test_sessions_per_agent_are_limited(pki: TestPKI, serve: Serve) -> None:
