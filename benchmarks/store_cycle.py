@@ -1,10 +1,12 @@
 """The store's own CPU per message: ``python -m benchmarks.store_cycle [options]``.
 
 Runs the store calls one message makes through a server, in process and without a
-network: a one-way message (``enqueue_many`` of one item, durable; the receiver's
-``claim``; its ``ack_recorded`` with the DELIVERED record), and a request/reply (the
-request's enqueue with its correlation, its claim, the reply's ``enqueue_acking`` that
-acks the request, the reply's claim and ack): five store calls, as on a server.
+network, with its target's session idle (so its enqueue claims for it, as the server's
+hand-over does): a one-way message (``route_batch`` of one item claiming for the
+receiver, durable; the receiver's ``ack_recorded`` with the DELIVERED record), and a
+request/reply (the request's ``route_batch`` with its correlation and the replier's
+claim, the reply's ``route_batch`` that acks the request and claims for the sender, the
+reply's ack): three store calls, as on a server.
 Prints the process CPU time (user + system, every thread: the WAL flushes too) and
 the wall time per message, median of ``--runs`` runs, each on a fresh store (a new
 SQLite file in a temporary directory). Compare two checkouts by running each in turn
@@ -28,6 +30,7 @@ import trio
 
 from mas.audit.record import AuditDraft
 from mas.store import InFlight, Store, StoreLimits
+from mas.store.base import Claim
 
 from .store_batch import routed
 
@@ -52,19 +55,24 @@ def _delivered(delivery: InFlight) -> AuditDraft:
     )
 
 
+def _idle(target: str, instance: str, limit: int = 8) -> Claim:
+    """The claim a server makes for a target's idle session with its enqueue."""
+    return Claim(agent_id=target, instance_id=instance, session_id=f"s-{target}", limit=limit)
+
+
 async def one_way(store: Store, n: int) -> None:
     item = routed(n, request=False)
-    await store.enqueue_many([item])
     target = item.message.target_id
-    taken = await store.claim(target, "receiver-1", f"s-{target}", 8, time.time())
+    batch = await store.route_batch([item], claims=[_idle(target, "receiver-1")], now=time.time())
+    [taken] = batch.claimed
     await store.ack_recorded([d.delivery_id for d in taken], _delivered)
 
 
 async def request_reply(store: Store, n: int) -> None:
     request = routed(n, request=True)
-    await store.enqueue_many([request])
     target = request.message.target_id
-    [delivery] = await store.claim(target, "replier-1", f"s-{target}", 8, time.time())
+    batch = await store.route_batch([request], claims=[_idle(target, "replier-1")], now=time.time())
+    [[delivery]] = batch.claimed
     assert request.correlation is not None
     reply = routed(n, request=False)
     message = msgspec.structs.replace(reply.message, target_id="sender", instance_id="sender-1")
@@ -74,8 +82,10 @@ async def request_reply(store: Store, n: int) -> None:
         answers=request.correlation.correlation_id,
         acks=delivery.delivery_id,
     )
-    await store.enqueue_acking([reply], _delivered)
-    taken = await store.claim("sender", "sender-1", "s-sender", 8, time.time())
+    answered = await store.route_batch(
+        [reply], acked=_delivered, claims=[_idle("sender", "sender-1")], now=time.time()
+    )
+    [taken] = answered.claimed
     await store.ack_recorded([d.delivery_id for d in taken], _delivered)
 
 

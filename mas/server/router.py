@@ -10,11 +10,12 @@ it) as a ``refusal.Refusal``, which the servicer turns into a gRPC status or a
 and makes its audit drafts; ``Prepared`` is an admitted message ready for the store;
 ``Accepted`` and ``Refusal`` are the two outcomes.
 
-A stored message is then handed to its target (``hand_over``): where the target has
-a session on this server whose pump is idle and whose window has room, the sender's
-task claims it and writes it to that session at once (without waiting on that
-client: what cannot be written now is left to the session's pump); other targets'
-pumps are rung.
+A stored message is then handed to its target (``Handover``): where the target has
+a session on this server whose pump is idle and whose window has room, that session
+is reserved before the store call, the message is claimed for it in the transaction
+that stores it (``Store.route_batch``), and the sender's task writes it to that
+session once the sender is answered (without waiting on that client: what cannot be
+written now is left to the session's pump); other targets' pumps are rung.
 
 The session side (``serve_session``, ``ack``, ``nack``) drives the delivery core
 (``delivery.DeliveryWindow``, ``delivery.RetryPolicy``): it moves messages from the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 import trio
@@ -49,7 +51,14 @@ from ..envelope import (
 )
 from ..errors import Reason, StoreError
 from ..store import Correlation, EnqueueItem, InFlight, QueuedMessage, Store
-from ..store.base import CORRELATION_GRACE, STORE_UNAVAILABLE, CorrelationRefused, Enqueued
+from ..store.base import (
+    CORRELATION_GRACE,
+    STORE_UNAVAILABLE,
+    Claim,
+    CorrelationRefused,
+    Enqueued,
+    Routed,
+)
 from .audit_log import AuditLog
 from .correlations import RecentCorrelations, refused
 from .delivery import RetryPolicy, past_deadline
@@ -141,6 +150,45 @@ class Prepared(NamedTuple):
     error: ErrorInfo | None  # set for an error reply
 
 
+@dataclass
+class _Claimed:
+    """What a store call claimed for one reserved session."""
+
+    session: Session
+    live: list[InFlight]  # tracked, to be written
+    late: list[InFlight]  # past their deadline: to be forgotten, not written
+    more: bool  # the claim took all the window allowed: more may wait (ring the pump)
+
+
+@dataclass
+class Handover:
+    """One routing batch's stored messages on their way to their targets' sessions.
+
+    ``Router.route_many`` reserves each target's idle session on this server (takes its
+    ``delivering`` lock, so its pump stays out) before the store call, which claims for
+    it in the same transaction (``Store.route_batch``). Then ``Router.hand_over`` writes
+    those deliveries without waiting on their clients and rings the other targets'
+    pumps; or ``Router.abandon`` leaves everything to the pumps (when the sender's own
+    task must wait, or failed). Either releases the reserved sessions; both are safe to
+    call again.
+    """
+
+    reserved: list[Session] = field(default_factory=list)
+    claimed: list[_Claimed] = field(default_factory=list)
+    stored: list[QueuedMessage] = field(default_factory=list)  # every message written
+
+    def unclaimed_targets(self) -> dict[tuple[str, str | None], None]:
+        """The queues of stored messages no reserved session's claim covered."""
+        # A session's claim takes its reply queue's messages, then its agent's shared
+        # queue's, and took every due one unless it took all the window allowed (then
+        # its ``more`` rings the agent's pumps).
+        covered: set[tuple[str, str | None]] = {(s.agent_id, s.instance_id) for s in self.reserved}
+        covered.update((s.agent_id, None) for s in self.reserved)
+        return {
+            key: None for m in self.stored if (key := (m.target_id, m.instance_id)) not in covered
+        }
+
+
 class Router:
     """Routes messages into the store and from the store to sessions."""
 
@@ -222,7 +270,7 @@ class Router:
         batch: Sequence[Outbound],
         *,
         session: Session | None = None,
-        stored: list[QueuedMessage] | None = None,
+        handover: Handover | None = None,
     ) -> list[Accepted | Refusal]:
         """Route one sender's messages, in order; each is accepted or refused on its own.
 
@@ -240,9 +288,10 @@ class Router:
         (``enqueue_acking``: one transaction on SQLite and memory); a refused reply acks
         nothing, and its request stays in flight (redelivered after ``ack_timeout``).
 
-        The stored messages are then handed to their targets' sessions (``hand_over``);
-        given ``stored``, they are added to it instead, for the caller to hand over once it
-        has answered the sender (so the sender's results do not wait for the claims).
+        The stored messages are then handed to their targets' sessions (``Handover``),
+        claimed in the store call for those that are idle on this server; given
+        ``handover``, the caller hands them over (``hand_over`` or ``abandon``) once it has
+        answered the sender, so the sender's results are written first.
 
         Cancellation: a cancel before ``enqueue_many`` returns stores nothing, or (if
         the transaction committed) leaves the messages stored and their correlations
@@ -296,46 +345,106 @@ class Router:
             except Refusal as refusal:
                 results[index] = _refused(refusal, refusals)
         if prepared:
-            items = [p.item for p in prepared]
+            own = handover is None
+            if handover is None:
+                handover = Handover()
             try:
-                if session is not None and any(item.acks for item in items):
-                    records = await self._enqueue_acking(session, items)
-                else:
-                    records = await self.store.enqueue_many(items)
-            except StoreError as exc:
-                # Down or full: nothing of the batch is stored (SQLite rolled it back; on
-                # Redis it may have been, so a sender's retry can make a duplicate, never
-                # a loss). Each message is refused on its own; the session goes on.
-                log.debug("store refused a batch of %d: %s", len(prepared), exc)
-                records = [CorrelationRefused(STORE_UNAVAILABLE)] * len(prepared)
-            written = stored if stored is not None else []
-            for entry, record in zip(prepared, records, strict=True):
-                result = await self._settle(gateway, entry, record, refusals)
-                results[entry.position] = result
-                if isinstance(result, Accepted):
-                    written.append(entry.item.message)
-            if stored is None and written:
-                await self.hand_over(written)
+                records = await self._store_batch(session, [p.item for p in prepared], handover)
+                for entry, record in zip(prepared, records, strict=True):
+                    result = await self._settle(gateway, entry, record, refusals)
+                    results[entry.position] = result
+                    if isinstance(result, Accepted):
+                        handover.stored.append(entry.item.message)
+            except BaseException:
+                if own:
+                    self.abandon(handover)
+                raise
+            if own:
+                await self.hand_over(handover)
         if refusals:
             await self._audit.record_many(refusals)
         return [result for result in results if result is not None]
 
-    async def _enqueue_acking(self, session: Session, items: list[EnqueueItem]) -> list[Enqueued]:
-        """``enqueue_many``, the written replies also acking their requests' deliveries."""
+    async def _store_batch(
+        self, session: Session | None, items: list[EnqueueItem], handover: Handover
+    ) -> list[Enqueued]:
+        """Store the items, their replies acking their requests' deliveries (``session``'s),
+        and claim for the targets' idle sessions, which ``handover`` reserves: one call."""
         now = self._clock.now()
+        claims = self._reserve(handover, items)
+        acking = session is not None and any(item.acks for item in items)
+        if not claims and not acking:
+            try:
+                return await self.store.enqueue_many(items)
+            except StoreError as exc:
+                return _unstored(items, exc)
 
         def delivered(delivery: InFlight) -> AuditDraft:
+            assert session is not None
             return _delivery_draft("DELIVERED", session, delivery, now)
 
-        records, acked, written = await self.store.enqueue_acking(items, delivered)
-        for delivery in acked:  # a request's outcome is its reply: no breaker change
+        # Shielded (within ``APPLY_TIMEOUT``) when it claims: what it claims is tracked
+        # here with no checkpoint between, then written or left to the pumps.
+        routed: Routed | None = None
+        with trio.CancelScope(shield=bool(claims), deadline=trio.current_time() + APPLY_TIMEOUT):
+            try:
+                routed = await self.store.route_batch(
+                    items, acked=delivered if acking else None, claims=claims, now=now
+                )
+            except StoreError as exc:
+                return _unstored(items, exc)
+        if routed is None:  # the store took longer than APPLY_TIMEOUT
+            return _unstored(items, StoreError(f"no answer in {APPLY_TIMEOUT:g} s"))
+        for reserved, claim, deliveries in zip(
+            handover.reserved, claims, routed.claimed, strict=True
+        ):
+            handover.claimed.append(self._track(reserved, deliveries, now, claim.limit))
+        for delivery in routed.acked:  # a request's outcome is its reply: no breaker change
+            assert session is not None
             session.untrack(delivery.delivery_id)
-        if written is None:
-            await self._audit.record_many([delivered(delivery) for delivery in acked])
+        if routed.ack_records is None:
+            await self._audit.record_many([delivered(delivery) for delivery in routed.acked])
         else:
-            for record in written:
+            for record in routed.ack_records:
                 self._audit.committed(record)
-        return records
+        return routed.results
+
+    def _reserve(self, handover: Handover, items: Sequence[EnqueueItem]) -> list[Claim]:
+        """Reserve the items' targets' idle sessions on this server; a claim for each."""
+        claims: list[Claim] = []
+        for target_id, instance_id in dict.fromkeys(
+            (item.message.target_id, item.message.instance_id) for item in items
+        ):
+            session = self._idle_session(target_id, instance_id)
+            if session is None:  # its pump is rung once the message is stored
+                continue
+            session.delivering.acquire_nowait()
+            handover.reserved.append(session)
+            claims.append(
+                Claim(
+                    agent_id=session.agent_id,
+                    instance_id=session.instance_id,
+                    session_id=session.session_id,
+                    limit=session.window.room(),
+                )
+            )
+        return claims
+
+    def _track(
+        self, session: Session, deliveries: list[InFlight], now: float, limit: int
+    ) -> _Claimed:
+        """Track a session's claimed deliveries (those still in time), before any checkpoint."""
+        claimed = _Claimed(session, [], [], more=len(deliveries) >= limit)
+        for delivery in deliveries:
+            routing = routing_of(delivery.message.envelope_json)
+            if past_deadline(routing.deadline, now):
+                claimed.late.append(delivery)  # its requester gave up: deliver nothing
+                continue
+            claimed.live.append(delivery)
+            session.track(
+                delivery.delivery_id, delivery.message.attempt, is_request=routing.expects_reply
+            )
+        return claimed
 
     async def _prepare(
         self,
@@ -485,81 +594,78 @@ class Router:
                         # More may wait in the store: the next ack that frees a slot rings.
                         session.starved = True
                         break
-                    if await self._deliver(session, room, direct=False) < room:
+                    if await self._deliver(session, room) < room:
                         break  # nothing more is due; a new message rings the doorbell again
             finally:
                 session.delivering.release()
 
-    async def _deliver(self, session: Session, room: int, *, direct: bool) -> int:
-        """Claim up to ``room`` deliveries for ``session`` and send them; how many it claimed.
-
-        ``direct`` (from another task than the session's pump): the frames are sent only if
-        that needs no wait (``RpcStream.send_now``); otherwise they are left in
-        ``session.unsent`` and the pump, rung, sends them.
-        """
+    async def _deliver(self, session: Session, room: int) -> int:
+        """Claim up to ``room`` deliveries for ``session`` and send them; how many it claimed."""
         now = self._clock.now()
         deliveries = await self.store.claim(
             session.agent_id, session.instance_id, session.session_id, room, now
         )
         if not deliveries:
             return 0
-        live: list[InFlight] = []
-        late: list[InFlight] = []
-        for delivery in deliveries:
-            routing = routing_of(delivery.message.envelope_json)
-            if past_deadline(routing.deadline, now):
-                late.append(delivery)  # its requester gave up: deliver nothing
-                continue
-            live.append(delivery)
-            session.track(
-                delivery.delivery_id,
-                delivery.message.attempt,
-                is_request=routing.expects_reply,
-            )
-        if live:
-            frames = delivery_frames(session, live)
-            if not direct:
-                await session.rpc.send_many(frames)
-            elif not await session.rpc.send_now(frames):
-                session.unsent.extend(frames)
-                session.ring()
-            self.delivered += len(live)
-        if late:
-            await self._drop_expired(session, late, now)
+        claimed = self._track(session, deliveries, now, room)
+        if claimed.live:
+            await session.rpc.send_many(delivery_frames(session, claimed.live))
+            self.delivered += len(claimed.live)
+        if claimed.late:
+            await self._drop_expired(session, claimed.late, now)
         return len(deliveries)
 
-    async def hand_over(self, messages: Sequence[QueuedMessage]) -> None:
-        """Deliver just-stored messages from the routing task, where that is possible now.
+    async def hand_over(self, handover: Handover) -> None:
+        """Write what a routing batch claimed to its sessions, from the routing task.
 
-        A target with a session on this server whose pump is idle and whose window has
-        room gets its message claimed and written from here (no wake-up of its pump);
-        the other targets' sessions are rung, as before. Shielded (within
-        ``APPLY_TIMEOUT``): deliveries claimed here are tracked and sent, or left to the
-        pump, even if the sender's session ends meanwhile.
+        Each write is made only if it needs no wait on that client
+        (``RpcStream.send_now``); what cannot be written now is left to the session's pump.
+        The targets that were not reserved have their pumps rung. Shielded (within
+        ``APPLY_TIMEOUT``): what was claimed is sent or left to the pump, even if the
+        sender's session ends meanwhile.
         """
-        targets = dict.fromkeys((m.target_id, m.instance_id) for m in messages)
-        for target_id, instance_id in targets:
-            session = self._idle_session(target_id, instance_id)
-            if session is None:
-                self.registry.ring(target_id, instance_id)
-                continue
-            session.delivering.acquire_nowait()
-            try:
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + APPLY_TIMEOUT):
-                    room = session.window.room()
-                    claimed = await self._deliver(session, room, direct=True)
-                if claimed >= room:  # more may wait: let the pumps go on
-                    self.registry.ring(target_id, instance_id)
-            except StoreError as exc:
-                log.debug("hand-over to %s failed (%s); its pump retries", target_id, exc)
-                session.ring()
-            finally:
-                session.delivering.release()
+        try:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + APPLY_TIMEOUT):
+                while handover.claimed:
+                    claimed = handover.claimed.pop(0)
+                    session = claimed.session
+                    if claimed.live:
+                        frames = delivery_frames(session, claimed.live)
+                        if not await session.rpc.send_now(frames):
+                            session.unsent.extend(frames)
+                            session.ring()
+                        self.delivered += len(claimed.live)
+                    if claimed.late:
+                        try:
+                            await self._drop_expired(session, claimed.late, self._clock.now())
+                        except StoreError as exc:  # they stay in flight: redelivered, then dropped
+                            log.debug("expired deliveries not dropped (%s)", exc)
+                    if claimed.more:  # more may wait: let the pumps go on
+                        self.registry.ring(session.agent_id)
+        finally:
+            self.abandon(handover)
 
-    def ring_targets(self, messages: Sequence[QueuedMessage]) -> None:
-        """Wake the pumps of these messages' targets (when they cannot be handed over)."""
-        for message in messages:
-            self.registry.ring(message.target_id, message.instance_id)
+    def abandon(self, handover: Handover) -> None:
+        """Leave what ``handover`` holds to the pumps, and release its reserved sessions.
+
+        For a sender's task that must wait (or failed) before ``hand_over``; no checkpoint.
+        """
+        for claimed in handover.claimed:
+            session = claimed.session
+            if claimed.live:
+                session.unsent.extend(delivery_frames(session, claimed.live))
+                self.delivered += len(claimed.live)
+            for delivery in claimed.late:  # tracked: redelivered after ack_timeout, dropped then
+                session.track(delivery.delivery_id, delivery.message.attempt, is_request=False)
+            session.ring()
+        handover.claimed.clear()
+        unclaimed = handover.unclaimed_targets()
+        handover.stored.clear()
+        for session in handover.reserved:
+            session.delivering.release()
+        handover.reserved.clear()
+        for target_id, instance_id in unclaimed:
+            self.registry.ring(target_id, instance_id)
 
     def _idle_session(self, agent_id: str, instance_id: str | None) -> Session | None:
         """A session of the target that can take a delivery from another task now, if any."""
@@ -733,6 +839,15 @@ async def _acquire(lock: trio.Lock) -> None:
         await lock.acquire()
     else:
         lock.acquire_nowait()
+
+
+def _unstored(items: Sequence[EnqueueItem], exc: StoreError) -> list[Enqueued]:
+    """The results of a batch the store could not take: each is refused on its own."""
+    # Down or full: nothing of the batch is stored (SQLite rolled it back; on Redis it may
+    # have been, so a sender's retry can make a duplicate, never a loss). The session
+    # goes on.
+    log.debug("store refused a batch of %d: %s", len(items), exc)
+    return [CorrelationRefused(STORE_UNAVAILABLE)] * len(items)
 
 
 def _refused(refusal: Refusal, refusals: list[AuditDraft]) -> Refusal:

@@ -29,14 +29,14 @@ from ..audit.record import AuditDraft
 from ..config import MasConfig
 from ..errors import IdentityError, Reason
 from ..identity import PeerIdentity, identity_from_certificate
-from ..store import QueuedMessage, Store
+from ..store import Store
 from ..store.base import StateTooLargeError, StateVersionConflict
 from .audit_log import AuditLog
 from .gateway import Gateway
 from .grpc import Method, PeerConnection
 from .guard import TokenBucket
 from .refusal import Refusal
-from .router import Outbound, Router
+from .router import Handover, Outbound, Router
 from .sessions import Session, SessionRegistry
 from .state_wire import stored_from_text, texts_from_stored
 from .transport import RpcStream
@@ -316,14 +316,19 @@ class RuntimeServicer:
                     break
                 # Heartbeats, and frames of a newer protocol revision, need no answer.
             if routed:  # first, so their results go out before the store work of acks
-                stored: list[QueuedMessage] = []
+                handover = Handover()
                 try:
-                    await rpc.send_many(await self._route_frames(session, routed, stored))
+                    results = await self._route_frames(session, routed, handover)
+                    if not await rpc.send_now(results):
+                        # This write may wait on the sender's client: the targets' pumps
+                        # must not, so what was claimed for them is left to them.
+                        self._router.abandon(handover)
+                        await rpc.send_many(results)
                 except BaseException:
-                    self._router.ring_targets(stored)  # stored: their targets' pumps take them
+                    self._router.abandon(handover)
                     raise
-                if stored:  # then to their targets, from this task where they can take them
-                    await self._router.hand_over(stored)
+                # Then to their targets, from this task where they can take them.
+                await self._router.hand_over(handover)
             if acks:
                 await self._router.ack_many(session, acks)
             for nack in nacks:
@@ -334,7 +339,7 @@ class RuntimeServicer:
                 raise refusal
 
     async def _route_frames(
-        self, session: Session, frames: list[pb.ClientEvent], stored: list[QueuedMessage]
+        self, session: Session, frames: list[pb.ClientEvent], handover: Handover
     ) -> list[pb.ServerEvent]:
         """Route the stream's send/request/reply frames as one batch; their Result frames."""
         seqs: list[int] = []
@@ -361,7 +366,7 @@ class RuntimeServicer:
                     Outbound("reply", "", p.message_type, p.data_json, 0, p.correlation_id, acks)
                 )
         outcomes = await self._router.route_many(
-            session.agent_id, session.instance_id, batch, session=session, stored=stored
+            session.agent_id, session.instance_id, batch, session=session, handover=handover
         )
         results: list[pb.ServerEvent] = []
         for seq, outcome in zip(seqs, outcomes, strict=True):

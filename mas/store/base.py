@@ -9,7 +9,11 @@ Queues
     envelope, and ``release_session`` returns every in-flight delivery of an
     ended session to the front of its queue at once. ``enqueue_many`` routes
     messages and ``ack_many`` acks deliveries a batch at a time, in one
-    transaction (one round trip on Redis).
+    transaction (one round trip on Redis). ``route_batch`` is the server's step:
+    it enqueues a batch, acks the deliveries its replies answer, and claims for
+    the idle sessions of the batch's targets, in one transaction (SQLite, memory),
+    so a message sent to an idle agent is in flight to it when the sender is told
+    it was accepted, with no claim of its own.
 
 Correlations
     A request's correlation id maps to the requesting (agent, instance) and the
@@ -130,6 +134,15 @@ class EnqueueItem(msgspec.Struct, frozen=True, kw_only=True):
     acks: str = ""
 
 
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """A claim made in the same step as an enqueue (``Store.route_batch``): see ``claim``."""
+
+    agent_id: str
+    instance_id: str
+    session_id: str
+    limit: int
+
+
 class QueueFullError(Exception):
     """The target queue holds ``max_queue_length`` messages already."""
 
@@ -158,6 +171,22 @@ class CorrelationRefused(Exception):
 
 Enqueued = AuditRecord | None | CorrelationRefused
 """What ``enqueue_many`` made of one item: its record, None (queue full), or a refusal."""
+
+
+class Routed(msgspec.Struct, kw_only=True):
+    """What ``Store.route_batch`` made of a batch.
+
+    ``results[i]`` is item i's, as from ``enqueue_many``. ``acked`` are the deliveries the
+    written items ``acks`` (those still in flight); ``ack_records`` the records the draft
+    made of them, linked after the items' where the store writes them in the same step
+    (SQLite, memory), or None where it cannot (Redis): the caller writes the drafts then.
+    ``claimed[j]`` are the deliveries ``claims[j]`` took, after the items were written.
+    """
+
+    results: list[Enqueued]
+    acked: list[InFlight]
+    ack_records: list[AuditRecord] | None
+    claimed: list[list[InFlight]]
 
 
 def default_server_id() -> str:
@@ -192,17 +221,23 @@ class Store(Protocol):
         empty instance id or an audit time that is not finite.
         """
 
-    async def enqueue_acking(
-        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
-    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
-        """``enqueue_many``, also acking the delivery each written item ``acks``.
+    async def route_batch(
+        self,
+        items: Sequence[EnqueueItem],
+        *,
+        acked: Callable[[InFlight], AuditDraft] | None = None,
+        claims: Sequence[Claim] = (),
+        now: float = 0.0,
+    ) -> Routed:
+        """``enqueue_many``, then the acks the written items carry, then ``claims``: one step.
 
-        An item that is not written (queue full, correlation refused) acks nothing: its
-        delivery stays in flight. Returns the items' results, the deliveries acked (those
-        still in flight), and, where the store can (SQLite, memory: all of it in the one
-        transaction), the records ``draft`` makes of them, linked after the items'. A
-        store that cannot (Redis) acks in a second call and returns None: the caller
-        writes the drafts itself, as after ``ack_recorded``.
+        The written items ``acks`` are acked (an item that is not written, queue full or
+        correlation refused, acks nothing: its delivery stays in flight), with the record
+        ``acked`` makes of each delivery acked. Then each claim takes, as ``claim`` at
+        ``now`` would, up to its ``limit`` due messages for its session, reply queue first:
+        a message just written to an idle session's queue is in flight to it when this
+        returns, with no claim of its own. SQLite and memory do all of it in one
+        transaction (one flush); Redis in consecutive round trips.
         """
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:

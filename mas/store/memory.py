@@ -29,6 +29,7 @@ from .base import (
     CORRELATION_GRACE,
     NOT_THE_TARGET,
     UNKNOWN_CORRELATION,
+    Claim,
     Correlation,
     CorrelationRefused,
     DeadLetter,
@@ -36,6 +37,7 @@ from .base import (
     EnqueueItem,
     InFlight,
     QueuedMessage,
+    Routed,
     StateSnapshot,
     StateTooLargeError,
     StateVersionConflict,
@@ -127,18 +129,28 @@ class MemoryStore:
                 self._audit.append(record)
         return records
 
-    async def enqueue_acking(
-        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
-    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
-        # No checkpoint after enqueue_many's: the acks go with the items, as one change.
-        records = await self.enqueue_many(items)
-        acked: list[InFlight] = []
+    async def route_batch(
+        self,
+        items: Sequence[EnqueueItem],
+        *,
+        acked: Callable[[InFlight], AuditDraft] | None = None,
+        claims: Sequence[Claim] = (),
+        now: float = 0.0,
+    ) -> Routed:
+        # No checkpoint after enqueue_many's: the acks and claims go with the items, as
+        # one change.
+        records = await self.enqueue_many(items) if items else []
+        taken: list[InFlight] = []
         for item, record in zip(items, records, strict=True):
             if item.acks and isinstance(record, AuditRecord):
                 delivery = self._forget(item.acks)
                 if delivery is not None:
-                    acked.append(delivery)
-        return records, acked, self._append([draft(d) for d in acked])
+                    taken.append(delivery)
+        written = self._append([acked(d) for d in taken]) if acked is not None else []
+        claimed = [
+            self._claim(c.agent_id, c.instance_id, c.session_id, c.limit, now) for c in claims
+        ]
+        return Routed(results=records, acked=taken, ack_records=written, claimed=claimed)
 
     def _unanswerable(
         self, correlation_id: str, answered: set[str], now: float
@@ -201,6 +213,11 @@ class MemoryStore:
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
     ) -> list[InFlight]:
         await checkpoint()
+        return self._claim(agent_id, instance_id, session_id, limit, now)
+
+    def _claim(
+        self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
+    ) -> list[InFlight]:
         self._promote_due(now)
         taken: list[InFlight] = []
         for key in ((agent_id, instance_id), (agent_id, None)):

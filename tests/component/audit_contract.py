@@ -162,7 +162,7 @@ async def test_ack_recorded_acks_as_ack_many_does_with_each_acked_deliverys_reco
     assert again.message.message_id == second.message.message_id
 
 
-async def test_enqueue_acking_acks_what_a_written_reply_answers_and_nothing_for_a_refused_one(
+async def test_route_batch_acks_what_a_written_reply_answers_and_nothing_for_a_refused_one(
     store: Store,
 ) -> None:
     await store.enqueue_many([_item(1, request=True), _item(2, request=True)])
@@ -179,10 +179,11 @@ async def test_enqueue_acking_acks_what_a_written_reply_answers_and_nothing_for_
 
     # The first reply is written and acks its request; the second names a correlation
     # that is not open: refused, so the delivery it names stays in flight.
-    records, acked, linked = await store.enqueue_acking(
+    routed = await store.route_batch(
         [reply(10, "c1", first.delivery_id), reply(11, "made-up", second.delivery_id)],
-        delivered,
+        acked=delivered,
     )
+    records, acked, linked = routed.results, routed.acked, routed.ack_records
     assert isinstance(records[0], AuditRecord) and records[0].message_id == "m10"
     assert isinstance(records[1], CorrelationRefused)
     assert acked == [first]

@@ -31,7 +31,7 @@ from mas.store import (
     Store,
     StoreLimits,
 )
-from mas.store.base import CORRELATION_GRACE, CorrelationRefused, StateTooLargeError
+from mas.store.base import CORRELATION_GRACE, Claim, CorrelationRefused, StateTooLargeError
 
 LIMITS = StoreLimits(max_queue_length=5, max_message_age=100.0, max_state_bytes=200)
 NOW = 1_000.0
@@ -494,3 +494,72 @@ async def test_ack_many_leaves_other_deliveries_in_flight(store: Store) -> None:
     assert await store.release_session("s1", 5, NOW) == 1
     [again] = await store.claim("b", "i1", "s2", 5, NOW)
     assert (again.message.message_id, again.message.attempt) == ("m1", 2)
+
+
+# -- route_batch: the enqueue, its acks and the claims of idle sessions, in one step -----
+
+
+def _claim(session: str = "s1", instance: str = "i1", limit: int = 10) -> Claim:
+    return Claim(agent_id="b", instance_id=instance, session_id=session, limit=limit)
+
+
+async def test_route_batch_claims_what_it_just_wrote_behind_what_waited(store: Store) -> None:
+    await enqueue_one(store, _message(0))
+    routed = await store.route_batch(
+        [_item(1), _item(2, instance="i1")], claims=[_claim(limit=2)], now=NOW
+    )
+    assert [r.message_id if isinstance(r, AuditRecord) else r for r in routed.results] == [
+        "m1",
+        "m2",
+    ]
+    # The claim is the one ``claim`` would make after the enqueue: reply queue first,
+    # then the shared queue in order, within its limit.
+    [claimed] = routed.claimed
+    assert [d.message.message_id for d in claimed] == ["m2", "m0"]
+    assert {d.session_id for d in claimed} == {"s1"}
+    assert await _ids(store, session="s2", instance="i2") == ["m1"]
+    # Claimed means in flight to that session: acked once, released with it.
+    assert await store.ack_many([claimed[0].delivery_id]) == [claimed[0]]
+    assert await store.release_session("s1", 5, NOW) == 1
+
+
+async def test_route_batch_claims_for_several_sessions_in_turn(store: Store) -> None:
+    routed = await store.route_batch(
+        [_item(1), _item(2), _item(3)],
+        claims=[_claim("s1", "i1", limit=1), _claim("s2", "i2", limit=5)],
+        now=NOW,
+    )
+    first, second = routed.claimed
+    assert [d.message.message_id for d in first] == ["m1"]
+    assert [d.message.message_id for d in second] == ["m2", "m3"]
+    assert await store.queue_depth("b") == 0
+
+
+async def test_route_batch_claims_nothing_a_refused_item_would_have_carried(
+    store: Store,
+) -> None:
+    for n in range(LIMITS.max_queue_length):
+        await enqueue_one(store, _message(n))
+    routed = await store.route_batch([_item(10)], claims=[_claim(limit=10)], now=NOW)
+    assert routed.results == [None]  # the queue was full
+    [claimed] = routed.claimed
+    assert [d.message.message_id for d in claimed] == [f"m{n}" for n in range(5)]
+
+
+async def test_route_batch_claims_promote_due_retries_as_claim_does(store: Store) -> None:
+    await enqueue_one(store, _message(1))
+    [delivery] = await store.claim("b", "i1", "s1", 1, NOW)
+    await store.retry(delivery.delivery_id, NOW + 10)
+    early = await store.route_batch([_item(2)], claims=[_claim("s2", "i2")], now=NOW + 5)
+    assert [d.message.message_id for d in early.claimed[0]] == ["m2"]
+    later = await store.route_batch([], claims=[_claim("s2", "i2")], now=NOW + 10)
+    [again] = later.claimed[0]
+    assert (again.message.message_id, again.message.attempt) == ("m1", 2)
+    assert await store.next_due() is None
+
+
+async def test_route_batch_without_claims_or_acks_is_enqueue_many(store: Store) -> None:
+    routed = await store.route_batch([_item(1)], now=NOW)
+    assert isinstance(routed.results[0], AuditRecord)
+    assert routed.acked == [] and routed.claimed == []
+    assert await _ids(store) == ["m1"]

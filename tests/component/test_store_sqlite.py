@@ -667,7 +667,7 @@ async def test_a_rolled_back_transaction_leaves_the_chain_end_kept_in_memory_who
             _item(2, target="a", instance="a1"), answers="c1", acks=request.delivery_id
         )
         with pytest.raises(RuntimeError):
-            await store.enqueue_acking([reply], failing)
+            await store.route_batch([reply], acked=failing)
         [after] = await store.append_audit([_draft(3)])
         records = await store.audit_records()
         assert [r.message_id for r in records] == ["m1", "m3"]

@@ -62,7 +62,7 @@ def test_metrics_move_with_the_traffic(tmp_path: Path) -> None:
             'mas_deliveries_total{outcome="DELIVERED"}',
             "mas_routing_latency_seconds_count",
             "mas_audit_records_total",
-            'mas_store_operation_seconds_count{operation="enqueue_many"}',
+            'mas_store_operation_seconds_count{operation="route_batch"}',
         ):
             assert second[name] > first.get(name, 0), name
         # 1.5 s at one message per 20 ms: the counters moved as the traffic did, no more.

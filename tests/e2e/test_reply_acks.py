@@ -42,10 +42,10 @@ class _FailingReplies(YieldingStore):
             raise StoreError("database or disk is full")
         return await self._yielding("enqueue_many", self._store.enqueue_many)(items)
 
-    async def enqueue_acking(self, items: Any, draft: Any) -> Any:
-        if self.broken:
+    async def route_batch(self, items: Any, **options: Any) -> Any:
+        if self.broken and items:
             raise StoreError("database or disk is full")
-        return await self._yielding("enqueue_acking", self._store.enqueue_acking)(items, draft)
+        return await self._yielding("route_batch", self._store.route_batch)(items, **options)
 
 
 Serve = Callable[[MasConfig], AbstractAsyncContextManager[MasServer]]

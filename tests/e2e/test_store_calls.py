@@ -28,12 +28,13 @@ REQUESTS = 30
 # What durability needs on `sync: full`: the request's accept and the reply's accept each
 # wait for one flush; claims, acks and delivery records ride on those flushes.
 MAX_FLUSHES_PER_REQUEST = 2
-MAX_STORE_CALLS_PER_REQUEST = 5  # 2 enqueues (the reply acking its request), 2 claims, 1 ack
+MAX_STORE_CALLS_PER_REQUEST = 3  # 2 route_batch (each claiming for its idle target), 1 ack
 # SQL statements the writer's connection runs per request/reply, as SQLite's trace callback
-# counts them (BEGIN and COMMIT, and each trigger's statement, included): 45, of which 9
-# SELECTs (was 51 with 15: the audit chain's end is kept in memory, not read back per
-# append, and a claim promotes retries only when one is due); one more for a checkpoint.
-MAX_STATEMENTS_PER_REQUEST = 46
+# counts them (BEGIN and COMMIT, and each trigger's statement, included): 41 (was 51: the
+# audit chain's end is kept in memory, not read back per append; a claim promotes retries
+# only when one is due; a claim rides in its message's enqueue transaction, without a
+# BEGIN and COMMIT of its own); one more for a checkpoint.
+MAX_STATEMENTS_PER_REQUEST = 42
 # The JSONL follower's reads come with time (it polls every 50 ms while behind), not with
 # messages: they are not counted per message, and they may make no flush of their own.
 POLLED: frozenset[str] = frozenset({"audit_records"})

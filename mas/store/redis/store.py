@@ -25,6 +25,7 @@ from ...audit.record import AuditDraft, AuditRecord
 from ...audit.retention import Retention
 from ...envelope import new_delivery_id
 from ..base import (
+    Claim,
     Correlation,
     CorrelationRefused,
     DeadLetter,
@@ -32,6 +33,7 @@ from ..base import (
     EnqueueItem,
     InFlight,
     QueuedMessage,
+    Routed,
     StateSnapshot,
     StoreLimits,
 )
@@ -235,20 +237,27 @@ class RedisStore:
             await self._client.call("ack", ack_command(entries), abandonable=False)
         return [None if tracked is None else tracked.delivery for tracked in acked]
 
-    async def enqueue_acking(
-        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
-    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
-        # Two calls, as an enqueue and its ack were: the enqueue script does not ack.
+    async def route_batch(
+        self,
+        items: Sequence[EnqueueItem],
+        *,
+        acked: Callable[[InFlight], AuditDraft] | None = None,
+        claims: Sequence[Claim] = (),
+        now: float = 0.0,
+    ) -> Routed:
+        # Consecutive round trips: the enqueue script neither acks nor claims. The acks'
+        # records are the caller's to write (``ack_records`` None).
         records = await self.enqueue_many(items)
         ids = [
             item.acks
             for item, record in zip(items, records, strict=True)
             if item.acks and isinstance(record, AuditRecord)
         ]
-        if not ids:
-            return records, [], None
-        acked = await self.ack_many(ids)
-        return records, [d for d in acked if d is not None], None
+        taken = [d for d in await self.ack_many(ids) if d is not None] if ids else []
+        claimed = [
+            await self.claim(c.agent_id, c.instance_id, c.session_id, c.limit, now) for c in claims
+        ]
+        return Routed(results=records, acked=taken, ack_records=None, claimed=claimed)
 
     async def ack_recorded(
         self, delivery_ids: Sequence[str], draft: Callable[[InFlight], AuditDraft]

@@ -80,6 +80,7 @@ from ..base import (
     CORRELATION_GRACE,
     NOT_THE_TARGET,
     UNKNOWN_CORRELATION,
+    Claim,
     Correlation,
     CorrelationRefused,
     DeadLetter,
@@ -87,6 +88,7 @@ from ..base import (
     EnqueueItem,
     InFlight,
     QueuedMessage,
+    Routed,
     StateSnapshot,
     StateTooLargeError,
     StateVersionConflict,
@@ -406,6 +408,16 @@ def _claim(
     return taken
 
 
+def _warm_retries(conn: sqlite3.Connection, now: float) -> int:
+    """Read what promoting the retries due at ``now`` reads (on a reader, to cache it)."""
+    # The same statements as _promote_due and _to_front, so the same pages; plus the
+    # envelopes, which the claim that follows reads.
+    rows = conn.execute(_DUE_RETRIES.format(extra=", envelope"), (now,)).fetchall()
+    for queue, _ in _by_queue(rows):
+        conn.execute(_QUEUE_HEAD, queue).fetchone()
+    return len(rows)
+
+
 def _in_flight_rows(conn: sqlite3.Connection) -> int:
     """Read every in-flight row, as ``release`` of every session does (to cache them)."""
     rows = conn.execute(
@@ -663,47 +675,91 @@ class SqliteStore:
         self._wrote_audit(written)
         return [CorrelationRefused(w) if isinstance(w, str) else w for w in written]
 
-    async def enqueue_acking(
-        self, items: Sequence[EnqueueItem], draft: Callable[[InFlight], AuditDraft]
-    ) -> tuple[list[Enqueued], list[InFlight], list[AuditRecord] | None]:
+    async def route_batch(
+        self,
+        items: Sequence[EnqueueItem],
+        *,
+        acked: Callable[[InFlight], AuditDraft] | None = None,
+        claims: Sequence[Claim] = (),
+        now: float = 0.0,
+    ) -> Routed:
         def transaction(
             conn: sqlite3.Connection,
             items: Sequence[EnqueueItem],
             max_length: int,
             audit_key: bytes | None,
             server_id: str,
-            draft: Callable[[InFlight], AuditDraft],
+            draft: Callable[[InFlight], AuditDraft] | None,
             head: AuditHead,
-        ) -> tuple[list[AuditRecord | str | None], list[InFlight], list[AuditRecord]]:
-            """``enqueue_many``, then the acks of the written items and their records, in one go."""
+            claims: Sequence[Claim],
+            now: float,
+            promote: bool,
+            max_age: float,
+        ) -> tuple[Any, ...]:
+            """``enqueue_many``, the written items' acks with their records, the claims."""
             written = _enqueue_many(conn, items, max_length, audit_key, server_id, head)
             ids = [
                 item.acks
                 for item, record in zip(items, written, strict=True)
                 if item.acks and isinstance(record, AuditRecord)
             ]
-            if not ids:
-                return written, [], []
-            acked, records = _ack_recorded(conn, ids, draft, audit_key, server_id, head)
-            return written, [d for d in acked if d is not None], records
+            acks: list[InFlight] = []
+            records: list[AuditRecord] = []
+            if ids:
+                if draft is None:
+                    acks = [d for d in _ack_many(conn, ids) if d is not None]
+                else:
+                    taken, records = _ack_recorded(conn, ids, draft, audit_key, server_id, head)
+                    acks = [d for d in taken if d is not None]
+            claimed = []
+            promoted = promote
+            for claim in claims:  # retries due are promoted once, by the first claim
+                claimed.append(
+                    _claim(
+                        conn,
+                        claim.agent_id,
+                        claim.instance_id,
+                        claim.session_id,
+                        claim.limit,
+                        now,
+                        max_age,
+                        promote,
+                    )
+                )
+                promote = False
+            if promoted:  # set here, on the loop, so no later retry's time is overwritten
+                self._next_due = _next_due(conn)
+            return written, acks, records, claimed
 
         if any(item.message.instance_id == "" for item in items):
             raise ValueError("an instance id is never empty (None names the shared queue)")
-        # One transaction and one flush: the replies, and the acks of what they answer.
-        written, acked, records = await self._writer.call(
+        promote = bool(claims) and self._retry_due(now)
+        if promote:  # see ``claim``: read the rows the promotion touches first, off the loop
+            await self._writer.read(_warm_retries, now)
+        # One transaction and one flush: the items, the acks of what they answer, and the
+        # claims that take the new messages straight to their targets' idle sessions.
+        written, acks, records, claimed = await self._writer.call(
             transaction,
             tuple(items),
             self.limits.max_queue_length,
             self._audit_key,
             self.server_id,
-            draft,
+            acked,
             self._head,
-            durable=True,
+            tuple(claims),
+            now,
+            promote,
+            self.limits.max_message_age,
+            durable=bool(items),
         )
         self._wrote_audit(written)
         self._wrote_audit(records)
         results = [CorrelationRefused(w) if isinstance(w, str) else w for w in written]
-        return results, acked, records
+        return Routed(results=results, acked=acks, ack_records=records, claimed=claimed)
+
+    def _retry_due(self, now: float) -> bool:
+        """Whether a delayed retry may be due at ``now`` (then a claim promotes it first)."""
+        return self._next_due is not None and now >= self._next_due
 
     # -- audit -----------------------------------------------------------------------------
 
@@ -759,40 +815,11 @@ class SqliteStore:
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
     ) -> list[InFlight]:
-        def warm(conn: sqlite3.Connection, now: float) -> int:
-            """Read what promoting the retries due at ``now`` reads (on a reader, to cache it)."""
-            # The same statements as _promote_due and _to_front, so the same pages; plus the
-            # envelopes, which the claim that follows reads.
-            rows = conn.execute(_DUE_RETRIES.format(extra=", envelope"), (now,)).fetchall()
-            for queue, _ in _by_queue(rows):
-                conn.execute(_QUEUE_HEAD, queue).fetchone()
-            return len(rows)
-
-        def promote_and_claim(
-            conn: sqlite3.Connection,
-            agent_id: str,
-            instance_id: str,
-            session_id: str,
-            limit: int,
-            now: float,
-            max_age: float,
-        ) -> tuple[list[InFlight], float | None]:
-            """``claim``, and the earliest retry still scheduled after it (None: none is)."""
-            taken = _claim(conn, agent_id, instance_id, session_id, limit, now, max_age)
-            return taken, _next_due(conn)
-
-        max_age = self.limits.max_message_age
-        if self._next_due is None or now < self._next_due:  # no retry is due: none to promote
-            return await self._writer.call(
-                _claim, agent_id, instance_id, session_id, limit, now, max_age, False
-            )
-        # Retries fall due: promoting them reads rows no recent call touched. Read them in
-        # a worker thread first, so that the claim on the event loop finds them cached.
-        await self._writer.read(warm, now)
-        taken, self._next_due = await self._writer.call(
-            promote_and_claim, agent_id, instance_id, session_id, limit, now, max_age
+        claim = Claim(
+            agent_id=agent_id, instance_id=instance_id, session_id=session_id, limit=limit
         )
-        return taken
+        routed = await self.route_batch((), claims=(claim,), now=now)
+        return routed.claimed[0]
 
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
         if not delivery_ids:
