@@ -674,3 +674,62 @@ async def test_a_rolled_back_transaction_leaves_the_chain_end_kept_in_memory_who
         assert after.prev_hash == records[0].hash
         assert verify(records, None).ok
         assert await store.audit_records(0, 10, flushed_only=True) == records
+
+
+# -- inline flushes ------------------------------------------------------------------------
+
+
+async def test_a_lone_durable_call_flushes_on_the_loop_and_a_busy_loop_uses_the_thread(
+    path: Path, mock_clock: trio.testing.MockClock
+) -> None:  # the clock stands still: no background flush comes in between
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, LIMITS) as store:
+            before = store.statistics()
+            await enqueue_one(store, _message(1))  # nothing else is ready to run
+            alone = store.statistics()
+            assert (alone.flushes - before.flushes, alone.inline_flushes) == (1, 1)
+
+            stop = trio.Event()
+
+            async def busy() -> None:  # always ready to run while the enqueue waits
+                while not stop.is_set():
+                    await trio.lowlevel.checkpoint()
+
+            async with trio.open_nursery() as nursery:
+                # Started, so ready to run, with no pass before the enqueue's flush.
+                nursery.start_soon(busy)
+                await enqueue_one(store, _message(2))
+                stop.set()
+            shared = store.statistics()
+    assert shared.flushes - alone.flushes == 1
+    assert shared.inline_flushes == alone.inline_flushes  # the loop had other work
+
+
+async def test_a_slow_flush_sends_the_next_ones_to_the_thread_for_a_while(
+    path: Path, monkeypatch: pytest.MonkeyPatch, mock_clock: trio.testing.MockClock
+) -> None:
+    from mas.store.sqlite import writer as sqlite_writer
+
+    real = sqlite_writer._fdatasync
+    slow = True
+
+    def fdatasync(fd: int) -> None:
+        if slow:
+            time.sleep(sqlite_writer.INLINE_FLUSH_MAX * 2)  # a disk that turned slow
+        real(fd)
+
+    monkeypatch.setattr(sqlite_writer, "_fdatasync", fdatasync)
+    with trio.fail_after(3 * sqlite_writer.INLINE_BACKOFF):  # the test jumps the clock
+        async with open_sqlite_store(path, LIMITS) as store:
+            await enqueue_one(store, _message(1))  # inline, and slow
+            slowed = store.statistics()
+            slow = False
+            await enqueue_one(store, _message(2))
+            threaded = store.statistics()
+            mock_clock.jump(sqlite_writer.INLINE_BACKOFF)
+            await enqueue_one(store, _message(3))
+            again = store.statistics()
+            assert await store.queue_depth("b") == 3
+    assert slowed.inline_flushes == 1
+    assert (threaded.flushes - slowed.flushes, threaded.inline_flushes) == (1, 1)
+    assert (again.flushes - threaded.flushes, again.inline_flushes) == (1, 2)
