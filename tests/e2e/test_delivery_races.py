@@ -240,6 +240,11 @@ class _Unwritable(YieldingStore):
             raise StoreError("database or disk is full")
         return await self._yielding("enqueue_many", self._store.enqueue_many)(items)
 
+    async def route_batch(self, items: Any, **options: Any) -> Any:
+        if self.broken and items:
+            raise StoreError("database or disk is full")
+        return await self._yielding("route_batch", self._store.route_batch)(items, **options)
+
 
 async def test_a_store_that_cannot_write_refuses_each_message_and_the_session_lives(
     pki: TestPKI,
