@@ -157,7 +157,7 @@ class _Claimed:
     session: Session
     live: list[InFlight]  # tracked, to be written
     late: list[InFlight]  # past their deadline: to be forgotten, not written
-    more: bool  # the claim took all the window allowed: more may wait (ring the pump)
+    more: bool  # the claim took all the window allowed, or nothing: ring the pumps
 
 
 @dataclass
@@ -285,7 +285,7 @@ class Router:
 
         A reply whose ``acks`` names a delivery of ``session`` (the sender's, which
         negotiated ``reply_acks``) acks it in the same store call when it is written
-        (``enqueue_acking``: one transaction on SQLite and memory); a refused reply acks
+        (``Store.route_batch``: one transaction on SQLite and memory); a refused reply acks
         nothing, and its request stays in flight (redelivered after ``ack_timeout``).
 
         The stored messages are then handed to their targets' sessions (``Handover``),
@@ -434,7 +434,9 @@ class Router:
         self, session: Session, deliveries: list[InFlight], now: float, limit: int
     ) -> _Claimed:
         """Track a session's claimed deliveries (those still in time), before any checkpoint."""
-        claimed = _Claimed(session, [], [], more=len(deliveries) >= limit)
+        # ``more`` also when it took nothing: the message it was made for was refused, or
+        # (Redis) the claim failed; the pump then looks for itself.
+        claimed = _Claimed(session, [], [], more=not deliveries or len(deliveries) >= limit)
         for delivery in deliveries:
             routing = routing_of(delivery.message.envelope_json)
             if past_deadline(routing.deadline, now):

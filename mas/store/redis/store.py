@@ -24,6 +24,7 @@ import trio
 from ...audit.record import AuditDraft, AuditRecord
 from ...audit.retention import Retention
 from ...envelope import new_delivery_id
+from ...errors import StoreError
 from ..base import (
     Claim,
     Correlation,
@@ -254,9 +255,17 @@ class RedisStore:
             if item.acks and isinstance(record, AuditRecord)
         ]
         taken = [d for d in await self.ack_many(ids) if d is not None] if ids else []
-        claimed = [
-            await self.claim(c.agent_id, c.instance_id, c.session_id, c.limit, now) for c in claims
-        ]
+        claimed: list[list[InFlight]] = []
+        for c in claims:
+            # The items are stored: a claim that fails takes nothing, and leaves the
+            # messages to the session's pump (the router rings it for an empty claim).
+            try:
+                claimed.append(
+                    await self.claim(c.agent_id, c.instance_id, c.session_id, c.limit, now)
+                )
+            except StoreError as exc:
+                log.debug("claim for %s after an enqueue failed: %s", c.agent_id, exc)
+                claimed.append([])
         return Routed(results=records, acked=taken, ack_records=None, claimed=claimed)
 
     async def ack_recorded(
