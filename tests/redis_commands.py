@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # run as a script: redis_server 
 
 from mas import Agent, AgentMessage
 from mas.runtime import store_limits
-from mas.store.redis import open_redis_store
+from mas.store.redis import RedisStore, open_redis_store
 from mas.testing import TestPKI, make_config, open_test_server
 
 WARM_UP = 8  # messages before counting: scripts loaded, sessions claiming
@@ -85,7 +85,9 @@ class _Counter:
 
 
 @asynccontextmanager
-async def _running(pki: TestPKI, url: str) -> AsyncIterator[tuple[Agent[Any], _Receiver, str]]:
+async def _running(
+    pki: TestPKI, url: str
+) -> AsyncIterator[tuple[Agent[Any], _Receiver, str, RedisStore]]:
     config = make_config(
         ["a", "b"],
         [{"type": "allow_bidirectional", "agents": ["a", "b"]}],
@@ -105,7 +107,7 @@ async def _running(pki: TestPKI, url: str) -> AsyncIterator[tuple[Agent[Any], _R
             Agent("a", server_addr=addr, tls=pki.client_ssl_context("a")) as a,
             _Receiver("b", server_addr=addr, tls=pki.client_ssl_context("b")) as b,
         ):
-            yield a, b, namespace
+            yield a, b, namespace, store
 
 
 async def commands_per_message(
@@ -115,15 +117,17 @@ async def commands_per_message(
     count: int,
     in_flight: int,
     breakdown: dict[str, int] | None = None,
+    round_trips: list[float] | None = None,
 ) -> float:
     """Redis commands per message of ``kind`` (``send`` or ``request``), all included.
 
     ``breakdown`` gets the calls of each command over the ``count`` messages (this
-    helper's own ``INFO`` and ``XLEN`` included).
+    helper's own ``INFO`` and ``XLEN`` included); ``round_trips`` the server's round
+    trips to Redis per message (its pipelines on the lane).
     """
     counter = _Counter(url)
     try:
-        async with _running(pki, url) as (a, b, namespace):
+        async with _running(pki, url) as (a, b, namespace, store):
 
             async def one(n: int) -> None:
                 if kind == "send":
@@ -145,7 +149,9 @@ async def commands_per_message(
 
             await run(0, WARM_UP)
             own, start = counter._own, await trio.to_thread.run_sync(counter.by_command)
+            trips = store.statistics()["round_trips"]
             await run(WARM_UP, count)
+            trips = store.statistics()["round_trips"] - trips
             end = await trio.to_thread.run_sync(counter.by_command)
             own = counter._own - own - 1  # this helper's calls meanwhile (the last INFO not run)
     finally:
@@ -154,6 +160,8 @@ async def commands_per_message(
     spent = {name: calls for name, calls in spent.items() if calls}
     if breakdown is not None:
         breakdown.update(spent)
+    if round_trips is not None:
+        round_trips.append(trips / count)
     return (sum(spent.values()) - own) / count
 
 
@@ -178,8 +186,14 @@ async def _main(count: int) -> None:
         for kind in ("request", "send"):
             for in_flight in (1, 32):
                 calls: dict[str, int] = {}
-                per = await commands_per_message(pki, server.url, kind, count, in_flight, calls)
-                print(f"{kind:8} in flight {in_flight:2}: {per:6.1f} Redis commands per message")
+                trips: list[float] = []
+                per = await commands_per_message(
+                    pki, server.url, kind, count, in_flight, calls, trips
+                )
+                print(
+                    f"{kind:8} in flight {in_flight:2}: {per:6.1f} Redis commands and"
+                    f" {trips[0]:5.2f} round trips per message"
+                )
                 if "-v" in sys.argv:
                     for name, n in sorted(calls.items(), key=lambda kv: -kv[1]):
                         print(f"    {name:24} {n / count:6.2f}")

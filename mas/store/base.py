@@ -178,8 +178,9 @@ class Routed(msgspec.Struct, kw_only=True):
 
     ``results[i]`` is item i's, as from ``enqueue_many``. ``acked`` are the deliveries the
     written items ``acks`` (those still in flight); ``ack_records`` the records the draft
-    made of them, linked after the items' where the store writes them in the same step
-    (SQLite, memory), or None where it cannot (Redis): the caller writes the drafts then.
+    made of them, linked after the items' (SQLite and memory in the same transaction,
+    Redis in the acks' round trip), or None where they could not be written (Redis, when
+    another server kept the chain's turn): the caller writes the drafts then.
     ``claimed[j]`` are the deliveries ``claims[j]`` took, after the items were written.
     """
 
@@ -237,7 +238,9 @@ class Store(Protocol):
         ``now`` would, up to its ``limit`` due messages for its session, reply queue first:
         a message just written to an idle session's queue is in flight to it when this
         returns, with no claim of its own. SQLite and memory do all of it in one
-        transaction (one flush); Redis in consecutive round trips.
+        transaction (one flush); Redis in one pipeline for the enqueue and the claims,
+        and one more for the acks with their records (an ack waits for its reply's
+        outcome).
         """
 
     async def append_audit(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
@@ -285,8 +288,10 @@ class Store(Protocol):
         Where the store can (SQLite, memory), the records are linked into the chain and
         written in the acks' transaction: a delivery is forgotten together with its
         record, in one store call. Then the second value is those records, in the order
-        of the acked deliveries. A store that cannot (Redis) acks alone and returns None:
-        the caller writes the drafts itself (``append_audit``).
+        of the acked deliveries. Redis sends the acks and then the records in one
+        pipeline, not one transaction: when the records could not be written (another
+        server kept the chain's turn), the acks stand and it returns None, and the caller
+        writes the drafts itself (``append_audit``).
         """
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:

@@ -36,9 +36,10 @@ from store_contract import (
 from mas.audit.chain import verify
 from mas.audit.record import AuditDraft, AuditRecord
 from mas.errors import ConfigError
-from mas.store import EnqueueItem, QueuedMessage, Store, StoreLimits
-from mas.store.base import CorrelationRefused
+from mas.store import EnqueueItem, InFlight, QueuedMessage, Store, StoreLimits
+from mas.store.base import Claim, CorrelationRefused
 from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
+from mas.store.redis import audit as redis_audit
 from mas.store.redis.durability import persistence_verdict
 from mas.store.redis.records import CORRELATION_GRACE_MS
 
@@ -763,3 +764,83 @@ async def _all_records(redis_server: RedisServer, namespace: str) -> list[AuditR
         redis_server.url, LIMITS, namespace=namespace, audit_key=b"k" * 32
     ) as store:
         return await store.audit_records()
+
+
+# -- one pipeline for what one routing step does -----------------------------------------
+
+
+def _delivered(delivery: InFlight) -> AuditDraft:
+    return AuditDraft(time=NOW + 1, decision="DELIVERED", message_id=delivery.message.message_id)
+
+
+async def test_a_request_and_its_reply_route_in_three_round_trips(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The request with its target's claim: 1; the reply with its requester's claim: 1, and
+    the ack of the request with its DELIVERED record: 1 more (it waits for the reply)."""
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            start = store.statistics()["round_trips"]
+            request = _item(1, request=True)
+            routed = await store.route_batch(
+                [request], claims=[Claim(agent_id="b", instance_id="i1", session_id="s1", limit=5)]
+            )
+            [[delivery]] = routed.claimed
+            assert store.statistics()["round_trips"] - start == 1
+
+            reply = EnqueueItem(
+                message=_message(2, target="a", instance="a1"),
+                audit=AuditDraft(time=NOW + 2, decision="ALLOWED", message_id="m2"),
+                answers="c1",
+                acks=delivery.delivery_id,
+            )
+            claim = Claim(agent_id="a", instance_id="a1", session_id="s2", limit=5)
+            routed = await store.route_batch([reply], acked=_delivered, claims=[claim], now=NOW + 2)
+            assert store.statistics()["round_trips"] - start == 3
+            [[answer]] = routed.claimed
+            assert answer.message.message_id == "m2"
+            assert routed.acked == [delivery]
+            assert routed.ack_records is not None  # linked in the ack's round trip
+            [record] = routed.ack_records
+            assert (record.decision, record.message_id) == ("DELIVERED", "m1")
+            chain = await store.audit_records()
+            assert chain[-1] == record
+            assert verify(chain, store.audit_key).ok
+            assert await store.release_session("s1", 5, NOW) == 0  # the request was acked
+
+
+async def test_an_ack_stands_when_its_records_cannot_be_written(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another server holds the chain's turn past the wait: the ack is done, and its
+    records are left to the caller (None), as the contract allows."""
+    monkeypatch.setattr(redis_audit, "AUDIT_TIMEOUT", 0.3)
+    with trio.fail_after(10):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            await enqueue_one(store, _message(1))
+            [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
+            await _redis(redis_server.url, "SET", f"{namespace}:audit-turn", "other", "PX", 5000)
+            acked, records = await store.ack_recorded([delivery.delivery_id], _delivered)
+            assert acked == [delivery]
+            assert records is None
+            await _redis(redis_server.url, "DEL", f"{namespace}:audit-turn")
+            assert await store.release_session("s1", 5, NOW) == 0  # acked, not handed back
+            assert not [r for r in await store.audit_records() if r.decision == "DELIVERED"]
+
+
+async def test_operations_sent_along_a_call_that_never_went_out_end_unsent(
+    store: Store,
+) -> None:
+    assert isinstance(store, RedisStore)
+    client = store._client
+    first, second = client.operation("x", ("PING",)), client.operation("x", ("PING",))
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await client.call_many([first, second])
+    with trio.fail_after(1):  # ended, not waiting for ever
+        for op in (first, second):
+            with pytest.raises(StoreUnavailableError, match="not sent"):
+                await client.outcome(op)
+    after = client.operation("x", ("PING",))
+    await client.call_many([after])
+    assert await client.outcome(after) == [b"PONG"]

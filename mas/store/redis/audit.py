@@ -37,7 +37,7 @@ from ...audit.record import GENESIS, AuditDraft, AuditRecord
 from ...audit.retention import Retention, parse_anchor
 from ...errors import ConfigError
 from . import scripts as lua
-from .client import Arg, Command, RedisClient, StoreUnavailableError
+from .client import Arg, Command, Operation, RedisClient, StoreUnavailableError
 
 AUDIT_TIMEOUT: Final = 10.0  # seconds an audited write may wait for its turn at the chain
 TURN_WAIT: Final = 0.001  # seconds between tries while another server has the turn
@@ -158,10 +158,12 @@ class AuditChain:
         drafts: Sequence[AuditDraft],
         *,
         before_each: Callable[[], Awaitable[None]] | None = None,
+        ahead: Sequence[Operation] = (),
     ) -> tuple[list[Any], list[AuditRecord]]:
         """Run ``script`` with ``args`` plus the linked drafts; (its reply, the records).
 
         ``before_each`` is awaited before every attempt (it may raise to give up).
+        ``ahead`` goes in the first attempt's pipeline, right before it (see the client).
 
         The script takes, after ``args``: the hash the records were linked after,
         the last record's hash, the records (JSON); it replies ``{1, ...}`` when
@@ -171,26 +173,35 @@ class AuditChain:
         size = RECORD_SIZE * len(drafts) + sum(
             len(a) if isinstance(a, str | bytes) else 8 for a in args
         )
-        with trio.move_on_after(AUDIT_TIMEOUT):
-            while True:
-                if before_each is not None:
-                    await before_each()
-                call = _Linking(self, script, keys, args, drafts)
-                [outcome] = await self._client.call_prepared(kind, call, size)
-                if outcome[0] >= 0:
-                    return outcome, call.records
-                if outcome[0] == -2:
-                    await trio.sleep(TURN_WAIT)
+        try:
+            with trio.move_on_after(AUDIT_TIMEOUT):
+                while True:
+                    if before_each is not None:
+                        await before_each()
+                    call = _Linking(self, script, keys, args, drafts)
+                    sent, ahead = ahead, ()
+                    [outcome] = await self._client.call_prepared(kind, call, size, ahead=sent)
+                    if outcome[0] >= 0:
+                        return outcome, call.records
+                    if outcome[0] == -2:
+                        await trio.sleep(TURN_WAIT)
+        finally:
+            self._client.discard(ahead)  # given up before the first attempt: never sent
         raise StoreUnavailableError(
             f"audit chain: no turn to append within {AUDIT_TIMEOUT} s (other servers)"
         )
 
-    async def append(self, drafts: Sequence[AuditDraft]) -> list[AuditRecord]:
-        """Link ``drafts`` into the chain and write them, in order, in one step."""
+    async def append(
+        self, drafts: Sequence[AuditDraft], ahead: Sequence[Operation] = ()
+    ) -> list[AuditRecord]:
+        """Link ``drafts`` into the chain and write them, in order, in one step.
+
+        ``ahead`` goes in the same pipeline, before them (see ``write``).
+        """
         if not drafts:
             return []
         _, records = await self.write(
-            "audit", lua.APPEND_AUDIT, self.keys, [self._server_id], drafts
+            "audit", lua.APPEND_AUDIT, self.keys, [self._server_id], drafts, ahead=ahead
         )
         return records
 

@@ -50,7 +50,14 @@ from ..base import (
     EnqueueItem,
 )
 from .audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain
-from .client import Arg, Command, RedisClient, StoreNotDurableError, StoreUnavailableError
+from .client import (
+    Arg,
+    Command,
+    Operation,
+    RedisClient,
+    StoreNotDurableError,
+    StoreUnavailableError,
+)
 from .keys import Keys, queue_name
 from .records import CORRELATION_GRACE_MS
 from .scripts import make_script
@@ -208,8 +215,10 @@ class EnqueueBatch:
         self._item_args = [_item_args(q, item) for q, item in zip(self.queues, items, strict=True)]
         self._size = sum(len(i.message.envelope_json) + RECORD_SIZE for i in items)
 
-    async def write(self, full: Sequence[bool]) -> list[Enqueued]:
+    async def write(self, full: Sequence[bool], along: Sequence[Operation] = ()) -> list[Enqueued]:
         """Write the batch; ``full[i]``: item i's queue refused lately (the prediction).
+
+        ``along`` goes in the first try's pipeline, right after it (see the client).
 
         Result i is item i's record, None when its queue was full, or the
         ``CorrelationRefused`` of a reply whose correlation is no longer open, or
@@ -224,7 +233,9 @@ class EnqueueBatch:
                 attempt = _Attempt(self, flags)
                 not_durable = False
                 try:
-                    [outcome] = await self._client.call_prepared("enqueue", attempt, self._size)
+                    [outcome] = await self._client.call_prepared(
+                        "enqueue", attempt, self._size, along=along
+                    )
                 except StoreNotDurableError as exc:
                     [outcome], not_durable = exc.replies, True
                     if isinstance(outcome, ResponseError):
@@ -243,6 +254,7 @@ class EnqueueBatch:
                     return [refusals.get(i, r) if r is None else r for i, r in enumerate(results)]
                 # What the script found: refused items stay refused from now on.
                 flags = [b"1" if fits == ord("1") else b"2" for fits in mask]
+                along = ()
                 if code == -2:
                     await trio.sleep(TURN_WAIT)
         raise StoreUnavailableError(

@@ -12,6 +12,10 @@ has a connect and a read timeout), made in Trio worker threads:
 * ``call_prepared`` does the same for an operation whose commands are built by
   the dispatcher right before they are sent, and which sees its replies before
   the next batch is built (so the audit chain is linked in commit order).
+* ``ahead=`` and ``along=``: operations made by ``operation`` that must run right
+  before or right after a call's own, in the same pipeline (an ack before its
+  audit records, a claim after the enqueue it should see): one round trip for
+  what would take several. Their replies are read with ``outcome``.
 * ``subscribe`` / ``read_messages`` hold one Pub/Sub connection, read in a worker
   thread: the one blocking reader of a server (it wakes only for other servers'
   enqueues).
@@ -127,7 +131,9 @@ class Prepared(Protocol):
 
 
 @dataclass(eq=False)
-class _Op:
+class Operation:
+    """One operation on the lane: its commands, and then their replies or its error."""
+
     kind: str
     commands: Sequence[Command]
     size: int
@@ -192,8 +198,8 @@ class RedisClient:
         self._socket_timeout = socket_timeout
         self._lane: Connection | None = None  # the lane's connection, taken from the pool
         self._wire: WireSocket | None = None  # its socket, driven from Trio
-        self._send, self._receive = trio.open_memory_channel[_Op](MAX_PENDING_OPS)
-        self._current: list[_Op] = []
+        self._send, self._receive = trio.open_memory_channel[Operation](MAX_PENDING_OPS)
+        self._current: list[Operation] = []
         self._closed = False
         self.stats = ClientStatistics()
 
@@ -209,34 +215,85 @@ class RedisClient:
         any of them with an error. Unless ``abandonable``, the commands are sent
         even if the caller is cancelled before they were.
         """
+        return await self._submit(self.operation(kind, *commands, abandonable=abandonable))
+
+    def operation(self, kind: str, *commands: Command, abandonable: bool = True) -> Operation:
+        """An operation for a call's ``ahead=`` or ``along=`` (its replies: ``outcome``)."""
         size = sum(len(a) if isinstance(a, str | bytes) else 8 for c in commands for a in c)
-        return await self._submit(_Op(kind, commands, size, abandonable=abandonable))
+        return Operation(kind, commands, size, abandonable=abandonable)
 
     async def call_prepared(
-        self, kind: str, prepared: Prepared, size: int, *, abandonable: bool = True
+        self,
+        kind: str,
+        prepared: Prepared,
+        size: int,
+        *,
+        abandonable: bool = True,
+        ahead: Sequence[Operation] = (),
+        along: Sequence[Operation] = (),
     ) -> list[Any]:
         """Like ``call``, with the commands built by ``prepared`` when the batch is sent.
 
         ``size`` estimates their argument bytes. Raises what ``commands`` raises.
         Unless ``abandonable``, the operation is sent even if the caller is
         cancelled meanwhile (others may wait for it through ``prepared``).
+        ``ahead`` and ``along``: operations sent in the same pipeline, right before and
+        right after this one (each ends, sent or not: ``outcome`` never waits for ever).
         """
-        return await self._submit(_Op(kind, (), size, prepared, abandonable))
+        op = Operation(kind, (), size, prepared, abandonable)
+        return await self._submit(op, ahead, along)
 
-    async def _submit(self, op: _Op) -> list[Any]:
+    async def call_many(self, ops: Sequence[Operation]) -> None:
+        """Send made ``operation``s in one pipeline, in order; read each with ``outcome``."""
+        if ops:
+            await self._submit(ops[0], (), ops[1:])
+
+    def discard(self, ops: Sequence[Operation]) -> None:
+        """End made operations that will not be sent: their ``outcome`` raises."""
+        for op in ops:
+            if not op.done.is_set():
+                _finish(op, StoreUnavailableError("not sent: its caller gave up"))
+
+    async def outcome(self, op: Operation) -> list[Any]:
+        """The replies of an operation sent ``ahead=`` or ``along=``; raises as ``call`` does."""
+        if not op.done.is_set():  # usually answered with the call it went along with
+            await op.done.wait()
+        return self._replies(op)
+
+    async def _submit(
+        self, op: Operation, ahead: Sequence[Operation] = (), along: Sequence[Operation] = ()
+    ) -> list[Any]:
+        ops = (*ahead, op, *along)
         if self._closed:
-            raise StoreUnavailableError(f"Redis store at {self.safe_url} is closed")
+            closed = StoreUnavailableError(f"Redis store at {self.safe_url} is closed")
+            for each in ops:
+                _finish(each, closed)
+            raise closed
+        queued = 0
         try:
-            await self._send.send(op)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            # Queued back to back, with no checkpoint between them: the dispatcher
+            # takes them into one pipeline (unless it is full: then in order).
+            for each in ops:
+                try:
+                    self._send.send_nowait(each)
+                except trio.WouldBlock:
+                    await self._send.send(each)
+                queued += 1
         except BaseException:
-            if op.prepared is not None:
-                op.prepared.failed(StoreUnavailableError("not sent: its caller was cancelled"))
+            not_sent = StoreUnavailableError("not sent: its caller was cancelled")
+            for each in ops[queued:]:
+                _finish(each, not_sent)
             raise
         try:
             await op.done.wait()
         finally:
-            if not op.done.is_set() and op.abandonable:
-                op.abandoned = True
+            for each in ops:
+                if not each.done.is_set() and each.abandonable:
+                    each.abandoned = True
+        return self._replies(op)
+
+    def _replies(self, op: Operation) -> list[Any]:
         if op.error is not None:
             raise op.error
         for reply in op.replies:
@@ -269,6 +326,9 @@ class RedisClient:
                         break
                     batch.append(op)
                     size += op.size
+                for op in batch:
+                    if op.abandoned:  # ended, so that an ``outcome`` of it never waits
+                        _finish(op, StoreUnavailableError("not sent: its caller was cancelled"))
                 self._current = [op for op in batch if not op.abandoned and self._prepare(op)]
                 if self._current:
                     await self._execute(self._current)
@@ -287,7 +347,7 @@ class RedisClient:
                     _finish(op, closed)
 
     @staticmethod
-    def _prepare(op: _Op) -> bool:
+    def _prepare(op: Operation) -> bool:
         """Build and encode ``op``'s commands; a bad one fails that operation alone."""
         try:
             if op.prepared is not None:
@@ -298,7 +358,7 @@ class RedisClient:
             return False
         return True
 
-    def _pipeline(self, batch: list[_Op]) -> tuple[list[Command], bytes, bool]:
+    def _pipeline(self, batch: list[Operation]) -> tuple[list[Command], bytes, bool]:
         """The batch's commands and their RESP, and whether an accept wait ends them."""
         commands = [command for op in batch for command in op.commands]
         packed = b"".join(op.packed for op in batch)
@@ -309,7 +369,7 @@ class RedisClient:
             packed += pack([wait])
         return commands, packed, waits
 
-    async def _execute(self, batch: list[_Op]) -> None:
+    async def _execute(self, batch: list[Operation]) -> None:
         commands, packed, waits = self._pipeline(batch)
         # No operation waits for a connection longer than reconnect_timeout in all.
         deadline = min(op.submitted for op in batch) + self._reconnect_timeout
@@ -521,7 +581,7 @@ class RedisClient:
         return messages
 
 
-def _finish(op: _Op, error: Exception) -> None:
+def _finish(op: Operation, error: Exception) -> None:
     """End ``op`` with ``error`` (telling its ``Prepared``, if any)."""
     op.error = error
     if op.prepared is not None:

@@ -41,7 +41,7 @@ from ..base import (
 from . import scripts as lua
 from .audit import AuditChain
 from .batch import EnqueueBatch, ack_command
-from .client import RedisClient, StoreUnavailableError
+from .client import Arg, Operation, RedisClient, StoreUnavailableError
 from .dlq import dead_letter_entries, replay
 from .keys import Keys, queue_name, split_queue_name
 from .lease import Lease
@@ -116,7 +116,14 @@ class RedisStore:
             del self._full[next(iter(self._full))]
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
+        return await self._enqueue(items)
+
+    async def _enqueue(
+        self, items: Sequence[EnqueueItem], along: Sequence[Operation] = ()
+    ) -> list[Enqueued]:
+        """``enqueue_many``, with ``along`` in its pipeline, after it (see the client)."""
         if not items:
+            await self._client.call_many(along)
             return []
         batch = EnqueueBatch(
             self._client,
@@ -127,7 +134,7 @@ class RedisStore:
             items,
         )
         # Queues that refused lately are predicted to refuse again (see batch).
-        records = await batch.write([q in self._full for q in batch.queues])
+        records = await batch.write([q in self._full for q in batch.queues], along)
         for q, record in zip(batch.queues, records, strict=True):
             if record is None:
                 self._refused(q)
@@ -159,39 +166,53 @@ class RedisStore:
     ) -> list[InFlight]:
         if limit <= 0:
             return []
-        session = self._sessions.get(session_id)
-        if session is None:
-            session = self._sessions[session_id] = _Session(agent_id, instance_id)
-        keys, ns = self._keys, self._keys.ns
-        reply_q, shared_q = queue_name(agent_id, instance_id), queue_name(agent_id, None)
-        entries = await self._client.evalsha(
-            "claim",
-            lua.CLAIM,
-            [
-                keys.queue(reply_q),
-                keys.front(reply_q),
-                keys.queue(shared_q),
-                keys.front(shared_q),
-                keys.waiting,
-                keys.delayed,
-                keys.dlq(agent_id),
-                keys.dlq_agents,
-                keys.claims(self.server_id),
-            ],
-            [
-                self._consumer(session_id),
-                limit,
-                repr(now),
-                repr(self.limits.max_message_age),
-                reply_q,
-                shared_q,
-                agent_id,
-                instance_id,
-                ns,
-                self._keys.wake_channel,
-                MAX_DEAD_LETTERS,
-            ],
+        wanted = Claim(
+            agent_id=agent_id, instance_id=instance_id, session_id=session_id, limit=limit
         )
+        op, session = self._claim_operation(wanted, now)
+        await self._client.call_many([op])
+        [entries] = await self._client.outcome(op)
+        return self._claimed(wanted, session, entries)
+
+    def _claim_operation(self, claim: Claim, now: float) -> tuple[Operation, _Session]:
+        """The ``CLAIM`` script call for ``claim`` (``claim.limit`` > 0), and its session."""
+        keys, ns = self._keys, self._keys.ns
+        agent_id, instance_id = claim.agent_id, claim.instance_id
+        session = self._sessions.get(claim.session_id)
+        if session is None:  # known before its deliveries can be
+            session = self._sessions[claim.session_id] = _Session(agent_id, instance_id)
+        reply_q, shared_q = queue_name(agent_id, instance_id), queue_name(agent_id, None)
+        script_keys = [
+            keys.queue(reply_q),
+            keys.front(reply_q),
+            keys.queue(shared_q),
+            keys.front(shared_q),
+            keys.waiting,
+            keys.delayed,
+            keys.dlq(agent_id),
+            keys.dlq_agents,
+            keys.claims(self.server_id),
+        ]
+        args: list[Arg] = [
+            self._consumer(claim.session_id),
+            claim.limit,
+            repr(now),
+            repr(self.limits.max_message_age),
+            reply_q,
+            shared_q,
+            agent_id,
+            instance_id,
+            ns,
+            self._keys.wake_channel,
+            MAX_DEAD_LETTERS,
+        ]
+        command = ("EVALSHA", lua.CLAIM.sha, len(script_keys), *script_keys, *args)
+        return self._client.operation("claim", command), session
+
+    def _claimed(self, claim: Claim, session: _Session, entries: list[Any]) -> list[InFlight]:
+        """Track the entries a ``CLAIM`` took for ``session``; their deliveries."""
+        agent_id, instance_id, session_id = claim.agent_id, claim.instance_id, claim.session_id
+        reply_q, shared_q = queue_name(agent_id, instance_id), queue_name(agent_id, None)
         taken: list[InFlight] = []
         for which, entry_id, attempt, not_before, message_id, enqueued_at, envelope in entries:
             message = QueuedMessage(
@@ -225,6 +246,16 @@ class RedisStore:
         return tracked
 
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
+        acked, ack = self._ack_operation(delivery_ids)
+        if ack is not None:
+            await self._client.call_many([ack])
+            await self._client.outcome(ack)
+        return acked
+
+    def _ack_operation(
+        self, delivery_ids: Sequence[str]
+    ) -> tuple[list[InFlight | None], Operation | None]:
+        """Forget the deliveries; (each one, or None if unknown), and the ack to send."""
         acked = [self._forget(delivery_id) for delivery_id in delivery_ids]
         entries: dict[str, list[tuple[bytes, str]]] = {}
         for tracked in acked:
@@ -233,10 +264,13 @@ class RedisStore:
                 entries.setdefault(self._keys.queue(tracked.q), []).append(
                     (tracked.entry_id, consumer)
                 )
-        if entries:
-            # Forgotten here already: the acks go out even if this caller is cancelled.
-            await self._client.call("ack", ack_command(entries), abandonable=False)
-        return [None if tracked is None else tracked.delivery for tracked in acked]
+        # Forgotten here already: the acks go out even if the caller is cancelled.
+        ack = (
+            self._client.operation("ack", ack_command(entries), abandonable=False)
+            if entries
+            else None
+        )
+        return [None if tracked is None else tracked.delivery for tracked in acked], ack
 
     async def route_batch(
         self,
@@ -246,33 +280,57 @@ class RedisStore:
         claims: Sequence[Claim] = (),
         now: float = 0.0,
     ) -> Routed:
-        # Consecutive round trips: the enqueue script neither acks nor claims. The acks'
-        # records are the caller's to write (``ack_records`` None).
-        records = await self.enqueue_many(items)
+        # Two round trips at most: the enqueue with the claims in its pipeline (after it:
+        # they see what it wrote), then the acks of what the written replies answer, with
+        # their records (an ack waits for its reply's outcome, so it cannot ride along).
+        made = [self._claim_operation(c, now) if c.limit > 0 else None for c in claims]
+        records = await self._enqueue(items, [m[0] for m in made if m is not None])
+        claimed: list[list[InFlight]] = []
+        for c, m in zip(claims, made, strict=True):
+            if m is None:
+                claimed.append([])
+                continue
+            op, session = m
+            # The items are stored: a claim that fails takes nothing, and leaves the
+            # messages to the session's pump (the router rings it for an empty claim).
+            try:
+                [entries] = await self._client.outcome(op)
+            except StoreError as exc:
+                log.debug("claim for %s after an enqueue failed: %s", c.agent_id, exc)
+                claimed.append([])
+            else:
+                claimed.append(self._claimed(c, session, entries))
         ids = [
             item.acks
             for item, record in zip(items, records, strict=True)
             if item.acks and isinstance(record, AuditRecord)
         ]
-        taken = [d for d in await self.ack_many(ids) if d is not None] if ids else []
-        claimed: list[list[InFlight]] = []
-        for c in claims:
-            # The items are stored: a claim that fails takes nothing, and leaves the
-            # messages to the session's pump (the router rings it for an empty claim).
-            try:
-                claimed.append(
-                    await self.claim(c.agent_id, c.instance_id, c.session_id, c.limit, now)
-                )
-            except StoreError as exc:
-                log.debug("claim for %s after an enqueue failed: %s", c.agent_id, exc)
-                claimed.append([])
-        return Routed(results=records, acked=taken, ack_records=None, claimed=claimed)
+        taken: list[InFlight] = []
+        ack_records: list[AuditRecord] | None = None
+        if ids and acked is not None:
+            done, ack_records = await self.ack_recorded(ids, acked)
+            taken = [d for d in done if d is not None]
+        elif ids:
+            taken = [d for d in await self.ack_many(ids) if d is not None]
+        return Routed(results=records, acked=taken, ack_records=ack_records, claimed=claimed)
 
     async def ack_recorded(
         self, delivery_ids: Sequence[str], draft: Callable[[InFlight], AuditDraft]
     ) -> tuple[list[InFlight | None], list[AuditRecord] | None]:
-        # The ack script does not link audit records: the caller writes the drafts.
-        return await self.ack_many(delivery_ids), None
+        # One round trip: the ack, then its records in the same pipeline. Not one
+        # transaction: if the records fail (the chain's turn, a refusal), the ack stands
+        # and the caller writes the drafts (None), as the contract allows.
+        acked, ack = self._ack_operation(delivery_ids)
+        if ack is None:
+            return acked, []
+        drafts = [draft(delivery) for delivery in acked if delivery is not None]
+        records: list[AuditRecord] | None = None
+        try:
+            records = await self._audit.append(drafts, ahead=[ack])
+        except (StoreError, ValueError) as exc:
+            log.debug("the records of %d acks are left to the audit writer: %s", len(drafts), exc)
+        await self._client.outcome(ack)  # raises if the ack itself failed
+        return acked, records
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         tracked = self._forget(delivery_id)
