@@ -844,3 +844,21 @@ async def test_operations_sent_along_a_call_that_never_went_out_end_unsent(
     after = client.operation("x", ("PING",))
     await client.call_many([after])
     assert await client.outcome(after) == [b"PONG"]
+
+
+async def test_a_claim_that_fails_in_its_enqueues_pipeline_takes_nothing_and_loses_nothing(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The claim's script fails (its front list is not a list) after the enqueue wrote the
+    message: the batch is stored, the claim takes nothing, and the message waits."""
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            await _redis(redis_server.url, "SET", f"{namespace}:front:b", "not a list")
+            claim = Claim(agent_id="b", instance_id="i1", session_id="s1", limit=5)
+            routed = await store.route_batch([_item(1)], claims=[claim], now=NOW)
+            [record] = routed.results
+            assert isinstance(record, AuditRecord) and record.message_id == "m1"
+            assert routed.claimed == [[]]
+            await _redis(redis_server.url, "DEL", f"{namespace}:front:b")
+            [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
+            assert delivery.message.message_id == "m1"
