@@ -366,8 +366,9 @@ class Outbox:
     async def ack(self, generation: int, delivery_id: str) -> None:
         """Ack a delivery of connection ``generation`` (a no-op once that one is gone).
 
-        The ack is queued: the connection's acker task writes every queued ack in one
-        frame (``Transport.run_acker``), and a graceful close writes what is left.
+        The ack is queued: it rides in the connection's next frame, or its acker task
+        writes every queued ack in one frame ``ACK_DELAY`` (2 ms) after the first
+        (``Transport.run_acker``); a graceful close writes what is left.
         """
         live = self._current(generation)
         if live is not None:

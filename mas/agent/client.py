@@ -44,6 +44,12 @@ from ..errors import ConnectionClosedError, MasError, rejected_error
 
 SERVICE_NAME: Final = "mas.runtime.v1.RuntimeService"
 CLOSE_TIMEOUT: Final = 5.0  # seconds to flush and close a channel before it is cut
+# Seconds a queued ack waits for another frame to ride on before it is written alone: a
+# reply's ack then goes in the next request's write (one frame less for both sides), and
+# a busy receiver's acks go out in fewer, larger batches. Far below any ack timeout, and
+# short enough that a session's window (64 deliveries by default) does not fill with acks
+# waiting at the rates one connection reaches.
+ACK_DELAY: Final = 0.002
 
 TRANSPORT_ERRORS: Final = (
     GRPCError,
@@ -201,7 +207,8 @@ class Transport:
 
     Frames that several tasks send while a write is under way go out together, in one
     HTTP/2 DATA frame, written by the first of them to get the lock; each sender still
-    learns whether its own frame was written.
+    learns whether its own frame was written. Queued acks (``ack_soon``) ride in the next
+    such write, or are written alone ``ACK_DELAY`` after they were queued.
     """
 
     def __init__(self, stream: Any, *, write_timeout: float) -> None:
@@ -211,7 +218,9 @@ class Transport:
         self._closed = False
         self._outgoing: _Outgoing | None = None  # frames waiting for the lock
         self._pending_acks: list[str] = []
-        self._acks_due = trio.Event()  # set when ack_soon queued an ack for the acker
+        self._batching: bool | None = None  # the Welcome's, once the acker runs
+        self._ack_delay = ACK_DELAY
+        self._acker_scope: trio.CancelScope | None = None  # its deadline: acks are due
         self._held: Any = None  # an event met while draining, for the next receive
         self.broken: str | None = None  # why the stream can no longer be written
         self.last_write = trio.current_time()
@@ -231,8 +240,11 @@ class Transport:
         try:
             if outgoing is self._outgoing:  # nobody wrote it meanwhile: write the lot
                 self._outgoing = None
+                frames = outgoing.frames
+                if self._pending_acks and self._batching is not None:
+                    frames = [*self._take_acks(self._batching), *frames]  # acks ride along
                 try:
-                    await self._write(outgoing.frames)
+                    await self._write(frames)
                 except ConnectionClosedError as exc:
                     outgoing.error = exc
         finally:
@@ -249,30 +261,44 @@ class Transport:
         finally:
             self._lock.release()
 
-    def ack_soon(self, delivery_id: str) -> None:
-        """Queue an ack for ``run_acker``, which writes the queued ones together."""
-        self._pending_acks.append(delivery_id)
-        self._acks_due.set()
+    def ack_soon(self, *delivery_ids: str) -> None:
+        """Queue acks: they ride in the next frame written, or ``run_acker`` writes them."""
+        if not self._pending_acks and self._acker_scope is not None:
+            # The acker's deadline, not a wake-up: if a frame carries the acks first,
+            # the deadline is lifted again and the acker never runs for them.
+            self._acker_scope.deadline = trio.current_time() + self._ack_delay
+        self._pending_acks.extend(delivery_ids)
 
-    async def run_acker(self, *, batching: bool) -> None:
-        """Write the acks ``ack_soon`` queued, all that are waiting in one frame; forever.
+    async def run_acker(self, *, batching: bool, delay: float = ACK_DELAY) -> None:
+        """Write the acks ``ack_soon`` queued, ``delay`` after the first of them unless a
+        frame carried them meanwhile; all that are waiting in one frame; forever.
 
         Raises ``ConnectionClosedError`` once the stream cannot be written.
         """
+        self._batching, self._ack_delay = batching, delay
         while True:
-            await self._acks_due.wait()
-            self._acks_due = trio.Event()
-            await self.ack(batching=batching)
+            with trio.CancelScope() as scope:
+                self._acker_scope = scope
+                if self._pending_acks:  # queued while this task was writing, or before
+                    scope.deadline = trio.current_time() + delay
+                await trio.sleep_forever()
+            self._acker_scope = None
+            if self._pending_acks:
+                await self.ack(batching=batching)
+
+    def _take_acks(self, batching: bool) -> list[pb.ClientEvent]:
+        """The pending acks as frames (none left pending, so the acker is not due)."""
+        ids, self._pending_acks = self._pending_acks, []
+        if self._acker_scope is not None:
+            self._acker_scope.deadline = math.inf
+        if batching and len(ids) > 1:
+            return [pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids))]
+        return [pb.ClientEvent(ack=pb.Ack(delivery_id=one)) for one in ids]
 
     async def _write_acks(self, batching: bool) -> None:
         """Write the pending acks (the caller holds the lock)."""
-        ids, self._pending_acks = self._pending_acks, []
-        if not ids:
-            return  # another task's frame carried them
-        if batching and len(ids) > 1:
-            await self._write([pb.ClientEvent(acks=pb.AckBatch(delivery_ids=ids))])
-        else:
-            await self._write([pb.ClientEvent(ack=pb.Ack(delivery_id=one)) for one in ids])
+        if self._pending_acks:  # else another task's frame carried them
+            await self._write(self._take_acks(batching))
 
     async def _write(self, events: list[pb.ClientEvent]) -> None:
         if self.broken is not None or self._closed:

@@ -231,8 +231,8 @@ class Connector:
         elif isinstance(action, ReplyArrived):
             if not self.outbox.reply_arrived(action):
                 log.debug("%s: reply %s came too late", self._label, action.correlation_id)
-        elif isinstance(action, SendAcks):
-            await live.transport.ack(*action.delivery_ids, batching=live.welcome.batching)
+        elif isinstance(action, SendAcks):  # a reply's: it rides in the next request
+            live.transport.ack_soon(*action.delivery_ids)
         elif isinstance(action, SendNack):
             nack = pb.Nack(
                 delivery_id=action.delivery_id, reason=action.reason, retryable=action.retryable
