@@ -401,10 +401,6 @@ def take_ready(stream: Any, batch: list[Any], limit: int) -> Any:
             stream._socket.wake()  # window updates, if any are due
 
 
-class InlineHandlerError(RuntimeError):
-    """A ``handle_inline`` handler raised: a bug, which ends the connection's read loop."""
-
-
 def handle_inline(stream: Any, handler: Callable[[Any], bool] | None) -> None:
     """Let ``handler`` take ``stream``'s messages in the connection's read loop, decoded.
 
@@ -434,11 +430,7 @@ def handle_inline(stream: Any, handler: Callable[[Any], bool] | None) -> None:
             message.ParseFromString(event.data)
         except DecodeError:
             return False  # the reader meets it, and fails as ever
-        try:
-            handled = handler(message)
-        except Exception as exc:  # a bug: never taken for a lost connection (KeyError is)
-            raise InlineHandlerError(f"the inline handler of stream {stream_id} failed") from exc
-        if not handled:
+        if not handler(message):
             return False
         connection.acknowledge_received_data(stream_id, event.flow_controlled_length)
         stream._socket.wake()  # window updates, if any are due

@@ -10,9 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from mas import Agent, AgentMessage, ConnectionClosedError, RemoteHandlerError, ReplyValidationError
-from mas._purerpc import InlineHandlerError
-from mas.agent import calls
+from mas import Agent, AgentMessage, RemoteHandlerError, ReplyValidationError
 from mas.agent.connector import Connector
 from mas.testing import TestPKI, make_config, open_test_server
 
@@ -144,26 +142,3 @@ async def test_rate_limit_refusal_names_the_setting_and_is_logged_once(
     assert warnings[0].levelno == logging.WARNING
     assert "'ping'" in warnings[0].getMessage()
     assert "gateway.rate_limit" in warnings[0].getMessage()
-
-
-async def test_a_bug_in_a_frame_handled_in_the_read_loop_ends_the_agent_with_it(
-    pki: TestPKI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A Result is handled in the connection's read loop; a bug there is not mistaken for
-    a lost connection (no reconnect hides it): the agent ends with it, its cause kept."""
-    config = make_config(["a", "b"], [{"type": "allow", "sender": "a", "targets": ["b"]}])
-
-    def broken(self: Any, live: Any, result: Any) -> None:
-        raise ValueError("a bug in settle")
-
-    with trio.fail_after(20):
-        async with open_test_server(config, pki) as server:
-            assert server.address is not None
-            addr = f"127.0.0.1:{server.address.port}"
-            with pytest.raises(InlineHandlerError) as raised:
-                async with Agent("a", server_addr=addr, tls=pki.client_ssl_context("a")) as a:
-                    monkeypatch.setattr(calls.Outbox, "settle", broken)
-                    with pytest.raises(ConnectionClosedError):  # its read loop is gone
-                        await a.send("b", "note", {})
-                    await trio.sleep_forever()  # until the agent ends
-    assert isinstance(raised.value.__cause__, ValueError)
