@@ -401,44 +401,6 @@ def take_ready(stream: Any, batch: list[Any], limit: int) -> Any:
             stream._socket.wake()  # window updates, if any are due
 
 
-def handle_inline(stream: Any, handler: Callable[[Any], bool] | None) -> None:
-    """Let ``handler`` take ``stream``'s messages in the connection's read loop, decoded.
-
-    While the stream's reader waits with nothing queued, each well-formed message is
-    offered to ``handler`` (synchronously, in the read loop's task) before it would wake
-    the reader: if it returns True it has handled the message, which never reaches the
-    reader, and its bytes go back to the peer's flow-control window as a receive would
-    give them back. Anything else (False, a malformed message, the stream's end) is
-    queued as before. One scheduler pass less per message the handler takes. ``None``
-    removes the handler.
-    """
-    queue = stream._incoming_events[0]
-    if not isinstance(queue, EventQueue):
-        return
-    if handler is None:
-        queue.inline = None
-        return
-    connection = stream._grpc_connection
-    stream_id = stream.stream_id
-    message_type = stream._incoming_message_type
-
-    def take(event: Any) -> bool:
-        if type(event) is not MessageReceived:
-            return False
-        message = message_type()
-        try:
-            message.ParseFromString(event.data)
-        except DecodeError:
-            return False  # the reader meets it, and fails as ever
-        if not handler(message):
-            return False
-        connection.acknowledge_received_data(stream_id, event.flow_controlled_length)
-        stream._socket.wake()  # window updates, if any are due
-        return True
-
-    queue.inline = take
-
-
 class EventQueue:
     """A stream's incoming events: purerpc's memory object stream, one scheduler pass cheaper.
 
@@ -450,27 +412,16 @@ class EventQueue:
     is empty, a writer ``BrokenResourceError``, as with anyio's.
     """
 
-    __slots__ = ("_closed", "_items", "_waiter", "inline")
+    __slots__ = ("_closed", "_items", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
         self._waiter: trio.lowlevel.Task | None = None
         self._closed = False
-        # Takes an event in the producer's task instead of waking the consumer, while the
-        # consumer waits with nothing queued before it (so the order is kept): True when
-        # it took the event (see ``handle_inline``).
-        self.inline: Callable[[Any], bool] | None = None
 
     def send_nowait(self, item: Any) -> None:
         if self._closed:
             raise anyio.BrokenResourceError
-        if (
-            self._waiter is not None
-            and not self._items
-            and self.inline is not None
-            and self.inline(item)
-        ):
-            return
         self._items.append(item)
         self._wake()
 

@@ -538,7 +538,7 @@ class Agent(Generic[StateT]):
             address=self._address,
             ssl_context=ssl_context,
             instance_id=self._instance_id,
-            intake=runner,
+            on_delivery=runner.deliver,
             prefetch=window,
             rpc_timeout=self._rpc_timeout,
             connect_timeout=self._connect_timeout,

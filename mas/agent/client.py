@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final, NamedTuple
 
@@ -345,11 +345,6 @@ class Transport:
         except (*TRANSPORT_ERRORS, DecodeError) as exc:
             raise ConnectionClosedError(f"reading the Transport stream failed: {exc!r}") from exc
         return batch
-
-    def handle_inline(self, handler: Callable[[pb.ServerEvent], bool] | None) -> None:
-        """Offer server frames to ``handler`` in the read loop while ``receive_batch``
-        waits with none queued (``_purerpc.handle_inline``); None stops it."""
-        _purerpc.handle_inline(self._stream, handler)
 
     def end_error(self) -> MasError:
         """Why the server ended the stream (after ``receive()`` returned None)."""

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Final, Protocol
+from typing import Final
 
 import msgspec
 import trio
 from google.protobuf.message import DecodeError
 
 from .._proto import runtime_pb2 as pb
-from ..envelope import Envelope, PayloadError
+from ..envelope import Envelope
 from ..errors import ConnectionClosedError, MasError, RejectedError, leaves, rejected_error
 from .backoff import Backoff
 from .calls import Live, Outbox
@@ -43,7 +43,6 @@ from .stream import (
     SendAcks,
     SendNack,
     ServerRefused,
-    decode_deliveries,
 )
 
 log = logging.getLogger("mas.agent")
@@ -61,27 +60,8 @@ class Delivered(msgspec.Struct, frozen=True):
     envelope: Envelope
 
 
-class Intake(Protocol):
-    """Where the connector puts deliveries for the handlers (``dispatch.Dispatcher``)."""
-
-    async def deliver(self, item: Delivered) -> None:
-        """Take ``item``, or give it back to the server (a nack) when there is no room."""
-
-    def room(self) -> int:
-        """How many deliveries ``deliver_nowait`` takes now."""
-
-    def deliver_nowait(self, item: Delivered) -> None:
-        """Take ``item``; only when ``room()`` said there is room."""
-
-
 class Connector:
-    """The connection task of one agent instance (see the module docstring).
-
-    Frames whose actions need no wait (a Result, a reply, deliveries the intake has room
-    for) are handled in the connection's read loop while this task waits for the next
-    frame (``_purerpc.handle_inline``): one scheduler pass less per frame. Anything else,
-    and everything that arrives while this task is busy, it handles itself, in order.
-    """
+    """The connection task of one agent instance (see the module docstring)."""
 
     def __init__(
         self,
@@ -90,7 +70,7 @@ class Connector:
         address: ServerAddress,
         ssl_context: ssl.SSLContext,
         instance_id: str,
-        intake: Intake,
+        on_delivery: Callable[[Delivered], Awaitable[None]],
         prefetch: int = 0,
         rpc_timeout: float = 30.0,
         connect_timeout: float = 30.0,
@@ -101,7 +81,7 @@ class Connector:
         self.address = address
         self._ssl_context = ssl_context
         self.instance_id = instance_id
-        self._intake = intake
+        self._on_delivery = on_delivery
         self._prefetch = prefetch
         self._rpc_timeout = rpc_timeout
         self._connect_timeout = connect_timeout
@@ -221,14 +201,10 @@ class Connector:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeat, live)
                 nursery.start_soon(self._acker, live)
-                live.transport.handle_inline(lambda event: self._inline(live, event))
-                try:
-                    while batch := await live.transport.receive_batch(FRAME_BATCH):
-                        for event in batch:
-                            for action in core.handle(event):
-                                await self._apply(live, action)
-                finally:
-                    live.transport.handle_inline(None)
+                while batch := await live.transport.receive_batch(FRAME_BATCH):
+                    for event in batch:
+                        for action in core.handle(event):
+                            await self._apply(live, action)
                 nursery.cancel_scope.cancel()
         if live.transport.broken is not None:
             raise ConnectionClosedError(f"{self._label}: {live.transport.broken}")
@@ -247,43 +223,9 @@ class Connector:
             else:
                 live.scope.cancel()  # the stream broke under us: end this connection
 
-    def _inline(self, live: Live, event: pb.ServerEvent) -> bool:
-        """Handle ``event`` now, in the read loop, if none of its actions waits: True if so.
-
-        Called only while ``_serve`` waits for a frame with none queued, so the frames
-        keep their order.
-        """
-        core = self.outbox.core
-        kind = event.WhichOneof("event")
-        if kind == "result":
-            actions = core.handle(event)
-        elif kind == "delivery" or kind == "deliveries":
-            deliveries = (
-                [event.delivery] if kind == "delivery" else list(event.deliveries.deliveries)
-            )
-            envelopes = decode_deliveries(deliveries)
-            incoming = 0
-            for envelope in envelopes:
-                if isinstance(envelope, PayloadError):
-                    return False  # its nack is a write: _serve's to make
-                incoming += not envelope.meta.is_reply
-            if incoming and self._intake.room() < incoming:
-                return False  # some would be given back (a nack): _serve's to do
-            actions = core.handle_deliveries(deliveries, envelopes)
-        else:
-            return False
-        for action in actions:
-            handled = self._apply_now(live, action)
-            assert handled, action  # the kinds above make no other actions
-        return True
-
-    def _apply_now(self, live: Live, action: Action) -> bool:
-        """Carry out an action that needs no wait; False for one that does."""
+    async def _apply_one(self, live: Live, action: Action) -> None:
         if isinstance(action, Incoming):
-            delivered = Delivered(live.generation, action.delivery_id, action.envelope)
-            if self._intake.room() <= 0:
-                return False
-            self._intake.deliver_nowait(delivered)
+            await self._on_delivery(Delivered(live.generation, action.delivery_id, action.envelope))
         elif isinstance(action, FrameResult):
             self.outbox.settle(live, action)
         elif isinstance(action, ReplyArrived):
@@ -291,25 +233,6 @@ class Connector:
                 log.debug("%s: reply %s came too late", self._label, action.correlation_id)
         elif isinstance(action, SendAcks):  # a reply's: it rides in the next request
             live.transport.ack_soon(*action.delivery_ids)
-        elif isinstance(action, Discarded):
-            log.log(
-                logging.WARNING if action.notable else logging.DEBUG,
-                "%s: dropped (%s) delivery=%s correlation=%s",
-                self._label,
-                action.reason,
-                action.delivery_id,
-                action.correlation_id,
-            )
-        else:
-            return False
-        return True
-
-    async def _apply_one(self, live: Live, action: Action) -> None:
-        if self._apply_now(live, action):
-            return
-        if isinstance(action, Incoming):
-            delivered = Delivered(live.generation, action.delivery_id, action.envelope)
-            await self._intake.deliver(delivered)
         elif isinstance(action, SendNack):
             nack = pb.Nack(
                 delivery_id=action.delivery_id, reason=action.reason, retryable=action.retryable
@@ -319,6 +242,15 @@ class Connector:
             if action.code in FATAL_CODES:
                 raise rejected_error(action.code, action.reason)
             log.warning("%s: server error %s %s", self._label, action.code, action.reason)
+        elif isinstance(action, Discarded):
+            log.log(
+                logging.WARNING if action.notable else logging.DEBUG,
+                "%s: dropped (%s) delivery=%s correlation=%s",
+                self._label,
+                action.reason,
+                action.delivery_id,
+                action.correlation_id,
+            )
 
     async def _acker(self, live: Live) -> None:
         try:

@@ -106,21 +106,6 @@ class Dispatcher:
         if self._draining:
             await self._nack(item, STOPPING_REASON, retryable=True)
             return
-        if self.room() == 0:
-            log.warning("%s: inbox full; delivery %s given back", self._label, item.delivery_id)
-            await self._nack(item, INBOX_FULL_REASON, retryable=True)
-            return
-        self.deliver_nowait(item)
-
-    def room(self) -> int:
-        """How many deliveries ``deliver_nowait`` takes now (0 while stopping)."""
-        if self._draining:
-            return 0
-        stats = self._inbox.statistics()
-        return int(stats.max_buffer_size - stats.current_buffer_used)
-
-    def deliver_nowait(self, item: Delivered) -> None:
-        """``deliver`` for a delivery there is ``room`` for: never a nack, never a wait."""
         if self._nursery is not None and not self._waiting and not self._starting:
             # Nothing waits before it and a slot is free: start it now, without the hop
             # through the inbox (one at a time, so handlers still start in delivery order).
@@ -131,8 +116,12 @@ class Dispatcher:
             else:
                 self._start(self._nursery, item)
                 return
-        self._inbox.send_nowait(item)  # room() said there is room
-        self._waiting += 1
+        try:
+            self._inbox.send_nowait(item)
+            self._waiting += 1
+        except trio.WouldBlock:
+            log.warning("%s: inbox full; delivery %s given back", self._label, item.delivery_id)
+            await self._nack(item, INBOX_FULL_REASON, retryable=True)
 
     async def dispatch(self, nursery: trio.Nursery) -> None:
         """Start a handler task per queued delivery, at most ``max_concurrency`` at once."""

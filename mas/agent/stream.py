@@ -25,7 +25,7 @@ waiting for its ``Result``, since no later ``Result`` could claim what it holds.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final, Literal, TypeAlias
 
 import msgspec
@@ -106,17 +106,6 @@ Action: TypeAlias = (
     | SendNack
     | Discarded
 )
-
-
-def decode_deliveries(deliveries: Iterable[pb.Delivery]) -> list[Envelope | PayloadError]:
-    """Each delivery's envelope, or why it does not decode."""
-    envelopes: list[Envelope | PayloadError] = []
-    for delivery in deliveries:
-        try:
-            envelopes.append(decode_envelope(delivery.envelope_json))
-        except PayloadError as exc:
-            envelopes.append(exc)
-    return envelopes
 
 
 class StreamState:
@@ -244,23 +233,16 @@ class StreamState:
             self._trim_stash()
         return actions
 
-    def _on_deliveries(self, deliveries: Sequence[pb.Delivery]) -> list[Action]:
-        return self.handle_deliveries(deliveries, decode_deliveries(deliveries))
-
-    def handle_deliveries(
-        self, deliveries: Sequence[pb.Delivery], envelopes: Sequence[Envelope | PayloadError]
-    ) -> list[Action]:
-        """``handle`` for a frame's deliveries, their envelopes decoded already
-        (``decode_deliveries``)."""
+    def _on_deliveries(self, deliveries: Iterable[pb.Delivery]) -> list[Action]:
         replies: list[Action] = []
         incoming: list[Action] = []
         acks: list[str] = []
-        for delivery, envelope in zip(deliveries, envelopes, strict=True):
-            if isinstance(envelope, PayloadError):
+        for delivery in deliveries:
+            try:
+                envelope = decode_envelope(delivery.envelope_json)
+            except PayloadError as exc:
                 incoming.append(SendNack(delivery.delivery_id, "invalid_envelope", False))
-                incoming.append(
-                    Discarded(str(envelope), delivery_id=delivery.delivery_id, notable=True)
-                )
+                incoming.append(Discarded(str(exc), delivery_id=delivery.delivery_id, notable=True))
                 continue
             if not envelope.meta.is_reply:
                 incoming.append(Incoming(delivery.delivery_id, envelope))
