@@ -112,3 +112,43 @@ async def test_agent_completes_request_send_discovery_and_state_on_a_base_server
     assert server.unary_calls["Reply"] == 2
     assert server.unary_calls["Send"] == 2
     assert len(server.acked) >= 5  # two requests, two replies, a note: each acked on its own
+
+
+class Slow(Agent[dict[str, Any]]):
+    """Holds its one handler slot until ``release`` is set."""
+
+    def __init__(self, agent_id: str, **kwargs: Any) -> None:
+        super().__init__(agent_id, max_concurrency=1, prefetch=2, **kwargs)
+        self.release = trio.Event()
+        self.handled: list[int] = []
+        self.changed = trio.Event()
+
+    @Agent.on("note")
+    async def note(self, message: AgentMessage) -> None:
+        await self.release.wait()
+        self.handled.append(message.data["n"])
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+async def test_deliveries_past_the_inbox_are_given_back_and_the_rest_handled_in_order(
+    pki: TestPKI,
+) -> None:
+    """This server keeps no window: it delivers all ten at once to an agent whose inbox
+    holds two windows of 2. What does not fit is nacked (retryable), never waited on."""
+    with trio.fail_after(30):
+        async with open_base_server(pki, {"slow": [], "ping": []}) as server:
+            slow: Slow = _agent(Slow, "slow", server, pki)
+            ping: Ping = _agent(Ping, "ping", server, pki)
+            async with slow, ping:
+                for n in range(10):
+                    await ping.send("slow", "note", {"n": n})
+                while len(server.nacked) < 4:  # noqa: ASYNC110 - the stand-in's list, polled
+                    await trio.sleep(0.01)
+                slow.release.set()
+                while len(slow.handled) + len(server.nacked) < 10:
+                    await slow.changed.wait()
+                assert slow.handled == sorted(slow.handled)  # in delivery order
+                assert len(slow.handled) == 6  # one running, one in hand, four in the inbox
+                assert slow.handled == list(range(6))
+                assert len(server.nacked) == 4
