@@ -862,3 +862,35 @@ async def test_a_claim_that_fails_in_its_enqueues_pipeline_takes_nothing_and_los
             await _redis(redis_server.url, "DEL", f"{namespace}:front:b")
             [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
             assert delivery.message.message_id == "m1"
+
+
+async def test_a_reply_whose_ack_fails_is_still_reported_stored(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The reply's enqueue and claim went through, its request's ack fails (Redis refuses
+    XACK to this user): the reply is stored and claimed, and acks nothing."""
+    with trio.fail_after(5):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            routed = await store.route_batch(
+                [_item(1, request=True)],
+                claims=[Claim(agent_id="b", instance_id="i1", session_id="s1", limit=5)],
+            )
+            [[delivery]] = routed.claimed
+            reply = EnqueueItem(
+                message=_message(2, target="a", instance="a1"),
+                audit=AuditDraft(time=NOW + 2, decision="ALLOWED", message_id="m2"),
+                answers="c1",
+                acks=delivery.delivery_id,
+            )
+            claim = Claim(agent_id="a", instance_id="a1", session_id="s2", limit=5)
+            await _redis(redis_server.url, "ACL", "SETUSER", "default", "-xack")
+            try:
+                routed = await store.route_batch([reply], acked=_delivered, claims=[claim], now=NOW)
+            finally:
+                await _redis(redis_server.url, "ACL", "SETUSER", "default", "+@all")
+            [record] = routed.results
+            assert isinstance(record, AuditRecord) and record.message_id == "m2"
+            assert [d.message.message_id for d in routed.claimed[0]] == ["m2"]
+            assert routed.acked == [] and routed.ack_records is None
+            # Not acked: the request goes back with its session.
+            assert await store.release_session("s1", 5, NOW) == 1

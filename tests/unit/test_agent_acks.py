@@ -7,6 +7,8 @@ acks reach a real server, are tested end to end in ``tests/e2e/test_agents.py``)
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -37,6 +39,16 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> Writes:
     return recorder
 
 
+@asynccontextmanager
+async def running_acker(transport: Transport, *, batching: bool) -> AsyncIterator[None]:
+    """``transport``'s acker running (and waiting) in the block; cancelled after it."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: transport.run_acker(batching=batching))
+        await trio.testing.wait_all_tasks_blocked()
+        yield
+        nursery.cancel_scope.cancel()
+
+
 def _request() -> pb.ClientEvent:
     return pb.ClientEvent(request=pb.StreamRequest(seq=1, target_id="b", message_type="t"))
 
@@ -45,9 +57,7 @@ async def test_a_queued_ack_rides_in_the_next_frame_and_the_acker_stays_asleep(
     writes: Writes, mock_clock: trio.testing.MockClock
 ) -> None:
     transport = Transport(object(), write_timeout=5.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: transport.run_acker(batching=True))
-        await trio.testing.wait_all_tasks_blocked()
+    async with running_acker(transport, batching=True):
         transport.ack_soon("d1")
         transport.ack_soon("d2")
         await transport.send(_request())
@@ -55,16 +65,13 @@ async def test_a_queued_ack_rides_in_the_next_frame_and_the_acker_stays_asleep(
         mock_clock.jump(10 * ACK_DELAY)
         await trio.testing.wait_all_tasks_blocked()
         assert writes.kinds == [["acks", "request"]]  # nothing left for the acker
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_lone_ack_is_written_alone_ack_delay_after_it_was_queued(
     writes: Writes, mock_clock: trio.testing.MockClock
 ) -> None:
     transport = Transport(object(), write_timeout=5.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: transport.run_acker(batching=True))
-        await trio.testing.wait_all_tasks_blocked()
+    async with running_acker(transport, batching=True):
         transport.ack_soon("d1")
         mock_clock.jump(ACK_DELAY / 2)
         await trio.testing.wait_all_tasks_blocked()
@@ -80,7 +87,6 @@ async def test_a_lone_ack_is_written_alone_ack_delay_after_it_was_queued(
         mock_clock.jump(ACK_DELAY)
         await trio.testing.wait_all_tasks_blocked()
         assert writes.kinds == [["acks"], ["ack"]]
-        nursery.cancel_scope.cancel()
 
 
 async def test_acks_queued_before_the_acker_starts_are_written_after_the_delay(
@@ -90,11 +96,8 @@ async def test_acks_queued_before_the_acker_starts_are_written_after_the_delay(
     transport.ack_soon("d1")  # before the Welcome: no acker yet, and no frame takes it
     await transport.send(_request())
     assert writes.kinds == [["request"]]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: transport.run_acker(batching=False))
-        await trio.testing.wait_all_tasks_blocked()
+    async with running_acker(transport, batching=False):
         assert writes.kinds == [["request"]]
         mock_clock.jump(ACK_DELAY)
         await trio.testing.wait_all_tasks_blocked()
         assert writes.kinds == [["request"], ["ack"]]
-        nursery.cancel_scope.cancel()

@@ -243,6 +243,10 @@ class RedisClient:
         op = Operation(kind, (), size, prepared, abandonable)
         return await self._submit(op, ahead, along)
 
+    async def submit(self, op: Operation) -> list[Any]:
+        """Run a made ``operation`` in the next pipeline; its replies, as ``call``."""
+        return await self._submit(op)
+
     async def call_many(self, ops: Sequence[Operation]) -> None:
         """Send made ``operation``s in one pipeline, in order; read each with ``outcome``."""
         if ops:

@@ -170,8 +170,7 @@ class RedisStore:
             agent_id=agent_id, instance_id=instance_id, session_id=session_id, limit=limit
         )
         op, session = self._claim_operation(wanted, now)
-        await self._client.call_many([op])
-        [entries] = await self._client.outcome(op)
+        [entries] = await self._client.submit(op)
         return self._claimed(wanted, session, entries)
 
     def _claim_operation(self, claim: Claim, now: float) -> tuple[Operation, _Session]:
@@ -248,8 +247,7 @@ class RedisStore:
     async def ack_many(self, delivery_ids: Sequence[str]) -> list[InFlight | None]:
         acked, ack = self._ack_operation(delivery_ids)
         if ack is not None:
-            await self._client.call_many([ack])
-            await self._client.outcome(ack)
+            await self._client.submit(ack)
         return acked
 
     def _ack_operation(
@@ -307,11 +305,18 @@ class RedisStore:
         ]
         taken: list[InFlight] = []
         ack_records: list[AuditRecord] | None = None
-        if ids and acked is not None:
-            done, ack_records = await self.ack_recorded(ids, acked)
-            taken = [d for d in done if d is not None]
-        elif ids:
-            taken = [d for d in await self.ack_many(ids) if d is not None]
+        try:
+            if ids and acked is not None:
+                done, ack_records = await self.ack_recorded(ids, acked)
+                taken = [d for d in done if d is not None]
+            elif ids:
+                taken = [d for d in await self.ack_many(ids) if d is not None]
+        except StoreError as exc:
+            # The items are stored (and claimed): they must not be reported unstored. The
+            # requests stay in flight to their sessions, as after a refused reply, and
+            # go back with them at the latest (Redis still holds them pending).
+            log.warning("the acks of %d stored replies failed: %s", len(ids), exc)
+            taken, ack_records = [], None
         return Routed(results=records, acked=taken, ack_records=ack_records, claimed=claimed)
 
     async def ack_recorded(
