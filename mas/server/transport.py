@@ -48,6 +48,7 @@ from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageE
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 from purerpc.grpclib.status import Status, StatusCode
 
+from .._frames import buffer_is_empty, receive_frames, whole_messages
 from .._purerpc import CoalescingWriter, Malformed, new_stream, take_ready, write_messages
 from ..errors import Reason
 from .guard import ConnectionGuard, GuardLimits, UnfinishedMessages, check_headers
@@ -379,7 +380,7 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
         events: list[Any] = []
         self._now = now
         try:
-            h2_events = self.h2_connection.receive_data(data)
+            h2_events = receive_frames(self.h2_connection, data)
         except _HeaderBlockTooLarge as exc:  # our frame buffer's bound
             self.go_away(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, Reason.HEADERS_TOO_LARGE)
             raise HeaderLimitExceeded(Reason.HEADERS_TOO_LARGE) from exc
@@ -471,6 +472,13 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
             # window open.
             self._give_back_window(stream_id, event.flow_controlled_length)
             return []
+        if event.flow_controlled_length == len(event.data) and buffer_is_empty(buffer):
+            # The usual frame: whole, uncompressed messages, cut here without purerpc's
+            # byte buffer (anything else takes the buffer, with its checks).
+            messages = whole_messages(event.data, buffer._max_message_length)
+            if messages is not None:
+                self.unfinished.update(stream_id, False, bool(messages), self._now)
+                return [MessageReceived(stream_id, data, size) for data, size in messages]
         try:
             buffer.data_received(event.data, event.flow_controlled_length)
         except MessageTooLargeError:

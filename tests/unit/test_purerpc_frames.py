@@ -11,7 +11,7 @@ import pytest
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 
-from mas._purerpc import send_data
+from mas._frames import send_data
 
 
 def _server_with_open_stream(window: int = 2**31 - 1) -> GRPCConnection:
