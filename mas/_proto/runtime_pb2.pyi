@@ -41,32 +41,36 @@ class ServerEvent(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ..., error: _Optional[_Union[ServerError, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., deliveries: _Optional[_Union[DeliveryBatch, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("instance_id", "batching", "prefetch", "reply_acks")
+    __slots__ = ("instance_id", "batching", "prefetch", "reply_acks", "late_results")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     REPLY_ACKS_FIELD_NUMBER: _ClassVar[int]
+    LATE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     batching: bool
     prefetch: int
     reply_acks: bool
-    def __init__(self, instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., reply_acks: _Optional[bool] = ...) -> None: ...
+    late_results: bool
+    def __init__(self, instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., reply_acks: _Optional[bool] = ..., late_results: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("agent_id", "instance_id", "batching", "prefetch", "stream_messages", "reply_acks")
+    __slots__ = ("agent_id", "instance_id", "batching", "prefetch", "stream_messages", "reply_acks", "late_results")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     STREAM_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     REPLY_ACKS_FIELD_NUMBER: _ClassVar[int]
+    LATE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     instance_id: str
     batching: bool
     prefetch: int
     stream_messages: bool
     reply_acks: bool
-    def __init__(self, agent_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., stream_messages: _Optional[bool] = ..., reply_acks: _Optional[bool] = ...) -> None: ...
+    late_results: bool
+    def __init__(self, agent_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., batching: _Optional[bool] = ..., prefetch: _Optional[int] = ..., stream_messages: _Optional[bool] = ..., reply_acks: _Optional[bool] = ..., late_results: _Optional[bool] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("delivery_id", "envelope_json")

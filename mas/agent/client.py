@@ -400,6 +400,7 @@ async def open_transport(
             batching=True,
             prefetch=max(0, prefetch),
             reply_acks=True,  # a reply also acks the request it answers (if the server says so)
+            late_results=True,  # a request's Result may come with its reply (likewise)
         )
     )
     try:

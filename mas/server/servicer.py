@@ -256,6 +256,7 @@ class RuntimeServicer:
             prefetch=prefetch,
             ack_timeout=limits.ack_timeout,
             reply_acks=hello.reply_acks,
+            late_results=hello.late_results,
         )
         previous = self._registry.add(session)
         if previous is not None:
@@ -274,11 +275,14 @@ class RuntimeServicer:
                             prefetch=prefetch,
                             stream_messages=True,  # the SDK's fast path (else unary RPCs)
                             reply_acks=hello.reply_acks,  # only if asked: else base acks
+                            late_results=hello.late_results,  # likewise
                         )
                     )
                 )
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._router.serve_session, session)
+                    if session.late_results:
+                        nursery.start_soon(rpc.run_late_writer)
                     await self._read_frames(session, rpc)
                     nursery.cancel_scope.cancel()
         finally:
@@ -318,8 +322,10 @@ class RuntimeServicer:
             if routed:  # first, so their results go out before the store work of acks
                 handover = Handover()
                 try:
-                    results = await self._route_frames(session, routed, handover)
-                    if not await rpc.send_now(results):
+                    results, late = await self._route_frames(session, routed, handover)
+                    if late:  # accepted requests' Results: with their replies, usually
+                        rpc.send_late(late)
+                    if results and not await rpc.send_now(results):
                         # This write may wait on the sender's client: the targets' pumps
                         # must not, so what was claimed for them is left to them.
                         self._router.abandon(handover)
@@ -340,8 +346,10 @@ class RuntimeServicer:
 
     async def _route_frames(
         self, session: Session, frames: list[pb.ClientEvent], handover: Handover
-    ) -> list[pb.ServerEvent]:
-        """Route the stream's send/request/reply frames as one batch; their Result frames."""
+    ) -> tuple[list[pb.ServerEvent], list[pb.ServerEvent]]:
+        """Route the stream's send/request/reply frames as one batch; their Result frames:
+        those to write now, and those that may come late (``Session.late_results``: the
+        accepted requests', which then usually travel with their replies)."""
         seqs: list[int] = []
         batch: list[Outbound] = []
         for frame in frames:
@@ -369,19 +377,22 @@ class RuntimeServicer:
             session.agent_id, session.instance_id, batch, session=session, handover=handover
         )
         results: list[pb.ServerEvent] = []
-        for seq, outcome in zip(seqs, outcomes, strict=True):
+        late: list[pb.ServerEvent] = []
+        for seq, outbound, outcome in zip(seqs, batch, outcomes, strict=True):
             if isinstance(outcome, Refusal):
                 result = pb.Result(
                     seq=seq,
                     error=pb.ServerError(code=outcome.code, message=outcome.message),
                     retry_after_seconds=outcome.retry_after or 0.0,
                 )
-            else:
-                result = pb.Result(
-                    seq=seq, message_id=outcome.message_id, correlation_id=outcome.correlation_id
-                )
-            results.append(pb.ServerEvent(result=result))
-        return results
+                results.append(pb.ServerEvent(result=result))
+                continue
+            result = pb.Result(
+                seq=seq, message_id=outcome.message_id, correlation_id=outcome.correlation_id
+            )
+            held = session.late_results and outbound.kind == "request"
+            (late if held else results).append(pb.ServerEvent(result=result))
+        return results, late
 
     # -- unary messaging -------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class Session:
         prefetch: int,
         ack_timeout: float,
         reply_acks: bool = False,
+        late_results: bool = False,
     ) -> None:
         self.session_id = session_id
         self.agent_id = agent_id
@@ -64,6 +65,8 @@ class Session:
         self.batching = batching
         # Negotiated (Hello and Welcome): an accepted reply acks the delivery it names.
         self.reply_acks = reply_acks
+        # Negotiated too: an accepted request's Result may wait to ride with its reply.
+        self.late_results = late_results
         self.window = DeliveryWindow(prefetch, ack_timeout)
         self.cancel_scope = trio.CancelScope()
         self.ended: Refusal | None = None  # set when the server ends it

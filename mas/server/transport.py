@@ -60,6 +60,10 @@ _GOAWAY_TIMEOUT: Final = 1.0  # seconds allowed for a GOAWAY to leave before the
 _FRAME_HEADER: Final = 9  # bytes of an HTTP/2 frame header, counted against a header block
 DEFAULT_GUARD: Final = GuardLimits(500, 100, 100, 8_388_608)  # the config's defaults
 _PREFIX_SIZE: Final = 5  # bytes of gRPC's prefix before each message
+# Seconds a late message (``RpcStream.send_late``) waits for a write to ride in: an
+# accepted request's Result waits this long for its reply, which most echo-like handlers
+# send within a millisecond or two.
+LATE_DELAY: Final = 0.002
 # What writing on a stream raises once its client reset it or its connection is gone.
 _UNWRITABLE: Final = (
     anyio.BrokenResourceError,
@@ -75,10 +79,21 @@ class RpcStream:
     ``receive_batch`` and ``send_many`` move every frame that is ready at once: the frames
     read from one socket read are handled together, and the answers to them go out as one
     HTTP/2 DATA frame (gRPC allows several length-prefixed messages in one), so a busy
-    stream costs one write per batch instead of one per message.
+    stream costs one write per batch instead of one per message. ``send_late`` queues
+    messages the client does not need at once to ride in the next write (or alone after
+    ``LATE_DELAY``, from ``run_late_writer``; before the status, at the latest).
     """
 
-    __slots__ = ("_held", "_lock", "_max_output", "_stream", "_write_timeout")
+    __slots__ = (
+        "_held",
+        "_late",
+        "_late_delay",
+        "_late_scope",
+        "_lock",
+        "_max_output",
+        "_stream",
+        "_write_timeout",
+    )
 
     def __init__(
         self, stream: GRPCProtoStream, write_timeout: float, max_output: int = 2**62
@@ -88,6 +103,9 @@ class RpcStream:
         self._write_timeout = write_timeout
         self._max_output = max_output  # the connection's unsent bytes above which we wait
         self._held: Any = None  # an event taken while draining, handled by the next receive
+        self._late: list[Message] = []  # messages that ride in the next write (``send_late``)
+        self._late_delay = LATE_DELAY
+        self._late_scope: trio.CancelScope | None = None  # ``run_late_writer``'s wait
 
     async def receive(self) -> Any | None:
         """The next message, or None when the client has finished sending."""
@@ -155,6 +173,8 @@ class RpcStream:
         """
         await _acquire(self._lock)
         try:
+            if self._late:
+                messages = [*self._take_late(), *messages]
             with trio.move_on_after(self._write_timeout) as waited:
                 writer = self._stream._socket
                 if writer.output_size() >= self._max_output:
@@ -164,6 +184,40 @@ class RpcStream:
             self._lock.release()
         if waited.cancelled_caught:
             raise Refusal(Reason.SLOW_CONSUMER)
+
+    def send_late(self, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` to ride in this stream's next write, or alone ``LATE_DELAY``
+        after the first of them (``run_late_writer``), whichever comes first.
+
+        For what the client does not need at once (an accepted request's ``Result``, which
+        then usually travels with the reply). Without ``run_late_writer`` running, they
+        wait for the next write or ``close``.
+        """
+        if not self._late and self._late_scope is not None:
+            # A deadline, not a wake-up: if a write carries them first, it is lifted again.
+            self._late_scope.deadline = trio.current_time() + self._late_delay
+        self._late.extend(messages)
+
+    async def run_late_writer(self, delay: float = LATE_DELAY) -> None:
+        """Write what ``send_late`` queued ``delay`` after the first of it, unless a write
+        carried it meanwhile; until cancelled. Raises what ``send_many`` raises."""
+        self._late_delay = delay
+        while True:
+            with trio.CancelScope() as scope:
+                self._late_scope = scope
+                if self._late:  # queued while this task was writing, or before it started
+                    scope.deadline = trio.current_time() + delay
+                await trio.sleep_forever()
+            self._late_scope = None
+            if self._late:
+                await self.send_many(())
+
+    def _take_late(self) -> list[Message]:
+        """The late messages, none left queued (so the late writer is not due)."""
+        late, self._late = self._late, []
+        if self._late_scope is not None:
+            self._late_scope.deadline = math.inf
+        return late
 
     async def send_now(self, messages: Sequence[Message]) -> bool:
         """Send ``messages`` if that needs no wait at all; False (nothing sent) otherwise.
@@ -179,11 +233,15 @@ class RpcStream:
             return False
         if stream._socket.output_size() >= self._max_output:
             return False
+        if self._late:
+            messages = [*self._late, *messages]
         size = sum(_PREFIX_SIZE + message.ByteSize() for message in messages)
         if size > stream._grpc_connection.flow_control_window(stream.stream_id):
             return False
         self._lock.acquire_nowait()
         try:
+            if self._late:
+                self._take_late()  # written below with the others (or lost with the stream)
             await write_messages(stream, messages)
         except _UNWRITABLE:
             return False
@@ -203,6 +261,9 @@ class RpcStream:
             status = Status(StatusCode[refusal.code], status_message=refusal.message)
         async with self._lock:
             if self.open_for_sending:
+                if self._late:  # before the status that ends the stream
+                    with contextlib.suppress(*_UNWRITABLE):
+                        await write_messages(self._stream, self._take_late())
                 await self._stream.close(status)
 
 

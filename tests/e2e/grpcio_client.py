@@ -41,6 +41,7 @@ def main() -> None:
         welcome = next(events)
         seen["welcome"] = [welcome.welcome.agent_id, welcome.welcome.instance_id]
         seen["reply_acks"] = welcome.welcome.reply_acks  # never asked for: base acks
+        seen["late_results"] = welcome.welcome.late_results  # nor this: Results at once
 
         sent = stub.Send(
             pb.SendRequest(

@@ -66,6 +66,7 @@ async def test_stock_grpcio_client_uses_transport_and_unary_rpcs(
     seen = json.loads(result.stdout)
     assert seen["welcome"] == ["legacy", "legacy-1"]
     assert seen["reply_acks"] is False  # it announced nothing: every delivery needs its Ack
+    assert seen["late_results"] is False  # and every Result comes as soon as it is routed
     assert seen["send_message_id"] is True
     assert seen["delivered"] == ["note", {"n": 1}, "legacy"]
     assert seen["request_correlation_matches"] is True

@@ -27,10 +27,11 @@ MESSAGES = 40
 # before issue 16 and after it: a request/reply 26.1 -> 11.5 server steps (9.05 once a
 # claim rides in its enqueue, `Store.route_batch`) and 26.9 -> 11.0 agent steps (12.0
 # with the test's; 11.05 once an ack rides in the next frame or waits for its deadline
-# without a wake-up, `ACK_DELAY`); a send 15.3 -> 7.0 (3.85 with acks delayed and
+# without a wake-up, `ACK_DELAY`; 9.05 once a request's Result rides with its reply,
+# `Hello.late_results`); a send 15.3 -> 7.0 (3.85 with acks delayed and
 # batched) and 18.0 -> 7.5 (6.9). A bound leaves room for a stray pass.
 MAX_SERVER_STEPS_PER_REQUEST = 10
-MAX_AGENT_STEPS_PER_REQUEST = 12
+MAX_AGENT_STEPS_PER_REQUEST = 10
 MAX_SERVER_STEPS_PER_SEND = 5
 MAX_AGENT_STEPS_PER_SEND = 8
 
