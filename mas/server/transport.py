@@ -61,9 +61,11 @@ _FRAME_HEADER: Final = 9  # bytes of an HTTP/2 frame header, counted against a h
 DEFAULT_GUARD: Final = GuardLimits(500, 100, 100, 8_388_608)  # the config's defaults
 _PREFIX_SIZE: Final = 5  # bytes of gRPC's prefix before each message
 # Seconds a late message (``RpcStream.send_late``) waits for a write to ride in: an
-# accepted request's Result waits this long for its reply, which most echo-like handlers
-# send within a millisecond or two.
-LATE_DELAY: Final = 0.002
+# accepted request's Result waits this long for its reply. Long enough for a handler that
+# answers at once on a loaded machine (a whole request/reply took 1-3 ms here; at 2 ms
+# most Results missed their reply), short against any request's timeout; a Result that
+# waits it out goes alone, as it would have at once.
+LATE_DELAY: Final = 0.02
 # What writing on a stream raises once its client reset it or its connection is gone.
 _UNWRITABLE: Final = (
     anyio.BrokenResourceError,
