@@ -13,8 +13,9 @@ frame read and its bytes given back to the window): 25-35 µs through h2 and pur
 such frames of a read and leaves anything else (headers, settings, a partial frame, a
 frame past a window: whatever h2 must check or refuse) to h2, in order; and
 ``whole_messages`` cuts a payload into its gRPC messages when it holds whole,
-uncompressed ones. Each falls back to h2 or purerpc for anything else, so their errors
-stay theirs. They rely on the internals of h2 3.2 (pinned through purerpc 0.8).
+uncompressed ones (``whole_messages_of``: a frame's, as purerpc's events). Each falls
+back to h2 or purerpc for anything else, so their errors stay theirs. They rely on the
+internals of h2 3.2 (pinned through purerpc 0.8).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import h2.connection
 import h2.events
 import h2.stream
 from purerpc.grpclib.connection import GRPCConnection
+from purerpc.grpclib.events import MessageReceived
 
 # HTTP/2 frame header: 24-bit length (as 16 + 8), type, flags, stream id.
 _HEADER: Final = struct.Struct(">HBBBI")
@@ -152,6 +154,19 @@ def whole_messages(payload: bytes, max_length: int) -> list[tuple[bytes, int]] |
     return messages
 
 
-def buffer_is_empty(buffer: Any) -> bool:
-    """True when purerpc's ``MessageReadBuffer`` holds no part of a message."""
-    return not buffer._buffer and buffer._message_length is None and not buffer._messages
+def whole_messages_of(event: Any, buffer: Any) -> list[MessageReceived] | None:
+    """purerpc's events for a ``DataReceived`` of whole, uncompressed messages, cut here.
+
+    None (the caller then feeds purerpc's ``MessageReadBuffer``, with its checks and
+    errors) when ``buffer`` holds part of a message already, when the frame was padded,
+    or when ``whole_messages`` does not take its payload.
+    """
+    if event.flow_controlled_length != len(event.data):
+        return None
+    if buffer._buffer or buffer._message_length is not None or buffer._messages:
+        return None
+    messages = whole_messages(event.data, buffer._max_message_length)
+    if messages is None:
+        return None
+    stream_id = event.stream_id
+    return [MessageReceived(stream_id, data, size) for data, size in messages]

@@ -58,7 +58,7 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import ProtocolError
 from purerpc.grpclib.status import Status, StatusCode
 
-from ._frames import buffer_is_empty, receive_frames, send_data, whole_messages
+from ._frames import receive_frames, send_data, whole_messages_of
 
 log = logging.getLogger("mas.transport")
 
@@ -466,15 +466,9 @@ class FastConnection(GRPCConnection):  # type: ignore[misc]
 
     def _data_received(self, event: Any) -> list[Any]:
         buffer = self.message_read_buffers.get(event.stream_id)
-        if (
-            buffer is not None
-            and event.flow_controlled_length == len(event.data)  # no padding to account
-            and buffer_is_empty(buffer)
-        ):
-            messages = whole_messages(event.data, buffer._max_message_length)
-            if messages is not None:
-                stream_id = event.stream_id
-                return [MessageReceived(stream_id, data, size) for data, size in messages]
+        whole = None if buffer is None else whole_messages_of(event, buffer)
+        if whole is not None:
+            return whole
         events: list[Any] = super()._data_received(event)
         return events
 

@@ -48,7 +48,7 @@ from purerpc.grpclib.exceptions import MessageTooLargeError, UnsupportedMessageE
 from purerpc.grpclib.exceptions import StreamClosedError as PurerpcStreamClosedError
 from purerpc.grpclib.status import Status, StatusCode
 
-from .._frames import buffer_is_empty, receive_frames, whole_messages
+from .._frames import receive_frames, whole_messages_of
 from .._purerpc import CoalescingWriter, Malformed, new_stream, take_ready, write_messages
 from ..errors import Reason
 from .guard import ConnectionGuard, GuardLimits, UnfinishedMessages, check_headers
@@ -233,12 +233,9 @@ class RpcStream:
         stream = self._stream
         if self._lock.locked() or not self.open_for_sending:
             return False
-        if stream._socket.output_size() >= self._max_output:
-            return False
         if self._late:
             messages = [*self._late, *messages]
-        size = sum(_PREFIX_SIZE + message.ByteSize() for message in messages)
-        if size > stream._grpc_connection.flow_control_window(stream.stream_id):
+        if not self._fits_now(messages):
             return False
         self._lock.acquire_nowait()
         try:
@@ -250,6 +247,16 @@ class RpcStream:
         finally:
             self._lock.release()
         return True
+
+    def _fits_now(self, messages: Sequence[Message]) -> bool:
+        """True when writing ``messages`` needs no wait: the connection's unsent output is
+        below ``max_output`` and they fit the stream's flow-control window."""
+        stream = self._stream
+        if stream._socket.output_size() >= self._max_output:
+            return False
+        size: int = sum(_PREFIX_SIZE + message.ByteSize() for message in messages)
+        window: int = stream._grpc_connection.flow_control_window(stream.stream_id)
+        return size <= window
 
     @property
     def open_for_sending(self) -> bool:
@@ -263,9 +270,13 @@ class RpcStream:
             status = Status(StatusCode[refusal.code], status_message=refusal.message)
         async with self._lock:
             if self.open_for_sending:
-                if self._late:  # before the status that ends the stream
+                # Late messages go before the status that ends the stream, if that needs
+                # no wait: nothing bounds this write, and a client that does not read
+                # would hold the close (it would not read them either).
+                late = self._take_late()
+                if late and self._fits_now(late):
                     with contextlib.suppress(*_UNWRITABLE):
-                        await write_messages(self._stream, self._take_late())
+                        await write_messages(self._stream, late)
                 await self._stream.close(status)
 
 
@@ -535,13 +546,10 @@ class _LimitedConnection(GRPCConnection):  # type: ignore[misc]
             # window open.
             self._give_back_window(stream_id, event.flow_controlled_length)
             return []
-        if event.flow_controlled_length == len(event.data) and buffer_is_empty(buffer):
-            # The usual frame: whole, uncompressed messages, cut here without purerpc's
-            # byte buffer (anything else takes the buffer, with its checks).
-            messages = whole_messages(event.data, buffer._max_message_length)
-            if messages is not None:
-                self.unfinished.update(stream_id, False, bool(messages), self._now)
-                return [MessageReceived(stream_id, data, size) for data, size in messages]
+        whole = whole_messages_of(event, buffer)  # the usual frame, without the buffer
+        if whole is not None:
+            self.unfinished.update(stream_id, False, bool(whole), self._now)
+            return whole
         try:
             buffer.data_received(event.data, event.flow_controlled_length)
         except MessageTooLargeError:

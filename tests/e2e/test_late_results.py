@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import h2.settings
 import trio
 import trio.testing
 from rawclient import CallFailed, RawSession, raw_client
@@ -133,3 +134,26 @@ async def test_a_client_that_does_not_announce_it_gets_every_result_at_once(
             assert event.WhichOneof("event") == "result" and event.result.seq == seq
             assert trio.current_time() - started < LATE_DELAY
             await b.next_delivery()
+
+
+async def test_a_held_result_never_holds_the_close_of_a_client_that_reads_nothing(
+    pki: TestPKI, mock_clock: trio.testing.MockClock
+) -> None:
+    """Its client shrinks its stream's window to nothing: the held Result cannot be
+    written without waiting, so the stream ends without it (its status is not
+    flow-controlled) instead of its close waiting, unbounded, for a window update."""
+    async with _pair(pki, late_results=True) as (_, a, b, _welcome):
+        h2_connection = a.stream._socket._grpc_connection.h2_connection
+        h2_connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        await a.stream._socket.flush()
+        await _send_request(a)
+        await b.next_delivery()  # the request is stored: its Result is held
+        await a.close()
+        mock_clock.rate = 1.0  # from here on a real-time bound (the late writer has ended)
+        with trio.fail_after(10):
+            try:
+                extra = await a.receive()
+            except CallFailed as ended:
+                assert ended.code == "OK", ended
+            else:
+                raise AssertionError(f"written past a closed window: {extra}")

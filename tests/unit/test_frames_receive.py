@@ -83,12 +83,12 @@ class _StockLimited(transport._LimitedConnection):
 
 class _StockLimitedWholeMessages(_StockLimited):
     def _data_received(self, event: Any) -> list[Any]:
-        original = transport.buffer_is_empty
-        transport.buffer_is_empty = lambda buffer: False
+        original = transport.whole_messages_of
+        transport.whole_messages_of = lambda event, buffer: None
         try:
             return super()._data_received(event)
         finally:
-            transport.buffer_is_empty = original
+            transport.whole_messages_of = original
 
 
 def _pair(kind: str) -> tuple[GRPCConnection, GRPCConnection]:
