@@ -6,7 +6,8 @@ hand-over does): a one-way message (``route_batch`` of one item claiming for the
 receiver, durable; the receiver's ``ack_recorded`` with the DELIVERED record), and a
 request/reply (the request's ``route_batch`` with its correlation and the replier's
 claim, the reply's ``route_batch`` that acks the request and claims for the sender, the
-reply's ack): three store calls, as on a server.
+reply's ack): three store calls, as on a server. With ``--senders N``, N tasks run
+one-way cycles at once, as N sessions of one server sending to one receiver would.
 Prints the process CPU time (user + system, every thread: the WAL flushes too) and
 the wall time per message, median of ``--runs`` runs, each on a fresh store (a new
 SQLite file in a temporary directory). Compare two checkouts by running each in turn
@@ -104,17 +105,24 @@ async def _store(backend: str, directory: Path) -> AsyncIterator[Store]:
 
 
 async def _run(
-    backend: str, cycle: Callable[[Store, int], Awaitable[None]], messages: int
+    backend: str, cycle: Callable[[Store, int], Awaitable[None]], messages: int, senders: int
 ) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) per message."""
+    """(CPU seconds, wall seconds) per message, ``senders`` tasks running cycles at once."""
+
+    async def send(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            await cycle(store, n)
+
+    each = messages // senders
     with tempfile.TemporaryDirectory() as directory:
         async with _store(backend, Path(directory)) as store:
-            for n in range(WARMUP):
-                await cycle(store, n)
+            await send(0, WARMUP)
             cpu, wall = _cpu(), time.perf_counter()
-            for n in range(messages):
-                await cycle(store, WARMUP + n)
-            return (_cpu() - cpu) / messages, (time.perf_counter() - wall) / messages
+            async with trio.open_nursery() as nursery:
+                for k in range(senders):
+                    nursery.start_soon(send, WARMUP + k * each, each)
+            done = each * senders
+            return (_cpu() - cpu) / done, (time.perf_counter() - wall) / done
 
 
 def main() -> None:
@@ -122,12 +130,23 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--backends", default="memory,sqlite,sqlite-normal")
+    parser.add_argument(
+        "--senders",
+        type=int,
+        default=1,
+        help="tasks running cycles at once, as sessions on one server (one-way only when > 1)",
+    )
     args = parser.parse_args()
     cycles = {"one-way": one_way, "request/reply": request_reply}
+    if args.senders > 1:  # concurrent claims may take each other's requests
+        del cycles["request/reply"]
     print(f"{'cycle':14} {'backend':14} {'CPU us/msg':>10} {'wall us/msg':>11}")
     for name, cycle in cycles.items():
         for backend in args.backends.split(","):
-            runs = [trio.run(_run, backend, cycle, args.messages) for _ in range(args.runs)]
+            runs = [
+                trio.run(_run, backend, cycle, args.messages, args.senders)
+                for _ in range(args.runs)
+            ]
             cpu = statistics.median(r[0] for r in runs) * 1e6
             wall = statistics.median(r[1] for r in runs) * 1e6
             print(f"{name:14} {backend:14} {cpu:10.0f} {wall:11.0f}")

@@ -59,6 +59,7 @@ from purerpc.grpclib.exceptions import ProtocolError
 from purerpc.grpclib.status import Status, StatusCode
 
 from ._frames import receive_frames, send_data, whole_messages_of
+from ._sched import others_ready
 
 log = logging.getLogger("mas.transport")
 
@@ -233,7 +234,7 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
                 await direct.drain(_WRITE_CHUNK, self._write_timeout)
                 continue
             if connection.h2_connection._data_to_send:
-                if _others_ready():
+                if others_ready():
                     # Let them queue their frames first: one write for all.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 data = connection.data_to_send(_WRITE_CHUNK)
@@ -254,7 +255,7 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
         When other tasks are ready to run (they may queue frames too: many senders at
         once), the writer task sends instead, after them, all in one write.
         """
-        if self._direct is None or self._error is not None or _others_ready():
+        if self._direct is None or self._error is not None or others_ready():
             self.wake()
             return
         connection = self._grpc_connection
@@ -279,19 +280,6 @@ class CoalescingWriter(SocketWrapper):  # type: ignore[misc]
         """
         if self._grpc_connection.h2_connection._data_to_send:
             self._flush_event.set()
-
-
-def _others_ready() -> bool:
-    """True when other tasks are queued to run next (they may queue frames too).
-
-    Trio's run queue, read directly: ``current_statistics()`` also counts the I/O
-    backend's waiters, a walk over every registered socket. Should Trio's internals
-    change, the answer is "yes" (the writer then always waits one pass, as before).
-    """
-    try:
-        return bool(trio._core._run.GLOBAL_RUN_CONTEXT.runner.runq)
-    except AttributeError:
-        return True
 
 
 async def write_messages(stream: Any, messages: Sequence[Any]) -> None:

@@ -1,9 +1,10 @@
 """The SQLite store's writer: the connection lives on the event loop, flushes are grouped.
 
-Each call runs its operation (a plain function of the connection) at once, on
-the Trio thread, in a transaction of its own (``BEGIN IMMEDIATE`` ... ``COMMIT``),
-so each is atomic: one that raises changes nothing. Reads go the same way and
-see every committed write.
+Each call runs its operation (a plain function of the connection) on the Trio
+thread, in a transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), so each is atomic:
+one that raises changes nothing. Calls made in the same scheduler pass share one
+transaction (see "Shared transactions"). Reads go the same way and see every
+committed write.
 
 Why not a worker thread
     A hand-off to a thread and back costs about 90 µs of CPU on our machines
@@ -51,6 +52,22 @@ Inline flushes
     flush. A disk that turns slow thus stops the loop for one flush at most before
     the thread takes over again for a while.
 
+Shared transactions
+    A transaction's fixed cost (``BEGIN IMMEDIATE`` and ``COMMIT`` with their locks,
+    the WAL pages a commit writes, which neighbouring rows share) was a quarter of
+    the store's time on the loop when eight senders each had a message in flight.
+    So a call made while other tasks are ready to run (the sessions whose frames
+    arrived together) waits one scheduler pass first, and the calls those tasks
+    make meanwhile join its transaction, up to ``MAX_CALLS_PER_TRANSACTION`` (the
+    next one starts another); the operations of one transaction run in the order
+    their calls were made, each seeing the ones before. With no other task ready
+    (one sender, one message at a time) a call runs at once, as before. If one
+    operation of a shared transaction raises, or its commit fails, the whole is
+    rolled back and each runs again in a transaction of its own, so each gets the
+    outcome it would have had alone. The durable ones share the flush that
+    follows, made on the loop before the others are woken when nothing else is
+    ready to run.
+
 Reads that may touch cold pages
     A transaction on the event loop that misses the page cache waits for the disk
     with every connection and timer stopped. Reads that may touch pages no recent
@@ -74,7 +91,10 @@ Cancellation
     nothing. Once the operation ran, the caller waits for its flush (shielded:
     one flush away) and returns its result as usual; the cancellation is
     delivered at its next checkpoint. So a cancelled call either raised
-    ``Cancelled`` and changed nothing, or returned.
+    ``Cancelled`` and changed nothing, or returned. A call that joined another's
+    transaction waits for it shielded (one pass, plus a checkpoint or another
+    process's lock, bounded as below), and the first call of a shared transaction
+    is not cancelled once others wait for it: neither is left half done.
 
 Bounds
     A statement waits at most ``LOOP_BUSY_TIMEOUT_MS`` for a lock another process
@@ -98,6 +118,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -107,6 +128,7 @@ from typing import Any, Final, Literal, TypeVar, TypeVarTuple
 import outcome
 import trio
 
+from ..._sched import others_ready
 from .schema import StoreError, connect, lock_store, release_store
 
 log = logging.getLogger("mas.store.sqlite")
@@ -134,6 +156,10 @@ INLINE_FLUSH_MAX: Final = 0.02  # seconds
 INLINE_FLUSH_MEAN_MAX: Final = 0.002  # seconds
 INLINE_BACKOFF: Final = 10.0  # seconds
 
+# Calls that share one transaction at most (see "Shared transactions"): bounds the time one
+# transaction holds the event loop; a call past it runs in a transaction of its own.
+MAX_CALLS_PER_TRANSACTION: Final = 32
+
 _LOCKED_CODES: Final = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
@@ -145,13 +171,59 @@ class _LockedError(Exception):
 class SqliteStoreStatistics:
     """Counters of the writer since the store was opened."""
 
-    operations: int  # operations completed (successfully or not), one transaction each
+    operations: int  # operations completed (successfully or not)
+    transactions: int  # transactions begun; operations made together share one
     commits: int  # transactions that changed the file
     flushes: int  # fdatasync calls of the WAL; each covers every commit made before it
     inline_flushes: int  # of those, made on the event loop (nothing else was ready to run)
     largest_flush: int  # most commits one flush made durable
     pending: int  # operations that ran and wait for their flush
     checkpoints: int  # WAL checkpoints run
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    """One ``SqliteWriter.call``: its operation, and what became of it."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    durable: bool
+    outcome: outcome.Outcome[Any] | None = None
+    flush_to: int = 0  # the commit its caller waits to be flushed (0: none)
+    ran: trio.Event | None = None  # set once it ran, for a call that joined another's
+
+    def value(self) -> Any:
+        """What its operation returned; raises what it raised."""
+        assert self.outcome is not None, "it has not run"
+        return self.outcome.unwrap()
+
+
+class _LockWait:
+    """The pauses of a call while another process holds the database's lock."""
+
+    __slots__ = ("_path", "_pause", "_waited")
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._waited, self._pause = 0.0, 0.001
+
+    async def pause(self, exc: _LockedError) -> None:
+        """Sleep before the next try (the loop is free meanwhile); past ``LOCK_WAIT``,
+        raise ``StoreError``."""
+        if self._waited >= LOCK_WAIT:
+            raise StoreError(
+                f"the SQLite store {self._path} has been locked by another process "
+                f"for over {LOCK_WAIT:g} s (an sqlite3 shell or a backup holding a "
+                f"write lock?): {exc.__cause__}"
+            ) from exc
+        await trio.sleep(self._pause)
+        self._waited += self._pause
+        self._pause = min(self._pause * 2, LOCK_RETRY_MAX)
+
+
+def _run_each(conn: sqlite3.Connection, calls: list[_Call]) -> list[Any]:
+    """The calls' operations in order, in the transaction under way."""
+    return [call.fn(conn, *call.args) for call in calls]
 
 
 class _Opening:
@@ -283,8 +355,10 @@ class SqliteWriter:
         self._since_checkpoint = 0
         self._dirty = trio.Event()  # a commit since the background flusher last looked
         self._checkpointing: trio.Event | None = None  # set while a checkpoint runs
+        self._gathering: list[_Call] | None = None  # calls waiting one pass for company
         # Statistics:
         self._operations = 0
+        self._transactions = 0
         self._flushes = 0
         self._inline_flushes = 0
         self._inline_after = 0.0  # Trio time before which flushes stay in the thread
@@ -311,43 +385,122 @@ class SqliteWriter:
         copied elsewhere (the audit records read for the JSONL file) are durable; the
         others (claims, acks, taking a correlation, appending delivery records) may
         be undone by a power loss, which only redelivers a message.
+
+        Calls made while other tasks are ready to run share one transaction (see
+        "Shared transactions" in the module docstring); each still sees the effects of
+        the calls before it, and one that raises changes nothing.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        self._operations += 1
+        if self._gathering is not None or others_ready():
+            return await self._call_shared(_Call(fn, args, durable))  # type: ignore[no-any-return]
+        # Alone (no other task is ready to run): at once, in a transaction of its own.
         while self._checkpointing is not None:  # the connection is a worker thread's
             await self._checkpointing.wait()
-        conn = self._connection()
-        self._operations += 1
-        waited, pause = 0.0, 0.001
+        flushes = durable and self._sync == "full"
+        locked = _LockWait(self._path)
         while True:
             try:
-                result = self._transaction(conn, fn, args, flushes=durable and self._sync == "full")
+                result = self._transaction(self._connection(), fn, args, flushes=flushes)
                 break
             except _LockedError as exc:
-                if waited >= LOCK_WAIT:
-                    raise StoreError(
-                        f"the SQLite store {self._path} has been locked by another process "
-                        f"for over {LOCK_WAIT:g} s (an sqlite3 shell or a backup holding a "
-                        f"write lock?): {exc.__cause__}"
-                    ) from exc
-                await trio.sleep(pause)  # the loop is free meanwhile
-                waited += pause
-                pause = min(pause * 2, LOCK_RETRY_MAX)
-                conn = self._connection()
-        flush_to = self._committed if durable and self._sync == "full" else 0
-        if self._flushed >= flush_to:
+                await locked.pause(exc)
+        return await self._flushed_result(result, self._committed if flushes else 0)
+
+    async def _call_shared(self, op: _Call) -> Any:
+        """``call`` with company: join the transaction gathering, or gather one."""
+        gathering = self._gathering
+        if gathering is not None and len(gathering) < MAX_CALLS_PER_TRANSACTION:
+            op.ran = trio.Event()
+            gathering.append(op)
+            with trio.CancelScope(shield=True):  # it runs with the first call's: see above
+                await op.ran.wait()
+            return await self._flushed_result(op.value(), op.flush_to, checkpointed=True)
+        # Let the tasks that are ready run first: the calls they make join this one.
+        calls = self._gathering = [op]  # (a full one's first call runs it all the same)
+        try:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return result
+        finally:
+            if self._gathering is calls:
+                self._gathering = None
+        if len(calls) == 1:
+            # Nobody came: flushed in the thread, as before (the loop has other work).
+            await self._run(calls)  # cancellable until its transaction begins
+            return await self._flushed_result(op.value(), op.flush_to, True, inline=False)
+        try:
+            with trio.CancelScope(shield=True):  # the others wait for this task
+                await self._run(calls)
+            # Before the others are woken: with nothing else ready, on the loop.
+            if any(call.flush_to > self._flushed for call in calls):
+                self._try_flush_inline()
+        finally:
+            for other in calls[1:]:
+                if other.outcome is None:  # only if this task was interrupted
+                    other.outcome = outcome.Error(
+                        StoreError("the SQLite store's transaction was interrupted")
+                    )
+                assert other.ran is not None
+                other.ran.set()
+        return await self._flushed_result(op.value(), op.flush_to, checkpointed=True)
+
+    async def _run(self, calls: list[_Call]) -> None:
+        """Run ``calls`` in one transaction, giving each its outcome (``_Call.outcome``).
+
+        If one raises or the commit fails, the transaction is rolled back and each call
+        runs again in a transaction of its own, so each gets the outcome it would have
+        had alone (a version conflict, a full disk) and the others are not lost.
+        """
+        while self._checkpointing is not None:  # the connection is a worker thread's
+            await self._checkpointing.wait()
+        units = deque([calls])
+        locked = _LockWait(self._path)
+        while units:
+            unit = units[0]
+            flushes = self._sync == "full" and any(c.durable for c in unit)
+            try:
+                values = self._transaction(self._connection(), _run_each, (unit,), flushes=flushes)
+            except _LockedError as exc:
+                try:
+                    await locked.pause(exc)
+                except StoreError as error:
+                    for call in (call for unit in units for call in unit):
+                        call.outcome = outcome.Error(error)
+                    return
+                continue
+            except Exception as exc:  # noqa: BLE001 - the call's outcome, raised by its caller
+                units.popleft()
+                if len(unit) > 1:
+                    units.extendleft([call] for call in reversed(unit))
+                else:
+                    unit[0].outcome = outcome.Error(exc)
+                continue
+            units.popleft()
+            committed = self._committed
+            for call, value in zip(unit, values, strict=True):
+                call.outcome = outcome.Value(value)
+                if call.durable and self._sync == "full":
+                    call.flush_to = committed
+
+    async def _flushed_result(
+        self, value: T, flush_to: int, checkpointed: bool = False, *, inline: bool = True
+    ) -> T:
+        """``value``, once commit ``flush_to`` is flushed (0: none to wait for); ``inline``:
+        on the loop if nothing else is ready to run (see "Inline flushes")."""
+        if self._flushed >= flush_to:
+            if not checkpointed:
+                await trio.lowlevel.cancel_shielded_checkpoint()  # a call's one pass
+            return value
         self._pending += 1
         try:
             with trio.CancelScope(shield=True):  # it is committed: wait for it to be durable
-                await self._flush(flush_to)
+                await self._flush(flush_to, inline=inline)
         finally:
             self._pending -= 1
             if not self._pending:
                 self._drained.set()
         if self._flushed < flush_to:
             raise self._broken_error()
-        return result
+        return value
 
     async def read(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
         """Run ``fn(reader, *args)`` in a worker thread, in a read transaction of its own.
@@ -400,6 +553,7 @@ class SqliteWriter:
         """Counters since opening."""
         return SqliteStoreStatistics(
             operations=self._operations,
+            transactions=self._transactions,
             commits=self._committed,
             flushes=self._flushes,
             inline_flushes=self._inline_flushes,
@@ -442,6 +596,7 @@ class SqliteWriter:
             if getattr(exc, "sqlite_errorcode", None) in _LOCKED_CODES:
                 raise _LockedError from exc
             raise StoreError(f"the SQLite store cannot begin a transaction: {exc}") from exc
+        self._transactions += 1
         changes = conn.total_changes
         try:
             result = fn(conn, *args)
@@ -467,7 +622,7 @@ class SqliteWriter:
                 self._checkpoint_due.set()
         return result
 
-    async def _flush(self, commit: int) -> None:
+    async def _flush(self, commit: int, *, inline: bool = True) -> None:
         """Return once the WAL holds commit number ``commit`` on disk, or a flush failed.
 
         A failed fsync is final: the kernel may have dropped the dirty pages and
@@ -477,39 +632,65 @@ class SqliteWriter:
         while self._flushed < commit and self._broken is None:
             if self._flushing:
                 await self._flush_done.wait()
-                continue
-            self._flushing = True
-            target = self._committed  # one flush covers every commit made so far
-            try:
-                if self._flusher is None:
-                    raise OSError(f"the WAL of {self._path} is not open")
-                if self._may_flush_inline():
-                    self._flush_inline()
-                    await trio.lowlevel.cancel_shielded_checkpoint()  # a call's one pass
-                else:
-                    await self._flusher.flush()
-            except OSError as exc:
-                log.critical(
-                    "flushing the SQLite store's WAL failed: %s; the store refuses every call "
-                    "from now on",
-                    exc,
-                )
-                self._broken = str(exc)
-                return
+            elif inline and self._try_flush_inline():
+                await trio.lowlevel.cancel_shielded_checkpoint()  # a call's one pass
             else:
-                self._largest_flush = max(self._largest_flush, target - self._flushed)
-                self._flushed = target
-                self._flushes += 1
-            finally:
-                self._flushing = False
-                self._flush_done.set()
-                self._flush_done = trio.Event()
+                await self._flush_in_thread()
+
+    def _try_flush_inline(self) -> bool:
+        """Flush on the event loop now, if it may (see "Inline flushes"); whether it did."""
+        if self._flushing or self._broken is not None or not self._may_flush_inline():
+            return False
+        self._flushing = True
+        target = self._committed  # one flush covers every commit made so far
+        try:
+            if self._flusher is None:
+                raise OSError(f"the WAL of {self._path} is not open")
+            self._flush_inline()
+        except OSError as exc:
+            self._break(exc)
+        else:
+            self._flushed_through(target)
+        finally:
+            self._flush_ended()
+        return True
+
+    async def _flush_in_thread(self) -> None:
+        self._flushing = True
+        target = self._committed
+        try:
+            if self._flusher is None:
+                raise OSError(f"the WAL of {self._path} is not open")
+            await self._flusher.flush()
+        except OSError as exc:
+            self._break(exc)
+        else:
+            self._flushed_through(target)
+        finally:
+            self._flush_ended()
+
+    def _flushed_through(self, target: int) -> None:
+        self._largest_flush = max(self._largest_flush, target - self._flushed)
+        self._flushed = target
+        self._flushes += 1
+
+    def _break(self, exc: OSError) -> None:
+        log.critical(
+            "flushing the SQLite store's WAL failed: %s; the store refuses every call from now on",
+            exc,
+        )
+        self._broken = str(exc)
+
+    def _flush_ended(self) -> None:
+        self._flushing = False
+        self._flush_done.set()
+        self._flush_done = trio.Event()
 
     def _may_flush_inline(self) -> bool:
         """Whether a flush may stop the event loop now (see "Inline flushes")."""
         if trio.current_time() < self._inline_after:
             return False
-        return trio.lowlevel.current_statistics().tasks_runnable == 0
+        return not others_ready()
 
     def _flush_inline(self) -> None:
         """``fdatasync`` on the event loop; a slow one sends the next flushes to the thread."""
