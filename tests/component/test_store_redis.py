@@ -40,6 +40,7 @@ from mas.store import EnqueueItem, InFlight, QueuedMessage, Store, StoreLimits
 from mas.store.base import Claim, CorrelationRefused
 from mas.store.redis import RedisStore, StoreUnavailableError, open_redis_store
 from mas.store.redis import audit as redis_audit
+from mas.store.redis import batch as redis_batch
 from mas.store.redis.durability import persistence_verdict
 from mas.store.redis.records import CORRELATION_GRACE_MS
 
@@ -894,3 +895,45 @@ async def test_a_reply_whose_ack_fails_is_still_reported_stored(
             assert routed.acked == [] and routed.ack_records is None
             # Not acked: the request goes back with its session.
             assert await store.release_session("s1", 5, NOW) == 1
+
+
+async def test_an_enqueue_cut_off_by_the_chains_turn_says_so_and_wrote_nothing(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another server holds the chain's turn past ``AUDIT_TIMEOUT``: the enqueue fails as
+    unavailable, saying the turn never came, and nothing of it is in the queue."""
+    monkeypatch.setattr(redis_audit, "AUDIT_TIMEOUT", 0.3)
+    monkeypatch.setattr(redis_batch, "AUDIT_TIMEOUT", 0.3)
+    with trio.fail_after(10):
+        async with open_redis_store(redis_server.url, LIMITS, namespace=namespace) as store:
+            await _redis(redis_server.url, "SET", f"{namespace}:audit-turn", "other", "PX", 5000)
+            with pytest.raises(StoreUnavailableError, match=r"no turn to append within 0\.3 s"):
+                await enqueue_one(store, _message(1))
+            await _redis(redis_server.url, "DEL", f"{namespace}:audit-turn")
+            assert await store.queue_depth("b") == 0
+            await enqueue_one(store, _message(2))  # the chain is this server's again
+            assert await store.queue_depth("b") == 1
+
+
+async def test_an_enqueue_cut_off_by_a_silent_redis_says_its_outcome_is_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis stops answering (SIGSTOP) mid-enqueue: the error says Redis did not answer
+    and that the write may have been applied, not that the chain gave no turn; once Redis
+    answers again the write it had received is there and the store goes on."""
+    monkeypatch.setattr(redis_audit, "AUDIT_TIMEOUT", 0.5)
+    monkeypatch.setattr(redis_batch, "AUDIT_TIMEOUT", 0.5)
+    with running_redis() as server, trio.fail_after(20):
+        async with open_redis_store(server.url, LIMITS, namespace="silent") as store:
+            await enqueue_one(store, _message(1))
+            server.pause()
+            try:
+                with pytest.raises(StoreUnavailableError, match="Redis did not answer") as raised:
+                    await enqueue_one(store, _message(2))
+                assert "may or may not have been applied" in str(raised.value)
+                assert "no turn" not in str(raised.value)
+            finally:
+                server.resume()
+            await enqueue_one(store, _message(3))
+            # The cut-off enqueue had reached Redis: it was applied (at-least-once).
+            assert await store.queue_depth("b") == 3

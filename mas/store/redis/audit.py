@@ -39,7 +39,7 @@ from ...errors import ConfigError
 from . import scripts as lua
 from .client import Arg, Command, Operation, RedisClient, StoreUnavailableError
 
-AUDIT_TIMEOUT: Final = 10.0  # seconds an audited write may wait for its turn at the chain
+AUDIT_TIMEOUT: Final = 10.0  # seconds an audited write may take: its turns at the chain, Redis
 TURN_WAIT: Final = 0.001  # seconds between tries while another server has the turn
 RECORD_SIZE: Final = 1024  # bytes, an estimate of one record for batch sizing
 
@@ -88,6 +88,24 @@ return drop
 READ_AUDIT: Final = lua.make_script("read_audit", _READ_AUDIT, prelude=False)
 TRIM_AUDIT: Final = lua.make_script("trim_audit", _TRIM_AUDIT, prelude=False)
 AUDIT_SCRIPTS: Final = (READ_AUDIT, TRIM_AUDIT)
+
+
+def cut_off(contended: bool, under_way: bool) -> StoreUnavailableError:
+    """The error of an audited write that ``AUDIT_TIMEOUT`` cut off.
+
+    ``contended``: some try found the chain another server's (its turn, or a moved
+    head), which writes nothing; ``under_way``: a try had been sent and not answered,
+    so it may or may not have been applied.
+    """
+    unknown = "it may or may not have been applied (a retry may then duplicate it)"
+    if not contended:
+        return StoreUnavailableError(
+            f"Redis did not answer an audited write within {AUDIT_TIMEOUT:g} s; {unknown}"
+        )
+    busy = f"audit chain: no turn to append within {AUDIT_TIMEOUT:g} s (other servers)"
+    if under_way:
+        return StoreUnavailableError(f"{busy}; the last try was cut off unanswered: {unknown}")
+    return StoreUnavailableError(f"{busy}; nothing was written")
 
 
 class AuditChain:
@@ -173,6 +191,7 @@ class AuditChain:
         size = RECORD_SIZE * len(drafts) + sum(
             len(a) if isinstance(a, str | bytes) else 8 for a in args
         )
+        contended = under_way = False
         try:
             with trio.move_on_after(AUDIT_TIMEOUT):
                 while True:
@@ -180,16 +199,17 @@ class AuditChain:
                         await before_each()
                     call = _Linking(self, script, keys, args, drafts)
                     sent, ahead = ahead, ()
+                    under_way = True
                     [outcome] = await self._client.call_prepared(kind, call, size, ahead=sent)
+                    under_way = False
                     if outcome[0] >= 0:
                         return outcome, call.records
+                    contended = True
                     if outcome[0] == -2:
                         await trio.sleep(TURN_WAIT)
         finally:
             self._client.discard(ahead)  # given up before the first attempt: never sent
-        raise StoreUnavailableError(
-            f"audit chain: no turn to append within {AUDIT_TIMEOUT} s (other servers)"
-        )
+        raise cut_off(contended, under_way)
 
     async def append(
         self, drafts: Sequence[AuditDraft], ahead: Sequence[Operation] = ()

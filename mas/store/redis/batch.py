@@ -49,7 +49,7 @@ from ..base import (
     Enqueued,
     EnqueueItem,
 )
-from .audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain
+from .audit import AUDIT_TIMEOUT, RECORD_SIZE, TURN_WAIT, AuditChain, cut_off
 from .client import (
     Arg,
     Command,
@@ -223,16 +223,19 @@ class EnqueueBatch:
         Result i is item i's record, None when its queue was full, or the
         ``CorrelationRefused`` of a reply whose correlation is no longer open, or
         (``store_not_durable``) of an item written but not acknowledged as the client's
-        ``AcceptWait`` asks. Raises ``StoreUnavailableError`` when the chain gives
-        no turn within ``AUDIT_TIMEOUT``, ValueError when a draft cannot be linked.
+        ``AcceptWait`` asks. Raises ``StoreUnavailableError`` when it is not written
+        within ``AUDIT_TIMEOUT`` (``cut_off`` says whether the chain gave no turn or
+        Redis did not answer), ValueError when a draft cannot be linked.
         """
         flags = [b"0" if f else b"1" for f in full]
         refusals: dict[int, CorrelationRefused] = {}
+        contended = under_way = False
         with trio.move_on_after(AUDIT_TIMEOUT):
             while True:
                 attempt = _Attempt(self, flags)
                 not_durable = False
                 try:
+                    under_way = True
                     [outcome] = await self._client.call_prepared(
                         "enqueue", attempt, self._size, along=along
                     )
@@ -240,6 +243,7 @@ class EnqueueBatch:
                     [outcome], not_durable = exc.replies, True
                     if isinstance(outcome, ResponseError):
                         raise StoreUnavailableError(f"enqueue refused: {outcome}") from exc
+                under_way = False
                 code, mask = outcome[0], outcome[1]
                 for i, why in enumerate(mask):
                     if why in _REFUSALS:
@@ -255,11 +259,10 @@ class EnqueueBatch:
                 # What the script found: refused items stay refused from now on.
                 flags = [b"1" if fits == ord("1") else b"2" for fits in mask]
                 along = ()
+                contended = contended or code < 0  # 0: the queues, not the chain, moved
                 if code == -2:
                     await trio.sleep(TURN_WAIT)
-        raise StoreUnavailableError(
-            f"audit chain: no turn to append within {AUDIT_TIMEOUT} s (other servers)"
-        )
+        raise cut_off(contended, under_way)
 
 
 def _item_args(q: str, item: EnqueueItem) -> tuple[Arg, ...]:
