@@ -937,3 +937,62 @@ async def test_an_enqueue_cut_off_by_a_silent_redis_says_its_outcome_is_unknown(
             await enqueue_one(store, _message(3))
             # The cut-off enqueue had reached Redis: it was applied (at-least-once).
             assert await store.queue_depth("b") == 3
+
+
+async def test_a_claim_whose_reply_was_lost_is_delivered_by_the_next_claim() -> None:
+    """Redis stops answering (SIGSTOP) while a routing batch's pipeline, with its claim for
+    an idle session, is on its way: the call fails, but Redis runs it once it resumes, so
+    the message is pending under the session's consumer with nobody told. The session's
+    next claim delivers it, instead of leaving it stuck until the session ends."""
+    with running_redis() as server, trio.fail_after(30):
+        async with open_redis_store(
+            server.url, LIMITS, namespace="lost", socket_timeout=0.5
+        ) as store:
+            claim = Claim(agent_id="b", instance_id="i1", session_id="s1", limit=5)
+            assert await store.claim("b", "i1", "s1", 5, NOW) == []  # the consumer exists
+            server.pause()
+            try:
+                with pytest.raises(StoreUnavailableError):
+                    await store.route_batch([_item(1)], claims=[claim], now=NOW)
+            finally:
+                server.resume()
+            await _until_pending(server.url, "lost:queue:b", 1)  # Redis ran the claim
+            [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
+            assert delivery.message.message_id == "m1"
+            assert delivery.message.attempt == 1
+            assert await store.claim("b", "i1", "s1", 5, NOW) == []  # once
+            assert await store.ack_many([delivery.delivery_id]) == [delivery]
+            assert await store.release_session("s1", 5, NOW) == 0  # nothing else pending
+
+
+async def test_a_claim_that_failed_after_it_ran_is_delivered_by_the_next_one() -> None:
+    """The same for a session's own claim: it fails unanswered, Redis runs it, and the
+    next claim of that session delivers what it took."""
+    with running_redis() as server, trio.fail_after(30):
+        async with open_redis_store(
+            server.url, LIMITS, namespace="lost", socket_timeout=0.5
+        ) as store:
+            await enqueue_one(store, _message(1))
+            await enqueue_one(store, _message(2))
+            server.pause()
+            try:
+                with pytest.raises(StoreUnavailableError):
+                    await store.claim("b", "i1", "s1", 5, NOW)
+            finally:
+                server.resume()
+            await _until_pending(server.url, "lost:queue:b", 2)
+            [first] = await store.claim("b", "i1", "s1", 1, NOW)  # within the room it has
+            [second] = await store.claim("b", "i1", "s1", 5, NOW)
+            assert {first.message.message_id, second.message.message_id} == {"m1", "m2"}
+            assert await store.claim("b", "i1", "s1", 5, NOW) == []
+            assert await store.release_session("s1", 5, NOW) == 2  # both handed back
+
+
+async def _until_pending(url: str, stream: str, count: int) -> None:
+    """Wait until ``stream`` has ``count`` entries pending (Redis ran what it received
+    while it was stopped)."""
+    while True:
+        summary: Any = await _redis(url, "XPENDING", stream, "mas")
+        if summary["pending"] >= count:
+            return
+        await trio.sleep(0.05)  # another process's progress: polled, bounded by the test

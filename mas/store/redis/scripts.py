@@ -286,6 +286,34 @@ take(KEYS[3], KEYS[4], ARGV[6], 2, '', waiting[2])
 return out
 """
 
+# KEYS: reply stream, shared stream. ARGV: consumer, limit, then (which, entry id) per
+# delivery the server tracks for the session. Returns, as CLAIM does, the entries pending
+# under the consumer that the server does not track (a claim whose reply was lost took
+# them), at most `limit`, each with its delivery count as its attempt.
+_RECOVER: Final = """
+local consumer, limit = ARGV[1], tonumber(ARGV[2])
+local known = {}
+for i = 3, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
+local out = {}
+for which, stream in ipairs({KEYS[1], KEYS[2]}) do
+  local pending = redis.pcall('XPENDING', stream, GROUP, '-', '+', limit + (#ARGV - 2) / 2,
+    consumer)
+  if not pending.err then  -- no stream: nothing pending
+    for _, p in ipairs(pending) do
+      if #out >= limit then break end
+      if not known[which .. ' ' .. p[1]] then
+        local entry = redis.call('XRANGE', stream, p[1], p[1])[1]
+        if entry then
+          local m, t, e = entry_fields(entry[2])
+          out[#out + 1] = {which, p[1], p[4], '0', m, t, e}
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
 # KEYS: stream, delayed. ARGV: entry id, consumer, next attempt, not_before, q.
 _RETRY: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -411,6 +439,7 @@ def make_script(name: str, body: str, *, prelude: bool = True) -> Script:
 
 APPEND_AUDIT: Final = make_script("append_audit", _APPEND_AUDIT)
 CLAIM: Final = make_script("claim", _CLAIM)
+RECOVER: Final = make_script("recover", _RECOVER)
 RETRY: Final = make_script("retry", _RETRY)
 DEAD_LETTER: Final = make_script("dead_letter", _DEAD_LETTER)
 RELEASE: Final = make_script("release", _RELEASE)
@@ -421,6 +450,7 @@ REPLAY: Final = make_script("replay", _REPLAY)
 SCRIPTS: Final = (  # the queue and audit scripts (see also records.SCRIPTS)
     APPEND_AUDIT,
     CLAIM,
+    RECOVER,
     RETRY,
     DEAD_LETTER,
     RELEASE,

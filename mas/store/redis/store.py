@@ -9,6 +9,9 @@ This server's deliveries are tracked in memory too (delivery id -> stream entry
 and message), so ``ack_many``, ``retry`` and ``dead_letter`` need not read the entry
 back, and a session's deliveries are known when it is released; the pending
 entries in Redis remain the truth that ``release_session`` and reclaims act on.
+A claim that failed after it may have reached Redis (its reply lost) may have left
+entries pending under the session's consumer that nothing here tracks: the session's
+next claim first delivers those (``_recover``), so they do not wait for its end.
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ class _Session:
     agent_id: str
     instance_id: str
     deliveries: set[str] = field(default_factory=set)
+    # A claim for it failed after it may have reached Redis: entries may be pending under
+    # its consumer that nothing tracks. Its next claim looks for them first (``_recover``).
+    suspect: bool = False
 
 
 class _Release(NamedTuple):
@@ -166,11 +172,55 @@ class RedisStore:
     ) -> list[InFlight]:
         if limit <= 0:
             return []
+        recovered: list[InFlight] = []
+        known = self._sessions.get(session_id)
+        if known is not None and known.suspect:
+            recovered = await self._recover(agent_id, instance_id, session_id, known, limit)
+            limit -= len(recovered)
+            known.suspect = limit <= 0  # a full recovery may have left more behind
+            if limit <= 0:
+                return recovered
         wanted = Claim(
             agent_id=agent_id, instance_id=instance_id, session_id=session_id, limit=limit
         )
         op, session = self._claim_operation(wanted, now)
-        [entries] = await self._client.submit(op)
+        try:
+            [entries] = await self._client.submit(op)
+        except BaseException:
+            session.suspect = True  # it may have run: its next claim looks
+            raise
+        return recovered + self._claimed(wanted, session, entries)
+
+    async def _recover(
+        self, agent_id: str, instance_id: str, session_id: str, session: _Session, limit: int
+    ) -> list[InFlight]:
+        """The entries pending under the session's consumer that it does not track.
+
+        A claim whose reply was lost (Redis ran it, the answer never came) left them
+        there: without this they would wait, pending, until the session ended. They are
+        delivered now, as claimed, with their delivery count as their attempt.
+        """
+        reply_q, shared_q = queue_name(agent_id, instance_id), queue_name(agent_id, None)
+        tracked: list[Arg] = []
+        for delivery_id in session.deliveries:
+            entry = self._deliveries[delivery_id]
+            tracked += [b"1" if entry.q == reply_q else b"2", entry.entry_id]
+        entries = await self._client.evalsha(
+            "recover",
+            lua.RECOVER,
+            [self._keys.queue(reply_q), self._keys.queue(shared_q)],
+            [self._consumer(session_id), limit, *tracked],
+        )
+        wanted = Claim(
+            agent_id=agent_id, instance_id=instance_id, session_id=session_id, limit=limit
+        )
+        if entries:
+            log.info(
+                "delivering %d message(s) a lost claim left pending for session %s of %s",
+                len(entries),
+                session_id,
+                agent_id,
+            )
         return self._claimed(wanted, session, entries)
 
     def _claim_operation(self, claim: Claim, now: float) -> tuple[Operation, _Session]:
@@ -282,7 +332,13 @@ class RedisStore:
         # they see what it wrote), then the acks of what the written replies answer, with
         # their records (an ack waits for its reply's outcome, so it cannot ride along).
         made = [self._claim_operation(c, now) if c.limit > 0 else None for c in claims]
-        records = await self._enqueue(items, [m[0] for m in made if m is not None])
+        try:
+            records = await self._enqueue(items, [m[0] for m in made if m is not None])
+        except BaseException:
+            for m in made:  # their claims may have run: the sessions' next claims look
+                if m is not None:
+                    m[1].suspect = True
+            raise
         claimed: list[list[InFlight]] = []
         for c, m in zip(claims, made, strict=True):
             if m is None:
@@ -295,6 +351,7 @@ class RedisStore:
                 [entries] = await self._client.outcome(op)
             except StoreError as exc:
                 log.debug("claim for %s after an enqueue failed: %s", c.agent_id, exc)
+                session.suspect = True  # it may have run: the session's next claim looks
                 claimed.append([])
             else:
                 claimed.append(self._claimed(c, session, entries))
