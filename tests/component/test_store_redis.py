@@ -988,6 +988,28 @@ async def test_a_claim_that_failed_after_it_ran_is_delivered_by_the_next_one() -
             assert await store.release_session("s1", 5, NOW) == 2  # both handed back
 
 
+async def test_what_a_lost_claim_left_is_dead_lettered_once_too_old() -> None:
+    """The next claim comes after ``max_message_age``: what the lost claim took is
+    dead-lettered as expired, as a claim would, not delivered."""
+    with running_redis() as server, trio.fail_after(30):
+        async with open_redis_store(
+            server.url, LIMITS, namespace="lost", socket_timeout=0.5
+        ) as store:
+            await enqueue_one(store, _message(1))
+            server.pause()
+            try:
+                with pytest.raises(StoreUnavailableError):
+                    await store.claim("b", "i1", "s1", 5, NOW)
+            finally:
+                server.resume()
+            await _until_pending(server.url, "lost:queue:b", 1)
+            later = NOW + LIMITS.max_message_age + 1
+            assert await store.claim("b", "i1", "s1", 5, later) == []
+            [dead] = await store.dead_letters("b")
+            assert (dead.message.message_id, dead.reason) == ("m1", "expired")
+            assert await store.release_session("s1", 5, later) == 0
+
+
 async def _until_pending(url: str, stream: str, count: int) -> None:
     """Wait until ``stream`` has ``count`` entries pending (Redis ran what it received
     while it was stopped)."""

@@ -286,29 +286,42 @@ take(KEYS[3], KEYS[4], ARGV[6], 2, '', waiting[2])
 return out
 """
 
-# KEYS: reply stream, shared stream. ARGV: consumer, limit, then (which, entry id) per
+# KEYS: reply stream, shared stream, dlq, dlq agents.
+# ARGV: consumer, limit, now, max_age, agent, instance, dlq cap, then (which, entry id) per
 # delivery the server tracks for the session. Returns, as CLAIM does, the entries pending
 # under the consumer that the server does not track (a claim whose reply was lost took
-# them), at most `limit`, each with its delivery count as its attempt.
+# them), at most `limit`, each with its delivery count as its attempt; one older than
+# max_age is dead-lettered ('expired'), as CLAIM does.
 _RECOVER: Final = """
-local consumer, limit = ARGV[1], tonumber(ARGV[2])
+local consumer, limit, now, max_age = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
 local known = {}
-for i = 3, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
+for i = 8, #ARGV, 2 do known[ARGV[i] .. ' ' .. ARGV[i + 1]] = true end
 local out = {}
 for which, stream in ipairs({KEYS[1], KEYS[2]}) do
-  local pending = redis.pcall('XPENDING', stream, GROUP, '-', '+', limit + (#ARGV - 2) / 2,
+  local instance = which == 1 and ARGV[6] or ''
+  local pending = redis.pcall('XPENDING', stream, GROUP, '-', '+', limit + (#ARGV - 7) / 2,
     consumer)
   if not pending.err then  -- no stream: nothing pending
+    local expired = false
     for _, p in ipairs(pending) do
       if #out >= limit then break end
       if not known[which .. ' ' .. p[1]] then
         local entry = redis.call('XRANGE', stream, p[1], p[1])[1]
         if entry then
           local m, t, e = entry_fields(entry[2])
-          out[#out + 1] = {which, p[1], p[4], '0', m, t, e}
+          if now - tonumber(t) > max_age then
+            dead_letter(KEYS[3], KEYS[4], ARGV[7], ARGV[5], instance, m, t, p[4], '0', e,
+              'expired', ARGV[3])
+            forget(stream, {p[1]})
+            expired = true
+          else
+            out[#out + 1] = {which, p[1], p[4], '0', m, t, e}
+          end
         end
       end
     end
+    if expired then drop_if_empty(stream) end
   end
 end
 return out

@@ -175,7 +175,7 @@ class RedisStore:
         recovered: list[InFlight] = []
         known = self._sessions.get(session_id)
         if known is not None and known.suspect:
-            recovered = await self._recover(agent_id, instance_id, session_id, known, limit)
+            recovered = await self._recover(agent_id, instance_id, session_id, known, limit, now)
             limit -= len(recovered)
             known.suspect = limit <= 0  # a full recovery may have left more behind
             if limit <= 0:
@@ -192,24 +192,41 @@ class RedisStore:
         return recovered + self._claimed(wanted, session, entries)
 
     async def _recover(
-        self, agent_id: str, instance_id: str, session_id: str, session: _Session, limit: int
+        self,
+        agent_id: str,
+        instance_id: str,
+        session_id: str,
+        session: _Session,
+        limit: int,
+        now: float,
     ) -> list[InFlight]:
         """The entries pending under the session's consumer that it does not track.
 
         A claim whose reply was lost (Redis ran it, the answer never came) left them
         there: without this they would wait, pending, until the session ended. They are
-        delivered now, as claimed, with their delivery count as their attempt.
+        delivered now, as claimed, with their delivery count as their attempt; those
+        past ``max_message_age`` are dead-lettered instead, as a claim does.
         """
         reply_q, shared_q = queue_name(agent_id, instance_id), queue_name(agent_id, None)
         tracked: list[Arg] = []
         for delivery_id in session.deliveries:
             entry = self._deliveries[delivery_id]
             tracked += [b"1" if entry.q == reply_q else b"2", entry.entry_id]
+        keys = self._keys
         entries = await self._client.evalsha(
             "recover",
             lua.RECOVER,
-            [self._keys.queue(reply_q), self._keys.queue(shared_q)],
-            [self._consumer(session_id), limit, *tracked],
+            [keys.queue(reply_q), keys.queue(shared_q), keys.dlq(agent_id), keys.dlq_agents],
+            [
+                self._consumer(session_id),
+                limit,
+                repr(now),
+                repr(self.limits.max_message_age),
+                agent_id,
+                instance_id,
+                MAX_DEAD_LETTERS,
+                *tracked,
+            ],
         )
         wanted = Claim(
             agent_id=agent_id, instance_id=instance_id, session_id=session_id, limit=limit
