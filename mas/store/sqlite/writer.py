@@ -413,11 +413,12 @@ class SqliteWriter:
         if gathering is not None and len(gathering) < MAX_CALLS_PER_TRANSACTION:
             op.ran = trio.Event()
             gathering.append(op)
-            with trio.CancelScope(shield=True):  # it runs with the first call's: see above
+            # Shielded: it runs in the first call's transaction (bounded: see "Cancellation").
+            with trio.CancelScope(shield=True):
                 await op.ran.wait()
             return await self._flushed_result(op.value(), op.flush_to, checkpointed=True)
         # Let the tasks that are ready run first: the calls they make join this one.
-        calls = self._gathering = [op]  # (a full one's first call runs it all the same)
+        calls = self._gathering = [op]  # past a full one, the next (the full one still runs)
         try:
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
