@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -950,12 +950,7 @@ async def test_a_claim_whose_reply_was_lost_is_delivered_by_the_next_claim() -> 
         ) as store:
             claim = Claim(agent_id="b", instance_id="i1", session_id="s1", limit=5)
             assert await store.claim("b", "i1", "s1", 5, NOW) == []  # the consumer exists
-            server.pause()
-            try:
-                with pytest.raises(StoreUnavailableError):
-                    await store.route_batch([_item(1)], claims=[claim], now=NOW)
-            finally:
-                server.resume()
+            await _unanswered(server, store.route_batch([_item(1)], claims=[claim], now=NOW))
             await _until_pending(server.url, "lost:queue:b", 1)  # Redis ran the claim
             [delivery] = await store.claim("b", "i1", "s1", 5, NOW)
             assert delivery.message.message_id == "m1"
@@ -974,12 +969,7 @@ async def test_a_claim_that_failed_after_it_ran_is_delivered_by_the_next_one() -
         ) as store:
             await enqueue_one(store, _message(1))
             await enqueue_one(store, _message(2))
-            server.pause()
-            try:
-                with pytest.raises(StoreUnavailableError):
-                    await store.claim("b", "i1", "s1", 5, NOW)
-            finally:
-                server.resume()
+            await _unanswered(server, store.claim("b", "i1", "s1", 5, NOW))
             await _until_pending(server.url, "lost:queue:b", 2)
             [first] = await store.claim("b", "i1", "s1", 1, NOW)  # within the room it has
             [second] = await store.claim("b", "i1", "s1", 5, NOW)
@@ -996,18 +986,24 @@ async def test_what_a_lost_claim_left_is_dead_lettered_once_too_old() -> None:
             server.url, LIMITS, namespace="lost", socket_timeout=0.5
         ) as store:
             await enqueue_one(store, _message(1))
-            server.pause()
-            try:
-                with pytest.raises(StoreUnavailableError):
-                    await store.claim("b", "i1", "s1", 5, NOW)
-            finally:
-                server.resume()
+            await _unanswered(server, store.claim("b", "i1", "s1", 5, NOW))
             await _until_pending(server.url, "lost:queue:b", 1)
             later = NOW + LIMITS.max_message_age + 1
             assert await store.claim("b", "i1", "s1", 5, later) == []
             [dead] = await store.dead_letters("b")
             assert (dead.message.message_id, dead.reason) == ("m1", "expired")
             assert await store.release_session("s1", 5, later) == 0
+
+
+async def _unanswered(server: RedisServer, call: Awaitable[object]) -> None:
+    """Make ``call`` with Redis stopped (SIGSTOP): it fails unanswered on the socket
+    timeout, and Redis runs what it received once it resumes."""
+    server.pause()
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await call
+    finally:
+        server.resume()
 
 
 async def _until_pending(url: str, stream: str, count: int) -> None:

@@ -50,6 +50,16 @@ async def _send_request(a: RawSession, target_id: str = "b") -> int:
     return seq
 
 
+async def _ends_ok(a: RawSession, unexpected: str) -> None:
+    """The stream's next event is its end, with status OK; any frame fails the test."""
+    try:
+        extra = await a.receive()
+    except CallFailed as ended:
+        assert ended.code == "OK", ended
+    else:
+        raise AssertionError(f"{unexpected}: {extra}")
+
+
 async def test_the_result_waits_for_the_reply_and_comes_in_its_frame(
     pki: TestPKI, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -114,12 +124,7 @@ async def test_a_held_result_is_written_before_the_stream_ends(
             await a.close()
             event = await a.receive()
             assert event.WhichOneof("event") == "result" and event.result.seq == seq
-            try:
-                extra = await a.receive()
-            except CallFailed as ended:
-                assert ended.code == "OK", ended
-            else:
-                raise AssertionError(f"a frame after the Result: {extra}")
+            await _ends_ok(a, "a frame after the Result")
 
 
 async def test_a_client_that_does_not_announce_it_gets_every_result_at_once(
@@ -151,9 +156,4 @@ async def test_a_held_result_never_holds_the_close_of_a_client_that_reads_nothin
         await a.close()
         mock_clock.rate = 1.0  # from here on a real-time bound (the late writer has ended)
         with trio.fail_after(10):
-            try:
-                extra = await a.receive()
-            except CallFailed as ended:
-                assert ended.code == "OK", ended
-            else:
-                raise AssertionError(f"written past a closed window: {extra}")
+            await _ends_ok(a, "written past a closed window")

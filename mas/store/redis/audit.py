@@ -100,7 +100,8 @@ def cut_off(contended: bool, under_way: bool) -> StoreUnavailableError:
     unknown = "it may or may not have been applied (a retry may then duplicate it)"
     if not contended:
         return StoreUnavailableError(
-            f"Redis did not answer an audited write within {AUDIT_TIMEOUT:g} s; {unknown}"
+            f"Redis did not answer an audited write within {AUDIT_TIMEOUT:g} s (is it up, "
+            f"and reachable from this server?); {unknown}"
         )
     busy = f"audit chain: no turn to append within {AUDIT_TIMEOUT:g} s (other servers)"
     if under_way:

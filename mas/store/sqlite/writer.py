@@ -119,7 +119,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -642,50 +642,40 @@ class SqliteWriter:
         """Flush on the event loop now, if it may (see "Inline flushes"); whether it did."""
         if self._flushing or self._broken is not None or not self._may_flush_inline():
             return False
+        with self._one_flush():
+            self._flush_inline()
+        return True
+
+    async def _flush_in_thread(self) -> None:
+        with self._one_flush():
+            assert self._flusher is not None  # checked by _one_flush
+            await self._flusher.flush()
+
+    @contextlib.contextmanager
+    def _one_flush(self) -> Iterator[None]:
+        """One ``fdatasync`` of the WAL, made in the body: on success every commit made
+        before it is durable; a failure (an ``OSError``, not raised on) breaks the store."""
         self._flushing = True
         target = self._committed  # one flush covers every commit made so far
         try:
             if self._flusher is None:
                 raise OSError(f"the WAL of {self._path} is not open")
-            self._flush_inline()
+            yield
         except OSError as exc:
-            self._break(exc)
+            log.critical(
+                "flushing the SQLite store's WAL failed: %s; the store refuses every call "
+                "from now on",
+                exc,
+            )
+            self._broken = str(exc)
         else:
-            self._flushed_through(target)
+            self._largest_flush = max(self._largest_flush, target - self._flushed)
+            self._flushed = target
+            self._flushes += 1
         finally:
-            self._flush_ended()
-        return True
-
-    async def _flush_in_thread(self) -> None:
-        self._flushing = True
-        target = self._committed
-        try:
-            if self._flusher is None:
-                raise OSError(f"the WAL of {self._path} is not open")
-            await self._flusher.flush()
-        except OSError as exc:
-            self._break(exc)
-        else:
-            self._flushed_through(target)
-        finally:
-            self._flush_ended()
-
-    def _flushed_through(self, target: int) -> None:
-        self._largest_flush = max(self._largest_flush, target - self._flushed)
-        self._flushed = target
-        self._flushes += 1
-
-    def _break(self, exc: OSError) -> None:
-        log.critical(
-            "flushing the SQLite store's WAL failed: %s; the store refuses every call from now on",
-            exc,
-        )
-        self._broken = str(exc)
-
-    def _flush_ended(self) -> None:
-        self._flushing = False
-        self._flush_done.set()
-        self._flush_done = trio.Event()
+            self._flushing = False
+            self._flush_done.set()
+            self._flush_done = trio.Event()
 
     def _may_flush_inline(self) -> bool:
         """Whether a flush may stop the event loop now (see "Inline flushes")."""
