@@ -7,6 +7,9 @@ frame), connects to it over loopback mTLS with the SDK's own client stack, and t
 
 - ``echo_rtt``: one frame out and its answer back on an open stream, one at a time
   (median of ``rtt_n`` round trips);
+- ``echo_server_cpu`` and ``echo_client_cpu``: the CPU time (user + system) each side
+  spent per round trip of that loop: what the transport alone costs, so that a
+  scenario's CPU per request can be set against it;
 - ``echo_pipelined``: frames per second each way with ``pipeline_window`` frames in
   flight;
 - ``fsync``: one 4 KiB append plus ``fdatasync`` in the repetition's directory (where the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +38,7 @@ from mas._proto import runtime_pb2 as pb
 from mas.agent.client import Transport, open_channel, parse_server_addr
 from mas.pki import client_ssl_context, server_ssl_context
 
+from .procstat import cpu_seconds
 from .scenarios import PAYLOAD_TEXT
 
 FLOOR_ID: Final = "floor"  # the client certificate the floor's client presents
@@ -82,7 +87,14 @@ def _frame(seq: int) -> pb.ClientEvent:
     )
 
 
-async def _measure(address: str, pki_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _measure(
+    address: str, pki_dir: Path, params: dict[str, Any], server_pid: int
+) -> dict[str, Any]:
     context = client_ssl_context(
         pki_dir / "ca.pem", pki_dir / f"{FLOOR_ID}.pem", pki_dir / f"{FLOOR_ID}.key"
     )
@@ -91,6 +103,8 @@ async def _measure(address: str, pki_dir: Path, params: dict[str, Any]) -> dict[
         transport = Transport(stream, write_timeout=10)
         times: list[float] = []
         for seq in range(params["warmup"] + params["rtt_n"]):
+            if seq == params["warmup"]:
+                server_cpu, client_cpu = cpu_seconds(server_pid), _own_cpu()
             start = time.perf_counter()
             await transport.send(_frame(seq))
             answer = await transport.receive()
@@ -98,6 +112,8 @@ async def _measure(address: str, pki_dir: Path, params: dict[str, Any]) -> dict[
                 raise RuntimeError(f"the echo server answered {answer!r} to frame {seq}")
             if seq >= params["warmup"]:
                 times.append(time.perf_counter() - start)
+        server_cpu = (cpu_seconds(server_pid) - server_cpu) / params["rtt_n"]
+        client_cpu = (_own_cpu() - client_cpu) / params["rtt_n"]
         total, window = params["pipelined_n"], params["pipeline_window"]
         room = trio.Semaphore(window)
         received = 0
@@ -123,6 +139,8 @@ async def _measure(address: str, pki_dir: Path, params: dict[str, Any]) -> dict[
         "echo_rtt": statistics.median(times),
         "echo_rtt_p99": statistics.quantiles(times, n=100, method="inclusive")[98],
         "echo_pipelined": total / elapsed,
+        "echo_server_cpu": server_cpu,
+        "echo_client_cpu": client_cpu,
     }
 
 
@@ -158,7 +176,7 @@ async def floor(pki_dir: Path, directory: Path, params: dict[str, Any]) -> dict[
                         raise RuntimeError("the echo server exited before listening")
                     line += chunk
             address = line.decode().rsplit(" ", 1)[-1].strip()
-            result = await _measure(address, pki_dir, params)
+            result = await _measure(address, pki_dir, params, process.pid)
         finally:
             process.terminate()
     result["fsync"] = await trio.to_thread.run_sync(_fsync_latency, directory, params["fsync_n"])

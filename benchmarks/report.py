@@ -206,9 +206,17 @@ def ceiling_rows(
     plus two durable commits (2 x fdatasync) on the SQLite store with ``sync: full``: the
     request's and the reply's accept each wait for one. No rows without a floor (scenario
     0) in the run.
+
+    Beside it, each side's CPU per request against two echo round trips' (the floor's
+    ``echo_server_cpu`` and ``echo_client_cpu``): how many times the transport alone
+    the whole request/reply costs each process.
     """
     rtt = _median_of(records, "floor", NO_STORE, "echo_rtt")
     fsync = _median_of(records, "floor", NO_STORE, "fsync")
+    echo_cpu = {
+        side: _median_of(records, "floor", NO_STORE, f"echo_{side}_cpu")
+        for side in ("server", "client")
+    }
     if rtt is None or fsync is None:
         return []
     rows: list[Row] = []
@@ -222,4 +230,10 @@ def ceiling_rows(
         rows.append((f"a ceiling ({how})", store, _fmt(ceiling), "", "", "req/s", "", "", ""))
         share = 100.0 * achieved / ceiling
         rows.append(("a share of its ceiling", store, f"{share:.0f}", "", "", "%", "", "", ""))
+        for process, side in (("server", "server"), ("agents", "client")):
+            spent = _median_of(records, "request-reply", store, f"{process}_cpu_per_req")
+            if spent is not None and echo_cpu[side]:
+                times = f"{spent / (2 * echo_cpu[side]):.1f}"
+                label = f"a {process} CPU / echo {side}'s for 2 RTT"
+                rows.append((label, store, times, "", "", "x", "", "", ""))
     return rows

@@ -202,6 +202,14 @@ def build(
                     Metric("echo_rtt_p99", "0 floor: echo round trip p99", "us", None, 1e6),
                 ),
                 (floor.name, Metric("echo_pipelined", "0 floor: echo pipelined (32)", "frames/s")),
+                (
+                    floor.name,
+                    Metric("echo_server_cpu", "0 floor: echo server CPU/RTT", "us", None, 1e6),
+                ),
+                (
+                    floor.name,
+                    Metric("echo_client_cpu", "0 floor: echo client CPU/RTT", "us", None, 1e6),
+                ),
                 (floor.name, Metric("fsync", "0 floor: fdatasync 4 KiB", "us", None, 1e6)),
             ),
             stores=(),
