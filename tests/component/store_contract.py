@@ -558,6 +558,73 @@ async def test_route_batch_claims_promote_due_retries_as_claim_does(store: Store
     assert await store.next_due() is None
 
 
+async def test_route_batch_claims_on_an_empty_queue_within_its_limit_the_rest_waits(
+    store: Store,
+) -> None:
+    # On SQLite the claimed rows are written in flight as they arrive (no waiting row
+    # first): they must still be in flight in every sense, acked once, released with
+    # their session to the front of the queue, ahead of the row that waited.
+    routed = await store.route_batch(
+        [_item(1), _item(2), _item(3)], claims=[_claim("s1", limit=2)], now=NOW
+    )
+    [claimed] = routed.claimed
+    assert [d.message.message_id for d in claimed] == ["m1", "m2"]
+    assert await store.queue_depth("b") == 1
+    assert await store.ack_many([claimed[0].delivery_id, claimed[0].delivery_id]) == [
+        claimed[0],
+        None,
+    ]
+    assert await store.release_session("s1", 5, NOW) == 1
+    again = await store.claim("b", "i1", "s2", 10, NOW)
+    assert [(d.message.message_id, d.message.attempt) for d in again] == [("m2", 2), ("m3", 1)]
+
+
+async def test_route_batch_claims_of_one_agent_keep_their_order_when_a_queue_waited(
+    store: Store,
+) -> None:
+    await enqueue_one(store, _message(0, instance="i1"))  # waits in i1's reply queue
+    routed = await store.route_batch(
+        [_item(1), _item(2), _item(3, instance="i2")],
+        claims=[_claim("s2", "i2", limit=2), _claim("s1", "i1", limit=5)],
+        now=NOW,
+    )
+    second, first = routed.claimed
+    assert [d.message.message_id for d in second] == ["m3", "m1"]
+    assert [d.message.message_id for d in first] == ["m0", "m2"]
+    assert await store.queue_depth("b") == 0
+
+
+async def test_route_batch_claim_dead_letters_an_arrival_past_max_age(store: Store) -> None:
+    late = NOW + LIMITS.max_message_age + 1  # the item was enqueued at NOW
+    routed = await store.route_batch([_item(1), _item(2)], claims=[_claim()], now=late)
+    assert routed.claimed == [[]]
+    dead = await store.dead_letters("b")
+    assert sorted((d.message.message_id, d.reason) for d in dead) == [
+        ("m1", "expired"),
+        ("m2", "expired"),
+    ]
+
+
+async def test_route_batch_claims_on_arrival_for_two_agents_at_once(store: Store) -> None:
+    routed = await store.route_batch(
+        [_item(1), _item(2, target="c"), _item(3, target="c", instance="k1")],
+        claims=[
+            Claim(agent_id="c", instance_id="k1", session_id="s3", limit=10),
+            _claim("s1", limit=10),
+        ],
+        now=NOW,
+    )
+    for_c, for_b = routed.claimed
+    assert [d.message.message_id for d in for_c] == ["m3", "m2"]
+    assert {d.session_id for d in for_c} == {"s3"}
+    assert [d.message.message_id for d in for_b] == ["m1"]
+    assert await store.release_session("s3", 5, NOW) == 2
+    assert [d.message.message_id for d in await store.claim("c", "k1", "s4", 10, NOW)] == [
+        "m3",
+        "m2",
+    ]
+
+
 async def test_route_batch_without_claims_or_acks_is_enqueue_many(store: Store) -> None:
     routed = await store.route_batch([_item(1)], now=NOW)
     assert isinstance(routed.results[0], AuditRecord)

@@ -30,11 +30,13 @@ REQUESTS = 30
 MAX_FLUSHES_PER_REQUEST = 2
 MAX_STORE_CALLS_PER_REQUEST = 3  # 2 route_batch (each claiming for its idle target), 1 ack
 # SQL statements the writer's connection runs per request/reply, as SQLite's trace callback
-# counts them (BEGIN and COMMIT, and each trigger's statement, included): 41 (was 51: the
+# counts them (BEGIN and COMMIT, and each trigger's statement, included): 27 (was 51: the
 # audit chain's end is kept in memory, not read back per append; a claim promotes retries
 # only when one is due; a claim rides in its message's enqueue transaction, without a
-# BEGIN and COMMIT of its own); one more for a checkpoint.
-MAX_STATEMENTS_PER_REQUEST = 42
+# BEGIN and COMMIT of its own; 41 -> 27: a message its target's idle session claims in
+# that transaction is written in flight, not written waiting, read back and updated, each
+# with the ready count's trigger); one more for a checkpoint.
+MAX_STATEMENTS_PER_REQUEST = 28
 # The JSONL follower's reads come with time (it polls every 50 ms while behind), not with
 # messages: they are not counted per message, and they may make no flush of their own.
 POLLED: frozenset[str] = frozenset({"audit_records"})

@@ -59,6 +59,7 @@ raised ``Cancelled`` and changed nothing, or completed.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections import deque
@@ -139,9 +140,12 @@ _RELEASE_TO: Final = (
     "UPDATE messages SET state = 0, position = ?, attempt = attempt + 1, session_id = NULL, "
     "delivery_id = NULL WHERE id = ?"
 )
+# A new row, waiting (state 0, session and delivery NULL) or taken on arrival by a claim
+# of the same transaction (state 2 with its session and delivery: see _taken_on_arrival).
 _INSERT_MESSAGE: Final = (
     "INSERT INTO messages (message_id, target_id, instance_id, envelope, enqueued_at, "
-    "attempt, not_before, state, position) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)"
+    "attempt, not_before, state, position, session_id, delivery_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
 )
 _READY_COUNT: Final = "SELECT ready FROM queues WHERE target_id = ? AND instance_id = ?"
 _SELECT_DELIVERIES: Final = (  # + "(?, ?, ...)"
@@ -203,6 +207,9 @@ def _ready(conn: sqlite3.Connection, target_id: str, instance_id: str | None) ->
     return 0 if row is None else int(row[0])
 
 
+_Queue = tuple[str, str | None]  # (target_id, instance_id): None is the shared queue
+
+
 def _enqueue_many(
     conn: sqlite3.Connection,
     items: Sequence[EnqueueItem],
@@ -210,12 +217,26 @@ def _enqueue_many(
     audit_key: bytes | None,
     server_id: str,
     head: AuditHead | None = None,
-) -> list[AuditRecord | str | None]:
-    """Enqueue the items whose queue has room (see ``Store.enqueue_many``), in one savepoint.
+    claims: Sequence[Claim] = (),
+    now: float = 0.0,
+    max_age: float = math.inf,
+) -> tuple[list[AuditRecord | str | None], list[list[InFlight] | None]]:
+    """Enqueue the items whose queue has room (see ``Store.enqueue_many``).
 
     An item that answers a correlation no longer open gets its refusal reason instead.
+    Returns the results and, for each of ``claims``, what it took of the new rows on
+    their arrival (None: the caller runs that claim as ``_claim``, see
+    ``_taken_on_arrival``).
     """
-    room: dict[tuple[str, str | None], int] = {}
+    waiting: dict[_Queue, int] = {}  # rows waiting in each queue before this batch
+
+    def waiting_in(queue: _Queue) -> int:
+        count = waiting.get(queue)
+        if count is None:
+            count = waiting[queue] = _ready(conn, *queue)
+        return count
+
+    room: dict[_Queue, int] = {}
     accepted: list[EnqueueItem] = []
     taken: list[bool | str] = []
     answered: list[str] = []
@@ -229,7 +250,7 @@ def _enqueue_many(
         key = (message.target_id, message.instance_id)
         left = room.get(key)
         if left is None:
-            left = max_length - _ready(conn, *key)
+            left = max_length - waiting_in(key)
         fits = left > 0
         taken.append(fits)
         if fits:
@@ -239,8 +260,16 @@ def _enqueue_many(
                 answered.append(item.answers)
         room[key] = left
     if not accepted:
-        return [fits if isinstance(fits, str) else None for fits in taken]
-    conn.executemany(_INSERT_MESSAGE, [_message_row(item.message) for item in accepted])
+        return [fits if isinstance(fits, str) else None for fits in taken], [None] * len(claims)
+    claimed, deliveries = _taken_on_arrival(claims, accepted, waiting_in, now, max_age)
+    rows = []
+    for n, item in enumerate(accepted):
+        delivery = deliveries.get(n)
+        if delivery is None:
+            rows.append((*_message_row(item.message), 0, None, None))
+        else:
+            rows.append((*_message_row(item.message), 2, delivery.session_id, delivery.delivery_id))
+    conn.executemany(_INSERT_MESSAGE, rows)
     correlations = [_correlation_row(i.correlation) for i in accepted if i.correlation]
     if correlations:
         conn.executemany(_INSERT_CORRELATION, correlations)
@@ -248,10 +277,65 @@ def _enqueue_many(
         conn.executemany(_DELETE_CORRELATION, [(cid,) for cid in answered])
     drafts = [item.audit for item in accepted]
     records = iter(append_audit(conn, drafts, audit_key, server_id, head))
-    return [
+    results = [
         next(records) if fits is True else (fits if isinstance(fits, str) else None)
         for fits in taken
     ]
+    return results, claimed
+
+
+def _taken_on_arrival(
+    claims: Sequence[Claim],
+    accepted: Sequence[EnqueueItem],
+    waiting_in: Callable[[_Queue], int],
+    now: float,
+    max_age: float,
+) -> tuple[list[list[InFlight] | None], dict[int, InFlight]]:
+    """What each claim takes of the accepted items before they are written.
+
+    A claim of an agent whose queues it reads (its instance's reply queue and the shared
+    queue) held nothing before this batch, and whose new messages are not past
+    ``max_age``, would take exactly the batch's new messages for it: its reply queue's
+    first, then the shared queue's, in order, up to its limit (the claims of one agent in
+    turn). Those rows are written in flight at once, so their arrival and their claim
+    cost one row write instead of an insert, a read and an update, each with the ready
+    count's trigger and the waiting-row index. Any other claim (something waited, or a
+    message would be dead-lettered as expired) is left to ``_claim``, for its whole agent,
+    so that the claims of one agent keep their order. The caller promotes no retry here:
+    with one due, it passes no claims.
+
+    Returns, per claim, its deliveries or None, and the deliveries by accepted index.
+    """
+    claimed: list[list[InFlight] | None] = [None] * len(claims)
+    deliveries: dict[int, InFlight] = {}
+    by_agent: dict[str, list[int]] = {}
+    for n, claim in enumerate(claims):
+        by_agent.setdefault(claim.agent_id, []).append(n)
+    for agent_id, claim_indexes in by_agent.items():
+        arrivals = [n for n, item in enumerate(accepted) if item.message.target_id == agent_id]
+        if not arrivals:
+            continue
+        queues = {None, *(claims[n].instance_id for n in claim_indexes)}
+        if any(waiting_in((agent_id, queue)) for queue in queues):
+            continue
+        if any(now - accepted[n].message.enqueued_at > max_age for n in arrivals):
+            continue
+        for n in claim_indexes:
+            claim = claims[n]
+            left = [k for k in arrivals if k not in deliveries]
+            mine = [k for k in left if accepted[k].message.instance_id == claim.instance_id]
+            shared = [k for k in left if accepted[k].message.instance_id is None]
+            taken = []
+            for k in (mine + shared)[: claim.limit]:
+                delivery = InFlight(
+                    delivery_id=new_delivery_id(),
+                    session_id=claim.session_id,
+                    message=accepted[k].message,
+                )
+                deliveries[k] = delivery
+                taken.append(delivery)
+            claimed[n] = taken
+    return claimed, deliveries
 
 
 def _unanswerable(
@@ -663,7 +747,7 @@ class SqliteStore:
         if any(item.message.instance_id == "" for item in items):
             raise ValueError("an instance id is never empty (None names the shared queue)")
         # One transaction for the batch; its flush is shared with concurrent callers.
-        written = await self._writer.call(
+        written, _ = await self._writer.call(
             _enqueue_many,
             tuple(items),
             self.limits.max_queue_length,
@@ -697,7 +781,13 @@ class SqliteStore:
             max_age: float,
         ) -> tuple[Any, ...]:
             """``enqueue_many``, the written items' acks with their records, the claims."""
-            written = _enqueue_many(conn, items, max_length, audit_key, server_id, head)
+            # With a retry due, it goes first: no claim takes the new rows on arrival.
+            early = () if promote else claims
+            written, on_arrival = _enqueue_many(
+                conn, items, max_length, audit_key, server_id, head, early, now, max_age
+            )
+            if promote:
+                on_arrival = [None] * len(claims)
             ids = [
                 item.acks
                 for item, record in zip(items, written, strict=True)
@@ -711,10 +801,13 @@ class SqliteStore:
                 else:
                     taken, records = _ack_recorded(conn, ids, draft, audit_key, server_id, head)
                     acks = [d for d in taken if d is not None]
-            claimed = []
+            claimed: list[list[InFlight]] = []
             promoted = promote
-            for claim in claims:  # retries due are promoted once, by the first claim
-                claimed.append(
+            for claim, taken_on_arrival in zip(claims, on_arrival, strict=True):
+                if taken_on_arrival is not None:
+                    claimed.append(taken_on_arrival)
+                    continue
+                claimed.append(  # retries due are promoted once, by the first claim
                     _claim(
                         conn,
                         claim.agent_id,
