@@ -315,7 +315,9 @@ def _taken_on_arrival(
         arrivals = [n for n, item in enumerate(accepted) if item.message.target_id == agent_id]
         if not arrivals:
             continue
-        queues = {None, *(claims[n].instance_id for n in claim_indexes)}
+        # The shared queue first: the batch has read it when it holds arrivals, and a
+        # backlog there (fan-in) ends the check without reading the reply queues.
+        queues = dict.fromkeys([None, *(claims[n].instance_id for n in claim_indexes)])
         if any(waiting_in((agent_id, queue)) for queue in queues):
             continue
         if any(now - accepted[n].message.enqueued_at > max_age for n in arrivals):
