@@ -205,10 +205,10 @@ class Dispatcher:
             )
             if outcome.error_reply_kind is not None:
                 acked = await self._error_reply(message, outcome.error_reply_kind, text, item)
-            if outcome.ack and not acked:
-                await self._ack(item)
-            else:
+            if not outcome.ack:
                 await self._nack(item, text, retryable=outcome.retryable)
+            elif not acked:  # an accepted reply acked it already (``reply_acks``)
+                await self._ack(item)
             if failure is None and message.expects_reply and not message.replied:
                 log.warning(
                     "%s: handler for request %r from %r returned without replying; "

@@ -19,6 +19,7 @@ import trio
 import trio.testing
 from rawclient import RawSession, raw_client
 
+from mas import Agent, AgentMessage
 from mas._proto import runtime_pb2 as pb
 from mas.config import MasConfig
 from mas.errors import StoreError
@@ -210,3 +211,50 @@ async def test_a_client_that_does_not_announce_it_gets_the_base_protocol(
         assert trio.current_time() - started >= ACK_TIMEOUT
         await b.send(ack=pb.Ack(delivery_id=again.delivery_id))
         await _no_delivery_within(b, 3 * ACK_TIMEOUT)
+
+
+class _Echo(Agent[dict[str, Any]]):
+    @Agent.on("ask")
+    async def on_ask(self, message: AgentMessage) -> None:
+        await message.reply("answer", message.data)
+
+
+class _Asker(Agent[dict[str, Any]]):
+    pass
+
+
+async def test_an_sdk_agent_whose_reply_acked_its_request_writes_no_ack_nor_nack(
+    pki: TestPKI,
+) -> None:
+    # The SDK announces reply_acks: each accepted reply acks its request, so the replier's
+    # session sends the server no Ack and, above all, no Nack for it (a Nack there is a
+    # wasted frame per request, and would ask for a redelivery were it ever applied).
+    requests = 12
+    async with open_test_server(_config(), pki) as server:
+        assert server.address is not None and server._router is not None
+        router = server._router
+        seen: dict[str, list[str]] = {"nack": [], "ack": []}
+        nack, ack_many = router.nack, router.ack_many
+
+        async def counting_nack(session: Any, delivery_id: str, *args: Any, **kw: Any) -> None:
+            seen["nack"].append(session.agent_id)
+            await nack(session, delivery_id, *args, **kw)
+
+        async def counting_acks(session: Any, delivery_ids: Any) -> None:
+            seen["ack"].extend(session.agent_id for _ in delivery_ids)
+            await ack_many(session, delivery_ids)
+
+        router.nack, router.ack_many = counting_nack, counting_acks  # type: ignore[method-assign]
+        addr = f"127.0.0.1:{server.address.port}"
+        echo = _Echo("b", server_addr=addr, tls=pki.client_ssl_context("b"))
+        asker = _Asker("a", server_addr=addr, tls=pki.client_ssl_context("a"))
+        with trio.fail_after(20):
+            async with echo, asker:
+                for n in range(requests):
+                    reply = await asker.request("b", "ask", {"n": n}, timeout=10)
+                    assert reply.data == {"n": n}
+            while server.audit.counts["DELIVERED"] < 2 * requests:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+    assert seen["nack"] == []
+    assert "b" not in seen["ack"]  # the replies acked every request
+    assert seen["ack"].count("a") == requests  # the requester acks each reply
