@@ -29,7 +29,10 @@ Queue order
     Rows are ordered by (position, id): a new message gets position 0 and the
     next id; a message put back (released, or a retry falling due) gets a
     position below its queue's head, so it goes to the front and messages put
-    back together keep their order. See ``schema`` for the tables.
+    back together keep their order. See ``schema`` for the tables. A claim
+    made in its enqueue's transaction (``route_batch``) that would take the
+    batch's new rows takes them on arrival: they are written in flight at once
+    (``_taken_on_arrival``), in the order the claim would have taken them.
 
 Transactions
     Each operation is a function of a connection, run by the writer on the
