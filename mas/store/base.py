@@ -295,7 +295,11 @@ class Store(Protocol):
         """
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
-        """Put an in-flight message back, delivered again not before ``not_before``."""
+        """Put an in-flight message back, delivered again not before ``not_before``.
+
+        Once due, it goes to the front of its queue (a claim promotes it first); retries
+        that fall due together go there in the order they fell due.
+        """
 
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
         """Move an in-flight message to the dead-letter queue."""
@@ -303,7 +307,8 @@ class Store(Protocol):
     async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
         """Return a closed session's deliveries to the front of their queues.
 
-        Each counts as a failed attempt; one past ``max_attempts`` is
+        They keep the order they had in their queues (messages enqueued in one batch
+        too). Each counts as a failed attempt; one past ``max_attempts`` is
         dead-lettered instead. Returns how many were requeued.
         """
 

@@ -46,12 +46,17 @@ from .base import (
 )
 
 _QueueKey = tuple[str, str | None]  # (agent id, instance id or None for the shared queue)
+# A message's place in the queue order, as the SQLite store keeps it: (position, seq). A
+# new message gets position 0 and the next seq; messages put back at the front together
+# (released, or retries falling due) get positions below the head's, in their order,
+# and keep their seq. A queue is a deque sorted by it; in flight, a message keeps it.
+_Rank = tuple[int, int]
+_Waiting = tuple[int, int, QueuedMessage]  # (position, seq, message)
 
 
 @dataclass
 class _Delayed:
-    heap: list[tuple[float, int, QueuedMessage]] = field(default_factory=list)
-    counter: itertools.count[int] = field(default_factory=itertools.count)
+    heap: list[tuple[float, int, QueuedMessage]] = field(default_factory=list)  # not_before, seq
 
 
 class MemoryStore:
@@ -70,9 +75,11 @@ class MemoryStore:
         self.server_id = server_id or default_server_id()
         self._audit: list[AuditRecord] = []
         self._audit_anchor = (0, GENESIS)  # the last record trimmed (retention)
-        self._queues: dict[_QueueKey, deque[QueuedMessage]] = {}
+        self._queues: dict[_QueueKey, deque[_Waiting]] = {}
         self._delayed = _Delayed()
         self._in_flight: dict[str, InFlight] = {}
+        self._ranks: dict[str, _Rank] = {}  # by delivery id: the message's place when taken
+        self._seq = itertools.count()
         self._by_session: dict[str, set[str]] = {}
         self._dead: list[DeadLetter] = []
         self._correlations: dict[str, Correlation] = {}
@@ -82,11 +89,23 @@ class MemoryStore:
 
     # -- queues ---------------------------------------------------------------
 
-    def _queue(self, key: _QueueKey) -> deque[QueuedMessage]:
+    def _queue(self, key: _QueueKey) -> deque[_Waiting]:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque()
         return queue
+
+    def _to_back(self, message: QueuedMessage) -> None:
+        """A new message, at the back of its queue."""
+        self._queue((message.target_id, message.instance_id)).append((0, next(self._seq), message))
+
+    def _to_front(self, key: _QueueKey, group: Sequence[tuple[int, QueuedMessage]]) -> None:
+        """Put ``group`` ((seq, message), in order) back at the front of queue ``key``."""
+        queue = self._queue(key)
+        first = min(queue[0][0] if queue else 0, 0) - len(group)
+        for offset in range(len(group) - 1, -1, -1):
+            seq, message = group[offset]
+            queue.appendleft((first + offset, seq, message))
 
     def _waiting(self, key: _QueueKey) -> int:
         queue = self._queues.get(key)
@@ -120,8 +139,7 @@ class MemoryStore:
         ]
         for item, record in zip(items, records, strict=True):
             if isinstance(record, AuditRecord):
-                message = item.message
-                self._queue((message.target_id, message.instance_id)).append(message)
+                self._to_back(item.message)
                 if item.correlation is not None:
                     self._put_correlation(item.correlation)
                 if item.answers:
@@ -203,11 +221,14 @@ class MemoryStore:
         return self._audit_anchor
 
     def _promote_due(self, now: float) -> None:
+        """Retries due at ``now`` go to the front of their queues, oldest due first."""
         heap = self._delayed.heap
+        due: dict[_QueueKey, list[tuple[int, QueuedMessage]]] = {}
         while heap and heap[0][0] <= now:
-            _, _, message = heapq.heappop(heap)
-            # A retried message goes to the front: it is older than what waits.
-            self._queue((message.target_id, message.instance_id)).appendleft(message)
+            _, seq, message = heapq.heappop(heap)
+            due.setdefault((message.target_id, message.instance_id), []).append((seq, message))
+        for key, group in due.items():  # a retried message is older than what waits
+            self._to_front(key, group)
 
     async def claim(
         self, agent_id: str, instance_id: str, session_id: str, limit: int, now: float
@@ -223,7 +244,7 @@ class MemoryStore:
         for key in ((agent_id, instance_id), (agent_id, None)):
             queue = self._queues.get(key)
             while queue and len(taken) < limit:
-                message = queue.popleft()
+                position, seq, message = queue.popleft()
                 if now - message.enqueued_at > self.limits.max_message_age:
                     self._dead.append(
                         DeadLetter(message=message, reason="expired", dead_lettered_at=now)
@@ -233,6 +254,7 @@ class MemoryStore:
                     delivery_id=new_delivery_id(), session_id=session_id, message=message
                 )
                 self._in_flight[delivery.delivery_id] = delivery
+                self._ranks[delivery.delivery_id] = (position, seq)
                 self._by_session.setdefault(session_id, set()).add(delivery.delivery_id)
                 taken.append(delivery)
         return taken
@@ -240,6 +262,7 @@ class MemoryStore:
     def _forget(self, delivery_id: str) -> InFlight | None:
         delivery = self._in_flight.pop(delivery_id, None)
         if delivery is not None:
+            del self._ranks[delivery_id]
             ids = self._by_session.get(delivery.session_id)
             if ids is not None:
                 ids.discard(delivery_id)
@@ -260,12 +283,13 @@ class MemoryStore:
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         await checkpoint()
+        rank = self._ranks.get(delivery_id)
         delivery = self._forget(delivery_id)
-        if delivery is not None:
+        if delivery is not None and rank is not None:
             message = msgspec.structs.replace(
                 delivery.message, attempt=delivery.message.attempt + 1, not_before=not_before
             )
-            heapq.heappush(self._delayed.heap, (not_before, next(self._delayed.counter), message))
+            heapq.heappush(self._delayed.heap, (not_before, rank[1], message))
         return delivery
 
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:
@@ -280,12 +304,11 @@ class MemoryStore:
     async def release_session(self, session_id: str, max_attempts: int, now: float) -> int:
         await checkpoint()
         requeued = 0
-        # Newest first, each to the front, so the original order is kept.
-        for delivery_id in sorted(
-            self._by_session.get(session_id, ()),
-            key=lambda d: self._in_flight[d].message.enqueued_at,
-            reverse=True,
-        ):
+        back: dict[_QueueKey, list[tuple[int, QueuedMessage]]] = {}
+        # In queue order (the order they were taken from each queue), back to the front.
+        ranks = self._ranks
+        for delivery_id in sorted(self._by_session.get(session_id, ()), key=ranks.__getitem__):
+            seq = self._ranks[delivery_id][1]
             delivery = self._forget(delivery_id)
             assert delivery is not None
             message = delivery.message
@@ -295,8 +318,10 @@ class MemoryStore:
                 )
                 continue
             message = msgspec.structs.replace(message, attempt=message.attempt + 1)
-            self._queue((message.target_id, message.instance_id)).appendleft(message)
+            back.setdefault((message.target_id, message.instance_id), []).append((seq, message))
             requeued += 1
+        for key, group in back.items():
+            self._to_front(key, group)
         return requeued
 
     async def watch(self, wake: Callable[[str, str | None], None], *, task_status: Any) -> None:
@@ -329,7 +354,7 @@ class MemoryStore:
             message = msgspec.structs.replace(
                 dead.message, attempt=1, not_before=0.0, enqueued_at=now
             )
-            self._queue((message.target_id, message.instance_id)).append(message)
+            self._to_back(message)
         return replayed
 
     async def queue_depth(self, agent_id: str) -> int:
@@ -387,7 +412,7 @@ class MemoryStore:
         horizon = now - reply_max_age
         for key in [k for k in self._queues if k[1] is not None]:
             queue = self._queues[key]
-            kept = deque(m for m in queue if m.enqueued_at >= horizon)
+            kept = deque(w for w in queue if w[2].enqueued_at >= horizon)
             swept += len(queue) - len(kept)
             if kept:
                 self._queues[key] = kept

@@ -190,6 +190,36 @@ async def test_release_session_requeues_in_order_at_the_front(store: Store) -> N
     ]
 
 
+async def test_release_session_keeps_the_order_of_messages_enqueued_together(
+    store: Store,
+) -> None:
+    # One batch: the same enqueued_at for all, so only the queue's own order tells them
+    # apart (the memory store once put them back in the order of a set of random ids).
+    await store.enqueue_many([_item(n) for n in range(LIMITS.max_queue_length)])
+    taken = await store.claim("b", "i1", "s1", 10, NOW)
+    assert len(taken) == LIMITS.max_queue_length
+    assert await store.release_session("s1", 5, NOW) == LIMITS.max_queue_length
+    again = await store.claim("b", "i2", "s2", 10, NOW)
+    assert [(d.message.message_id, d.message.attempt) for d in again] == [
+        (f"m{n}", 2) for n in range(LIMITS.max_queue_length)
+    ]
+
+
+async def test_retries_due_together_go_to_the_front_earliest_due_first(store: Store) -> None:
+    await store.enqueue_many([_item(n) for n in range(4)])
+    first, second, third = await store.claim("b", "i1", "s1", 3, NOW)
+    await store.retry(second.delivery_id, NOW + 1)
+    await store.retry(third.delivery_id, NOW + 2)
+    await store.retry(first.delivery_id, NOW + 3)
+    claimed = await store.claim("b", "i1", "s1", 10, NOW + 5)
+    assert [(d.message.message_id, d.message.attempt) for d in claimed] == [
+        ("m1", 2),
+        ("m2", 2),
+        ("m0", 2),
+        ("m3", 1),
+    ]
+
+
 async def test_release_session_dead_letters_past_max_attempts(store: Store) -> None:
     await enqueue_one(store, _message(1))
     await store.claim("b", "i1", "s1", 1, NOW)

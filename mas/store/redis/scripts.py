@@ -117,10 +117,12 @@ local function split3(item)
 end
 
 -- Move retries due by `now` to the front of their queues and announce them to every server.
+-- The latest due is pushed first, so that the earliest due ends at the front (as on the
+-- other stores); a call past PROMOTE_BATCH puts its later ones ahead of the earlier call's.
 local function promote(delayed, waiting, ns, now, channel)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'WITHSCORES',
     'LIMIT', 0, {PROMOTE_BATCH})
-  for i = 1, #due, 2 do
+  for i = #due - 1, 1, -2 do
     local id, attempt, q = split3(due[i])
     redis.call('LPUSH', front_key(ns, q), id .. ' ' .. attempt .. ' ' .. due[i + 1])
     add_waiting(waiting, q, 1)
