@@ -214,6 +214,9 @@ class EnqueueBatch:
         )
         self._item_args = [_item_args(q, item) for q, item in zip(self.queues, items, strict=True)]
         self._size = sum(len(i.message.envelope_json) + RECORD_SIZE for i in items)
+        # Whether ``along`` ran before the try that wrote the batch (the first try found
+        # a queue it predicted wrong, or no turn of the chain): then it did not see it.
+        self.along_ran_early = False
 
     async def write(self, full: Sequence[bool], along: Sequence[Operation] = ()) -> list[Enqueued]:
         """Write the batch; ``full[i]``: item i's queue refused lately (the prediction).
@@ -258,6 +261,8 @@ class EnqueueBatch:
                     return [refusals.get(i, r) if r is None else r for i, r in enumerate(results)]
                 # What the script found: refused items stay refused from now on.
                 flags = [b"1" if fits == ord("1") else b"2" for fits in mask]
+                if along:
+                    self.along_ran_early = True
                 along = ()
                 contended = contended or code < 0  # 0: the queues, not the chain, moved
                 if code == -2:

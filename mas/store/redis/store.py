@@ -122,15 +122,20 @@ class RedisStore:
             del self._full[next(iter(self._full))]
 
     async def enqueue_many(self, items: Sequence[EnqueueItem]) -> list[Enqueued]:
-        return await self._enqueue(items)
+        records, _ = await self._enqueue(items)
+        return records
 
     async def _enqueue(
         self, items: Sequence[EnqueueItem], along: Sequence[Operation] = ()
-    ) -> list[Enqueued]:
-        """``enqueue_many``, with ``along`` in its pipeline, after it (see the client)."""
+    ) -> tuple[list[Enqueued], bool]:
+        """``enqueue_many``, with ``along`` in its pipeline, after it (see the client).
+
+        Also returns whether ``along`` ran before the write (a retried batch: see
+        ``EnqueueBatch.along_ran_early``), so it did not see what was written.
+        """
         if not items:
             await self._client.call_many(along)
-            return []
+            return [], False
         batch = EnqueueBatch(
             self._client,
             self._keys,
@@ -147,7 +152,7 @@ class RedisStore:
             elif isinstance(record, AuditRecord):
                 self._full.pop(q, None)
                 self._counts["sent"] += 1
-        return records
+        return records, batch.along_ran_early
 
     async def _queue_length(self, q: str) -> int:
         [length] = await self._client.call("queue_depth", ("HGET", self._keys.waiting, q))
@@ -350,7 +355,7 @@ class RedisStore:
         # their records (an ack waits for its reply's outcome, so it cannot ride along).
         made = [self._claim_operation(c, now) if c.limit > 0 else None for c in claims]
         try:
-            records = await self._enqueue(items, [m[0] for m in made if m is not None])
+            records, early = await self._enqueue(items, [m[0] for m in made if m is not None])
         except BaseException:
             for m in made:  # their claims may have run: the sessions' next claims look
                 if m is not None:
@@ -372,6 +377,17 @@ class RedisStore:
                 claimed.append([])
             else:
                 claimed.append(self._claimed(c, session, entries))
+        if early:  # rare: the claims ran before the write; claim again, after it
+            for n, (c, early_taken) in enumerate(zip(claims, claimed, strict=True)):
+                if c.limit > len(early_taken):
+                    try:
+                        more = await self.claim(
+                            c.agent_id, c.instance_id, c.session_id, c.limit - len(early_taken), now
+                        )
+                    except StoreError as exc:  # the router rings the pump, as for a failure
+                        log.debug("claim for %s after a retry failed: %s", c.agent_id, exc)
+                        more = []
+                    claimed[n] = [*early_taken, *more]
         ids = [
             item.acks
             for item, record in zip(items, records, strict=True)
