@@ -576,6 +576,18 @@ async def test_route_batch_claims_nothing_a_refused_item_would_have_carried(
     assert [d.message.message_id for d in claimed] == [f"m{n}" for n in range(5)]
 
 
+async def test_route_batch_claims_what_it_wrote_beside_a_refused_item(store: Store) -> None:
+    # Redis writes such a batch on a second try (its first found b's queue full): the
+    # claims must still see what the batch wrote.
+    for n in range(LIMITS.max_queue_length):
+        await enqueue_one(store, _message(n))
+    claim = Claim(agent_id="c", instance_id="k1", session_id="s3", limit=5)
+    routed = await store.route_batch([_item(10), _item(11, target="c")], claims=[claim], now=NOW)
+    assert routed.results[0] is None  # b's queue is full
+    [claimed] = routed.claimed
+    assert [d.message.message_id for d in claimed] == ["m11"]
+
+
 async def test_route_batch_claims_promote_due_retries_as_claim_does(store: Store) -> None:
     await enqueue_one(store, _message(1))
     [delivery] = await store.claim("b", "i1", "s1", 1, NOW)

@@ -252,15 +252,21 @@ local function take(stream, front, q, which, instance, waiting)
   waiting = tonumber(waiting or '0')
   if taken >= limit or waiting <= 0 then return end
   local before, removed, expired = taken, 0, false
-  local items = redis.call('LPOP', front, limit - taken)  -- false: the front is empty
-  for _, item in ipairs(items or {}) do
-    removed = removed + 1
-    local id, attempt, nb = split3(item)
-    -- pcall: a stream deleted under us (by hand) claims nothing, rather than failing.
-    local entry = redis.pcall('XCLAIM', stream, GROUP, consumer, 0, id, 'RETRYCOUNT', attempt)
-    if not entry.err and entry[1] and entry[1][2] then
-      expired = keep(stream, which, id, tonumber(attempt), nb, entry[1][2], instance) or expired
+  -- The front first, again while what it gave expired (dead-lettered, not taken).
+  while taken < limit do
+    local want = limit - taken
+    local items = redis.call('LPOP', front, want)  -- false: the front is empty
+    if not items then break end
+    for _, item in ipairs(items) do
+      removed = removed + 1
+      local id, attempt, nb = split3(item)
+      -- pcall: a stream deleted under us (by hand) claims nothing, rather than failing.
+      local entry = redis.pcall('XCLAIM', stream, GROUP, consumer, 0, id, 'RETRYCOUNT', attempt)
+      if not entry.err and entry[1] and entry[1][2] then
+        expired = keep(stream, which, id, tonumber(attempt), nb, entry[1][2], instance) or expired
+      end
     end
+    if #items < want then break end  -- the front is empty now
   end
   -- New entries, unless the front held every waiting message.
   while taken < limit and removed < waiting do
