@@ -308,7 +308,7 @@ class MemoryStore:
         # In queue order (the order they were taken from each queue), back to the front.
         ranks = self._ranks
         for delivery_id in sorted(self._by_session.get(session_id, ()), key=ranks.__getitem__):
-            seq = self._ranks[delivery_id][1]
+            seq = ranks[delivery_id][1]
             delivery = self._forget(delivery_id)
             assert delivery is not None
             message = delivery.message

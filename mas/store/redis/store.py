@@ -350,9 +350,11 @@ class RedisStore:
         claims: Sequence[Claim] = (),
         now: float = 0.0,
     ) -> Routed:
-        # Two round trips at most: the enqueue with the claims in its pipeline (after it:
+        # Two round trips as a rule: the enqueue with the claims in its pipeline (after it:
         # they see what it wrote), then the acks of what the written replies answer, with
         # their records (an ack waits for its reply's outcome, so it cannot ride along).
+        # A batch written on a second try (a queue predicted wrong, the chain's turn
+        # taken) had its claims run before the write: they claim again after it.
         made = [self._claim_operation(c, now) if c.limit > 0 else None for c in claims]
         try:
             records, early = await self._enqueue(items, [m[0] for m in made if m is not None])
