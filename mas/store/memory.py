@@ -283,13 +283,14 @@ class MemoryStore:
 
     async def retry(self, delivery_id: str, not_before: float) -> InFlight | None:
         await checkpoint()
-        rank = self._ranks.get(delivery_id)
+        rank = self._ranks.get(delivery_id)  # present while in flight
         delivery = self._forget(delivery_id)
-        if delivery is not None and rank is not None:
+        if delivery is not None:
+            assert rank is not None
             message = msgspec.structs.replace(
                 delivery.message, attempt=delivery.message.attempt + 1, not_before=not_before
             )
-            heapq.heappush(self._delayed.heap, (not_before, rank[1], message))
+            heapq.heappush(self._delayed.heap, (not_before, rank[1], message))  # keeps its seq
         return delivery
 
     async def dead_letter(self, delivery_id: str, reason: str, now: float) -> InFlight | None:

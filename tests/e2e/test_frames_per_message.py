@@ -16,29 +16,13 @@ from typing import Any
 
 import pytest
 import trio
+from sdk_agents import Echo, Plain, Sink, settled
 
-from mas import Agent, AgentMessage
 from mas.server import transport
 from mas.testing import TestPKI, make_config, open_test_server
 
 WARMUP = 5
 MESSAGES = 30
-
-
-class _Echo(Agent[dict[str, Any]]):
-    @Agent.on("ping")
-    async def on_ping(self, message: AgentMessage) -> None:
-        await message.reply("pong", message.data)
-
-
-class _Sink(Agent[dict[str, Any]]):
-    @Agent.on("note")
-    async def on_note(self, message: AgentMessage) -> None:
-        pass
-
-
-class _Plain(Agent[dict[str, Any]]):
-    pass
 
 
 @pytest.fixture
@@ -65,12 +49,6 @@ def frames(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return seen
 
 
-async def _settled(server: Any, delivered: int) -> None:
-    """Wait until ``delivered`` DELIVERED records were made (every ack applied)."""
-    while server.audit.counts["DELIVERED"] < delivered:  # noqa: ASYNC110
-        await trio.sleep(0.01)
-
-
 async def test_client_frames_per_request_reply_and_per_send(
     pki: TestPKI, frames: Counter[str]
 ) -> None:
@@ -80,22 +58,22 @@ async def test_client_frames_per_request_reply_and_per_send(
         async with open_test_server(config, pki) as server:
             assert server.address is not None
             addr = f"127.0.0.1:{server.address.port}"
-            echo = _Echo("echo", server_addr=addr, tls=pki.client_ssl_context("echo"))
-            sink = _Sink("sink", server_addr=addr, tls=pki.client_ssl_context("sink"))
-            asker = _Plain("asker", server_addr=addr, tls=pki.client_ssl_context("asker"))
+            echo = Echo("echo", server_addr=addr, tls=pki.client_ssl_context("echo"))
+            sink = Sink("sink", server_addr=addr, tls=pki.client_ssl_context("sink"))
+            asker = Plain("asker", server_addr=addr, tls=pki.client_ssl_context("asker"))
             async with echo, sink, asker:
                 for i in range(WARMUP):
                     await asker.request("echo", "ping", {"i": i}, timeout=10)
-                await _settled(server, 2 * WARMUP)
+                await settled(server, 2 * WARMUP)
                 frames.clear()
                 for i in range(MESSAGES):
                     await asker.request("echo", "ping", {"i": i}, timeout=10)
-                await _settled(server, 2 * (WARMUP + MESSAGES))
+                await settled(server, 2 * (WARMUP + MESSAGES))
                 requests = frames.copy()
                 frames.clear()
                 for i in range(MESSAGES):
                     await asker.send("sink", "note", {"i": i})
-                await _settled(server, 2 * (WARMUP + MESSAGES) + MESSAGES)
+                await settled(server, 2 * (WARMUP + MESSAGES) + MESSAGES)
                 sends = frames.copy()
     # Each request/reply: its request, its reply (acking the request), the reply's ack.
     assert requests["request"] == requests["reply"] == MESSAGES, requests

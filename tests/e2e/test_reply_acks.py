@@ -18,8 +18,8 @@ import pytest
 import trio
 import trio.testing
 from rawclient import RawSession, raw_client
+from sdk_agents import Echo, Plain, settled
 
-from mas import Agent, AgentMessage
 from mas._proto import runtime_pb2 as pb
 from mas.config import MasConfig
 from mas.errors import StoreError
@@ -213,16 +213,6 @@ async def test_a_client_that_does_not_announce_it_gets_the_base_protocol(
         await _no_delivery_within(b, 3 * ACK_TIMEOUT)
 
 
-class _Echo(Agent[dict[str, Any]]):
-    @Agent.on("ask")
-    async def on_ask(self, message: AgentMessage) -> None:
-        await message.reply("answer", message.data)
-
-
-class _Asker(Agent[dict[str, Any]]):
-    pass
-
-
 async def test_an_sdk_agent_whose_reply_acked_its_request_writes_no_ack_nor_nack(
     pki: TestPKI,
 ) -> None:
@@ -246,15 +236,14 @@ async def test_an_sdk_agent_whose_reply_acked_its_request_writes_no_ack_nor_nack
 
         router.nack, router.ack_many = counting_nack, counting_acks  # type: ignore[method-assign]
         addr = f"127.0.0.1:{server.address.port}"
-        echo = _Echo("b", server_addr=addr, tls=pki.client_ssl_context("b"))
-        asker = _Asker("a", server_addr=addr, tls=pki.client_ssl_context("a"))
+        echo = Echo("b", server_addr=addr, tls=pki.client_ssl_context("b"))
+        asker = Plain("a", server_addr=addr, tls=pki.client_ssl_context("a"))
         with trio.fail_after(20):
             async with echo, asker:
                 for n in range(requests):
-                    reply = await asker.request("b", "ask", {"n": n}, timeout=10)
+                    reply = await asker.request("b", "ping", {"n": n}, timeout=10)
                     assert reply.data == {"n": n}
-            while server.audit.counts["DELIVERED"] < 2 * requests:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await settled(server, 2 * requests)
     assert seen["nack"] == []
     assert "b" not in seen["ack"]  # the replies acked every request
     assert seen["ack"].count("a") == requests  # the requester acks each reply

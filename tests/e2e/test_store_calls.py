@@ -16,8 +16,8 @@ from typing import Any, cast
 
 import pytest
 import trio
+from sdk_agents import Echo, Plain, settled
 
-from mas import Agent, AgentMessage
 from mas.store import Store, StoreLimits
 from mas.store.sqlite import SqliteStore, open_sqlite_store
 from mas.store.sqlite import writer as sqlite_writer
@@ -61,23 +61,6 @@ class CountingStore:
         return call
 
 
-class Echo(Agent[dict[str, Any]]):
-    @Agent.on("ping")
-    async def on_ping(self, message: AgentMessage) -> None:
-        await message.reply("pong", message.data)
-
-
-class Plain(Agent[dict[str, Any]]):
-    pass
-
-
-async def _settled(server: Any, delivered: int) -> None:
-    """Wait until ``delivered`` DELIVERED records were made (every ack applied)."""
-    # A counter the server owns, polled under the test's fail_after.
-    while server.audit.counts["DELIVERED"] < delivered:  # noqa: ASYNC110
-        await trio.sleep(0.01)
-
-
 async def test_a_request_with_its_reply_costs_two_flushes_and_few_store_calls(
     pki: TestPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,7 +82,7 @@ async def test_a_request_with_its_reply_costs_two_flushes_and_few_store_calls(
                 async with echo, asker:
                     for i in range(WARMUP):
                         await asker.request("echo", "ping", {"i": i}, timeout=10)
-                    await _settled(server, 2 * WARMUP)
+                    await settled(server, 2 * WARMUP)
                     calls0, flushes0 = counting.calls.copy(), sqlite.statistics().flushes
                     statements: list[str] = []
                     connection = sqlite._writer._conn
@@ -108,7 +91,7 @@ async def test_a_request_with_its_reply_costs_two_flushes_and_few_store_calls(
                     for i in range(REQUESTS):
                         reply = await asker.request("echo", "ping", {"i": i}, timeout=10)
                         assert reply.data == {"i": i}
-                    await _settled(server, 2 * (WARMUP + REQUESTS))
+                    await settled(server, 2 * (WARMUP + REQUESTS))
                     connection.set_trace_callback(None)
                     calls = counting.calls - calls0
                     flushes = sqlite.statistics().flushes - flushes0

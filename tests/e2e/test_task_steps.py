@@ -12,12 +12,11 @@ adds a hop per message fails here rather than in a benchmark months later.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 import trio
 import trio.lowlevel
+from sdk_agents import Echo, Plain, Sink, settled
 
-from mas import Agent, AgentMessage
 from mas.testing import TestPKI, make_config, open_test_server
 
 WARMUP = 5
@@ -74,34 +73,6 @@ def _side_of(task: trio.lowlevel.Task) -> str:
     return "other"
 
 
-class Echo(Agent[dict[str, Any]]):
-    @Agent.on("ping")
-    async def on_ping(self, message: AgentMessage) -> None:
-        await message.reply("pong", message.data)
-
-
-class Sink(Agent[dict[str, Any]]):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.received = 0
-        self.changed = trio.Event()
-
-    @Agent.on("note")
-    async def on_note(self, message: AgentMessage) -> None:
-        self.received += 1
-        self.changed.set()
-
-
-class Plain(Agent[dict[str, Any]]):
-    pass
-
-
-async def _settled(server: Any, delivered: int) -> None:
-    """Wait until ``delivered`` DELIVERED records were made (every ack applied)."""
-    while server.audit.counts["DELIVERED"] < delivered:  # noqa: ASYNC110
-        await trio.sleep(0.01)
-
-
 def _per_message(
     before: tuple[Counter[str], Counter[str]], after: tuple[Counter[str], Counter[str]]
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -125,7 +96,7 @@ async def test_task_steps_per_request_reply_and_per_send(pki: TestPKI) -> None:
                 for i in range(WARMUP):
                     await asker.request("echo", "ping", {"i": i}, timeout=10)
                     await asker.send("sink", "note", {"i": i})
-                await _settled(server, 3 * WARMUP)
+                await settled(server, 3 * WARMUP)
                 trio.lowlevel.add_instrument(counter)
                 try:
                     # Request/reply, one at a time.
@@ -133,7 +104,7 @@ async def test_task_steps_per_request_reply_and_per_send(pki: TestPKI) -> None:
                     for i in range(MESSAGES):
                         reply = await asker.request("echo", "ping", {"i": i}, timeout=10)
                         assert reply.data == {"i": i}
-                    await _settled(server, 3 * WARMUP + 2 * MESSAGES)
+                    await settled(server, 3 * WARMUP + 2 * MESSAGES)
                     requests = _per_message(start, counter.snapshot())
                     # One-way sends, one in flight, each waited for at the receiver.
                     start = counter.snapshot()
@@ -142,7 +113,7 @@ async def test_task_steps_per_request_reply_and_per_send(pki: TestPKI) -> None:
                         while sink.received < WARMUP + i + 1:
                             await sink.changed.wait()
                             sink.changed = trio.Event()
-                    await _settled(server, 3 * WARMUP + 3 * MESSAGES)
+                    await settled(server, 3 * WARMUP + 3 * MESSAGES)
                     sends = _per_message(start, counter.snapshot())
                 finally:
                     trio.lowlevel.remove_instrument(counter)
